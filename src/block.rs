@@ -1,0 +1,175 @@
+//! The residual blocks: [`BasicBlock3d`] (ResNet-18/34), [`Bottleneck3d`] (ResNet-50/101/152)
+//! and the [`Downsample`] shortcut. Field names are torchvision's state-dict keys.
+
+use burn::module::Module;
+use burn::nn::BatchNorm;
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+
+use crate::config::{BlockKind, DepthPadding};
+use crate::conv::{Conv, ConvSpec};
+use crate::model::ParamSource;
+
+/// Where a block sits and what it gets: enough to build any of the block kinds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockSpec {
+    pub in_channels: usize,
+    /// Inner width; the block outputs `planes * expansion` channels.
+    pub planes: usize,
+    /// Stride per axis (depth, height, width), on the 3x3 convolution.
+    pub stride: [usize; 3],
+    /// Depth of the 3x3 kernels.
+    pub depth_kernel: usize,
+    pub depth_padding: DepthPadding,
+}
+
+impl BlockSpec {
+    fn conv(&self, in_channels: usize, out_channels: usize, kernel: usize, stride: [usize; 3]) -> ConvSpec {
+        let depth = if kernel == 1 { 1 } else { self.depth_kernel };
+        ConvSpec { in_channels, out_channels, kernel: [depth, kernel, kernel], stride, depth_padding: self.depth_padding }
+    }
+
+    /// torchvision adds a projection shortcut where the shape changes.
+    fn downsample(&self, out_channels: usize, name: &str, source: &mut impl ParamSource) -> Option<Downsample> {
+        (self.stride != [1, 1, 1] || self.in_channels != out_channels).then(|| Downsample {
+            conv: source.conv(&format!("{name}.downsample.0"), self.conv(self.in_channels, out_channels, 1, self.stride)),
+            bn: source.batch_norm(&format!("{name}.downsample.1"), out_channels),
+        })
+    }
+}
+
+/// The shortcut projection: a strided 1x1x1 convolution and BatchNorm
+/// (torchvision's `downsample.0` and `downsample.1`).
+#[derive(Module, Debug)]
+pub struct Downsample {
+    /// 1x1x1 convolution with the block's stride.
+    pub conv: Conv,
+    /// Its BatchNorm.
+    pub bn: BatchNorm,
+}
+
+impl Downsample {
+    /// # Shapes
+    /// `[N, in, D, H, W]` -> `[N, out, D / sd, H / sh, W / sw]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        self.bn.forward(self.conv.forward(x))
+    }
+}
+
+/// Two 3x3 convolutions (3-D: `depth_kernel`x3x3) with a skip connection.
+#[derive(Module, Debug)]
+pub struct BasicBlock3d {
+    /// First 3x3 convolution; carries the block's stride.
+    pub conv1: Conv,
+    /// BatchNorm after `conv1`.
+    pub bn1: BatchNorm,
+    /// Second 3x3 convolution.
+    pub conv2: Conv,
+    /// BatchNorm after `conv2`.
+    pub bn2: BatchNorm,
+    /// Projection shortcut where the shape changes.
+    pub downsample: Option<Downsample>,
+}
+
+impl BasicBlock3d {
+    pub(crate) fn build(spec: BlockSpec, name: &str, source: &mut impl ParamSource) -> Self {
+        let p = spec.planes;
+        Self {
+            conv1: source.conv(&format!("{name}.conv1"), spec.conv(spec.in_channels, p, 3, spec.stride)),
+            bn1: source.batch_norm(&format!("{name}.bn1"), p),
+            conv2: source.conv(&format!("{name}.conv2"), spec.conv(p, p, 3, [1, 1, 1])),
+            bn2: source.batch_norm(&format!("{name}.bn2"), p),
+            downsample: spec.downsample(p, name, source),
+        }
+    }
+
+    /// # Shapes
+    /// `[N, in, D, H, W]` -> `[N, planes, D / sd, H / sh, W / sw]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let identity = match &self.downsample {
+            Some(downsample) => downsample.forward(x.clone()),
+            None => x.clone(),
+        };
+        let y = relu(self.bn1.forward(self.conv1.forward(x)));
+        let y = self.bn2.forward(self.conv2.forward(y));
+        // The skip connection.
+        relu(y + identity)
+    }
+}
+
+/// 1x1x1, 3x3 (`depth_kernel`x3x3, with the stride: torchvision's v1.5), 1x1x1 convolutions
+/// with 4x channel expansion and a skip connection.
+#[derive(Module, Debug)]
+pub struct Bottleneck3d {
+    /// 1x1x1 reduction.
+    pub conv1: Conv,
+    /// BatchNorm after `conv1`.
+    pub bn1: BatchNorm,
+    /// 3x3 convolution; carries the block's stride.
+    pub conv2: Conv,
+    /// BatchNorm after `conv2`.
+    pub bn2: BatchNorm,
+    /// 1x1x1 expansion to `4 * planes`.
+    pub conv3: Conv,
+    /// BatchNorm after `conv3`.
+    pub bn3: BatchNorm,
+    /// Projection shortcut where the shape changes.
+    pub downsample: Option<Downsample>,
+}
+
+impl Bottleneck3d {
+    pub(crate) fn build(spec: BlockSpec, name: &str, source: &mut impl ParamSource) -> Self {
+        let (p, out) = (spec.planes, spec.planes * BlockKind::Bottleneck.expansion());
+        Self {
+            conv1: source.conv(&format!("{name}.conv1"), spec.conv(spec.in_channels, p, 1, [1, 1, 1])),
+            bn1: source.batch_norm(&format!("{name}.bn1"), p),
+            conv2: source.conv(&format!("{name}.conv2"), spec.conv(p, p, 3, spec.stride)),
+            bn2: source.batch_norm(&format!("{name}.bn2"), p),
+            conv3: source.conv(&format!("{name}.conv3"), spec.conv(p, out, 1, [1, 1, 1])),
+            bn3: source.batch_norm(&format!("{name}.bn3"), out),
+            downsample: spec.downsample(out, name, source),
+        }
+    }
+
+    /// # Shapes
+    /// `[N, in, D, H, W]` -> `[N, 4 * planes, D / sd, H / sh, W / sw]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let identity = match &self.downsample {
+            Some(downsample) => downsample.forward(x.clone()),
+            None => x.clone(),
+        };
+        let y = relu(self.bn1.forward(self.conv1.forward(x)));
+        let y = relu(self.bn2.forward(self.conv2.forward(y)));
+        let y = self.bn3.forward(self.conv3.forward(y));
+        // The skip connection.
+        relu(y + identity)
+    }
+}
+
+/// A residual block of either kind.
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Block {
+    /// ResNet-18/34.
+    Basic(BasicBlock3d),
+    /// ResNet-50/101/152.
+    Bottleneck(Bottleneck3d),
+}
+
+impl Block {
+    pub(crate) fn build(kind: BlockKind, spec: BlockSpec, name: &str, source: &mut impl ParamSource) -> Self {
+        match kind {
+            BlockKind::Basic => Block::Basic(BasicBlock3d::build(spec, name, source)),
+            BlockKind::Bottleneck => Block::Bottleneck(Bottleneck3d::build(spec, name, source)),
+        }
+    }
+
+    /// # Shapes
+    /// `[N, in, D, H, W]` -> `[N, out, D / sd, H / sh, W / sw]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        match self {
+            Block::Basic(block) => block.forward(x),
+            Block::Bottleneck(block) => block.forward(x),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! [`ResNet3dConfig`]: the network's shape, its depth-axis settings and how 2-D weights are inflated.
+
+use std::fmt;
+
+use burn::config::Config;
+
+use crate::error::{Error, Result};
+
+/// The residual block a ResNet is built from.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Two 3x3 convolutions (ResNet-18 and -34).
+    Basic,
+    /// 1x1, 3x3, 1x1 convolutions with 4x channel expansion (ResNet-50, -101, -152).
+    Bottleneck,
+}
+
+impl BlockKind {
+    /// Output channels of a block per channel of its inner width.
+    pub fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+impl BlockKind {
+    /// torchvision's class name: `BasicBlock` or `Bottleneck`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockKind::Basic => "BasicBlock",
+            BlockKind::Bottleneck => "Bottleneck",
+        }
+    }
+}
+
+/// How the depth axis is padded by every convolution.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum DepthPadding {
+    /// Zeros, as PyTorch's `Conv3d`. Slices near the volume's first and last slice then see
+    /// less signal than the 2-D network saw.
+    Zeros,
+    /// Copies of the first and last slice. An inflated network then reproduces the 2-D
+    /// network exactly on a volume that is constant along depth, borders included.
+    Replicate,
+}
+
+/// How a 2-D kernel `W2[o, i, h, w]` becomes a 3-D kernel `W3[o, i, t, h, w]` of depth `T`.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Inflation {
+    /// I3D's rule: `W3[:, :, t] = W2 / T` for every `t`. A depth-constant volume gives the
+    /// 2-D response; the kernel already looks at its neighbouring slices.
+    Average,
+    /// `W3[:, :, T / 2] = W2`, zeros elsewhere: every slice starts as the 2-D network saw it,
+    /// and training learns how much to mix in neighbouring slices.
+    Center,
+}
+
+/// A ResNet's block kind and number of blocks per stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The residual block.
+    pub block: BlockKind,
+    /// Blocks in `layer1` .. `layer4`.
+    pub layers: [usize; 4],
+}
+
+impl Layout {
+    /// The five torchvision ResNets: depth, block, blocks per stage.
+    pub const PRESETS: [(usize, Layout); 5] = [
+        (18, Layout { block: BlockKind::Basic, layers: [2, 2, 2, 2] }),
+        (34, Layout { block: BlockKind::Basic, layers: [3, 4, 6, 3] }),
+        (50, Layout { block: BlockKind::Bottleneck, layers: [3, 4, 6, 3] }),
+        (101, Layout { block: BlockKind::Bottleneck, layers: [3, 4, 23, 3] }),
+        (152, Layout { block: BlockKind::Bottleneck, layers: [3, 8, 36, 3] }),
+    ];
+
+    /// The layout of ResNet-`depth`, if `depth` is one of 18, 34, 50, 101, 152.
+    pub fn preset(depth: usize) -> Option<Layout> {
+        Self::PRESETS.iter().find(|(d, _)| *d == depth).map(|(_, layout)| *layout)
+    }
+
+    /// 18, 34, 50, 101 or 152 for the standard layouts.
+    pub fn depth(&self) -> Option<usize> {
+        Self::PRESETS.iter().find(|(_, l)| l == self).map(|(d, _)| *d)
+    }
+}
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.depth() {
+            Some(d) => write!(f, "ResNet-{d}: {} {:?}", self.block.name(), self.layers),
+            None => write!(f, "non-standard ResNet: {} {:?}", self.block.name(), self.layers),
+        }
+    }
+}
+
+/// Configuration of a [`ResNet3d`](crate::ResNet3d).
+///
+/// Start from a preset ([`resnet18`](Self::resnet18) .. [`resnet152`](Self::resnet152)) and
+/// change what the data needs. Spatial kernels, strides and paddings are torchvision's;
+/// everything about the depth axis is a setting, and every convolution pads depth by
+/// `kernel / 2`. The defaults give the cubic layout of ACSConv and timm_3d: stem 7x7x7 with
+/// stride 2, max pool 3x3x3 with stride 2, 3x3x3 blocks, stride 2 on all three axes from
+/// `layer2` on.
+///
+/// For thick-slice (anisotropic) scans keep the depth axis longer: an I3D-style stem
+/// (`stem_depth_kernel = 3`, `stem_depth_stride = 1`), `max_pool_depth_stride = 1`, and
+/// `stage_depth_strides = [1, 1, 2, 2]`. With `block_depth_kernel = 1` every 3x3 convolution
+/// is 1x3x3 (2.5-D).
+#[derive(Config, Debug)]
+pub struct ResNet3dConfig {
+    /// Residual block kind (set by the preset).
+    pub block: BlockKind,
+    /// Blocks per stage (set by the preset).
+    pub layers: [usize; 4],
+    /// Channels of the stem and `layer1`; stage `i` has `width * 2^i` (times 4 after a
+    /// bottleneck). torchvision's is 64; smaller widths make small test networks.
+    #[config(default = 64)]
+    pub width: usize,
+    /// Channels of the input volume: 1 for CT or MRI, 3 for RGB-like data.
+    #[config(default = 3)]
+    pub in_channels: usize,
+    /// Classes of the linear head; `None` leaves the head out, and `forward` returns the
+    /// pooled features (`[N, 512]` after basic blocks, `[N, 2048]` after bottlenecks).
+    #[config(default = "Some(1000)")]
+    pub num_classes: Option<usize>,
+    /// Depth of the 7x7 stem kernel (odd).
+    #[config(default = 7)]
+    pub stem_depth_kernel: usize,
+    /// Depth stride of the stem convolution.
+    #[config(default = 2)]
+    pub stem_depth_stride: usize,
+    /// Whether the 3x3 stride-2 max pool follows the stem.
+    #[config(default = true)]
+    pub max_pool: bool,
+    /// Depth of the max-pool window (odd).
+    #[config(default = 3)]
+    pub max_pool_depth_kernel: usize,
+    /// Depth stride of the max pool.
+    #[config(default = 2)]
+    pub max_pool_depth_stride: usize,
+    /// Depth of the kernel of every 3x3 convolution in the blocks (odd); 1 gives 2.5-D 1x3x3.
+    #[config(default = 3)]
+    pub block_depth_kernel: usize,
+    /// Depth stride of the first block of `layer1` .. `layer4` (the spatial strides stay
+    /// torchvision's 1, 2, 2, 2).
+    #[config(default = "[1, 2, 2, 2]")]
+    pub stage_depth_strides: [usize; 4],
+    /// How convolutions pad the depth axis.
+    #[config(default = "DepthPadding::Zeros")]
+    pub depth_padding: DepthPadding,
+    /// How 2-D kernels are spread over depth when inflating.
+    #[config(default = "Inflation::Average")]
+    pub inflation: Inflation,
+}
+
+impl ResNet3dConfig {
+    /// A ResNet of a standard layout (see [`Layout::PRESETS`]) with the default depth settings.
+    pub fn from_layout(layout: Layout) -> Self {
+        Self::new(layout.block, layout.layers)
+    }
+
+    /// ResNet-18: basic blocks `[2, 2, 2, 2]`.
+    pub fn resnet18() -> Self {
+        Self::new(BlockKind::Basic, [2, 2, 2, 2])
+    }
+
+    /// ResNet-34: basic blocks `[3, 4, 6, 3]`.
+    pub fn resnet34() -> Self {
+        Self::new(BlockKind::Basic, [3, 4, 6, 3])
+    }
+
+    /// ResNet-50: bottlenecks `[3, 4, 6, 3]`.
+    pub fn resnet50() -> Self {
+        Self::new(BlockKind::Bottleneck, [3, 4, 6, 3])
+    }
+
+    /// ResNet-101: bottlenecks `[3, 4, 23, 3]`.
+    pub fn resnet101() -> Self {
+        Self::new(BlockKind::Bottleneck, [3, 4, 23, 3])
+    }
+
+    /// ResNet-152: bottlenecks `[3, 8, 36, 3]`.
+    pub fn resnet152() -> Self {
+        Self::new(BlockKind::Bottleneck, [3, 8, 36, 3])
+    }
+
+    /// The block kind and counts.
+    pub fn layout(&self) -> Layout {
+        Layout { block: self.block, layers: self.layers }
+    }
+
+    /// Channels of the pooled features: what the head sees.
+    pub fn feature_channels(&self) -> usize {
+        self.width * 8 * self.block.expansion()
+    }
+
+    /// Checks every field; the non-panicking twin of [`init`](Self::init).
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field, reason: &str| Err(Error::InvalidConfig { field, reason: reason.to_string() });
+        if self.width == 0 {
+            return invalid("width", "is 0; torchvision's ResNets use 64");
+        }
+        if self.in_channels == 0 {
+            return invalid("in_channels", "is 0; use 1 for CT or MRI volumes");
+        }
+        if self.num_classes == Some(0) {
+            return invalid("num_classes", "is Some(0); use None for a network without a head");
+        }
+        if let Some(stage) = self.layers.iter().position(|&n| n == 0) {
+            return Err(Error::InvalidConfig {
+                field: "layers",
+                reason: format!("has no block in layer{}; every stage needs at least one", stage + 1),
+            });
+        }
+        for (field, kernel) in [
+            ("stem_depth_kernel", self.stem_depth_kernel),
+            ("max_pool_depth_kernel", self.max_pool_depth_kernel),
+            ("block_depth_kernel", self.block_depth_kernel),
+        ] {
+            if kernel == 0 || kernel % 2 == 0 {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: format!("is {kernel}; it must be odd (1, 3, 5, 7) so that padding kernel/2 keeps the depth centred"),
+                });
+            }
+        }
+        for (field, stride) in [
+            ("stem_depth_stride", self.stem_depth_stride),
+            ("max_pool_depth_stride", self.max_pool_depth_stride),
+        ] {
+            if stride == 0 {
+                return invalid(field, "is 0; strides start at 1");
+            }
+        }
+        if self.stage_depth_strides.contains(&0) {
+            return invalid("stage_depth_strides", "contains 0; strides start at 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+use crate::config::Layout;
+
+/// Everything that can go wrong when building, loading or saving a [`ResNet3d`](crate::ResNet3d).
+///
+/// Each message says what was found and what to change. Loading is strict: a checkpoint is
+/// either used whole or refused with the names of the tensors that did not fit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file does not exist.
+    #[error("{}: no such file; check the path", path.display())]
+    FileNotFound {
+        /// The path that was asked for.
+        path: PathBuf,
+    },
+
+    /// The file exists but could not be read.
+    #[error("{}: cannot be read: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The file's bytes are not any weight format this crate reads.
+    #[error(
+        "{}: not a checkpoint ({found}); expected a PyTorch .pth/.pt, a .safetensors or an ONNX file",
+        path.display()
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// What its first bytes look like.
+        found: String,
+    },
+
+    /// The file has a known format but its contents are damaged or not as the format requires.
+    #[error("{}: damaged {format} file: {reason}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The format its bytes announced.
+        format: &'static str,
+        /// What the reader found wrong.
+        reason: String,
+    },
+
+    /// A tensor's element type cannot be turned into `f32` weights.
+    #[error("tensor `{name}` has element type {dtype}, which is not a weight type (f32, f64, f16, bf16)")]
+    UnsupportedDType {
+        /// Tensor name.
+        name: String,
+        /// Its element type, as the file names it.
+        dtype: String,
+    },
+
+    /// The file is a network this crate cannot map onto a ResNet.
+    #[error("unsupported: {what}")]
+    Unsupported {
+        /// What was found, and why it is not supported.
+        what: String,
+    },
+
+    /// The checkpoint's block layout is not the one the configuration asks for.
+    #[error(
+        "checkpoint is a {found}; the config asks for {expected}: use the preset that matches the checkpoint, or a checkpoint of the configured depth"
+    )]
+    ArchitectureMismatch {
+        /// What the checkpoint holds.
+        found: Layout,
+        /// What the configuration asks for.
+        expected: Layout,
+    },
+
+    /// The model needs tensors the checkpoint does not have.
+    #[error("checkpoint lacks {} tensor(s) the model needs: {}", names.len(), list(names))]
+    MissingTensors {
+        /// The missing tensor names, in checkpoint naming.
+        names: Vec<String>,
+    },
+
+    /// The checkpoint has tensors the model has no place for; nothing is dropped silently.
+    #[error(
+        "checkpoint has {} tensor(s) the model has no place for: {}; is it a ResNet of torchvision's layout?",
+        names.len(),
+        list(names)
+    )]
+    UnexpectedTensors {
+        /// The unused tensor names.
+        names: Vec<String>,
+    },
+
+    /// A tensor's shape is not the one the configured model needs.
+    #[error("tensor `{name}` has shape {found:?}, the model needs {expected:?}{hint}")]
+    WrongShape {
+        /// Tensor name.
+        name: String,
+        /// Shape the model needs (before inflation for 2-D checkpoints).
+        expected: Vec<usize>,
+        /// Shape in the checkpoint.
+        found: Vec<usize>,
+        /// Which setting to change, when that can be told (starts with "; ").
+        hint: String,
+    },
+
+    /// A configuration field has a value the network cannot be built with.
+    #[error("invalid ResNet3dConfig: `{field}` {reason}")]
+    InvalidConfig {
+        /// The field to change.
+        field: &'static str,
+        /// Why its value does not work.
+        reason: String,
+    },
+
+    /// Saving or loading Burn's own record format failed.
+    #[error("{}: Burn record: {reason}", path.display())]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Shorthand for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The first names of a list, for messages that stay readable with hundreds of names.
+fn list(names: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut out = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    if names.len() > SHOWN {
+        out.push_str(&format!(" and {} more", names.len() - SHOWN));
+    }
+    out
+}

@@ -1,0 +1,137 @@
+//! The weight arithmetic: a 2-D kernel becomes a 3-D kernel, and the stem's RGB input
+//! channels become the data's channels. Plain `f32` slices in row-major order.
+
+use crate::config::Inflation;
+
+/// Spreads a 2-D kernel `W2[o, i, h, w]` of `shape` over a depth of `depth`:
+///
+/// - [`Inflation::Average`]: `W3[o, i, t, h, w] = W2[o, i, h, w] / T` for every `t`;
+/// - [`Inflation::Center`]: `W3[o, i, T/2, h, w] = W2[o, i, h, w]`, zeros elsewhere.
+///
+/// Both give `sum_t W3[.., t, ..] = W2`, so a volume constant along depth gets the 2-D
+/// response away from zero-padded borders. Returns `[o, i, T, h, w]`.
+pub fn inflate_kernel(kernel: &[f32], shape: [usize; 4], depth: usize, rule: Inflation) -> Vec<f32> {
+    let [o, i, h, w] = shape;
+    let plane = h * w;
+    let mut out = vec![0.0; o * i * depth * plane];
+    for (src, dst) in kernel.chunks_exact(plane).zip(out.chunks_exact_mut(depth * plane)) {
+        match rule {
+            Inflation::Average => {
+                let scale = 1.0 / depth as f32;
+                for slice in dst.chunks_exact_mut(plane) {
+                    slice.iter_mut().zip(src).for_each(|(d, s)| *d = s * scale);
+                }
+            }
+            Inflation::Center => {
+                let t = depth / 2;
+                dst[t * plane..(t + 1) * plane].copy_from_slice(src);
+            }
+        }
+    }
+    out
+}
+
+/// Adapts a stem kernel `W[o, c, h, w]` with `c` input channels (3 for ImageNet) to `n`:
+///
+/// - `n == c`: unchanged;
+/// - `n == 1`: `W'[o, 0] = sum_c W[o, c]`, exactly the response to a grey image copied to
+///   every channel;
+/// - otherwise: `W'[o, k] = W[o, k mod c] * c / n` (timm's rule), which keeps the kernel's
+///   scale; when `n` is a multiple of `c` an input equal in every channel gets exactly the
+///   response it had.
+///
+/// Returns `[o, n, h, w]`.
+pub fn adapt_in_channels(kernel: &[f32], shape: [usize; 4], n: usize) -> Vec<f32> {
+    let [o, c, h, w] = shape;
+    let plane = h * w;
+    if n == c {
+        return kernel.to_vec();
+    }
+    let mut out = vec![0.0; o * n * plane];
+    for (src, dst) in kernel.chunks_exact(c * plane).zip(out.chunks_exact_mut(n * plane)) {
+        if n == 1 {
+            for channel in src.chunks_exact(plane) {
+                dst.iter_mut().zip(channel).for_each(|(d, s)| *d += s);
+            }
+        } else {
+            let scale = c as f32 / n as f32;
+            for (k, slice) in dst.chunks_exact_mut(plane).enumerate() {
+                let channel = &src[(k % c) * plane..(k % c + 1) * plane];
+                slice.iter_mut().zip(channel).for_each(|(d, s)| *d = s * scale);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kernel whose every entry differs: 1, 2, 3, ...
+    fn ramp(len: usize) -> Vec<f32> {
+        (1..=len).map(|v| v as f32).collect()
+    }
+
+    fn sum_over_depth(w3: &[f32], shape: [usize; 4], depth: usize) -> Vec<f32> {
+        let plane = shape[2] * shape[3];
+        w3.chunks_exact(depth * plane)
+            .flat_map(|taps| (0..plane).map(move |p| (0..depth).map(|t| taps[t * plane + p]).sum::<f32>()))
+            .collect()
+    }
+
+    #[test]
+    fn average_spreads_evenly_and_sums_back() {
+        let shape = [2, 3, 3, 3];
+        let w2 = ramp(54);
+        let w3 = inflate_kernel(&w2, shape, 3, Inflation::Average);
+        assert_eq!(w3.len(), 162);
+        // W3[1, 2, t, 0, 1] = W2[1, 2, 0, 1] / 3 for every t.
+        let w2_value = w2[((1 * 3 + 2) * 3 + 0) * 3 + 1];
+        for t in 0..3 {
+            assert_eq!(w3[(((1 * 3 + 2) * 3 + t) * 3 + 0) * 3 + 1], w2_value / 3.0);
+        }
+        let summed = sum_over_depth(&w3, shape, 3);
+        for (a, b) in summed.iter().zip(&w2) {
+            approx::assert_relative_eq!(a, b, max_relative = 1e-6);
+        }
+    }
+
+    #[test]
+    fn center_puts_the_kernel_in_the_middle_slice() {
+        let shape = [1, 2, 2, 2];
+        let w2 = ramp(8);
+        let w3 = inflate_kernel(&w2, shape, 5, Inflation::Center);
+        // Per (o, i): slices 0, 1, 3, 4 are zero, slice 2 is W2.
+        assert_eq!(&w3[..20], &[0., 0., 0., 0., 0., 0., 0., 0., 1., 2., 3., 4., 0., 0., 0., 0., 0., 0., 0., 0.]);
+        assert_eq!(sum_over_depth(&w3, shape, 5), w2);
+    }
+
+    #[test]
+    fn depth_one_is_the_same_for_both_rules() {
+        let w2 = ramp(18);
+        let average = inflate_kernel(&w2, [2, 1, 3, 3], 1, Inflation::Average);
+        let center = inflate_kernel(&w2, [2, 1, 3, 3], 1, Inflation::Center);
+        assert_eq!(average, w2);
+        assert_eq!(center, w2);
+    }
+
+    #[test]
+    fn one_channel_sums_the_rgb_kernels() {
+        // W[o=0] = R:[1, 2], G:[10, 20], B:[100, 200] (1x2 kernels); W[o=1] = its negation.
+        let w = [1., 2., 10., 20., 100., 200., -1., -2., -10., -20., -100., -200.];
+        assert_eq!(adapt_in_channels(&w, [2, 3, 1, 2], 1), [111., 222., -111., -222.]);
+    }
+
+    #[test]
+    fn n_channels_cycle_through_rgb_scaled_by_3_over_n() {
+        let w = [1., 10., 100.]; // one output, 1x1 kernels
+        let four = adapt_in_channels(&w, [1, 3, 1, 1], 4);
+        assert_eq!(four, [0.75, 7.5, 75., 0.75]);
+        // With n a multiple of 3 an input equal in every channel keeps its response exactly.
+        let six = adapt_in_channels(&w, [1, 3, 1, 1], 6);
+        assert_eq!(six, [0.5, 5., 50., 0.5, 5., 50.]);
+        assert_eq!(six.iter().sum::<f32>(), 111.0);
+        assert_eq!(adapt_in_channels(&w, [1, 3, 1, 1], 3), w);
+    }
+}

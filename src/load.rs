@@ -1,0 +1,404 @@
+//! The mapping of named checkpoint tensors onto [`ResNet3d`], in one place: inflation of 2-D
+//! ImageNet weights, and native 3-D checkpoints. Strict both ways: every tensor of the
+//! checkpoint is used or reported, every parameter of the model is filled, or an error names
+//! the tensors.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+use burn::module::{Param, RunningState};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::config::{Inflation, Layout, ResNet3dConfig};
+use crate::conv::{Conv, ConvSpec};
+use crate::error::{Error, Result};
+use crate::import::Weights;
+use crate::inflate::{adapt_in_channels, inflate_kernel};
+use crate::model::{FreshInit, ParamSource, ResNet3d};
+
+/// What happened to the classification head while loading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// The checkpoint's head was copied: the config asks for its number of classes.
+    Copied {
+        /// Classes of the head.
+        classes: usize,
+    },
+    /// The model got a freshly initialised head.
+    Fresh {
+        /// Classes of the checkpoint's head, if it had one.
+        checkpoint_classes: Option<usize>,
+        /// Classes of the new head.
+        classes: usize,
+    },
+    /// The config asks for no head (`num_classes = None`).
+    Absent,
+}
+
+/// A convolution kernel as it was in the checkpoint and as it is in the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadedKernel {
+    /// Tensor name (`layer1.0.conv1.weight`).
+    pub name: String,
+    /// Shape in the checkpoint.
+    pub from: Vec<usize>,
+    /// Shape in the model.
+    pub to: Vec<usize>,
+}
+
+/// What loading a checkpoint did: print it (`Display`) or inspect it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Tensors of the checkpoint that went into the model.
+    pub tensors_used: usize,
+    /// Every convolution kernel, 2-D -> 3-D when inflating.
+    pub kernels: Vec<LoadedKernel>,
+    /// The inflation rule, `None` for a native 3-D checkpoint.
+    pub inflation: Option<Inflation>,
+    /// Input channels of the checkpoint's stem and of the model's.
+    pub stem_channels: (usize, usize),
+    /// What happened to the head.
+    pub head: Head,
+    /// Tensors of the file that were deliberately not loaded, with the reason.
+    pub ignored: Vec<(String, String)>,
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.inflation {
+            Some(rule) => writeln!(f, "inflated {} tensors ({rule:?} rule), {} kernels:", self.tensors_used, self.kernels.len())?,
+            None => writeln!(f, "loaded {} tensors of a 3-D checkpoint, {} kernels:", self.tensors_used, self.kernels.len())?,
+        }
+        for kernel in &self.kernels {
+            writeln!(f, "  {:<28} {:?} -> {:?}", kernel.name, kernel.from, kernel.to)?;
+        }
+        let (from, to) = self.stem_channels;
+        match (from, to) {
+            _ if from == to => writeln!(f, "stem: {from} input channel(s), unchanged")?,
+            (_, 1) => writeln!(f, "stem: {from} input channels summed into 1")?,
+            _ => writeln!(f, "stem: {from} input channels cycled into {to}, scaled by {from}/{to}")?,
+        }
+        writeln!(f, "batch norm: parameters and running statistics copied from the checkpoint")?;
+        match &self.head {
+            Head::Copied { classes } => writeln!(f, "head: copied ({classes} classes)")?,
+            Head::Fresh { checkpoint_classes: Some(k), classes } => {
+                writeln!(f, "head: fresh, {classes} classes (the checkpoint's has {k})")?
+            }
+            Head::Fresh { checkpoint_classes: None, classes } => {
+                writeln!(f, "head: fresh, {classes} classes (the checkpoint has none)")?
+            }
+            Head::Absent => writeln!(f, "head: none (num_classes = None)")?,
+        }
+        for (name, why) in &self.ignored {
+            writeln!(f, "not loaded: {name}: {why}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds the 3-D network of `config` from 2-D weights in torchvision naming, inflating every
+/// kernel by `config.inflation` and adapting the stem to `config.in_channels`.
+///
+/// # Errors
+/// [`Error::InvalidConfig`], [`Error::ArchitectureMismatch`] when the checkpoint is another
+/// depth, [`Error::WrongShape`], [`Error::MissingTensors`], [`Error::UnexpectedTensors`].
+pub fn inflate_from_2d(weights: &Weights, config: &ResNet3dConfig, device: &Device) -> Result<ResNet3d> {
+    inflate_from_2d_with_report(weights, config, device).map(|(model, _)| model)
+}
+
+/// [`inflate_from_2d`], with the report of what was loaded.
+pub fn inflate_from_2d_with_report(
+    weights: &Weights,
+    config: &ResNet3dConfig,
+    device: &Device,
+) -> Result<(ResNet3d, LoadReport)> {
+    Loader::run(weights, config, device, Some(config.inflation))
+}
+
+impl ResNet3d {
+    /// Reads a 2-D ImageNet ResNet (`.pth`/`.pt` or `.safetensors`, recognised from the
+    /// bytes) and inflates it into the 3-D network of `config`.
+    ///
+    /// # Errors
+    /// Those of [`Weights::from_file`] and [`inflate_from_2d`].
+    pub fn from_imagenet(path: impl AsRef<Path>, config: &ResNet3dConfig, device: &Device) -> Result<Self> {
+        Self::from_imagenet_with_report(path, config, device).map(|(model, _)| model)
+    }
+
+    /// [`from_imagenet`](Self::from_imagenet), with the report of what was loaded.
+    pub fn from_imagenet_with_report(
+        path: impl AsRef<Path>,
+        config: &ResNet3dConfig,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let weights = Weights::from_file(path)?;
+        let (model, mut report) = inflate_from_2d_with_report(&weights, config, device)?;
+        report.ignored.extend(weights.set_aside().iter().cloned());
+        Ok((model, report))
+    }
+
+    /// Reads a native 3-D checkpoint with torchvision-3-D keys (as ACSConv, timm_3d or
+    /// I3ResNet-style code saves them), tensors in f32, f16 or bf16, head optional.
+    ///
+    /// # Errors
+    /// Those of [`Weights::from_file`]; [`Error::WrongShape`] when a kernel's shape is not the
+    /// config's (the message names the setting), [`Error::MissingTensors`],
+    /// [`Error::UnexpectedTensors`], [`Error::ArchitectureMismatch`].
+    pub fn from_checkpoint(path: impl AsRef<Path>, config: &ResNet3dConfig, device: &Device) -> Result<Self> {
+        Self::from_checkpoint_with_report(path, config, device).map(|(model, _)| model)
+    }
+
+    /// [`from_checkpoint`](Self::from_checkpoint), with the report of what was loaded.
+    pub fn from_checkpoint_with_report(
+        path: impl AsRef<Path>,
+        config: &ResNet3dConfig,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let weights = Weights::from_file(path)?;
+        let (model, mut report) = Loader::run(&weights, config, device, None)?;
+        report.ignored.extend(weights.set_aside().iter().cloned());
+        Ok((model, report))
+    }
+}
+
+/// The block layout a checkpoint's names describe.
+pub(crate) fn detect_layout(weights: &Weights) -> Result<Layout> {
+    let mut layers = [0usize; 4];
+    let mut bottleneck = false;
+    for name in weights.names() {
+        let mut parts = name.split('.');
+        let stage = parts.next().and_then(|s| s.strip_prefix("layer")).and_then(|i| i.parse::<usize>().ok());
+        let block = parts.next().and_then(|b| b.parse::<usize>().ok());
+        if let (Some(stage @ 1..=4), Some(block)) = (stage, block) {
+            layers[stage - 1] = layers[stage - 1].max(block + 1);
+            bottleneck |= parts.next() == Some("conv3");
+        }
+    }
+    if layers.contains(&0) {
+        let first: Vec<&str> = weights.names().take(5).collect();
+        return Err(Error::Unsupported {
+            what: format!(
+                "not a torchvision-layout ResNet: no tensors for every stage layer1..layer4 (blocks found per stage: {layers:?}; first names: {first:?})"
+            ),
+        });
+    }
+    let block = if bottleneck { crate::BlockKind::Bottleneck } else { crate::BlockKind::Basic };
+    Ok(Layout { block, layers })
+}
+
+/// A [`ParamSource`] that takes every parameter from a checkpoint, inflating 2-D kernels when
+/// `inflation` is set, and records everything that does not fit.
+struct Loader<'a> {
+    weights: &'a Weights,
+    device: &'a Device,
+    inflation: Option<Inflation>,
+    used: BTreeSet<String>,
+    missing: Vec<String>,
+    wrong_shape: Option<Error>,
+    report: LoadReport,
+}
+
+impl<'a> Loader<'a> {
+    fn run(
+        weights: &'a Weights,
+        config: &ResNet3dConfig,
+        device: &'a Device,
+        inflation: Option<Inflation>,
+    ) -> Result<(ResNet3d, LoadReport)> {
+        config.validate()?;
+        let found = detect_layout(weights)?;
+        if found != config.layout() {
+            return Err(Error::ArchitectureMismatch { found, expected: config.layout() });
+        }
+        let mut loader = Loader {
+            weights,
+            device,
+            inflation,
+            used: BTreeSet::new(),
+            missing: Vec::new(),
+            wrong_shape: None,
+            report: LoadReport {
+                tensors_used: 0,
+                kernels: Vec::new(),
+                inflation,
+                stem_channels: (config.in_channels, config.in_channels),
+                head: Head::Absent,
+                ignored: Vec::new(),
+            },
+        };
+        let model = ResNet3d::build(config, &mut loader);
+        loader.finish(config, model)
+    }
+
+    fn finish(mut self, config: &ResNet3dConfig, model: ResNet3d) -> Result<(ResNet3d, LoadReport)> {
+        if let Some(err) = self.wrong_shape {
+            return Err(err);
+        }
+        if !self.missing.is_empty() {
+            return Err(Error::MissingTensors { names: self.missing });
+        }
+        let mut unexpected = Vec::new();
+        for name in self.weights.names().filter(|n| !self.used.contains(*n)) {
+            if config.num_classes.is_none() && (name == "fc.weight" || name == "fc.bias") {
+                self.report.ignored.push((name.to_string(), "the config has no head (num_classes = None)".into()));
+            } else {
+                unexpected.push(name.to_string());
+            }
+        }
+        if !unexpected.is_empty() {
+            return Err(Error::UnexpectedTensors { names: unexpected });
+        }
+        self.report.tensors_used = self.used.len() - self.report.ignored.len();
+        Ok((model, self.report))
+    }
+
+    /// The values of `name` if it has `shape`; otherwise records what is wrong.
+    fn take(&mut self, name: &str, shape: &[usize]) -> Option<&'a [f32]> {
+        let weights = self.weights;
+        let Some(tensor) = weights.get(name) else {
+            self.missing.push(name.to_string());
+            return None;
+        };
+        self.used.insert(name.to_string());
+        if tensor.shape != shape {
+            if self.wrong_shape.is_none() {
+                self.wrong_shape = Some(Error::WrongShape {
+                    hint: shape_hint(name, shape, &tensor.shape),
+                    name: name.to_string(),
+                    expected: shape.to_vec(),
+                    found: tensor.shape.clone(),
+                });
+            }
+            return None;
+        }
+        Some(&tensor.values)
+    }
+
+    fn tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
+        Tensor::from_data(TensorData::new(values, shape), self.device)
+    }
+
+    /// A kernel from the checkpoint: `[o, c, h, w]` inflated to `spec`, or `spec`'s 3-D shape.
+    fn kernel(&mut self, name: &str, spec: ConvSpec, checkpoint_in: usize) -> Option<Conv> {
+        let [o, i, d, h, w] = spec.weight_shape();
+        let key = format!("{name}.weight");
+        let values = match self.inflation {
+            Some(rule) => {
+                let values = self.take(&key, &[o, checkpoint_in, h, w])?;
+                let adapted = adapt_in_channels(values, [o, checkpoint_in, h, w], i);
+                self.record(key, vec![o, checkpoint_in, h, w], &spec);
+                inflate_kernel(&adapted, [o, i, h, w], d, rule)
+            }
+            None => {
+                let values = self.take(&key, &[o, i, d, h, w])?.to_vec();
+                self.record(key, vec![o, i, d, h, w], &spec);
+                values
+            }
+        };
+        Some(spec.build(Param::from_tensor(self.tensor(values, [o, i, d, h, w]))))
+    }
+
+    fn record(&mut self, name: String, from: Vec<usize>, spec: &ConvSpec) {
+        self.report.kernels.push(LoadedKernel { name, from, to: spec.weight_shape().to_vec() });
+    }
+}
+
+impl ParamSource for Loader<'_> {
+    fn stem(&mut self, spec: ConvSpec) -> Conv {
+        // A 2-D stem keeps the checkpoint's input channels (3 for ImageNet) until adapted.
+        let checkpoint_in = match (self.inflation, self.weights.get("conv1.weight")) {
+            (Some(_), Some(t)) if t.shape.len() == 4 => t.shape[1],
+            _ => spec.in_channels,
+        };
+        self.report.stem_channels = (checkpoint_in, spec.in_channels);
+        self.kernel("conv1", spec, checkpoint_in)
+            .unwrap_or_else(|| FreshInit { device: self.device }.conv("conv1", spec))
+    }
+
+    fn conv(&mut self, name: &str, spec: ConvSpec) -> Conv {
+        self.kernel(name, spec, spec.in_channels)
+            .unwrap_or_else(|| FreshInit { device: self.device }.conv(name, spec))
+    }
+
+    fn batch_norm(&mut self, name: &str, channels: usize) -> BatchNorm {
+        let mut bn = BatchNormConfig::new(channels).init(self.device);
+        let counter = format!("{name}.num_batches_tracked");
+        if self.weights.get(&counter).is_some() {
+            self.used.insert(counter.clone());
+            self.report.ignored.push((counter, "BatchNorm's update counter, not a weight".into()));
+        }
+        let [gamma, beta, mean, var] =
+            ["weight", "bias", "running_mean", "running_var"].map(|p| self.take(&format!("{name}.{p}"), &[channels]));
+        if let (Some(gamma), Some(beta), Some(mean), Some(var)) = (gamma, beta, mean, var) {
+            bn.gamma = Param::from_tensor(self.tensor(gamma.to_vec(), [channels]));
+            bn.beta = Param::from_tensor(self.tensor(beta.to_vec(), [channels]));
+            bn.running_mean = RunningState::new(self.tensor(mean.to_vec(), [channels]));
+            bn.running_var = RunningState::new(self.tensor(var.to_vec(), [channels]));
+        }
+        bn
+    }
+
+    fn head(&mut self, d_input: usize, classes: usize) -> Linear {
+        let mut fresh = FreshInit { device: self.device };
+        let checkpoint_classes = match self.weights.get("fc.weight") {
+            Some(t) if t.shape.len() == 2 && t.shape[1] == d_input => Some(t.shape[0]),
+            Some(_) => {
+                // A head of the wrong width: let `take` report it.
+                self.take("fc.weight", &[classes, d_input]);
+                return fresh.head(d_input, classes);
+            }
+            None => None,
+        };
+        if checkpoint_classes != Some(classes) {
+            for name in ["fc.weight", "fc.bias"] {
+                if self.weights.get(name).is_some() {
+                    self.used.insert(name.to_string());
+                    let why = format!("the checkpoint's head has {checkpoint_classes:?} classes, the config asks for {classes}: a fresh head is used");
+                    self.report.ignored.push((name.to_string(), why));
+                }
+            }
+            self.report.head = Head::Fresh { checkpoint_classes, classes };
+            return fresh.head(d_input, classes);
+        }
+        let mut linear = fresh.head(d_input, classes);
+        let (Some(weight), Some(bias)) = (self.take("fc.weight", &[classes, d_input]), self.take("fc.bias", &[classes]))
+        else {
+            return linear;
+        };
+        // PyTorch stores [classes, d_input]; Burn's Linear holds [d_input, classes].
+        let mut transposed = vec![0.0; weight.len()];
+        for (k, row) in weight.chunks_exact(d_input).enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                transposed[j * classes + k] = *v;
+            }
+        }
+        linear.weight = Param::from_tensor(self.tensor(transposed, [d_input, classes]));
+        linear.bias = Some(Param::from_tensor(self.tensor(bias.to_vec(), [classes])));
+        self.report.head = Head::Copied { classes };
+        linear
+    }
+}
+
+/// Which setting explains a shape that does not fit, when one does.
+fn shape_hint(name: &str, expected: &[usize], found: &[usize]) -> String {
+    match (expected.len(), found.len()) {
+        (4, 5) => return "; this is a 3-D kernel: load native 3-D checkpoints with ResNet3d::from_checkpoint".into(),
+        (5, 4) => return "; this is a 2-D kernel: inflate 2-D checkpoints with ResNet3d::from_imagenet".into(),
+        _ => {}
+    }
+    if name == "conv1.weight" && found.first() != expected.first() {
+        return format!("; the checkpoint's stem has {} channels: set width to {}", found[0], found[0]);
+    }
+    if found.len() == 5 && expected.len() == 5 {
+        if found[1] != expected[1] && name == "conv1.weight" {
+            return format!("; set in_channels to {}", found[1]);
+        }
+        if found[2] != expected[2] {
+            let field = if name == "conv1.weight" { "stem_depth_kernel" } else { "block_depth_kernel" };
+            return format!("; set {field} to {}", found[2]);
+        }
+    }
+    String::new()
+}

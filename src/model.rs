@@ -1,0 +1,207 @@
+//! [`ResNet3d`]: stem, `layer1` .. `layer4`, optional head.
+
+use burn::module::Module;
+use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use crate::block::{Block, BlockSpec};
+use crate::config::ResNet3dConfig;
+use crate::conv::{Conv, ConvSpec};
+use crate::pool::MaxPool3d;
+
+/// A 3-D ResNet in torchvision's layout: field names are torchvision's state-dict keys.
+///
+/// Build one with [`ResNet3dConfig::init`] (random weights),
+/// [`ResNet3d::from_imagenet`] (inflated 2-D ImageNet weights) or
+/// [`ResNet3d::from_checkpoint`] (a native 3-D checkpoint).
+#[derive(Module, Debug)]
+pub struct ResNet3d {
+    /// The stem: a 7x7 convolution (`stem_depth_kernel` deep) with stride 2.
+    pub conv1: Conv,
+    /// BatchNorm after the stem.
+    pub bn1: BatchNorm,
+    /// 3x3 stride-2 max pool (`max_pool_depth_kernel` deep), if configured.
+    pub maxpool: Option<MaxPool3d>,
+    /// Stage 1: `width` channels, spatial stride 1.
+    pub layer1: Vec<Block>,
+    /// Stage 2: `2 * width` channels (times 4 for bottlenecks), spatial stride 2.
+    pub layer2: Vec<Block>,
+    /// Stage 3: `4 * width` channels (times 4 for bottlenecks), spatial stride 2.
+    pub layer3: Vec<Block>,
+    /// Stage 4: `8 * width` channels (times 4 for bottlenecks), spatial stride 2.
+    pub layer4: Vec<Block>,
+    /// Linear classifier on the globally averaged features, if `num_classes` is set.
+    pub fc: Option<Linear>,
+}
+
+/// Every stage's output, for segmentation decoders and feature extraction.
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// After `conv1`, `bn1` and ReLU, before the max pool: `[N, width, D/2, H/2, W/2]`
+    /// with the default strides.
+    pub stem: Tensor<5>,
+    /// Output of `layer1`.
+    pub layer1: Tensor<5>,
+    /// Output of `layer2`.
+    pub layer2: Tensor<5>,
+    /// Output of `layer3`.
+    pub layer3: Tensor<5>,
+    /// Output of `layer4`.
+    pub layer4: Tensor<5>,
+}
+
+/// Where the network's parameters come from while it is built: fresh initialisation, or a
+/// checkpoint (see `load.rs`). Names are torchvision's state-dict prefixes (`layer1.0.conv1`).
+pub(crate) trait ParamSource {
+    /// The stem convolution `conv1`, whose input channels follow the data.
+    fn stem(&mut self, spec: ConvSpec) -> Conv {
+        self.conv("conv1", spec)
+    }
+    /// A convolution.
+    fn conv(&mut self, name: &str, spec: ConvSpec) -> Conv;
+    /// A BatchNorm over `channels`.
+    fn batch_norm(&mut self, name: &str, channels: usize) -> BatchNorm;
+    /// The head `fc`: `d_input` features to `classes` logits.
+    fn head(&mut self, d_input: usize, classes: usize) -> Linear;
+}
+
+/// torchvision's initialisation: Kaiming-normal (fan-out) convolutions, BatchNorm at the identity.
+pub(crate) struct FreshInit<'a> {
+    pub device: &'a Device,
+}
+
+impl ParamSource for FreshInit<'_> {
+    fn conv(&mut self, _name: &str, spec: ConvSpec) -> Conv {
+        let shape = spec.weight_shape();
+        let receptive: usize = spec.kernel.iter().product();
+        let init = Initializer::KaimingNormal { gain: 2f64.sqrt(), fan_out_only: true };
+        let weight = init.init_with(shape, Some(spec.in_channels * receptive), Some(spec.out_channels * receptive), self.device);
+        spec.build(weight)
+    }
+
+    fn batch_norm(&mut self, _name: &str, channels: usize) -> BatchNorm {
+        BatchNormConfig::new(channels).init(self.device)
+    }
+
+    fn head(&mut self, d_input: usize, classes: usize) -> Linear {
+        LinearConfig::new(d_input, classes).init(self.device)
+    }
+}
+
+impl ResNet3dConfig {
+    /// A network with fresh weights (torchvision's initialisation).
+    ///
+    /// # Panics
+    /// If the configuration is invalid; the message names the field. Call
+    /// [`validate`](Self::validate) first to get the [`Error`](crate::Error) instead.
+    pub fn init(&self, device: &Device) -> ResNet3d {
+        if let Err(err) = self.validate() {
+            panic!("{err}");
+        }
+        ResNet3d::build(self, &mut FreshInit { device })
+    }
+}
+
+impl ResNet3d {
+    /// Builds the architecture of `config`, asking `source` for every parameter.
+    pub(crate) fn build(config: &ResNet3dConfig, source: &mut impl ParamSource) -> Self {
+        let width = config.width;
+        let conv1 = source.stem(ConvSpec {
+            in_channels: config.in_channels,
+            out_channels: width,
+            kernel: [config.stem_depth_kernel, 7, 7],
+            stride: [config.stem_depth_stride, 2, 2],
+            depth_padding: config.depth_padding,
+        });
+        let bn1 = source.batch_norm("bn1", width);
+        let maxpool = config.max_pool.then(|| {
+            let kd = config.max_pool_depth_kernel;
+            MaxPool3d { kernel_size: [kd, 3, 3], stride: [config.max_pool_depth_stride, 2, 2], padding: [kd / 2, 1, 1] }
+        });
+
+        let mut in_channels = width;
+        let mut stages = (0..4).map(|i| {
+            let planes = width << i;
+            let spatial = if i == 0 { 1 } else { 2 };
+            (0..config.layers[i])
+                .map(|b| {
+                    let spec = BlockSpec {
+                        in_channels,
+                        planes,
+                        stride: if b == 0 { [config.stage_depth_strides[i], spatial, spatial] } else { [1, 1, 1] },
+                        depth_kernel: config.block_depth_kernel,
+                        depth_padding: config.depth_padding,
+                    };
+                    in_channels = planes * config.block.expansion();
+                    Block::build(config.block, spec, &format!("layer{}.{b}", i + 1), source)
+                })
+                .collect::<Vec<_>>()
+        });
+        let (layer1, layer2, layer3, layer4) = (
+            stages.next().unwrap_or_default(),
+            stages.next().unwrap_or_default(),
+            stages.next().unwrap_or_default(),
+            stages.next().unwrap_or_default(),
+        );
+        let fc = config.num_classes.map(|classes| source.head(config.feature_channels(), classes));
+        Self { conv1, bn1, maxpool, layer1, layer2, layer3, layer4, fc }
+    }
+
+    /// Class logits, or the pooled features when the network has no head.
+    ///
+    /// # Shapes
+    /// - input: `[N, in_channels, D, H, W]`
+    /// - output: `[N, num_classes]`, or `[N, feature_channels]` without a head
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<2> {
+        let x = self.stem(x);
+        let x = match &self.maxpool {
+            Some(pool) => pool.forward(x),
+            None => x,
+        };
+        let x = stage(&self.layer1, x);
+        let x = stage(&self.layer2, x);
+        let x = stage(&self.layer3, x);
+        let x = stage(&self.layer4, x);
+        self.head(x)
+    }
+
+    /// The output of the stem and of every stage.
+    ///
+    /// # Shapes
+    /// - input: `[N, in_channels, D, H, W]`
+    /// - output: see [`Features`]
+    pub fn features(&self, x: Tensor<5>) -> Features {
+        let stem = self.stem(x);
+        let x = match &self.maxpool {
+            Some(pool) => pool.forward(stem.clone()),
+            None => stem.clone(),
+        };
+        let layer1 = stage(&self.layer1, x);
+        let layer2 = stage(&self.layer2, layer1.clone());
+        let layer3 = stage(&self.layer3, layer2.clone());
+        let layer4 = stage(&self.layer4, layer3.clone());
+        Features { stem, layer1, layer2, layer3, layer4 }
+    }
+
+    /// Global average pooling and the head (if any) on `layer4`'s output.
+    ///
+    /// # Shapes
+    /// `[N, C, D, H, W]` -> `[N, num_classes]`, or `[N, C]` without a head
+    pub fn head(&self, x: Tensor<5>) -> Tensor<2> {
+        let [n, c, d, h, w] = x.dims();
+        let pooled = x.reshape([n, c, d * h * w]).mean_dim(2).reshape([n, c]);
+        match &self.fc {
+            Some(fc) => fc.forward(pooled),
+            None => pooled,
+        }
+    }
+
+    fn stem(&self, x: Tensor<5>) -> Tensor<5> {
+        relu(self.bn1.forward(self.conv1.forward(x)))
+    }
+}
+
+fn stage(blocks: &[Block], x: Tensor<5>) -> Tensor<5> {
+    blocks.iter().fold(x, |x, block| block.forward(x))
+}
