@@ -26,13 +26,22 @@ pub(crate) struct BlockSpec {
 impl BlockSpec {
     fn conv(&self, in_channels: usize, out_channels: usize, kernel: usize, stride: [usize; 3]) -> ConvSpec {
         let depth = if kernel == 1 { 1 } else { self.depth_kernel };
-        ConvSpec { in_channels, out_channels, kernel: [depth, kernel, kernel], stride, depth_padding: self.depth_padding }
+        ConvSpec {
+            in_channels,
+            out_channels,
+            kernel: [depth, kernel, kernel],
+            stride,
+            depth_padding: self.depth_padding,
+        }
     }
 
     /// torchvision adds a projection shortcut where the shape changes.
     fn downsample(&self, out_channels: usize, name: &str, source: &mut impl ParamSource) -> Option<Downsample> {
         (self.stride != [1, 1, 1] || self.in_channels != out_channels).then(|| Downsample {
-            conv: source.conv(&format!("{name}.downsample.0"), self.conv(self.in_channels, out_channels, 1, self.stride)),
+            conv: source.conv(
+                &format!("{name}.downsample.0"),
+                self.conv(self.in_channels, out_channels, 1, self.stride),
+            ),
             bn: source.batch_norm(&format!("{name}.downsample.1"), out_channels),
         })
     }

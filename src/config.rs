@@ -69,16 +69,49 @@ pub struct Layout {
 impl Layout {
     /// The five torchvision ResNets: depth, block, blocks per stage.
     pub const PRESETS: [(usize, Layout); 5] = [
-        (18, Layout { block: BlockKind::Basic, layers: [2, 2, 2, 2] }),
-        (34, Layout { block: BlockKind::Basic, layers: [3, 4, 6, 3] }),
-        (50, Layout { block: BlockKind::Bottleneck, layers: [3, 4, 6, 3] }),
-        (101, Layout { block: BlockKind::Bottleneck, layers: [3, 4, 23, 3] }),
-        (152, Layout { block: BlockKind::Bottleneck, layers: [3, 8, 36, 3] }),
+        (
+            18,
+            Layout {
+                block: BlockKind::Basic,
+                layers: [2, 2, 2, 2],
+            },
+        ),
+        (
+            34,
+            Layout {
+                block: BlockKind::Basic,
+                layers: [3, 4, 6, 3],
+            },
+        ),
+        (
+            50,
+            Layout {
+                block: BlockKind::Bottleneck,
+                layers: [3, 4, 6, 3],
+            },
+        ),
+        (
+            101,
+            Layout {
+                block: BlockKind::Bottleneck,
+                layers: [3, 4, 23, 3],
+            },
+        ),
+        (
+            152,
+            Layout {
+                block: BlockKind::Bottleneck,
+                layers: [3, 8, 36, 3],
+            },
+        ),
     ];
 
     /// The layout of ResNet-`depth`, if `depth` is one of 18, 34, 50, 101, 152.
     pub fn preset(depth: usize) -> Option<Layout> {
-        Self::PRESETS.iter().find(|(d, _)| *d == depth).map(|(_, layout)| *layout)
+        Self::PRESETS
+            .iter()
+            .find(|(d, _)| *d == depth)
+            .map(|(_, layout)| *layout)
     }
 
     /// 18, 34, 50, 101 or 152 for the standard layouts.
@@ -189,7 +222,10 @@ impl ResNet3dConfig {
 
     /// The block kind and counts.
     pub fn layout(&self) -> Layout {
-        Layout { block: self.block, layers: self.layers }
+        Layout {
+            block: self.block,
+            layers: self.layers,
+        }
     }
 
     /// Channels of the pooled features: what the head sees.
@@ -199,7 +235,12 @@ impl ResNet3dConfig {
 
     /// Checks every field; the non-panicking twin of [`init`](Self::init).
     pub fn validate(&self) -> Result<()> {
-        let invalid = |field, reason: &str| Err(Error::InvalidConfig { field, reason: reason.to_string() });
+        let invalid = |field, reason: &str| {
+            Err(Error::InvalidConfig {
+                field,
+                reason: reason.to_string(),
+            })
+        };
         if self.width == 0 {
             return invalid("width", "is 0; torchvision's ResNets use 64");
         }
@@ -223,7 +264,9 @@ impl ResNet3dConfig {
             if kernel == 0 || kernel % 2 == 0 {
                 return Err(Error::InvalidConfig {
                     field,
-                    reason: format!("is {kernel}; it must be odd (1, 3, 5, 7) so that padding kernel/2 keeps the depth centred"),
+                    reason: format!(
+                        "is {kernel}; it must be odd (1, 3, 5, 7) so that padding kernel/2 keeps the depth centred"
+                    ),
                 });
             }
         }

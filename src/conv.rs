@@ -76,6 +76,11 @@ impl Conv {
             DepthPadding::Replicate if pd > 0 => (x.pad([(pd, pd), (0, 0), (0, 0)], PadMode::Edge), 0),
             _ => (x, pd),
         };
-        conv3d(x, self.weight.val(), None, ConvOptions::new(self.stride, [pd, ph, pw], [1, 1, 1], 1))
+        conv3d(
+            x,
+            self.weight.val(),
+            None,
+            ConvOptions::new(self.stride, [pd, ph, pw], [1, 1, 1], 1),
+        )
     }
 }

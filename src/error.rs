@@ -134,7 +134,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The first names of a list, for messages that stay readable with hundreds of names.
 fn list(names: &[String]) -> String {
     const SHOWN: usize = 8;
-    let mut out = names.iter().take(SHOWN).map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    let mut out = names
+        .iter()
+        .take(SHOWN)
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
     if names.len() > SHOWN {
         out.push_str(&format!(" and {} more", names.len() - SHOWN));
     }

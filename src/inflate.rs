@@ -86,10 +86,11 @@ mod tests {
         let w2 = ramp(54);
         let w3 = inflate_kernel(&w2, shape, 3, Inflation::Average);
         assert_eq!(w3.len(), 162);
-        // W3[1, 2, t, 0, 1] = W2[1, 2, 0, 1] / 3 for every t.
-        let w2_value = w2[((1 * 3 + 2) * 3 + 0) * 3 + 1];
+        // W3[o, i, t, h, w] = W2[o, i, h, w] / 3 for every t, at (o, i, h, w) = (1, 2, 0, 1).
+        let at2 = |o: usize, i: usize, h: usize, w: usize| ((o * 3 + i) * 3 + h) * 3 + w;
+        let at3 = |o: usize, i: usize, t: usize, h: usize, w: usize| (((o * 3 + i) * 3 + t) * 3 + h) * 3 + w;
         for t in 0..3 {
-            assert_eq!(w3[(((1 * 3 + 2) * 3 + t) * 3 + 0) * 3 + 1], w2_value / 3.0);
+            assert_eq!(w3[at3(1, 2, t, 0, 1)], w2[at2(1, 2, 0, 1)] / 3.0);
         }
         let summed = sum_over_depth(&w3, shape, 3);
         for (a, b) in summed.iter().zip(&w2) {
@@ -103,7 +104,12 @@ mod tests {
         let w2 = ramp(8);
         let w3 = inflate_kernel(&w2, shape, 5, Inflation::Center);
         // Per (o, i): slices 0, 1, 3, 4 are zero, slice 2 is W2.
-        assert_eq!(&w3[..20], &[0., 0., 0., 0., 0., 0., 0., 0., 1., 2., 3., 4., 0., 0., 0., 0., 0., 0., 0., 0.]);
+        assert_eq!(
+            &w3[..20],
+            &[
+                0., 0., 0., 0., 0., 0., 0., 0., 1., 2., 3., 4., 0., 0., 0., 0., 0., 0., 0., 0.
+            ]
+        );
         assert_eq!(sum_over_depth(&w3, shape, 5), w2);
     }
 

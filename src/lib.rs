@@ -9,6 +9,7 @@ mod inflate;
 mod load;
 mod model;
 mod pool;
+mod record;
 
 pub use block::{BasicBlock3d, Block, Bottleneck3d, Downsample};
 pub use burn;

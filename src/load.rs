@@ -68,8 +68,18 @@ pub struct LoadReport {
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.inflation {
-            Some(rule) => writeln!(f, "inflated {} tensors ({rule:?} rule), {} kernels:", self.tensors_used, self.kernels.len())?,
-            None => writeln!(f, "loaded {} tensors of a 3-D checkpoint, {} kernels:", self.tensors_used, self.kernels.len())?,
+            Some(rule) => writeln!(
+                f,
+                "inflated {} tensors ({rule:?} rule), {} kernels:",
+                self.tensors_used,
+                self.kernels.len()
+            )?,
+            None => writeln!(
+                f,
+                "loaded {} tensors of a 3-D checkpoint, {} kernels:",
+                self.tensors_used,
+                self.kernels.len()
+            )?,
         }
         for kernel in &self.kernels {
             writeln!(f, "  {:<28} {:?} -> {:?}", kernel.name, kernel.from, kernel.to)?;
@@ -80,15 +90,20 @@ impl fmt::Display for LoadReport {
             (_, 1) => writeln!(f, "stem: {from} input channels summed into 1")?,
             _ => writeln!(f, "stem: {from} input channels cycled into {to}, scaled by {from}/{to}")?,
         }
-        writeln!(f, "batch norm: parameters and running statistics copied from the checkpoint")?;
+        writeln!(
+            f,
+            "batch norm: parameters and running statistics copied from the checkpoint"
+        )?;
         match &self.head {
             Head::Copied { classes } => writeln!(f, "head: copied ({classes} classes)")?,
-            Head::Fresh { checkpoint_classes: Some(k), classes } => {
-                writeln!(f, "head: fresh, {classes} classes (the checkpoint's has {k})")?
-            }
-            Head::Fresh { checkpoint_classes: None, classes } => {
-                writeln!(f, "head: fresh, {classes} classes (the checkpoint has none)")?
-            }
+            Head::Fresh {
+                checkpoint_classes: Some(k),
+                classes,
+            } => writeln!(f, "head: fresh, {classes} classes (the checkpoint's has {k})")?,
+            Head::Fresh {
+                checkpoint_classes: None,
+                classes,
+            } => writeln!(f, "head: fresh, {classes} classes (the checkpoint has none)")?,
             Head::Absent => writeln!(f, "head: none (num_classes = None)")?,
         }
         for (name, why) in &self.ignored {
@@ -169,7 +184,10 @@ pub(crate) fn detect_layout(weights: &Weights) -> Result<Layout> {
     let mut bottleneck = false;
     for name in weights.names() {
         let mut parts = name.split('.');
-        let stage = parts.next().and_then(|s| s.strip_prefix("layer")).and_then(|i| i.parse::<usize>().ok());
+        let stage = parts
+            .next()
+            .and_then(|s| s.strip_prefix("layer"))
+            .and_then(|i| i.parse::<usize>().ok());
         let block = parts.next().and_then(|b| b.parse::<usize>().ok());
         if let (Some(stage @ 1..=4), Some(block)) = (stage, block) {
             layers[stage - 1] = layers[stage - 1].max(block + 1);
@@ -184,7 +202,11 @@ pub(crate) fn detect_layout(weights: &Weights) -> Result<Layout> {
             ),
         });
     }
-    let block = if bottleneck { crate::BlockKind::Bottleneck } else { crate::BlockKind::Basic };
+    let block = if bottleneck {
+        crate::BlockKind::Bottleneck
+    } else {
+        crate::BlockKind::Basic
+    };
     Ok(Layout { block, layers })
 }
 
@@ -210,7 +232,10 @@ impl<'a> Loader<'a> {
         config.validate()?;
         let found = detect_layout(weights)?;
         if found != config.layout() {
-            return Err(Error::ArchitectureMismatch { found, expected: config.layout() });
+            return Err(Error::ArchitectureMismatch {
+                found,
+                expected: config.layout(),
+            });
         }
         let mut loader = Loader {
             weights,
@@ -242,7 +267,9 @@ impl<'a> Loader<'a> {
         let mut unexpected = Vec::new();
         for name in self.weights.names().filter(|n| !self.used.contains(*n)) {
             if config.num_classes.is_none() && (name == "fc.weight" || name == "fc.bias") {
-                self.report.ignored.push((name.to_string(), "the config has no head (num_classes = None)".into()));
+                self.report
+                    .ignored
+                    .push((name.to_string(), "the config has no head (num_classes = None)".into()));
             } else {
                 unexpected.push(name.to_string());
             }
@@ -301,7 +328,11 @@ impl<'a> Loader<'a> {
     }
 
     fn record(&mut self, name: String, from: Vec<usize>, spec: &ConvSpec) {
-        self.report.kernels.push(LoadedKernel { name, from, to: spec.weight_shape().to_vec() });
+        self.report.kernels.push(LoadedKernel {
+            name,
+            from,
+            to: spec.weight_shape().to_vec(),
+        });
     }
 }
 
@@ -327,7 +358,9 @@ impl ParamSource for Loader<'_> {
         let counter = format!("{name}.num_batches_tracked");
         if self.weights.get(&counter).is_some() {
             self.used.insert(counter.clone());
-            self.report.ignored.push((counter, "BatchNorm's update counter, not a weight".into()));
+            self.report
+                .ignored
+                .push((counter, "BatchNorm's update counter, not a weight".into()));
         }
         let [gamma, beta, mean, var] =
             ["weight", "bias", "running_mean", "running_var"].map(|p| self.take(&format!("{name}.{p}"), &[channels]));
@@ -355,16 +388,23 @@ impl ParamSource for Loader<'_> {
             for name in ["fc.weight", "fc.bias"] {
                 if self.weights.get(name).is_some() {
                     self.used.insert(name.to_string());
-                    let why = format!("the checkpoint's head has {checkpoint_classes:?} classes, the config asks for {classes}: a fresh head is used");
+                    let why = format!(
+                        "the checkpoint's head has {checkpoint_classes:?} classes, the config asks for {classes}: a fresh head is used"
+                    );
                     self.report.ignored.push((name.to_string(), why));
                 }
             }
-            self.report.head = Head::Fresh { checkpoint_classes, classes };
+            self.report.head = Head::Fresh {
+                checkpoint_classes,
+                classes,
+            };
             return fresh.head(d_input, classes);
         }
         let mut linear = fresh.head(d_input, classes);
-        let (Some(weight), Some(bias)) = (self.take("fc.weight", &[classes, d_input]), self.take("fc.bias", &[classes]))
-        else {
+        let (Some(weight), Some(bias)) = (
+            self.take("fc.weight", &[classes, d_input]),
+            self.take("fc.bias", &[classes]),
+        ) else {
             return linear;
         };
         // PyTorch stores [classes, d_input]; Burn's Linear holds [d_input, classes].
@@ -389,14 +429,21 @@ fn shape_hint(name: &str, expected: &[usize], found: &[usize]) -> String {
         _ => {}
     }
     if name == "conv1.weight" && found.first() != expected.first() {
-        return format!("; the checkpoint's stem has {} channels: set width to {}", found[0], found[0]);
+        return format!(
+            "; the checkpoint's stem has {} channels: set width to {}",
+            found[0], found[0]
+        );
     }
     if found.len() == 5 && expected.len() == 5 {
         if found[1] != expected[1] && name == "conv1.weight" {
             return format!("; set in_channels to {}", found[1]);
         }
         if found[2] != expected[2] {
-            let field = if name == "conv1.weight" { "stem_depth_kernel" } else { "block_depth_kernel" };
+            let field = if name == "conv1.weight" {
+                "stem_depth_kernel"
+            } else {
+                "block_depth_kernel"
+            };
             return format!("; set {field} to {}", found[2]);
         }
     }

@@ -75,8 +75,16 @@ impl ParamSource for FreshInit<'_> {
     fn conv(&mut self, _name: &str, spec: ConvSpec) -> Conv {
         let shape = spec.weight_shape();
         let receptive: usize = spec.kernel.iter().product();
-        let init = Initializer::KaimingNormal { gain: 2f64.sqrt(), fan_out_only: true };
-        let weight = init.init_with(shape, Some(spec.in_channels * receptive), Some(spec.out_channels * receptive), self.device);
+        let init = Initializer::KaimingNormal {
+            gain: 2f64.sqrt(),
+            fan_out_only: true,
+        };
+        let weight = init.init_with(
+            shape,
+            Some(spec.in_channels * receptive),
+            Some(spec.out_channels * receptive),
+            self.device,
+        );
         spec.build(weight)
     }
 
@@ -117,7 +125,11 @@ impl ResNet3d {
         let bn1 = source.batch_norm("bn1", width);
         let maxpool = config.max_pool.then(|| {
             let kd = config.max_pool_depth_kernel;
-            MaxPool3d { kernel_size: [kd, 3, 3], stride: [config.max_pool_depth_stride, 2, 2], padding: [kd / 2, 1, 1] }
+            MaxPool3d {
+                kernel_size: [kd, 3, 3],
+                stride: [config.max_pool_depth_stride, 2, 2],
+                padding: [kd / 2, 1, 1],
+            }
         });
 
         let mut in_channels = width;
@@ -129,7 +141,11 @@ impl ResNet3d {
                     let spec = BlockSpec {
                         in_channels,
                         planes,
-                        stride: if b == 0 { [config.stage_depth_strides[i], spatial, spatial] } else { [1, 1, 1] },
+                        stride: if b == 0 {
+                            [config.stage_depth_strides[i], spatial, spatial]
+                        } else {
+                            [1, 1, 1]
+                        },
                         depth_kernel: config.block_depth_kernel,
                         depth_padding: config.depth_padding,
                     };
@@ -144,8 +160,19 @@ impl ResNet3d {
             stages.next().unwrap_or_default(),
             stages.next().unwrap_or_default(),
         );
-        let fc = config.num_classes.map(|classes| source.head(config.feature_channels(), classes));
-        Self { conv1, bn1, maxpool, layer1, layer2, layer3, layer4, fc }
+        let fc = config
+            .num_classes
+            .map(|classes| source.head(config.feature_channels(), classes));
+        Self {
+            conv1,
+            bn1,
+            maxpool,
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            fc,
+        }
     }
 
     /// Class logits, or the pooled features when the network has no head.
@@ -181,7 +208,13 @@ impl ResNet3d {
         let layer2 = stage(&self.layer2, layer1.clone());
         let layer3 = stage(&self.layer3, layer2.clone());
         let layer4 = stage(&self.layer4, layer3.clone());
-        Features { stem, layer1, layer2, layer3, layer4 }
+        Features {
+            stem,
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+        }
     }
 
     /// Global average pooling and the head (if any) on `layer4`'s output.

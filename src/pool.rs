@@ -24,7 +24,11 @@ impl MaxPool3d {
     /// A max pool; `None` if a window or stride is 0 or a padding exceeds half its window.
     pub fn new(kernel_size: [usize; 3], stride: [usize; 3], padding: [usize; 3]) -> Option<Self> {
         let valid = (0..3).all(|a| kernel_size[a] > 0 && stride[a] > 0 && 2 * padding[a] <= kernel_size[a]);
-        valid.then_some(Self { kernel_size, stride, padding })
+        valid.then_some(Self {
+            kernel_size,
+            stride,
+            padding,
+        })
     }
 
     /// Output size along one axis of length `size`.
@@ -46,7 +50,9 @@ impl MaxPool3d {
         // In-plane pass: depth rides along as the channel axis.
         let x = max_pool2d(
             x.reshape([n * c, d, h, w]),
-            MaxPoolOptions::new([kh, kw]).with_stride([sh, sw]).with_padding([ph, pw]),
+            MaxPoolOptions::new([kh, kw])
+                .with_stride([sh, sw])
+                .with_padding([ph, pw]),
         );
         let [_, _, h2, w2] = x.dims();
         if kd == 1 && sd == 1 {
@@ -70,7 +76,13 @@ mod tests {
     /// The definition: the maximum over every in-bounds voxel of each window.
     fn brute_force(x: &[f32], dims: [usize; 5], pool: &MaxPool3d) -> (Vec<f32>, [usize; 5]) {
         let [n, c, d, h, w] = dims;
-        let out = [n, c, pool.output_size(0, d), pool.output_size(1, h), pool.output_size(2, w)];
+        let out = [
+            n,
+            c,
+            pool.output_size(0, d),
+            pool.output_size(1, h),
+            pool.output_size(2, w),
+        ];
         let mut y = Vec::new();
         for b in 0..n * c {
             for od in 0..out[2] {
@@ -83,7 +95,10 @@ mod tests {
                                     let z = (od * pool.stride[0] + kd) as isize - pool.padding[0] as isize;
                                     let r = (oh * pool.stride[1] + kh) as isize - pool.padding[1] as isize;
                                     let s = (ow * pool.stride[2] + kw) as isize - pool.padding[2] as isize;
-                                    if (0..d as isize).contains(&z) && (0..h as isize).contains(&r) && (0..w as isize).contains(&s) {
+                                    if (0..d as isize).contains(&z)
+                                        && (0..h as isize).contains(&r)
+                                        && (0..w as isize).contains(&s)
+                                    {
                                         let i = ((b * d + z as usize) * h + r as usize) * w + s as usize;
                                         m = m.max(x[i]);
                                     }
@@ -105,7 +120,11 @@ mod tests {
         let pool = MaxPool3d::new(kernel, stride, padding).unwrap();
         let (expected, shape) = brute_force(&x, dims, &pool);
         let y = pool.forward(Tensor::from_data(TensorData::new(x, dims), device));
-        assert_eq!(y.dims(), shape, "kernel {kernel:?} stride {stride:?} padding {padding:?}");
+        assert_eq!(
+            y.dims(),
+            shape,
+            "kernel {kernel:?} stride {stride:?} padding {padding:?}"
+        );
         let got = y.into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(got, expected, "kernel {kernel:?} stride {stride:?} padding {padding:?}");
     }

@@ -75,7 +75,10 @@ impl Weights {
             Format::Safetensors => safetensors::read(path)?,
             Format::Onnx => {
                 return Err(Error::Unsupported {
-                    what: format!("{}: ONNX files are not read yet; export the state dict (.pth or .safetensors)", path.display()),
+                    what: format!(
+                        "{}: ONNX files are not read yet; export the state dict (.pth or .safetensors)",
+                        path.display()
+                    ),
                 });
             }
         };
@@ -154,7 +157,10 @@ impl Weights {
                 Some(inner) => {
                     weights.tensors.insert(inner.to_string(), tensor);
                 }
-                None => weights.set_aside.push((name, format!("outside the state dict `{}`", prefix.trim_end_matches('.')))),
+                None => weights.set_aside.push((
+                    name,
+                    format!("outside the state dict `{}`", prefix.trim_end_matches('.')),
+                )),
             }
         }
         weights
@@ -193,11 +199,21 @@ pub(crate) fn decode(elem: Elem, bytes: &[u8]) -> Vec<f32> {
     let chunks = bytes.chunks_exact(elem.size());
     match elem {
         Elem::F32 => chunks.map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Elem::F64 => chunks.map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect(),
-        Elem::F16 => chunks.map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Elem::BF16 => chunks.map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        Elem::I64 => chunks.map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32).collect(),
-        Elem::I32 => chunks.map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect(),
+        Elem::F64 => chunks
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        Elem::F16 => chunks
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Elem::BF16 => chunks
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Elem::I64 => chunks
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
+            .collect(),
+        Elem::I32 => chunks
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
         Elem::I16 => chunks.map(|c| i16::from_le_bytes([c[0], c[1]]) as f32).collect(),
         Elem::I8 => chunks.map(|c| c[0] as i8 as f32).collect(),
         Elem::U8 | Elem::Bool => chunks.map(|c| c[0] as f32).collect(),
@@ -211,7 +227,10 @@ pub(crate) fn detect_format(path: &Path) -> Result<Format> {
     let mut head = [0u8; 16];
     let mut filled = 0;
     while filled < head.len() {
-        match file.read(&mut head[filled..]).map_err(|source| io_error(path, source))? {
+        match file
+            .read(&mut head[filled..])
+            .map_err(|source| io_error(path, source))?
+        {
             0 => break,
             n => filled += n,
         }
@@ -236,16 +255,31 @@ pub(crate) fn detect_format(path: &Path) -> Result<Format> {
     } else if head.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) {
         format!("text starting {:?}", String::from_utf8_lossy(head))
     } else {
-        format!("bytes {}", head.iter().take(8).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        format!(
+            "bytes {}",
+            head.iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
     };
-    Err(Error::UnknownFormat { path: path.to_path_buf(), found })
+    Err(Error::UnknownFormat {
+        path: path.to_path_buf(),
+        found,
+    })
 }
 
 pub(crate) fn io_error(path: &Path, source: std::io::Error) -> Error {
     if source.kind() == std::io::ErrorKind::NotFound {
-        Error::FileNotFound { path: path.to_path_buf() }
+        Error::FileNotFound {
+            path: path.to_path_buf(),
+        }
     } else {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -254,7 +288,10 @@ mod tests {
     use super::*;
 
     fn t(values: &[f32]) -> WeightTensor {
-        WeightTensor { shape: vec![values.len()], values: values.to_vec() }
+        WeightTensor {
+            shape: vec![values.len()],
+            values: values.to_vec(),
+        }
     }
 
     #[test]
@@ -266,7 +303,10 @@ mod tests {
             ("optimizer.state.0.exp_avg".to_string(), t(&[4.0])),
         ];
         let w = Weights::from_state_dict(raw);
-        assert_eq!(w.names().collect::<Vec<_>>(), ["bn1.weight", "conv1.weight", "layer1.0.conv1.weight"]);
+        assert_eq!(
+            w.names().collect::<Vec<_>>(),
+            ["bn1.weight", "conv1.weight", "layer1.0.conv1.weight"]
+        );
         assert_eq!(w.set_aside().len(), 1);
         assert_eq!(w.set_aside()[0].0, "optimizer.state.0.exp_avg");
     }

@@ -9,7 +9,11 @@ use super::{Elem, WeightTensor, decode};
 use crate::error::{Error, Result};
 
 pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
-    let corrupt = |reason: String| Error::Corrupt { path: path.to_path_buf(), format: "PyTorch", reason };
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        format: "PyTorch",
+        reason,
+    };
     let reader = PytorchReader::new(path).map_err(|err| match err {
         PytorchError::Io(source) => super::io_error(path, source),
         other => corrupt(other.to_string()),
@@ -27,11 +31,22 @@ pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
             DType::I8 => Elem::I8,
             DType::U8 => Elem::U8,
             DType::Bool => Elem::Bool,
-            other => return Err(Error::UnsupportedDType { name, dtype: format!("{other:?}") }),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    name,
+                    dtype: format!("{other:?}"),
+                });
+            }
         };
         let bytes = tensor.read().map_err(|err| corrupt(err.to_string()))?;
         let shape = tensor.shape().to_vec();
-        out.push((name, WeightTensor { shape, values: decode(elem, &bytes) }));
+        out.push((
+            name,
+            WeightTensor {
+                shape,
+                values: decode(elem, &bytes),
+            },
+        ));
     }
     Ok(out)
 }

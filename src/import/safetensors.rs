@@ -9,8 +9,11 @@ use crate::error::{Error, Result};
 
 pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
     let bytes = std::fs::read(path).map_err(|source| super::io_error(path, source))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|err| Error::Corrupt { path: path.to_path_buf(), format: "safetensors", reason: err.to_string() })?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|err| Error::Corrupt {
+        path: path.to_path_buf(),
+        format: "safetensors",
+        reason: err.to_string(),
+    })?;
     let mut out = Vec::with_capacity(file.len());
     for (name, view) in file.tensors() {
         let elem = match view.dtype() {
@@ -24,10 +27,21 @@ pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
             Dtype::I8 => Elem::I8,
             Dtype::U8 => Elem::U8,
             Dtype::BOOL => Elem::Bool,
-            other => return Err(Error::UnsupportedDType { name, dtype: format!("{other:?}") }),
+            other => {
+                return Err(Error::UnsupportedDType {
+                    name,
+                    dtype: format!("{other:?}"),
+                });
+            }
         };
         let shape = view.shape().to_vec();
-        out.push((name, WeightTensor { shape, values: decode(elem, view.data()) }));
+        out.push((
+            name,
+            WeightTensor {
+                shape,
+                values: decode(elem, view.data()),
+            },
+        ));
     }
     Ok(out)
 }

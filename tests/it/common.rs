@@ -1,0 +1,97 @@
+//! Fixture access and comparison helpers shared by the tests.
+
+use std::path::{Path, PathBuf};
+
+use resnet3d::burn::tensor::{Device, Tensor, TensorData};
+use resnet3d::{BlockKind, DepthPadding, Inflation, ResNet3dConfig};
+use serde_json::Value;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn manifest() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("cases.json")).expect("cases.json");
+    serde_json::from_str(&text).expect("cases.json is JSON")
+}
+
+/// The input formula of make_fixtures.py: x[i] = sin(0.61 i) + 0.5 cos(0.173 i), flat index.
+pub fn pattern<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    let len: usize = shape.iter().product();
+    let values: Vec<f32> = (0..len)
+        .map(|i| i as f64)
+        .map(|i| ((0.61 * i).sin() + 0.5 * (0.173 * i).cos()) as f32)
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// The configuration a case of cases.json describes.
+pub fn config_of(case: &Value) -> ResNet3dConfig {
+    let c = &case["config"];
+    let n = |k: &str| c[k].as_u64().unwrap_or_else(|| panic!("{k}")) as usize;
+    let four = |k: &str| {
+        let v: Vec<usize> = c[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        [v[0], v[1], v[2], v[3]]
+    };
+    let block = match c["block"].as_str().unwrap() {
+        "basic" => BlockKind::Basic,
+        _ => BlockKind::Bottleneck,
+    };
+    ResNet3dConfig::new(block, four("layers"))
+        .with_width(n("width"))
+        .with_in_channels(n("in_channels"))
+        .with_num_classes(c["num_classes"].as_u64().map(|k| k as usize))
+        .with_stem_depth_kernel(n("stem_depth_kernel"))
+        .with_stem_depth_stride(n("stem_depth_stride"))
+        .with_max_pool(c["max_pool"].as_bool().unwrap())
+        .with_max_pool_depth_kernel(n("max_pool_depth_kernel"))
+        .with_max_pool_depth_stride(n("max_pool_depth_stride"))
+        .with_block_depth_kernel(n("block_depth_kernel"))
+        .with_stage_depth_strides(four("stage_depth_strides"))
+        .with_depth_padding(match c["depth_padding"].as_str().unwrap() {
+            "Zeros" => DepthPadding::Zeros,
+            _ => DepthPadding::Replicate,
+        })
+        .with_inflation(match c["inflation"].as_str().unwrap() {
+            "Average" => Inflation::Average,
+            _ => Inflation::Center,
+        })
+}
+
+/// A reference tensor of a fixture file, with its shape.
+pub fn reference(file: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let view = st
+        .tensor(name)
+        .unwrap_or_else(|e| panic!("{name} in {}: {e}", file.display()));
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (view.shape().to_vec(), values)
+}
+
+/// `max |got - expected| / max |expected|`: the error relative to the reference's scale.
+pub fn rel_error(got: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(got.len(), expected.len(), "length");
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    got.iter().zip(expected).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+pub fn values<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
+    let dims = t.dims().to_vec();
+    (dims, t.into_data().try_to_vec::<f32>().unwrap())
+}
+
+/// The CPU backends every integration test runs on.
+#[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
+pub fn cpu_devices() -> Vec<(&'static str, Device)> {
+    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+}

@@ -1,0 +1,213 @@
+//! Every loading error names its exact variant.
+
+use resnet3d::burn::tensor::Device;
+use resnet3d::{Error, ResNet3d, ResNet3dConfig, Weights, inflate_from_2d};
+
+use crate::common::*;
+
+fn r18() -> ResNet3dConfig {
+    ResNet3dConfig::resnet18().with_width(4).with_num_classes(Some(10))
+}
+
+fn r18_weights() -> Weights {
+    Weights::from_file(fixtures().join("checkpoints/r18_w4.pth")).unwrap()
+}
+
+#[test]
+fn missing_file() {
+    let err = ResNet3d::from_imagenet("/nonexistent/resnet50.pth", &r18(), &Device::flex()).unwrap_err();
+    assert!(matches!(err, Error::FileNotFound { .. }), "{err}");
+}
+
+#[test]
+fn not_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.pth");
+    std::fs::write(&text, "these are my notes, not weights").unwrap();
+    let err = ResNet3d::from_imagenet(&text, &r18(), &Device::flex()).unwrap_err();
+    assert!(matches!(err, Error::UnknownFormat { .. }), "{err}");
+    assert!(err.to_string().contains("text starting"), "{err}");
+
+    let empty = dir.path().join("empty.safetensors");
+    std::fs::write(&empty, b"").unwrap();
+    let err = ResNet3d::from_imagenet(&empty, &r18(), &Device::flex()).unwrap_err();
+    assert!(matches!(err, Error::UnknownFormat { .. }), "{err}");
+}
+
+#[test]
+fn truncated_checkpoints_are_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["r18_w4.pth", "r18_w4.safetensors"] {
+        let bytes = std::fs::read(fixtures().join("checkpoints").join(name)).unwrap();
+        let cut = dir.path().join(name);
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = ResNet3d::from_imagenet(&cut, &r18(), &Device::flex()).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{name}: {err}");
+    }
+}
+
+#[test]
+fn wrong_depth_names_both() {
+    let err = inflate_from_2d(
+        &r18_weights(),
+        &ResNet3dConfig::resnet50().with_width(4),
+        &Device::flex(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::ArchitectureMismatch { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("checkpoint is a ResNet-18: BasicBlock [2, 2, 2, 2]"),
+        "{message}"
+    );
+    assert!(
+        message.contains("the config asks for ResNet-50: Bottleneck [3, 4, 6, 3]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn missing_tensors_are_named() {
+    let mut weights = r18_weights();
+    weights.remove("layer2.0.bn1.running_var").unwrap();
+    weights.remove("layer3.1.conv2.weight").unwrap();
+    match inflate_from_2d(&weights, &r18(), &Device::flex()) {
+        Err(Error::MissingTensors { names }) => {
+            assert_eq!(names, ["layer2.0.bn1.running_var", "layer3.1.conv2.weight"])
+        }
+        other => panic!("expected MissingTensors, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn extra_tensors_are_named() {
+    let mut weights = r18_weights();
+    weights
+        .insert("layer1.0.se.fc1.weight", vec![2, 4], vec![0.0; 8])
+        .unwrap();
+    match inflate_from_2d(&weights, &r18(), &Device::flex()) {
+        Err(Error::UnexpectedTensors { names }) => assert_eq!(names, ["layer1.0.se.fc1.weight"]),
+        other => panic!("expected UnexpectedTensors, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn wrong_shapes_say_which_setting_to_change() {
+    // A width-4 checkpoint into a width-64 model.
+    let err = inflate_from_2d(&r18_weights(), &r18().with_width(64), &Device::flex()).unwrap_err();
+    assert!(matches!(err, Error::WrongShape { .. }), "{err}");
+    assert!(err.to_string().contains("set width to 4"), "{err}");
+
+    // One kernel of the wrong size.
+    let mut weights = r18_weights();
+    weights
+        .insert("layer1.1.conv1.weight", vec![4, 4, 5, 5], vec![0.0; 400])
+        .unwrap();
+    match inflate_from_2d(&weights, &r18(), &Device::flex()) {
+        Err(Error::WrongShape {
+            name, expected, found, ..
+        }) => {
+            assert_eq!(name, "layer1.1.conv1.weight");
+            assert_eq!(expected, [4, 4, 3, 3]);
+            assert_eq!(found, [4, 4, 5, 5]);
+        }
+        other => panic!("expected WrongShape, got {:?}", other.map(|_| ())),
+    }
+
+    // A native 3-D checkpoint given to from_imagenet.
+    let native = manifest()["native"][0]["file"].as_str().unwrap().to_string();
+    let config = r18().with_in_channels(1);
+    let err = ResNet3d::from_imagenet(fixtures().join(native), &config, &Device::flex()).unwrap_err();
+    assert!(matches!(err, Error::WrongShape { .. }), "{err}");
+    assert!(err.to_string().contains("ResNet3d::from_checkpoint"), "{err}");
+
+    // A native checkpoint whose block depth kernel is not the config's.
+    let native = manifest()["native"][0]["file"].as_str().unwrap().to_string();
+    let err = ResNet3d::from_checkpoint(
+        fixtures().join(native),
+        &config.with_block_depth_kernel(1),
+        &Device::flex(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("set block_depth_kernel to 3"), "{err}");
+}
+
+#[test]
+fn not_a_resnet() {
+    let mut weights = Weights::new();
+    weights
+        .insert("features.0.weight", vec![8, 3, 3, 3], vec![0.0; 216])
+        .unwrap();
+    let err = inflate_from_2d(&weights, &r18(), &Device::flex()).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}
+
+#[test]
+fn invalid_configs_name_the_field() {
+    let err = inflate_from_2d(&r18_weights(), &r18().with_block_depth_kernel(2), &Device::flex()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "block_depth_kernel",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        r18().with_in_channels(0).validate(),
+        Err(Error::InvalidConfig {
+            field: "in_channels",
+            ..
+        })
+    ));
+    assert!(matches!(
+        r18().with_num_classes(Some(0)).validate(),
+        Err(Error::InvalidConfig {
+            field: "num_classes",
+            ..
+        })
+    ));
+    assert!(matches!(
+        r18().with_stage_depth_strides([1, 0, 2, 2]).validate(),
+        Err(Error::InvalidConfig {
+            field: "stage_depth_strides",
+            ..
+        })
+    ));
+}
+
+#[test]
+#[should_panic(expected = "`stem_depth_kernel` is 4")]
+fn init_panics_on_an_invalid_config_naming_the_field() {
+    r18().with_stem_depth_kernel(4).init(&Device::flex());
+}
+
+#[test]
+fn head_of_another_class_count_is_replaced_and_reported() {
+    let (_, report) =
+        resnet3d::inflate_from_2d_with_report(&r18_weights(), &r18().with_num_classes(Some(2)), &Device::flex())
+            .unwrap();
+    assert_eq!(
+        report.head,
+        resnet3d::Head::Fresh {
+            checkpoint_classes: Some(10),
+            classes: 2
+        }
+    );
+    let ignored: Vec<&str> = report.ignored.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        ignored.contains(&"fc.weight") && ignored.contains(&"fc.bias"),
+        "{ignored:?}"
+    );
+    // Every BatchNorm counter is reported too: nothing left the file unaccounted for.
+    assert_eq!(
+        report
+            .ignored
+            .iter()
+            .filter(|(n, _)| n.ends_with("num_batches_tracked"))
+            .count(),
+        20
+    );
+}

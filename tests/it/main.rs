@@ -1,0 +1,8 @@
+//! Integration tests: one binary, one module per concern.
+
+mod common;
+mod errors;
+mod full_width;
+mod invariants;
+mod pytorch;
+mod record;
