@@ -1,4 +1,112 @@
-//! 3-D ResNets on Burn, inflated from 2-D ImageNet weights.
+#![warn(missing_docs)]
+//! 3-D ResNets (18/34/50/101/152) on [Burn](https://burn.dev), started from 2-D ImageNet weights.
+//!
+//! Annotated CT and MRI volumes are scarce; ImageNet ResNets are plentiful but 2-D and RGB.
+//! This crate builds 3-D ResNets in torchvision's layout and *inflates* a 2-D checkpoint
+//! (`.pth`, `.safetensors`) into them: every kernel spread over depth, the RGB stem folded
+//! into the data's channels, BatchNorm statistics kept. Loading is strict (every tensor used
+//! or reported, every parameter filled), single-channel input is first-class, and every
+//! depth-axis choice is a setting.
+//!
+//! # Quick start
+//!
+//! ```
+//! use resnet3d::burn::tensor::{Device, Tensor};
+//! use resnet3d::{ResNet3d, ResNet3dConfig};
+//!
+//! # fn main() -> Result<(), resnet3d::Error> {
+//! # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/checkpoints/r18_w4.pth");
+//! let device = Device::flex();
+//! // A ResNet-18 (here a narrow test checkpoint: width 4) for 1-channel CT, 2 classes.
+//! let config = ResNet3dConfig::resnet18().with_width(4).with_in_channels(1).with_num_classes(Some(2));
+//! let (model, report) = ResNet3d::from_imagenet_with_report(path, &config, &device)?;
+//! println!("{report}"); // what was inflated, what happened to the head and BatchNorm
+//!
+//! let volume = Tensor::<5>::zeros([1, 1, 32, 64, 64], &device); // [N, C, D, H, W]
+//! let logits = model.forward(volume);
+//! assert_eq!(logits.dims(), [1, 2]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Presets
+//!
+//! | preset | block | blocks per stage | pooled features |
+//! |---|---|---|---|
+//! | [`ResNet3dConfig::resnet18`] | basic | 2, 2, 2, 2 | 512 |
+//! | [`ResNet3dConfig::resnet34`] | basic | 3, 4, 6, 3 | 512 |
+//! | [`ResNet3dConfig::resnet50`] | bottleneck | 3, 4, 6, 3 | 2048 |
+//! | [`ResNet3dConfig::resnet101`] | bottleneck | 3, 4, 23, 3 | 2048 |
+//! | [`ResNet3dConfig::resnet152`] | bottleneck | 3, 8, 36, 3 | 2048 |
+//!
+//! Spatial kernels, strides and paddings are torchvision's (bottlenecks stride on the 3x3,
+//! "v1.5"). The depth axis is configured: [`stem_depth_kernel`](ResNet3dConfig::stem_depth_kernel)
+//! and [`stem_depth_stride`](ResNet3dConfig::stem_depth_stride) (7 and 2),
+//! [`max_pool`](ResNet3dConfig::max_pool) with its own depth kernel and stride (3 and 2),
+//! [`block_depth_kernel`](ResNet3dConfig::block_depth_kernel) (3; 1 gives 2.5-D 1x3x3 blocks),
+//! [`stage_depth_strides`](ResNet3dConfig::stage_depth_strides) (`[1, 2, 2, 2]`) and
+//! [`depth_padding`](ResNet3dConfig::depth_padding). For thick slices keep depth strides at 1
+//! where the volume has few slices.
+//!
+//! # Inflation rules
+//!
+//! A 2-D kernel `W2[o, i, h, w]` becomes `W3[o, i, t, h, w]` of depth `T`:
+//!
+//! - [`Inflation::Average`] (I3D): `W3[:, :, t] = W2 / T` for every `t`;
+//! - [`Inflation::Center`]: `W3[:, :, T/2] = W2`, zeros elsewhere.
+//!
+//! The stem's input channels are adapted first: 1 channel gets the sum of the RGB kernels
+//! (exactly the response to a grey image copied to RGB); `N != 3` channels get
+//! `W'[:, n] = W[:, n mod 3] * 3 / N`. BatchNorm parameters and running statistics are
+//! copied; the head `fc` is copied when `num_classes` equals the checkpoint's and freshly
+//! initialised otherwise (the [`LoadReport`] says which).
+//!
+//! Since `sum_t W3 = W2` for both rules, a volume constant along depth gives the 2-D
+//! network's output: exactly with depth kernels of 1 or away from the first and last slices,
+//! and everywhere with [`DepthPadding::Replicate`]. With [`Inflation::Center`] and depth
+//! strides of 1, every slice is processed as the 2-D network would process it alone. The
+//! tests check all of this against PyTorch.
+//!
+//! # Weight formats
+//!
+//! - [`ResNet3d::from_imagenet`]: a 2-D torchvision or timm ResNet as `.pth`/`.pt` (a bare
+//!   state dict, or one nested under `state_dict` or another key, `module.` prefixes allowed;
+//!   the pickle is parsed, never executed) or `.safetensors`, recognised from the file's bytes.
+//!   [`Weights`] holds the named tensors if you need to inspect or edit them first; then
+//!   [`inflate_from_2d`].
+//! - [`ResNet3d::from_checkpoint`]: a native 3-D checkpoint with torchvision-3-D keys (as
+//!   ACSConv, timm_3d or I3ResNet-style code saves them), in f32, f16 or bf16.
+//! - [`ResNet3d::save`] / [`ResNet3d::load`]: Burn's own record format (burnpack):
+//!
+//! ```
+//! # use resnet3d::burn::tensor::Device;
+//! # use resnet3d::{ResNet3d, ResNet3dConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let device = Device::flex();
+//! let config = ResNet3dConfig::resnet18().with_width(4).with_in_channels(1);
+//! let model = config.init(&device);
+//! let path = dir.path().join("resnet3d-18.bpk");
+//! model.save(&path)?;
+//! let again = ResNet3d::load(&path, &config, &device)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Backends
+//!
+//! Burn picks the backend at run time from the [`Device`](burn::tensor::Device):
+//! `Device::flex()` (fast pure-Rust CPU backend, the default feature and what the tests and
+//! examples use), `Device::ndarray()` (feature `ndarray`) and `Device::wgpu(..)` (feature
+//! `wgpu`: Vulkan, Metal, DX12, or a software Vulkan driver such as Mesa's lavapipe).
+//!
+//! # Cargo features
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `flex` | yes | Burn's `flex` CPU backend |
+//! | `ndarray` | no | Burn's `ndarray` CPU backend |
+//! | `wgpu` | no | Burn's `wgpu` GPU backend |
 
 mod block;
 mod config;

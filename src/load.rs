@@ -106,8 +106,25 @@ impl fmt::Display for LoadReport {
             } => writeln!(f, "head: fresh, {classes} classes (the checkpoint has none)")?,
             Head::Absent => writeln!(f, "head: none (num_classes = None)")?,
         }
-        for (name, why) in &self.ignored {
-            writeln!(f, "not loaded: {name}: {why}")?;
+        // Grouped by reason: a ResNet-152 has 155 BatchNorm counters.
+        let mut reasons: Vec<&str> = Vec::new();
+        for (_, why) in &self.ignored {
+            if !reasons.contains(&why.as_str()) {
+                reasons.push(why);
+            }
+        }
+        for why in reasons {
+            let names: Vec<&str> = self
+                .ignored
+                .iter()
+                .filter(|(_, w)| w == why)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            match names.as_slice() {
+                [one] => writeln!(f, "not loaded: {one}: {why}")?,
+                [first, .., last] => writeln!(f, "not loaded: {} tensors ({first} .. {last}): {why}", names.len())?,
+                [] => {}
+            }
         }
         Ok(())
     }
@@ -388,9 +405,14 @@ impl ParamSource for Loader<'_> {
             for name in ["fc.weight", "fc.bias"] {
                 if self.weights.get(name).is_some() {
                     self.used.insert(name.to_string());
-                    let why = format!(
-                        "the checkpoint's head has {checkpoint_classes:?} classes, the config asks for {classes}: a fresh head is used"
-                    );
+                    let why = match checkpoint_classes {
+                        Some(k) => format!(
+                            "the checkpoint's head has {k} classes, the config asks for {classes}: a fresh head is used"
+                        ),
+                        None => format!(
+                            "a head of another width; the config asks for {classes} classes: a fresh head is used"
+                        ),
+                    };
                     self.report.ignored.push((name.to_string(), why));
                 }
             }

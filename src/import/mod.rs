@@ -133,6 +133,25 @@ impl Weights {
         self.tensors.is_empty()
     }
 
+    /// The block layout the names describe (block kind and blocks per stage), and the width
+    /// (output channels of `conv1.weight`): what a [`ResNet3dConfig`](crate::ResNet3dConfig)
+    /// for this checkpoint needs.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when the names are not those of a torchvision-layout ResNet.
+    pub fn layout(&self) -> Result<(crate::Layout, usize)> {
+        let layout = crate::load::detect_layout(self)?;
+        let width = match self.get("conv1.weight") {
+            Some(t) if !t.shape.is_empty() => t.shape[0],
+            _ => {
+                return Err(Error::MissingTensors {
+                    names: vec!["conv1.weight".into()],
+                });
+            }
+        };
+        Ok((layout, width))
+    }
+
     /// Tensors of the file that are not part of the state dict (an optimizer's state saved
     /// beside it, for instance), with the reason; they are reported, never loaded.
     pub fn set_aside(&self) -> &[(String, String)] {
