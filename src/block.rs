@@ -21,6 +21,8 @@ pub(crate) struct BlockSpec {
     /// Depth of the 3x3 kernels.
     pub depth_kernel: usize,
     pub depth_padding: DepthPadding,
+    /// Bottlenecks only: the stride goes on the first 1x1 convolution (ResNet v1).
+    pub stride_in_1x1: bool,
 }
 
 impl BlockSpec {
@@ -106,15 +108,15 @@ impl BasicBlock3d {
     }
 }
 
-/// 1x1x1, 3x3 (`depth_kernel`x3x3, with the stride: torchvision's v1.5), 1x1x1 convolutions
-/// with 4x channel expansion and a skip connection.
+/// 1x1x1, 3x3 (`depth_kernel`x3x3, with the stride: torchvision's v1.5, unless
+/// `stride_in_1x1`), 1x1x1 convolutions with 4x channel expansion and a skip connection.
 #[derive(Module, Debug)]
 pub struct Bottleneck3d {
-    /// 1x1x1 reduction.
+    /// 1x1x1 reduction (carries the stride in ResNet v1).
     pub conv1: Conv,
     /// BatchNorm after `conv1`.
     pub bn1: BatchNorm,
-    /// 3x3 convolution; carries the block's stride.
+    /// 3x3 convolution; carries the block's stride (v1.5).
     pub conv2: Conv,
     /// BatchNorm after `conv2`.
     pub bn2: BatchNorm,
@@ -129,10 +131,14 @@ pub struct Bottleneck3d {
 impl Bottleneck3d {
     pub(crate) fn build(spec: BlockSpec, name: &str, source: &mut impl ParamSource) -> Self {
         let (p, out) = (spec.planes, spec.planes * BlockKind::Bottleneck.expansion());
+        let (stride1, stride2) = match spec.stride_in_1x1 {
+            true => (spec.stride, [1, 1, 1]),
+            false => ([1, 1, 1], spec.stride),
+        };
         Self {
-            conv1: source.conv(&format!("{name}.conv1"), spec.conv(spec.in_channels, p, 1, [1, 1, 1])),
+            conv1: source.conv(&format!("{name}.conv1"), spec.conv(spec.in_channels, p, 1, stride1)),
             bn1: source.batch_norm(&format!("{name}.bn1"), p),
-            conv2: source.conv(&format!("{name}.conv2"), spec.conv(p, p, 3, spec.stride)),
+            conv2: source.conv(&format!("{name}.conv2"), spec.conv(p, p, 3, stride2)),
             bn2: source.batch_norm(&format!("{name}.bn2"), p),
             conv3: source.conv(&format!("{name}.conv3"), spec.conv(p, out, 1, [1, 1, 1])),
             bn3: source.batch_norm(&format!("{name}.bn3"), out),

@@ -187,6 +187,11 @@ pub struct ResNet3dConfig {
     /// How 2-D kernels are spread over depth when inflating.
     #[config(default = "Inflation::Average")]
     pub inflation: Inflation,
+    /// Put a bottleneck's stride on its first 1x1 convolution (the original ResNet, "v1",
+    /// as in some model zoos) instead of on the 3x3 (torchvision's "v1.5"). The ONNX reader
+    /// detects which one a graph is; state dicts cannot tell.
+    #[config(default = false)]
+    pub stride_in_1x1: bool,
 }
 
 impl ResNet3dConfig {

@@ -61,6 +61,9 @@ pub struct LoadReport {
     pub stem_channels: (usize, usize),
     /// What happened to the head.
     pub head: Head,
+    /// BatchNorm layers that the file had fused into their convolutions (ONNX exports with
+    /// constant folding) and that start as the identity; 0 when every BatchNorm was copied.
+    pub fused_batch_norms: usize,
     /// Tensors of the file that were deliberately not loaded, with the reason.
     pub ignored: Vec<(String, String)>,
 }
@@ -90,10 +93,18 @@ impl fmt::Display for LoadReport {
             (_, 1) => writeln!(f, "stem: {from} input channels summed into 1")?,
             _ => writeln!(f, "stem: {from} input channels cycled into {to}, scaled by {from}/{to}")?,
         }
-        writeln!(
-            f,
-            "batch norm: parameters and running statistics copied from the checkpoint"
-        )?;
+        match self.fused_batch_norms {
+            0 => writeln!(
+                f,
+                "batch norm: parameters and running statistics copied from the checkpoint"
+            )?,
+            n => writeln!(
+                f,
+                "batch norm: {n} layers were fused into their convolutions by the exporter; they start as the \
+                 identity (gamma = sqrt(1 + eps), beta = fused bias, mean 0, var 1), so fine-tuning starts \
+                 from identity statistics"
+            )?,
+        }
         match &self.head {
             Head::Copied { classes } => writeln!(f, "head: copied ({classes} classes)")?,
             Head::Fresh {
@@ -247,6 +258,23 @@ impl<'a> Loader<'a> {
         inflation: Option<Inflation>,
     ) -> Result<(ResNet3d, LoadReport)> {
         config.validate()?;
+        if let Some(v1) = weights.stride_in_1x1()
+            && v1 != config.stride_in_1x1
+            && config.block == crate::BlockKind::Bottleneck
+        {
+            let reason = match v1 {
+                true => {
+                    "is false, but the file is a ResNet v1 (stride on the first 1x1 of each bottleneck): set it to true"
+                }
+                false => {
+                    "is true, but the file strides the 3x3 of each bottleneck (torchvision's v1.5): set it to false"
+                }
+            };
+            return Err(Error::InvalidConfig {
+                field: "stride_in_1x1",
+                reason: reason.into(),
+            });
+        }
         let found = detect_layout(weights)?;
         if found != config.layout() {
             return Err(Error::ArchitectureMismatch {
@@ -267,6 +295,7 @@ impl<'a> Loader<'a> {
                 inflation,
                 stem_channels: (config.in_channels, config.in_channels),
                 head: Head::Absent,
+                fused_batch_norms: weights.fused_batch_norms(),
                 ignored: Vec::new(),
             },
         };

@@ -148,6 +148,7 @@ impl ResNet3d {
                         },
                         depth_kernel: config.block_depth_kernel,
                         depth_padding: config.depth_padding,
+                        stride_in_1x1: config.stride_in_1x1,
                     };
                     in_channels = planes * config.block.expansion();
                     Block::build(config.block, spec, &format!("layer{}.{b}", i + 1), source)

@@ -2,6 +2,7 @@
 //! torchvision naming, whatever the file format. One file per format; all calls into the
 //! readers underneath (burn-store's PyTorch reader, `safetensors`) stay in this folder.
 
+mod onnx;
 mod pytorch;
 mod safetensors;
 
@@ -50,6 +51,8 @@ pub struct WeightTensor {
 pub struct Weights {
     tensors: BTreeMap<String, WeightTensor>,
     set_aside: Vec<(String, String)>,
+    fused_batch_norms: usize,
+    stride_in_1x1: Option<bool>,
 }
 
 impl Weights {
@@ -58,12 +61,18 @@ impl Weights {
         Self::default()
     }
 
-    /// Reads a `.pth`/`.pt` or `.safetensors` file; the format is recognised from its bytes.
+    /// Reads a `.pth`/`.pt`, `.safetensors` or `.onnx` file; the format is recognised from
+    /// its bytes.
     ///
     /// A PyTorch checkpoint may be a bare state dict or hold it under a key (`state_dict`,
     /// `model`, ...) beside other entries, and its names may carry DataParallel's `module.`
     /// prefix: the state dict is found by its `conv1.weight`/`bn1.weight` pair, and every
     /// tensor outside it is listed by [`set_aside`](Self::set_aside).
+    ///
+    /// An ONNX graph is mapped onto torchvision's names by its structure, never by its
+    /// initializer names or node order; BatchNorm fused into convolutions by the exporter
+    /// becomes an identity BatchNorm (see [`fused_batch_norms`](Self::fused_batch_norms)).
+    /// External data files (`model.onnx.data`) are read from beside the model.
     ///
     /// # Errors
     /// [`Error::FileNotFound`], [`Error::Io`], [`Error::UnknownFormat`] for bytes of no known
@@ -74,12 +83,14 @@ impl Weights {
             Format::Pytorch => pytorch::read(path)?,
             Format::Safetensors => safetensors::read(path)?,
             Format::Onnx => {
-                return Err(Error::Unsupported {
-                    what: format!(
-                        "{}: ONNX files are not read yet; export the state dict (.pth or .safetensors)",
-                        path.display()
-                    ),
-                });
+                let (raw, facts) = onnx::read(path)?;
+                let mut weights = Self {
+                    fused_batch_norms: facts.fused_batch_norms,
+                    stride_in_1x1: facts.stride_in_1x1,
+                    ..Self::default()
+                };
+                weights.tensors.extend(raw);
+                return Ok(weights);
             }
         };
         Ok(Self::from_state_dict(raw))
@@ -150,6 +161,20 @@ impl Weights {
             }
         };
         Ok((layout, width))
+    }
+
+    /// How many BatchNorm layers the file had fused into their convolutions (ONNX exports
+    /// with constant folding). Their BatchNorm here is the identity in eval mode
+    /// (`gamma = sqrt(1 + eps)`, `beta` = the fused bias, mean 0, variance 1), so the network
+    /// computes what the file computes; fine-tuning starts from these identity statistics.
+    pub fn fused_batch_norms(&self) -> usize {
+        self.fused_batch_norms
+    }
+
+    /// Whether the bottlenecks stride their first 1x1 convolution (ResNet v1), when the file
+    /// tells (ONNX graphs do; state dicts hold no strides).
+    pub fn stride_in_1x1(&self) -> Option<bool> {
+        self.stride_in_1x1
     }
 
     /// Tensors of the file that are not part of the state dict (an optimizer's state saved

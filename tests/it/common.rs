@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use resnet3d::burn::tensor::{Device, Tensor, TensorData};
-use resnet3d::{BlockKind, DepthPadding, Inflation, ResNet3dConfig};
+use resnet3d::{BlockKind, DepthPadding, Inflation, ResNet3d, ResNet3dConfig};
 use serde_json::Value;
 
 pub fn fixtures() -> PathBuf {
@@ -61,6 +61,7 @@ pub fn config_of(case: &Value) -> ResNet3dConfig {
             "Average" => Inflation::Average,
             _ => Inflation::Center,
         })
+        .with_stride_in_1x1(c["stride_in_1x1"].as_bool().unwrap())
 }
 
 /// A reference tensor of a fixture file, with its shape.
@@ -94,4 +95,47 @@ pub fn values<const D: usize>(t: Tensor<D>) -> (Vec<usize>, Vec<f32>) {
 #[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
 pub fn cpu_devices() -> Vec<(&'static str, Device)> {
     vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+}
+
+/// The tolerance of every comparison with PyTorch: max abs error / max abs reference.
+pub const TOLERANCE: f32 = 1e-4;
+
+pub fn input_shape(case: &Value) -> [usize; 5] {
+    let v: Vec<usize> = case["input_shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as usize)
+        .collect();
+    [v[0], v[1], v[2], v[3], v[4]]
+}
+
+/// Runs one case and returns the largest relative error over its outputs.
+pub fn check_case(case: &Value, model: &ResNet3d, device: &Device) -> f32 {
+    let name = case["name"].as_str().unwrap();
+    let file = fixtures().join("cases").join(format!("{name}.safetensors"));
+    let x = pattern(input_shape(case), device);
+    let features = model.features(x.clone());
+    let head = if case["config"]["num_classes"].is_null() {
+        "features"
+    } else {
+        "logits"
+    };
+    let outputs = [
+        ("stem", values(features.stem)),
+        ("layer1", values(features.layer1)),
+        ("layer2", values(features.layer2)),
+        ("layer3", values(features.layer3)),
+        ("layer4", values(features.layer4)),
+        (head, values(model.forward(x))),
+    ];
+    let mut worst = 0f32;
+    for (key, (shape, got)) in outputs {
+        let (ref_shape, expected) = reference(&file, key);
+        assert_eq!(shape, ref_shape, "{name}: shape of {key}");
+        let err = rel_error(&got, &expected);
+        assert!(err <= TOLERANCE, "{name}: {key} rel. error {err:e} > {TOLERANCE:e}");
+        worst = worst.max(err);
+    }
+    worst
 }

@@ -4,5 +4,6 @@ mod common;
 mod errors;
 mod full_width;
 mod invariants;
+mod onnx;
 mod pytorch;
 mod record;

@@ -4,51 +4,8 @@
 
 use resnet3d::ResNet3d;
 use resnet3d::burn::tensor::Device;
-use serde_json::Value;
 
 use crate::common::*;
-
-const TOLERANCE: f32 = 1e-4;
-
-fn input_shape(case: &Value) -> [usize; 5] {
-    let v: Vec<usize> = case["input_shape"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as usize)
-        .collect();
-    [v[0], v[1], v[2], v[3], v[4]]
-}
-
-/// Runs one case and returns the largest relative error over its outputs.
-fn check_case(case: &Value, model: &ResNet3d, device: &Device) -> f32 {
-    let name = case["name"].as_str().unwrap();
-    let file = fixtures().join("cases").join(format!("{name}.safetensors"));
-    let x = pattern(input_shape(case), device);
-    let features = model.features(x.clone());
-    let head = if case["config"]["num_classes"].is_null() {
-        "features"
-    } else {
-        "logits"
-    };
-    let outputs = [
-        ("stem", values(features.stem)),
-        ("layer1", values(features.layer1)),
-        ("layer2", values(features.layer2)),
-        ("layer3", values(features.layer3)),
-        ("layer4", values(features.layer4)),
-        (head, values(model.forward(x))),
-    ];
-    let mut worst = 0f32;
-    for (key, (shape, got)) in outputs {
-        let (ref_shape, expected) = reference(&file, key);
-        assert_eq!(shape, ref_shape, "{name}: shape of {key}");
-        let err = rel_error(&got, &expected);
-        assert!(err <= TOLERANCE, "{name}: {key} rel. error {err:e} > {TOLERANCE:e}");
-        worst = worst.max(err);
-    }
-    worst
-}
 
 fn inflated_cases_match(label: &str, device: &Device) {
     let manifest = manifest();
