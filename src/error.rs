@@ -118,6 +118,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// A [`Volume`](crate::preprocess::Volume) or a preprocessing step was given a shape or
+    /// spacing it cannot work with.
+    #[error("invalid volume: {what}")]
+    InvalidVolume {
+        /// What was found, and what it must be.
+        what: String,
+    },
+
     /// Saving or loading Burn's own record format failed.
     #[error("{}: Burn record: {reason}", path.display())]
     Record {

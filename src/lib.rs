@@ -117,6 +117,7 @@ mod inflate;
 mod load;
 mod model;
 mod pool;
+pub mod preprocess;
 mod record;
 
 pub use block::{BasicBlock3d, Block, Bottleneck3d, Downsample};

@@ -176,10 +176,7 @@ impl ResNet3d {
         config: &ResNet3dConfig,
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
-        let weights = Weights::from_file(path)?;
-        let (model, mut report) = inflate_from_2d_with_report(&weights, config, device)?;
-        report.ignored.extend(weights.set_aside().iter().cloned());
-        Ok((model, report))
+        inflate_from_2d_with_report(&Weights::from_file(path)?, config, device)
     }
 
     /// Reads a native 3-D checkpoint with torchvision-3-D keys (as ACSConv, timm_3d or
@@ -199,10 +196,7 @@ impl ResNet3d {
         config: &ResNet3dConfig,
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
-        let weights = Weights::from_file(path)?;
-        let (model, mut report) = Loader::run(&weights, config, device, None)?;
-        report.ignored.extend(weights.set_aside().iter().cloned());
-        Ok((model, report))
+        Loader::run(&Weights::from_file(path)?, config, device, None)
     }
 }
 
@@ -296,7 +290,7 @@ impl<'a> Loader<'a> {
                 stem_channels: (config.in_channels, config.in_channels),
                 head: Head::Absent,
                 fused_batch_norms: weights.fused_batch_norms(),
-                ignored: Vec::new(),
+                ignored: weights.set_aside().to_vec(),
             },
         };
         let model = ResNet3d::build(config, &mut loader);
@@ -323,7 +317,8 @@ impl<'a> Loader<'a> {
         if !unexpected.is_empty() {
             return Err(Error::UnexpectedTensors { names: unexpected });
         }
-        self.report.tensors_used = self.used.len() - self.report.ignored.len();
+        let ignored: BTreeSet<&str> = self.report.ignored.iter().map(|(n, _)| n.as_str()).collect();
+        self.report.tensors_used = self.used.iter().filter(|n| !ignored.contains(n.as_str())).count();
         Ok((model, self.report))
     }
 

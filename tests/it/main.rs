@@ -2,8 +2,11 @@
 
 mod common;
 mod errors;
+mod finetune;
 mod full_width;
 mod invariants;
 mod onnx;
 mod pytorch;
 mod record;
+#[cfg(feature = "wgpu")]
+mod wgpu;

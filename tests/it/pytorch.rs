@@ -60,8 +60,16 @@ fn pth_and_safetensors_of_one_network_give_the_same_model() {
         .with_width(4)
         .with_in_channels(1)
         .with_num_classes(Some(10));
-    let from_pth = ResNet3d::from_imagenet(fixtures().join("checkpoints/r18_w4.pth"), &config, &device).unwrap();
-    let from_st = ResNet3d::from_imagenet(fixtures().join("checkpoints/r18_w4.safetensors"), &config, &device).unwrap();
+    let (from_pth, pth_report) =
+        ResNet3d::from_imagenet_with_report(fixtures().join("checkpoints/r18_w4.pth"), &config, &device).unwrap();
+    let (from_st, st_report) =
+        ResNet3d::from_imagenet_with_report(fixtures().join("checkpoints/r18_w4.safetensors"), &config, &device)
+            .unwrap();
+    // 20 kernels, 20 BatchNorms of 4 tensors, the head's 2: every tensor but the counters.
+    assert_eq!(pth_report.tensors_used, 102);
+    assert_eq!(st_report.tensors_used, 102);
+    assert_eq!(pth_report.ignored.len(), 20, "the .pth's num_batches_tracked");
+    assert!(st_report.ignored.is_empty(), "timm's safetensors has no counters");
     let x = pattern([1, 1, 8, 32, 32], &device);
     let (_, a) = values(from_pth.forward(x.clone()));
     let (_, b) = values(from_st.forward(x));
