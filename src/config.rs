@@ -129,6 +129,19 @@ impl fmt::Display for Layout {
     }
 }
 
+/// One entry of [`ResNet3dConfig::feature_info`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageInfo {
+    /// `stem`, `layer1` .. `layer4`: the field of [`Features`](crate::Features).
+    pub name: &'static str,
+    /// Channels of the feature map.
+    pub channels: usize,
+    /// Cumulative stride `[depth, height, width]` relative to the input.
+    pub stride: [usize; 3],
+}
+
+const STAGE_NAMES: [&str; 4] = ["layer1", "layer2", "layer3", "layer4"];
+
 /// Configuration of a [`ResNet3d`](crate::ResNet3d).
 ///
 /// Start from a preset ([`resnet18`](Self::resnet18) .. [`resnet152`](Self::resnet152)) and
@@ -236,6 +249,40 @@ impl ResNet3dConfig {
     /// Channels of the pooled features: what the head sees.
     pub fn feature_channels(&self) -> usize {
         self.width * 8 * self.block.expansion()
+    }
+
+    /// Channels and cumulative stride per axis of the stem and of every stage: what a
+    /// decoder built on [`ResNet3d::features`](crate::ResNet3d::features) needs to know.
+    ///
+    /// Strides are `[depth, height, width]`: with the defaults the stem is at `[2, 2, 2]`,
+    /// `layer1` at `[4, 4, 4]` (after the max pool) and `layer4` at `[32, 32, 32]`.
+    pub fn feature_info(&self) -> [StageInfo; 5] {
+        let e = self.block.expansion();
+        let stem = [self.stem_depth_stride, 2, 2];
+        let pooled = match self.max_pool {
+            true => [stem[0] * self.max_pool_depth_stride, 4, 4],
+            false => stem,
+        };
+        let mut stride = pooled;
+        let mut stages = [StageInfo {
+            name: "stem",
+            channels: self.width,
+            stride: stem,
+        }; 5];
+        for (i, stage) in stages.iter_mut().skip(1).enumerate() {
+            let spatial = if i == 0 { 1 } else { 2 };
+            stride = [
+                stride[0] * self.stage_depth_strides[i],
+                stride[1] * spatial,
+                stride[2] * spatial,
+            ];
+            *stage = StageInfo {
+                name: STAGE_NAMES[i],
+                channels: (self.width << i) * e,
+                stride,
+            };
+        }
+        stages
     }
 
     /// Checks every field; the non-panicking twin of [`init`](Self::init).

@@ -71,7 +71,9 @@
 //!
 //! - [`ResNet3d::from_imagenet`]: a 2-D torchvision or timm ResNet as `.pth`/`.pt` (a bare
 //!   state dict, or one nested under `state_dict` or another key, `module.` prefixes allowed;
-//!   the pickle is parsed, never executed) or `.safetensors`, recognised from the file's bytes.
+//!   the pickle is parsed, never executed), `.safetensors`, or ONNX (any exporter: mapped by
+//!   the graph's structure, never by names; BatchNorm fused by the exporter becomes an
+//!   identity BatchNorm; external `.onnx.data` files read), recognised from the file's bytes.
 //!   [`Weights`] holds the named tensors if you need to inspect or edit them first; then
 //!   [`inflate_from_2d`].
 //! - [`ResNet3d::from_checkpoint`]: a native 3-D checkpoint with torchvision-3-D keys (as
@@ -93,6 +95,20 @@
 //! # }
 //! ```
 //!
+//! # From a CT file to a trained model
+//!
+//! - [`preprocess`]: [`Volume`](preprocess::Volume) with Hounsfield
+//!   [`Window`](preprocess::Window)s (lung, mediastinum, bone, brain, custom), the grey
+//!   equivalent of the ImageNet normalisation, trilinear resampling to a voxel spacing, and
+//!   centre crop or pad; [`Volume::from_nifti`](preprocess::Volume::from_nifti) reads `.nii`
+//!   and `.nii.gz` with their spacing (feature `nifti`).
+//! - [`ResNet3d::features`] returns every stage for segmentation decoders, and
+//!   [`ResNet3dConfig::feature_info`] their channels and strides (see [`Features`] for a
+//!   U-Net-style decoder).
+//! - The examples: `inflate` (command line: inflate, report, save, check), `classify_ct`
+//!   (NIfTI in, class scores out), `finetune` (Adam on Burn's autodiff device, optional frozen
+//!   stem and `layer1`).
+//!
 //! # Backends
 //!
 //! Burn picks the backend at run time from the [`Device`](burn::tensor::Device):
@@ -107,6 +123,8 @@
 //! | `flex` | yes | Burn's `flex` CPU backend |
 //! | `ndarray` | no | Burn's `ndarray` CPU backend |
 //! | `wgpu` | no | Burn's `wgpu` GPU backend |
+//! | `nifti` | yes | [`Volume::from_nifti`](preprocess::Volume::from_nifti) |
+//! | `train` | no | Burn's autodiff and optimizers (`burn/autodiff`, `burn/optim`) for fine-tuning |
 
 mod block;
 mod config;
@@ -116,13 +134,15 @@ mod import;
 mod inflate;
 mod load;
 mod model;
+#[cfg(feature = "nifti")]
+mod nifti;
 mod pool;
 pub mod preprocess;
 mod record;
 
 pub use block::{BasicBlock3d, Block, Bottleneck3d, Downsample};
 pub use burn;
-pub use config::{BlockKind, DepthPadding, Inflation, Layout, ResNet3dConfig};
+pub use config::{BlockKind, DepthPadding, Inflation, Layout, ResNet3dConfig, StageInfo};
 pub use conv::{Conv, ConvSpec};
 pub use error::{Error, Result};
 pub use import::{Format, WeightTensor, Weights};

@@ -36,6 +36,53 @@ pub struct ResNet3d {
 }
 
 /// Every stage's output, for segmentation decoders and feature extraction.
+///
+/// [`ResNet3dConfig::feature_info`] gives each map's channels and stride per axis. A small
+/// U-Net-style decoder on top of the encoder: upsample, concatenate the skip connection,
+/// mix with a 1x1x1 convolution, down to one logit map per class at the input's size.
+///
+/// ```
+/// use resnet3d::burn::nn::conv::{Conv3d, Conv3dConfig};
+/// use resnet3d::burn::tensor::{Device, Tensor};
+/// use resnet3d::ResNet3dConfig;
+///
+/// /// Nearest-neighbour upsampling by an integer factor per axis.
+/// fn upsample(x: Tensor<5>, [fd, fh, fw]: [usize; 3]) -> Tensor<5> {
+///     let [n, c, d, h, w] = x.dims();
+///     x.reshape([n, c, d, 1, h, 1, w, 1])
+///         .repeat_dim(3, fd)
+///         .repeat_dim(5, fh)
+///         .repeat_dim(7, fw)
+///         .reshape([n, c, d * fd, h * fh, w * fw])
+/// }
+///
+/// let device = Device::flex();
+/// let config = ResNet3dConfig::resnet18().with_width(8).with_in_channels(1).with_num_classes(None);
+/// let encoder = config.init(&device);
+/// let info = config.feature_info(); // stem, layer1 .. layer4
+///
+/// // Deepest first: mix layer4 + layer3, then + layer2, + layer1, + stem.
+/// let mut mixers: Vec<Conv3d> = Vec::new();
+/// let mut channels = info[4].channels;
+/// for skip in info[..4].iter().rev() {
+///     mixers.push(Conv3dConfig::new([channels + skip.channels, skip.channels], [1, 1, 1]).init(&device));
+///     channels = skip.channels;
+/// }
+/// let classes = 3;
+/// let head = Conv3dConfig::new([channels, classes], [1, 1, 1]).init(&device);
+///
+/// let volume = Tensor::<5>::zeros([1, 1, 32, 64, 64], &device);
+/// let f = encoder.features(volume);
+/// let skips = [f.layer3, f.layer2, f.layer1, f.stem];
+/// let mut x = f.layer4;
+/// for (k, (skip, mixer)) in skips.into_iter().zip(&mixers).enumerate() {
+///     let (deep, shallow) = (info[4 - k].stride, info[3 - k].stride);
+///     let up = upsample(x, [0, 1, 2].map(|a| deep[a] / shallow[a]));
+///     x = mixer.forward(Tensor::cat(vec![up, skip], 1));
+/// }
+/// let logits = head.forward(upsample(x, info[0].stride));
+/// assert_eq!(logits.dims(), [1, classes, 32, 64, 64]);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Features {
     /// After `conv1`, `bn1` and ReLU, before the max pool: `[N, width, D/2, H/2, W/2]`

@@ -120,3 +120,35 @@ fn average_kernels_sum_back_to_the_2d_kernel() {
     let err = rel_error(&summed, w2);
     assert!(err <= 1e-6, "{err:e}");
 }
+
+#[test]
+fn feature_info_matches_the_feature_maps() {
+    let device = Device::flex();
+    let input: [usize; 5] = [1, 1, 32, 64, 64];
+    let configs = [
+        ResNet3dConfig::resnet18().with_width(4).with_in_channels(1),
+        ResNet3dConfig::resnet50().with_width(2).with_in_channels(1),
+        flat(ResNet3dConfig::resnet18().with_width(4).with_in_channels(1)),
+        ResNet3dConfig::resnet18()
+            .with_width(4)
+            .with_in_channels(1)
+            .with_max_pool(false)
+            .with_stem_depth_stride(1)
+            .with_stage_depth_strides([1, 1, 2, 2]),
+    ];
+    for config in configs {
+        let f = config.init(&device).features(Tensor::zeros(input, &device));
+        let maps = [f.stem, f.layer1, f.layer2, f.layer3, f.layer4];
+        for (info, map) in config.feature_info().iter().zip(maps) {
+            let [_, c, d, h, w] = map.dims();
+            let expected = [0, 1, 2].map(|a| input[2 + a].div_ceil(info.stride[a]));
+            assert_eq!(
+                (c, [d, h, w]),
+                (info.channels, expected),
+                "{} of {:?}",
+                info.name,
+                config.layout()
+            );
+        }
+    }
+}

@@ -5,6 +5,7 @@ mod errors;
 mod finetune;
 mod full_width;
 mod invariants;
+mod nifti;
 mod onnx;
 mod pytorch;
 mod record;
