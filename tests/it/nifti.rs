@@ -24,7 +24,7 @@ fn write_nifti(path: &Path, dims: [u16; 3], pixdim: [f32; 3], slope: f32, inter:
     h[72..74].copy_from_slice(&16i16.to_le_bytes()); // bitpix
     let pix = [1.0, pixdim[0], pixdim[1], pixdim[2], 0.0, 0.0, 0.0, 0.0];
     for (i, p) in pix.iter().enumerate() {
-        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&(*p as f32).to_le_bytes());
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&p.to_le_bytes());
     }
     h[108..112].copy_from_slice(&352f32.to_le_bytes()); // vox_offset
     h[112..116].copy_from_slice(&slope.to_le_bytes());
