@@ -163,15 +163,8 @@ fn check(weights: &Weights, config: &ResNet3dConfig, device: &Device) -> Result<
         &config.clone().with_depth_padding(DepthPadding::Replicate),
         device,
     )?;
-    let flat = config
-        .with_stem_depth_kernel(1)
-        .with_stem_depth_stride(1)
-        .with_max_pool_depth_kernel(1)
-        .with_max_pool_depth_stride(1)
-        .with_block_depth_kernel(1)
-        .with_stage_depth_strides([1, 1, 1, 1]);
-    let two_d = resnet3d::inflate_from_2d(weights, &flat, device)?;
-    let (c, h, w) = (flat.in_channels, 64, 64);
+    let two_d = resnet3d::inflate_from_2d(weights, &config.as_2d(), device)?;
+    let (c, h, w) = (config.in_channels, 64, 64);
     let image: Vec<f32> = (0..c * h * w).map(|i| ((i as f32) * 0.37).sin()).collect();
     let slice = Tensor::<5>::from_data(TensorData::new(image, [1, c, 1, h, w]), device);
     let out_3d = inflated.forward(slice.clone().repeat_dim(2, 16));

@@ -55,14 +55,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &config.clone().with_depth_padding(DepthPadding::Replicate),
         &device,
     )?;
-    let flat = config
-        .with_stem_depth_kernel(1)
-        .with_stem_depth_stride(1)
-        .with_max_pool_depth_kernel(1)
-        .with_max_pool_depth_stride(1)
-        .with_block_depth_kernel(1)
-        .with_stage_depth_strides([1, 1, 1, 1]);
-    let two_d = ResNet3d::from_imagenet(&path, &flat, &device)?;
+    let two_d = ResNet3d::from_imagenet(&path, &config.as_2d(), &device)?;
     let out_3d = inflated.forward(slice.clone().repeat_dim(2, 16));
     let out_2d = two_d.forward(slice);
     let diff: f32 = (out_3d - out_2d.clone()).abs().max().into_scalar();

@@ -285,6 +285,18 @@ impl ResNet3dConfig {
         stages
     }
 
+    /// The same network with every depth kernel and stride set to 1: on a volume of one
+    /// slice it is the 2-D network. The tests and the 2-D equivalence checks compare against it.
+    pub fn as_2d(&self) -> Self {
+        self.clone()
+            .with_stem_depth_kernel(1)
+            .with_stem_depth_stride(1)
+            .with_max_pool_depth_kernel(1)
+            .with_max_pool_depth_stride(1)
+            .with_block_depth_kernel(1)
+            .with_stage_depth_strides([1, 1, 1, 1])
+    }
+
     /// Checks every field; the non-panicking twin of [`init`](Self::init).
     pub fn validate(&self) -> Result<()> {
         let invalid = |field, reason: &str| {

@@ -126,6 +126,15 @@ pub enum Error {
         what: String,
     },
 
+    /// A tensor given to the network does not fit it.
+    #[error("input of shape {dims:?}: {what}")]
+    InvalidInput {
+        /// The input's shape.
+        dims: Vec<usize>,
+        /// What the network takes instead.
+        what: String,
+    },
+
     /// Saving or loading Burn's own record format failed.
     #[error("{}: Burn record: {reason}", path.display())]
     Record {

@@ -66,6 +66,9 @@ pub struct LoadReport {
     pub fused_batch_norms: usize,
     /// Tensors of the file that were deliberately not loaded, with the reason.
     pub ignored: Vec<(String, String)>,
+    /// Loaded tensors holding NaN or infinite values, with how many: such a network computes
+    /// NaN; the checkpoint is damaged or was saved after training diverged.
+    pub non_finite: Vec<(String, usize)>,
 }
 
 impl fmt::Display for LoadReport {
@@ -136,6 +139,9 @@ impl fmt::Display for LoadReport {
                 [first, .., last] => writeln!(f, "not loaded: {} tensors ({first} .. {last}): {why}", names.len())?,
                 [] => {}
             }
+        }
+        for (name, count) in &self.non_finite {
+            writeln!(f, "WARNING: {name} holds {count} NaN or infinite value(s)")?;
         }
         Ok(())
     }
@@ -291,6 +297,7 @@ impl<'a> Loader<'a> {
                 head: Head::Absent,
                 fused_batch_norms: weights.fused_batch_norms(),
                 ignored: weights.set_aside().to_vec(),
+                non_finite: Vec::new(),
             },
         };
         let model = ResNet3d::build(config, &mut loader);
@@ -340,6 +347,10 @@ impl<'a> Loader<'a> {
                 });
             }
             return None;
+        }
+        let non_finite = tensor.values.iter().filter(|v| !v.is_finite()).count();
+        if non_finite > 0 {
+            self.report.non_finite.push((name.to_string(), non_finite));
         }
         Some(&tensor.values)
     }

@@ -223,11 +223,60 @@ impl ResNet3d {
         }
     }
 
+    /// Input channels the network takes.
+    pub fn in_channels(&self) -> usize {
+        self.conv1.weight.dims()[1]
+    }
+
+    /// Checks that an input of shape `dims` fits the network: `[N, in_channels, D, H, W]`
+    /// with every extent at least 1 (any size from 1 voxel up runs; below the network's
+    /// total stride per axis, 32 with the default strides, the deepest stages see a single
+    /// voxel along that axis).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput), saying what the network takes.
+    pub fn check_input(&self, dims: [usize; 5]) -> crate::Result<()> {
+        let c = self.in_channels();
+        let what = if dims[1] != c {
+            format!(
+                "the network takes {c} channel(s) ([N, {c}, D, H, W]); set in_channels in the config to change that"
+            )
+        } else if dims.contains(&0) {
+            "every extent must be at least 1: the minimum size is 1 voxel per axis (depth, height, width) and a batch of 1"
+                .to_string()
+        } else {
+            return Ok(());
+        };
+        Err(crate::Error::InvalidInput {
+            dims: dims.to_vec(),
+            what,
+        })
+    }
+
+    /// [`forward`](Self::forward) after [`check_input`](Self::check_input): an error instead
+    /// of a panic for an input of the wrong shape.
+    pub fn try_forward(&self, x: Tensor<5>) -> crate::Result<Tensor<2>> {
+        self.check_input(x.dims())?;
+        Ok(self.forward(x))
+    }
+
+    /// [`features`](Self::features) after [`check_input`](Self::check_input).
+    pub fn try_features(&self, x: Tensor<5>) -> crate::Result<Features> {
+        self.check_input(x.dims())?;
+        Ok(self.features(x))
+    }
+
     /// Class logits, or the pooled features when the network has no head.
+    ///
+    /// The rank is checked by the type; the rest of the shape is not: use
+    /// [`try_forward`](Self::try_forward) for inputs that come from users.
     ///
     /// # Shapes
     /// - input: `[N, in_channels, D, H, W]`
     /// - output: `[N, num_classes]`, or `[N, feature_channels]` without a head
+    ///
+    /// # Panics
+    /// Inside Burn, if the input does not have `in_channels` channels or has an empty axis.
     pub fn forward(&self, x: Tensor<5>) -> Tensor<2> {
         let x = self.stem(x);
         let x = match &self.maxpool {
@@ -246,6 +295,9 @@ impl ResNet3d {
     /// # Shapes
     /// - input: `[N, in_channels, D, H, W]`
     /// - output: see [`Features`]
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward); [`try_features`](Self::try_features) returns an error instead.
     pub fn features(&self, x: Tensor<5>) -> Features {
         let stem = self.stem(x);
         let x = match &self.maxpool {

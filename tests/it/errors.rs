@@ -211,3 +211,42 @@ fn head_of_another_class_count_is_replaced_and_reported() {
         20
     );
 }
+
+#[test]
+fn nan_and_inf_in_weights_are_reported() {
+    let mut weights = r18_weights();
+    let mut kernel = weights.remove("layer2.1.conv2.weight").unwrap();
+    kernel.values[3] = f32::NAN;
+    kernel.values[7] = f32::INFINITY;
+    weights
+        .insert("layer2.1.conv2.weight", kernel.shape, kernel.values)
+        .unwrap();
+    let (_, report) = resnet3d::inflate_from_2d_with_report(&weights, &r18(), &Device::flex()).unwrap();
+    assert_eq!(report.non_finite, [("layer2.1.conv2.weight".to_string(), 2)]);
+    assert!(
+        report
+            .to_string()
+            .contains("layer2.1.conv2.weight holds 2 NaN or infinite"),
+        "{report}"
+    );
+}
+
+#[test]
+fn inputs_that_do_not_fit_are_typed_errors() {
+    let device = Device::flex();
+    let model = r18().with_in_channels(1).init(&device);
+    let three = resnet3d::burn::tensor::Tensor::<5>::zeros([1, 3, 8, 32, 32], &device);
+    match model.try_forward(three) {
+        Err(Error::InvalidInput { dims, what }) => {
+            assert_eq!(dims, [1, 3, 8, 32, 32]);
+            assert!(what.contains("takes 1 channel"), "{what}");
+        }
+        other => panic!("expected InvalidInput, got {:?}", other.map(|_| ())),
+    }
+    let empty = resnet3d::burn::tensor::Tensor::<5>::zeros([1, 1, 0, 32, 32], &device);
+    let err = model.try_features(empty).unwrap_err();
+    assert!(err.to_string().contains("minimum size is 1 voxel per axis"), "{err}");
+    // The smallest volume runs, down to one voxel.
+    let tiny = resnet3d::burn::tensor::Tensor::<5>::zeros([1, 1, 1, 1, 1], &device);
+    assert_eq!(model.try_forward(tiny).unwrap().dims(), [1, 10]);
+}

@@ -26,16 +26,6 @@ fn constant_volume(image: Tensor<4>, depth: usize) -> Tensor<5> {
     image.reshape([n, c, 1, h, w]).repeat_dim(2, depth)
 }
 
-fn flat(config: ResNet3dConfig) -> ResNet3dConfig {
-    config
-        .with_stem_depth_kernel(1)
-        .with_stem_depth_stride(1)
-        .with_max_pool_depth_kernel(1)
-        .with_max_pool_depth_stride(1)
-        .with_block_depth_kernel(1)
-        .with_stage_depth_strides([1, 1, 1, 1])
-}
-
 /// The 2-D network's PyTorch logits on pattern images: (rgb, grey copied to RGB).
 fn reference_2d(depth: usize) -> (Vec<f32>, Vec<f32>) {
     let file = fixtures().join(format!("reference_2d/r{depth}_w4.safetensors"));
@@ -71,7 +61,7 @@ fn depth_kernels_of_one_reproduce_the_2d_network_with_zero_padding() {
     for depth in [18, 50] {
         let (rgb_ref, _) = reference_2d(depth);
         let (config, path) = small(depth);
-        let model = ResNet3d::from_imagenet(&path, &flat(config), &device).unwrap();
+        let model = ResNet3d::from_imagenet(&path, &config.as_2d(), &device).unwrap();
         let (_, got) = values(model.forward(constant_volume(pattern([2, 3, 32, 32], &device), 5)));
         let err = rel_error(&got, &rgb_ref);
         assert!(err <= TOLERANCE, "r{depth}: {err:e}");
@@ -89,7 +79,7 @@ fn center_with_depth_strides_one_is_the_2d_network_slice_by_slice() {
         .with_max_pool_depth_stride(1)
         .with_stage_depth_strides([1, 1, 1, 1]);
     let model = ResNet3d::from_imagenet(&path, &config, &device).unwrap();
-    let model_2d = ResNet3d::from_imagenet(&path, &flat(config.clone()), &device).unwrap();
+    let model_2d = ResNet3d::from_imagenet(&path, &config.as_2d(), &device).unwrap();
     let depth = 4;
     let volume = pattern([1, 3, depth, 32, 32], &device);
     let layer4 = model.features(volume.clone()).layer4;
@@ -128,7 +118,7 @@ fn feature_info_matches_the_feature_maps() {
     let configs = [
         ResNet3dConfig::resnet18().with_width(4).with_in_channels(1),
         ResNet3dConfig::resnet50().with_width(2).with_in_channels(1),
-        flat(ResNet3dConfig::resnet18().with_width(4).with_in_channels(1)),
+        ResNet3dConfig::resnet18().with_width(4).with_in_channels(1).as_2d(),
         ResNet3dConfig::resnet18()
             .with_width(4)
             .with_in_channels(1)

@@ -4,6 +4,7 @@ mod common;
 mod errors;
 mod finetune;
 mod full_width;
+mod hostile;
 mod invariants;
 mod nifti;
 mod onnx;

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Runs PyTorch and resnet3d side by side on this machine and prints the table.
+
+    /opt/torch-venv/bin/python benches/compare.py [--backend flex] [--quick]
+
+1. benches/pytorch_reference.py (PyTorch, 2 threads, fp32, eval, inference mode);
+2. `cargo bench --bench forward -- <backend>/` (criterion, release build);
+3. a table: PyTorch ms, ours ms, ratio (PyTorch time / ours: >= 1 means we are as fast),
+   GFLOP/s of ours, and its share of the sgemm peak PyTorch measured in step 1.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def criterion_results(target):
+    """{ "<group>/<function>[/<value>]": median ms } from criterion's JSON files."""
+    out = {}
+    for bench in (target / "criterion").rglob("new/benchmark.json"):
+        meta = json.loads(bench.read_text())
+        est = json.loads((bench.parent / "estimates.json").read_text())
+        key = meta["full_id"]
+        out[key] = est["median"]["point_estimate"] / 1e6
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", default="flex")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+
+    ref_cmd = [sys.executable, str(ROOT / "benches" / "pytorch_reference.py")] + (["--quick"] if args.quick else [])
+    torch_side = json.loads(subprocess.run(ref_cmd, check=True, capture_output=True, text=True).stdout)
+    subprocess.run(["cargo", "bench", "--bench", "forward", "--", f"{args.backend}/"], check=True, cwd=ROOT)
+    ours = criterion_results(ROOT / "target")
+
+    peak = torch_side["sgemm_gflops"]
+    print(f"\nPyTorch {torch_side['torch']}, {torch_side['threads']} threads; sgemm peak {peak:.0f} GFLOP/s")
+    print(f"{'benchmark':<44} {'PyTorch ms':>10} {'ours ms':>9} {'ratio':>6} {'GFLOP/s':>8} {'of peak':>7}")
+    for key, ref in torch_side["results"].items():
+        mine = ours.get(f"{args.backend}/{key}")
+        if mine is None:
+            print(f"{key:<44} {ref['ms']:>10.1f} {'-':>9}")
+            continue
+        gflops = ref["gflop"] / (mine / 1e3) if ref["gflop"] else 0.0
+        share = f"{100 * gflops / peak:.0f}%" if ref["gflop"] else "-"
+        print(f"{key:<44} {ref['ms']:>10.1f} {mine:>9.1f} {ref['ms'] / mine:>6.2f} {gflops:>8.1f} {share:>7}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+//! Forward passes and the layers that dominate them, on the CPU backends.
+//!
+//! `benches/compare.py` runs this next to `benches/pytorch_reference.py` and prints the
+//! table (PyTorch ms, ours ms, ratio, GFLOP/s, share of the measured sgemm peak). Alone:
+//!
+//! ```text
+//! cargo bench --bench forward                  # everything
+//! cargo bench --bench forward -- flex/         # one backend
+//! ```
+//!
+//! Group and function names are the keys `compare.py` matches: `<backend>/<what>`.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use resnet3d::burn::tensor::{Device, Tensor, TensorData};
+use resnet3d::{MaxPool3d, ResNet3dConfig};
+
+/// The shapes of the issue: a CT crop and a small case, batch 1, one channel.
+const LARGE: [usize; 5] = [1, 1, 64, 128, 128];
+const SMALL: [usize; 5] = [1, 1, 16, 64, 64];
+
+fn input<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    let len: usize = shape.iter().product();
+    let values: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin()).collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Blocks until the backend has finished the work behind `t`.
+fn sync<const D: usize>(t: Tensor<D>) {
+    let _ = t.into_data();
+}
+
+#[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
+fn devices() -> Vec<(&'static str, Device)> {
+    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+}
+
+fn forward(c: &mut Criterion) {
+    for (backend, device) in devices() {
+        let mut group = c.benchmark_group(format!("{backend}/forward"));
+        group.sample_size(10);
+        for (name, config) in [
+            ("resnet18", ResNet3dConfig::resnet18()),
+            ("resnet50", ResNet3dConfig::resnet50()),
+        ] {
+            // Random weights: the arithmetic is the same as for inflated ones.
+            let model = config.with_in_channels(1).with_num_classes(Some(2)).init(&device);
+            for (size, shape) in [("64x128x128", LARGE), ("16x64x64", SMALL)] {
+                let x = input(shape, &device);
+                group.bench_function(BenchmarkId::new(name, size), |b| {
+                    b.iter(|| sync(model.forward(x.clone())))
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+fn layers(c: &mut Criterion) {
+    for (backend, device) in devices() {
+        let mut group = c.benchmark_group(format!("{backend}/layer"));
+        group.sample_size(10);
+        // The 3x3x3 convolution of layer1: 64 -> 64 channels on 1x64x16x56x56.
+        let conv = resnet3d::ConvSpec {
+            in_channels: 64,
+            out_channels: 64,
+            kernel: [3, 3, 3],
+            stride: [1, 1, 1],
+            depth_padding: resnet3d::DepthPadding::Zeros,
+        }
+        .build(resnet3d::burn::module::Param::from_tensor(input(
+            [64, 64, 3, 3, 3],
+            &device,
+        )));
+        let x = input([1, 64, 16, 56, 56], &device);
+        group.bench_function("conv3d_64x64x3x3x3_16x56x56", |b| {
+            b.iter(|| sync(conv.forward(x.clone())))
+        });
+        // The stem's max pool on 1x64x32x56x56.
+        let pool = MaxPool3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]).expect("valid pool");
+        let x = input([1, 64, 32, 56, 56], &device);
+        group.bench_function("maxpool3d_3x3x3s2_64x32x56x56", |b| {
+            b.iter(|| sync(pool.forward(x.clone())))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, forward, layers);
+criterion_main!(benches);

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""PyTorch's side of the benchmarks: the same 3-D networks, shapes and thread count as
+benches/forward.rs, fp32, eval, inference mode. Prints one JSON object on stdout:
+{"torch": version, "threads": n, "sgemm_gflops": measured peak,
+ "results": {"forward/resnet18/64x128x128": {"ms": median, "gflop": count}, ...}}
+
+    /opt/torch-venv/bin/python benches/pytorch_reference.py [--threads 2] [--quick]
+
+Pinned: torch 2.15.0 (CPU execution; the CUDA wheel runs fine without a GPU).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+import make_fixtures as mf  # noqa: E402
+
+assert torch.__version__.split("+")[0] == "2.15.0", f"pinned torch 2.15.0, found {torch.__version__}"
+
+SHAPES = {"64x128x128": (1, 1, 64, 128, 128), "16x64x64": (1, 1, 16, 64, 64)}
+
+
+def pattern(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return torch.sin(torch.arange(n, dtype=torch.float32) * 0.37).reshape(shape)
+
+
+def timed(fn, runs):
+    fn()  # warm-up: allocations, oneDNN primitive creation
+    fn()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def conv_flops(model, x):
+    """2 * multiply-adds of every convolution and linear layer."""
+    total = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv3d):
+            k = module.weight.shape[1] * module.weight.shape[2:].numel()
+            total[0] += 2 * output.numel() * k
+        elif isinstance(module, nn.Linear):
+            total[0] += 2 * output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv3d, nn.Linear))]
+    with torch.inference_mode():
+        model(x)
+    for h in handles:
+        h.remove()
+    return total[0] / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="fewer runs")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    runs = 3 if args.quick else 10
+    results = {}
+
+    a = torch.randn(4096, 4096)
+    b = torch.randn(4096, 4096)
+    sgemm_ms = timed(lambda: torch.mm(a, b), runs)
+    sgemm = 2 * 4096**3 / (sgemm_ms / 1e3) / 1e9
+
+    for depth in [18, 50]:
+        kind, layers = mf.LAYOUTS[depth]
+        cfg = dict(mf.DEFAULT_CFG, block=kind, layers=layers, width=64, in_channels=1, num_classes=2)
+        model = mf.ResNet3dRef(cfg).eval()
+        for size, shape in SHAPES.items():
+            x = pattern(shape)
+            with torch.inference_mode():
+                ms = timed(lambda: model(x), runs)
+            results[f"forward/resnet{depth}/{size}"] = {"ms": ms, "gflop": conv_flops(model, x)}
+
+    conv = nn.Conv3d(64, 64, 3, 1, 1, bias=False).eval()
+    x = pattern((1, 64, 16, 56, 56))
+    with torch.inference_mode():
+        ms = timed(lambda: conv(x), runs)
+    results["layer/conv3d_64x64x3x3x3_16x56x56"] = {"ms": ms, "gflop": 2 * 64 * 16 * 56 * 56 * 64 * 27 / 1e9}
+    pool = nn.MaxPool3d(3, 2, 1)
+    x = pattern((1, 64, 32, 56, 56))
+    with torch.inference_mode():
+        ms = timed(lambda: pool(x), runs)
+    results["layer/maxpool3d_3x3x3s2_64x32x56x56"] = {"ms": ms, "gflop": 0.0}
+
+    print(json.dumps({"torch": torch.__version__, "threads": args.threads, "sgemm_gflops": sgemm, "results": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+//! Files from strangers: code-running pickles, truncated and bit-flipped files. Every one
+//! gives a typed error or a model, never a panic, and nothing in a file is ever run.
+
+use std::path::Path;
+
+use resnet3d::{Error, Weights};
+
+use crate::common::*;
+
+#[test]
+fn pickles_that_would_run_code_are_refused_and_run_nothing() {
+    let hostile = &manifest()["hostile"];
+    for kind in ["os_system", "eval"] {
+        let marker = Path::new(hostile[kind]["marker"].as_str().unwrap());
+        let _ = std::fs::remove_file(marker);
+        let result = Weights::from_file(fixtures().join(hostile[kind]["file"].as_str().unwrap()));
+        assert!(!marker.exists(), "{kind}: the pickle ran code");
+        let err = result.expect_err(kind);
+        assert!(
+            matches!(err, Error::Corrupt { .. } | Error::Unsupported { .. }),
+            "{kind}: {err}"
+        );
+    }
+}
+
+/// A few deterministic pseudo-random numbers (xorshift), so that failures reproduce.
+fn numbers(seed: u64, n: usize) -> Vec<u64> {
+    let mut state = seed | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        })
+        .collect()
+}
+
+const SAMPLES: [&str; 4] = [
+    "checkpoints/r18_w2.pth",
+    "checkpoints/r34_w2.safetensors",
+    "onnx/r18_ts_fold.onnx",
+    "onnx/r18_dynamo_noopt.onnx",
+];
+
+#[test]
+fn truncated_files_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for sample in SAMPLES {
+        let bytes = std::fs::read(fixtures().join(sample)).unwrap();
+        let name = Path::new(sample).file_name().unwrap();
+        let path = dir.path().join(name);
+        let mut cuts: Vec<usize> = vec![0, 1, 4, 8, 9, 16, 64, 100, 512, 4096, bytes.len() - 1];
+        cuts.extend(
+            numbers(bytes.len() as u64, 40)
+                .iter()
+                .map(|r| (*r as usize) % bytes.len()),
+        );
+        for cut in cuts.into_iter().filter(|&c| c < bytes.len()) {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            match Weights::from_file(&path) {
+                Err(Error::Corrupt { .. } | Error::UnknownFormat { .. } | Error::Unsupported { .. }) => {}
+                Err(other) => panic!("{sample} cut at {cut}: unexpected error kind: {other}"),
+                Ok(_) => panic!("{sample} cut at {cut} of {}: loaded", bytes.len()),
+            }
+        }
+    }
+}
+
+#[test]
+fn flipped_bytes_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut loaded, mut refused) = (0, 0);
+    for sample in SAMPLES {
+        let original = std::fs::read(fixtures().join(sample)).unwrap();
+        let path = dir.path().join(Path::new(sample).file_name().unwrap());
+        for (k, r) in numbers(original.len() as u64 + 7, 60).into_iter().enumerate() {
+            let mut bytes = original.clone();
+            // Half the flips land in the first 1 KiB, where the headers and the pickle are.
+            let at = if k % 2 == 0 {
+                (r as usize) % bytes.len().min(1024)
+            } else {
+                (r as usize) % bytes.len()
+            };
+            bytes[at] ^= 1 << (r % 8);
+            std::fs::write(&path, &bytes).unwrap();
+            // A flipped weight is still a valid file; a flipped header must be a typed error.
+            match Weights::from_file(&path) {
+                Ok(_) => loaded += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    println!("bit flips: {loaded} still valid, {refused} refused");
+    assert!(refused > 0 && loaded > 0);
+}
+
+#[test]
+fn a_safetensors_header_declaring_more_than_the_file_holds_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.safetensors");
+    let header = br#"{"conv1.weight":{"dtype":"F32","shape":[1099511627776,1],"data_offsets":[0,16]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 16]);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Weights::from_file(&path).unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+}
