@@ -22,6 +22,8 @@ use resnet3d::{ResNet3d, ResNet3dConfig, Weights};
 
 /// Side of the cubic volumes.
 pub const SIZE: usize = 32;
+/// Standard deviation of the noise.
+pub const NOISE: f32 = 0.2;
 
 #[derive(Parser, Debug)]
 #[command(about = "Fine-tune an inflated ResNet3d-18 on spheres vs cubes")]
@@ -29,13 +31,13 @@ struct Args {
     /// A 2-D ResNet-18 checkpoint (.pth, .safetensors, .onnx); default: the bundled small one.
     #[arg(long)]
     weights: Option<PathBuf>,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 8)]
     epochs: usize,
     #[arg(long, default_value_t = 16)]
     steps_per_epoch: usize,
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     lr: f64,
     /// Freeze the stem and layer1 (parameters and BatchNorm statistics).
     #[arg(long)]
@@ -48,6 +50,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .weights
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoints/r18_w4.pth"));
     let device = Device::flex().autodiff();
+    device.seed(42); // the fresh head's initialisation: runs repeat
     let mut model = inflated_resnet18(&path, &device)?;
     if args.freeze_early {
         model = freeze_early(model);
@@ -146,8 +149,8 @@ pub fn batch(first: u64, n: usize, device: &Device) -> (Tensor<5>, Tensor<1, Int
     )
 }
 
-/// Sample `index`: a sphere (label 0) or a cube of about the same volume (label 1) at a random
-/// place and size, intensity 1 on 0, with noise of standard deviation 0.3.
+/// Sample `index`: a sphere (label 0) or the cube around a sphere of the same radius (label 1)
+/// at a random place and size, intensity 1 on 0, with noise of standard deviation [`NOISE`].
 pub fn sample(index: u64) -> (Vec<f32>, usize) {
     let mut state = index.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut uniform = move || {
@@ -159,7 +162,7 @@ pub fn sample(index: u64) -> (Vec<f32>, usize) {
     let label = (index % 2) as usize;
     let centre: [f32; 3] = [0; 3].map(|_| 10.0 + 12.0 * uniform());
     let radius = 5.0 + 4.0 * uniform();
-    let half_side = 0.806 * radius; // (2a)^3 = 4/3 pi r^3
+    let half_side = radius; // the cube holds the sphere of the same radius
     let mut out = Vec::with_capacity(SIZE * SIZE * SIZE);
     for z in 0..SIZE {
         for y in 0..SIZE {
@@ -174,8 +177,8 @@ pub fn sample(index: u64) -> (Vec<f32>, usize) {
                     0 => d.iter().map(|v| v * v).sum::<f32>().sqrt() <= radius,
                     _ => d.iter().all(|v| v.abs() <= half_side),
                 };
-                // Sum of 4 uniforms: mean 2, variance 1/3; scaled to std 0.3.
-                let noise = (uniform() + uniform() + uniform() + uniform() - 2.0) * 0.3 * 3f32.sqrt();
+                // Sum of 4 uniforms: mean 2, variance 1/3; scaled to std NOISE.
+                let noise = (uniform() + uniform() + uniform() + uniform() - 2.0) * NOISE * 3f32.sqrt();
                 out.push(if inside { 1.0 } else { 0.0 } + noise);
             }
         }
