@@ -44,11 +44,13 @@ fn replicate_padding_reproduces_the_2d_network_on_a_depth_constant_volume() {
                 let rgb = ResNet3d::from_imagenet(&path, &config, &device).unwrap();
                 let (_, got) = values(rgb.forward(constant_volume(pattern([2, 3, 32, 32], &device), 8)));
                 let err = rel_error(&got, &rgb_ref);
+                println!("{label} r{depth} {rule:?} rgb: {err:.2e}");
                 assert!(err <= TOLERANCE, "{label} r{depth} {rule:?} rgb: {err:e}");
 
                 let grey = ResNet3d::from_imagenet(&path, &config.with_in_channels(1), &device).unwrap();
                 let (_, got) = values(grey.forward(constant_volume(pattern([2, 1, 32, 32], &device), 8)));
                 let err = rel_error(&got, &grey_ref);
+                println!("{label} r{depth} {rule:?} grey: {err:.2e}");
                 assert!(err <= TOLERANCE, "{label} r{depth} {rule:?} grey: {err:e}");
             }
         }
@@ -64,6 +66,7 @@ fn depth_kernels_of_one_reproduce_the_2d_network_with_zero_padding() {
         let model = ResNet3d::from_imagenet(&path, &config.as_2d(), &device).unwrap();
         let (_, got) = values(model.forward(constant_volume(pattern([2, 3, 32, 32], &device), 5)));
         let err = rel_error(&got, &rgb_ref);
+        println!("r{depth}: {err:.2e}");
         assert!(err <= TOLERANCE, "r{depth}: {err:e}");
     }
 }
@@ -90,6 +93,7 @@ fn center_with_depth_strides_one_is_the_2d_network_slice_by_slice() {
         let [n, c, _, h, w] = layer4.dims();
         let (_, got) = values(model.head(layer4.clone().slice([0..n, 0..c, d..d + 1, 0..h, 0..w])));
         let err = rel_error(&got, &expected);
+        println!("slice {d}: {err:.2e}");
         assert!(err <= TOLERANCE, "slice {d}: {err:e}");
     }
 }
