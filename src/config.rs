@@ -67,44 +67,30 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The five torchvision ResNets: depth, block, blocks per stage.
+    /// ResNet-18: basic blocks `[2, 2, 2, 2]`.
+    pub const RESNET18: Layout = Layout::new(BlockKind::Basic, [2, 2, 2, 2]);
+    /// ResNet-34: basic blocks `[3, 4, 6, 3]`.
+    pub const RESNET34: Layout = Layout::new(BlockKind::Basic, [3, 4, 6, 3]);
+    /// ResNet-50: bottlenecks `[3, 4, 6, 3]`.
+    pub const RESNET50: Layout = Layout::new(BlockKind::Bottleneck, [3, 4, 6, 3]);
+    /// ResNet-101: bottlenecks `[3, 4, 23, 3]`.
+    pub const RESNET101: Layout = Layout::new(BlockKind::Bottleneck, [3, 4, 23, 3]);
+    /// ResNet-152: bottlenecks `[3, 8, 36, 3]`.
+    pub const RESNET152: Layout = Layout::new(BlockKind::Bottleneck, [3, 8, 36, 3]);
+
+    /// The five torchvision ResNets by depth.
     pub const PRESETS: [(usize, Layout); 5] = [
-        (
-            18,
-            Layout {
-                block: BlockKind::Basic,
-                layers: [2, 2, 2, 2],
-            },
-        ),
-        (
-            34,
-            Layout {
-                block: BlockKind::Basic,
-                layers: [3, 4, 6, 3],
-            },
-        ),
-        (
-            50,
-            Layout {
-                block: BlockKind::Bottleneck,
-                layers: [3, 4, 6, 3],
-            },
-        ),
-        (
-            101,
-            Layout {
-                block: BlockKind::Bottleneck,
-                layers: [3, 4, 23, 3],
-            },
-        ),
-        (
-            152,
-            Layout {
-                block: BlockKind::Bottleneck,
-                layers: [3, 8, 36, 3],
-            },
-        ),
+        (18, Self::RESNET18),
+        (34, Self::RESNET34),
+        (50, Self::RESNET50),
+        (101, Self::RESNET101),
+        (152, Self::RESNET152),
     ];
+
+    /// A layout of `block`s with `layers` blocks per stage.
+    pub const fn new(block: BlockKind, layers: [usize; 4]) -> Self {
+        Self { block, layers }
+    }
 
     /// The layout of ResNet-`depth`, if `depth` is one of 18, 34, 50, 101, 152.
     pub fn preset(depth: usize) -> Option<Layout> {
@@ -215,27 +201,27 @@ impl ResNet3dConfig {
 
     /// ResNet-18: basic blocks `[2, 2, 2, 2]`.
     pub fn resnet18() -> Self {
-        Self::new(BlockKind::Basic, [2, 2, 2, 2])
+        Self::from_layout(Layout::RESNET18)
     }
 
     /// ResNet-34: basic blocks `[3, 4, 6, 3]`.
     pub fn resnet34() -> Self {
-        Self::new(BlockKind::Basic, [3, 4, 6, 3])
+        Self::from_layout(Layout::RESNET34)
     }
 
     /// ResNet-50: bottlenecks `[3, 4, 6, 3]`.
     pub fn resnet50() -> Self {
-        Self::new(BlockKind::Bottleneck, [3, 4, 6, 3])
+        Self::from_layout(Layout::RESNET50)
     }
 
     /// ResNet-101: bottlenecks `[3, 4, 23, 3]`.
     pub fn resnet101() -> Self {
-        Self::new(BlockKind::Bottleneck, [3, 4, 23, 3])
+        Self::from_layout(Layout::RESNET101)
     }
 
     /// ResNet-152: bottlenecks `[3, 8, 36, 3]`.
     pub fn resnet152() -> Self {
-        Self::new(BlockKind::Bottleneck, [3, 8, 36, 3])
+        Self::from_layout(Layout::RESNET152)
     }
 
     /// The block kind and counts.

@@ -122,36 +122,27 @@ fn a_graph_of_another_depth_names_both() {
 
 #[test]
 fn resnet_v1_strides_need_the_config_switch() {
-    let v1_5 = ResNet3dConfig::resnet50().with_width(2);
-    let v1 = fixtures().join("onnx/r50v1_ts_fold.onnx");
-    assert_eq!(Weights::from_file(&v1).unwrap().stride_in_1x1(), Some(true));
-    let err = ResNet3d::from_imagenet(&v1, &v1_5, &Device::flex()).unwrap_err();
-    assert!(
+    let stride_error = |err: &Error| {
         matches!(
             err,
             Error::InvalidConfig {
                 field: "stride_in_1x1",
                 ..
             }
-        ),
-        "{err}"
-    );
+        )
+    };
+    let v1_5 = ResNet3dConfig::resnet50().with_width(2);
+    let v1 = fixtures().join("onnx/r50v1_ts_fold.onnx");
+    assert_eq!(Weights::from_file(&v1).unwrap().stride_in_1x1(), Some(true));
+    let err = ResNet3d::from_imagenet(&v1, &v1_5, &Device::flex()).unwrap_err();
+    assert!(stride_error(&err), "{err}");
     let err = ResNet3d::from_imagenet(
         fixtures().join("onnx/r50_dynamo.onnx"),
         &v1_5.with_stride_in_1x1(true),
         &Device::flex(),
     )
     .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidConfig {
-                field: "stride_in_1x1",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert!(stride_error(&err), "{err}");
 }
 
 #[test]
