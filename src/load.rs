@@ -339,11 +339,14 @@ impl<'a> Loader<'a> {
         self.used.insert(name.to_string());
         if tensor.shape != shape {
             if self.wrong_shape.is_none() {
-                self.wrong_shape = Some(Error::WrongShape {
-                    hint: shape_hint(name, shape, &tensor.shape),
-                    name: name.to_string(),
-                    expected: shape.to_vec(),
-                    found: tensor.shape.clone(),
+                self.wrong_shape = Some(match unsupported_variant(name, shape, &tensor.shape) {
+                    Some(what) => Error::Unsupported { what },
+                    None => Error::WrongShape {
+                        hint: shape_hint(name, shape, &tensor.shape),
+                        name: name.to_string(),
+                        expected: shape.to_vec(),
+                        found: tensor.shape.clone(),
+                    },
                 });
             }
             return None;
@@ -476,6 +479,29 @@ impl ParamSource for Loader<'_> {
         self.report.head = Head::Copied { classes };
         linear
     }
+}
+
+/// ResNet variants whose kernels cannot be mapped, recognised from a kernel's shape: grouped
+/// convolutions (ResNeXt) and wider bottlenecks (Wide ResNet).
+fn unsupported_variant(name: &str, expected: &[usize], found: &[usize]) -> Option<String> {
+    let (&[o, i, ..], &[fo, fi, ..]) = (expected, found) else {
+        return None;
+    };
+    if !name.ends_with(".weight") || expected.len() != found.len() || name.starts_with("conv1") {
+        return None;
+    }
+    if fo == o && fi < i && fi > 0 && i % fi == 0 {
+        return Some(format!(
+            "grouped convolution: `{name}` has {fi} input channels per output where the ResNet has {i} ({} groups): ResNeXt-style networks are not supported",
+            i / fi
+        ));
+    }
+    if name.contains(".conv1.") && fo == 2 * o && fi == i {
+        return Some(format!(
+            "wide bottleneck: `{name}` has {fo} output channels where the ResNet has {o}: Wide ResNets are not supported"
+        ));
+    }
+    None
 }
 
 /// Which setting explains a shape that does not fit, when one does.

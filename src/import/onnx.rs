@@ -138,7 +138,7 @@ impl<'g> Mapper<'g> {
             // Pre-activation ResNets pool the bare convolution and normalise inside each unit.
             if let Node::MaxPool2d(pool) = relu
                 && self
-                    .readers(&pool.outputs[0].name)
+                    .readers(out(&pool.outputs))
                     .iter()
                     .any(|n| matches!(n, Node::BatchNormalization(_)))
             {
@@ -151,7 +151,7 @@ impl<'g> Mapper<'g> {
                 describe(relu)
             )));
         };
-        let pool = self.only_consumer(&relu.outputs[0].name, "the stem's Relu")?;
+        let pool = self.only_consumer(out(&relu.outputs), "the stem's Relu")?;
         let Node::MaxPool2d(pool) = pool else {
             return Err(not_a_resnet(format!(
                 "the stem is followed by {}, not MaxPool",
@@ -168,7 +168,7 @@ impl<'g> Mapper<'g> {
         self.emit_conv("conv1", "bn1", &stem)?;
 
         // The residual units, stage by stage.
-        let mut x: &'g str = &pool.outputs[0].name;
+        let mut x: &'g str = out(&pool.outputs);
         let mut stages: Vec<Vec<Unit<'g>>> = Vec::new();
         while let Some(unit) = self.unit(x)? {
             if stages.is_empty() || unit.1.shortcut.is_some() {
@@ -288,7 +288,7 @@ impl<'g> Mapper<'g> {
         {
             return Err(unsupported(format!("shortcut {why}")));
         }
-        let relu = self.only_consumer(&add.outputs[0].name, "a residual Add")?;
+        let relu = self.only_consumer(out(&add.outputs), "a residual Add")?;
         let Node::Relu(relu) = relu else {
             return Err(not_a_resnet(format!(
                 "the residual Add {} is followed by {}, not Relu",
@@ -296,7 +296,7 @@ impl<'g> Mapper<'g> {
                 describe(relu)
             )));
         };
-        Ok(Some((&relu.outputs[0].name, Unit { main, shortcut })))
+        Ok(Some((out(&relu.outputs), Unit { main, shortcut })))
     }
 
     /// Follows the main branch from its first convolution to the residual Add.
@@ -307,7 +307,7 @@ impl<'g> Mapper<'g> {
             match self.only_consumer(last, "a convolution")? {
                 Node::Add(add) => break add,
                 Node::Relu(relu) => {
-                    let next = self.only_consumer(&relu.outputs[0].name, "a Relu")?;
+                    let next = self.only_consumer(out(&relu.outputs), "a Relu")?;
                     convs.push(self.conv_unit_at(next)?);
                 }
                 other => return Err(not_a_resnet(format!("{} inside a residual unit", describe(other)))),
@@ -348,12 +348,12 @@ impl<'g> Mapper<'g> {
                 conv.config.groups, conv.name
             )));
         }
-        let output = conv.outputs[0].name.as_str();
+        let output = out(&conv.outputs);
         match self.readers(output).as_slice() {
             [Node::BatchNormalization(bn)] => Ok(ConvUnit {
                 conv,
                 bn: Some(bn),
-                output: bn.outputs[0].name.as_str(),
+                output: out(&bn.outputs),
             }),
             _ => Ok(ConvUnit { conv, bn: None, output }),
         }
@@ -361,7 +361,7 @@ impl<'g> Mapper<'g> {
 
     /// Writes a convolution and its BatchNorm under torchvision's names.
     fn emit_conv(&mut self, conv_name: &str, bn_name: &str, unit: &ConvUnit<'g>) -> Result<()> {
-        let weight = self.static_value(&unit.conv.inputs[1], conv_name)?;
+        let weight = self.static_value(input(&unit.conv.inputs, 1, conv_name)?, conv_name)?;
         if weight.shape.len() != 4 {
             return Err(self.corrupt(format!("{conv_name}: kernel of shape {:?}", weight.shape)));
         }
@@ -458,7 +458,7 @@ impl<'g> Mapper<'g> {
                 )));
             }
         }
-        let mut y = &pool.outputs()[0].name;
+        let mut y = out(pool.outputs());
         loop {
             let readers = self.readers(y);
             let [node] = readers.as_slice() else {
@@ -468,9 +468,9 @@ impl<'g> Mapper<'g> {
                 };
             };
             match node {
-                Node::Flatten(_) | Node::Reshape(_) | Node::Identity(_) => y = &node.outputs()[0].name,
+                Node::Flatten(_) | Node::Reshape(_) | Node::Identity(_) => y = out(node.outputs()),
                 Node::Linear(linear) => {
-                    let weight = self.static_value(&linear.inputs[1], "fc")?;
+                    let weight = self.static_value(input(&linear.inputs, 1, "fc")?, "fc")?;
                     let [a, b] = weight.shape[..] else {
                         return Err(self.corrupt(format!("fc: weight of shape {:?}", weight.shape)));
                     };
@@ -563,15 +563,15 @@ impl<'g> Mapper<'g> {
             .map(|&i| &self.graph.nodes[i])
             .ok_or_else(|| unsupported(format!("{owner}: `{}` is a run-time input, not a weight", arg.name)))?;
         match node {
-            Node::Identity(n) => self.evaluate(&n.inputs[0], owner),
-            Node::Cast(n) => self.evaluate(&n.inputs[0], owner),
-            Node::CastLike(n) => self.evaluate(&n.inputs[0], owner),
+            Node::Identity(n) => self.evaluate(input(&n.inputs, 0, owner)?, owner),
+            Node::Cast(n) => self.evaluate(input(&n.inputs, 0, owner)?, owner),
+            Node::CastLike(n) => self.evaluate(input(&n.inputs, 0, owner)?, owner),
             Node::Shape(n) => {
-                let shape = match n.inputs[0].value() {
+                let source = input(&n.inputs, 0, owner)?;
+                let shape = match source.value() {
                     Some(data) => data.shape().to_vec(),
-                    None => static_shape(&n.inputs[0].ty).ok_or_else(|| {
-                        unsupported(format!("{owner}: the shape of `{}` is not known", n.inputs[0].name))
-                    })?,
+                    None => static_shape(&source.ty)
+                        .ok_or_else(|| unsupported(format!("{owner}: the shape of `{}` is not known", source.name)))?,
                 };
                 let (start, end) = (n.config.start.min(shape.len()), n.config.end.min(shape.len()));
                 let dims: Vec<f32> = shape[start..end.max(start)].iter().map(|&d| d as f32).collect();
@@ -581,17 +581,17 @@ impl<'g> Mapper<'g> {
                 })
             }
             Node::Expand(n) => {
-                let input = self.evaluate(&n.inputs[0], owner)?;
+                let value = self.evaluate(input(&n.inputs, 0, owner)?, owner)?;
                 let target: Vec<usize> = match &n.config {
                     onnx_ir::expand::ExpandConfig::Static(shape) => shape.iter().map(|&d| d.max(0) as usize).collect(),
                     onnx_ir::expand::ExpandConfig::Runtime(_) => self
-                        .evaluate(&n.inputs[1], owner)?
+                        .evaluate(input(&n.inputs, 1, owner)?, owner)?
                         .data
                         .iter()
                         .map(|&d| d.max(0.0) as usize)
                         .collect(),
                 };
-                expand(input, &target)
+                expand(value, &target)
                     .ok_or_else(|| self.corrupt(format!("{owner}: Expand {} cannot broadcast", n.name)))
             }
             other => Err(unsupported(format!(
@@ -669,6 +669,17 @@ fn conv_mismatch(
             conv.name, c.kernel_size, c.stride, c.padding, c.dilation
         )
     })
+}
+
+/// The name of a node's first output; `""` (read by nothing) when it has none.
+fn out(args: &[Argument]) -> &str {
+    args.first().map_or("", |a| a.name.as_str())
+}
+
+/// Input `i` of a node.
+fn input<'a>(args: &'a [Argument], i: usize, owner: &str) -> Result<&'a Argument> {
+    args.get(i)
+        .ok_or_else(|| unsupported(format!("{owner}: a node without input {i}")))
 }
 
 fn describe(node: &Node) -> String {

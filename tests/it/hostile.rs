@@ -107,3 +107,25 @@ fn a_safetensors_header_declaring_more_than_the_file_holds_is_refused() {
     let err = Weights::from_file(&path).unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
 }
+
+#[test]
+fn grouped_and_wide_state_dicts_are_unsupported_with_what_was_found() {
+    use resnet3d::burn::tensor::Device;
+    use resnet3d::{ResNet3dConfig, inflate_from_2d};
+    let config = ResNet3dConfig::resnet50().with_width(4).with_num_classes(Some(10));
+    let base = Weights::from_file(fixtures().join("checkpoints/r50_w4.pth")).unwrap();
+
+    // ResNeXt: the 3x3 of a bottleneck sees 4 / 2 input channels per output (2 groups).
+    let mut grouped = base.clone();
+    grouped.insert("layer1.0.conv2.weight", vec![4, 2, 3, 3], vec![0.1; 72]).unwrap();
+    let err = inflate_from_2d(&grouped, &config, &Device::flex()).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("grouped convolution") && err.to_string().contains("2 groups"), "{err}");
+
+    // Wide ResNet: the bottleneck's first 1x1 has twice the channels.
+    let mut wide = base;
+    wide.insert("layer1.0.conv1.weight", vec![8, 4, 1, 1], vec![0.1; 32]).unwrap();
+    let err = inflate_from_2d(&wide, &config, &Device::flex()).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("wide bottleneck"), "{err}");
+}
