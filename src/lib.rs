@@ -148,6 +148,6 @@ pub use conv::{Conv, ConvSpec};
 pub use error::{Error, Result};
 pub use import::{Format, WeightTensor, Weights};
 pub use inflate::{adapt_in_channels, inflate_kernel};
-pub use load::{Head, LoadReport, LoadedKernel, inflate_from_2d, inflate_from_2d_with_report};
+pub use load::{Head, LoadReport, LoadedKernel, inflate_from_2d, inflate_from_2d_with_report, load_3d};
 pub use model::{Features, ResNet3d};
 pub use pool::MaxPool3d;

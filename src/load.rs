@@ -166,6 +166,15 @@ pub fn inflate_from_2d_with_report(
     Loader::run(weights, config, device, Some(config.inflation))
 }
 
+/// Builds the network of `config` from native 3-D weights in torchvision-3-D naming (what
+/// [`ResNet3d::from_checkpoint`] reads from a file), strictly, with the report.
+///
+/// # Errors
+/// As [`ResNet3d::from_checkpoint`].
+pub fn load_3d(weights: &Weights, config: &ResNet3dConfig, device: &Device) -> Result<(ResNet3d, LoadReport)> {
+    Loader::run(weights, config, device, None)
+}
+
 impl ResNet3d {
     /// Reads a 2-D ImageNet ResNet (`.pth`/`.pt` or `.safetensors`, recognised from the
     /// bytes) and inflates it into the 3-D network of `config`.
@@ -202,7 +211,7 @@ impl ResNet3d {
         config: &ResNet3dConfig,
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
-        Loader::run(&Weights::from_file(path)?, config, device, None)
+        load_3d(&Weights::from_file(path)?, config, device)
     }
 }
 

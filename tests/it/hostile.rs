@@ -117,14 +117,20 @@ fn grouped_and_wide_state_dicts_are_unsupported_with_what_was_found() {
 
     // ResNeXt: the 3x3 of a bottleneck sees 4 / 2 input channels per output (2 groups).
     let mut grouped = base.clone();
-    grouped.insert("layer1.0.conv2.weight", vec![4, 2, 3, 3], vec![0.1; 72]).unwrap();
+    grouped
+        .insert("layer1.0.conv2.weight", vec![4, 2, 3, 3], vec![0.1; 72])
+        .unwrap();
     let err = inflate_from_2d(&grouped, &config, &Device::flex()).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
-    assert!(err.to_string().contains("grouped convolution") && err.to_string().contains("2 groups"), "{err}");
+    assert!(
+        err.to_string().contains("grouped convolution") && err.to_string().contains("2 groups"),
+        "{err}"
+    );
 
     // Wide ResNet: the bottleneck's first 1x1 has twice the channels.
     let mut wide = base;
-    wide.insert("layer1.0.conv1.weight", vec![8, 4, 1, 1], vec![0.1; 32]).unwrap();
+    wide.insert("layer1.0.conv1.weight", vec![8, 4, 1, 1], vec![0.1; 32])
+        .unwrap();
     let err = inflate_from_2d(&wide, &config, &Device::flex()).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("wide bottleneck"), "{err}");

@@ -75,3 +75,30 @@ fn pth_and_safetensors_of_one_network_give_the_same_model() {
     let (_, b) = values(from_st.forward(x));
     assert_eq!(a, b, "same weights, same arithmetic: bit-identical");
 }
+
+#[test]
+fn native_checkpoints_with_or_without_a_head() {
+    let device = Device::flex();
+    let case = &manifest()["native"][0];
+    let config = config_of(case);
+    let mut weights = resnet3d::Weights::from_file(fixtures().join(case["file"].as_str().unwrap())).unwrap();
+
+    // The checkpoint's head is dropped, and reported, when the config has none.
+    let (_, report) = resnet3d::load_3d(&weights, &config.clone().with_num_classes(None), &device).unwrap();
+    assert_eq!(report.head, resnet3d::Head::Absent);
+    assert!(report.ignored.iter().any(|(n, _)| n == "fc.weight"), "{report}");
+
+    // A headless checkpoint gets a fresh head of the configured size.
+    weights.remove("fc.weight").unwrap();
+    weights.remove("fc.bias").unwrap();
+    let (model, report) = resnet3d::load_3d(&weights, &config.with_num_classes(Some(3)), &device).unwrap();
+    assert_eq!(
+        report.head,
+        resnet3d::Head::Fresh {
+            checkpoint_classes: None,
+            classes: 3
+        }
+    );
+    let x = pattern([1, 1, 8, 16, 16], &device);
+    assert_eq!(model.forward(x).dims(), [1, 3]);
+}
