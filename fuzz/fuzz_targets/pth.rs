@@ -1,0 +1,9 @@
+//! Any bytes given to the pth reader: a typed error or weights, never a panic.
+#![no_main]
+
+#[path = "common.rs"]
+mod common;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = common::read(data, "pth");
+});
