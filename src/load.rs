@@ -378,9 +378,18 @@ impl<'a> Loader<'a> {
         let values = match self.inflation {
             Some(rule) => {
                 let values = self.take(&key, &[o, checkpoint_in, h, w])?;
-                let adapted = adapt_in_channels(values, [o, checkpoint_in, h, w], i);
                 self.record(key, vec![o, checkpoint_in, h, w], &spec);
-                inflate_kernel(&adapted, [o, i, h, w], d, rule)
+                // Only the stem's input channels change: no copy of the other kernels.
+                if checkpoint_in == i {
+                    inflate_kernel(values, [o, i, h, w], d, rule)
+                } else {
+                    inflate_kernel(
+                        &adapt_in_channels(values, [o, checkpoint_in, h, w], i),
+                        [o, i, h, w],
+                        d,
+                        rule,
+                    )
+                }
             }
             None => {
                 let values = self.take(&key, &[o, i, d, h, w])?.to_vec();
