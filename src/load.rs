@@ -284,6 +284,9 @@ impl<'a> Loader<'a> {
                 reason: reason.into(),
             });
         }
+        if let Some(what) = recognise_variant(weights) {
+            return Err(Error::Unsupported { what });
+        }
         let found = detect_layout(weights)?;
         if found != config.layout() {
             return Err(Error::ArchitectureMismatch {
@@ -497,6 +500,59 @@ impl ParamSource for Loader<'_> {
         self.report.head = Head::Copied { classes };
         linear
     }
+}
+
+/// ResNet variants recognised from tensor names that torchvision's layout does not have, with
+/// what was found; `None` for anything else (the mapping then names what is missing or extra).
+fn recognise_variant(weights: &Weights) -> Option<String> {
+    let find = |test: &dyn Fn(&str) -> bool| weights.names().find(|n| test(n)).map(str::to_string);
+    let in_block = |n: &str, parts: &[&str]| n.starts_with("layer") && parts.iter().any(|p| n.contains(p));
+    let numbered = |n: &str, module: &str| {
+        n.strip_prefix(module)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.split('.').next())
+            .is_some_and(|i| i.parse::<usize>().is_ok())
+    };
+    if let Some(n) = find(&|n| numbered(n, "conv1")) {
+        return Some(format!(
+            "deep stem: `{n}` shows conv1 as a sequence of convolutions (ResNet-C/D/S, timm's resnet*c/d/s); \
+             only torchvision's single-convolution stem is supported"
+        ));
+    }
+    if let Some(n) = find(&|n| in_block(n, &[".se.", ".se_module.", ".se_layer."])) {
+        return Some(format!(
+            "squeeze-and-excitation modules in the blocks (`{n}`): SE-ResNets are not supported"
+        ));
+    }
+    if let Some(n) = find(&|n| in_block(n, &[".attn.", ".cbam.", ".eca."])) {
+        return Some(format!(
+            "attention modules in the blocks (`{n}`): attention ResNets are not supported"
+        ));
+    }
+    if let Some(n) = find(&|n| in_block(n, &[".aa.", ".blur_pool."])) {
+        return Some(format!(
+            "anti-aliased downsampling in the blocks (`{n}`): not supported"
+        ));
+    }
+    let conv_after_pool = |n: &str| {
+        n.starts_with("layer")
+            && n.ends_with(".downsample.1.weight")
+            && weights.get(n).is_some_and(|t| t.shape.len() >= 4)
+    };
+    if let Some(n) = find(&conv_after_pool) {
+        return Some(format!(
+            "average-pool shortcut (ResNet-D, timm's resnet*d): `{n}` is a convolution after a pooling layer \
+             in the shortcut; only torchvision's strided 1x1 shortcut is supported"
+        ));
+    }
+    if weights.get("layer2.0.conv1.weight").is_some() && find(&|n| n.contains(".downsample.")).is_none() {
+        return Some(
+            "no shortcut convolution in any block (no `*.downsample.*` tensors): a parameter-free shortcut, \
+             such as MedicalNet's type A (zero-padded identity) in its ResNet-10/18/34, is not supported"
+                .into(),
+        );
+    }
+    None
 }
 
 /// ResNet variants whose kernels cannot be mapped, recognised from a kernel's shape: grouped

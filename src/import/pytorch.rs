@@ -16,6 +16,14 @@ pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
         format: "PyTorch",
         reason,
     };
+    let file_len = std::fs::metadata(path).map_err(|err| super::io_error(path, err))?.len();
+    let bound = expansion_bound(file_len);
+    if let Some((entry, size)) = zip_expansion(path, bound) {
+        return Err(corrupt(format!(
+            "its ZIP entries expand to {size} bytes (at `{entry}`), more than {bound} bytes for a {file_len}-byte file: \
+             a zip bomb? torch.save stores entries uncompressed; re-save the checkpoint with torch.save"
+        )));
+    }
     let reader = PytorchReader::new(path).map_err(|err| match err {
         PytorchError::Io(source) => super::io_error(path, source),
         other => corrupt(other.to_string()),
@@ -28,6 +36,18 @@ pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
                 path.display()
             ),
         });
+    }
+    // A view can declare more elements than its storage holds (stride 0): bound what the
+    // tensors would materialise before any of them is read.
+    let declared = reader
+        .tensors()
+        .values()
+        .fold(0u64, |sum, t| sum.saturating_add(t.byte_len() as u64));
+    if declared > bound {
+        return Err(corrupt(format!(
+            "its tensors declare {declared} bytes, more than {bound} bytes for a {file_len}-byte file: \
+             expanded (stride 0) or compressed storages are not read"
+        )));
     }
     let mut out = Vec::with_capacity(reader.len());
     for (name, tensor) in reader.into_tensors() {
@@ -60,6 +80,29 @@ pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
         ));
     }
     Ok(out)
+}
+
+/// The most bytes a checkpoint of `file_len` bytes may expand to when read: torch.save
+/// stores tensors uncompressed, so anything beyond a few times the file is a bomb.
+fn expansion_bound(file_len: u64) -> u64 {
+    file_len.saturating_mul(8).saturating_add(1 << 20)
+}
+
+/// For a ZIP checkpoint whose entries together declare more than `bound` uncompressed bytes,
+/// the entry that crossed it and the running total, read from the central directory before
+/// anything is decompressed. Not a ZIP, or not a readable one: `None` (the reader reports it).
+fn zip_expansion(path: &Path, bound: u64) -> Option<(String, u64)> {
+    let file = std::fs::File::open(path).ok()?;
+    let mut archive = zip::ZipArchive::new(std::io::BufReader::new(file)).ok()?;
+    let mut total = 0u64;
+    for index in 0..archive.len() {
+        let entry = archive.by_index_raw(index).ok()?;
+        total = total.saturating_add(entry.size());
+        if total > bound {
+            return Some((entry.name().map(|n| n.to_string()).unwrap_or_default(), total));
+        }
+    }
+    None
 }
 
 /// Python callables that run code or touch the system when a pickle invokes them.

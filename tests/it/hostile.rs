@@ -135,3 +135,106 @@ fn grouped_and_wide_state_dicts_are_unsupported_with_what_was_found() {
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
     assert!(err.to_string().contains("wide bottleneck"), "{err}");
 }
+
+#[test]
+fn allocation_bombs_are_refused_within_a_bound_of_the_file_size() {
+    // The tracker sees the reader's allocations: a real checkpoint costs at least its size.
+    let real = fixtures().join("checkpoints/r50_w4.pth");
+    let real_len = std::fs::metadata(&real).unwrap().len() as usize;
+    let (weights, peak) = crate::tracking::peak_during(|| Weights::from_file(&real));
+    weights.unwrap();
+    assert!(
+        peak >= real_len / 2,
+        "tracked {peak} bytes reading a {real_len}-byte file"
+    );
+
+    // Each declares a 256 MiB tensor (or a 96 MiB pickle) in a file of at most 262 kB. The
+    // bound: 8 times the file plus 1 MiB (what the reader accepts), plus 1 MiB of bookkeeping.
+    for name in ["zip_bomb_storage", "zip_bomb_pickle", "expanded_view"] {
+        let path = fixtures().join(format!("hostile/{name}.pth"));
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        let (result, peak) = crate::tracking::peak_during(|| Weights::from_file(&path));
+        let err = result.expect_err(name);
+        assert!(matches!(err, Error::Corrupt { .. }), "{name}: {err}");
+        let bound = 8 * len + (2 << 20);
+        assert!(
+            peak <= bound,
+            "{name}: {peak} bytes allocated for a {len}-byte file (bound {bound})"
+        );
+        eprintln!("{name}: {len}-byte file refused after {peak} bytes allocated: {err}");
+    }
+}
+
+#[test]
+fn variants_of_other_layouts_are_unsupported_with_what_was_found() {
+    use resnet3d::burn::tensor::Device;
+    use resnet3d::{ResNet3dConfig, inflate_from_2d};
+    let config = ResNet3dConfig::resnet18().with_width(4).with_num_classes(Some(10));
+    let base = Weights::from_file(fixtures().join("checkpoints/r18_w4.pth")).unwrap();
+    let edit = |change: &dyn Fn(&mut Weights)| {
+        let mut weights = base.clone();
+        change(&mut weights);
+        inflate_from_2d(&weights, &config, &Device::flex())
+            .map(|_| ())
+            .unwrap_err()
+    };
+    let deep_stem = edit(&|w| {
+        let stem = w.remove("conv1.weight").unwrap();
+        w.insert("conv1.0.weight", vec![2, 3, 3, 3], vec![0.1; 54]).unwrap();
+        w.insert("conv1.3.weight", stem.shape, stem.values).unwrap();
+    });
+    let squeeze_excite = edit(&|w| {
+        w.insert("layer2.1.se.fc1.weight", vec![2, 8, 1, 1], vec![0.1; 16])
+            .unwrap()
+    });
+    let attention = edit(&|w| {
+        w.insert("layer3.0.attn.qkv.weight", vec![48, 16], vec![0.1; 768])
+            .unwrap()
+    });
+    let resnet_d = edit(&|w| {
+        for stage in 2..=4 {
+            // The shortcut's BatchNorm moves from 1 to 2 before its conv moves from 0 to 1.
+            for part in ["1.weight", "1.bias", "1.running_mean", "1.running_var", "0.weight"] {
+                let old = format!("layer{stage}.0.downsample.{part}");
+                let (module, param) = part.split_once('.').unwrap();
+                let new = format!(
+                    "layer{stage}.0.downsample.{}.{param}",
+                    module.parse::<usize>().unwrap() + 1
+                );
+                if let Some(t) = w.remove(&old) {
+                    w.insert(new, t.shape, t.values).unwrap();
+                }
+            }
+        }
+    });
+    let shortcut_a = edit(&|w| {
+        let names: Vec<String> = w
+            .names()
+            .filter(|n| n.contains(".downsample."))
+            .map(String::from)
+            .collect();
+        for name in names {
+            w.remove(&name);
+        }
+    });
+    for (err, found) in [
+        (deep_stem, "deep stem: `conv1.0.weight`"),
+        (
+            squeeze_excite,
+            "squeeze-and-excitation modules in the blocks (`layer2.1.se.fc1.weight`)",
+        ),
+        (
+            attention,
+            "attention modules in the blocks (`layer3.0.attn.qkv.weight`)",
+        ),
+        (resnet_d, "average-pool shortcut (ResNet-D"),
+        (shortcut_a, "MedicalNet's type A"),
+    ] {
+        assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.starts_with("unsupported: ") && message.contains(found),
+            "{message}"
+        );
+    }
+}

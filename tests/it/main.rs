@@ -10,5 +10,9 @@ mod nifti;
 mod onnx;
 mod pytorch;
 mod record;
+mod tracking;
 #[cfg(feature = "wgpu")]
 mod wgpu;
+
+#[global_allocator]
+static ALLOCATOR: tracking::Tracking = tracking::Tracking;
