@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use resnet3d::burn::tensor::{Device, Tensor, TensorData};
-use resnet3d::{BlockKind, DepthPadding, Inflation, ResNet3d, ResNet3dConfig};
+use resnet3d::{BlockKind, DepthPadding, Features, FrozenResNet3d, Inflation, ResNet3d, ResNet3dConfig};
 use serde_json::Value;
 
 pub fn fixtures() -> PathBuf {
@@ -110,8 +110,32 @@ pub fn input_shape(case: &Value) -> [usize; 5] {
     [v[0], v[1], v[2], v[3], v[4]]
 }
 
+/// A network under test: the Burn model, or the same frozen for CPU inference.
+pub trait Net {
+    fn features(&self, x: Tensor<5>) -> Features;
+    fn logits(&self, x: Tensor<5>) -> Tensor<2>;
+}
+
+impl Net for ResNet3d {
+    fn features(&self, x: Tensor<5>) -> Features {
+        ResNet3d::features(self, x)
+    }
+    fn logits(&self, x: Tensor<5>) -> Tensor<2> {
+        self.forward(x)
+    }
+}
+
+impl Net for FrozenResNet3d {
+    fn features(&self, x: Tensor<5>) -> Features {
+        FrozenResNet3d::features(self, x).unwrap()
+    }
+    fn logits(&self, x: Tensor<5>) -> Tensor<2> {
+        self.forward(x).unwrap()
+    }
+}
+
 /// Runs one case and returns the largest relative error over its outputs.
-pub fn check_case(case: &Value, model: &ResNet3d, device: &Device) -> f32 {
+pub fn check_case(case: &Value, model: &impl Net, device: &Device) -> f32 {
     let name = case["name"].as_str().unwrap();
     let file = fixtures().join("cases").join(format!("{name}.safetensors"));
     let x = pattern(input_shape(case), device);
@@ -127,7 +151,7 @@ pub fn check_case(case: &Value, model: &ResNet3d, device: &Device) -> f32 {
         ("layer2", values(features.layer2)),
         ("layer3", values(features.layer3)),
         ("layer4", values(features.layer4)),
-        (head, values(model.forward(x))),
+        (head, values(model.logits(x))),
     ];
     let mut worst = 0f32;
     for (key, (shape, got)) in outputs {

@@ -53,6 +53,33 @@ fn native_3d_checkpoints_in_f16_and_bf16_match_pytorch() {
     }
 }
 
+/// The frozen CPU engine (BatchNorm folded, channels-last, tiled GEMM) against PyTorch, on
+/// every inflated and native case: the same tolerance as the Burn model.
+#[test]
+fn frozen_networks_match_pytorch() {
+    let device = Device::flex();
+    let manifest = manifest();
+    for case in manifest["cases"].as_array().unwrap() {
+        let checkpoint = &manifest["checkpoints"][case["checkpoint"].as_str().unwrap()];
+        let path = fixtures().join(checkpoint["file"].as_str().unwrap());
+        let frozen = ResNet3d::from_imagenet(&path, &config_of(case), &device)
+            .unwrap()
+            .freeze()
+            .unwrap();
+        let err = check_case(case, &frozen, &device);
+        println!("frozen {:<34} max rel. error {err:.2e}", case["name"].as_str().unwrap());
+    }
+    for case in manifest["native"].as_array().unwrap() {
+        let path = fixtures().join(case["file"].as_str().unwrap());
+        let frozen = ResNet3d::from_checkpoint(&path, &config_of(case), &device)
+            .unwrap()
+            .freeze()
+            .unwrap();
+        let err = check_case(case, &frozen, &device);
+        println!("frozen {:<34} max rel. error {err:.2e}", case["name"].as_str().unwrap());
+    }
+}
+
 #[test]
 fn pth_and_safetensors_of_one_network_give_the_same_model() {
     let device = Device::flex();

@@ -1,0 +1,538 @@
+//! [`FrozenResNet3d`]: a [`ResNet3d`] frozen for inference on the CPU.
+//!
+//! Burn's CPU convolution converts its input to channels-last, re-flattens the kernel and
+//! scatters its output back on every call, and BatchNorm, ReLU and the residual add each take
+//! a further pass over memory. Frozen, the network instead:
+//! - folds every BatchNorm into its convolution (`W' = W * g / sqrt(v + eps)`,
+//!   `b' = beta - mean * g / sqrt(v + eps)`), once;
+//! - keeps activations channels-last (`[N, D, H, W, C]`) from the stem to the head, so that
+//!   the `kw` taps of a kernel row are one contiguous run of `kw * C` values;
+//! - runs each convolution as one matrix product per tile of output voxels, the tile's
+//!   patches gathered into a buffer that stays in cache (a 1x1x1 convolution with stride 1
+//!   reads its input in place), with the bias, the residual and the ReLU applied to the tile
+//!   while it is still in cache.
+//!
+//! It computes what [`ResNet3d::forward`] computes in eval mode, up to float rounding, and
+//! is checked against PyTorch by the same tests. It is for inference only: it holds plain
+//! `f32` vectors and no gradients. Fine-tune the [`ResNet3d`], then freeze it.
+
+use burn::nn::BatchNorm;
+use burn::tensor::{Tensor, TensorData};
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+use crate::block::{Block, Downsample};
+use crate::config::DepthPadding;
+use crate::conv::Conv;
+use crate::error::{Error, Result};
+use crate::model::{Features, ResNet3d};
+use crate::pool::MaxPool3d;
+
+/// A [`ResNet3d`] frozen for inference on the CPU: BatchNorm folded into the convolutions,
+/// activations channels-last, convolutions as tiled matrix products. Build it with
+/// [`ResNet3d::freeze`].
+///
+/// Inputs and outputs are Burn tensors on any device; the work runs on the CPU's threads
+/// (rayon's global pool).
+#[derive(Debug, Clone)]
+pub struct FrozenResNet3d {
+    stem: FrozenConv,
+    maxpool: Option<Pool>,
+    stages: [Vec<FrozenBlock>; 4],
+    /// `[d_input, classes]` row-major, and the bias.
+    fc: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pool {
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+}
+
+#[derive(Debug, Clone)]
+enum FrozenBlock {
+    Basic {
+        conv1: FrozenConv,
+        conv2: FrozenConv,
+        downsample: Option<FrozenConv>,
+    },
+    Bottleneck {
+        conv1: FrozenConv,
+        conv2: FrozenConv,
+        conv3: FrozenConv,
+        downsample: Option<FrozenConv>,
+    },
+}
+
+/// A convolution with its BatchNorm folded in.
+#[derive(Debug, Clone)]
+struct FrozenConv {
+    /// `[K, out]` row-major, `K` ordered (depth tap, height tap, width tap, input channel):
+    /// the order of a gathered patch.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    in_channels: usize,
+    out_channels: usize,
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+    replicate_depth: bool,
+}
+
+/// Activations channels-last: `[n, d, h, w, c]`.
+#[derive(Debug, Clone)]
+struct Act {
+    data: Vec<f32>,
+    dims: [usize; 5],
+}
+
+/// Values of a tensor as `f32`, whatever the backend.
+fn values<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|err| Error::InvalidInput {
+            dims: Vec::new(),
+            what: format!("the tensor's data could not be read as f32: {err:?}"),
+        })
+}
+
+impl FrozenConv {
+    fn new(conv: &Conv, bn: &BatchNorm) -> Result<Self> {
+        let [o, i, kd, kh, kw] = conv.weight.dims();
+        let w = values(conv.weight.val())?;
+        let gamma = values(bn.gamma.val())?;
+        let beta = values(bn.beta.val())?;
+        let mean = values(bn.running_mean.value())?;
+        let var = values(bn.running_var.value())?;
+        let eps = bn.epsilon as f32;
+        let taps = kd * kh * kw;
+        let k = taps * i;
+        let mut weight = vec![0.0; k * o];
+        let mut bias = vec![0.0; o];
+        for oc in 0..o {
+            let scale = gamma[oc] / (var[oc] + eps).sqrt();
+            bias[oc] = beta[oc] - mean[oc] * scale;
+            for ic in 0..i {
+                for tap in 0..taps {
+                    weight[(tap * i + ic) * o + oc] = w[(oc * i + ic) * taps + tap] * scale;
+                }
+            }
+        }
+        Ok(Self {
+            weight,
+            bias,
+            in_channels: i,
+            out_channels: o,
+            kernel: [kd, kh, kw],
+            stride: conv.stride,
+            padding: conv.padding,
+            replicate_depth: conv.depth_padding == DepthPadding::Replicate,
+        })
+    }
+
+    fn output_dims(&self, [n, d, h, w, _]: [usize; 5]) -> [usize; 5] {
+        let out = |axis: usize, size: usize| {
+            (size + 2 * self.padding[axis]).saturating_sub(self.kernel[axis]) / self.stride[axis] + 1
+        };
+        [n, out(0, d), out(1, h), out(2, w), self.out_channels]
+    }
+
+    /// The convolution of `x`, plus `residual` if given, then ReLU if `relu`.
+    fn forward(&self, x: &Act, residual: Option<&Act>, relu: bool) -> Act {
+        let out_dims = self.output_dims(x.dims);
+        let [n, od, oh, ow, oc] = out_dims;
+        let rows = n * od * oh * ow;
+        let k = self.kernel.iter().product::<usize>() * self.in_channels;
+        let mut out = vec![0.0f32; rows * oc];
+        let pointwise = self.kernel == [1, 1, 1] && self.stride == [1, 1, 1];
+
+        // Tiles of output voxels whose gathered patches fit in about 4 MB, at least 2 per
+        // thread when there is enough work.
+        let threads = rayon::current_num_threads().max(1);
+        let mut tile = ((1 << 20) / k.max(1)).clamp(16, 4096);
+        if rows.div_ceil(tile) < 2 * threads {
+            tile = rows.div_ceil(2 * threads).max(1);
+        }
+        let parallel_tiles = rows.div_ceil(tile) >= threads;
+        let run = |(index, dst): (usize, &mut [f32])| {
+            let first = index * tile;
+            let count = dst.len() / oc;
+            for (r, row) in dst.chunks_exact_mut(oc).enumerate() {
+                row.copy_from_slice(&self.bias);
+                if let Some(res) = residual {
+                    let src = &res.data[(first + r) * oc..(first + r + 1) * oc];
+                    row.iter_mut().zip(src).for_each(|(v, s)| *v += s);
+                }
+            }
+            let parallelism = if parallel_tiles {
+                Parallelism::None
+            } else {
+                Parallelism::Rayon(threads)
+            };
+            let patches;
+            let lhs: &[f32] = if pointwise {
+                &x.data[first * k..(first + count) * k]
+            } else {
+                patches = self.gather(x, out_dims, first, count, k);
+                &patches
+            };
+            // SAFETY: dst is `count x oc`, lhs `count x k` and the weight `k x oc`, all
+            // row-major with the strides given.
+            unsafe {
+                gemm(
+                    count,
+                    oc,
+                    k,
+                    dst.as_mut_ptr(),
+                    1,
+                    oc as isize,
+                    true,
+                    lhs.as_ptr(),
+                    1,
+                    k as isize,
+                    self.weight.as_ptr(),
+                    1,
+                    oc as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+            if relu {
+                dst.iter_mut().for_each(|v| *v = v.max(0.0));
+            }
+        };
+        if parallel_tiles {
+            out.par_chunks_mut(tile * oc).enumerate().for_each(run);
+        } else {
+            out.chunks_mut(tile * oc).enumerate().for_each(run);
+        }
+        Act {
+            data: out,
+            dims: out_dims,
+        }
+    }
+
+    /// The patches of output voxels `first..first + count` (in `[n, d, h, w]` order), one row
+    /// of `k` values each, zeros where the kernel reaches into the padding.
+    fn gather(&self, x: &Act, out_dims: [usize; 5], first: usize, count: usize, k: usize) -> Vec<f32> {
+        let [_, d, h, w, c] = x.dims;
+        let [_, od, oh, ow, _] = out_dims;
+        let [kd, kh, kw] = self.kernel;
+        let [sd, sh, sw] = self.stride;
+        let [pd, ph, pw] = self.padding;
+        let run = kw * c;
+        let mut patches = vec![0.0f32; count * k];
+        for (r, patch) in patches.chunks_exact_mut(k).enumerate() {
+            let mut p = first + r;
+            let ox = p % ow;
+            p /= ow;
+            let oy = p % oh;
+            p /= oh;
+            let oz = p % od;
+            let b = p / od;
+            let x0 = (ox * sw) as isize - pw as isize;
+            // The width taps that land inside the volume.
+            let j_lo = (-x0).max(0) as usize;
+            let j_hi = ((w as isize - x0).max(0) as usize).min(kw);
+            for t in 0..kd {
+                let z = (oz * sd + t) as isize - pd as isize;
+                let z = if self.replicate_depth {
+                    z.clamp(0, d as isize - 1)
+                } else if z < 0 || z >= d as isize {
+                    continue;
+                } else {
+                    z
+                } as usize;
+                for i in 0..kh {
+                    let y = (oy * sh + i) as isize - ph as isize;
+                    if y < 0 || y >= h as isize || j_lo >= j_hi {
+                        continue;
+                    }
+                    let src = (((b * d + z) * h + y as usize) * w) as isize + x0 + j_lo as isize;
+                    let src = src as usize * c;
+                    let dst = (t * kh + i) * run + j_lo * c;
+                    let len = (j_hi - j_lo) * c;
+                    patch[dst..dst + len].copy_from_slice(&x.data[src..src + len]);
+                }
+            }
+        }
+        patches
+    }
+}
+
+impl FrozenBlock {
+    fn new(block: &Block) -> Result<Self> {
+        let downsample = |ds: &Option<Downsample>| ds.as_ref().map(|ds| FrozenConv::new(&ds.conv, &ds.bn)).transpose();
+        Ok(match block {
+            Block::Basic(b) => FrozenBlock::Basic {
+                conv1: FrozenConv::new(&b.conv1, &b.bn1)?,
+                conv2: FrozenConv::new(&b.conv2, &b.bn2)?,
+                downsample: downsample(&b.downsample)?,
+            },
+            Block::Bottleneck(b) => FrozenBlock::Bottleneck {
+                conv1: FrozenConv::new(&b.conv1, &b.bn1)?,
+                conv2: FrozenConv::new(&b.conv2, &b.bn2)?,
+                conv3: FrozenConv::new(&b.conv3, &b.bn3)?,
+                downsample: downsample(&b.downsample)?,
+            },
+        })
+    }
+
+    fn forward(&self, x: Act) -> Act {
+        match self {
+            FrozenBlock::Basic {
+                conv1,
+                conv2,
+                downsample,
+            } => {
+                let y = conv1.forward(&x, None, true);
+                let identity = match downsample {
+                    Some(ds) => ds.forward(&x, None, false),
+                    None => x,
+                };
+                conv2.forward(&y, Some(&identity), true)
+            }
+            FrozenBlock::Bottleneck {
+                conv1,
+                conv2,
+                conv3,
+                downsample,
+            } => {
+                let y = conv1.forward(&x, None, true);
+                let y = conv2.forward(&y, None, true);
+                let identity = match downsample {
+                    Some(ds) => ds.forward(&x, None, false),
+                    None => x,
+                };
+                conv3.forward(&y, Some(&identity), true)
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// The max pool, one axis at a time (the maximum over a box is the maximum of maxima
+    /// over its rows), padding taking no part, as in PyTorch.
+    fn forward(&self, x: Act) -> Act {
+        let x = self.along(x, 3);
+        let x = self.along(x, 2);
+        self.along(x, 1)
+    }
+
+    /// The pool along one axis of `[n, d, h, w, c]` (1 = depth, 2 = height, 3 = width).
+    fn along(&self, x: Act, axis: usize) -> Act {
+        let (k, s, p) = (self.kernel[axis - 1], self.stride[axis - 1], self.padding[axis - 1]);
+        if k == 1 && s == 1 {
+            return x;
+        }
+        let len = x.dims[axis];
+        let out_len = (len + 2 * p).saturating_sub(k) / s + 1;
+        // Blocks: everything before the axis; inner: everything after it.
+        let outer: usize = x.dims[..axis].iter().product();
+        let inner: usize = x.dims[axis + 1..].iter().product();
+        let mut dims = x.dims;
+        dims[axis] = out_len;
+        let mut out = vec![0.0f32; outer * out_len * inner];
+        out.par_chunks_mut(out_len * inner)
+            .zip(x.data.par_chunks(len * inner))
+            .for_each(|(dst, src)| {
+                for (o, row) in dst.chunks_exact_mut(inner).enumerate() {
+                    let lo = (o * s).saturating_sub(p);
+                    let hi = (o * s + k).saturating_sub(p).min(len);
+                    row.fill(f32::NEG_INFINITY);
+                    for i in lo..hi {
+                        let line = &src[i * inner..(i + 1) * inner];
+                        row.iter_mut().zip(line).for_each(|(v, x)| *v = v.max(*x));
+                    }
+                }
+            });
+        Act { data: out, dims }
+    }
+}
+
+impl ResNet3d {
+    /// This network frozen for fast inference on the CPU: BatchNorm folded into the
+    /// convolutions (with its running statistics, as in eval mode), activations
+    /// channels-last. See [`FrozenResNet3d`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if a parameter cannot be read back as `f32`.
+    pub fn freeze(&self) -> Result<FrozenResNet3d> {
+        let stage = |blocks: &[Block]| blocks.iter().map(FrozenBlock::new).collect::<Result<Vec<_>>>();
+        let fc = match &self.fc {
+            Some(fc) => {
+                let weight = values(fc.weight.val())?;
+                let classes = fc.weight.dims()[1];
+                let bias = match &fc.bias {
+                    Some(b) => values(b.val())?,
+                    None => vec![0.0; classes],
+                };
+                Some((weight, bias))
+            }
+            None => None,
+        };
+        Ok(FrozenResNet3d {
+            stem: FrozenConv::new(&self.conv1, &self.bn1)?,
+            maxpool: self.maxpool.as_ref().map(|p: &MaxPool3d| Pool {
+                kernel: p.kernel_size,
+                stride: p.stride,
+                padding: p.padding,
+            }),
+            stages: [
+                stage(&self.layer1)?,
+                stage(&self.layer2)?,
+                stage(&self.layer3)?,
+                stage(&self.layer4)?,
+            ],
+            fc,
+        })
+    }
+}
+
+impl FrozenResNet3d {
+    /// Input channels the network takes.
+    pub fn in_channels(&self) -> usize {
+        self.stem.in_channels
+    }
+
+    fn input(&self, x: Tensor<5>) -> Result<Act> {
+        let dims = x.dims();
+        let [n, c, d, h, w] = dims;
+        if c != self.in_channels() || dims.contains(&0) {
+            return Err(Error::InvalidInput {
+                dims: dims.to_vec(),
+                what: format!(
+                    "the network takes [N, {}, D, H, W] with every extent at least 1",
+                    self.in_channels()
+                ),
+            });
+        }
+        let ncdhw = values(x)?;
+        let data = if c == 1 { ncdhw } else { to_channels_last(&ncdhw, dims) };
+        Ok(Act {
+            data,
+            dims: [n, d, h, w, c],
+        })
+    }
+
+    /// Class logits, or the pooled features without a head: what [`ResNet3d::forward`]
+    /// returns, on the input's device.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an input that is not `[N, in_channels, D, H, W]` with
+    /// every extent at least 1.
+    pub fn forward(&self, x: Tensor<5>) -> Result<Tensor<2>> {
+        let device = x.device();
+        let mut act = self.stem_forward(self.input(x)?);
+        for stage in &self.stages {
+            act = stage.iter().fold(act, |x, block| block.forward(x));
+        }
+        let (values, shape) = self.head(&act);
+        Ok(Tensor::from_data(TensorData::new(values, shape), &device))
+    }
+
+    /// The output of the stem and of every stage, as [`ResNet3d::features`] returns them
+    /// (`[N, C, D, H, W]`, on the input's device).
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub fn features(&self, x: Tensor<5>) -> Result<Features> {
+        let device = x.device();
+        let to_tensor = |act: &Act| {
+            let [n, d, h, w, c] = act.dims;
+            Tensor::from_data(
+                TensorData::new(to_channels_first(&act.data, act.dims), [n, c, d, h, w]),
+                &device,
+            )
+        };
+        let stem = self.stem.forward(&self.input(x)?, None, true);
+        let pooled = match &self.maxpool {
+            Some(pool) => pool.forward(stem.clone()),
+            None => stem.clone(),
+        };
+        let stage = |i: usize, x: Act| self.stages[i].iter().fold(x, |x, block| block.forward(x));
+        let layer1 = stage(0, pooled);
+        let layer2 = stage(1, layer1.clone());
+        let layer3 = stage(2, layer2.clone());
+        let layer4 = stage(3, layer3.clone());
+        Ok(Features {
+            stem: to_tensor(&stem),
+            layer1: to_tensor(&layer1),
+            layer2: to_tensor(&layer2),
+            layer3: to_tensor(&layer3),
+            layer4: to_tensor(&layer4),
+        })
+    }
+
+    fn stem_forward(&self, x: Act) -> Act {
+        let x = self.stem.forward(&x, None, true);
+        match &self.maxpool {
+            Some(pool) => pool.forward(x),
+            None => x,
+        }
+    }
+
+    /// Global average pool and the head: values and shape.
+    fn head(&self, act: &Act) -> (Vec<f32>, [usize; 2]) {
+        let [n, d, h, w, c] = act.dims;
+        let voxels = d * h * w;
+        let mut pooled = vec![0.0f32; n * c];
+        for (b, sum) in pooled.chunks_exact_mut(c).enumerate() {
+            for v in act.data[b * voxels * c..(b + 1) * voxels * c].chunks_exact(c) {
+                sum.iter_mut().zip(v).for_each(|(s, x)| *s += x);
+            }
+            sum.iter_mut().for_each(|s| *s /= voxels as f32);
+        }
+        let Some((weight, bias)) = &self.fc else {
+            return (pooled, [n, c]);
+        };
+        let classes = bias.len();
+        let mut logits = vec![0.0f32; n * classes];
+        for (row, feats) in logits.chunks_exact_mut(classes).zip(pooled.chunks_exact(c)) {
+            row.copy_from_slice(bias);
+            for (f, wrow) in feats.iter().zip(weight.chunks_exact(classes)) {
+                row.iter_mut().zip(wrow).for_each(|(v, w)| *v += f * w);
+            }
+        }
+        (logits, [n, classes])
+    }
+}
+
+/// `[n, c, d, h, w]` -> `[n, d, h, w, c]`.
+fn to_channels_last(x: &[f32], [n, c, d, h, w]: [usize; 5]) -> Vec<f32> {
+    let voxels = d * h * w;
+    let mut out = vec![0.0f32; x.len()];
+    for b in 0..n {
+        let src = &x[b * c * voxels..(b + 1) * c * voxels];
+        let dst = &mut out[b * c * voxels..(b + 1) * c * voxels];
+        for (v, px) in dst.chunks_exact_mut(c).enumerate() {
+            for (ch, value) in px.iter_mut().enumerate() {
+                *value = src[ch * voxels + v];
+            }
+        }
+    }
+    out
+}
+
+/// `[n, d, h, w, c]` -> `[n, c, d, h, w]`.
+fn to_channels_first(x: &[f32], [n, d, h, w, c]: [usize; 5]) -> Vec<f32> {
+    let voxels = d * h * w;
+    let mut out = vec![0.0f32; x.len()];
+    for b in 0..n {
+        let src = &x[b * c * voxels..(b + 1) * c * voxels];
+        let dst = &mut out[b * c * voxels..(b + 1) * c * voxels];
+        for (v, px) in src.chunks_exact(c).enumerate() {
+            for (ch, value) in px.iter().enumerate() {
+                dst[ch * voxels + v] = *value;
+            }
+        }
+    }
+    out
+}
