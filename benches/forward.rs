@@ -5,14 +5,14 @@
 //!
 //! ```text
 //! cargo bench --bench forward                  # everything
-//! cargo bench --bench forward -- flex/         # one backend
+//! cargo bench --bench forward -- flex/         # one backend (flex, ndarray, frozen)
 //! ```
 //!
 //! Group and function names are the keys `compare.py` matches: `<backend>/<what>`.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use resnet3d::burn::tensor::{Device, Tensor, TensorData};
-use resnet3d::{MaxPool3d, ResNet3dConfig};
+use resnet3d::{LayerBench, MaxPool3d, ResNet3dConfig};
 
 /// The shapes of the issue: a CT crop and a small case, batch 1, one channel.
 const LARGE: [usize; 5] = [1, 1, 64, 128, 128];
@@ -34,16 +34,68 @@ fn devices() -> Vec<(&'static str, Device)> {
     vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
 }
 
+/// The models and inputs of the forward benchmarks.
+fn models(device: &Device) -> Vec<(&'static str, resnet3d::ResNet3d)> {
+    [
+        ("resnet18", ResNet3dConfig::resnet18()),
+        ("resnet50", ResNet3dConfig::resnet50()),
+    ]
+    .into_iter()
+    // Random weights: the arithmetic is the same as for inflated ones.
+    .map(|(name, config)| (name, config.with_in_channels(1).with_num_classes(Some(2)).init(device)))
+    .collect()
+}
+
+/// [`FrozenResNet3d`](resnet3d::FrozenResNet3d): BatchNorm folded, channels-last, on the CPU.
+fn frozen(c: &mut Criterion) {
+    let device = Device::flex();
+    let mut group = c.benchmark_group("frozen/forward");
+    group.sample_size(10);
+    for (name, model) in models(&device) {
+        let frozen = model.freeze().expect("f32 model");
+        for (size, shape) in [("64x128x128", LARGE), ("16x64x64", SMALL)] {
+            let x = input(shape, &device);
+            group.bench_function(BenchmarkId::new(name, size), |b| {
+                b.iter(|| sync(frozen.forward(x.clone()).expect("valid input")))
+            });
+        }
+    }
+    group.finish();
+    let mut group = c.benchmark_group("frozen/layer");
+    group.sample_size(10);
+    let (conv, x) = layer1_conv(&device);
+    let bench = LayerBench::conv(&conv, x.clone(), false).expect("f32");
+    group.bench_function("conv3d_64x64x3x3x3_16x56x56", |b| b.iter(|| bench.run()));
+    // The same with the gemm crate's product (AVX2 on stable Rust).
+    let bench = LayerBench::conv(&conv, x, true).expect("f32");
+    group.bench_function("conv3d_64x64x3x3x3_16x56x56_portable", |b| b.iter(|| bench.run()));
+    let pool = MaxPool3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]).expect("valid pool");
+    let bench = LayerBench::pool(&pool, input([1, 64, 32, 56, 56], &device)).expect("f32");
+    group.bench_function("maxpool3d_3x3x3s2_64x32x56x56", |b| b.iter(|| bench.run()));
+    group.finish();
+}
+
+/// The 3x3x3 convolution of layer1: 64 -> 64 channels on 1x64x16x56x56.
+fn layer1_conv(device: &Device) -> (resnet3d::Conv, Tensor<5>) {
+    let conv = resnet3d::ConvSpec {
+        in_channels: 64,
+        out_channels: 64,
+        kernel: [3, 3, 3],
+        stride: [1, 1, 1],
+        depth_padding: resnet3d::DepthPadding::Zeros,
+    }
+    .build(resnet3d::burn::module::Param::from_tensor(input(
+        [64, 64, 3, 3, 3],
+        device,
+    )));
+    (conv, input([1, 64, 16, 56, 56], device))
+}
+
 fn forward(c: &mut Criterion) {
     for (backend, device) in devices() {
         let mut group = c.benchmark_group(format!("{backend}/forward"));
         group.sample_size(10);
-        for (name, config) in [
-            ("resnet18", ResNet3dConfig::resnet18()),
-            ("resnet50", ResNet3dConfig::resnet50()),
-        ] {
-            // Random weights: the arithmetic is the same as for inflated ones.
-            let model = config.with_in_channels(1).with_num_classes(Some(2)).init(&device);
+        for (name, model) in models(&device) {
             for (size, shape) in [("64x128x128", LARGE), ("16x64x64", SMALL)] {
                 let x = input(shape, &device);
                 group.bench_function(BenchmarkId::new(name, size), |b| {
@@ -59,19 +111,7 @@ fn layers(c: &mut Criterion) {
     for (backend, device) in devices() {
         let mut group = c.benchmark_group(format!("{backend}/layer"));
         group.sample_size(10);
-        // The 3x3x3 convolution of layer1: 64 -> 64 channels on 1x64x16x56x56.
-        let conv = resnet3d::ConvSpec {
-            in_channels: 64,
-            out_channels: 64,
-            kernel: [3, 3, 3],
-            stride: [1, 1, 1],
-            depth_padding: resnet3d::DepthPadding::Zeros,
-        }
-        .build(resnet3d::burn::module::Param::from_tensor(input(
-            [64, 64, 3, 3, 3],
-            &device,
-        )));
-        let x = input([1, 64, 16, 56, 56], &device);
+        let (conv, x) = layer1_conv(&device);
         group.bench_function("conv3d_64x64x3x3x3_16x56x56", |b| {
             b.iter(|| sync(conv.forward(x.clone())))
         });
@@ -85,5 +125,5 @@ fn layers(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, forward, layers);
+criterion_group!(benches, frozen, forward, layers);
 criterion_main!(benches);

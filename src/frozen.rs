@@ -18,13 +18,16 @@
 
 use burn::nn::BatchNorm;
 use burn::tensor::{Tensor, TensorData};
-use gemm::{Parallelism, gemm};
+use std::cell::RefCell;
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::block::{Block, Downsample};
 use crate::config::DepthPadding;
 use crate::conv::Conv;
 use crate::error::{Error, Result};
+use crate::matmul::{Kernel, NR, PackedB, matmul};
 use crate::model::{Features, ResNet3d};
 use crate::pool::MaxPool3d;
 
@@ -69,8 +72,9 @@ enum FrozenBlock {
 #[derive(Debug, Clone)]
 struct FrozenConv {
     /// `[K, out]` row-major, `K` ordered (depth tap, height tap, width tap, input channel):
-    /// the order of a gathered patch.
-    weight: Vec<f32>,
+    /// the order of a gathered patch; packed for `kernel_impl`.
+    weight: PackedB,
+    kernel_impl: Kernel,
     bias: Vec<f32>,
     in_channels: usize,
     out_channels: usize,
@@ -79,6 +83,20 @@ struct FrozenConv {
     padding: [usize; 3],
     replicate_depth: bool,
 }
+
+/// Output voxels per work item.
+const TILE_ROWS: usize = 16 * crate::matmul::MR;
+
+thread_local! {
+    /// Per thread: the gathered patches of a tile, and the matrix product's packed block.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// The output's base pointer, shared by work items that write disjoint parts of it.
+struct SendPtr(*mut f32);
+// SAFETY: every work item writes only its own rows and columns.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
 
 /// Activations channels-last: `[n, d, h, w, c]`.
 #[derive(Debug, Clone)]
@@ -100,7 +118,7 @@ fn values<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
 }
 
 impl FrozenConv {
-    fn new(conv: &Conv, bn: &BatchNorm) -> Result<Self> {
+    fn new(conv: &Conv, bn: &BatchNorm, kernel_impl: Kernel) -> Result<Self> {
         let [o, i, kd, kh, kw] = conv.weight.dims();
         let w = values(conv.weight.val())?;
         let gamma = values(bn.gamma.val())?;
@@ -122,7 +140,8 @@ impl FrozenConv {
             }
         }
         Ok(Self {
-            weight,
+            weight: PackedB::new(weight, k, o, kernel_impl),
+            kernel_impl,
             bias,
             in_channels: i,
             out_channels: o,
@@ -149,70 +168,67 @@ impl FrozenConv {
         let mut out = vec![0.0f32; rows * oc];
         let pointwise = self.kernel == [1, 1, 1] && self.stride == [1, 1, 1];
 
-        // Tiles of output voxels whose gathered patches fit in about 4 MB, at least 2 per
-        // thread when there is enough work.
+        // Work items: tiles of output voxels, each split into groups of column panels when
+        // there are too few tiles to keep every thread busy.
         let threads = rayon::current_num_threads().max(1);
-        let mut tile = ((1 << 20) / k.max(1)).clamp(16, 4096);
-        if rows.div_ceil(tile) < 2 * threads {
-            tile = rows.div_ceil(2 * threads).max(1);
-        }
-        let parallel_tiles = rows.div_ceil(tile) >= threads;
-        let run = |(index, dst): (usize, &mut [f32])| {
-            let first = index * tile;
-            let count = dst.len() / oc;
-            for (r, row) in dst.chunks_exact_mut(oc).enumerate() {
-                row.copy_from_slice(&self.bias);
+        let tile = TILE_ROWS;
+        let tiles = rows.div_ceil(tile);
+        let panels = self.weight.panel_count();
+        let groups = (2 * threads).div_ceil(tiles.max(1)).clamp(1, panels.max(1));
+        let per_group = panels.div_ceil(groups);
+        let items: Vec<(usize, Range<usize>)> = (0..tiles)
+            .flat_map(|t| {
+                (0..groups)
+                    .map(move |g| (t, g * per_group..((g + 1) * per_group).min(panels)))
+                    .filter(|(_, p)| !p.is_empty())
+            })
+            .collect();
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        items.into_par_iter().for_each(|(t, panel_range)| {
+            let out_ptr = &out_ptr;
+            let first = t * tile;
+            let count = tile.min(rows - first);
+            let (c0, c1) = (panel_range.start * NR, (panel_range.end * NR).min(oc));
+            // SAFETY: this item alone writes rows first..first + count, columns c0..c1.
+            let row =
+                |r: usize| unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((first + r) * oc + c0), c1 - c0) };
+            for r in 0..count {
+                let dst = row(r);
+                dst.copy_from_slice(&self.bias[c0..c1]);
                 if let Some(res) = residual {
-                    let src = &res.data[(first + r) * oc..(first + r + 1) * oc];
-                    row.iter_mut().zip(src).for_each(|(v, s)| *v += s);
+                    let src = &res.data[(first + r) * oc + c0..(first + r) * oc + c1];
+                    dst.iter_mut().zip(src).for_each(|(v, s)| *v += s);
                 }
             }
-            let parallelism = if parallel_tiles {
-                Parallelism::None
-            } else {
-                Parallelism::Rayon(threads)
-            };
-            let patches;
-            let lhs: &[f32] = if pointwise {
-                &x.data[first * k..(first + count) * k]
-            } else {
-                patches = self.gather(x, out_dims, first, count, k);
-                &patches
-            };
-            // SAFETY: dst is `count x oc`, lhs `count x k` and the weight `k x oc`, all
-            // row-major with the strides given.
-            unsafe {
-                gemm(
-                    count,
-                    oc,
-                    k,
-                    dst.as_mut_ptr(),
-                    1,
-                    oc as isize,
-                    true,
-                    lhs.as_ptr(),
-                    1,
-                    k as isize,
-                    self.weight.as_ptr(),
-                    1,
-                    oc as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-            }
+            SCRATCH.with_borrow_mut(|(patches, packed)| {
+                let lhs = if pointwise {
+                    x.data[first * k..(first + count) * k].as_ptr()
+                } else {
+                    self.gather(x, out_dims, first, count, k, patches);
+                    patches.as_ptr()
+                };
+                // SAFETY: lhs holds count rows of k values, the output count rows of oc from
+                // `first`, and this item owns their columns c0..c1.
+                unsafe {
+                    matmul(
+                        self.kernel_impl,
+                        lhs,
+                        k,
+                        count,
+                        &self.weight,
+                        panel_range.clone(),
+                        out_ptr.0.add(first * oc),
+                        oc,
+                        packed,
+                    );
+                }
+            });
             if relu {
-                dst.iter_mut().for_each(|v| *v = v.max(0.0));
+                for r in 0..count {
+                    row(r).iter_mut().for_each(|v| *v = v.max(0.0));
+                }
             }
-        };
-        if parallel_tiles {
-            out.par_chunks_mut(tile * oc).enumerate().for_each(run);
-        } else {
-            out.chunks_mut(tile * oc).enumerate().for_each(run);
-        }
+        });
         Act {
             data: out,
             dims: out_dims,
@@ -221,15 +237,19 @@ impl FrozenConv {
 
     /// The patches of output voxels `first..first + count` (in `[n, d, h, w]` order), one row
     /// of `k` values each, zeros where the kernel reaches into the padding.
-    fn gather(&self, x: &Act, out_dims: [usize; 5], first: usize, count: usize, k: usize) -> Vec<f32> {
+    fn gather(&self, x: &Act, out_dims: [usize; 5], first: usize, count: usize, k: usize, patches: &mut Vec<f32>) {
         let [_, d, h, w, c] = x.dims;
         let [_, od, oh, ow, _] = out_dims;
-        let [kd, kh, kw] = self.kernel;
+        let [_, kh, kw] = self.kernel;
         let [sd, sh, sw] = self.stride;
         let [pd, ph, pw] = self.padding;
         let run = kw * c;
-        let mut patches = vec![0.0f32; count * k];
-        for (r, patch) in patches.chunks_exact_mut(k).enumerate() {
+        if patches.len() < count * k {
+            patches.resize(count * k, 0.0);
+        }
+        // Every value is written: copied from the volume, or zero where the kernel reaches
+        // into the padding (the buffer is reused between tiles).
+        for (r, patch) in patches[..count * k].chunks_exact_mut(k).enumerate() {
             let mut p = first + r;
             let ox = p % ow;
             p /= ow;
@@ -239,47 +259,52 @@ impl FrozenConv {
             let b = p / od;
             let x0 = (ox * sw) as isize - pw as isize;
             // The width taps that land inside the volume.
-            let j_lo = (-x0).max(0) as usize;
-            let j_hi = ((w as isize - x0).max(0) as usize).min(kw);
-            for t in 0..kd {
+            let j_lo = ((-x0).max(0) as usize).min(kw);
+            let j_hi = ((w as isize - x0).max(0) as usize).clamp(j_lo, kw);
+            for (t, depth_taps) in patch.chunks_exact_mut(kh * run).enumerate() {
                 let z = (oz * sd + t) as isize - pd as isize;
                 let z = if self.replicate_depth {
                     z.clamp(0, d as isize - 1)
                 } else if z < 0 || z >= d as isize {
+                    depth_taps.fill(0.0);
                     continue;
                 } else {
                     z
                 } as usize;
-                for i in 0..kh {
+                for (i, dst) in depth_taps.chunks_exact_mut(run).enumerate() {
                     let y = (oy * sh + i) as isize - ph as isize;
-                    if y < 0 || y >= h as isize || j_lo >= j_hi {
+                    if y < 0 || y >= h as isize || j_lo == j_hi {
+                        dst.fill(0.0);
                         continue;
                     }
-                    let src = (((b * d + z) * h + y as usize) * w) as isize + x0 + j_lo as isize;
-                    let src = src as usize * c;
-                    let dst = (t * kh + i) * run + j_lo * c;
+                    let src = ((((b * d + z) * h + y as usize) * w) as isize + x0 + j_lo as isize) as usize * c;
                     let len = (j_hi - j_lo) * c;
-                    patch[dst..dst + len].copy_from_slice(&x.data[src..src + len]);
+                    dst[..j_lo * c].fill(0.0);
+                    dst[j_lo * c..j_hi * c].copy_from_slice(&x.data[src..src + len]);
+                    dst[j_hi * c..].fill(0.0);
                 }
             }
         }
-        patches
     }
 }
 
 impl FrozenBlock {
-    fn new(block: &Block) -> Result<Self> {
-        let downsample = |ds: &Option<Downsample>| ds.as_ref().map(|ds| FrozenConv::new(&ds.conv, &ds.bn)).transpose();
+    fn new(block: &Block, kernel: Kernel) -> Result<Self> {
+        let downsample = |ds: &Option<Downsample>| {
+            ds.as_ref()
+                .map(|ds| FrozenConv::new(&ds.conv, &ds.bn, kernel))
+                .transpose()
+        };
         Ok(match block {
             Block::Basic(b) => FrozenBlock::Basic {
-                conv1: FrozenConv::new(&b.conv1, &b.bn1)?,
-                conv2: FrozenConv::new(&b.conv2, &b.bn2)?,
+                conv1: FrozenConv::new(&b.conv1, &b.bn1, kernel)?,
+                conv2: FrozenConv::new(&b.conv2, &b.bn2, kernel)?,
                 downsample: downsample(&b.downsample)?,
             },
             Block::Bottleneck(b) => FrozenBlock::Bottleneck {
-                conv1: FrozenConv::new(&b.conv1, &b.bn1)?,
-                conv2: FrozenConv::new(&b.conv2, &b.bn2)?,
-                conv3: FrozenConv::new(&b.conv3, &b.bn3)?,
+                conv1: FrozenConv::new(&b.conv1, &b.bn1, kernel)?,
+                conv2: FrozenConv::new(&b.conv2, &b.bn2, kernel)?,
+                conv3: FrozenConv::new(&b.conv3, &b.bn3, kernel)?,
                 downsample: downsample(&b.downsample)?,
             },
         })
@@ -365,7 +390,23 @@ impl ResNet3d {
     /// # Errors
     /// [`Error::InvalidInput`] if a parameter cannot be read back as `f32`.
     pub fn freeze(&self) -> Result<FrozenResNet3d> {
-        let stage = |blocks: &[Block]| blocks.iter().map(FrozenBlock::new).collect::<Result<Vec<_>>>();
+        self.freeze_with(Kernel::detect())
+    }
+
+    /// [`freeze`](Self::freeze) with the portable matrix product (the `gemm` crate) even
+    /// where AVX-512 is available: for tests and comparisons.
+    #[doc(hidden)]
+    pub fn freeze_portable(&self) -> Result<FrozenResNet3d> {
+        self.freeze_with(Kernel::Portable)
+    }
+
+    fn freeze_with(&self, kernel: Kernel) -> Result<FrozenResNet3d> {
+        let stage = |blocks: &[Block]| {
+            blocks
+                .iter()
+                .map(|b| FrozenBlock::new(b, kernel))
+                .collect::<Result<Vec<_>>>()
+        };
         let fc = match &self.fc {
             Some(fc) => {
                 let weight = values(fc.weight.val())?;
@@ -379,7 +420,7 @@ impl ResNet3d {
             None => None,
         };
         Ok(FrozenResNet3d {
-            stem: FrozenConv::new(&self.conv1, &self.bn1)?,
+            stem: FrozenConv::new(&self.conv1, &self.bn1, kernel)?,
             maxpool: self.maxpool.as_ref().map(|p: &MaxPool3d| Pool {
                 kernel: p.kernel_size,
                 stride: p.stride,
@@ -414,12 +455,14 @@ impl FrozenResNet3d {
                 ),
             });
         }
-        let ncdhw = values(x)?;
-        let data = if c == 1 { ncdhw } else { to_channels_last(&ncdhw, dims) };
-        Ok(Act {
-            data,
-            dims: [n, d, h, w, c],
-        })
+        if c == 1 {
+            // One channel: both layouts are the same.
+            return Ok(Act {
+                data: values(x)?,
+                dims: [n, d, h, w, c],
+            });
+        }
+        channels_last_act(x)
     }
 
     /// Class logits, or the pooled features without a head: what [`ResNet3d::forward`]
@@ -535,4 +578,68 @@ fn to_channels_first(x: &[f32], [n, d, h, w, c]: [usize; 5]) -> Vec<f32> {
         }
     }
     out
+}
+
+/// One frozen layer on a channels-last input, for `benches/forward.rs`: what a layer costs
+/// inside [`FrozenResNet3d`], without the layout changes at its ends.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct LayerBench {
+    input: Act,
+    layer: BenchLayer,
+}
+
+#[derive(Debug)]
+enum BenchLayer {
+    Conv(FrozenConv),
+    Pool(Pool),
+}
+
+impl LayerBench {
+    /// `conv` with an identity BatchNorm, on `x` (`[N, C, D, H, W]`); with the `gemm`
+    /// crate's product if `portable`, else the fastest this CPU runs.
+    ///
+    /// # Errors
+    /// If a tensor cannot be read as `f32`.
+    pub fn conv(conv: &Conv, x: Tensor<5>, portable: bool) -> Result<Self> {
+        let kernel = if portable { Kernel::Portable } else { Kernel::detect() };
+        let channels = conv.weight.dims()[0];
+        let bn = burn::nn::BatchNormConfig::new(channels).init(&x.device());
+        Ok(Self {
+            layer: BenchLayer::Conv(FrozenConv::new(conv, &bn, kernel)?),
+            input: channels_last_act(x)?,
+        })
+    }
+
+    /// `pool` on `x` (`[N, C, D, H, W]`).
+    ///
+    /// # Errors
+    /// If the tensor cannot be read as `f32`.
+    pub fn pool(pool: &MaxPool3d, x: Tensor<5>) -> Result<Self> {
+        Ok(Self {
+            layer: BenchLayer::Pool(Pool {
+                kernel: pool.kernel_size,
+                stride: pool.stride,
+                padding: pool.padding,
+            }),
+            input: channels_last_act(x)?,
+        })
+    }
+
+    /// Runs the layer; returns the output's length.
+    pub fn run(&self) -> usize {
+        match &self.layer {
+            BenchLayer::Conv(conv) => conv.forward(&self.input, None, true).data.len(),
+            BenchLayer::Pool(pool) => pool.forward(self.input.clone()).data.len(),
+        }
+    }
+}
+
+fn channels_last_act(x: Tensor<5>) -> Result<Act> {
+    let dims = x.dims();
+    let [n, c, d, h, w] = dims;
+    Ok(Act {
+        data: to_channels_last(&values(x)?, dims),
+        dims: [n, d, h, w, c],
+    })
 }

@@ -135,6 +135,7 @@ mod frozen;
 mod import;
 mod inflate;
 mod load;
+mod matmul;
 mod model;
 #[cfg(feature = "nifti")]
 mod nifti;
@@ -147,7 +148,7 @@ pub use burn;
 pub use config::{BlockKind, DepthPadding, Inflation, Layout, ResNet3dConfig, StageInfo};
 pub use conv::{Conv, ConvSpec};
 pub use error::{Error, Result};
-pub use frozen::FrozenResNet3d;
+pub use frozen::{FrozenResNet3d, LayerBench};
 pub use import::{Format, WeightTensor, Weights};
 pub use inflate::{adapt_in_channels, inflate_kernel};
 pub use load::{Head, LoadReport, LoadedKernel, inflate_from_2d, inflate_from_2d_with_report, load_3d};

@@ -62,12 +62,13 @@ fn frozen_networks_match_pytorch() {
     for case in manifest["cases"].as_array().unwrap() {
         let checkpoint = &manifest["checkpoints"][case["checkpoint"].as_str().unwrap()];
         let path = fixtures().join(checkpoint["file"].as_str().unwrap());
-        let frozen = ResNet3d::from_imagenet(&path, &config_of(case), &device)
-            .unwrap()
-            .freeze()
-            .unwrap();
-        let err = check_case(case, &frozen, &device);
-        println!("frozen {:<34} max rel. error {err:.2e}", case["name"].as_str().unwrap());
+        let model = ResNet3d::from_imagenet(&path, &config_of(case), &device).unwrap();
+        let err = check_case(case, &model.freeze().unwrap(), &device);
+        let portable = check_case(case, &model.freeze_portable().unwrap(), &device);
+        println!(
+            "frozen {:<34} max rel. error {err:.2e}, portable kernel {portable:.2e}",
+            case["name"].as_str().unwrap()
+        );
     }
     for case in manifest["native"].as_array().unwrap() {
         let path = fixtures().join(case["file"].as_str().unwrap());
