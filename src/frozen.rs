@@ -165,8 +165,18 @@ impl FrozenConv {
         let [n, od, oh, ow, oc] = out_dims;
         let rows = n * od * oh * ow;
         let k = self.kernel.iter().product::<usize>() * self.in_channels;
-        let mut out = vec![0.0f32; rows * oc];
+        // Every value is written below (bias first) before anything reads it.
+        let mut out: Vec<f32> = Vec::with_capacity(rows * oc);
         let pointwise = self.kernel == [1, 1, 1] && self.stride == [1, 1, 1];
+        // Implicit GEMM: the kernel reads a zero-padded copy of the input in place, one
+        // (depth tap, height tap) at a time, instead of gathered patches. For 16 channels
+        // and more, where a kernel row's kw * C values make a long enough product.
+        // Blocks stay within an output line, so lines much shorter than a block waste the
+        // tile: only lines where the blocks are at least 7/8 full.
+        let mr = crate::matmul::MR;
+        let full_blocks = ow * 8 >= ow.div_ceil(mr) * mr * 7;
+        let padded = (!pointwise && self.kernel_impl == Kernel::Avx512 && self.in_channels >= 16 && full_blocks)
+            .then(|| self.pad(x));
 
         // Work items: tiles of output voxels, each split into groups of column panels when
         // there are too few tiles to keep every thread busy.
@@ -189,49 +199,152 @@ impl FrozenConv {
             let first = t * tile;
             let count = tile.min(rows - first);
             let (c0, c1) = (panel_range.start * NR, (panel_range.end * NR).min(oc));
-            // SAFETY: this item alone writes rows first..first + count, columns c0..c1.
+            // SAFETY: this item alone writes rows first..first + count, columns c0..c1; the
+            // bias is written before any reference to them is made.
+            for r in 0..count {
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        self.bias[c0..].as_ptr(),
+                        out_ptr.0.add((first + r) * oc + c0),
+                        c1 - c0,
+                    )
+                };
+            }
             let row =
                 |r: usize| unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((first + r) * oc + c0), c1 - c0) };
             for r in 0..count {
                 let dst = row(r);
-                dst.copy_from_slice(&self.bias[c0..c1]);
                 if let Some(res) = residual {
                     let src = &res.data[(first + r) * oc + c0..(first + r) * oc + c1];
                     dst.iter_mut().zip(src).for_each(|(v, s)| *v += s);
                 }
             }
-            SCRATCH.with_borrow_mut(|(patches, packed)| {
-                let lhs = if pointwise {
-                    x.data[first * k..(first + count) * k].as_ptr()
-                } else {
-                    self.gather(x, out_dims, first, count, k, patches);
-                    patches.as_ptr()
-                };
-                // SAFETY: lhs holds count rows of k values, the output count rows of oc from
-                // `first`, and this item owns their columns c0..c1.
-                unsafe {
-                    matmul(
-                        self.kernel_impl,
-                        lhs,
-                        k,
-                        count,
-                        &self.weight,
-                        panel_range.clone(),
-                        out_ptr.0.add(first * oc),
-                        oc,
-                        packed,
-                    );
-                }
-            });
+            if let Some(xp) = &padded {
+                // SAFETY: as for `matmul` below; `xp` has the slack `pad` promises.
+                unsafe { self.implicit(xp, out_dims, first, count, panel_range.clone(), out_ptr.0) };
+            } else {
+                SCRATCH.with_borrow_mut(|(patches, packed)| {
+                    let lhs = if pointwise {
+                        x.data[first * k..(first + count) * k].as_ptr()
+                    } else {
+                        self.gather(x, out_dims, first, count, k, patches);
+                        patches.as_ptr()
+                    };
+                    // SAFETY: lhs holds count rows of k values, the output count rows of oc from
+                    // `first`, and this item owns their columns c0..c1.
+                    unsafe {
+                        matmul(
+                            self.kernel_impl,
+                            lhs,
+                            k,
+                            count,
+                            &self.weight,
+                            panel_range.clone(),
+                            out_ptr.0.add(first * oc),
+                            oc,
+                            packed,
+                        );
+                    }
+                });
+            }
             if relu {
                 for r in 0..count {
                     row(r).iter_mut().for_each(|v| *v = v.max(0.0));
                 }
             }
         });
+        // SAFETY: the work items cover every row and every column (see above).
+        unsafe { out.set_len(rows * oc) };
         Act {
             data: out,
             dims: out_dims,
+        }
+    }
+
+    /// `x` padded by this convolution's padding (zeros, or edge slices in depth for
+    /// Replicate), as `[n, d', h', w', c]`, followed by zeros enough for the register tile
+    /// to read a whole block past the last voxel.
+    fn pad(&self, x: &Act) -> Act {
+        let [n, d, h, w, c] = x.dims;
+        let [pd, ph, pw] = self.padding;
+        let (dp, hp, wp) = (d + 2 * pd, h + 2 * ph, w + 2 * pw);
+        let slack = (crate::matmul::MR * self.stride[2] + self.kernel[2]) * c;
+        let mut data = vec![0.0f32; n * dp * hp * wp * c + slack];
+        let slice = hp * wp * c;
+        data[..n * dp * slice]
+            .par_chunks_mut(slice)
+            .enumerate()
+            .for_each(|(index, dst)| {
+                let (b, zp) = (index / dp, index % dp);
+                let z = zp as isize - pd as isize;
+                let z = if self.replicate_depth {
+                    z.clamp(0, d as isize - 1) as usize
+                } else if z < 0 || z >= d as isize {
+                    return;
+                } else {
+                    z as usize
+                };
+                for y in 0..h {
+                    let src = ((b * d + z) * h + y) * w * c;
+                    let at = ((y + ph) * wp + pw) * c;
+                    dst[at..at + w * c].copy_from_slice(&x.data[src..src + w * c]);
+                }
+            });
+        Act {
+            data,
+            dims: [n, dp, hp, wp, c],
+        }
+    }
+
+    /// Output rows `first..first + count`, columns of `panels`, `+=` the convolution of the
+    /// padded input `xp`: per block of up to MR voxels of one output line and per (depth,
+    /// height) tap, one product of the `kw * C` values the block's voxels see in a row of `xp`.
+    ///
+    /// # Safety
+    /// `out` must be the output (rows of `out_channels`), this call alone touching those rows
+    /// and columns; `xp` must come from [`pad`](Self::pad) for this convolution's input.
+    unsafe fn implicit(
+        &self,
+        xp: &Act,
+        out_dims: [usize; 5],
+        first: usize,
+        count: usize,
+        panels: Range<usize>,
+        out: *mut f32,
+    ) {
+        let [_, dp, hp, wp, c] = xp.dims;
+        let [_, od, oh, ow, oc] = out_dims;
+        let [_, kh, kw] = self.kernel;
+        let [sd, sh, sw] = self.stride;
+        let run = kw * c;
+        for j in panels {
+            let mut r = first;
+            while r < first + count {
+                let ox = r % ow;
+                let line = r / ow;
+                let (oy, oz, b) = (line % oh, (line / oh) % od, line / (oh * od));
+                let len = (ow - ox).min(first + count - r).min(crate::matmul::MR);
+                for t in 0..self.kernel[0] {
+                    for i in 0..kh {
+                        let at = (((b * dp + oz * sd + t) * hp + oy * sh + i) * wp + ox * sw) * c;
+                        // SAFETY: the block's rows start inside xp, and the slack covers
+                        // what the tile reads past the line (results never stored).
+                        unsafe {
+                            crate::matmul::accumulate(
+                                xp.data.as_ptr().add(at),
+                                sw * c,
+                                len,
+                                &self.weight,
+                                (t * kh + i) * run..(t * kh + i + 1) * run,
+                                j,
+                                out.add(r * oc),
+                                oc,
+                            );
+                        }
+                    }
+                }
+                r += len;
+            }
         }
     }
 
@@ -280,12 +393,27 @@ impl FrozenConv {
                     let src = ((((b * d + z) * h + y as usize) * w) as isize + x0 + j_lo as isize) as usize * c;
                     let len = (j_hi - j_lo) * c;
                     dst[..j_lo * c].fill(0.0);
-                    dst[j_lo * c..j_hi * c].copy_from_slice(&x.data[src..src + len]);
+                    copy_run(&mut dst[j_lo * c..j_hi * c], &x.data[src..src + len]);
                     dst[j_hi * c..].fill(0.0);
                 }
             }
         }
     }
+}
+
+/// `dst.copy_from_slice(src)`, without a call to `memcpy` for the short runs of the stem
+/// (7 values for a 1-channel 7x7 kernel row), where the call costs more than the copy.
+#[inline]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len().min(src.len()) {
+                $($n => dst[..$n].copy_from_slice(&src[..$n]),)*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
 }
 
 impl FrozenBlock {

@@ -134,6 +134,34 @@ pub(crate) unsafe fn matmul(
     }
 }
 
+/// `C[0..rows, panel j] += A[0..rows, ..] * B[ks, panel j]` with the AVX-512 register tile,
+/// `A` read in place: row `r`'s values for `ks` are `a[r * lda..][..ks.len()]`.
+///
+/// # Safety
+/// AVX-512 must be available (a `PackedB` of [`Kernel::Avx512`]); `a` must be valid for
+/// reads of [`MR`] rows (rows past `rows` are read, their results dropped); `c` for `rows`
+/// rows of the panel's columns, `ldc` apart, no other thread touching them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn accumulate(
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: &PackedB,
+    ks: Range<usize>,
+    j: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        avx512::accumulate(a, lda, rows, b, ks, j, c, ldc)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (a, lda, rows, b, ks, j, c, ldc);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -206,6 +234,40 @@ mod avx512 {
                         );
                     }
                 }
+            }
+            kb += kc;
+        }
+    }
+
+    /// See [`super::accumulate`].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn accumulate(
+        a: *const f32,
+        lda: usize,
+        rows: usize,
+        b: &PackedB,
+        ks: Range<usize>,
+        j: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let cols = (b.n - j * NR).min(NR);
+        let mut kb = ks.start;
+        while kb < ks.end {
+            let kc = KC.min(ks.end - kb);
+            // SAFETY: panel j holds k rows of NR values; A and C as the caller promises.
+            unsafe {
+                tile(
+                    kc,
+                    a.add(kb - ks.start),
+                    lda,
+                    b.panels.as_ptr().add((j * b.k + kb) * NR),
+                    c.add(j * NR),
+                    ldc,
+                    rows,
+                    cols,
+                );
             }
             kb += kc;
         }
