@@ -6,7 +6,12 @@
 1. benches/pytorch_reference.py (PyTorch, 2 threads, fp32, eval, inference mode);
 2. `cargo bench --bench forward -- <backend>/` (criterion, release build);
 3. a table: PyTorch ms, ours ms, ratio (PyTorch time / ours: >= 1 means we are as fast),
-   GFLOP/s of ours, and its share of the sgemm peak PyTorch measured in step 1.
+   GFLOP/s of ours, and its share of the sgemm peak PyTorch measured in step 1;
+4. the peak resident set of one ResNet3d-50 forward on 1x1x64x128x128, each side in a
+   process of its own (`pytorch_reference.py --memory`, `cargo bench --bench memory`).
+
+Backends: `frozen` (FrozenResNet3d: BatchNorm folded, channels-last, AVX-512 or gemm on the
+CPU), `flex` and `ndarray` (the Burn model).
 """
 
 import argparse
@@ -51,6 +56,15 @@ def main():
         gflops = ref["gflop"] / (mine / 1e3) if ref["gflop"] else 0.0
         share = f"{100 * gflops / peak:.0f}%" if ref["gflop"] else "-"
         print(f"{key:<44} {ref['ms']:>10.1f} {mine:>9.1f} {ref['ms'] / mine:>6.2f} {gflops:>8.1f} {share:>7}")
+
+    memory = [json.loads(subprocess.run(ref_cmd[:2] + ["--memory"], check=True, capture_output=True, text=True).stdout)]
+    for mode in ["frozen", "flex"]:
+        out = subprocess.run(["cargo", "bench", "--bench", "memory", "--", mode], check=True, cwd=ROOT,
+                             capture_output=True, text=True).stdout
+        memory.append(json.loads(out.strip().splitlines()[-1]))
+    print("\npeak resident set, ResNet3d-50 forward on 1x1x64x128x128 (MB; in brackets: above the process before the model)")
+    for m in memory:
+        print(f"  {m['mode']:<8} {m['peak_mb']:>8.0f} ({m['peak_mb'] - m['before_model_mb']:.0f})")
 
 
 if __name__ == "__main__":

@@ -65,12 +65,31 @@ def conv_flops(model, x):
     return total[0] / 1e9
 
 
+def peak_memory():
+    """Peak resident set of one ResNet3d-50 forward on 1x1x64x128x128, in MB, and that
+    before the model was built (torch imported): run in a process of its own."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kind, layers = mf.LAYOUTS[50]
+    cfg = dict(mf.DEFAULT_CFG, block=kind, layers=layers, width=64, in_channels=1, num_classes=2)
+    model = mf.ResNet3dRef(cfg).eval()
+    with torch.inference_mode():
+        model(pattern(SHAPES["64x128x128"]))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": "pytorch", "peak_mb": peak, "before_model_mb": before}))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer runs")
+    parser.add_argument("--memory", action="store_true", help="only the peak memory of a ResNet3d-50 forward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.memory:
+        peak_memory()
+        return
     runs = 3 if args.quick else 10
     results = {}
 

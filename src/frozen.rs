@@ -317,21 +317,28 @@ impl FrozenConv {
         let [_, kh, kw] = self.kernel;
         let [sd, sh, sw] = self.stride;
         let run = kw * c;
+        // Per panel and tap, every block of the item: the tap's slice of the panel (kw * C
+        // rows of 32) stays in L1 while the blocks stream past it.
+        let mut blocks = Vec::with_capacity(count.div_ceil(crate::matmul::MR) + 1);
+        let mut r = first;
+        while r < first + count {
+            let ox = r % ow;
+            let line = r / ow;
+            let (oy, oz, b) = (line % oh, (line / oh) % od, line / (oh * od));
+            let len = (ow - ox).min(first + count - r).min(crate::matmul::MR);
+            blocks.push((r, len, (((b * dp + oz * sd) * hp + oy * sh) * wp + ox * sw) * c));
+            r += len;
+        }
         for j in panels {
-            let mut r = first;
-            while r < first + count {
-                let ox = r % ow;
-                let line = r / ow;
-                let (oy, oz, b) = (line % oh, (line / oh) % od, line / (oh * od));
-                let len = (ow - ox).min(first + count - r).min(crate::matmul::MR);
-                for t in 0..self.kernel[0] {
-                    for i in 0..kh {
-                        let at = (((b * dp + oz * sd + t) * hp + oy * sh + i) * wp + ox * sw) * c;
+            for t in 0..self.kernel[0] {
+                for i in 0..kh {
+                    let tap = (t * hp + i) * wp * c;
+                    for &(r, len, at) in &blocks {
                         // SAFETY: the block's rows start inside xp, and the slack covers
                         // what the tile reads past the line (results never stored).
                         unsafe {
                             crate::matmul::accumulate(
-                                xp.data.as_ptr().add(at),
+                                xp.data.as_ptr().add(at + tap),
                                 sw * c,
                                 len,
                                 &self.weight,
@@ -343,7 +350,6 @@ impl FrozenConv {
                         }
                     }
                 }
-                r += len;
             }
         }
     }

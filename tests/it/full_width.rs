@@ -117,6 +117,31 @@ fn full_width(depth: usize, config: ResNet3dConfig) {
     let (shape, logits) = values(model.forward(x));
     assert_eq!(shape, [1, 2]);
     assert!(logits.iter().all(|v| v.is_finite()));
+
+    // The frozen CPU engine at full width, against the Burn model (itself checked against
+    // PyTorch): 128 voxels wide, so that layer1's 32-voxel lines take the implicit-GEMM path
+    // and the later stages the gathered one. Tolerance: 1e-4 of each output's scale.
+    let frozen = model.freeze().unwrap();
+    let x = pattern([1, 1, 8, 64, 128], &device);
+    let (want, got) = (model.features(x.clone()), frozen.features(x.clone()).unwrap());
+    for (name, a, b) in [
+        ("stem", want.stem, got.stem),
+        ("layer1", want.layer1, got.layer1),
+        ("layer2", want.layer2, got.layer2),
+        ("layer3", want.layer3, got.layer3),
+        ("layer4", want.layer4, got.layer4),
+    ] {
+        let ((sa, a), (sb, b)) = (values(a), values(b));
+        assert_eq!(sa, sb, "{name}");
+        let err = rel_error(&b, &a);
+        assert!(err <= TOLERANCE, "frozen {name}: rel. error {err:e}");
+    }
+    let err = rel_error(
+        &values(frozen.forward(x.clone()).unwrap()).1,
+        &values(model.forward(x)).1,
+    );
+    assert!(err <= TOLERANCE, "frozen logits: rel. error {err:e}");
+    println!("frozen full-width resnet{depth}: logits rel. error {err:.2e}");
 }
 
 #[test]
