@@ -38,15 +38,21 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", default="flex")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--gpu", action="store_true",
+                        help="GPU comparison: PyTorch on CUDA, ours on wgpu (--backend wgpu); no memory step")
     args = parser.parse_args()
 
     ref_cmd = [sys.executable, str(ROOT / "benches" / "pytorch_reference.py")] + (["--quick"] if args.quick else [])
+    if args.gpu:
+        ref_cmd += ["--device", "cuda"]
     torch_side = json.loads(subprocess.run(ref_cmd, check=True, capture_output=True, text=True).stdout)
-    subprocess.run(["cargo", "bench", "--bench", "forward", "--", f"{args.backend}/"], check=True, cwd=ROOT)
+    features = ["--features", "wgpu"] if args.backend == "wgpu" else []
+    subprocess.run(["cargo", "bench", *features, "--bench", "forward", "--", f"{args.backend}/"], check=True, cwd=ROOT)
     ours = criterion_results(ROOT / "target")
 
     peak = torch_side["sgemm_gflops"]
-    print(f"\nPyTorch {torch_side['torch']}, {torch_side['threads']} threads; sgemm peak {peak:.0f} GFLOP/s")
+    print(f"\nPyTorch {torch_side['torch']} on {torch_side.get('device', 'cpu')}, {torch_side['threads']} threads; "
+          f"sgemm peak {peak:.0f} GFLOP/s; ours: {args.backend}")
     print(f"{'benchmark':<44} {'PyTorch ms':>10} {'ours ms':>9} {'ratio':>6} {'GFLOP/s':>8} {'of peak':>7}")
     for key, ref in torch_side["results"].items():
         mine = ours.get(f"{args.backend}/{key}")
@@ -57,6 +63,8 @@ def main():
         share = f"{100 * gflops / peak:.0f}%" if ref["gflop"] else "-"
         print(f"{key:<44} {ref['ms']:>10.1f} {mine:>9.1f} {ref['ms'] / mine:>6.2f} {gflops:>8.1f} {share:>7}")
 
+    if args.gpu:
+        return
     memory = [json.loads(subprocess.run(ref_cmd[:2] + ["--memory"], check=True, capture_output=True, text=True).stdout)]
     for mode in ["frozen", "flex"]:
         out = subprocess.run(["cargo", "bench", "--bench", "memory", "--", mode], check=True, cwd=ROOT,

@@ -6,6 +6,7 @@
 //! ```text
 //! cargo bench --bench forward                  # everything
 //! cargo bench --bench forward -- flex/         # one backend (flex, ndarray, frozen)
+//! cargo bench --features wgpu --bench forward -- wgpu/   # the GPU (benches/gpu.sh)
 //! ```
 //!
 //! Group and function names are the keys `compare.py` matches: `<backend>/<what>`.
@@ -31,7 +32,12 @@ fn sync<const D: usize>(t: Tensor<D>) {
 
 #[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
 fn devices() -> Vec<(&'static str, Device)> {
-    vec![("flex", Device::flex()), ("ndarray", Device::ndarray())]
+    #[allow(unused_mut)]
+    let mut devices = vec![("flex", Device::flex()), ("ndarray", Device::ndarray())];
+    // With `--features wgpu`: the default adapter (a GPU, or lavapipe without one).
+    #[cfg(feature = "wgpu")]
+    devices.push(("wgpu", Device::wgpu(resnet3d::burn::tensor::DeviceKind::DefaultDevice)));
+    devices
 }
 
 /// The models and inputs of the forward benchmarks.

@@ -85,7 +85,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer runs")
     parser.add_argument("--memory", action="store_true", help="only the peak memory of a ResNet3d-50 forward")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison (benches/gpu.sh)")
     args = parser.parse_args()
+    dev = torch.device(args.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
     if args.memory:
         peak_memory()
@@ -93,33 +96,43 @@ def main():
     runs = 3 if args.quick else 10
     results = {}
 
-    a = torch.randn(4096, 4096)
-    b = torch.randn(4096, 4096)
-    sgemm_ms = timed(lambda: torch.mm(a, b), runs)
+    a = torch.randn(4096, 4096, device=dev)
+    b = torch.randn(4096, 4096, device=dev)
+
+    def synced(fn):
+        def run():
+            out = fn()
+            sync()
+            return out
+
+        return run
+
+    sgemm_ms = timed(synced(lambda: torch.mm(a, b)), runs)
     sgemm = 2 * 4096**3 / (sgemm_ms / 1e3) / 1e9
 
     for depth in [18, 50]:
         kind, layers = mf.LAYOUTS[depth]
         cfg = dict(mf.DEFAULT_CFG, block=kind, layers=layers, width=64, in_channels=1, num_classes=2)
-        model = mf.ResNet3dRef(cfg).eval()
+        model = mf.ResNet3dRef(cfg).eval().to(dev)
         for size, shape in SHAPES.items():
-            x = pattern(shape)
+            x = pattern(shape).to(dev)
             with torch.inference_mode():
-                ms = timed(lambda: model(x), runs)
+                ms = timed(synced(lambda: model(x)), runs)
             results[f"forward/resnet{depth}/{size}"] = {"ms": ms, "gflop": conv_flops(model, x)}
 
-    conv = nn.Conv3d(64, 64, 3, 1, 1, bias=False).eval()
-    x = pattern((1, 64, 16, 56, 56))
+    conv = nn.Conv3d(64, 64, 3, 1, 1, bias=False).eval().to(dev)
+    x = pattern((1, 64, 16, 56, 56)).to(dev)
     with torch.inference_mode():
-        ms = timed(lambda: conv(x), runs)
+        ms = timed(synced(lambda: conv(x)), runs)
     results["layer/conv3d_64x64x3x3x3_16x56x56"] = {"ms": ms, "gflop": 2 * 64 * 16 * 56 * 56 * 64 * 27 / 1e9}
     pool = nn.MaxPool3d(3, 2, 1)
-    x = pattern((1, 64, 32, 56, 56))
+    x = pattern((1, 64, 32, 56, 56)).to(dev)
     with torch.inference_mode():
-        ms = timed(lambda: pool(x), runs)
+        ms = timed(synced(lambda: pool(x)), runs)
     results["layer/maxpool3d_3x3x3s2_64x32x56x56"] = {"ms": ms, "gflop": 0.0}
 
-    print(json.dumps({"torch": torch.__version__, "threads": args.threads, "sgemm_gflops": sgemm, "results": results}))
+    print(json.dumps({"torch": torch.__version__, "device": str(dev), "threads": args.threads, "sgemm_gflops": sgemm,
+                      "results": results}))
 
 
 if __name__ == "__main__":

@@ -246,5 +246,17 @@ fn inputs_that_do_not_fit_are_typed_errors() {
     assert!(err.to_string().contains("minimum size is 1 voxel per axis"), "{err}");
     // The smallest volume runs, down to one voxel.
     let tiny = resnet3d::burn::tensor::Tensor::<5>::zeros([1, 1, 1, 1, 1], &device);
-    assert_eq!(model.try_forward(tiny).unwrap().dims(), [1, 10]);
+    assert_eq!(model.try_forward(tiny.clone()).unwrap().dims(), [1, 10]);
+
+    // The frozen network checks the same, and agrees with the model down to one voxel.
+    let frozen = model.freeze().unwrap();
+    let three = resnet3d::burn::tensor::Tensor::<5>::zeros([1, 3, 8, 32, 32], &device);
+    assert!(matches!(frozen.forward(three), Err(Error::InvalidInput { .. })));
+    let empty = resnet3d::burn::tensor::Tensor::<5>::zeros([1, 1, 8, 0, 32], &device);
+    assert!(matches!(frozen.features(empty), Err(Error::InvalidInput { .. })));
+    let tiny = tiny + 0.5;
+    let (_, want) = values(model.forward(tiny.clone()));
+    let (shape, got) = values(frozen.forward(tiny).unwrap());
+    assert_eq!(shape, [1, 10]);
+    assert!(rel_error(&got, &want) <= TOLERANCE, "{got:?} vs {want:?}");
 }
