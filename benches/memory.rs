@@ -1,7 +1,7 @@
 //! Peak resident memory of one ResNet3d-50 forward on 1x1x64x128x128, for `compare.py`:
 //!
 //! ```text
-//! cargo bench --bench memory -- frozen     # FrozenResNet3d (the Burn model dropped after freezing)
+//! cargo bench --bench memory -- frozen     # FrozenResNet3d (ResNet3d::into_frozen)
 //! cargo bench --bench memory -- flex       # the Burn model on flex
 //! ```
 //!
@@ -39,8 +39,7 @@ fn main() {
     let values: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin()).collect();
     let x = Tensor::<5>::from_data(TensorData::new(values, shape), &device);
     let logits = if mode == "frozen" {
-        let frozen = model.freeze().expect("f32 model");
-        drop(model);
+        let frozen = model.into_frozen().expect("f32 model");
         frozen.forward(x).expect("valid input")
     } else {
         model.forward(x)

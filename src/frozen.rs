@@ -128,19 +128,17 @@ impl FrozenConv {
         let eps = bn.epsilon as f32;
         let taps = kd * kh * kw;
         let k = taps * i;
-        let mut weight = vec![0.0; k * o];
-        let mut bias = vec![0.0; o];
-        for oc in 0..o {
-            let scale = gamma[oc] / (var[oc] + eps).sqrt();
-            bias[oc] = beta[oc] - mean[oc] * scale;
-            for ic in 0..i {
-                for tap in 0..taps {
-                    weight[(tap * i + ic) * o + oc] = w[(oc * i + ic) * taps + tap] * scale;
-                }
-            }
-        }
+        let scale: Vec<f32> = (0..o).map(|oc| gamma[oc] / (var[oc] + eps).sqrt()).collect();
+        let bias: Vec<f32> = (0..o).map(|oc| beta[oc] - mean[oc] * scale[oc]).collect();
+        // Row p = (tap, input channel) of the [K, out] matrix, written straight into the
+        // kernel's layout: no intermediate copy of the weights.
+        let weight = PackedB::from_fn(k, o, kernel_impl, |p, oc| {
+            let (tap, ic) = (p / i, p % i);
+            w[(oc * i + ic) * taps + tap] * scale[oc]
+        });
+        drop(w);
         Ok(Self {
-            weight: PackedB::new(weight, k, o, kernel_impl),
+            weight,
             kernel_impl,
             bias,
             in_channels: i,
@@ -541,34 +539,73 @@ impl ResNet3d {
                 .map(|b| FrozenBlock::new(b, kernel))
                 .collect::<Result<Vec<_>>>()
         };
-        let fc = match &self.fc {
-            Some(fc) => {
-                let weight = values(fc.weight.val())?;
-                let classes = fc.weight.dims()[1];
-                let bias = match &fc.bias {
-                    Some(b) => values(b.val())?,
-                    None => vec![0.0; classes],
-                };
-                Some((weight, bias))
-            }
-            None => None,
-        };
         Ok(FrozenResNet3d {
             stem: FrozenConv::new(&self.conv1, &self.bn1, kernel)?,
-            maxpool: self.maxpool.as_ref().map(|p: &MaxPool3d| Pool {
-                kernel: p.kernel_size,
-                stride: p.stride,
-                padding: p.padding,
-            }),
+            maxpool: pool_of(&self.maxpool),
             stages: [
                 stage(&self.layer1)?,
                 stage(&self.layer2)?,
                 stage(&self.layer3)?,
                 stage(&self.layer4)?,
             ],
-            fc,
+            fc: head_of(&self.fc)?,
         })
     }
+
+    /// [`freeze`](Self::freeze), consuming the network: each block's parameters are freed as
+    /// soon as it is frozen, so that the peak memory is one copy of the weights, not two.
+    ///
+    /// # Errors
+    /// As [`freeze`](Self::freeze).
+    pub fn into_frozen(self) -> Result<FrozenResNet3d> {
+        let kernel = Kernel::detect();
+        let ResNet3d {
+            conv1,
+            bn1,
+            maxpool,
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            fc,
+        } = self;
+        let stem = FrozenConv::new(&conv1, &bn1, kernel)?;
+        drop((conv1, bn1));
+        let mut stages: [Vec<FrozenBlock>; 4] = Default::default();
+        for (frozen, blocks) in stages.iter_mut().zip([layer1, layer2, layer3, layer4]) {
+            for block in blocks {
+                frozen.push(FrozenBlock::new(&block, kernel)?);
+            }
+        }
+        Ok(FrozenResNet3d {
+            stem,
+            maxpool: pool_of(&maxpool),
+            stages,
+            fc: head_of(&fc)?,
+        })
+    }
+}
+
+fn pool_of(pool: &Option<MaxPool3d>) -> Option<Pool> {
+    pool.as_ref().map(|p| Pool {
+        kernel: p.kernel_size,
+        stride: p.stride,
+        padding: p.padding,
+    })
+}
+
+/// The head as `([d_input, classes] row-major, bias)`.
+fn head_of(fc: &Option<burn::nn::Linear>) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    let Some(fc) = fc else {
+        return Ok(None);
+    };
+    let weight = values(fc.weight.val())?;
+    let classes = fc.weight.dims()[1];
+    let bias = match &fc.bias {
+        Some(b) => values(b.val())?,
+        None => vec![0.0; classes],
+    };
+    Ok(Some((weight, bias)))
 }
 
 impl FrozenResNet3d {

@@ -52,16 +52,24 @@ pub(crate) struct PackedB {
 }
 
 impl PackedB {
+    #[cfg(test)]
     pub(crate) fn new(row_major: Vec<f32>, k: usize, n: usize, kernel: Kernel) -> Self {
+        Self::from_fn(k, n, kernel, |p, j| row_major[p * n + j])
+    }
+
+    /// `B[p][j] = value(p, j)`, written straight into the kernel's layout.
+    pub(crate) fn from_fn(k: usize, n: usize, kernel: Kernel, value: impl Fn(usize, usize) -> f32) -> Self {
         let (row_major, panels) = match kernel {
-            Kernel::Portable => (row_major, Vec::new()),
+            Kernel::Portable => ((0..k * n).map(|x| value(x / n, x % n)).collect(), Vec::new()),
             Kernel::Avx512 => {
                 let count = n.div_ceil(NR);
                 let mut panels = vec![0.0; count * k * NR];
                 for (j, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
                     let cols = (n - j * NR).min(NR);
                     for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                        dst[..cols].copy_from_slice(&row_major[p * n + j * NR..p * n + j * NR + cols]);
+                        for (c, v) in dst[..cols].iter_mut().enumerate() {
+                            *v = value(p, j * NR + c);
+                        }
                     }
                 }
                 (Vec::new(), panels)
