@@ -123,7 +123,7 @@
 //! activations channels-last, each convolution one matrix product per tile of output voxels
 //! (AVX-512 where the CPU has it, else the `gemm` crate), bias, residual and ReLU applied
 //! in the same pass. Same outputs as the model in eval mode (checked against PyTorch), about
-//! four times faster than Burn's CPU backends and on a par with PyTorch on the 2-core
+//! five times faster than Burn's CPU backends and on a par with PyTorch on the 2-core
 //! machine of the benchmarks (README). Inference only: fine-tune the [`ResNet3d`], then
 //! freeze it.
 //!
