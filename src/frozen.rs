@@ -20,6 +20,7 @@ use burn::nn::BatchNorm;
 use burn::tensor::{Tensor, TensorData};
 use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
@@ -44,6 +45,7 @@ pub struct FrozenResNet3d {
     stages: [Vec<FrozenBlock>; 4],
     /// `[d_input, classes]` row-major, and the bias.
     fc: Option<(Vec<f32>, Vec<f32>)>,
+    buffers: Buffers,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +99,60 @@ struct SendPtr(*mut f32);
 // SAFETY: every work item writes only its own rows and columns.
 unsafe impl Sync for SendPtr {}
 unsafe impl Send for SendPtr {}
+
+/// Activation buffers kept between layers and between calls, so that their pages are not
+/// faulted in (and zeroed by the kernel) again for every layer.
+#[derive(Default)]
+struct Buffers(Mutex<Vec<Vec<f32>>>);
+
+impl Buffers {
+    /// At most this many buffers are kept.
+    const KEEP: usize = 16;
+
+    /// `len` values, whatever a reused buffer held: the caller writes all of them.
+    fn take(&self, len: usize) -> Vec<f32> {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // The smallest buffer that fits, and not more than twice too large.
+        let best = (0..kept.len())
+            .filter(|&i| kept[i].capacity() >= len && kept[i].capacity() <= 2 * len.max(1024))
+            .min_by_key(|&i| kept[i].capacity());
+        match best {
+            Some(i) => {
+                let mut buffer = kept.swap_remove(i);
+                drop(kept);
+                buffer.truncate(len);
+                buffer.resize(len, 0.0);
+                buffer
+            }
+            None => vec![0.0; len],
+        }
+    }
+
+    /// Keeps `buffer` for a later [`take`](Self::take).
+    fn give(&self, buffer: Vec<f32>) {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.push(buffer);
+        if kept.len() > Self::KEEP {
+            // Drop the smallest: the large ones are the ones worth keeping.
+            if let Some(i) = (0..kept.len()).min_by_key(|&i| kept[i].capacity()) {
+                kept.swap_remove(i);
+            }
+        }
+    }
+}
+
+impl Clone for Buffers {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = self.0.lock().map(|k| k.len()).unwrap_or(0);
+        write!(f, "Buffers({kept} kept)")
+    }
+}
 
 /// Activations channels-last: `[n, d, h, w, c]`.
 #[derive(Debug, Clone)]
@@ -158,13 +214,13 @@ impl FrozenConv {
     }
 
     /// The convolution of `x`, plus `residual` if given, then ReLU if `relu`.
-    fn forward(&self, x: &Act, residual: Option<&Act>, relu: bool) -> Act {
+    fn forward(&self, x: &Act, residual: Option<&Act>, relu: bool, buffers: &Buffers) -> Act {
         let out_dims = self.output_dims(x.dims);
         let [n, od, oh, ow, oc] = out_dims;
         let rows = n * od * oh * ow;
         let k = self.kernel.iter().product::<usize>() * self.in_channels;
-        // Every value is written below (bias first) before anything reads it.
-        let mut out: Vec<f32> = Vec::with_capacity(rows * oc);
+        // Every value is overwritten below (bias first).
+        let mut out = buffers.take(rows * oc);
         let pointwise = self.kernel == [1, 1, 1] && self.stride == [1, 1, 1];
         // Implicit GEMM: the kernel reads a zero-padded copy of the input in place, one
         // (depth tap, height tap) at a time, instead of gathered patches. For 16 channels
@@ -174,7 +230,7 @@ impl FrozenConv {
         let mr = crate::matmul::MR;
         let full_blocks = ow * 8 >= ow.div_ceil(mr) * mr * 7;
         let padded = (!pointwise && self.kernel_impl == Kernel::Avx512 && self.in_channels >= 16 && full_blocks)
-            .then(|| self.pad(x));
+            .then(|| self.pad(x, buffers));
 
         // Work items: tiles of output voxels, each split into groups of column panels when
         // there are too few tiles to keep every thread busy.
@@ -251,8 +307,9 @@ impl FrozenConv {
                 }
             }
         });
-        // SAFETY: the work items cover every row and every column (see above).
-        unsafe { out.set_len(rows * oc) };
+        if let Some(xp) = padded {
+            buffers.give(xp.data);
+        }
         Act {
             data: out,
             dims: out_dims,
@@ -262,12 +319,13 @@ impl FrozenConv {
     /// `x` padded by this convolution's padding (zeros, or edge slices in depth for
     /// Replicate), as `[n, d', h', w', c]`, followed by zeros enough for the register tile
     /// to read a whole block past the last voxel.
-    fn pad(&self, x: &Act) -> Act {
+    fn pad(&self, x: &Act, buffers: &Buffers) -> Act {
         let [n, d, h, w, c] = x.dims;
         let [pd, ph, pw] = self.padding;
         let (dp, hp, wp) = (d + 2 * pd, h + 2 * ph, w + 2 * pw);
         let slack = (crate::matmul::MR * self.stride[2] + self.kernel[2]) * c;
-        let mut data = vec![0.0f32; n * dp * hp * wp * c + slack];
+        let mut data = buffers.take(n * dp * hp * wp * c + slack);
+        data.fill(0.0);
         let slice = hp * wp * c;
         data[..n * dp * slice]
             .par_chunks_mut(slice)
@@ -442,19 +500,24 @@ impl FrozenBlock {
         })
     }
 
-    fn forward(&self, x: Act) -> Act {
-        match self {
+    /// The block; `x`'s buffer and the block's intermediates go back to `buffers`.
+    fn forward(&self, x: Act, buffers: &Buffers) -> Act {
+        let shortcut = |ds: &Option<FrozenConv>, x: Act| match ds {
+            Some(ds) => {
+                let identity = ds.forward(&x, None, false, buffers);
+                buffers.give(x.data);
+                identity
+            }
+            None => x,
+        };
+        let (y, identity, last) = match self {
             FrozenBlock::Basic {
                 conv1,
                 conv2,
                 downsample,
             } => {
-                let y = conv1.forward(&x, None, true);
-                let identity = match downsample {
-                    Some(ds) => ds.forward(&x, None, false),
-                    None => x,
-                };
-                conv2.forward(&y, Some(&identity), true)
+                let y = conv1.forward(&x, None, true, buffers);
+                (y, shortcut(downsample, x), conv2)
             }
             FrozenBlock::Bottleneck {
                 conv1,
@@ -462,29 +525,30 @@ impl FrozenBlock {
                 conv3,
                 downsample,
             } => {
-                let y = conv1.forward(&x, None, true);
-                let y = conv2.forward(&y, None, true);
-                let identity = match downsample {
-                    Some(ds) => ds.forward(&x, None, false),
-                    None => x,
-                };
-                conv3.forward(&y, Some(&identity), true)
+                let y1 = conv1.forward(&x, None, true, buffers);
+                let y = conv2.forward(&y1, None, true, buffers);
+                buffers.give(y1.data);
+                (y, shortcut(downsample, x), conv3)
             }
-        }
+        };
+        let out = last.forward(&y, Some(&identity), true, buffers);
+        buffers.give(y.data);
+        buffers.give(identity.data);
+        out
     }
 }
 
 impl Pool {
     /// The max pool, one axis at a time (the maximum over a box is the maximum of maxima
     /// over its rows), padding taking no part, as in PyTorch.
-    fn forward(&self, x: Act) -> Act {
-        let x = self.along(x, 3);
-        let x = self.along(x, 2);
-        self.along(x, 1)
+    fn forward(&self, x: Act, buffers: &Buffers) -> Act {
+        let x = self.along(x, 3, buffers);
+        let x = self.along(x, 2, buffers);
+        self.along(x, 1, buffers)
     }
 
     /// The pool along one axis of `[n, d, h, w, c]` (1 = depth, 2 = height, 3 = width).
-    fn along(&self, x: Act, axis: usize) -> Act {
+    fn along(&self, x: Act, axis: usize, buffers: &Buffers) -> Act {
         let (k, s, p) = (self.kernel[axis - 1], self.stride[axis - 1], self.padding[axis - 1]);
         if k == 1 && s == 1 {
             return x;
@@ -496,7 +560,8 @@ impl Pool {
         let inner: usize = x.dims[axis + 1..].iter().product();
         let mut dims = x.dims;
         dims[axis] = out_len;
-        let mut out = vec![0.0f32; outer * out_len * inner];
+        // Every value is overwritten below.
+        let mut out = buffers.take(outer * out_len * inner);
         out.par_chunks_mut(out_len * inner)
             .zip(x.data.par_chunks(len * inner))
             .for_each(|(dst, src)| {
@@ -510,6 +575,7 @@ impl Pool {
                     }
                 }
             });
+        buffers.give(x.data);
         Act { data: out, dims }
     }
 }
@@ -549,6 +615,7 @@ impl ResNet3d {
                 stage(&self.layer4)?,
             ],
             fc: head_of(&self.fc)?,
+            buffers: Buffers::default(),
         })
     }
 
@@ -582,6 +649,7 @@ impl ResNet3d {
             maxpool: pool_of(&maxpool),
             stages,
             fc: head_of(&fc)?,
+            buffers: Buffers::default(),
         })
     }
 }
@@ -646,9 +714,10 @@ impl FrozenResNet3d {
         let device = x.device();
         let mut act = self.stem_forward(self.input(x)?);
         for stage in &self.stages {
-            act = stage.iter().fold(act, |x, block| block.forward(x));
+            act = stage.iter().fold(act, |x, block| block.forward(x, &self.buffers));
         }
         let (values, shape) = self.head(&act);
+        self.buffers.give(act.data);
         Ok(Tensor::from_data(TensorData::new(values, shape), &device))
     }
 
@@ -666,12 +735,13 @@ impl FrozenResNet3d {
                 &device,
             )
         };
-        let stem = self.stem.forward(&self.input(x)?, None, true);
+        let buffers = &self.buffers;
+        let stem = self.stem.forward(&self.input(x)?, None, true, buffers);
         let pooled = match &self.maxpool {
-            Some(pool) => pool.forward(stem.clone()),
+            Some(pool) => pool.forward(stem.clone(), buffers),
             None => stem.clone(),
         };
-        let stage = |i: usize, x: Act| self.stages[i].iter().fold(x, |x, block| block.forward(x));
+        let stage = |i: usize, x: Act| self.stages[i].iter().fold(x, |x, block| block.forward(x, buffers));
         let layer1 = stage(0, pooled);
         let layer2 = stage(1, layer1.clone());
         let layer3 = stage(2, layer2.clone());
@@ -686,10 +756,11 @@ impl FrozenResNet3d {
     }
 
     fn stem_forward(&self, x: Act) -> Act {
-        let x = self.stem.forward(&x, None, true);
+        let y = self.stem.forward(&x, None, true, &self.buffers);
+        self.buffers.give(x.data);
         match &self.maxpool {
-            Some(pool) => pool.forward(x),
-            None => x,
+            Some(pool) => pool.forward(y, &self.buffers),
+            None => y,
         }
     }
 
@@ -758,6 +829,7 @@ fn to_channels_first(x: &[f32], [n, d, h, w, c]: [usize; 5]) -> Vec<f32> {
 pub struct LayerBench {
     input: Act,
     layer: BenchLayer,
+    buffers: Buffers,
 }
 
 #[derive(Debug)]
@@ -779,6 +851,7 @@ impl LayerBench {
         Ok(Self {
             layer: BenchLayer::Conv(FrozenConv::new(conv, &bn, kernel)?),
             input: channels_last_act(x)?,
+            buffers: Buffers::default(),
         })
     }
 
@@ -794,14 +867,25 @@ impl LayerBench {
                 padding: pool.padding,
             }),
             input: channels_last_act(x)?,
+            buffers: Buffers::default(),
         })
     }
 
     /// Runs the layer; returns the output's length.
     pub fn run(&self) -> usize {
         match &self.layer {
-            BenchLayer::Conv(conv) => conv.forward(&self.input, None, true).data.len(),
-            BenchLayer::Pool(pool) => pool.forward(self.input.clone()).data.len(),
+            BenchLayer::Conv(conv) => {
+                let out = conv.forward(&self.input, None, true, &self.buffers);
+                let len = out.data.len();
+                self.buffers.give(out.data);
+                len
+            }
+            BenchLayer::Pool(pool) => {
+                let out = pool.forward(self.input.clone(), &self.buffers);
+                let len = out.data.len();
+                self.buffers.give(out.data);
+                len
+            }
         }
     }
 }
