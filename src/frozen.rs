@@ -7,10 +7,14 @@
 //!   `b' = beta - mean * g / sqrt(v + eps)`), once;
 //! - keeps activations channels-last (`[N, D, H, W, C]`) from the stem to the head, so that
 //!   the `kw` taps of a kernel row are one contiguous run of `kw * C` values;
-//! - runs each convolution as one matrix product per tile of output voxels, the tile's
-//!   patches gathered into a buffer that stays in cache (a 1x1x1 convolution with stride 1
-//!   reads its input in place), with the bias, the residual and the ReLU applied to the tile
-//!   while it is still in cache.
+//! - runs each convolution as one matrix product per tile of output voxels (see
+//!   `matmul.rs`), reading its input in place: a 1x1x1 convolution with stride 1 reads the
+//!   activations, others with 16+ channels a zero-padded copy, one (depth, height) tap at a
+//!   time (implicit GEMM), and the stem and short lines gather the tile's patches into a
+//!   buffer that stays in cache; the bias, the residual and the ReLU are applied to the tile
+//!   while it is still in cache;
+//! - keeps its activation buffers between layers and calls, so that their pages are not
+//!   faulted in again.
 //!
 //! It computes what [`ResNet3d::forward`] computes in eval mode, up to float rounding, and
 //! is checked against PyTorch by the same tests. It is for inference only: it holds plain
@@ -253,8 +257,7 @@ impl FrozenConv {
             let first = t * tile;
             let count = tile.min(rows - first);
             let (c0, c1) = (panel_range.start * NR, (panel_range.end * NR).min(oc));
-            // SAFETY: this item alone writes rows first..first + count, columns c0..c1; the
-            // bias is written before any reference to them is made.
+            // SAFETY: this item alone writes rows first..first + count, columns c0..c1.
             for r in 0..count {
                 unsafe {
                     std::ptr::copy_nonoverlapping(
