@@ -740,21 +740,29 @@ impl FrozenResNet3d {
         };
         let buffers = &self.buffers;
         let stem = self.stem.forward(&self.input(x)?, None, true, buffers);
-        let pooled = match &self.maxpool {
-            Some(pool) => pool.forward(stem.clone(), buffers),
-            None => stem.clone(),
+        // Each map is copied out once, as a tensor, and then moved on: no copies of the
+        // activations themselves.
+        let stem_map = to_tensor(&stem);
+        let mut act = match &self.maxpool {
+            Some(pool) => pool.forward(stem, buffers),
+            None => stem,
         };
-        let stage = |i: usize, x: Act| self.stages[i].iter().fold(x, |x, block| block.forward(x, buffers));
-        let layer1 = stage(0, pooled);
-        let layer2 = stage(1, layer1.clone());
-        let layer3 = stage(2, layer2.clone());
-        let layer4 = stage(3, layer3.clone());
+        let mut maps = Vec::with_capacity(4);
+        for stage in &self.stages {
+            act = stage.iter().fold(act, |x, block| block.forward(x, buffers));
+            maps.push(to_tensor(&act));
+        }
+        buffers.give(act.data);
+        let [layer1, layer2, layer3, layer4]: [Tensor<5>; 4] = maps.try_into().map_err(|_| Error::InvalidInput {
+            dims: Vec::new(),
+            what: "the network has four stages".into(),
+        })?;
         Ok(Features {
-            stem: to_tensor(&stem),
-            layer1: to_tensor(&layer1),
-            layer2: to_tensor(&layer2),
-            layer3: to_tensor(&layer3),
-            layer4: to_tensor(&layer4),
+            stem: stem_map,
+            layer1,
+            layer2,
+            layer3,
+            layer4,
         })
     }
 
