@@ -71,13 +71,19 @@ fn frozen(c: &mut Criterion) {
     group.sample_size(10);
     let (conv, x) = layer1_conv(&device);
     let bench = LayerBench::conv(&conv, x.clone(), false).expect("f32");
-    group.bench_function("conv3d_64x64x3x3x3_16x56x56", |b| b.iter(|| bench.run()));
+    group.bench_function("conv3d_64x64x3x3x3_16x56x56", |b| {
+        b.iter(|| bench.run().expect("checked input"))
+    });
     // The same with the gemm crate's product (AVX2 on stable Rust).
     let bench = LayerBench::conv(&conv, x, true).expect("f32");
-    group.bench_function("conv3d_64x64x3x3x3_16x56x56_portable", |b| b.iter(|| bench.run()));
+    group.bench_function("conv3d_64x64x3x3x3_16x56x56_portable", |b| {
+        b.iter(|| bench.run().expect("checked input"))
+    });
     let pool = MaxPool3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]).expect("valid pool");
     let bench = LayerBench::pool(&pool, input([1, 64, 32, 56, 56], &device)).expect("f32");
-    group.bench_function("maxpool3d_3x3x3s2_64x32x56x56", |b| b.iter(|| bench.run()));
+    group.bench_function("maxpool3d_3x3x3s2_64x32x56x56", |b| {
+        b.iter(|| bench.run().expect("checked input"))
+    });
     group.finish();
 }
 

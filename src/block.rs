@@ -8,6 +8,7 @@ use burn::tensor::activation::relu;
 
 use crate::config::{BlockKind, DepthPadding};
 use crate::conv::{Conv, ConvSpec};
+use crate::error::{Error, Result};
 use crate::model::ParamSource;
 
 /// Where a block sits and what it gets: enough to build any of the block kinds.
@@ -186,5 +187,129 @@ impl Block {
             Block::Basic(block) => block.forward(x),
             Block::Bottleneck(block) => block.forward(x),
         }
+    }
+}
+
+/// Checks a convolution and its BatchNorm: the convolution's own fields, its input channels
+/// (`in_channels`), and a BatchNorm of the convolution's width. Returns the output channels.
+pub(crate) fn check_conv_bn(
+    conv: &Conv,
+    bn: &BatchNorm,
+    in_channels: usize,
+    name: &str,
+    bn_name: &str,
+) -> Result<usize> {
+    conv.check(name)?;
+    if conv.in_channels() != in_channels {
+        return Err(Error::InvalidNetwork {
+            layer: name.to_string(),
+            what: format!(
+                "takes {} input channel(s), the layer before it gives {in_channels}",
+                conv.in_channels()
+            ),
+        });
+    }
+    let width = conv.out_channels();
+    let widths = [
+        bn.gamma.dims()[0],
+        bn.beta.dims()[0],
+        bn.running_mean.value().dims()[0],
+        bn.running_var.value().dims()[0],
+    ];
+    if widths.iter().any(|&w| w != width) {
+        return Err(Error::InvalidNetwork {
+            layer: bn_name.to_string(),
+            what: format!(
+                "BatchNorm of widths {widths:?} (weight, bias, running mean, running variance) after a convolution of {width} channels"
+            ),
+        });
+    }
+    Ok(width)
+}
+
+impl Block {
+    /// The convolutions of the main branch, each with its BatchNorm and its name suffix.
+    pub(crate) fn main_branch(&self) -> Vec<(&Conv, &BatchNorm, &'static str, &'static str)> {
+        match self {
+            Block::Basic(b) => vec![(&b.conv1, &b.bn1, "conv1", "bn1"), (&b.conv2, &b.bn2, "conv2", "bn2")],
+            Block::Bottleneck(b) => vec![
+                (&b.conv1, &b.bn1, "conv1", "bn1"),
+                (&b.conv2, &b.bn2, "conv2", "bn2"),
+                (&b.conv3, &b.bn3, "conv3", "bn3"),
+            ],
+        }
+    }
+
+    /// The projection shortcut, if any.
+    pub(crate) fn downsample(&self) -> Option<&Downsample> {
+        match self {
+            Block::Basic(b) => b.downsample.as_ref(),
+            Block::Bottleneck(b) => b.downsample.as_ref(),
+        }
+    }
+
+    /// Checks that the block's layers fit together on an input of `in_channels` channels:
+    /// the channel chain, BatchNorm widths, and a shortcut that gives the main branch's
+    /// channels and strides. Returns the block's output channels. `name` is `layer1.0` etc.
+    pub(crate) fn check(&self, in_channels: usize, name: &str) -> Result<usize> {
+        let mut channels = in_channels;
+        let mut stride = [1usize; 3];
+        for (conv, bn, conv_name, bn_name) in self.main_branch() {
+            channels = check_conv_bn(
+                conv,
+                bn,
+                channels,
+                &format!("{name}.{conv_name}"),
+                &format!("{name}.{bn_name}"),
+            )?;
+            for (s, c) in stride.iter_mut().zip(conv.stride) {
+                *s = s.saturating_mul(c);
+            }
+        }
+        let (shortcut_channels, shortcut_stride, layer) = match self.downsample() {
+            Some(ds) => {
+                let conv_name = format!("{name}.downsample.0");
+                let out = check_conv_bn(
+                    &ds.conv,
+                    &ds.bn,
+                    in_channels,
+                    &conv_name,
+                    &format!("{name}.downsample.1"),
+                )?;
+                (out, ds.conv.stride, conv_name)
+            }
+            None => (in_channels, [1, 1, 1], format!("{name} (identity shortcut)")),
+        };
+        if shortcut_channels != channels || shortcut_stride != stride {
+            return Err(Error::InvalidNetwork {
+                layer,
+                what: format!(
+                    "the shortcut gives {shortcut_channels} channel(s) at stride {shortcut_stride:?}, the main branch {channels} at stride {stride:?}"
+                ),
+            });
+        }
+        Ok(channels)
+    }
+
+    /// The block's output shape for an input of shape `dims` (`[N, C, D, H, W]`), with the
+    /// shortcut's shape checked against the main branch's.
+    pub(crate) fn output_dims(&self, dims: [usize; 5], name: &str) -> Result<[usize; 5]> {
+        let mut main = dims;
+        for (conv, _, conv_name, _) in self.main_branch() {
+            main = conv.output_dims(main, &format!("{name}.{conv_name}"))?;
+        }
+        let shortcut = match self.downsample() {
+            Some(ds) => ds.conv.output_dims(dims, &format!("{name}.downsample.0"))?,
+            None => dims,
+        };
+        if main != shortcut {
+            return Err(Error::InvalidNetwork {
+                layer: name.to_string(),
+                what: format!(
+                    "on an input of shape {dims:?} the main branch gives {main:?} and the shortcut {shortcut:?}"
+                ),
+            });
+        }
+        Ok(main)
     }
 }

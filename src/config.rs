@@ -232,9 +232,56 @@ impl ResNet3dConfig {
         }
     }
 
-    /// Channels of the pooled features: what the head sees.
+    /// Channels of the pooled features: what the head sees (saturating at `usize::MAX` for a
+    /// width that [`validate`](Self::validate) refuses).
     pub fn feature_channels(&self) -> usize {
-        self.width * 8 * self.block.expansion()
+        self.width.saturating_mul(8).saturating_mul(self.block.expansion())
+    }
+
+    /// The number of learnable parameters (kernels, BatchNorm scales and shifts, the head),
+    /// or `None` if it does not fit in `usize`.
+    fn checked_parameter_count(&self) -> Option<usize> {
+        let mul = |values: &[usize]| values.iter().try_fold(1usize, |acc, &v| acc.checked_mul(v));
+        let e = self.block.expansion();
+        let k3 = mul(&[self.block_depth_kernel, 9])?;
+        let mut total =
+            mul(&[self.width, self.in_channels, self.stem_depth_kernel, 49])?.checked_add(mul(&[2, self.width])?)?;
+        let mut in_channels = self.width;
+        for (i, &blocks) in self.layers.iter().enumerate() {
+            let planes = mul(&[self.width, 1 << i])?;
+            let out = mul(&[planes, e])?;
+            // The first block of a stage, then `blocks - 1` alike ones (counted at once: a
+            // stage may claim any number of blocks).
+            let block = |in_channels: usize, first: bool| -> Option<usize> {
+                let convs = match self.block {
+                    BlockKind::Basic => mul(&[in_channels, planes, k3])?.checked_add(mul(&[planes, planes, k3])?)?,
+                    BlockKind::Bottleneck => mul(&[in_channels, planes])?
+                        .checked_add(mul(&[planes, planes, k3])?)?
+                        .checked_add(mul(&[planes, out])?)?,
+                };
+                let strided = first && (i > 0 || self.stage_depth_strides[i] != 1);
+                let shortcut = if strided || in_channels != out {
+                    mul(&[in_channels, out])?.checked_add(mul(&[2, out])?)?
+                } else {
+                    0
+                };
+                // Scale and shift of every BatchNorm: two of `planes`, and one of `out` after
+                // a bottleneck's third convolution.
+                let widths = match self.block {
+                    BlockKind::Basic => mul(&[2, planes])?,
+                    BlockKind::Bottleneck => mul(&[2, planes])?.checked_add(out)?,
+                };
+                convs.checked_add(shortcut)?.checked_add(mul(&[2, widths])?)
+            };
+            let first = block(in_channels, true)?;
+            let rest = mul(&[blocks.saturating_sub(1), block(out, false)?])?;
+            total = total.checked_add(first)?.checked_add(rest)?;
+            in_channels = out;
+        }
+        if let Some(classes) = self.num_classes {
+            total = total.checked_add(mul(&[in_channels.checked_add(1)?, classes])?)?;
+        }
+        Some(total)
     }
 
     /// Channels and cumulative stride per axis of the stem and of every stage: what a
@@ -246,7 +293,7 @@ impl ResNet3dConfig {
         let e = self.block.expansion();
         let stem = [self.stem_depth_stride, 2, 2];
         let pooled = match self.max_pool {
-            true => [stem[0] * self.max_pool_depth_stride, 4, 4],
+            true => [stem[0].saturating_mul(self.max_pool_depth_stride), 4, 4],
             false => stem,
         };
         let mut stride = pooled;
@@ -257,14 +304,15 @@ impl ResNet3dConfig {
         }; 5];
         for (i, stage) in stages.iter_mut().skip(1).enumerate() {
             let spatial = if i == 0 { 1 } else { 2 };
+            // Saturating: a config that overflows here is refused by `validate`.
             stride = [
-                stride[0] * self.stage_depth_strides[i],
+                stride[0].saturating_mul(self.stage_depth_strides[i]),
                 stride[1] * spatial,
                 stride[2] * spatial,
             ];
             *stage = StageInfo {
                 name: STAGE_NAMES[i],
-                channels: (self.width << i) * e,
+                channels: self.width.saturating_mul(1 << i).saturating_mul(e),
                 stride,
             };
         }
@@ -331,6 +379,85 @@ impl ResNet3dConfig {
         if self.stage_depth_strides.contains(&0) {
             return invalid("stage_depth_strides", "contains 0; strides start at 1");
         }
-        Ok(())
+        let depth_stride = [self.stem_depth_stride, self.max_pool_depth_stride]
+            .iter()
+            .chain(&self.stage_depth_strides)
+            .try_fold(1usize, |acc, &s| acc.checked_mul(s));
+        if depth_stride.is_none() {
+            return invalid(
+                "stage_depth_strides",
+                "multiplied with the stem's and the max pool's depth strides, overflows; a total depth stride beyond the volume's depth leaves one slice",
+            );
+        }
+        match self.checked_parameter_count() {
+            Some(n) if n <= Self::MAX_PARAMETERS => Ok(()),
+            count => Err(Error::InvalidConfig {
+                field: "width",
+                reason: format!(
+                    "with in_channels {}, num_classes {:?}, layers {:?} and depth kernels {}/{} gives {} parameters, more than the {} allowed; ResNet3d-152 at width 64 has about 119 million",
+                    self.in_channels,
+                    self.num_classes,
+                    self.layers,
+                    self.stem_depth_kernel,
+                    self.block_depth_kernel,
+                    count.map_or("more than usize::MAX".to_string(), |n| n.to_string()),
+                    Self::MAX_PARAMETERS
+                ),
+            }),
+        }
+    }
+
+    /// The most parameters [`validate`](Self::validate) accepts: 2^32 (16 GiB of `f32`), 36
+    /// times a ResNet3d-152's, so that an absurd width, channel count, class count or kernel
+    /// depth gives an error instead of an allocation failure.
+    pub const MAX_PARAMETERS: usize = 1 << 32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(config: ResNet3dConfig, field: &str) {
+        match config.validate() {
+            Err(Error::InvalidConfig { field: f, reason }) => assert_eq!(f, field, "{reason}"),
+            other => panic!("expected InvalidConfig on {field}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_not_overflowed() {
+        // width * 8 * expansion overflows usize.
+        refused(ResNet3dConfig::resnet50().with_width(usize::MAX / 4), "width");
+        refused(ResNet3dConfig::resnet18().with_width(1 << 40), "width");
+        // Fine per field, too many parameters together.
+        refused(ResNet3dConfig::resnet18().with_num_classes(Some(1 << 40)), "width");
+        refused(ResNet3dConfig::resnet18().with_in_channels(1 << 30), "width");
+        refused(ResNet3dConfig::resnet152().with_block_depth_kernel(4001), "width");
+        refused(ResNet3dConfig::new(BlockKind::Basic, [1, 1, 1, 1 << 40]), "width");
+        // The cumulative depth stride overflows.
+        refused(
+            ResNet3dConfig::resnet18().with_stage_depth_strides([1 << 20, 1 << 20, 1 << 20, 1 << 20]),
+            "stage_depth_strides",
+        );
+        // And what feature_info says of a refused config does not panic either.
+        let absurd = ResNet3dConfig::resnet50()
+            .with_width(usize::MAX / 2)
+            .with_stage_depth_strides([usize::MAX; 4]);
+        assert_eq!(absurd.feature_info()[4].stride[0], usize::MAX);
+        assert_eq!(absurd.feature_channels(), usize::MAX);
+    }
+
+    #[test]
+    fn parameter_counts_are_torchvisions() {
+        // torchvision's resnet18 / resnet50 (2-D, 1000 classes): 11,689,512 and 25,557,032
+        // parameters. As 2-D networks here (depth kernels 1) the counts must be the same.
+        let count = |c: ResNet3dConfig| c.as_2d().checked_parameter_count().unwrap();
+        assert_eq!(count(ResNet3dConfig::resnet18()), 11_689_512);
+        assert_eq!(count(ResNet3dConfig::resnet50()), 25_557_032);
+        assert_eq!(count(ResNet3dConfig::resnet152()), 60_192_808);
+        // Every preset at width 64 fits the limit with room to spare.
+        let r152 = ResNet3dConfig::resnet152().checked_parameter_count().unwrap();
+        assert!(r152 < ResNet3dConfig::MAX_PARAMETERS / 30, "{r152}");
+        ResNet3dConfig::resnet152().with_in_channels(4).validate().unwrap();
     }
 }

@@ -10,6 +10,7 @@ use burn::tensor::module::conv3d;
 use burn::tensor::ops::{ConvOptions, PadMode};
 
 use crate::config::DepthPadding;
+use crate::error::{Error, Result};
 
 /// A bias-free 3-D convolution whose depth padding is zeros or copies of the edge slices.
 #[derive(Module, Debug)]
@@ -63,7 +64,108 @@ impl ConvSpec {
     }
 }
 
+/// The axes of a volume, in the order of every `[_; 3]` of this crate.
+pub(crate) const AXES: [&str; 3] = ["depth", "height", "width"];
+
+/// Output extent along one axis: `(size + 2 * padding - kernel) / stride + 1`, or `None` when
+/// the padded input is shorter than the kernel, the stride is 0, or the sum overflows. The one
+/// place this arithmetic lives: the Burn model's checks, the frozen network and the pools use it.
+pub(crate) fn output_extent(size: usize, kernel: usize, stride: usize, padding: usize) -> Option<usize> {
+    let padded = padding.checked_mul(2)?.checked_add(size)?;
+    if stride == 0 || kernel == 0 || padded < kernel {
+        return None;
+    }
+    Some((padded - kernel) / stride + 1)
+}
+
+/// The output shape of a convolution on `[n, c, d, h, w]`, with the checks that make it
+/// computable: `c == in_channels` and the padded input at least as large as the kernel.
+pub(crate) fn conv_output_dims(
+    [n, c, d, h, w]: [usize; 5],
+    in_channels: usize,
+    out_channels: usize,
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+    what: &str,
+) -> Result<[usize; 5]> {
+    let dims = vec![n, c, d, h, w];
+    if c != in_channels {
+        return Err(Error::InvalidInput {
+            dims,
+            what: format!("{what} takes {in_channels} channel(s), this activation has {c}"),
+        });
+    }
+    let mut out = [n, out_channels, 0, 0, 0];
+    for (a, size) in [d, h, w].into_iter().enumerate() {
+        out[a + 2] = output_extent(size, kernel[a], stride[a], padding[a]).ok_or_else(|| Error::InvalidInput {
+            dims: dims.clone(),
+            what: format!(
+                "{what}: {size} voxel(s) along {}, padded by {} on each side, are fewer than its kernel of {}; use a larger volume",
+                AXES[a], padding[a], kernel[a]
+            ),
+        })?;
+    }
+    Ok(out)
+}
+
 impl Conv {
+    /// Input channels (the kernel's second extent).
+    pub fn in_channels(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    /// Output channels (the kernel's first extent).
+    pub fn out_channels(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Kernel extent per axis (depth, height, width).
+    pub fn kernel(&self) -> [usize; 3] {
+        let [_, _, d, h, w] = self.weight.dims();
+        [d, h, w]
+    }
+
+    /// Checks the convolution's own fields: every extent of the kernel at least 1, strides at
+    /// least 1, padding smaller than the kernel. `what` names the layer in the error.
+    pub(crate) fn check(&self, what: &str) -> Result<()> {
+        let [o, i, kd, kh, kw] = self.weight.dims();
+        let bad = if [o, i, kd, kh, kw].contains(&0) {
+            format!("kernel of shape {:?} has an extent of 0", [o, i, kd, kh, kw])
+        } else if self.stride.contains(&0) {
+            format!("stride {:?} has a 0; strides start at 1", self.stride)
+        } else if (0..3).any(|a| self.padding[a] >= self.kernel()[a]) {
+            format!(
+                "padding {:?} is not smaller than the kernel {:?}",
+                self.padding,
+                self.kernel()
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::InvalidNetwork {
+            layer: what.to_string(),
+            what: bad,
+        })
+    }
+
+    /// The output's shape for an input of shape `[n, c, d, h, w]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if `c` is not [`in_channels`](Self::in_channels) or the padded
+    /// input is smaller than the kernel along an axis; `what` names the layer.
+    pub(crate) fn output_dims(&self, dims: [usize; 5], what: &str) -> Result<[usize; 5]> {
+        conv_output_dims(
+            dims,
+            self.in_channels(),
+            self.out_channels(),
+            self.kernel(),
+            self.stride,
+            self.padding,
+            what,
+        )
+    }
+
     /// Applies the convolution.
     ///
     /// # Shapes

@@ -135,6 +135,18 @@ pub enum Error {
         what: String,
     },
 
+    /// The network's layers do not fit together (a channel count, a BatchNorm width, a stride
+    /// or a shortcut that does not match its neighbours): only possible after editing the
+    /// public fields of a [`ResNet3d`](crate::ResNet3d) by hand. Nothing is computed on such a
+    /// network.
+    #[error("inconsistent network at {layer}: {what}; build it from a ResNet3dConfig, or fix that layer")]
+    InvalidNetwork {
+        /// The layer, in torchvision naming (`layer1.0.conv2`).
+        layer: String,
+        /// What does not fit.
+        what: String,
+    },
+
     /// Saving or loading Burn's own record format failed.
     #[error("{}: Burn record: {reason}", path.display())]
     Record {

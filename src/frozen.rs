@@ -31,6 +31,7 @@ use rayon::prelude::*;
 use crate::block::{Block, Downsample};
 use crate::config::DepthPadding;
 use crate::conv::Conv;
+use crate::conv::conv_output_dims;
 use crate::error::{Error, Result};
 use crate::matmul::{Kernel, NR, PackedB, matmul};
 use crate::model::{Features, ResNet3d};
@@ -42,6 +43,16 @@ use crate::pool::MaxPool3d;
 ///
 /// Inputs and outputs are Burn tensors on any device; the work runs on the CPU's threads
 /// (rayon's global pool).
+///
+/// It is `Send + Sync`: one network (in an `Arc`) serves several threads at once, each call
+/// giving what it gives alone. Each call holds the activations it needs (a few layers'
+/// outputs at a time); between calls the network keeps at most its
+/// [buffer budget](Self::set_buffer_budget) of them for reuse, shared by all callers.
+///
+/// A network is checked when it is frozen ([`ResNet3d::validate`]) and every input when it
+/// is run: layers that do not fit together or an input that does not fit give an error,
+/// never a read outside a buffer. NaN in the input propagates to the outputs it reaches, as
+/// in the Burn model and PyTorch.
 #[derive(Debug, Clone)]
 pub struct FrozenResNet3d {
     stem: FrozenConv,
@@ -52,14 +63,13 @@ pub struct FrozenResNet3d {
     buffers: Buffers,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Pool {
-    kernel: [usize; 3],
-    stride: [usize; 3],
-    padding: [usize; 3],
-}
+/// The max pool, on channels-last activations.
+#[derive(Debug, Clone)]
+struct Pool(MaxPool3d);
 
 #[derive(Debug, Clone)]
+// A few hundred bytes per block, a few dozen blocks: boxing would only add indirection.
+#[allow(clippy::large_enum_variant)]
 enum FrozenBlock {
     Basic {
         conv1: FrozenConv,
@@ -77,10 +87,12 @@ enum FrozenBlock {
 /// A convolution with its BatchNorm folded in.
 #[derive(Debug, Clone)]
 struct FrozenConv {
+    /// The layer's name in torchvision naming (`layer1.0.conv2`), for errors.
+    name: String,
     /// `[K, out]` row-major, `K` ordered (depth tap, height tap, width tap, input channel):
-    /// the order of a gathered patch; packed for `kernel_impl`.
+    /// the order of a gathered patch; packed for the fastest kernel this CPU runs, or the
+    /// portable one.
     weight: PackedB,
-    kernel_impl: Kernel,
     bias: Vec<f32>,
     in_channels: usize,
     out_channels: usize,
@@ -100,61 +112,141 @@ thread_local! {
 
 /// The output's base pointer, shared by work items that write disjoint parts of it.
 struct SendPtr(*mut f32);
-// SAFETY: every work item writes only its own rows and columns.
+// SAFETY: the pointer is only written through inside `FrozenConv::forward`'s parallel loop,
+// each work item to rows and columns no other item touches, while the buffer it points into
+// outlives the loop.
 unsafe impl Sync for SendPtr {}
+// SAFETY: as for `Sync`.
 unsafe impl Send for SendPtr {}
 
 /// Activation buffers kept between layers and between calls, so that their pages are not
-/// faulted in (and zeroed by the kernel) again for every layer.
-#[derive(Default)]
-struct Buffers(Mutex<Vec<Vec<f32>>>);
+/// faulted in (and zeroed by the kernel) again for every layer; at most `budget` bytes are
+/// kept, the least recently returned buffers going first.
+struct Buffers(Mutex<Kept>);
+
+#[derive(Debug)]
+struct Kept {
+    /// Buffers with the time they were returned.
+    buffers: Vec<(u64, Vec<f32>)>,
+    clock: u64,
+    /// Bytes of capacity held in `buffers`.
+    bytes: usize,
+    budget: usize,
+}
+
+impl Kept {
+    /// Frees the least recently returned buffers until the rest fits the budget.
+    fn fit_budget(&mut self) {
+        while self.bytes > self.budget {
+            let Some(oldest) = (0..self.buffers.len()).min_by_key(|&i| self.buffers[i].0) else {
+                break;
+            };
+            let (_, evicted) = self.buffers.swap_remove(oldest);
+            self.bytes -= evicted.capacity() * size_of::<f32>();
+        }
+    }
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Self::with_budget(FrozenResNet3d::DEFAULT_BUFFER_BUDGET)
+    }
+}
 
 impl Buffers {
-    /// At most this many buffers are kept.
-    const KEEP: usize = 16;
+    fn with_budget(budget: usize) -> Self {
+        Self(Mutex::new(Kept {
+            buffers: Vec::new(),
+            clock: 0,
+            bytes: 0,
+            budget,
+        }))
+    }
 
-    /// `len` values, whatever a reused buffer held: the caller writes all of them.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        // A panic while the lock was held leaves the list consistent (every change is one
+        // push or remove), so a poisoned lock is still usable.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `len` values, whatever a reused buffer held: the caller writes all of them. A kept
+    /// buffer is reused when it fits and is at most twice too large (a larger one would pin
+    /// memory a small request does not need); otherwise a new one is allocated.
     fn take(&self, len: usize) -> Vec<f32> {
-        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        // The smallest buffer that fits, and not more than twice too large.
-        let best = (0..kept.len())
-            .filter(|&i| kept[i].capacity() >= len && kept[i].capacity() <= 2 * len.max(1024))
-            .min_by_key(|&i| kept[i].capacity());
+        let mut kept = self.lock();
+        let best = (0..kept.buffers.len())
+            .filter(|&i| {
+                let capacity = kept.buffers[i].1.capacity();
+                capacity >= len && capacity <= 2 * len.max(1024)
+            })
+            .min_by_key(|&i| kept.buffers[i].1.capacity());
         match best {
             Some(i) => {
-                let mut buffer = kept.swap_remove(i);
+                let (_, mut buffer) = kept.buffers.swap_remove(i);
+                kept.bytes -= buffer.capacity() * size_of::<f32>();
                 drop(kept);
                 buffer.truncate(len);
                 buffer.resize(len, 0.0);
                 buffer
             }
-            None => vec![0.0; len],
+            None => {
+                drop(kept);
+                vec![0.0; len]
+            }
         }
     }
 
-    /// Keeps `buffer` for a later [`take`](Self::take).
+    /// Keeps `buffer` for a later [`take`](Self::take), within the budget: a buffer larger
+    /// than the whole budget is freed at once, and the least recently returned ones are freed
+    /// until the rest fits.
     fn give(&self, buffer: Vec<f32>) {
-        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        kept.push(buffer);
-        if kept.len() > Self::KEEP {
-            // Drop the smallest: the large ones are the ones worth keeping.
-            if let Some(i) = (0..kept.len()).min_by_key(|&i| kept[i].capacity()) {
-                kept.swap_remove(i);
-            }
+        let size = buffer.capacity() * size_of::<f32>();
+        let mut kept = self.lock();
+        if size > kept.budget || size == 0 {
+            return;
         }
+        kept.clock += 1;
+        let now = kept.clock;
+        kept.buffers.push((now, buffer));
+        kept.bytes += size;
+        kept.fit_budget();
+    }
+
+    fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Frees every kept buffer, keeping the budget.
+    fn release(&self) {
+        let mut kept = self.lock();
+        kept.buffers.clear();
+        kept.bytes = 0;
+    }
+
+    fn set_budget(&self, budget: usize) {
+        let mut kept = self.lock();
+        kept.budget = budget;
+        kept.fit_budget();
     }
 }
 
 impl Clone for Buffers {
+    /// A clone keeps the budget, not the buffers.
     fn clone(&self) -> Self {
-        Self::default()
+        Self::with_budget(self.lock().budget)
     }
 }
 
 impl std::fmt::Debug for Buffers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kept = self.0.lock().map(|k| k.len()).unwrap_or(0);
-        write!(f, "Buffers({kept} kept)")
+        let kept = self.lock();
+        write!(
+            f,
+            "Buffers({} kept, {} of {} bytes)",
+            kept.buffers.len(),
+            kept.bytes,
+            kept.budget
+        )
     }
 }
 
@@ -178,7 +270,10 @@ fn values<const D: usize>(tensor: Tensor<D>) -> Result<Vec<f32>> {
 }
 
 impl FrozenConv {
-    fn new(conv: &Conv, bn: &BatchNorm, kernel_impl: Kernel) -> Result<Self> {
+    /// `conv` with `bn` folded in. The caller has checked both
+    /// ([`check_conv_bn`](crate::block::check_conv_bn)): a kernel with no empty extent, a
+    /// BatchNorm of the kernel's width.
+    fn new(name: &str, conv: &Conv, bn: &BatchNorm, kernel_impl: Kernel) -> Result<Self> {
         let [o, i, kd, kh, kw] = conv.weight.dims();
         let w = values(conv.weight.val())?;
         let gamma = values(bn.gamma.val())?;
@@ -188,6 +283,15 @@ impl FrozenConv {
         let eps = bn.epsilon as f32;
         let taps = kd * kh * kw;
         let k = taps * i;
+        if [gamma.len(), beta.len(), mean.len(), var.len()] != [o; 4] || w.len() != o * k {
+            return Err(Error::InvalidNetwork {
+                layer: name.to_string(),
+                what: format!(
+                    "{} kernel values and BatchNorm parameters that do not fit {o} channels",
+                    w.len()
+                ),
+            });
+        }
         let scale: Vec<f32> = (0..o).map(|oc| gamma[oc] / (var[oc] + eps).sqrt()).collect();
         let bias: Vec<f32> = (0..o).map(|oc| beta[oc] - mean[oc] * scale[oc]).collect();
         // Row p = (tap, input channel) of the [K, out] matrix, written straight into the
@@ -198,8 +302,8 @@ impl FrozenConv {
         });
         drop(w);
         Ok(Self {
+            name: name.to_string(),
             weight,
-            kernel_impl,
             bias,
             in_channels: i,
             out_channels: o,
@@ -210,16 +314,46 @@ impl FrozenConv {
         })
     }
 
-    fn output_dims(&self, [n, d, h, w, _]: [usize; 5]) -> [usize; 5] {
-        let out = |axis: usize, size: usize| {
-            (size + 2 * self.padding[axis]).saturating_sub(self.kernel[axis]) / self.stride[axis] + 1
-        };
-        [n, out(0, d), out(1, h), out(2, w), self.out_channels]
+    /// The output's shape (channels-last) for an input of shape `[n, d, h, w, c]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if `c` is not the layer's input channels or the padded input is
+    /// smaller than the kernel: the conditions under which the kernels below stay in bounds.
+    fn output_dims(&self, [n, d, h, w, c]: [usize; 5]) -> Result<[usize; 5]> {
+        let [n, oc, od, oh, ow] = conv_output_dims(
+            [n, c, d, h, w],
+            self.in_channels,
+            self.out_channels,
+            self.kernel,
+            self.stride,
+            self.padding,
+            &self.name,
+        )?;
+        Ok([n, od, oh, ow, oc])
     }
 
     /// The convolution of `x`, plus `residual` if given, then ReLU if `relu`.
-    fn forward(&self, x: &Act, residual: Option<&Act>, relu: bool, buffers: &Buffers) -> Act {
-        let out_dims = self.output_dims(x.dims);
+    ///
+    /// # Errors
+    /// As [`output_dims`](Self::output_dims); [`Error::InvalidNetwork`] if `residual` does not
+    /// have the output's shape. Nothing is computed then.
+    fn forward(&self, x: &Act, residual: Option<&Act>, relu: bool, buffers: &Buffers) -> Result<Act> {
+        // Every read below stays in bounds because of these two checks: `x` holds
+        // `in_channels` values per voxel over a padded extent that covers the kernel, and the
+        // residual has the output's shape.
+        let out_dims = self.output_dims(x.dims)?;
+        debug_assert_eq!(x.data.len(), x.dims.iter().product::<usize>());
+        if let Some(res) = residual
+            && res.dims != out_dims
+        {
+            return Err(Error::InvalidNetwork {
+                layer: self.name.clone(),
+                what: format!(
+                    "the shortcut gives {:?} (channels-last), the convolution {out_dims:?}",
+                    res.dims
+                ),
+            });
+        }
         let [n, od, oh, ow, oc] = out_dims;
         let rows = n * od * oh * ow;
         let k = self.kernel.iter().product::<usize>() * self.in_channels;
@@ -233,7 +367,7 @@ impl FrozenConv {
         // tile: only lines where the blocks are at least 7/8 full.
         let mr = crate::matmul::MR;
         let full_blocks = ow * 8 >= ow.div_ceil(mr) * mr * 7;
-        let padded = (!pointwise && self.kernel_impl == Kernel::Avx512 && self.in_channels >= 16 && full_blocks)
+        let padded = (!pointwise && self.weight.kernel() == Kernel::Avx512 && self.in_channels >= 16 && full_blocks)
             .then(|| self.pad(x, buffers));
 
         // Work items: tiles of output voxels, each split into groups of column panels when
@@ -251,24 +385,24 @@ impl FrozenConv {
                     .filter(|(_, p)| !p.is_empty())
             })
             .collect();
+        debug_assert_eq!(out.len(), rows * oc);
         let out_ptr = SendPtr(out.as_mut_ptr());
         items.into_par_iter().for_each(|(t, panel_range)| {
             let out_ptr = &out_ptr;
             let first = t * tile;
             let count = tile.min(rows - first);
             let (c0, c1) = (panel_range.start * NR, (panel_range.end * NR).min(oc));
-            // SAFETY: this item alone writes rows first..first + count, columns c0..c1.
+            // Row `r` of this item's part of the output: columns c0..c1 of output row first + r.
+            let row = |r: usize| {
+                debug_assert!(r < count && first + r < rows && c1 <= oc);
+                // SAFETY: `out` holds rows * oc values (allocated above for `out_dims`), and
+                // first + r < rows, c0 <= c1 <= oc. The work items' (tile, panel group) pairs
+                // are disjoint, so this item alone touches these values while the loop runs.
+                unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((first + r) * oc + c0), c1 - c0) }
+            };
             for r in 0..count {
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        self.bias[c0..].as_ptr(),
-                        out_ptr.0.add((first + r) * oc + c0),
-                        c1 - c0,
-                    )
-                };
+                row(r).copy_from_slice(&self.bias[c0..c1]);
             }
-            let row =
-                |r: usize| unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((first + r) * oc + c0), c1 - c0) };
             for r in 0..count {
                 let dst = row(r);
                 if let Some(res) = residual {
@@ -277,7 +411,9 @@ impl FrozenConv {
                 }
             }
             if let Some(xp) = &padded {
-                // SAFETY: as for `matmul` below; `xp` has the slack `pad` promises.
+                // SAFETY: `xp` is `pad`'s copy of `x`, whose shape `output_dims` checked
+                // against this layer above; `out` holds `out_dims`, and this item alone touches
+                // rows first..first + count, columns of `panel_range`.
                 unsafe { self.implicit(xp, out_dims, first, count, panel_range.clone(), out_ptr.0) };
             } else {
                 SCRATCH.with_borrow_mut(|(patches, packed)| {
@@ -287,11 +423,12 @@ impl FrozenConv {
                         self.gather(x, out_dims, first, count, k, patches);
                         patches.as_ptr()
                     };
-                    // SAFETY: lhs holds count rows of k values, the output count rows of oc from
-                    // `first`, and this item owns their columns c0..c1.
+                    // SAFETY: lhs holds count rows of k values (`x` has in_channels values per
+                    // voxel, checked by `output_dims`; `gather` writes count * k), the output
+                    // count rows of oc from `first`, and this item alone touches their columns
+                    // c0..c1. `self.weight` was packed for a kernel this CPU runs.
                     unsafe {
                         matmul(
-                            self.kernel_impl,
                             lhs,
                             k,
                             count,
@@ -306,17 +443,17 @@ impl FrozenConv {
             }
             if relu {
                 for r in 0..count {
-                    row(r).iter_mut().for_each(|v| *v = v.max(0.0));
+                    row(r).iter_mut().for_each(|v| *v = relu_keeping_nan(*v));
                 }
             }
         });
         if let Some(xp) = padded {
             buffers.give(xp.data);
         }
-        Act {
+        Ok(Act {
             data: out,
             dims: out_dims,
-        }
+        })
     }
 
     /// `x` padded by this convolution's padding (zeros, or edge slices in depth for
@@ -393,8 +530,19 @@ impl FrozenConv {
                 for i in 0..kh {
                     let tap = (t * hp + i) * wp * c;
                     for &(r, len, at) in &blocks {
-                        // SAFETY: the block's rows start inside xp, and the slack covers
-                        // what the tile reads past the line (results never stored).
+                        // The farthest value the register tile reads: MR rows sw * c apart,
+                        // `run` values each, from the block's first voxel at this tap.
+                        debug_assert!(
+                            at + tap + (crate::matmul::MR - 1) * sw * c + run <= xp.data.len(),
+                            "{}: the implicit product would read past the padded input",
+                            self.name
+                        );
+                        // Bounds: `output_dims` checked that the padded extents cover the kernel
+                        // at every output voxel, so each block's first row lies in `xp`; rows
+                        // past the line's end that the tile reads (results never stored) lie in
+                        // the slack `pad` appends (asserted above in debug builds).
+                        // SAFETY: A as just said; the weight rows (t * kh + i) * run .. + run
+                        // lie in K = taps * c, c = in_channels (checked); C as the caller says.
                         unsafe {
                             crate::matmul::accumulate(
                                 xp.data.as_ptr().add(at + tap),
@@ -466,6 +614,19 @@ impl FrozenConv {
     }
 }
 
+/// `max(v, 0)` that keeps NaN, as PyTorch's and Burn's ReLU do (`f32::max` would turn NaN
+/// into 0 and hide a broken input).
+#[inline]
+fn relu_keeping_nan(v: f32) -> f32 {
+    if v < 0.0 { 0.0 } else { v }
+}
+
+/// `max(m, x)` that propagates NaN from either side, as PyTorch's max pool does.
+#[inline]
+fn max_keeping_nan(m: f32, x: f32) -> f32 {
+    if x > m || x.is_nan() { x } else { m }
+}
+
 /// `dst.copy_from_slice(src)`, without a call to `memcpy` for the short runs of the stem
 /// (7 values for a 1-channel 7x7 kernel row), where the call costs more than the copy.
 #[inline]
@@ -482,36 +643,40 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
 }
 
 impl FrozenBlock {
-    fn new(block: &Block, kernel: Kernel) -> Result<Self> {
-        let downsample = |ds: &Option<Downsample>| {
-            ds.as_ref()
-                .map(|ds| FrozenConv::new(&ds.conv, &ds.bn, kernel))
-                .transpose()
-        };
+    /// `block` (named `name`, e.g. `layer1.0`) frozen; the caller has checked it
+    /// ([`Block::check`]).
+    fn new(name: &str, block: &Block, kernel: Kernel) -> Result<Self> {
+        let conv =
+            |suffix: &str, conv: &Conv, bn: &BatchNorm| FrozenConv::new(&format!("{name}.{suffix}"), conv, bn, kernel);
+        let downsample =
+            |ds: &Option<Downsample>| ds.as_ref().map(|ds| conv("downsample.0", &ds.conv, &ds.bn)).transpose();
         Ok(match block {
             Block::Basic(b) => FrozenBlock::Basic {
-                conv1: FrozenConv::new(&b.conv1, &b.bn1, kernel)?,
-                conv2: FrozenConv::new(&b.conv2, &b.bn2, kernel)?,
+                conv1: conv("conv1", &b.conv1, &b.bn1)?,
+                conv2: conv("conv2", &b.conv2, &b.bn2)?,
                 downsample: downsample(&b.downsample)?,
             },
             Block::Bottleneck(b) => FrozenBlock::Bottleneck {
-                conv1: FrozenConv::new(&b.conv1, &b.bn1, kernel)?,
-                conv2: FrozenConv::new(&b.conv2, &b.bn2, kernel)?,
-                conv3: FrozenConv::new(&b.conv3, &b.bn3, kernel)?,
+                conv1: conv("conv1", &b.conv1, &b.bn1)?,
+                conv2: conv("conv2", &b.conv2, &b.bn2)?,
+                conv3: conv("conv3", &b.conv3, &b.bn3)?,
                 downsample: downsample(&b.downsample)?,
             },
         })
     }
 
     /// The block; `x`'s buffer and the block's intermediates go back to `buffers`.
-    fn forward(&self, x: Act, buffers: &Buffers) -> Act {
+    ///
+    /// # Errors
+    /// As [`FrozenConv::forward`].
+    fn forward(&self, x: Act, buffers: &Buffers) -> Result<Act> {
         let shortcut = |ds: &Option<FrozenConv>, x: Act| match ds {
             Some(ds) => {
                 let identity = ds.forward(&x, None, false, buffers);
                 buffers.give(x.data);
                 identity
             }
-            None => x,
+            None => Ok(x),
         };
         let (y, identity, last) = match self {
             FrozenBlock::Basic {
@@ -519,8 +684,8 @@ impl FrozenBlock {
                 conv2,
                 downsample,
             } => {
-                let y = conv1.forward(&x, None, true, buffers);
-                (y, shortcut(downsample, x), conv2)
+                let y = conv1.forward(&x, None, true, buffers)?;
+                (y, shortcut(downsample, x)?, conv2)
             }
             FrozenBlock::Bottleneck {
                 conv1,
@@ -528,36 +693,47 @@ impl FrozenBlock {
                 conv3,
                 downsample,
             } => {
-                let y1 = conv1.forward(&x, None, true, buffers);
-                let y = conv2.forward(&y1, None, true, buffers);
+                let y1 = conv1.forward(&x, None, true, buffers)?;
+                let y = conv2.forward(&y1, None, true, buffers)?;
                 buffers.give(y1.data);
-                (y, shortcut(downsample, x), conv3)
+                (y, shortcut(downsample, x)?, conv3)
             }
         };
-        let out = last.forward(&y, Some(&identity), true, buffers);
+        let out = last.forward(&y, Some(&identity), true, buffers)?;
         buffers.give(y.data);
         buffers.give(identity.data);
-        out
+        Ok(out)
     }
 }
 
 impl Pool {
     /// The max pool, one axis at a time (the maximum over a box is the maximum of maxima
-    /// over its rows), padding taking no part, as in PyTorch.
-    fn forward(&self, x: Act, buffers: &Buffers) -> Act {
-        let x = self.along(x, 3, buffers);
-        let x = self.along(x, 2, buffers);
-        self.along(x, 1, buffers)
+    /// over its rows), padding taking no part and NaN propagating, as in PyTorch.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] where an axis, padded, is shorter than the window.
+    fn forward(&self, x: Act, buffers: &Buffers) -> Result<Act> {
+        let [n, d, h, w, c] = x.dims;
+        // Every axis, padded, covers the window: `along` then never reads outside a line.
+        let [_, _, od, oh, ow] = self.0.output_dims([n, c, d, h, w], "maxpool")?;
+        let x = self.along(x, 3, ow, buffers);
+        let x = self.along(x, 2, oh, buffers);
+        Ok(self.along(x, 1, od, buffers))
     }
 
-    /// The pool along one axis of `[n, d, h, w, c]` (1 = depth, 2 = height, 3 = width).
-    fn along(&self, x: Act, axis: usize, buffers: &Buffers) -> Act {
-        let (k, s, p) = (self.kernel[axis - 1], self.stride[axis - 1], self.padding[axis - 1]);
+    /// The pool along one axis of `[n, d, h, w, c]` (1 = depth, 2 = height, 3 = width), to
+    /// `out_len` values.
+    fn along(&self, x: Act, axis: usize, out_len: usize, buffers: &Buffers) -> Act {
+        let pool = &self.0;
+        let (k, s, p) = (
+            pool.kernel_size[axis - 1],
+            pool.stride[axis - 1],
+            pool.padding[axis - 1],
+        );
         if k == 1 && s == 1 {
             return x;
         }
         let len = x.dims[axis];
-        let out_len = (len + 2 * p).saturating_sub(k) / s + 1;
         // Blocks: everything before the axis; inner: everything after it.
         let outer: usize = x.dims[..axis].iter().product();
         let inner: usize = x.dims[axis + 1..].iter().product();
@@ -574,7 +750,7 @@ impl Pool {
                     row.fill(f32::NEG_INFINITY);
                     for i in lo..hi {
                         let line = &src[i * inner..(i + 1) * inner];
-                        row.iter_mut().zip(line).for_each(|(v, x)| *v = v.max(*x));
+                        row.iter_mut().zip(line).for_each(|(v, x)| *v = max_keeping_nan(*v, *x));
                     }
                 }
             });
@@ -588,7 +764,11 @@ impl ResNet3d {
     /// convolutions (with its running statistics, as in eval mode), activations
     /// channels-last. See [`FrozenResNet3d`].
     ///
+    /// The network is [validated](ResNet3d::validate) first: nothing is frozen from layers
+    /// that do not fit together.
+    ///
     /// # Errors
+    /// [`Error::InvalidNetwork`] naming the first layer that does not fit its neighbours;
     /// [`Error::InvalidInput`] if a parameter cannot be read back as `f32`.
     pub fn freeze(&self) -> Result<FrozenResNet3d> {
         self.freeze_with(Kernel::detect())
@@ -602,20 +782,22 @@ impl ResNet3d {
     }
 
     fn freeze_with(&self, kernel: Kernel) -> Result<FrozenResNet3d> {
-        let stage = |blocks: &[Block]| {
+        self.validate()?;
+        let stage = |s: usize, blocks: &[Block]| {
             blocks
                 .iter()
-                .map(|b| FrozenBlock::new(b, kernel))
+                .enumerate()
+                .map(|(b, block)| FrozenBlock::new(&format!("layer{}.{b}", s + 1), block, kernel))
                 .collect::<Result<Vec<_>>>()
         };
         Ok(FrozenResNet3d {
-            stem: FrozenConv::new(&self.conv1, &self.bn1, kernel)?,
+            stem: FrozenConv::new("conv1", &self.conv1, &self.bn1, kernel)?,
             maxpool: pool_of(&self.maxpool),
             stages: [
-                stage(&self.layer1)?,
-                stage(&self.layer2)?,
-                stage(&self.layer3)?,
-                stage(&self.layer4)?,
+                stage(0, &self.layer1)?,
+                stage(1, &self.layer2)?,
+                stage(2, &self.layer3)?,
+                stage(3, &self.layer4)?,
             ],
             fc: head_of(&self.fc)?,
             buffers: Buffers::default(),
@@ -628,6 +810,7 @@ impl ResNet3d {
     /// # Errors
     /// As [`freeze`](Self::freeze).
     pub fn into_frozen(self) -> Result<FrozenResNet3d> {
+        self.validate()?;
         let kernel = Kernel::detect();
         let ResNet3d {
             conv1,
@@ -639,12 +822,12 @@ impl ResNet3d {
             layer4,
             fc,
         } = self;
-        let stem = FrozenConv::new(&conv1, &bn1, kernel)?;
+        let stem = FrozenConv::new("conv1", &conv1, &bn1, kernel)?;
         drop((conv1, bn1));
         let mut stages: [Vec<FrozenBlock>; 4] = Default::default();
-        for (frozen, blocks) in stages.iter_mut().zip([layer1, layer2, layer3, layer4]) {
-            for block in blocks {
-                frozen.push(FrozenBlock::new(&block, kernel)?);
+        for (s, (frozen, blocks)) in stages.iter_mut().zip([layer1, layer2, layer3, layer4]).enumerate() {
+            for (b, block) in blocks.into_iter().enumerate() {
+                frozen.push(FrozenBlock::new(&format!("layer{}.{b}", s + 1), &block, kernel)?);
             }
         }
         Ok(FrozenResNet3d {
@@ -658,11 +841,7 @@ impl ResNet3d {
 }
 
 fn pool_of(pool: &Option<MaxPool3d>) -> Option<Pool> {
-    pool.as_ref().map(|p| Pool {
-        kernel: p.kernel_size,
-        stride: p.stride,
-        padding: p.padding,
-    })
+    pool.clone().map(Pool)
 }
 
 /// The head as `([d_input, classes] row-major, bias)`.
@@ -680,9 +859,38 @@ fn head_of(fc: &Option<burn::nn::Linear>) -> Result<Option<(Vec<f32>, Vec<f32>)>
 }
 
 impl FrozenResNet3d {
+    /// The default of [`set_buffer_budget`](Self::set_buffer_budget): 256 MiB, enough to keep
+    /// every activation buffer of a ResNet3d-50 on a `1x1x64x128x128` volume between calls.
+    pub const DEFAULT_BUFFER_BUDGET: usize = 256 << 20;
+
     /// Input channels the network takes.
     pub fn in_channels(&self) -> usize {
         self.stem.in_channels
+    }
+
+    /// Sets how many bytes of activation buffers the network keeps between calls (default
+    /// [`DEFAULT_BUFFER_BUDGET`](Self::DEFAULT_BUFFER_BUDGET)), freeing the least recently
+    /// used ones beyond it. Kept buffers spare the next call the page faults of fresh memory
+    /// (about 15% of a forward); 0 keeps none.
+    ///
+    /// # Memory
+    /// Between calls the network holds its weights, at most the budget in buffers, and per
+    /// worker thread one tile of gathered patches (at most 192 x 27 x the widest layer's
+    /// input channels values: 10.6 MB for 512 channels). During a call it holds the
+    /// activations that call needs besides; concurrent calls each hold their own, and share
+    /// the kept buffers.
+    pub fn set_buffer_budget(&self, bytes: usize) {
+        self.buffers.set_budget(bytes);
+    }
+
+    /// Frees every kept activation buffer now (the next call allocates afresh).
+    pub fn release_buffers(&self) {
+        self.buffers.release();
+    }
+
+    /// Bytes of activation buffers kept between calls now: at most the budget.
+    pub fn buffer_bytes(&self) -> usize {
+        self.buffers.bytes()
     }
 
     fn input(&self, x: Tensor<5>) -> Result<Act> {
@@ -715,9 +923,11 @@ impl FrozenResNet3d {
     /// every extent at least 1.
     pub fn forward(&self, x: Tensor<5>) -> Result<Tensor<2>> {
         let device = x.device();
-        let mut act = self.stem_forward(self.input(x)?);
+        let mut act = self.stem_forward(self.input(x)?)?;
         for stage in &self.stages {
-            act = stage.iter().fold(act, |x, block| block.forward(x, &self.buffers));
+            for block in stage {
+                act = block.forward(act, &self.buffers)?;
+            }
         }
         let (values, shape) = self.head(&act);
         self.buffers.give(act.data);
@@ -739,17 +949,19 @@ impl FrozenResNet3d {
             )
         };
         let buffers = &self.buffers;
-        let stem = self.stem.forward(&self.input(x)?, None, true, buffers);
+        let stem = self.stem.forward(&self.input(x)?, None, true, buffers)?;
         // Each map is copied out once, as a tensor, and then moved on: no copies of the
         // activations themselves.
         let stem_map = to_tensor(&stem);
         let mut act = match &self.maxpool {
-            Some(pool) => pool.forward(stem, buffers),
+            Some(pool) => pool.forward(stem, buffers)?,
             None => stem,
         };
         let mut maps = Vec::with_capacity(4);
         for stage in &self.stages {
-            act = stage.iter().fold(act, |x, block| block.forward(x, buffers));
+            for block in stage {
+                act = block.forward(act, buffers)?;
+            }
             maps.push(to_tensor(&act));
         }
         buffers.give(act.data);
@@ -766,12 +978,12 @@ impl FrozenResNet3d {
         })
     }
 
-    fn stem_forward(&self, x: Act) -> Act {
-        let y = self.stem.forward(&x, None, true, &self.buffers);
+    fn stem_forward(&self, x: Act) -> Result<Act> {
+        let y = self.stem.forward(&x, None, true, &self.buffers)?;
         self.buffers.give(x.data);
         match &self.maxpool {
             Some(pool) => pool.forward(y, &self.buffers),
-            None => y,
+            None => Ok(y),
         }
     }
 
@@ -854,14 +1066,19 @@ impl LayerBench {
     /// crate's product if `portable`, else the fastest this CPU runs.
     ///
     /// # Errors
-    /// If a tensor cannot be read as `f32`.
+    /// [`Error::InvalidNetwork`] for a convolution whose fields do not fit together;
+    /// [`Error::InvalidInput`] if `x` does not fit the convolution (channels, or smaller than
+    /// the kernel), or cannot be read as `f32`.
     pub fn conv(conv: &Conv, x: Tensor<5>, portable: bool) -> Result<Self> {
         let kernel = if portable { Kernel::Portable } else { Kernel::detect() };
-        let channels = conv.weight.dims()[0];
-        let bn = burn::nn::BatchNormConfig::new(channels).init(&x.device());
+        let bn = burn::nn::BatchNormConfig::new(conv.out_channels()).init(&x.device());
+        crate::block::check_conv_bn(conv, &bn, conv.in_channels(), "conv", "bn")?;
+        let layer = FrozenConv::new("conv", conv, &bn, kernel)?;
+        let input = channels_last_act(x)?;
+        layer.output_dims(input.dims)?;
         Ok(Self {
-            layer: BenchLayer::Conv(FrozenConv::new(conv, &bn, kernel)?),
-            input: channels_last_act(x)?,
+            layer: BenchLayer::Conv(layer),
+            input,
             buffers: Buffers::default(),
         })
     }
@@ -869,35 +1086,30 @@ impl LayerBench {
     /// `pool` on `x` (`[N, C, D, H, W]`).
     ///
     /// # Errors
-    /// If the tensor cannot be read as `f32`.
+    /// [`Error::InvalidNetwork`] for a pool whose fields do not fit together;
+    /// [`Error::InvalidInput`] if `x` is smaller than the window or cannot be read as `f32`.
     pub fn pool(pool: &MaxPool3d, x: Tensor<5>) -> Result<Self> {
+        pool.check("maxpool")?;
+        pool.output_dims(x.dims(), "maxpool")?;
         Ok(Self {
-            layer: BenchLayer::Pool(Pool {
-                kernel: pool.kernel_size,
-                stride: pool.stride,
-                padding: pool.padding,
-            }),
+            layer: BenchLayer::Pool(Pool(pool.clone())),
             input: channels_last_act(x)?,
             buffers: Buffers::default(),
         })
     }
 
     /// Runs the layer; returns the output's length.
-    pub fn run(&self) -> usize {
-        match &self.layer {
-            BenchLayer::Conv(conv) => {
-                let out = conv.forward(&self.input, None, true, &self.buffers);
-                let len = out.data.len();
-                self.buffers.give(out.data);
-                len
-            }
-            BenchLayer::Pool(pool) => {
-                let out = pool.forward(self.input.clone(), &self.buffers);
-                let len = out.data.len();
-                self.buffers.give(out.data);
-                len
-            }
-        }
+    ///
+    /// # Errors
+    /// None in practice: the input was checked against the layer when the bench was built.
+    pub fn run(&self) -> Result<usize> {
+        let out = match &self.layer {
+            BenchLayer::Conv(conv) => conv.forward(&self.input, None, true, &self.buffers)?,
+            BenchLayer::Pool(pool) => pool.forward(self.input.clone(), &self.buffers)?,
+        };
+        let len = out.data.len();
+        self.buffers.give(out.data);
+        Ok(len)
     }
 }
 

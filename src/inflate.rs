@@ -2,6 +2,33 @@
 //! channels become the data's channels. Plain `f32` slices in row-major order.
 
 use crate::config::Inflation;
+use crate::error::{Error, Result};
+
+/// Checks that `kernel` holds `shape`'s values, that no extent is 0 and that the result of
+/// `out_len` values can be counted, then allocates it (zeros): the arithmetic below then
+/// stays in bounds, and a size that memory cannot hold is an error, not an abort.
+fn check_kernel(kernel: &[f32], shape: [usize; 4], out_len: Option<usize>, what: &str) -> Result<Vec<f32>> {
+    let len = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let problem = if shape.contains(&0) {
+        "a kernel needs every extent at least 1"
+    } else if len != Some(kernel.len()) {
+        "the slice does not hold that many values"
+    } else if out_len.is_none() {
+        "the result would be too large"
+    } else {
+        let len = out_len.unwrap_or(0);
+        let mut out = Vec::new();
+        if out.try_reserve_exact(len).is_ok() {
+            out.resize(len, 0.0);
+            return Ok(out);
+        }
+        "the result does not fit in memory"
+    };
+    Err(Error::InvalidInput {
+        dims: shape.to_vec(),
+        what: format!("{what} of {} values: {problem}", kernel.len()),
+    })
+}
 
 /// Spreads a 2-D kernel `W2[o, i, h, w]` of `shape` over a depth of `depth`:
 ///
@@ -10,10 +37,15 @@ use crate::config::Inflation;
 ///
 /// Both give `sum_t W3[.., t, ..] = W2`, so a volume constant along depth gets the 2-D
 /// response away from zero-padded borders. Returns `[o, i, T, h, w]`.
-pub fn inflate_kernel(kernel: &[f32], shape: [usize; 4], depth: usize, rule: Inflation) -> Vec<f32> {
-    let [o, i, h, w] = shape;
+///
+/// # Errors
+/// [`Error::InvalidInput`] if `kernel` does not hold `shape`'s values, an extent or `depth`
+/// is 0, or the result's size overflows.
+pub fn inflate_kernel(kernel: &[f32], shape: [usize; 4], depth: usize, rule: Inflation) -> Result<Vec<f32>> {
+    let out_len = kernel.len().checked_mul(depth).filter(|_| depth > 0);
+    let mut out = check_kernel(kernel, shape, out_len, "2-D kernel to inflate")?;
+    let [_, _, h, w] = shape;
     let plane = h * w;
-    let mut out = vec![0.0; o * i * depth * plane];
     for (src, dst) in kernel.chunks_exact(plane).zip(out.chunks_exact_mut(depth * plane)) {
         match rule {
             Inflation::Average => {
@@ -28,7 +60,7 @@ pub fn inflate_kernel(kernel: &[f32], shape: [usize; 4], depth: usize, rule: Inf
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Adapts a stem kernel `W[o, c, h, w]` with `c` input channels (3 for ImageNet) to `n`:
@@ -41,13 +73,19 @@ pub fn inflate_kernel(kernel: &[f32], shape: [usize; 4], depth: usize, rule: Inf
 ///   response it had.
 ///
 /// Returns `[o, n, h, w]`.
-pub fn adapt_in_channels(kernel: &[f32], shape: [usize; 4], n: usize) -> Vec<f32> {
+///
+/// # Errors
+/// [`Error::InvalidInput`] if `kernel` does not hold `shape`'s values, an extent or `n` is 0,
+/// or the result's size overflows.
+pub fn adapt_in_channels(kernel: &[f32], shape: [usize; 4], n: usize) -> Result<Vec<f32>> {
     let [o, c, h, w] = shape;
     let plane = h * w;
+    let out_len = o.checked_mul(n).and_then(|x| x.checked_mul(plane)).filter(|_| n > 0);
     if n == c {
-        return kernel.to_vec();
+        check_kernel(kernel, shape, Some(0), "stem kernel to adapt")?;
+        return Ok(kernel.to_vec());
     }
-    let mut out = vec![0.0; o * n * plane];
+    let mut out = check_kernel(kernel, shape, out_len, "stem kernel to adapt")?;
     for (src, dst) in kernel.chunks_exact(c * plane).zip(out.chunks_exact_mut(n * plane)) {
         if n == 1 {
             for channel in src.chunks_exact(plane) {
@@ -61,7 +99,7 @@ pub fn adapt_in_channels(kernel: &[f32], shape: [usize; 4], n: usize) -> Vec<f32
             }
         }
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -84,7 +122,7 @@ mod tests {
     fn average_spreads_evenly_and_sums_back() {
         let shape = [2, 3, 3, 3];
         let w2 = ramp(54);
-        let w3 = inflate_kernel(&w2, shape, 3, Inflation::Average);
+        let w3 = inflate_kernel(&w2, shape, 3, Inflation::Average).unwrap();
         assert_eq!(w3.len(), 162);
         // W3[o, i, t, h, w] = W2[o, i, h, w] / 3 for every t, at (o, i, h, w) = (1, 2, 0, 1).
         let at2 = |o: usize, i: usize, h: usize, w: usize| ((o * 3 + i) * 3 + h) * 3 + w;
@@ -102,7 +140,7 @@ mod tests {
     fn center_puts_the_kernel_in_the_middle_slice() {
         let shape = [1, 2, 2, 2];
         let w2 = ramp(8);
-        let w3 = inflate_kernel(&w2, shape, 5, Inflation::Center);
+        let w3 = inflate_kernel(&w2, shape, 5, Inflation::Center).unwrap();
         // Per (o, i): slices 0, 1, 3, 4 are zero, slice 2 is W2.
         assert_eq!(
             &w3[..20],
@@ -116,8 +154,8 @@ mod tests {
     #[test]
     fn depth_one_is_the_same_for_both_rules() {
         let w2 = ramp(18);
-        let average = inflate_kernel(&w2, [2, 1, 3, 3], 1, Inflation::Average);
-        let center = inflate_kernel(&w2, [2, 1, 3, 3], 1, Inflation::Center);
+        let average = inflate_kernel(&w2, [2, 1, 3, 3], 1, Inflation::Average).unwrap();
+        let center = inflate_kernel(&w2, [2, 1, 3, 3], 1, Inflation::Center).unwrap();
         assert_eq!(average, w2);
         assert_eq!(center, w2);
     }
@@ -126,18 +164,47 @@ mod tests {
     fn one_channel_sums_the_rgb_kernels() {
         // W[o=0] = R:[1, 2], G:[10, 20], B:[100, 200] (1x2 kernels); W[o=1] = its negation.
         let w = [1., 2., 10., 20., 100., 200., -1., -2., -10., -20., -100., -200.];
-        assert_eq!(adapt_in_channels(&w, [2, 3, 1, 2], 1), [111., 222., -111., -222.]);
+        assert_eq!(
+            adapt_in_channels(&w, [2, 3, 1, 2], 1).unwrap(),
+            [111., 222., -111., -222.]
+        );
     }
 
     #[test]
     fn n_channels_cycle_through_rgb_scaled_by_3_over_n() {
         let w = [1., 10., 100.]; // one output, 1x1 kernels
-        let four = adapt_in_channels(&w, [1, 3, 1, 1], 4);
+        let four = adapt_in_channels(&w, [1, 3, 1, 1], 4).unwrap();
         assert_eq!(four, [0.75, 7.5, 75., 0.75]);
         // With n a multiple of 3 an input equal in every channel keeps its response exactly.
-        let six = adapt_in_channels(&w, [1, 3, 1, 1], 6);
+        let six = adapt_in_channels(&w, [1, 3, 1, 1], 6).unwrap();
         assert_eq!(six, [0.5, 5., 50., 0.5, 5., 50.]);
         assert_eq!(six.iter().sum::<f32>(), 111.0);
-        assert_eq!(adapt_in_channels(&w, [1, 3, 1, 1], 3), w);
+        assert_eq!(adapt_in_channels(&w, [1, 3, 1, 1], 3).unwrap(), w);
+    }
+
+    #[test]
+    fn empty_or_short_kernels_are_errors_not_panics() {
+        // A stem kernel with 0 input channels (a crafted checkpoint) used to reach chunks_exact(0).
+        let err = adapt_in_channels(&[], [64, 0, 7, 7], 1).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(err.to_string().contains("every extent at least 1"), "{err}");
+        let err = inflate_kernel(&[], [2, 3, 0, 3], 3, Inflation::Average).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(matches!(
+            inflate_kernel(&[1.0; 5], [1, 1, 2, 3], 3, Inflation::Center),
+            Err(Error::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            inflate_kernel(&[1.0; 6], [1, 1, 2, 3], 0, Inflation::Center),
+            Err(Error::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            adapt_in_channels(&[1.0; 3], [1, 3, 1, 1], 0),
+            Err(Error::InvalidInput { .. })
+        ));
+        assert!(matches!(
+            adapt_in_channels(&[1.0; 3], [1, 3, 1, 1], usize::MAX),
+            Err(Error::InvalidInput { .. })
+        ));
     }
 }

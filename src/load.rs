@@ -381,17 +381,27 @@ impl<'a> Loader<'a> {
         let values = match self.inflation {
             Some(rule) => {
                 let values = self.take(&key, &[o, checkpoint_in, h, w])?;
-                self.record(key, vec![o, checkpoint_in, h, w], &spec);
+                self.record(key.clone(), vec![o, checkpoint_in, h, w], &spec);
                 // Only the stem's input channels change: no copy of the other kernels.
-                if checkpoint_in == i {
+                let inflated = if checkpoint_in == i {
                     inflate_kernel(values, [o, i, h, w], d, rule)
                 } else {
-                    inflate_kernel(
-                        &adapt_in_channels(values, [o, checkpoint_in, h, w], i),
-                        [o, i, h, w],
-                        d,
-                        rule,
-                    )
+                    adapt_in_channels(values, [o, checkpoint_in, h, w], i)
+                        .and_then(|adapted| inflate_kernel(&adapted, [o, i, h, w], d, rule))
+                };
+                match inflated {
+                    Ok(values) => values,
+                    Err(_) => {
+                        // Only an empty extent gets here (the shape matched the spec):
+                        // a kernel with no values, reported as the wrong shape it is.
+                        self.wrong_shape.get_or_insert_with(|| Error::WrongShape {
+                            name: key.clone(),
+                            expected: vec![o, i, h, w],
+                            found: vec![o, checkpoint_in, h, w],
+                            hint: "; a kernel needs every extent at least 1".into(),
+                        });
+                        return None;
+                    }
                 }
             }
             None => {

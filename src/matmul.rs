@@ -49,6 +49,8 @@ pub(crate) struct PackedB {
     panels: Vec<f32>,
     k: usize,
     n: usize,
+    /// The kernel this layout is for: only it may read it.
+    kernel: Kernel,
 }
 
 impl PackedB {
@@ -80,7 +82,13 @@ impl PackedB {
             panels,
             k,
             n,
+            kernel,
         }
+    }
+
+    /// The kernel that reads this layout.
+    pub(crate) fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Panels of [`NR`] columns.
@@ -90,15 +98,16 @@ impl PackedB {
 }
 
 /// `C[0..rows, cols] += A[0..rows, 0..k] * B[.., cols]` on this thread, where `cols` are
-/// the columns of `panels` (clipped to `n`).
+/// the columns of `panels` (clipped to `n`), with the kernel `b` was packed for.
 ///
 /// # Safety
 /// `a` must be valid for reads of `rows` rows of `b.k` values `lda` apart, and `c` for
 /// reads and writes of `rows` rows of `b.n` values `ldc` apart; no other thread may touch
-/// the columns of `panels` of those rows meanwhile. `kernel` must be one this CPU runs.
+/// the columns of `panels` of those rows meanwhile. `panels` must lie within
+/// `b.panel_count()`. (That the CPU runs `b`'s kernel is guaranteed: [`Kernel::Avx512`]
+/// layouts are only made after [`Kernel::detect`] found AVX-512.)
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul(
-    kernel: Kernel,
     a: *const f32,
     lda: usize,
     rows: usize,
@@ -108,14 +117,22 @@ pub(crate) unsafe fn matmul(
     ldc: usize,
     scratch: &mut Vec<f32>,
 ) {
+    debug_assert!(
+        panels.end <= b.panel_count(),
+        "panels {panels:?} of {}",
+        b.panel_count()
+    );
     let col0 = panels.start * NR;
     let cols = (panels.end * NR).min(b.n).saturating_sub(col0);
     if rows == 0 || cols == 0 {
         return;
     }
-    match kernel {
+    match b.kernel {
         #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract, and AVX-512 is present: `b` is packed for it.
         Kernel::Avx512 => unsafe { avx512::matmul(a, lda, rows, b, panels, c, ldc, scratch) },
+        // SAFETY: the caller's contract; `row_major` holds k x n values for this kernel, and
+        // columns col0..col0 + cols lie within n.
         _ => unsafe {
             gemm(
                 rows,
@@ -146,9 +163,11 @@ pub(crate) unsafe fn matmul(
 /// `A` read in place: row `r`'s values for `ks` are `a[r * lda..][..ks.len()]`.
 ///
 /// # Safety
-/// AVX-512 must be available (a `PackedB` of [`Kernel::Avx512`]); `a` must be valid for
-/// reads of [`MR`] rows (rows past `rows` are read, their results dropped); `c` for `rows`
-/// rows of the panel's columns, `ldc` apart, no other thread touching them.
+/// `b` must be packed for [`Kernel::Avx512`] (so AVX-512 is available; checked by an
+/// assertion); `ks` must lie within `b.k` and `j` be one of its panels (checked in debug
+/// builds); `a` must be valid for reads of [`MR`] rows of `ks.len()` values (rows past `rows`
+/// are read, their results dropped); `c` for `rows` rows of the panel's columns, `ldc` apart,
+/// no other thread touching them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn accumulate(
     a: *const f32,
@@ -160,7 +179,16 @@ pub(crate) unsafe fn accumulate(
     c: *mut f32,
     ldc: usize,
 ) {
+    assert!(b.kernel == Kernel::Avx512, "accumulate reads the AVX-512 layout only");
+    debug_assert!(
+        ks.start <= ks.end && ks.end <= b.k,
+        "rows {ks:?} of a {}-row kernel",
+        b.k
+    );
+    debug_assert!(j < b.panel_count() && rows <= MR);
     #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 is present (asserted above: `b` is packed for it), the rest is the
+    // caller's contract.
     unsafe {
         avx512::accumulate(a, lda, rows, b, ks, j, c, ldc)
     }
@@ -346,25 +374,14 @@ mod tests {
             }
             for kernel in [Kernel::detect(), Kernel::Portable] {
                 let packed = PackedB::new(b.clone(), k, n, kernel);
+                assert_eq!(packed.kernel(), kernel);
                 let mut c = vec![0.5f32; rows * n];
                 let mut scratch = Vec::new();
                 // Two halves of the panels, as two work items would.
                 let half = packed.panel_count() / 2;
                 for panels in [0..half, half..packed.panel_count()] {
                     // SAFETY: a, c and b have the sizes given.
-                    unsafe {
-                        matmul(
-                            kernel,
-                            a.as_ptr(),
-                            k,
-                            rows,
-                            &packed,
-                            panels,
-                            c.as_mut_ptr(),
-                            n,
-                            &mut scratch,
-                        )
-                    };
+                    unsafe { matmul(a.as_ptr(), k, rows, &packed, panels, c.as_mut_ptr(), n, &mut scratch) };
                 }
                 let err = c.iter().zip(&expected).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
                 assert!(err < 1e-3, "{kernel:?} {rows}x{k}x{n}: max error {err}");

@@ -5,7 +5,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use crate::block::{Block, BlockSpec};
+use crate::block::{Block, BlockSpec, check_conv_bn};
 use crate::config::ResNet3dConfig;
 use crate::conv::{Conv, ConvSpec};
 use crate::pool::MaxPool3d;
@@ -228,13 +228,61 @@ impl ResNet3d {
         self.conv1.weight.dims()[1]
     }
 
-    /// Checks that an input of shape `dims` fits the network: `[N, in_channels, D, H, W]`
-    /// with every extent at least 1 (any size from 1 voxel up runs; below the network's
-    /// total stride per axis, 32 with the default strides, the deepest stages see a single
-    /// voxel along that axis).
+    /// Checks that the layers fit together: the channel chain from the stem to the head, every
+    /// BatchNorm as wide as its convolution, kernels and strides of at least 1, padding
+    /// smaller than the kernel, shortcuts with the main branch's channels and strides, a valid
+    /// max pool and a head as wide as the features. A network built by this crate always
+    /// passes; one whose public fields were edited by hand may not. [`freeze`](Self::freeze),
+    /// [`check_input`](Self::check_input) and the `try_` methods call it.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`](crate::Error::InvalidInput), saying what the network takes.
+    /// [`Error::InvalidNetwork`](crate::Error::InvalidNetwork), naming the layer.
+    pub fn validate(&self) -> crate::Result<()> {
+        let mut channels = check_conv_bn(&self.conv1, &self.bn1, self.in_channels(), "conv1", "bn1")?;
+        if let Some(pool) = &self.maxpool {
+            pool.check("maxpool")?;
+        }
+        for (s, stage) in self.stages().iter().enumerate() {
+            if stage.is_empty() {
+                return Err(crate::Error::InvalidNetwork {
+                    layer: format!("layer{}", s + 1),
+                    what: "the stage has no block".into(),
+                });
+            }
+            for (b, block) in stage.iter().enumerate() {
+                channels = block.check(channels, &format!("layer{}.{b}", s + 1))?;
+            }
+        }
+        if let Some(fc) = &self.fc {
+            let [d_input, classes] = fc.weight.dims();
+            let bias = fc.bias.as_ref().map(|b| b.dims()[0]).unwrap_or(classes);
+            if d_input != channels || bias != classes || classes == 0 {
+                return Err(crate::Error::InvalidNetwork {
+                    layer: "fc".into(),
+                    what: format!(
+                        "a head of weight [{d_input}, {classes}] and {bias} bias value(s) after features of {channels} channel(s)"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The four stages, `layer1` .. `layer4`.
+    pub(crate) fn stages(&self) -> [&[Block]; 4] {
+        [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+    }
+
+    /// Checks that an input of shape `dims` fits the network: `[N, in_channels, D, H, W]`
+    /// with every extent at least 1 (any size from 1 voxel up runs with the crate's padding;
+    /// below the network's total stride per axis, 32 with the default strides, the deepest
+    /// stages see a single voxel along that axis). It also [validates](Self::validate) the
+    /// network and follows the shape through every layer, so that a network whose fields were
+    /// edited by hand gives an error here instead of a panic inside Burn.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput), saying what the network takes;
+    /// [`Error::InvalidNetwork`](crate::Error::InvalidNetwork) as [`validate`](Self::validate).
     pub fn check_input(&self, dims: [usize; 5]) -> crate::Result<()> {
         let c = self.in_channels();
         let what = if dims[1] != c {
@@ -245,12 +293,28 @@ impl ResNet3d {
             "every extent must be at least 1: the minimum size is 1 voxel per axis (depth, height, width) and a batch of 1"
                 .to_string()
         } else {
+            self.validate()?;
+            self.output_dims(dims)?;
             return Ok(());
         };
         Err(crate::Error::InvalidInput {
             dims: dims.to_vec(),
             what,
         })
+    }
+
+    /// The shape of `layer4`'s output for an input of shape `dims`, layer by layer.
+    fn output_dims(&self, dims: [usize; 5]) -> crate::Result<[usize; 5]> {
+        let mut x = self.conv1.output_dims(dims, "conv1")?;
+        if let Some(pool) = &self.maxpool {
+            x = pool.output_dims(x, "maxpool")?;
+        }
+        for (s, stage) in self.stages().iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                x = block.output_dims(x, &format!("layer{}.{b}", s + 1))?;
+            }
+        }
+        Ok(x)
     }
 
     /// [`forward`](Self::forward) after [`check_input`](Self::check_input): an error instead

@@ -9,6 +9,9 @@ use burn::tensor::Tensor;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 
+use crate::conv::{AXES, output_extent};
+use crate::error::{Error, Result};
+
 /// 3-D max pooling with its own kernel, stride and padding per axis (depth, height, width).
 #[derive(Module, Debug)]
 pub struct MaxPool3d {
@@ -31,9 +34,46 @@ impl MaxPool3d {
         })
     }
 
-    /// Output size along one axis of length `size`.
-    pub fn output_size(&self, axis: usize, size: usize) -> usize {
-        (size + 2 * self.padding[axis]).saturating_sub(self.kernel_size[axis]) / self.stride[axis] + 1
+    /// Output size along one axis of length `size`: `(size + 2 * padding - kernel) / stride + 1`;
+    /// `None` where the padded axis is shorter than the window (PyTorch refuses such an input).
+    pub fn output_size(&self, axis: usize, size: usize) -> Option<usize> {
+        output_extent(size, self.kernel_size[axis], self.stride[axis], self.padding[axis])
+    }
+
+    /// Checks the fields [`new`](Self::new) checks, for a pool whose public fields were set by
+    /// hand; `name` names the layer in the error.
+    pub(crate) fn check(&self, name: &str) -> Result<()> {
+        if Self::new(self.kernel_size, self.stride, self.padding).is_none() {
+            return Err(Error::InvalidNetwork {
+                layer: name.to_string(),
+                what: format!(
+                    "max pool of window {:?}, stride {:?}, padding {:?}: windows and strides must be at least 1 and padding at most half the window",
+                    self.kernel_size, self.stride, self.padding
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The output's shape for an input of shape `[n, c, d, h, w]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] where an axis, padded, is shorter than the window.
+    pub(crate) fn output_dims(&self, dims: [usize; 5], name: &str) -> Result<[usize; 5]> {
+        let mut out = dims;
+        for a in 0..3 {
+            out[a + 2] = self.output_size(a, dims[a + 2]).ok_or_else(|| Error::InvalidInput {
+                dims: dims.to_vec(),
+                what: format!(
+                    "{name}: {} voxel(s) along {}, padded by {}, are fewer than its window of {}; use a larger volume",
+                    dims[a + 2],
+                    AXES[a],
+                    self.padding[a],
+                    self.kernel_size[a]
+                ),
+            })?;
+        }
+        Ok(out)
     }
 
     /// Applies the pool.
@@ -79,9 +119,9 @@ mod tests {
         let out = [
             n,
             c,
-            pool.output_size(0, d),
-            pool.output_size(1, h),
-            pool.output_size(2, w),
+            pool.output_size(0, d).unwrap(),
+            pool.output_size(1, h).unwrap(),
+            pool.output_size(2, w).unwrap(),
         ];
         let mut y = Vec::new();
         for b in 0..n * c {

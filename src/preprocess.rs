@@ -171,7 +171,8 @@ impl Volume {
     ///
     /// # Errors
     /// [`Error::InvalidVolume`] if a target spacing is not finite and positive, if the result
-    /// would be too large to allocate, or if the volume's fields no longer agree.
+    /// would have more than [`MAX_VOXELS`] voxels or cannot be allocated, or if the volume's
+    /// fields no longer agree.
     pub fn resample(&self, target_spacing: [f32; 3]) -> Result<Volume> {
         self.check()?;
         check_spacing("target spacing", target_spacing)?;
@@ -181,7 +182,7 @@ impl Volume {
             let n = self.shape[a] as f64;
             // n' = max(1, round(n * s / t)); f64 so that large extents round as written.
             let extent = (n * f64::from(self.spacing[a]) / f64::from(target_spacing[a])).round();
-            if !extent.is_finite() || extent > MAX_VOXELS as f64 {
+            if !(extent.is_finite() && extent <= MAX_VOXELS as f64) {
                 return Err(too_large(target_spacing));
             }
             shape[a] = (extent as usize).max(1);
@@ -196,7 +197,7 @@ impl Volume {
         let taps_d = taps(d_in, d_out);
         let taps_h = taps(h_in, h_out);
         let taps_w = taps(w_in, w_out);
-        let mut data = Vec::with_capacity(total);
+        let mut data = reserve(total)?;
         for &(d0, d1, td) in &taps_d {
             for &(h0, h1, th) in &taps_h {
                 // The four input rows around (d, h); the inner loop blends along width.
@@ -222,13 +223,16 @@ impl Volume {
     /// both counts). Axes may crop and pad at once.
     ///
     /// # Errors
-    /// [`Error::InvalidVolume`] if a target extent is 0 or the volume's fields no longer agree.
+    /// [`Error::InvalidVolume`] if a target extent is 0, the target has more than
+    /// [`MAX_VOXELS`] voxels or cannot be allocated, or the volume's fields no longer agree.
     pub fn crop_or_pad(&self, shape: [usize; 3], fill: f32) -> Result<Volume> {
         self.check()?;
         let total = voxel_count(shape)
             .filter(|&t| t > 0 && t <= MAX_VOXELS)
             .ok_or_else(|| Error::InvalidVolume {
-                what: format!("crop/pad target shape {shape:?} must have every extent at least 1 and fit in memory"),
+                what: format!(
+                    "crop/pad target shape {shape:?} must have every extent at least 1 and at most {MAX_VOXELS} voxels"
+                ),
             })?;
         // Output index i reads input index i + offset, when that lies inside the input;
         // offset = start (crop) or -before (pad), i.e. (n - n') / 2 rounded towards zero.
@@ -246,7 +250,8 @@ impl Volume {
         // Output width positions that read the input: one contiguous run.
         let w_first = (-ow).max(0) as usize;
         let w_last = ((w_in as isize - ow).min(w_out as isize)).max(w_first as isize) as usize;
-        let mut data = vec![fill; total];
+        let mut data = reserve(total)?;
+        data.resize(total, fill);
         for d in 0..d_out {
             let Some(ds) = source(d, od, d_in) else { continue };
             for h in 0..h_out {
@@ -304,8 +309,21 @@ impl Volume {
     }
 }
 
-/// The most voxels a volume may have: its bytes must fit in `isize`, as `Vec` requires.
-const MAX_VOXELS: usize = isize::MAX as usize / size_of::<f32>();
+/// The most voxels [`Volume::resample`] and [`Volume::crop_or_pad`] make: 2^30 (a 1024^3
+/// grid, 4 GiB of `f32`), far beyond a CT volume at its native resolution (512 x 512 x 2000
+/// is half of it). A spacing read from a file's header (NIfTI `pixdim`) cannot then ask for
+/// more memory than that.
+pub const MAX_VOXELS: usize = 1 << 30;
+
+/// An empty vector with room for `len` values, or an error if the memory cannot be had
+/// (instead of the abort of a failed `Vec::with_capacity`).
+fn reserve(len: usize) -> Result<Vec<f32>> {
+    let mut data = Vec::new();
+    data.try_reserve_exact(len).map_err(|err| Error::InvalidVolume {
+        what: format!("{len} voxels do not fit in memory ({err})"),
+    })?;
+    Ok(data)
+}
 
 /// `depth * height * width`, or `None` on overflow.
 fn voxel_count(shape: [usize; 3]) -> Option<usize> {

@@ -362,8 +362,13 @@ impl<'g> Mapper<'g> {
     /// Writes a convolution and its BatchNorm under torchvision's names.
     fn emit_conv(&mut self, conv_name: &str, bn_name: &str, unit: &ConvUnit<'g>) -> Result<()> {
         let weight = self.static_value(input(&unit.conv.inputs, 1, conv_name)?, conv_name)?;
-        if weight.shape.len() != 4 {
-            return Err(self.corrupt(format!("{conv_name}: kernel of shape {:?}", weight.shape)));
+        // Every size below comes from the kernel's values, never from a shape alone: a kernel
+        // with an empty extent could claim any number of channels.
+        if weight.shape.len() != 4 || weight.shape.contains(&0) {
+            return Err(self.corrupt(format!(
+                "{conv_name}: kernel of shape {:?}; a convolution's kernel is [out, in, h, w] with every extent at least 1",
+                weight.shape
+            )));
         }
         let channels = weight.shape[0];
         let bias = match unit
@@ -474,6 +479,12 @@ impl<'g> Mapper<'g> {
                     let [a, b] = weight.shape[..] else {
                         return Err(self.corrupt(format!("fc: weight of shape {:?}", weight.shape)));
                     };
+                    if a == 0 || b == 0 {
+                        return Err(self.corrupt(format!(
+                            "fc: weight of shape {:?}; a linear head needs at least one feature and one class",
+                            weight.shape
+                        )));
+                    }
                     // PyTorch's layout is [classes, features]; a MatMul holds [features, classes].
                     let weight = if linear.config.transpose_weight {
                         weight
@@ -554,18 +565,31 @@ impl<'g> Mapper<'g> {
     /// A value computed from constants only, as unoptimised exports write a zero bias
     /// (`Expand(CastLike(0), Shape(weight)[0:1])`).
     fn evaluate(&self, arg: &Argument, owner: &str) -> Result<Value> {
+        self.evaluate_at(arg, owner, 0)
+    }
+
+    /// [`evaluate`](Self::evaluate) `depth` nodes down the expression: a crafted chain of
+    /// casts must not exhaust the stack.
+    fn evaluate_at(&self, arg: &Argument, owner: &str, depth: usize) -> Result<Value> {
         if let Some(data) = arg.value() {
             return self.to_value(data, owner);
         }
+        if depth >= MAX_EXPRESSION_DEPTH {
+            return Err(unsupported(format!(
+                "{owner}: `{}` is computed by more than {MAX_EXPRESSION_DEPTH} nested nodes; exporters write a constant bias in at most a few",
+                arg.name
+            )));
+        }
+        let evaluate = |arg: &Argument| self.evaluate_at(arg, owner, depth + 1);
         let node = self
             .producer
             .get(arg.name.as_str())
             .map(|&i| &self.graph.nodes[i])
             .ok_or_else(|| unsupported(format!("{owner}: `{}` is a run-time input, not a weight", arg.name)))?;
         match node {
-            Node::Identity(n) => self.evaluate(input(&n.inputs, 0, owner)?, owner),
-            Node::Cast(n) => self.evaluate(input(&n.inputs, 0, owner)?, owner),
-            Node::CastLike(n) => self.evaluate(input(&n.inputs, 0, owner)?, owner),
+            Node::Identity(n) => evaluate(input(&n.inputs, 0, owner)?),
+            Node::Cast(n) => evaluate(input(&n.inputs, 0, owner)?),
+            Node::CastLike(n) => evaluate(input(&n.inputs, 0, owner)?),
             Node::Shape(n) => {
                 let source = input(&n.inputs, 0, owner)?;
                 let shape = match source.value() {
@@ -581,18 +605,21 @@ impl<'g> Mapper<'g> {
                 })
             }
             Node::Expand(n) => {
-                let value = self.evaluate(input(&n.inputs, 0, owner)?, owner)?;
+                let value = evaluate(input(&n.inputs, 0, owner)?)?;
                 let target: Vec<usize> = match &n.config {
                     onnx_ir::expand::ExpandConfig::Static(shape) => shape.iter().map(|&d| d.max(0) as usize).collect(),
-                    onnx_ir::expand::ExpandConfig::Runtime(_) => self
-                        .evaluate(input(&n.inputs, 1, owner)?, owner)?
+                    onnx_ir::expand::ExpandConfig::Runtime(_) => evaluate(input(&n.inputs, 1, owner)?)?
                         .data
                         .iter()
                         .map(|&d| d.max(0.0) as usize)
                         .collect(),
                 };
-                expand(value, &target)
-                    .ok_or_else(|| self.corrupt(format!("{owner}: Expand {} cannot broadcast", n.name)))
+                expand(value, &target).ok_or_else(|| {
+                    self.corrupt(format!(
+                        "{owner}: Expand {} cannot broadcast to {target:?} (at most {MAX_EXPANDED} values)",
+                        n.name
+                    ))
+                })
             }
             other => Err(unsupported(format!(
                 "{owner}: computed by {}, which is not a constant expression",
@@ -622,9 +649,20 @@ impl<'g> Mapper<'g> {
     }
 }
 
-/// Broadcasts a scalar or a vector to `target` (the only broadcasts a bias needs).
+/// The most values an `Expand` may make: far more than any bias (one value per channel), and
+/// small enough that a shape written in a crafted file cannot exhaust memory.
+const MAX_EXPANDED: usize = 1 << 20;
+
+/// The deepest constant expression [`Mapper::evaluate`] follows.
+const MAX_EXPRESSION_DEPTH: usize = 32;
+
+/// Broadcasts a scalar or a vector to `target` (the only broadcasts a bias needs); `None`
+/// when it cannot, or would make more than [`MAX_EXPANDED`] values.
 fn expand(input: Value, target: &[usize]) -> Option<Value> {
-    let len: usize = target.iter().product();
+    let len = target
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&len| len <= MAX_EXPANDED)?;
     match input.data.len() {
         1 => Some(Value {
             shape: target.to_vec(),

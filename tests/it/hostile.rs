@@ -238,3 +238,98 @@ fn variants_of_other_layouts_are_unsupported_with_what_was_found() {
         );
     }
 }
+
+/// A file whose shapes (not its bytes) ask for the memory: a typed error naming what was
+/// wrong, after allocating at most a bound of the file's size.
+fn refused_within_bound(path: &Path, kind: fn(&Error) -> bool, says: &str) {
+    let len = std::fs::metadata(path).unwrap().len() as usize;
+    let (result, peak) = crate::tracking::peak_during(|| Weights::from_file(path));
+    let err = result.expect_err(says);
+    let bound = 8 * len + (2 << 20);
+    eprintln!("{}: {err} ({peak} bytes allocated)", path.display());
+    assert!(kind(&err), "{}: {err}", path.display());
+    assert!(err.to_string().contains(says), "{err}");
+    assert!(peak <= bound, "{}: {peak} bytes for a {len}-byte file", path.display());
+}
+
+#[test]
+fn sizes_written_in_an_onnx_graph_are_typed_errors() {
+    let hostile = fixtures().join("hostile");
+    // A kernel [2^40, 0, 7, 7]: no values, 2^40 claimed channels (a fused BatchNorm of that width).
+    refused_within_bound(
+        &hostile.join("onnx_zero_kernel.onnx"),
+        |e| matches!(e, Error::Corrupt { .. }),
+        "kernel of shape [1099511627776, 0, 7, 7]",
+    );
+    // A bias Expand()ed to 2^40 values.
+    refused_within_bound(
+        &hostile.join("onnx_large_expand.onnx"),
+        |e| matches!(e, Error::Corrupt { .. }),
+        "cannot broadcast to [1099511627776]",
+    );
+    // To 2^20 x 2^20 x 2^20 (a product that overflows): onnx-ir's type inference refuses a
+    // bias of rank 3 before the mapper sees it.
+    refused_within_bound(
+        &hostile.join("onnx_huge_expand.onnx"),
+        |e| matches!(e, Error::Corrupt { .. }),
+        "bias tensor of rank 1",
+    );
+    // A MatMul head of shape [features, 0].
+    refused_within_bound(
+        &hostile.join("onnx_empty_head.onnx"),
+        |e| matches!(e, Error::Corrupt { .. }),
+        "fc: weight of shape [16, 0]",
+    );
+}
+
+#[test]
+fn a_deep_chain_of_constant_nodes_is_refused_without_exhausting_the_stack() {
+    use std::io::Read;
+    // 30,000 Cast nodes in front of a bias (gzipped in the repository).
+    let gz = std::fs::File::open(fixtures().join("hostile/onnx_cast_chain.onnx.gz")).unwrap();
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(gz).read_to_end(&mut bytes).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.onnx");
+    std::fs::write(&path, bytes).unwrap();
+    let err = Weights::from_file(&path).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("more than 32 nested nodes"), "{err}");
+}
+
+#[test]
+fn a_stem_kernel_with_no_input_channels_is_a_wrong_shape_in_every_format() {
+    use resnet3d::burn::tensor::Device;
+    use resnet3d::{ResNet3d, ResNet3dConfig};
+    for file in ["zero_in_stem.pth", "zero_in_stem.safetensors"] {
+        for in_channels in [1, 3, 4] {
+            let config = ResNet3dConfig::resnet18()
+                .with_width(2)
+                .with_in_channels(in_channels)
+                .with_num_classes(Some(10));
+            let path = fixtures().join("hostile").join(file);
+            let err = ResNet3d::from_imagenet(&path, &config, &Device::flex()).unwrap_err();
+            assert!(
+                matches!(&err, Error::WrongShape { name, found, .. } if name == "conv1.weight" && found == &[2, 0, 7, 7]),
+                "{file}, {in_channels} channel(s): {err}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_spacing_that_asks_for_too_many_voxels_is_refused() {
+    use resnet3d::preprocess::{MAX_VOXELS, Volume};
+    // 10^12 voxels: one voxel of 10 m resampled to 1 mm.
+    let volume = Volume::new(vec![0.0], [1, 1, 1], [1e4; 3]).unwrap();
+    let (result, peak) = crate::tracking::peak_during(|| volume.resample([1.0; 3]));
+    let err = result.unwrap_err();
+    assert!(matches!(err, Error::InvalidVolume { .. }), "{err}");
+    assert!(peak < 1 << 20, "{peak} bytes allocated before the error");
+    // Just past the stated maximum, and just within it (without running it).
+    let edge = Volume::new(vec![0.0], [1, 1, 1], [1024.0, 1024.0, 1025.0]).unwrap();
+    assert!(matches!(edge.resample([1.0; 3]), Err(Error::InvalidVolume { .. })));
+    assert_eq!(MAX_VOXELS, 1024 * 1024 * 1024);
+    let err = volume.crop_or_pad([1 << 20, 1 << 20, 1], 0.0).unwrap_err();
+    assert!(matches!(err, Error::InvalidVolume { .. }), "{err}");
+}

@@ -8,8 +8,10 @@ mod hostile;
 mod invariants;
 mod nifti;
 mod onnx;
+mod properties;
 mod pytorch;
 mod record;
+mod soundness;
 mod tracking;
 #[cfg(feature = "wgpu")]
 mod wgpu;

@@ -106,3 +106,15 @@ fn classify_ct_runs_on_a_phantom() {
     assert!(scores.iter().all(|s| s.is_finite() && *s > 0.0));
     assert!((scores.iter().sum::<f32>() - 1.0).abs() < 1e-5);
 }
+
+#[test]
+fn a_header_spacing_that_asks_for_too_many_voxels_is_an_error() {
+    // 2 x 2 x 2 voxels of 10 m: resampled to 1.5 mm that would be 1.8e12 voxels.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge_pixdim.nii");
+    write_nifti(&path, [2, 2, 2], [1e4, 1e4, 1e4], 1.0, 0.0, &[0; 8]);
+    let volume = Volume::from_nifti(&path).unwrap();
+    let err = volume.resample([1.5; 3]).unwrap_err();
+    assert!(matches!(err, Error::InvalidVolume { .. }), "{err}");
+    assert!(err.to_string().contains("too many voxels"), "{err}");
+}

@@ -62,3 +62,12 @@ pub fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let peak = PEAK.with(Cell::get) - start;
     (out, peak.max(0) as usize)
 }
+
+/// Runs `f` and returns its result with the bytes this thread still holds afterwards, above
+/// what it held before (0 if it holds less).
+pub fn held_after<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let start = HELD.with(Cell::get);
+    let out = f();
+    let held = HELD.with(Cell::get) - start;
+    (out, held.max(0) as usize)
+}

@@ -1,0 +1,169 @@
+//! Property tests (proptest), a few seconds in `cargo test`:
+//! - random valid configurations (depth kernels and strides, max pool on or off, zero or
+//!   replicate depth padding, widths and channel counts that are not multiples of 16, odd
+//!   sizes, batches of 1 to 3): the frozen network computes what the Burn model computes,
+//!   within 1e-4 of the output's scale;
+//! - random byte changes and truncations of fixture files: a typed error or a valid load,
+//!   never a panic.
+//!
+//! A failing case is printed by proptest with its seed-independent minimal input; the
+//! regressions it finds are kept in `tests/it/properties.proptest-regressions`.
+
+use proptest::prelude::*;
+use resnet3d::burn::module::{Param, RunningState};
+use resnet3d::burn::nn::BatchNorm;
+use resnet3d::burn::tensor::{Device, Tensor, TensorData};
+use resnet3d::{Block, BlockKind, DepthPadding, ResNet3d, ResNet3dConfig, Weights, inflate_from_2d};
+
+use crate::common::*;
+
+/// Non-trivial BatchNorm statistics (init leaves them at the identity, which would hide a
+/// folding error): values from `seed`, variances in [0.5, 1.5].
+fn randomise(bn: &mut BatchNorm, seed: usize, device: &Device) {
+    let c = bn.gamma.dims()[0];
+    let v = |k: usize, scale: f32, offset: f32| {
+        let values: Vec<f32> = (0..c)
+            .map(|i| ((seed * 7 + k * 13 + i) as f32 * 0.731).sin() * scale + offset)
+            .collect();
+        Tensor::<1>::from_data(TensorData::new(values, [c]), device)
+    };
+    bn.gamma = Param::from_tensor(v(0, 0.4, 1.0));
+    bn.beta = Param::from_tensor(v(1, 0.2, 0.0));
+    bn.running_mean = RunningState::new(v(2, 0.3, 0.0));
+    bn.running_var = RunningState::new(v(3, 0.5, 1.0));
+}
+
+fn randomise_all(model: &mut ResNet3d, device: &Device) {
+    let mut seed = 0;
+    let mut next = |bn: &mut BatchNorm| {
+        seed += 1;
+        randomise(bn, seed, device);
+    };
+    next(&mut model.bn1);
+    for stage in [
+        &mut model.layer1,
+        &mut model.layer2,
+        &mut model.layer3,
+        &mut model.layer4,
+    ] {
+        for block in stage.iter_mut() {
+            match block {
+                Block::Basic(b) => {
+                    next(&mut b.bn1);
+                    next(&mut b.bn2);
+                    if let Some(ds) = &mut b.downsample {
+                        next(&mut ds.bn);
+                    }
+                }
+                Block::Bottleneck(b) => {
+                    next(&mut b.bn1);
+                    next(&mut b.bn2);
+                    next(&mut b.bn3);
+                    if let Some(ds) = &mut b.downsample {
+                        next(&mut ds.bn);
+                    }
+                }
+            }
+        }
+    }
+}
+
+prop_compose! {
+    fn configs()(
+        bottleneck in any::<bool>(),
+        layers in prop::array::uniform4(1usize..=2),
+        width in prop::sample::select(vec![3usize, 5, 8, 12, 16, 20]),
+        in_channels in 1usize..=3,
+        num_classes in prop::option::of(1usize..=5),
+        stem_depth_kernel in prop::sample::select(vec![1usize, 3, 5, 7]),
+        stem_depth_stride in 1usize..=2,
+        max_pool in any::<bool>(),
+        max_pool_depth_kernel in prop::sample::select(vec![1usize, 3]),
+        max_pool_depth_stride in 1usize..=2,
+        block_depth_kernel in prop::sample::select(vec![1usize, 3]),
+        stage_depth_strides in prop::array::uniform4(1usize..=2),
+        replicate in any::<bool>(),
+        stride_in_1x1 in any::<bool>(),
+    ) -> ResNet3dConfig {
+        let block = if bottleneck { BlockKind::Bottleneck } else { BlockKind::Basic };
+        ResNet3dConfig::new(block, layers)
+            .with_width(width)
+            .with_in_channels(in_channels)
+            .with_num_classes(num_classes)
+            .with_stem_depth_kernel(stem_depth_kernel)
+            .with_stem_depth_stride(stem_depth_stride)
+            .with_max_pool(max_pool)
+            .with_max_pool_depth_kernel(max_pool_depth_kernel)
+            .with_max_pool_depth_stride(max_pool_depth_stride)
+            .with_block_depth_kernel(block_depth_kernel)
+            .with_stage_depth_strides(stage_depth_strides)
+            .with_depth_padding(if replicate { DepthPadding::Replicate } else { DepthPadding::Zeros })
+            .with_stride_in_1x1(stride_in_1x1)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_frozen_network_computes_what_the_model_computes(
+        config in configs(),
+        batch in 1usize..=3,
+        // Up to 48 wide: without the max pool, layer1 then has lines long enough for the
+        // implicit product (16+ channels).
+        size in (1usize..=9, 1usize..=23, 1usize..=48),
+    ) {
+        let device = Device::flex();
+        let mut model = config.init(&device);
+        randomise_all(&mut model, &device);
+        let frozen = model.freeze().unwrap();
+        let x = pattern([batch, config.in_channels, size.0, size.1, size.2], &device);
+        let (_, expected) = values(model.forward(x.clone()));
+        let (_, got) = values(frozen.forward(x).unwrap());
+        let err = rel_error(&got, &expected);
+        prop_assert!(err <= TOLERANCE, "rel. error {err:e} for {config:?} on {batch} x {size:?}");
+    }
+}
+
+/// The fixture files the mutations start from, with a configuration they load onto.
+fn samples() -> Vec<(&'static str, ResNet3dConfig)> {
+    let r18 = ResNet3dConfig::resnet18().with_width(2).with_num_classes(Some(10));
+    let r34 = ResNet3dConfig::resnet34().with_width(2).with_num_classes(Some(10));
+    vec![
+        ("checkpoints/r18_w2.pth", r18.clone()),
+        ("checkpoints/r34_w2.safetensors", r34),
+        ("onnx/r18_ts_fold.onnx", r18.clone()),
+        ("onnx/r18_ts_matmul_head.onnx", r18),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn changed_or_cut_files_load_or_give_a_typed_error(
+        sample in 0usize..4,
+        changes in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        // Most changes land in the first 2 KiB, where headers, pickles and graphs start.
+        early in any::<bool>(),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let (file, config) = samples().swap_remove(sample);
+        let mut bytes = std::fs::read(fixtures().join(file)).unwrap();
+        for (at, value) in changes {
+            let span = if early { bytes.len().min(2048) } else { bytes.len() };
+            let i = at.index(span);
+            bytes[i] = value;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(std::path::Path::new(file).file_name().unwrap());
+        std::fs::write(&path, &bytes).unwrap();
+        // Any outcome but a panic: a typed error, or weights that then load or are refused.
+        if let Ok(weights) = Weights::from_file(&path) {
+            let _ = inflate_from_2d(&weights, &config, &Device::flex());
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! What safe code can do to the frozen network: edited layers, inputs that do not fit, NaN,
+//! memory kept between calls, several threads at once. Every case is an error or the right
+//! answer, never a read out of bounds (the reproductions below used to read far past their
+//! buffers) and never a NaN turned into a number.
+
+use std::sync::Arc;
+
+use resnet3d::burn::module::Param;
+use resnet3d::burn::tensor::{Device, Tensor, TensorData};
+use resnet3d::{Block, Conv, DepthPadding, Error, FrozenResNet3d, LayerBench, MaxPool3d, ResNet3d, ResNet3dConfig};
+
+use crate::common::*;
+
+fn conv(in_channels: usize, out_channels: usize, kernel: [usize; 3], padding: [usize; 3], device: &Device) -> Conv {
+    let [d, h, w] = kernel;
+    let weight = pattern([out_channels, in_channels, d, h, w], device);
+    Conv {
+        weight: Param::from_tensor(weight),
+        stride: [1, 1, 1],
+        padding,
+        depth_padding: DepthPadding::Zeros,
+    }
+}
+
+fn expect_invalid_input<T: std::fmt::Debug>(result: Result<T, Error>, says: &str) {
+    match result {
+        Err(err @ Error::InvalidInput { .. }) => {
+            println!("{err}");
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+}
+
+fn expect_invalid_network<T: std::fmt::Debug>(result: Result<T, Error>, at: &str) {
+    match result {
+        Err(err @ Error::InvalidNetwork { .. }) => {
+            println!("{err}");
+            assert!(
+                matches!(&err, Error::InvalidNetwork { layer, .. } if layer == at),
+                "{err}"
+            );
+        }
+        other => panic!("expected InvalidNetwork at {at}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_layer_bench_input_with_other_channels_is_refused() {
+    let device = Device::flex();
+    // 16 -> 32 channels, 3x3x3, on a 64-channel input: the kernel read 4x past its weights.
+    let layer = conv(16, 32, [3, 3, 3], [1, 1, 1], &device);
+    expect_invalid_input(
+        LayerBench::conv(&layer, pattern([1, 64, 4, 4, 24], &device), false),
+        "takes 16 channel(s), this activation has 64",
+    );
+    // The right input runs.
+    let bench = LayerBench::conv(&layer, pattern([1, 16, 4, 4, 24], &device), false).unwrap();
+    assert_eq!(bench.run().unwrap(), 4 * 4 * 24 * 32);
+}
+
+#[test]
+fn a_kernel_larger_than_the_padded_input_is_refused() {
+    let device = Device::flex();
+    // No padding, 1x1 in-plane: the 3x3x3 kernel does not fit (it used to give one voxel and
+    // read past the buffer).
+    let layer = conv(16, 16, [3, 3, 3], [0, 0, 0], &device);
+    expect_invalid_input(
+        LayerBench::conv(&layer, pattern([1, 16, 1, 1, 14], &device), false),
+        "fewer than its kernel of 3",
+    );
+    let pool = MaxPool3d::new([3, 3, 3], [2, 2, 2], [0, 0, 0]).unwrap();
+    expect_invalid_input(
+        LayerBench::pool(&pool, pattern([1, 4, 1, 5, 5], &device)),
+        "fewer than its window of 3",
+    );
+}
+
+/// A ResNet-18 of width 32 (so that layer1 takes the implicit-GEMM path).
+fn resnet18_w32(device: &Device) -> ResNet3d {
+    ResNet3dConfig::resnet18()
+        .with_width(32)
+        .with_in_channels(1)
+        .with_num_classes(Some(3))
+        .init(device)
+}
+
+#[test]
+fn a_conv_replaced_by_one_of_other_channels_is_refused_at_freeze() {
+    let device = Device::flex();
+    let mut model = resnet18_w32(&device);
+    let Block::Basic(block) = &mut model.layer1[0] else {
+        unreachable!("ResNet-18 has basic blocks")
+    };
+    block.conv2 = conv(16, 32, [3, 3, 3], [1, 1, 1], &device);
+    expect_invalid_network(model.freeze(), "layer1.0.conv2");
+    expect_invalid_network(model.validate(), "layer1.0.conv2");
+    expect_invalid_network(
+        model.try_forward(Tensor::zeros([1, 1, 16, 96, 96], &device)),
+        "layer1.0.conv2",
+    );
+    expect_invalid_network(model.into_frozen(), "layer1.0.conv2");
+}
+
+#[test]
+fn every_kind_of_inconsistent_layer_is_named() {
+    let device = Device::flex();
+    type Edit = Box<dyn Fn(&mut ResNet3d)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "bn1",
+            Box::new(|m: &mut ResNet3d| {
+                m.bn1 = resnet3d::burn::nn::BatchNormConfig::new(31).init(&Device::flex());
+            }),
+        ),
+        ("conv1", Box::new(|m: &mut ResNet3d| m.conv1.stride = [0, 2, 2])),
+        ("conv1", Box::new(|m: &mut ResNet3d| m.conv1.padding = [7, 3, 3])),
+        (
+            "maxpool",
+            Box::new(|m: &mut ResNet3d| {
+                if let Some(pool) = &mut m.maxpool {
+                    pool.padding = [2, 1, 1];
+                }
+            }),
+        ),
+        (
+            "layer2.0.downsample.0",
+            Box::new(|m: &mut ResNet3d| {
+                if let Block::Basic(b) = &mut m.layer2[0]
+                    && let Some(ds) = &mut b.downsample
+                {
+                    ds.conv.stride = [1, 1, 1];
+                }
+            }),
+        ),
+        (
+            "layer2.0 (identity shortcut)",
+            Box::new(|m: &mut ResNet3d| {
+                if let Block::Basic(b) = &mut m.layer2[0] {
+                    b.downsample = None;
+                }
+            }),
+        ),
+        (
+            "fc",
+            Box::new(|m: &mut ResNet3d| {
+                m.fc = Some(resnet3d::burn::nn::LinearConfig::new(100, 3).init(&Device::flex()));
+            }),
+        ),
+        ("layer4", Box::new(|m: &mut ResNet3d| m.layer4.clear())),
+    ];
+    for (layer, edit) in edits {
+        let mut model = resnet18_w32(&device);
+        edit(&mut model);
+        expect_invalid_network(model.freeze(), layer);
+    }
+}
+
+#[test]
+fn a_shortcut_that_does_not_match_on_this_input_is_an_error_in_both_paths() {
+    let device = Device::flex();
+    // Without padding the main branch shrinks by 2 per axis and no longer matches the identity;
+    // the fields themselves are valid, so this shows only on an input.
+    let mut model = resnet18_w32(&device);
+    let Block::Basic(block) = &mut model.layer1[1] else {
+        unreachable!("ResNet-18 has basic blocks")
+    };
+    block.conv2.padding = [0, 0, 0];
+    let frozen = model.freeze().unwrap();
+    let x = pattern([1, 1, 16, 64, 64], &device);
+    expect_invalid_network(frozen.forward(x.clone()), "layer1.1.conv2");
+    expect_invalid_network(model.try_forward(x), "layer1.1");
+}
+
+fn all_nan(t: Tensor<2>) -> bool {
+    t.into_data().try_to_vec::<f32>().unwrap().iter().all(|v| v.is_nan())
+}
+
+#[test]
+fn nan_voxels_give_nan_logits_in_both_paths() {
+    let device = Device::flex();
+    let model = ResNet3dConfig::resnet18()
+        .with_width(16)
+        .with_in_channels(1)
+        .with_num_classes(Some(4))
+        .init(&device);
+    let frozen = model.freeze().unwrap();
+    let shape = [2, 1, 16, 32, 32];
+    let full = Tensor::<5>::full(shape, f32::NAN, &device);
+    let mut one: Vec<f32> = pattern(shape, &device).into_data().try_to_vec().unwrap();
+    one[16 * 32 * 32 + 7 * 32 * 32 + 5 * 32 + 9] = f32::NAN; // one voxel of the second volume
+    let one = Tensor::<5>::from_data(TensorData::new(one, shape), &device);
+
+    assert!(all_nan(model.forward(full.clone())), "Burn model, all NaN");
+    assert!(all_nan(frozen.forward(full).unwrap()), "frozen, all NaN");
+    for (name, logits) in [
+        ("Burn model", model.forward(one.clone())),
+        ("frozen", frozen.forward(one).unwrap()),
+    ] {
+        let values = logits.into_data().try_to_vec::<f32>().unwrap();
+        // The first volume is clean, the second has the NaN voxel.
+        assert!(values[..4].iter().all(|v| v.is_finite()), "{name}: {values:?}");
+        assert!(values[4..].iter().all(|v| v.is_nan()), "{name}: {values:?}");
+    }
+}
+
+#[test]
+fn buffers_kept_between_calls_stay_within_the_budget() {
+    let device = Device::flex();
+    let model = ResNet3dConfig::resnet18()
+        .with_width(16)
+        .with_in_channels(1)
+        .with_num_classes(Some(2))
+        .init(&device);
+    let frozen = model.into_frozen().unwrap();
+    let large = Tensor::<5>::zeros([1, 1, 64, 256, 256], &device);
+    let small = pattern([1, 1, 16, 64, 64], &device);
+
+    // The default budget: one large call keeps at most the budget.
+    let (_, held) = crate::tracking::held_after(|| {
+        frozen.forward(large.clone()).unwrap();
+    });
+    let budget = FrozenResNet3d::DEFAULT_BUFFER_BUDGET;
+    println!(
+        "after one large call: {held} bytes held, {} kept (budget {budget})",
+        frozen.buffer_bytes()
+    );
+    assert!(held <= budget && frozen.buffer_bytes() <= budget, "{held} > {budget}");
+
+    // A smaller budget, from an empty pool: after one large call and 20 small ones, what this
+    // thread still holds (the kept buffers) is within it, and the small calls reuse buffers.
+    let budget = 8 << 20;
+    frozen.set_buffer_budget(budget);
+    let reference = frozen.forward(small.clone()).unwrap().into_data();
+    frozen.release_buffers();
+    let (_, held) = crate::tracking::held_after(|| {
+        // A clone: the input's own buffer is not freed inside the measurement.
+        frozen.forward(large.clone()).unwrap();
+        for _ in 0..20 {
+            assert_eq!(frozen.forward(small.clone()).unwrap().into_data(), reference);
+        }
+    });
+    println!(
+        "after one large and 20 small calls: {held} bytes held, {} kept (budget {budget})",
+        frozen.buffer_bytes()
+    );
+    assert!(held <= budget, "{held} > {budget}");
+    assert!(frozen.buffer_bytes() <= budget);
+    assert!(frozen.buffer_bytes() > 0, "the small calls' buffers are kept");
+
+    frozen.release_buffers();
+    assert_eq!(frozen.buffer_bytes(), 0);
+}
+
+#[test]
+fn four_threads_on_one_network_give_the_sequential_results() {
+    let device = Device::flex();
+    let model = ResNet3dConfig::resnet50()
+        .with_width(8)
+        .with_in_channels(1)
+        .with_num_classes(Some(3))
+        .init(&device);
+    let frozen = Arc::new(model.freeze().unwrap());
+    let inputs: Vec<Tensor<5>> = (0..4)
+        .map(|k| pattern([1 + k % 2, 1, 8 + 4 * k, 32, 24 + 8 * k], &device) * (1.0 + k as f32))
+        .collect();
+    let sequential: Vec<_> = inputs
+        .iter()
+        .map(|x| frozen.forward(x.clone()).unwrap().into_data())
+        .collect();
+    for _ in 0..3 {
+        let handles: Vec<_> = inputs
+            .iter()
+            .cloned()
+            .map(|x| {
+                let frozen = Arc::clone(&frozen);
+                std::thread::spawn(move || {
+                    (0..3)
+                        .map(|_| frozen.forward(x.clone()).unwrap().into_data())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for (handle, expected) in handles.into_iter().zip(&sequential) {
+            for got in handle.join().unwrap() {
+                assert_eq!(&got, expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_frozen_network_is_send_and_sync() {
+    fn shared<T: Send + Sync>(_: &T) -> usize {
+        std::mem::size_of::<T>()
+    }
+    let frozen = resnet18_w32(&Device::flex()).freeze().unwrap();
+    assert!(shared(&frozen) > 0);
+}
