@@ -5,6 +5,11 @@ benches/forward.rs, fp32, eval, inference mode. Prints one JSON object on stdout
  "results": {"forward/resnet18/64x128x128": {"ms": median, "gflop": count}, ...}}
 
     /opt/torch-venv/bin/python benches/pytorch_reference.py [--threads 2] [--quick]
+    /opt/torch-venv/bin/python benches/pytorch_reference.py --train [--quick]
+
+`--train`: one fine-tuning step (train mode, cross-entropy, backward, Adam) on a batch of
+2x1x32x96x96, as benches/train.rs; keys `train/<model>/2x1x32x96x96`, and `--memory
+--train` the peak resident set of ResNet3d-18 steps.
 
 Pinned: torch 2.15.0 (CPU execution; the CUDA wheel runs fine without a GPU).
 """
@@ -80,18 +85,71 @@ def peak_memory():
     print(json.dumps({"mode": "pytorch", "peak_mb": peak, "before_model_mb": before}))
 
 
+TRAIN_BATCH = (2, 1, 32, 96, 96)
+
+
+def train_step_fn(depth, dev):
+    """A step of Adam on a fresh ResNet3d-`depth` in train mode, as benches/train.rs does."""
+    kind, layers = mf.LAYOUTS[depth]
+    cfg = dict(mf.DEFAULT_CFG, block=kind, layers=layers, width=64, in_channels=1, num_classes=2)
+    model = mf.ResNet3dRef(cfg).train().to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = pattern(TRAIN_BATCH).to(dev)
+    y = torch.tensor([0, 1], device=dev)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x)["logits"], y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, step
+
+
+def train(args, dev, sync, runs):
+    results = {}
+    for depth in [18, 50]:
+        model, step = train_step_fn(depth, dev)
+
+        def synced():
+            step()
+            sync()
+
+        ms = timed(synced, runs)
+        # Forward 1x, backward 2x the forward's multiply-adds (input and weight gradients).
+        model.eval()
+        gflop = 3 * conv_flops(model, pattern(TRAIN_BATCH).to(dev))
+        results[f"train/resnet{depth}/2x1x32x96x96"] = {"ms": ms, "gflop": gflop}
+    return results
+
+
+def train_peak_memory():
+    """Peak resident set of ResNet3d-18 train steps, in MB (own process)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    _, step = train_step_fn(18, torch.device("cpu"))
+    for _ in range(3):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": "pytorch", "peak_mb": peak, "before_model_mb": before}))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="fewer runs")
     parser.add_argument("--memory", action="store_true", help="only the peak memory of a ResNet3d-50 forward")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison (benches/gpu.sh)")
+    parser.add_argument("--train", action="store_true", help="the fine-tuning step instead of inference")
     args = parser.parse_args()
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
     if args.memory:
-        peak_memory()
+        train_peak_memory() if args.train else peak_memory()
         return
     runs = 3 if args.quick else 10
     results = {}
@@ -109,6 +167,10 @@ def main():
 
     sgemm_ms = timed(synced(lambda: torch.mm(a, b)), runs)
     sgemm = 2 * 4096**3 / (sgemm_ms / 1e3) / 1e9
+    if args.train:
+        print(json.dumps({"torch": torch.__version__, "device": str(dev), "threads": args.threads,
+                          "sgemm_gflops": sgemm, "results": train(args, dev, sync, runs)}))
+        return
 
     for depth in [18, 50]:
         kind, layers = mf.LAYOUTS[depth]

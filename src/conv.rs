@@ -173,6 +173,20 @@ impl Conv {
     /// - output: `[batch, out_channels, depth', height', width']`, each axis
     ///   `(size + 2 * padding - kernel) / stride + 1`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        // On flex (with or without autodiff): the crate's own kernels, forward and backward.
+        #[cfg(feature = "flex")]
+        {
+            let args = crate::cpu::Conv3dArgs {
+                stride: self.stride,
+                padding: self.padding,
+                dilation: [1, 1, 1],
+                replicate_depth: self.depth_padding == DepthPadding::Replicate,
+            };
+            let weight = self.weight.val();
+            if crate::cpu::runs(&x, &weight, None, &args) {
+                return crate::cpu::conv3d(x, weight, None, args);
+            }
+        }
         let [pd, ph, pw] = self.padding;
         let (x, pd) = match self.depth_padding {
             DepthPadding::Replicate if pd > 0 => (x.pad([(pd, pd), (0, 0), (0, 0)], PadMode::Edge), 0),

@@ -155,12 +155,11 @@
 mod block;
 mod config;
 mod conv;
+mod cpu;
 mod error;
-mod frozen;
 mod import;
 mod inflate;
 mod load;
-mod matmul;
 mod model;
 #[cfg(feature = "nifti")]
 mod nifti;
@@ -172,8 +171,8 @@ pub use block::{BasicBlock3d, Block, Bottleneck3d, Downsample};
 pub use burn;
 pub use config::{BlockKind, DepthPadding, Inflation, Layout, ResNet3dConfig, StageInfo};
 pub use conv::{Conv, ConvSpec};
+pub use cpu::{FrozenResNet3d, LayerBench};
 pub use error::{Error, Result};
-pub use frozen::{FrozenResNet3d, LayerBench};
 pub use import::{Format, WeightTensor, Weights};
 pub use inflate::{adapt_in_channels, inflate_kernel};
 pub use load::{Head, LoadReport, LoadedKernel, inflate_from_2d, inflate_from_2d_with_report, load_3d};

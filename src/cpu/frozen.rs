@@ -28,12 +28,12 @@ use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
+use super::matmul::{Kernel, NR, PackedB, matmul};
 use crate::block::{Block, Downsample};
 use crate::config::DepthPadding;
 use crate::conv::Conv;
 use crate::conv::conv_output_dims;
 use crate::error::{Error, Result};
-use crate::matmul::{Kernel, NR, PackedB, matmul};
 use crate::model::{Features, ResNet3d};
 use crate::pool::MaxPool3d;
 
@@ -103,7 +103,7 @@ struct FrozenConv {
 }
 
 /// Output voxels per work item.
-const TILE_ROWS: usize = 16 * crate::matmul::MR;
+const TILE_ROWS: usize = 16 * super::matmul::MR;
 
 thread_local! {
     /// Per thread: the gathered patches of a tile, and the matrix product's packed block.
@@ -365,7 +365,7 @@ impl FrozenConv {
         // and more, where a kernel row's kw * C values make a long enough product.
         // Blocks stay within an output line, so lines much shorter than a block waste the
         // tile: only lines where the blocks are at least 7/8 full.
-        let mr = crate::matmul::MR;
+        let mr = super::matmul::MR;
         let full_blocks = ow * 8 >= ow.div_ceil(mr) * mr * 7;
         let padded = (!pointwise && self.weight.kernel() == Kernel::Avx512 && self.in_channels >= 16 && full_blocks)
             .then(|| self.pad(x, buffers));
@@ -463,7 +463,7 @@ impl FrozenConv {
         let [n, d, h, w, c] = x.dims;
         let [pd, ph, pw] = self.padding;
         let (dp, hp, wp) = (d + 2 * pd, h + 2 * ph, w + 2 * pw);
-        let slack = (crate::matmul::MR * self.stride[2] + self.kernel[2]) * c;
+        let slack = (super::matmul::MR * self.stride[2] + self.kernel[2]) * c;
         let mut data = buffers.take(n * dp * hp * wp * c + slack);
         data.fill(0.0);
         let slice = hp * wp * c;
@@ -515,13 +515,13 @@ impl FrozenConv {
         let run = kw * c;
         // Per panel and tap, every block of the item: the tap's slice of the panel (kw * C
         // rows of 32) stays in L1 while the blocks stream past it.
-        let mut blocks = Vec::with_capacity(count.div_ceil(crate::matmul::MR) + 1);
+        let mut blocks = Vec::with_capacity(count.div_ceil(super::matmul::MR) + 1);
         let mut r = first;
         while r < first + count {
             let ox = r % ow;
             let line = r / ow;
             let (oy, oz, b) = (line % oh, (line / oh) % od, line / (oh * od));
-            let len = (ow - ox).min(first + count - r).min(crate::matmul::MR);
+            let len = (ow - ox).min(first + count - r).min(super::matmul::MR);
             blocks.push((r, len, (((b * dp + oz * sd) * hp + oy * sh) * wp + ox * sw) * c));
             r += len;
         }
@@ -533,7 +533,7 @@ impl FrozenConv {
                         // The farthest value the register tile reads: MR rows sw * c apart,
                         // `run` values each, from the block's first voxel at this tap.
                         debug_assert!(
-                            at + tap + (crate::matmul::MR - 1) * sw * c + run <= xp.data.len(),
+                            at + tap + (super::matmul::MR - 1) * sw * c + run <= xp.data.len(),
                             "{}: the implicit product would read past the padded input",
                             self.name
                         );
@@ -544,7 +544,7 @@ impl FrozenConv {
                         // SAFETY: A as just said; the weight rows (t * kh + i) * run .. + run
                         // lie in K = taps * c, c = in_channels (checked); C as the caller says.
                         unsafe {
-                            crate::matmul::accumulate(
+                            super::matmul::accumulate(
                                 xp.data.as_ptr().add(at + tap),
                                 sw * c,
                                 len,

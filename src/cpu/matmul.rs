@@ -198,6 +198,148 @@ pub(crate) unsafe fn accumulate(
     }
 }
 
+/// Buffers a thread reuses between calls of [`product`]: the packed blocks of `B` and the
+/// last rows of `A` padded to a full register tile.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    b: Vec<f32>,
+    a_tail: Vec<f32>,
+}
+
+/// `C[0..rows, cols] += A[0..rows, 0..k] * B[0..k, cols]` on this thread, `cols` being the
+/// columns of `panels` (32 each, the last clipped to `n`), with `B` never stored whole:
+/// `pack(ks, j, buf)` writes rows `ks` of panel `j` into `buf` (`ks.len()` rows of [`NR`]
+/// values, columns at or past `n` as zeros). `k` is walked in blocks of [`KC`] rows, all
+/// panels of a block packed before they are used, so that the packed block stays in L1/L2
+/// while every row of `A` passes it. `A` is read in place.
+///
+/// # Safety
+/// `a` must be valid for reads of `rows` rows of `k` values, `lda` apart; `c` for reads and
+/// writes of `rows` rows, `ldc` apart, over the columns of `panels` (each below `n`); no
+/// other thread may touch those values meanwhile. `kernel` must be [`Kernel::detect`]'s
+/// answer or [`Kernel::Portable`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product(
+    kernel: Kernel,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    k: usize,
+    n: usize,
+    panels: Range<usize>,
+    mut pack: impl FnMut(Range<usize>, usize, &mut [f32]),
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut Scratch,
+) {
+    if rows == 0 || k == 0 || panels.is_empty() {
+        return;
+    }
+    debug_assert!(panels.end <= n.div_ceil(NR), "panels {panels:?} of {n} columns");
+    let count = panels.len();
+    let full = rows / MR;
+    let tail = rows - full * MR;
+    scratch.b.resize(count * KC * NR, 0.0);
+    scratch.a_tail.resize(MR * KC, 0.0);
+    let mut kb = 0;
+    while kb < k {
+        let kc = KC.min(k - kb);
+        for (slot, j) in panels.clone().enumerate() {
+            pack(kb..kb + kc, j, &mut scratch.b[slot * KC * NR..][..kc * NR]);
+        }
+        if tail > 0 {
+            // The last rows, padded with zero rows so that the register tile reads MR rows;
+            // the padding rows' results are never stored.
+            scratch.a_tail[..MR * kc].fill(0.0);
+            for r in 0..tail {
+                // SAFETY: row full * MR + r < rows, and kb + kc <= k (caller's contract).
+                let src = unsafe { std::slice::from_raw_parts(a.add((full * MR + r) * lda + kb), kc) };
+                scratch.a_tail[r * kc..(r + 1) * kc].copy_from_slice(src);
+            }
+        }
+        for (slot, j) in panels.clone().enumerate() {
+            let cols = (n - j * NR).min(NR);
+            let bp = scratch.b[slot * KC * NR..].as_ptr();
+            for block in 0..full {
+                // SAFETY: the block's MR rows lie in A from column kb (kb + kc <= k), its rows
+                // and the panel's columns in C; `bp` holds kc rows of NR values.
+                unsafe {
+                    tile(
+                        kernel,
+                        kc,
+                        a.add(block * MR * lda + kb),
+                        lda,
+                        bp,
+                        c.add(block * MR * ldc + j * NR),
+                        ldc,
+                        MR,
+                        cols,
+                    );
+                }
+            }
+            if tail > 0 {
+                // SAFETY: `a_tail` holds MR rows of kc values; C as above.
+                unsafe {
+                    tile(
+                        kernel,
+                        kc,
+                        scratch.a_tail.as_ptr(),
+                        kc,
+                        bp,
+                        c.add(full * MR * ldc + j * NR),
+                        ldc,
+                        tail,
+                        cols,
+                    );
+                }
+            }
+        }
+        kb += kc;
+    }
+}
+
+/// `C[r][0..cols] += sum_p A[r][p] * Bp[p][0..cols]` for `r < rows`: the register tile of
+/// `kernel`.
+///
+/// # Safety
+/// `a` valid for reads of [`MR`] rows of `kc` values `lda` apart (the AVX-512 tile reads all
+/// MR; results of rows past `rows` are dropped), `bp` of `kc` rows of [`NR`] values, `c` for
+/// `rows` rows of `cols <= NR` values `ldc` apart.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile(
+    kernel: Kernel,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract; `Kernel::Avx512` only comes from `Kernel::detect`
+        // finding AVX-512.
+        Kernel::Avx512 => unsafe { avx512::tile(kc, a, lda, bp, c, ldc, rows, cols) },
+        _ => {
+            // Portable: one row at a time, 32 accumulators the compiler vectorises.
+            for r in 0..rows {
+                let mut acc = [0.0f32; NR];
+                for p in 0..kc {
+                    // SAFETY: row r < rows <= MR and p < kc lie in A; p < kc rows of Bp.
+                    let (av, b) = unsafe { (*a.add(r * lda + p), std::slice::from_raw_parts(bp.add(p * NR), NR)) };
+                    acc.iter_mut().zip(b).for_each(|(acc, b)| *acc += av * b);
+                }
+                // SAFETY: row r < rows and cols <= NR values lie in C.
+                let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
+                row.iter_mut().zip(acc).for_each(|(c, acc)| *c += acc);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -314,7 +456,7 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile(
+    pub(super) unsafe fn tile(
         kc: usize,
         a: *const f32,
         lda: usize,

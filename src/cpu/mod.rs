@@ -1,0 +1,21 @@
+//! The CPU fast path: one set of convolution kernels and the networks built on them.
+//!
+//! - `matmul`: the matrix product every convolution here is made of, `C += A * B` with `B`
+//!   in panels of 32 columns: an AVX-512 12x32 register tile (detected at run time) and a
+//!   portable fallback.
+//! - `conv`: 3-D convolution on `[N, C, D, H, W]` data, forward and gradients, as products
+//!   of the kernel with patches packed block by block.
+//! - `op`: that convolution as an operation of Burn's `flex` backend (a backend extension),
+//!   with its backward pass for `Autodiff<Flex>`: what [`Conv`](crate::Conv) runs on flex.
+//! - `frozen`: [`FrozenResNet3d`], the inference-only network (BatchNorm folded,
+//!   channels-last between layers).
+
+mod conv;
+mod frozen;
+mod matmul;
+#[cfg(feature = "flex")]
+mod op;
+
+pub use frozen::{FrozenResNet3d, LayerBench};
+#[cfg(feature = "flex")]
+pub(crate) use op::{Conv3dArgs, conv3d, runs};
