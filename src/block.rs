@@ -10,6 +10,7 @@ use crate::config::{BlockKind, DepthPadding};
 use crate::conv::{Conv, ConvSpec};
 use crate::error::{Error, Result};
 use crate::model::ParamSource;
+use crate::norm::batch_norm;
 
 /// Where a block sits and what it gets: enough to build any of the block kinds.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +65,7 @@ impl Downsample {
     /// # Shapes
     /// `[N, in, D, H, W]` -> `[N, out, D / sd, H / sh, W / sw]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        self.bn.forward(self.conv.forward(x))
+        batch_norm(&self.bn, self.conv.forward(x))
     }
 }
 
@@ -102,8 +103,8 @@ impl BasicBlock3d {
             Some(downsample) => downsample.forward(x.clone()),
             None => x.clone(),
         };
-        let y = relu(self.bn1.forward(self.conv1.forward(x)));
-        let y = self.bn2.forward(self.conv2.forward(y));
+        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
+        let y = batch_norm(&self.bn2, self.conv2.forward(y));
         // The skip connection.
         relu(y + identity)
     }
@@ -154,9 +155,9 @@ impl Bottleneck3d {
             Some(downsample) => downsample.forward(x.clone()),
             None => x.clone(),
         };
-        let y = relu(self.bn1.forward(self.conv1.forward(x)));
-        let y = relu(self.bn2.forward(self.conv2.forward(y)));
-        let y = self.bn3.forward(self.conv3.forward(y));
+        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
+        let y = relu(batch_norm(&self.bn2, self.conv2.forward(y)));
+        let y = batch_norm(&self.bn3, self.conv3.forward(y));
         // The skip connection.
         relu(y + identity)
     }

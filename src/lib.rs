@@ -163,6 +163,7 @@ mod load;
 mod model;
 #[cfg(feature = "nifti")]
 mod nifti;
+mod norm;
 mod pool;
 pub mod preprocess;
 mod record;

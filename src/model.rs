@@ -8,6 +8,7 @@ use burn::tensor::{Device, Tensor};
 use crate::block::{Block, BlockSpec, check_conv_bn};
 use crate::config::ResNet3dConfig;
 use crate::conv::{Conv, ConvSpec};
+use crate::norm::batch_norm;
 use crate::pool::MaxPool3d;
 
 /// A 3-D ResNet in torchvision's layout: field names are torchvision's state-dict keys.
@@ -395,7 +396,7 @@ impl ResNet3d {
     }
 
     fn stem(&self, x: Tensor<5>) -> Tensor<5> {
-        relu(self.bn1.forward(self.conv1.forward(x)))
+        relu(batch_norm(&self.bn1, self.conv1.forward(x)))
     }
 }
 

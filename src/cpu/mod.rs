@@ -7,15 +7,17 @@
 //!   of the kernel with patches packed block by block.
 //! - `op`: that convolution as an operation of Burn's `flex` backend (a backend extension),
 //!   with its backward pass for `Autodiff<Flex>`: what [`Conv`](crate::Conv) runs on flex.
+//! - `norm`: BatchNorm in train mode (batch statistics), forward and gradients.
 //! - `frozen`: [`FrozenResNet3d`], the inference-only network (BatchNorm folded,
 //!   channels-last between layers).
 
 mod conv;
 mod frozen;
 mod matmul;
+mod norm;
 #[cfg(feature = "flex")]
 mod op;
 
 pub use frozen::{FrozenResNet3d, LayerBench};
 #[cfg(feature = "flex")]
-pub(crate) use op::{Conv3dArgs, conv3d, runs};
+pub(crate) use op::{Conv3dArgs, batch_norm_train, conv3d, runs, runs_batch_norm};

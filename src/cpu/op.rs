@@ -1,10 +1,12 @@
-//! The crate's 3-D convolution as an operation of Burn's `flex` backend (a backend
-//! extension, routed through Burn's `Dispatch`), with a hand-written backward pass for
-//! `Autodiff<Flex>`: the input gradient, the weight gradient and the bias gradient of
-//! [`conv`](super::conv), each through the same tiled product as the forward pass.
+//! The crate's 3-D convolution and its BatchNorm in train mode as operations of Burn's `flex`
+//! backend (backend extensions, routed through Burn's `Dispatch`), with hand-written backward
+//! passes for `Autodiff<Flex>`: the input, weight and bias gradients of
+//! [`conv`](super::conv), each through the same tiled product as the forward pass, and those
+//! of [`norm`](super::norm).
 //!
 //! [`conv3d`] is what [`Conv::forward`](crate::Conv::forward) calls on a `flex` device, with
-//! or without autodiff; other backends keep Burn's own `conv3d`.
+//! or without autodiff, and [`batch_norm_train`] what the network's BatchNorm layers call in
+//! train mode there; other backends keep Burn's own operations.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -13,6 +15,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::conv::{self, ConvShape};
 use super::matmul::Kernel;
+use super::norm;
 
 /// The settings of a convolution besides its tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +67,76 @@ pub(crate) trait Conv3dGradients: Backend {
     ) -> FloatTensor<Self>;
     /// The bias's gradient: `[oc]`.
     fn resnet3d_conv3d_bias_grad(grad: FloatTensor<Self>, args: Conv3dArgs) -> FloatTensor<Self>;
+}
+
+/// BatchNorm on the batch's statistics as a backend operation.
+#[backend_extension(Flex, Autodiff)]
+pub(crate) trait BatchNormBackend: Backend {
+    /// `gamma * (x - mean) / sqrt(var + epsilon) + beta` per channel (axis 1), mean and
+    /// biased variance over every other axis of `x` (`[n, c, ...]`).
+    fn resnet3d_batch_norm_train(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> FloatTensor<Self>;
+}
+
+/// The gradients of [`BatchNormBackend::resnet3d_batch_norm_train`]: `(x, gamma, beta)`.
+pub(crate) trait BatchNormGradients: Backend {
+    fn resnet3d_batch_norm_train_grad(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// `(channels, voxels per plane)` of `[n, c, ...]`.
+fn channels_and_voxels(shape: &[usize]) -> (usize, usize) {
+    let channels = shape.get(1).copied().unwrap_or(1);
+    (channels, shape.iter().skip(2).product())
+}
+
+impl BatchNormBackend for Flex {
+    fn resnet3d_batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
+        let shape = x.layout().shape().to_vec();
+        let (channels, voxels) = channels_and_voxels(&shape);
+        let y = norm::forward(
+            &f32_values(&x),
+            &f32_values(&gamma),
+            &f32_values(&beta),
+            epsilon,
+            channels,
+            voxels,
+        );
+        FlexTensor::from_data(TensorData::new(y, shape))
+    }
+}
+
+impl BatchNormGradients for Flex {
+    fn resnet3d_batch_norm_train_grad(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        grad: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = x.layout().shape().to_vec();
+        let (channels, voxels) = channels_and_voxels(&shape);
+        let (dx, dgamma, dbeta) = norm::backward(
+            &f32_values(&x),
+            &f32_values(&gamma),
+            &f32_values(&grad),
+            epsilon,
+            channels,
+            voxels,
+        );
+        (
+            FlexTensor::from_data(TensorData::new(dx, shape)),
+            flex_tensor(dgamma, [channels]),
+            flex_tensor(dbeta, [channels]),
+        )
+    }
 }
 
 /// The [`ConvShape`] of `x` and `weight` with `args`, if the convolution computes.
@@ -176,7 +249,7 @@ mod autodiff {
     use burn::backend::tensor::FloatTensor;
     use burn::backend::{Backend, TensorMetadata};
 
-    use super::{Bias, Conv3dArgs, Conv3dBackend, Conv3dGradients};
+    use super::{BatchNormBackend, BatchNormGradients, Bias, Conv3dArgs, Conv3dBackend, Conv3dGradients};
 
     fn dims5<B: Backend>(t: &FloatTensor<B>) -> [usize; 5] {
         let shape = t.shape();
@@ -239,6 +312,61 @@ mod autodiff {
             let grad = grads.consume::<B>(&ops.node);
             let ids = ops.parents.map(|n| n.map(|n| n.id));
             input_and_weight::<B>(ids, &grad, ops.state, grads, checkpointer);
+        }
+    }
+
+    #[derive(Debug)]
+    struct BatchNormTrain;
+
+    impl<B: Backend + BatchNormGradients> Backward<B, 3> for BatchNormTrain {
+        type State = (NodeId, NodeId, f64);
+
+        fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+            let [node_x, node_gamma, node_beta] = ops.parents;
+            let grad = grads.consume::<B>(&ops.node);
+            let (x_state, gamma_state, epsilon) = ops.state;
+            let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+            let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
+            let (dx, dgamma, dbeta) = B::resnet3d_batch_norm_train_grad(x, gamma, grad, epsilon);
+            for (node, value) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+                if let Some(node) = node {
+                    grads.register::<B>(node.id, value);
+                }
+            }
+        }
+    }
+
+    impl<B: Backend + BatchNormBackend + BatchNormGradients, C: CheckpointStrategy> BatchNormBackend for Autodiff<B, C> {
+        fn resnet3d_batch_norm_train(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            epsilon: f64,
+        ) -> FloatTensor<Self> {
+            match BatchNormTrain
+                .prepare::<C>([x.node(), gamma.node(), beta.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(mut prep) => {
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), epsilon);
+                    prep.finish(
+                        state,
+                        B::resnet3d_batch_norm_train(
+                            x.into_primitive(),
+                            gamma.into_primitive(),
+                            beta.into_primitive(),
+                            epsilon,
+                        ),
+                    )
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::resnet3d_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                )),
+            }
         }
     }
 
@@ -339,4 +467,138 @@ pub(crate) fn conv3d(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, a
         bias,
         args,
     ))
+}
+
+/// Whether [`batch_norm_train`] runs on `x`: `f32` on a `flex` device (with or without
+/// autodiff), `gamma` and `beta` there too, one value per channel.
+pub(crate) fn runs_batch_norm(x: &Tensor<5>, gamma: &Tensor<1>, beta: &Tensor<1>) -> bool {
+    let device = x.device();
+    device.clone().without_autodiff() == burn::tensor::Device::flex()
+        && x.dtype() == DType::F32
+        && [gamma, beta]
+            .iter()
+            .all(|t| t.device() == device && t.dtype() == DType::F32 && t.dims()[0] == x.dims()[1])
+}
+
+/// BatchNorm on the batch's statistics through the crate's kernels, with its gradient. Call
+/// it where [`runs_batch_norm`] says so.
+pub(crate) fn batch_norm_train(x: Tensor<5>, gamma: Tensor<1>, beta: Tensor<1>, epsilon: f64) -> Tensor<5> {
+    Tensor::from_dispatch(<Dispatch as BatchNormBackend>::resnet3d_batch_norm_train(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+
+    fn tensor<const D: usize>(shape: [usize; D], seed: usize, device: &Device) -> Tensor<D> {
+        let len: usize = shape.iter().product();
+        let values: Vec<f32> = (0..len)
+            .map(|i| ((((i + seed) * 7919) % 1013) as f32 / 506.0) - 1.0)
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+
+    fn scalar(t: Tensor<1>) -> f64 {
+        f64::from(t.into_data().try_to_vec::<f32>().unwrap_or_default()[0])
+    }
+
+    /// The gradients the autodiff device computes through the op equal central differences of
+    /// the loss `sum(conv(x, w, b) * r)`, on odd shapes: stride 2, no padding, a 1x3x3 kernel,
+    /// 5 -> 7 channels, replicate depth padding in a second case.
+    #[test]
+    fn gradients_match_finite_differences() {
+        let device = Device::flex().autodiff();
+        let cases = [
+            ([2, 5, 4, 9, 8], [7, 5, 1, 3, 3], [2, 2, 2], [0, 0, 0], false),
+            ([1, 3, 5, 6, 7], [4, 3, 3, 3, 3], [1, 2, 1], [1, 1, 1], true),
+        ];
+        for (xs, ws, stride, padding, replicate_depth) in cases {
+            let args = Conv3dArgs {
+                stride,
+                padding,
+                dilation: [1, 1, 1],
+                replicate_depth,
+            };
+            let x = tensor(xs, 1, &device).require_grad();
+            let w = tensor(ws, 2, &device).require_grad();
+            let b = tensor([ws[0]], 3, &device).require_grad();
+            assert!(runs(&x, &w, Some(&b), &args));
+            let y = conv3d(x.clone(), w.clone(), Some(b.clone()), args);
+            let r = tensor(y.dims(), 4, &device);
+            let loss = |x: Tensor<5>, w: Tensor<5>, b: Tensor<1>| -> f64 {
+                let y = conv3d(x.detach(), w.detach(), Some(b.detach()), args);
+                scalar((y * r.clone().detach()).sum())
+            };
+            let grads = (y * r.clone()).sum().backward();
+            let h = 1e-2;
+            for (name, grad, len) in [
+                (
+                    "x",
+                    x.grad(&grads).map(|g| g.flatten::<1>(0, 4)),
+                    xs.iter().product::<usize>(),
+                ),
+                (
+                    "w",
+                    w.grad(&grads).map(|g| g.flatten::<1>(0, 4)),
+                    ws.iter().product::<usize>(),
+                ),
+                ("b", b.grad(&grads), ws[0]),
+            ] {
+                let grad = grad
+                    .unwrap_or_else(|| panic!("no gradient for {name}"))
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default();
+                assert_eq!(grad.len(), len);
+                // A spread of entries, first and last included.
+                for i in (0..len).step_by((len / 17).max(1)).chain([len - 1]) {
+                    let bump = |sign: f32| {
+                        let mut e = vec![0.0f32; len];
+                        e[i] = sign * h;
+                        e
+                    };
+                    let (up, down) = match name {
+                        "x" => {
+                            let (u, d) = (bump(1.0), bump(-1.0));
+                            let at = |e: Vec<f32>| {
+                                x.clone().detach()
+                                    + Tensor::<1>::from_data(TensorData::new(e, [len]), &device).reshape(xs)
+                            };
+                            (loss(at(u), w.clone(), b.clone()), loss(at(d), w.clone(), b.clone()))
+                        }
+                        "w" => {
+                            let (u, d) = (bump(1.0), bump(-1.0));
+                            let at = |e: Vec<f32>| {
+                                w.clone().detach()
+                                    + Tensor::<1>::from_data(TensorData::new(e, [len]), &device).reshape(ws)
+                            };
+                            (loss(x.clone(), at(u), b.clone()), loss(x.clone(), at(d), b.clone()))
+                        }
+                        _ => {
+                            let (u, d) = (bump(1.0), bump(-1.0));
+                            let at = |e: Vec<f32>| {
+                                b.clone().detach() + Tensor::<1>::from_data(TensorData::new(e, [len]), &device)
+                            };
+                            (loss(x.clone(), w.clone(), at(u)), loss(x.clone(), w.clone(), at(d)))
+                        }
+                    };
+                    let fd = (up - down) / (2.0 * f64::from(h));
+                    let got = f64::from(grad[i]);
+                    // The loss is linear in each input: central differences are exact up to the
+                    // float32 rounding of sums of a few hundred terms.
+                    assert!(
+                        (fd - got).abs() <= 2e-3 * fd.abs().max(1.0),
+                        "{name}[{i}]: {got} vs {fd} ({xs:?} * {ws:?})"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@ mod common;
 mod errors;
 mod finetune;
 mod full_width;
+mod gradients;
 mod hostile;
 mod invariants;
 mod nifti;

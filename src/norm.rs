@@ -1,0 +1,51 @@
+//! BatchNorm as the network runs it: Burn's `BatchNorm` module, with two changes in train mode
+//! (an autodiff device and the layer's training flag on):
+//! - on `flex`, the normalisation and its gradient run through the crate's kernels
+//!   (`cpu::norm`): one pass for the statistics, one for the output, and a gradient that agrees
+//!   with PyTorch (Burn 0.22.1's own on flex does not: see `tests/it/gradients.rs`);
+//! - on every backend the running variance is updated with the unbiased batch variance, as
+//!   PyTorch does (`var * m / (m - 1)` over the `m` values of a channel), so that a network
+//!   fine-tuned here evaluates as the same network fine-tuned in PyTorch.
+//!
+//! In eval mode it is Burn's `BatchNorm::forward` unchanged.
+
+use burn::nn::BatchNorm;
+use burn::tensor::Tensor;
+
+/// `bn` applied to `x` (`[N, C, D, H, W]`).
+pub(crate) fn batch_norm(bn: &BatchNorm, x: Tensor<5>) -> Tensor<5> {
+    if !(x.device().is_autodiff() && bn.training.is_enabled()) {
+        return bn.forward(x);
+    }
+    let [n, c, d, h, w] = x.dims();
+    let m = n * d * h * w;
+    #[cfg(feature = "flex")]
+    let fast = crate::cpu::runs_batch_norm(&x, &bn.gamma.val(), &bn.beta.val());
+    #[cfg(not(feature = "flex"))]
+    let fast = false;
+    let (output, mean, variance) = if fast {
+        // The statistics for the running averages, outside the graph.
+        let flat = x.clone().detach().swap_dims(0, 1).reshape([c, m]);
+        let mean = flat.clone().mean_dim(1).reshape([c]);
+        let centred = flat - mean.clone().reshape([c, 1]);
+        let variance = (centred.clone() * centred).mean_dim(1).reshape([c]);
+        #[cfg(feature = "flex")]
+        let output = crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+        #[cfg(not(feature = "flex"))]
+        let output = x;
+        (output, mean, variance)
+    } else {
+        let r = burn::tensor::module::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+        (r.output, r.mean, r.variance)
+    };
+    let device = output.device();
+    let unbiased = if m > 1 { m as f64 / (m - 1) as f64 } else { 1.0 };
+    let momentum = bn.momentum;
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean
+        .update((running_mean.mul_scalar(1.0 - momentum) + mean.detach().mul_scalar(momentum)).detach());
+    bn.running_var
+        .update((running_var.mul_scalar(1.0 - momentum) + variance.detach().mul_scalar(momentum * unbiased)).detach());
+    output
+}
