@@ -2,6 +2,7 @@
 """Runs PyTorch and resnet3d side by side on this machine and prints the table.
 
     /opt/torch-venv/bin/python benches/compare.py [--backend flex] [--quick]
+    /opt/torch-venv/bin/python benches/compare.py --mode train [--quick]
 
 1. benches/pytorch_reference.py (PyTorch, 2 threads, fp32, eval, inference mode);
 2. `cargo bench --bench forward -- <backend>/` (criterion, release build);
@@ -12,10 +13,17 @@
 
 Backends: `frozen` (FrozenResNet3d: BatchNorm folded, channels-last, AVX-512 or gemm on the
 CPU), `flex` and `ndarray` (the Burn model).
+
+`--mode train`: one fine-tuning step (train mode, cross-entropy, backward, Adam) on a batch of
+2x1x32x96x96, PyTorch eager (`pytorch_reference.py --train`) against `benches/train.rs` on
+`Device::flex().autodiff()`; GFLOP/s counts the forward's multiply-adds three times.
+
+Criterion's results are read from `$CARGO_TARGET_DIR` (default `target/`).
 """
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,17 +46,22 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", default="flex")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--mode", choices=["forward", "train"], default="forward")
     parser.add_argument("--gpu", action="store_true",
                         help="GPU comparison: PyTorch on CUDA, ours on wgpu (--backend wgpu); no memory step")
     args = parser.parse_args()
 
+    train = args.mode == "train"
     ref_cmd = [sys.executable, str(ROOT / "benches" / "pytorch_reference.py")] + (["--quick"] if args.quick else [])
     if args.gpu:
         ref_cmd += ["--device", "cuda"]
+    if train:
+        ref_cmd += ["--train"]
     torch_side = json.loads(subprocess.run(ref_cmd, check=True, capture_output=True, text=True).stdout)
     features = ["--features", "wgpu"] if args.backend == "wgpu" else []
-    subprocess.run(["cargo", "bench", *features, "--bench", "forward", "--", f"{args.backend}/"], check=True, cwd=ROOT)
-    ours = criterion_results(ROOT / "target")
+    bench = "train" if train else "forward"
+    subprocess.run(["cargo", "bench", *features, "--bench", bench, "--", f"{args.backend}/"], check=True, cwd=ROOT)
+    ours = criterion_results(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")))
 
     peak = torch_side["sgemm_gflops"]
     print(f"\nPyTorch {torch_side['torch']} on {torch_side.get('device', 'cpu')}, {torch_side['threads']} threads; "
@@ -65,12 +78,14 @@ def main():
 
     if args.gpu:
         return
-    memory = [json.loads(subprocess.run(ref_cmd[:2] + ["--memory"], check=True, capture_output=True, text=True).stdout)]
-    for mode in ["frozen", "flex"]:
+    memory = [json.loads(subprocess.run(ref_cmd[:2] + ["--memory"] + (["--train"] if train else []), check=True,
+                                        capture_output=True, text=True).stdout)]
+    for mode in (["train"] if train else ["frozen", "flex"]):
         out = subprocess.run(["cargo", "bench", "--bench", "memory", "--", mode], check=True, cwd=ROOT,
                              capture_output=True, text=True).stdout
         memory.append(json.loads(out.strip().splitlines()[-1]))
-    print("\npeak resident set, ResNet3d-50 forward on 1x1x64x128x128 (MB; in brackets: above the process before the model)")
+    what = "ResNet3d-18 train steps on 2x1x32x96x96" if train else "ResNet3d-50 forward on 1x1x64x128x128"
+    print(f"\npeak resident set, {what} (MB; in brackets: above the process before the model)")
     for m in memory:
         print(f"  {m['mode']:<8} {m['peak_mb']:>8.0f} ({m['peak_mb'] - m['before_model_mb']:.0f})")
 

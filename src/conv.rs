@@ -183,8 +183,8 @@ impl Conv {
                 replicate_depth: self.depth_padding == DepthPadding::Replicate,
             };
             let weight = self.weight.val();
-            if crate::cpu::runs(&x, &weight, None, &args) {
-                return crate::cpu::conv3d(x, weight, None, args);
+            if let Some(shape) = crate::cpu::runs(&x, &weight, None, &args) {
+                return crate::cpu::conv3d(x, weight, None, shape);
             }
         }
         let [pd, ph, pw] = self.padding;

@@ -325,12 +325,7 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
     let (oc, ov, taps, in_plane) = (s.out_channels, s.out_voxels(), s.taps(), s.in_voxels());
     // W^T: [k, oc], rows ordered as the patch rows.
     let k = s.k();
-    let mut wt = vec![0.0f32; k * oc];
-    for (o, row) in w.chunks_exact(k).enumerate() {
-        for (p, v) in row.iter().enumerate() {
-            wt[p * oc + o] = *v;
-        }
-    }
+    let wt = transpose(w, oc, k);
     // Work items: (batch item, group of input channels); each adds only into its channels.
     let threads = rayon::current_num_threads().max(1);
     let per_batch = (4 * threads).div_ceil(s.batch).max(1);
@@ -416,9 +411,14 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
         SCRATCH.with_borrow_mut(|(scratch, _)| {
             for b in 0..s.batch {
                 let xb = &x[b * s.in_channels * in_plane..][..s.in_channels * in_plane];
+                // The runs of a block of voxels, computed once for all the block's panels.
+                let mut block: (usize, Vec<Run>) = (usize::MAX, Vec::new());
                 let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
                     // Rows: output voxels ks; columns: patch rows 32 j .. 32 j + 32.
-                    let voxel_runs = runs(ks.clone(), s.output);
+                    if block.0 != ks.start {
+                        block = (ks.start, runs(ks.clone(), s.output));
+                    }
+                    let voxel_runs = &block.1;
                     for col in 0..NR {
                         let p = j * NR + col;
                         if p >= k {
@@ -427,7 +427,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                         }
                         let (ic, tap) = s.tap(p);
                         let plane = &xb[ic * in_plane..][..in_plane];
-                        for run in &voxel_runs {
+                        for run in voxel_runs {
                             gather(s, plane, tap, run, &mut buf[run.at * NR + col..], NR);
                         }
                     }
@@ -453,6 +453,27 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
         });
     });
     dw
+}
+
+/// `m` (`rows x cols`, row-major) transposed, in 32 x 32 blocks so that both sides stay in
+/// cache lines.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const B: usize = 32;
+    let mut t = vec![0.0f32; rows * cols];
+    t.par_chunks_mut(B * rows).enumerate().for_each(|(cb, out)| {
+        // Output rows cb * B .. : input columns.
+        let c0 = cb * B;
+        let c1 = (c0 + B).min(cols);
+        for r0 in (0..rows).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                let src = &m[r * cols + c0..r * cols + c1];
+                for (i, v) in src.iter().enumerate() {
+                    out[i * rows + r] = *v;
+                }
+            }
+        }
+    });
+    t
 }
 
 /// The gradient of the bias: `dy` (`[n, out_channels, voxels]`) summed over the batch and

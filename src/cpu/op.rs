@@ -40,33 +40,31 @@ pub(crate) enum Bias<B: Backend> {
 #[backend_extension(Flex, Autodiff)]
 pub(crate) trait Conv3dBackend: Backend {
     /// `x` `[n, ic, d, h, w]` convolved with `weight` `[oc, ic, kd, kh, kw]`, plus the bias:
-    /// `[n, oc, d', h', w']`. The caller has checked the shapes ([`shape_of`]).
+    /// `[n, oc, d', h', w']`, the tensors being of `shape` (made by [`runs`] from them).
     fn resnet3d_conv3d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         #[extension_type] bias: Bias<Self>,
-        args: Conv3dArgs,
+        shape: ConvShape,
     ) -> FloatTensor<Self>;
 }
 
 /// The gradients of [`Conv3dBackend::resnet3d_conv3d`] on a backend that runs it.
 pub(crate) trait Conv3dGradients: Backend {
-    /// The input's gradient, of `x_shape`.
+    /// The input's gradient.
     fn resnet3d_conv3d_input_grad(
-        x_shape: [usize; 5],
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        args: Conv3dArgs,
+        shape: ConvShape,
     ) -> FloatTensor<Self>;
-    /// The kernel's gradient, of the kernel's shape.
+    /// The kernel's gradient.
     fn resnet3d_conv3d_weight_grad(
         x: FloatTensor<Self>,
-        weight_shape: [usize; 5],
         grad: FloatTensor<Self>,
-        args: Conv3dArgs,
+        shape: ConvShape,
     ) -> FloatTensor<Self>;
     /// The bias's gradient: `[oc]`.
-    fn resnet3d_conv3d_bias_grad(grad: FloatTensor<Self>, args: Conv3dArgs) -> FloatTensor<Self>;
+    fn resnet3d_conv3d_bias_grad(grad: FloatTensor<Self>, shape: ConvShape) -> FloatTensor<Self>;
 }
 
 /// BatchNorm on the batch's statistics as a backend operation.
@@ -172,29 +170,12 @@ fn f32_values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     std::borrow::Cow::Owned(data.try_into_vec::<f32>().unwrap_or_default())
 }
 
-fn dims5(t: &FlexTensor) -> [usize; 5] {
-    let shape = t.layout().shape();
-    let mut dims = [0; 5];
-    for (d, s) in dims.iter_mut().zip(shape.iter()) {
-        *d = *s;
-    }
-    dims
-}
-
 fn flex_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// The shape the op was called with. The op is only reached through [`conv3d`], whose callers
-/// checked with [`runs`] that it computes; the backward pass sees the forward's shapes.
-fn checked_shape(x: [usize; 5], weight: [usize; 5], args: &Conv3dArgs) -> ConvShape {
-    shape_of(x, weight, args)
-        .unwrap_or_else(|| panic!("resnet3d_conv3d: {x:?} * {weight:?} with {args:?} reached the kernels unchecked"))
-}
-
 impl Conv3dBackend for Flex {
-    fn resnet3d_conv3d(x: FlexTensor, weight: FlexTensor, bias: Bias<Self>, args: Conv3dArgs) -> FlexTensor {
-        let s = checked_shape(dims5(&x), dims5(&weight), &args);
+    fn resnet3d_conv3d(x: FlexTensor, weight: FlexTensor, bias: Bias<Self>, s: ConvShape) -> FlexTensor {
         let bias = match &bias {
             Bias::Add(b) => Some(f32_values(b)),
             Bias::Zero => None,
@@ -212,81 +193,61 @@ impl Conv3dBackend for Flex {
 }
 
 impl Conv3dGradients for Flex {
-    fn resnet3d_conv3d_input_grad(
-        x_shape: [usize; 5],
-        weight: FlexTensor,
-        grad: FlexTensor,
-        args: Conv3dArgs,
-    ) -> FlexTensor {
-        let s = checked_shape(x_shape, dims5(&weight), &args);
+    fn resnet3d_conv3d_input_grad(weight: FlexTensor, grad: FlexTensor, s: ConvShape) -> FlexTensor {
         let dx = conv::backward_input(Kernel::detect(), &f32_values(&grad), &f32_values(&weight), &s);
-        flex_tensor(dx, x_shape)
+        let [d, h, w] = s.input;
+        flex_tensor(dx, [s.batch, s.in_channels, d, h, w])
     }
 
-    fn resnet3d_conv3d_weight_grad(
-        x: FlexTensor,
-        weight_shape: [usize; 5],
-        grad: FlexTensor,
-        args: Conv3dArgs,
-    ) -> FlexTensor {
-        let s = checked_shape(dims5(&x), weight_shape, &args);
+    fn resnet3d_conv3d_weight_grad(x: FlexTensor, grad: FlexTensor, s: ConvShape) -> FlexTensor {
         let dw = conv::backward_weight(Kernel::detect(), &f32_values(&x), &f32_values(&grad), &s);
-        flex_tensor(dw, weight_shape)
+        let [kd, kh, kw] = s.kernel;
+        flex_tensor(dw, [s.out_channels, s.in_channels, kd, kh, kw])
     }
 
-    fn resnet3d_conv3d_bias_grad(grad: FlexTensor, _args: Conv3dArgs) -> FlexTensor {
-        let [_, oc, d, h, w] = dims5(&grad);
-        flex_tensor(conv::backward_bias(&f32_values(&grad), oc, d * h * w), [oc])
+    fn resnet3d_conv3d_bias_grad(grad: FlexTensor, s: ConvShape) -> FlexTensor {
+        let voxels = s.output.iter().product();
+        flex_tensor(
+            conv::backward_bias(&f32_values(&grad), s.out_channels, voxels),
+            [s.out_channels],
+        )
     }
 }
 
 mod autodiff {
+    use burn::backend::Backend;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
     use burn::backend::autodiff::{Autodiff, NodeId};
     use burn::backend::tensor::FloatTensor;
-    use burn::backend::{Backend, TensorMetadata};
 
-    use super::{BatchNormBackend, BatchNormGradients, Bias, Conv3dArgs, Conv3dBackend, Conv3dGradients};
+    use super::{BatchNormBackend, BatchNormGradients, Bias, Conv3dBackend, Conv3dGradients, ConvShape};
 
-    fn dims5<B: Backend>(t: &FloatTensor<B>) -> [usize; 5] {
-        let shape = t.shape();
-        let mut dims = [0; 5];
-        for (d, s) in dims.iter_mut().zip(shape.iter()) {
-            *d = *s;
-        }
-        dims
-    }
-
-    /// What the backward pass needs: the input and the kernel (checkpointed), their shapes,
-    /// the settings.
     #[derive(Debug)]
     struct WithBias;
     #[derive(Debug)]
     struct NoBias;
 
-    type State = (NodeId, NodeId, [usize; 5], [usize; 5], Conv3dArgs);
+    /// What the backward pass needs: the input and the kernel (checkpointed), and the shape.
+    type State = (NodeId, NodeId, ConvShape);
 
     /// Registers the gradients of `x` and `weight` (those that are tracked).
     fn input_and_weight<B: Backend + Conv3dGradients>(
         [node_x, node_weight]: [Option<NodeId>; 2],
         grad: &FloatTensor<B>,
-        (x_state, weight_state, x_shape, weight_shape, args): State,
+        (x_state, weight_state, shape): State,
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
         if let Some(node) = node_x {
             let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
-            grads.register::<B>(node, B::resnet3d_conv3d_input_grad(x_shape, weight, grad.clone(), args));
+            grads.register::<B>(node, B::resnet3d_conv3d_input_grad(weight, grad.clone(), shape));
         }
         if let Some(node) = node_weight {
             let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-            grads.register::<B>(
-                node,
-                B::resnet3d_conv3d_weight_grad(x, weight_shape, grad.clone(), args),
-            );
+            grads.register::<B>(node, B::resnet3d_conv3d_weight_grad(x, grad.clone(), shape));
         }
     }
 
@@ -296,11 +257,11 @@ mod autodiff {
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
             let [node_x, node_weight, node_bias] = ops.parents;
             let grad = grads.consume::<B>(&ops.node);
-            let args = ops.state.4;
+            let shape = ops.state.2;
             let ids = [node_x.map(|n| n.id), node_weight.map(|n| n.id)];
             input_and_weight::<B>(ids, &grad, ops.state, grads, checkpointer);
             if let Some(node) = node_bias {
-                grads.register::<B>(node.id, B::resnet3d_conv3d_bias_grad(grad, args));
+                grads.register::<B>(node.id, B::resnet3d_conv3d_bias_grad(grad, shape));
             }
         }
     }
@@ -375,9 +336,8 @@ mod autodiff {
             x: FloatTensor<Self>,
             weight: FloatTensor<Self>,
             bias: Bias<Self>,
-            args: Conv3dArgs,
+            shape: ConvShape,
         ) -> FloatTensor<Self> {
-            let (x_shape, weight_shape) = (dims5::<B>(x.primitive()), dims5::<B>(weight.primitive()));
             match bias {
                 Bias::Add(bias) => match WithBias
                     .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -385,29 +345,22 @@ mod autodiff {
                     .stateful()
                 {
                     OpsKind::Tracked(mut prep) => {
-                        let state = (
-                            prep.checkpoint(&x),
-                            prep.checkpoint(&weight),
-                            x_shape,
-                            weight_shape,
-                            args,
-                        );
+                        let state = (prep.checkpoint(&x), prep.checkpoint(&weight), shape);
+                        let bias = Bias::Add(bias.into_primitive());
                         prep.finish(
                             state,
-                            B::resnet3d_conv3d(
-                                x.into_primitive(),
-                                weight.into_primitive(),
-                                Bias::Add(bias.into_primitive()),
-                                args,
-                            ),
+                            B::resnet3d_conv3d(x.into_primitive(), weight.into_primitive(), bias, shape),
                         )
                     }
-                    OpsKind::UnTracked(prep) => prep.finish(B::resnet3d_conv3d(
-                        x.into_primitive(),
-                        weight.into_primitive(),
-                        Bias::Add(bias.into_primitive()),
-                        args,
-                    )),
+                    OpsKind::UnTracked(prep) => {
+                        let bias = Bias::Add(bias.into_primitive());
+                        prep.finish(B::resnet3d_conv3d(
+                            x.into_primitive(),
+                            weight.into_primitive(),
+                            bias,
+                            shape,
+                        ))
+                    }
                 },
                 Bias::Zero => match NoBias
                     .prepare::<C>([x.node(), weight.node()])
@@ -415,23 +368,17 @@ mod autodiff {
                     .stateful()
                 {
                     OpsKind::Tracked(mut prep) => {
-                        let state = (
-                            prep.checkpoint(&x),
-                            prep.checkpoint(&weight),
-                            x_shape,
-                            weight_shape,
-                            args,
-                        );
+                        let state = (prep.checkpoint(&x), prep.checkpoint(&weight), shape);
                         prep.finish(
                             state,
-                            B::resnet3d_conv3d(x.into_primitive(), weight.into_primitive(), Bias::Zero, args),
+                            B::resnet3d_conv3d(x.into_primitive(), weight.into_primitive(), Bias::Zero, shape),
                         )
                     }
                     OpsKind::UnTracked(prep) => prep.finish(B::resnet3d_conv3d(
                         x.into_primitive(),
                         weight.into_primitive(),
                         Bias::Zero,
-                        args,
+                        shape,
                     )),
                 },
             }
@@ -439,24 +386,31 @@ mod autodiff {
     }
 }
 
-/// Whether [`conv3d`] runs this convolution: `f32` tensors on one `flex` device (with or
-/// without autodiff), of shapes that compute. Elsewhere the caller uses Burn's `conv3d`.
-pub(crate) fn runs(x: &Tensor<5>, weight: &Tensor<5>, bias: Option<&Tensor<1>>, args: &Conv3dArgs) -> bool {
+/// The shape [`conv3d`] runs this convolution with: `f32` tensors on one `flex` device (with
+/// or without autodiff), of shapes that compute; `None` elsewhere (then the caller uses Burn's
+/// `conv3d`). The shape is the op's only check: the kernels take it as the tensors' truth.
+pub(crate) fn runs(
+    x: &Tensor<5>,
+    weight: &Tensor<5>,
+    bias: Option<&Tensor<1>>,
+    args: &Conv3dArgs,
+) -> Option<ConvShape> {
     let device = x.device();
-    device.clone().without_autodiff() == burn::tensor::Device::flex()
+    let fits = device.clone().without_autodiff() == burn::tensor::Device::flex()
         && weight.device() == device
         && x.dtype() == DType::F32
         && weight.dtype() == DType::F32
-        && bias.is_none_or(|b| b.device() == device && b.dtype() == DType::F32 && b.dims()[0] == weight.dims()[0])
-        && shape_of(x.dims(), weight.dims(), args).is_some()
+        && bias.is_none_or(|b| b.device() == device && b.dtype() == DType::F32 && b.dims()[0] == weight.dims()[0]);
+    fits.then(|| shape_of(x.dims(), weight.dims(), args)).flatten()
 }
 
-/// The convolution through the crate's kernels. Call it where [`runs`] says so.
+/// The convolution through the crate's kernels, `shape` being what [`runs`] gave for these
+/// tensors.
 ///
 /// # Shapes
 /// `x` `[n, ic, d, h, w]`, `weight` `[oc, ic, kd, kh, kw]`, `bias` `[oc]` ->
 /// `[n, oc, d', h', w']`
-pub(crate) fn conv3d(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, args: Conv3dArgs) -> Tensor<5> {
+pub(crate) fn conv3d(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, shape: ConvShape) -> Tensor<5> {
     let bias = match bias {
         Some(b) => Bias::Add(b.into_dispatch()),
         None => Bias::Zero,
@@ -465,7 +419,7 @@ pub(crate) fn conv3d(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, a
         x.into_dispatch(),
         weight.into_dispatch(),
         bias,
-        args,
+        shape,
     ))
 }
 
@@ -529,11 +483,11 @@ mod tests {
             let x = tensor(xs, 1, &device).require_grad();
             let w = tensor(ws, 2, &device).require_grad();
             let b = tensor([ws[0]], 3, &device).require_grad();
-            assert!(runs(&x, &w, Some(&b), &args));
-            let y = conv3d(x.clone(), w.clone(), Some(b.clone()), args);
+            let shape = runs(&x, &w, Some(&b), &args).unwrap();
+            let y = conv3d(x.clone(), w.clone(), Some(b.clone()), shape);
             let r = tensor(y.dims(), 4, &device);
             let loss = |x: Tensor<5>, w: Tensor<5>, b: Tensor<1>| -> f64 {
-                let y = conv3d(x.detach(), w.detach(), Some(b.detach()), args);
+                let y = conv3d(x.detach(), w.detach(), Some(b.detach()), shape);
                 scalar((y * r.clone().detach()).sum())
             };
             let grads = (y * r.clone()).sum().backward();
