@@ -10,7 +10,7 @@ use crate::config::{BlockKind, DepthPadding};
 use crate::conv::{Conv, ConvSpec};
 use crate::error::{Error, Result};
 use crate::model::ParamSource;
-use crate::norm::batch_norm;
+use crate::norm::{batch_norm, batch_norm_relu};
 
 /// Where a block sits and what it gets: enough to build any of the block kinds.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +103,7 @@ impl BasicBlock3d {
             Some(downsample) => downsample.forward(x.clone()),
             None => x.clone(),
         };
-        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
+        let y = batch_norm_relu(&self.bn1, self.conv1.forward(x));
         let y = batch_norm(&self.bn2, self.conv2.forward(y));
         // The skip connection.
         relu(y + identity)
@@ -155,8 +155,8 @@ impl Bottleneck3d {
             Some(downsample) => downsample.forward(x.clone()),
             None => x.clone(),
         };
-        let y = relu(batch_norm(&self.bn1, self.conv1.forward(x)));
-        let y = relu(batch_norm(&self.bn2, self.conv2.forward(y)));
+        let y = batch_norm_relu(&self.bn1, self.conv1.forward(x));
+        let y = batch_norm_relu(&self.bn2, self.conv2.forward(y));
         let y = batch_norm(&self.bn3, self.conv3.forward(y));
         // The skip connection.
         relu(y + identity)

@@ -2,13 +2,12 @@
 
 use burn::module::Module;
 use burn::nn::{BatchNorm, BatchNormConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use crate::block::{Block, BlockSpec, check_conv_bn};
 use crate::config::ResNet3dConfig;
 use crate::conv::{Conv, ConvSpec};
-use crate::norm::batch_norm;
+use crate::norm::batch_norm_relu;
 use crate::pool::MaxPool3d;
 
 /// A 3-D ResNet in torchvision's layout: field names are torchvision's state-dict keys.
@@ -396,7 +395,7 @@ impl ResNet3d {
     }
 
     fn stem(&self, x: Tensor<5>) -> Tensor<5> {
-        relu(batch_norm(&self.bn1, self.conv1.forward(x)))
+        batch_norm_relu(&self.bn1, self.conv1.forward(x))
     }
 }
 

@@ -11,11 +11,22 @@
 
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
 
 /// `bn` applied to `x` (`[N, C, D, H, W]`).
 pub(crate) fn batch_norm(bn: &BatchNorm, x: Tensor<5>) -> Tensor<5> {
+    forward(bn, x, false)
+}
+
+/// `relu(bn(x))`, in one pass where the crate's kernels run it.
+pub(crate) fn batch_norm_relu(bn: &BatchNorm, x: Tensor<5>) -> Tensor<5> {
+    forward(bn, x, true)
+}
+
+fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool) -> Tensor<5> {
+    let then_relu = |y: Tensor<5>| if with_relu { relu(y) } else { y };
     if !(x.device().is_autodiff() && bn.training.is_enabled()) {
-        return bn.forward(x);
+        return then_relu(bn.forward(x));
     }
     let [n, c, d, h, w] = x.dims();
     let m = n * d * h * w;
@@ -30,13 +41,13 @@ pub(crate) fn batch_norm(bn: &BatchNorm, x: Tensor<5>) -> Tensor<5> {
         let centred = flat - mean.clone().reshape([c, 1]);
         let variance = (centred.clone() * centred).mean_dim(1).reshape([c]);
         #[cfg(feature = "flex")]
-        let output = crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+        let output = crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, with_relu);
         #[cfg(not(feature = "flex"))]
         let output = x;
         (output, mean, variance)
     } else {
         let r = burn::tensor::module::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
-        (r.output, r.mean, r.variance)
+        (then_relu(r.output), r.mean, r.variance)
     };
     let device = output.device();
     let unbiased = if m > 1 { m as f64 / (m - 1) as f64 } else { 1.0 };

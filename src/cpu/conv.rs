@@ -148,9 +148,15 @@ impl ConvShape {
     fn columns(&self, ox: usize, kw: usize, len: usize) -> (isize, Range<usize>) {
         let (sw, w) = (self.stride[2] as isize, self.input[2] as isize);
         let x0 = (ox * self.stride[2] + kw * self.dilation[2]) as isize - self.padding[2] as isize;
-        // First i with x0 + i * sw >= 0, and first i with x0 + i * sw >= w.
-        let lo = if x0 >= 0 { 0 } else { ((-x0 + sw - 1) / sw) as usize };
-        let hi = if x0 >= w { 0 } else { ((w - x0 + sw - 1) / sw) as usize };
+        // First i with x0 + i * sw >= 0, and first i with x0 + i * sw >= w (no division for
+        // stride 1, the common case: this runs once per patch row and run).
+        let (lo, hi) = if sw == 1 {
+            ((-x0).max(0) as usize, (w - x0).max(0) as usize)
+        } else {
+            let lo = if x0 >= 0 { 0 } else { ((-x0 + sw - 1) / sw) as usize };
+            let hi = if x0 >= w { 0 } else { ((w - x0 + sw - 1) / sw) as usize };
+            (lo, hi)
+        };
         (x0, lo.min(len)..hi.clamp(lo.min(len), len))
     }
 }

@@ -7,6 +7,10 @@
 //! `dx = gamma / sqrt(var + eps) * (g - dbeta / m - xhat * dgamma / m)`.
 //! Sums are taken in `f64` and the statistics in two passes (mean, then squared deviations),
 //! so that a channel with a large mean keeps its variance.
+//!
+//! With `relu`, the output is `max(y, 0)` (NaN kept) in the same pass, and the backward pass
+//! first zeroes `g` where `y <= 0`, recomputing `y` exactly as the forward pass rounded it: one
+//! pass over memory fewer each way than a separate ReLU.
 
 use rayon::prelude::*;
 
@@ -41,31 +45,75 @@ fn per_plane(out: &mut [f32], channels: usize, voxels: usize, f: impl Fn(usize, 
         .for_each(|(i, plane)| f(i % channels.max(1), i, plane));
 }
 
-/// The normalised output `gamma * xhat + beta` with the batch statistics.
-pub(crate) fn forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f64, channels: usize, voxels: usize) -> Vec<f32> {
-    let stats = moments(x, channels, voxels);
+/// Per channel, the `f32` scale and shift the output is computed with: `y = x * scale + shift`.
+fn affine(stats: &[(f64, f64)], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<(f32, f32)> {
+    stats
+        .iter()
+        .zip(gamma.iter().zip(beta))
+        .map(|(&(mean, var), (&g, &b))| {
+            let scale = f64::from(g) / (var + eps).sqrt();
+            (scale as f32, (f64::from(b) - mean * scale) as f32)
+        })
+        .collect()
+}
+
+/// The normalised output `gamma * xhat + beta` with the batch statistics, then ReLU if `relu`.
+pub(crate) fn forward(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+    channels: usize,
+    voxels: usize,
+) -> Vec<f32> {
+    let coefficients = affine(&moments(x, channels, voxels), gamma, beta, eps);
     let mut y = vec![0.0f32; x.len()];
     per_plane(&mut y, channels, voxels, |c, i, out| {
-        let (mean, var) = stats[c];
-        let scale = f64::from(gamma[c]) / (var + eps).sqrt();
-        let shift = f64::from(beta[c]) - mean * scale;
-        let (scale, shift) = (scale as f32, shift as f32);
+        let (scale, shift) = coefficients[c];
         let src = &x[i * voxels..][..voxels];
-        out.iter_mut().zip(src).for_each(|(y, x)| *y = x * scale + shift);
+        if relu {
+            out.iter_mut().zip(src).for_each(|(y, x)| {
+                let v = x * scale + shift;
+                *y = if v < 0.0 { 0.0 } else { v };
+            });
+        } else {
+            out.iter_mut().zip(src).for_each(|(y, x)| *y = x * scale + shift);
+        }
     });
     y
 }
 
-/// `(dx, dgamma, dbeta)` for the output gradient `dy`.
+/// `(dx, dgamma, dbeta)` for the output gradient `dy`; `relu_beta` is `Some(beta)` when the
+/// forward pass applied ReLU (the gradient then passes where `y > 0` or `y` is NaN).
 pub(crate) fn backward(
     x: &[f32],
     gamma: &[f32],
+    relu_beta: Option<&[f32]>,
     dy: &[f32],
     eps: f64,
     channels: usize,
     voxels: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let stats = moments(x, channels, voxels);
+    let masked;
+    let dy = match relu_beta {
+        Some(beta) => {
+            let coefficients = affine(&stats, gamma, beta, eps);
+            let mut g = vec![0.0f32; dy.len()];
+            per_plane(&mut g, channels, voxels, |c, i, out| {
+                let (scale, shift) = coefficients[c];
+                let (xs, gs) = (&x[i * voxels..][..voxels], &dy[i * voxels..][..voxels]);
+                out.iter_mut().zip(xs.iter().zip(gs)).for_each(|(o, (x, g))| {
+                    let v = x * scale + shift;
+                    *o = if v > 0.0 || v.is_nan() { *g } else { 0.0 };
+                });
+            });
+            masked = g;
+            &masked[..]
+        }
+        None => dy,
+    };
     let m = (x.len() / channels.max(1)).max(1) as f64;
     // Per channel: sum g, sum g * xhat.
     let sums: Vec<(f64, f64)> = (0..channels)
@@ -107,26 +155,49 @@ pub(crate) fn backward(
 mod tests {
     use super::*;
 
-    /// Forward and backward against finite differences of the definition, in f64.
+    /// Forward and backward against finite differences of the definition, in f64, with and
+    /// without the ReLU.
     #[test]
     fn gradients_match_finite_differences() {
+        for relu in [false, true] {
+            check(relu);
+        }
+    }
+
+    fn check(relu: bool) {
         let (n, c, v) = (2, 3, 5);
         let x: Vec<f32> = (0..n * c * v)
             .map(|i| ((i * 37 % 17) as f32 - 8.0) / 3.0 + (i % c) as f32 * 5.0)
             .collect();
         let gamma = [1.5f32, -0.5, 0.25];
-        let beta = [0.1f32, 0.2, -0.3];
+        // With the ReLU, shifts that keep every pre-activation at least 0.05 from 0 while
+        // leaving some of each channel's values below it.
+        let beta = if relu {
+            [0.5f32, 0.06, 0.04]
+        } else {
+            [0.1f32, 0.2, -0.3]
+        };
         let w: Vec<f32> = (0..x.len()).map(|i| ((i * 11 % 7) as f32 - 3.0) / 2.0).collect();
         let eps = 1e-5;
         // loss = sum w * y
         let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
-            forward(x, gamma, beta, eps, c, v)
+            forward(x, gamma, beta, eps, relu, c, v)
                 .iter()
                 .zip(&w)
                 .map(|(y, w)| f64::from(*y) * f64::from(*w))
                 .sum()
         };
-        let (dx, dgamma, dbeta) = backward(&x, &gamma, &w, eps, c, v);
+        let (dx, dgamma, dbeta) = backward(&x, &gamma, relu.then_some(&beta[..]), &w, eps, c, v);
+        // Away from the ReLU's kink: every pre-activation at least 0.05 from 0, so that the
+        // loss is smooth at the step size.
+        let pre = forward(&x, &gamma, &beta, eps, false, c, v);
+        let smooth: Vec<bool> = (0..c)
+            .map(|ch| !relu || planes(&pre, c, v, ch).flatten().all(|y| y.abs() > 0.05))
+            .collect();
+        assert!(
+            smooth.iter().all(|&s| s),
+            "a channel comes too close to the kink: {smooth:?}"
+        );
         let h = 1e-2f32;
         for i in 0..x.len() {
             let (mut up, mut down) = (x.clone(), x.clone());
@@ -158,7 +229,7 @@ mod tests {
             );
         }
         // The output has each channel's mean beta and standard deviation |gamma|.
-        let y = forward(&x, &gamma, &beta, 0.0, c, v);
+        let y = forward(&x, &gamma, &beta, 0.0, false, c, v);
         for ch in 0..c {
             let values: Vec<f64> = planes(&y, c, v, ch).flatten().map(|&v| f64::from(v)).collect();
             let mean = values.iter().sum::<f64>() / values.len() as f64;

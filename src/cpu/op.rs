@@ -71,20 +71,23 @@ pub(crate) trait Conv3dGradients: Backend {
 #[backend_extension(Flex, Autodiff)]
 pub(crate) trait BatchNormBackend: Backend {
     /// `gamma * (x - mean) / sqrt(var + epsilon) + beta` per channel (axis 1), mean and
-    /// biased variance over every other axis of `x` (`[n, c, ...]`).
+    /// biased variance over every other axis of `x` (`[n, c, ...]`); then ReLU if `relu`.
     fn resnet3d_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
 /// The gradients of [`BatchNormBackend::resnet3d_batch_norm_train`]: `(x, gamma, beta)`.
 pub(crate) trait BatchNormGradients: Backend {
+    /// `relu_beta`: the forward's `beta` when it applied ReLU.
     fn resnet3d_batch_norm_train_grad(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        relu_beta: Option<FloatTensor<Self>>,
         grad: FloatTensor<Self>,
         epsilon: f64,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
@@ -97,7 +100,13 @@ fn channels_and_voxels(shape: &[usize]) -> (usize, usize) {
 }
 
 impl BatchNormBackend for Flex {
-    fn resnet3d_batch_norm_train(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, epsilon: f64) -> FlexTensor {
+    fn resnet3d_batch_norm_train(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+        relu: bool,
+    ) -> FlexTensor {
         let shape = x.layout().shape().to_vec();
         let (channels, voxels) = channels_and_voxels(&shape);
         let y = norm::forward(
@@ -105,6 +114,7 @@ impl BatchNormBackend for Flex {
             &f32_values(&gamma),
             &f32_values(&beta),
             epsilon,
+            relu,
             channels,
             voxels,
         );
@@ -116,14 +126,17 @@ impl BatchNormGradients for Flex {
     fn resnet3d_batch_norm_train_grad(
         x: FlexTensor,
         gamma: FlexTensor,
+        relu_beta: Option<FlexTensor>,
         grad: FlexTensor,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = x.layout().shape().to_vec();
         let (channels, voxels) = channels_and_voxels(&shape);
+        let beta = relu_beta.as_ref().map(f32_values);
         let (dx, dgamma, dbeta) = norm::backward(
             &f32_values(&x),
             &f32_values(&gamma),
+            beta.as_deref(),
             &f32_values(&grad),
             epsilon,
             channels,
@@ -280,15 +293,17 @@ mod autodiff {
     struct BatchNormTrain;
 
     impl<B: Backend + BatchNormGradients> Backward<B, 3> for BatchNormTrain {
-        type State = (NodeId, NodeId, f64);
+        /// `x`, `gamma`, and `beta` where the forward applied ReLU (checkpointed); epsilon.
+        type State = (NodeId, NodeId, Option<NodeId>, f64);
 
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
             let [node_x, node_gamma, node_beta] = ops.parents;
             let grad = grads.consume::<B>(&ops.node);
-            let (x_state, gamma_state, epsilon) = ops.state;
+            let (x_state, gamma_state, beta_state, epsilon) = ops.state;
             let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
             let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
-            let (dx, dgamma, dbeta) = B::resnet3d_batch_norm_train_grad(x, gamma, grad, epsilon);
+            let beta = beta_state.map(|b| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(b));
+            let (dx, dgamma, dbeta) = B::resnet3d_batch_norm_train_grad(x, gamma, beta, grad, epsilon);
             for (node, value) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
                 if let Some(node) = node {
                     grads.register::<B>(node.id, value);
@@ -303,6 +318,7 @@ mod autodiff {
             gamma: FloatTensor<Self>,
             beta: FloatTensor<Self>,
             epsilon: f64,
+            relu: bool,
         ) -> FloatTensor<Self> {
             match BatchNormTrain
                 .prepare::<C>([x.node(), gamma.node(), beta.node()])
@@ -310,7 +326,8 @@ mod autodiff {
                 .stateful()
             {
                 OpsKind::Tracked(mut prep) => {
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), epsilon);
+                    let beta_state = relu.then(|| prep.checkpoint(&beta));
+                    let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), beta_state, epsilon);
                     prep.finish(
                         state,
                         B::resnet3d_batch_norm_train(
@@ -318,6 +335,7 @@ mod autodiff {
                             gamma.into_primitive(),
                             beta.into_primitive(),
                             epsilon,
+                            relu,
                         ),
                     )
                 }
@@ -326,6 +344,7 @@ mod autodiff {
                     gamma.into_primitive(),
                     beta.into_primitive(),
                     epsilon,
+                    relu,
                 )),
             }
         }
@@ -434,14 +453,15 @@ pub(crate) fn runs_batch_norm(x: &Tensor<5>, gamma: &Tensor<1>, beta: &Tensor<1>
             .all(|t| t.device() == device && t.dtype() == DType::F32 && t.dims()[0] == x.dims()[1])
 }
 
-/// BatchNorm on the batch's statistics through the crate's kernels, with its gradient. Call
-/// it where [`runs_batch_norm`] says so.
-pub(crate) fn batch_norm_train(x: Tensor<5>, gamma: Tensor<1>, beta: Tensor<1>, epsilon: f64) -> Tensor<5> {
+/// BatchNorm on the batch's statistics through the crate's kernels, then ReLU if `relu`, with
+/// its gradient. Call it where [`runs_batch_norm`] says so.
+pub(crate) fn batch_norm_train(x: Tensor<5>, gamma: Tensor<1>, beta: Tensor<1>, epsilon: f64, relu: bool) -> Tensor<5> {
     Tensor::from_dispatch(<Dispatch as BatchNormBackend>::resnet3d_batch_norm_train(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
         epsilon,
+        relu,
     ))
 }
 
