@@ -117,6 +117,16 @@
 //! examples use), `Device::ndarray()` (feature `ndarray`) and `Device::wgpu(..)` (feature
 //! `wgpu`: Vulkan, Metal, DX12, or a software Vulkan driver such as Mesa's lavapipe).
 //!
+//! # Fine-tuning on the CPU
+//!
+//! On a `flex` device, with or without autodiff, every convolution of the network is the
+//! crate's own Burn operation (a backend extension): patches packed block by block into an
+//! AVX-512 register-tiled product, with hand-written input, weight and bias gradients through
+//! the same product. In train mode the BatchNorm layers (with the ReLU that follows them) are
+//! one such operation too, and the running variance is updated with the unbiased batch
+//! variance, as PyTorch does. The gradients of a training step are checked against PyTorch's
+//! (computed in float64). On `ndarray` and `wgpu` the network uses Burn's own operations.
+//!
 //! # Fast inference on the CPU
 //!
 //! [`ResNet3d::freeze`] gives a [`FrozenResNet3d`]: BatchNorm folded into the convolutions,
