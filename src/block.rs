@@ -4,13 +4,12 @@
 use burn::module::Module;
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
-use burn::tensor::activation::relu;
 
 use crate::config::{BlockKind, DepthPadding};
 use crate::conv::{Conv, ConvSpec};
 use crate::error::{Error, Result};
 use crate::model::ParamSource;
-use crate::norm::{batch_norm, batch_norm_relu};
+use crate::norm::{batch_norm, batch_norm_add_relu, batch_norm_relu};
 
 /// Where a block sits and what it gets: enough to build any of the block kinds.
 #[derive(Debug, Clone, Copy)]
@@ -104,9 +103,8 @@ impl BasicBlock3d {
             None => x.clone(),
         };
         let y = batch_norm_relu(&self.bn1, self.conv1.forward(x));
-        let y = batch_norm(&self.bn2, self.conv2.forward(y));
-        // The skip connection.
-        relu(y + identity)
+        // The skip connection, added before the last ReLU.
+        batch_norm_add_relu(&self.bn2, self.conv2.forward(y), identity)
     }
 }
 
@@ -157,9 +155,8 @@ impl Bottleneck3d {
         };
         let y = batch_norm_relu(&self.bn1, self.conv1.forward(x));
         let y = batch_norm_relu(&self.bn2, self.conv2.forward(y));
-        let y = batch_norm(&self.bn3, self.conv3.forward(y));
-        // The skip connection.
-        relu(y + identity)
+        // The skip connection, added before the last ReLU.
+        batch_norm_add_relu(&self.bn3, self.conv3.forward(y), identity)
     }
 }
 

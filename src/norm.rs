@@ -1,8 +1,9 @@
 //! BatchNorm as the network runs it: Burn's `BatchNorm` module, with two changes in train mode
 //! (an autodiff device and the layer's training flag on):
 //! - on `flex`, the normalisation and its gradient run through the crate's kernels
-//!   (`cpu::norm`): one pass for the statistics, one for the output, and a gradient that agrees
-//!   with PyTorch (Burn 0.22.1's own on flex does not: see `tests/it/gradients.rs`);
+//!   (`cpu::norm`), with the ReLU that follows and the residual added before it in the same
+//!   pass, and a gradient that agrees with PyTorch (Burn 0.22.1's own on flex does not: see
+//!   `tests/it/gradients.rs`);
 //! - on every backend the running variance is updated with the unbiased batch variance, as
 //!   PyTorch does (`var * m / (m - 1)` over the `m` values of a channel), so that a network
 //!   fine-tuned here evaluates as the same network fine-tuned in PyTorch.
@@ -15,23 +16,35 @@ use burn::tensor::activation::relu;
 
 /// `bn` applied to `x` (`[N, C, D, H, W]`).
 pub(crate) fn batch_norm(bn: &BatchNorm, x: Tensor<5>) -> Tensor<5> {
-    forward(bn, x, false)
+    forward(bn, x, false, None)
 }
 
 /// `relu(bn(x))`, in one pass where the crate's kernels run it.
 pub(crate) fn batch_norm_relu(bn: &BatchNorm, x: Tensor<5>) -> Tensor<5> {
-    forward(bn, x, true)
+    forward(bn, x, true, None)
 }
 
-fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool) -> Tensor<5> {
-    let then_relu = |y: Tensor<5>| if with_relu { relu(y) } else { y };
+/// `relu(bn(x) + residual)`, the end of a residual block, in one pass where the crate's
+/// kernels run it.
+pub(crate) fn batch_norm_add_relu(bn: &BatchNorm, x: Tensor<5>, residual: Tensor<5>) -> Tensor<5> {
+    forward(bn, x, true, Some(residual))
+}
+
+fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool, residual: Option<Tensor<5>>) -> Tensor<5> {
+    let then = |y: Tensor<5>, residual: Option<Tensor<5>>| {
+        let y = match residual {
+            Some(r) => y + r,
+            None => y,
+        };
+        if with_relu { relu(y) } else { y }
+    };
     if !(x.device().is_autodiff() && bn.training.is_enabled()) {
-        return then_relu(bn.forward(x));
+        return then(bn.forward(x), residual);
     }
     let [n, c, d, h, w] = x.dims();
     let m = n * d * h * w;
     #[cfg(feature = "flex")]
-    let fast = crate::cpu::runs_batch_norm(&x, &bn.gamma.val(), &bn.beta.val());
+    let fast = crate::cpu::runs_batch_norm(&x, &bn.gamma.val(), &bn.beta.val(), residual.as_ref());
     #[cfg(not(feature = "flex"))]
     let fast = false;
     let (output, mean, variance) = if fast {
@@ -41,13 +54,13 @@ fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool) -> Tensor<5> {
         let centred = flat - mean.clone().reshape([c, 1]);
         let variance = (centred.clone() * centred).mean_dim(1).reshape([c]);
         #[cfg(feature = "flex")]
-        let output = crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, with_relu);
+        let output = crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, with_relu, residual);
         #[cfg(not(feature = "flex"))]
-        let output = x;
+        let output = then(x, residual);
         (output, mean, variance)
     } else {
         let r = burn::tensor::module::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
-        (then_relu(r.output), r.mean, r.variance)
+        (then(r.output, residual), r.mean, r.variance)
     };
     let device = output.device();
     let unbiased = if m > 1 { m as f64 / (m - 1) as f64 } else { 1.0 };

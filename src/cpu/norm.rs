@@ -8,9 +8,11 @@
 //! Sums are taken in `f64` and the statistics in two passes (mean, then squared deviations),
 //! so that a channel with a large mean keeps its variance.
 //!
-//! With `relu`, the output is `max(y, 0)` (NaN kept) in the same pass, and the backward pass
-//! first zeroes `g` where `y <= 0`, recomputing `y` exactly as the forward pass rounded it: one
-//! pass over memory fewer each way than a separate ReLU.
+//! What follows the normalisation can run in the same pass ([`Then`]): a ReLU, `max(y, 0)`
+//! (NaN kept), or a residual added before it, `max(y + r, 0)` (the end of a residual block).
+//! The backward pass then first zeroes `g` where the ReLU's input was `<= 0`, recomputing it
+//! exactly as the forward pass rounded it, and that masked `g` is also the residual's
+//! gradient: passes over memory fewer each way than separate add and ReLU operations.
 
 use rayon::prelude::*;
 
@@ -45,6 +47,17 @@ fn per_plane(out: &mut [f32], channels: usize, voxels: usize, f: impl Fn(usize, 
         .for_each(|(i, plane)| f(i % channels.max(1), i, plane));
 }
 
+/// What the forward pass applies after the normalisation, in the same pass.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Then<'a> {
+    /// Nothing: `y`.
+    Nothing,
+    /// `max(y, 0)`.
+    Relu,
+    /// `max(y + residual, 0)`, the residual of the output's shape.
+    AddRelu(&'a [f32]),
+}
+
 /// Per channel, the `f32` scale and shift the output is computed with: `y = x * scale + shift`.
 fn affine(stats: &[(f64, f64)], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<(f32, f32)> {
     stats
@@ -57,63 +70,77 @@ fn affine(stats: &[(f64, f64)], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<(f
         .collect()
 }
 
-/// The normalised output `gamma * xhat + beta` with the batch statistics, then ReLU if `relu`.
+/// The normalised output `gamma * xhat + beta` with the batch statistics, then `then`.
 pub(crate) fn forward(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f64,
-    relu: bool,
+    then: Then<'_>,
     channels: usize,
     voxels: usize,
 ) -> Vec<f32> {
     let coefficients = affine(&moments(x, channels, voxels), gamma, beta, eps);
     let mut y = vec![0.0f32; x.len()];
+    let relu = |v: f32| if v < 0.0 { 0.0 } else { v };
     per_plane(&mut y, channels, voxels, |c, i, out| {
         let (scale, shift) = coefficients[c];
         let src = &x[i * voxels..][..voxels];
-        if relu {
-            out.iter_mut().zip(src).for_each(|(y, x)| {
-                let v = x * scale + shift;
-                *y = if v < 0.0 { 0.0 } else { v };
-            });
-        } else {
-            out.iter_mut().zip(src).for_each(|(y, x)| *y = x * scale + shift);
+        match then {
+            Then::Nothing => out.iter_mut().zip(src).for_each(|(y, x)| *y = x * scale + shift),
+            Then::Relu => out.iter_mut().zip(src).for_each(|(y, x)| *y = relu(x * scale + shift)),
+            Then::AddRelu(residual) => {
+                let r = &residual[i * voxels..][..voxels];
+                out.iter_mut()
+                    .zip(src.iter().zip(r))
+                    .for_each(|(y, (x, r))| *y = relu(x * scale + shift + r));
+            }
         }
     });
     y
 }
 
-/// `(dx, dgamma, dbeta)` for the output gradient `dy`; `relu_beta` is `Some(beta)` when the
-/// forward pass applied ReLU (the gradient then passes where `y > 0` or `y` is NaN).
+/// The gradients of [`forward`] with the same `then` for the output gradient `dy`:
+/// `(dx, dgamma, dbeta, dresidual)`, the last `Some` for [`Then::AddRelu`]. The ReLU passes
+/// the gradient where its input was `> 0` or NaN.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     x: &[f32],
     gamma: &[f32],
-    relu_beta: Option<&[f32]>,
+    beta: &[f32],
+    then: Then<'_>,
     dy: &[f32],
     eps: f64,
     channels: usize,
     voxels: usize,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+) -> (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let stats = moments(x, channels, voxels);
-    let masked;
-    let dy = match relu_beta {
-        Some(beta) => {
+    let masked = match then {
+        Then::Nothing => None,
+        Then::Relu | Then::AddRelu(_) => {
             let coefficients = affine(&stats, gamma, beta, eps);
+            let pass = |v: f32, g: f32| if v > 0.0 || v.is_nan() { g } else { 0.0 };
             let mut g = vec![0.0f32; dy.len()];
             per_plane(&mut g, channels, voxels, |c, i, out| {
                 let (scale, shift) = coefficients[c];
                 let (xs, gs) = (&x[i * voxels..][..voxels], &dy[i * voxels..][..voxels]);
-                out.iter_mut().zip(xs.iter().zip(gs)).for_each(|(o, (x, g))| {
-                    let v = x * scale + shift;
-                    *o = if v > 0.0 || v.is_nan() { *g } else { 0.0 };
-                });
+                match then {
+                    Then::AddRelu(residual) => {
+                        let r = &residual[i * voxels..][..voxels];
+                        out.iter_mut()
+                            .zip(xs.iter().zip(gs).zip(r))
+                            .for_each(|(o, ((x, g), r))| *o = pass(x * scale + shift + r, *g));
+                    }
+                    _ => out
+                        .iter_mut()
+                        .zip(xs.iter().zip(gs))
+                        .for_each(|(o, (x, g))| *o = pass(x * scale + shift, *g)),
+                }
             });
-            masked = g;
-            &masked[..]
+            Some(g)
         }
-        None => dy,
     };
+    let dy = masked.as_deref().unwrap_or(dy);
     let m = (x.len() / channels.max(1)).max(1) as f64;
     // Per channel: sum g, sum g * xhat.
     let sums: Vec<(f64, f64)> = (0..channels)
@@ -148,88 +175,90 @@ pub(crate) fn backward(
     });
     let dgamma = sums.iter().map(|&(_, sgx)| sgx as f32).collect();
     let dbeta = sums.iter().map(|&(sg, _)| sg as f32).collect();
-    (dx, dgamma, dbeta)
+    let dresidual = match then {
+        Then::AddRelu(_) => masked,
+        _ => None,
+    };
+    (dx, dgamma, dbeta, dresidual)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Forward and backward against finite differences of the definition, in f64, with and
-    /// without the ReLU.
+    /// Forward and backward against finite differences of the definition, in f64: alone, with
+    /// the ReLU, and with a residual added before the ReLU.
     #[test]
     fn gradients_match_finite_differences() {
-        for relu in [false, true] {
-            check(relu);
+        for mode in 0..3 {
+            check(mode);
         }
     }
 
-    fn check(relu: bool) {
+    fn check(mode: usize) {
         let (n, c, v) = (2, 3, 5);
         let x: Vec<f32> = (0..n * c * v)
             .map(|i| ((i * 37 % 17) as f32 - 8.0) / 3.0 + (i % c) as f32 * 5.0)
             .collect();
         let gamma = [1.5f32, -0.5, 0.25];
         // With the ReLU, shifts that keep every pre-activation at least 0.05 from 0 while
-        // leaving some of each channel's values below it.
-        let beta = if relu {
-            [0.5f32, 0.06, 0.04]
-        } else {
+        // leaving some of each channel's values below it; the residual moves them by 0.02 at most.
+        let beta = if mode == 0 {
             [0.1f32, 0.2, -0.3]
+        } else {
+            [0.5f32, 0.06, 0.04]
         };
+        let residual: Vec<f32> = (0..x.len()).map(|i| 0.01 * (i % 3) as f32).collect();
+        fn then(mode: usize, r: &[f32]) -> Then<'_> {
+            match mode {
+                0 => Then::Nothing,
+                1 => Then::Relu,
+                _ => Then::AddRelu(r),
+            }
+        }
         let w: Vec<f32> = (0..x.len()).map(|i| ((i * 11 % 7) as f32 - 3.0) / 2.0).collect();
         let eps = 1e-5;
         // loss = sum w * y
-        let loss = |x: &[f32], gamma: &[f32], beta: &[f32]| -> f64 {
-            forward(x, gamma, beta, eps, relu, c, v)
+        let loss = |x: &[f32], gamma: &[f32], beta: &[f32], r: &[f32]| -> f64 {
+            forward(x, gamma, beta, eps, then(mode, r), c, v)
                 .iter()
                 .zip(&w)
                 .map(|(y, w)| f64::from(*y) * f64::from(*w))
                 .sum()
         };
-        let (dx, dgamma, dbeta) = backward(&x, &gamma, relu.then_some(&beta[..]), &w, eps, c, v);
-        // Away from the ReLU's kink: every pre-activation at least 0.05 from 0, so that the
+        let (dx, dgamma, dbeta, dr) = backward(&x, &gamma, &beta, then(mode, &residual), &w, eps, c, v);
+        assert_eq!(dr.is_some(), mode == 2);
+        // Away from the ReLU's kink: every input of the ReLU at least 0.03 from 0, so that the
         // loss is smooth at the step size.
-        let pre = forward(&x, &gamma, &beta, eps, false, c, v);
-        let smooth: Vec<bool> = (0..c)
-            .map(|ch| !relu || planes(&pre, c, v, ch).flatten().all(|y| y.abs() > 0.05))
-            .collect();
+        let pre = forward(&x, &gamma, &beta, eps, Then::Nothing, c, v);
         assert!(
-            smooth.iter().all(|&s| s),
-            "a channel comes too close to the kink: {smooth:?}"
+            mode == 0 || pre.iter().zip(&residual).all(|(y, r)| (y + r).abs() > 0.03),
+            "an input of the ReLU comes too close to the kink"
         );
         let h = 1e-2f32;
+        let fd = |f: &dyn Fn(f32) -> f64| (f(h) - f(-h)) / (2.0 * f64::from(h));
+        let close = |fd: f64, got: f32| (fd - f64::from(got)).abs() < 2e-3 * fd.abs().max(1.0);
+        let bump = |values: &[f32], i: usize, e: f32| {
+            let mut out = values.to_vec();
+            out[i] += e;
+            out
+        };
         for i in 0..x.len() {
-            let (mut up, mut down) = (x.clone(), x.clone());
-            up[i] += h;
-            down[i] -= h;
-            let fd = (loss(&up, &gamma, &beta) - loss(&down, &gamma, &beta)) / (2.0 * f64::from(h));
-            assert!(
-                (fd - f64::from(dx[i])).abs() < 2e-3 * fd.abs().max(1.0),
-                "dx[{i}]: {} vs {fd}",
-                dx[i]
-            );
+            let d = fd(&|e| loss(&bump(&x, i, e), &gamma, &beta, &residual));
+            assert!(close(d, dx[i]), "mode {mode}: dx[{i}]: {} vs {d}", dx[i]);
+            if let Some(dr) = &dr {
+                let d = fd(&|e| loss(&x, &gamma, &beta, &bump(&residual, i, e)));
+                assert!(close(d, dr[i]), "dresidual[{i}]: {} vs {d}", dr[i]);
+            }
         }
         for ch in 0..c {
-            let (mut up, mut down) = (gamma, gamma);
-            up[ch] += h;
-            down[ch] -= h;
-            let fd = (loss(&x, &up, &beta) - loss(&x, &down, &beta)) / (2.0 * f64::from(h));
-            assert!(
-                (fd - f64::from(dgamma[ch])).abs() < 2e-3 * fd.abs().max(1.0),
-                "dgamma[{ch}]"
-            );
-            let (mut up, mut down) = (beta, beta);
-            up[ch] += h;
-            down[ch] -= h;
-            let fd = (loss(&x, &gamma, &up) - loss(&x, &gamma, &down)) / (2.0 * f64::from(h));
-            assert!(
-                (fd - f64::from(dbeta[ch])).abs() < 2e-3 * fd.abs().max(1.0),
-                "dbeta[{ch}]"
-            );
+            let d = fd(&|e| loss(&x, &bump(&gamma, ch, e), &beta, &residual));
+            assert!(close(d, dgamma[ch]), "mode {mode}: dgamma[{ch}]");
+            let d = fd(&|e| loss(&x, &gamma, &bump(&beta, ch, e), &residual));
+            assert!(close(d, dbeta[ch]), "mode {mode}: dbeta[{ch}]");
         }
         // The output has each channel's mean beta and standard deviation |gamma|.
-        let y = forward(&x, &gamma, &beta, 0.0, false, c, v);
+        let y = forward(&x, &gamma, &beta, 0.0, Then::Nothing, c, v);
         for ch in 0..c {
             let values: Vec<f64> = planes(&y, c, v, ch).flatten().map(|&v| f64::from(v)).collect();
             let mean = values.iter().sum::<f64>() / values.len() as f64;

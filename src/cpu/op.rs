@@ -67,30 +67,47 @@ pub(crate) trait Conv3dGradients: Backend {
     fn resnet3d_conv3d_bias_grad(grad: FloatTensor<Self>, shape: ConvShape) -> FloatTensor<Self>;
 }
 
+/// What the BatchNorm op applies after the normalisation, in the same pass.
+#[derive(ExtensionType)]
+pub(crate) enum After<B: Backend> {
+    /// Nothing.
+    Nothing,
+    /// ReLU.
+    Relu,
+    /// The residual added, then ReLU: the end of a residual block.
+    AddRelu(FloatTensor<B>),
+}
+
 /// BatchNorm on the batch's statistics as a backend operation.
 #[backend_extension(Flex, Autodiff)]
 pub(crate) trait BatchNormBackend: Backend {
     /// `gamma * (x - mean) / sqrt(var + epsilon) + beta` per channel (axis 1), mean and
-    /// biased variance over every other axis of `x` (`[n, c, ...]`); then ReLU if `relu`.
+    /// biased variance over every other axis of `x` (`[n, c, ...]`); then `after`.
     fn resnet3d_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        #[extension_type] after: After<Self>,
         epsilon: f64,
-        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
-/// The gradients of [`BatchNormBackend::resnet3d_batch_norm_train`]: `(x, gamma, beta)`.
+/// The gradients of [`BatchNormBackend::resnet3d_batch_norm_train`]:
+/// `(x, gamma, beta, residual)`, the last for [`After::AddRelu`].
 pub(crate) trait BatchNormGradients: Backend {
-    /// `relu_beta`: the forward's `beta` when it applied ReLU.
     fn resnet3d_batch_norm_train_grad(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
-        relu_beta: Option<FloatTensor<Self>>,
+        beta: FloatTensor<Self>,
+        after: After<Self>,
         grad: FloatTensor<Self>,
         epsilon: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+    );
 }
 
 /// `(channels, voxels per plane)` of `[n, c, ...]`.
@@ -99,22 +116,39 @@ fn channels_and_voxels(shape: &[usize]) -> (usize, usize) {
     (channels, shape.iter().skip(2).product())
 }
 
+/// The residual's values, if any, for [`norm::Then`].
+fn residual_values(after: &After<Flex>) -> Option<std::borrow::Cow<'_, [f32]>> {
+    match after {
+        After::AddRelu(r) => Some(f32_values(r)),
+        _ => None,
+    }
+}
+
+fn then<'a>(after: &After<Flex>, residual: &'a Option<std::borrow::Cow<'_, [f32]>>) -> norm::Then<'a> {
+    match (after, residual) {
+        (After::Nothing, _) => norm::Then::Nothing,
+        (After::AddRelu(_), Some(r)) => norm::Then::AddRelu(r),
+        _ => norm::Then::Relu,
+    }
+}
+
 impl BatchNormBackend for Flex {
     fn resnet3d_batch_norm_train(
         x: FlexTensor,
         gamma: FlexTensor,
         beta: FlexTensor,
+        after: After<Self>,
         epsilon: f64,
-        relu: bool,
     ) -> FlexTensor {
         let shape = x.layout().shape().to_vec();
         let (channels, voxels) = channels_and_voxels(&shape);
+        let residual = residual_values(&after);
         let y = norm::forward(
             &f32_values(&x),
             &f32_values(&gamma),
             &f32_values(&beta),
             epsilon,
-            relu,
+            then(&after, &residual),
             channels,
             voxels,
         );
@@ -126,26 +160,29 @@ impl BatchNormGradients for Flex {
     fn resnet3d_batch_norm_train_grad(
         x: FlexTensor,
         gamma: FlexTensor,
-        relu_beta: Option<FlexTensor>,
+        beta: FlexTensor,
+        after: After<Self>,
         grad: FlexTensor,
         epsilon: f64,
-    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+    ) -> (FlexTensor, FlexTensor, FlexTensor, Option<FlexTensor>) {
         let shape = x.layout().shape().to_vec();
         let (channels, voxels) = channels_and_voxels(&shape);
-        let beta = relu_beta.as_ref().map(f32_values);
-        let (dx, dgamma, dbeta) = norm::backward(
+        let residual = residual_values(&after);
+        let (dx, dgamma, dbeta, dresidual) = norm::backward(
             &f32_values(&x),
             &f32_values(&gamma),
-            beta.as_deref(),
+            &f32_values(&beta),
+            then(&after, &residual),
             &f32_values(&grad),
             epsilon,
             channels,
             voxels,
         );
         (
-            FlexTensor::from_data(TensorData::new(dx, shape)),
+            FlexTensor::from_data(TensorData::new(dx, shape.clone())),
             flex_tensor(dgamma, [channels]),
             flex_tensor(dbeta, [channels]),
+            dresidual.map(|d| FlexTensor::from_data(TensorData::new(d, shape))),
         )
     }
 }
@@ -236,7 +273,7 @@ mod autodiff {
     use burn::backend::autodiff::{Autodiff, NodeId};
     use burn::backend::tensor::FloatTensor;
 
-    use super::{BatchNormBackend, BatchNormGradients, Bias, Conv3dBackend, Conv3dGradients, ConvShape};
+    use super::{After, BatchNormBackend, BatchNormGradients, Bias, Conv3dBackend, Conv3dGradients, ConvShape};
 
     #[derive(Debug)]
     struct WithBias;
@@ -291,24 +328,60 @@ mod autodiff {
 
     #[derive(Debug)]
     struct BatchNormTrain;
+    #[derive(Debug)]
+    struct BatchNormAddRelu;
+
+    /// `x`, `gamma`, `beta` and the residual (checkpointed), whether the forward applied ReLU,
+    /// epsilon.
+    type NormState = (NodeId, NodeId, NodeId, Option<NodeId>, bool, f64);
+
+    /// The gradients of the BatchNorm op, registered for its tracked inputs.
+    fn norm_backward<B: Backend + BatchNormGradients>(
+        nodes: [Option<NodeId>; 4],
+        grad: FloatTensor<B>,
+        (x_state, gamma_state, beta_state, residual_state, relu, epsilon): NormState,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+        let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
+        let beta = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(beta_state);
+        let after = match residual_state {
+            Some(r) => After::AddRelu(checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(r)),
+            None if relu => After::Relu,
+            None => After::Nothing,
+        };
+        let (dx, dgamma, dbeta, dresidual) = B::resnet3d_batch_norm_train_grad(x, gamma, beta, after, grad, epsilon);
+        let [node_x, node_gamma, node_beta, node_residual] = nodes;
+        for (node, value) in [
+            (node_x, Some(dx)),
+            (node_gamma, Some(dgamma)),
+            (node_beta, Some(dbeta)),
+            (node_residual, dresidual),
+        ] {
+            if let (Some(node), Some(value)) = (node, value) {
+                grads.register::<B>(node, value);
+            }
+        }
+    }
 
     impl<B: Backend + BatchNormGradients> Backward<B, 3> for BatchNormTrain {
-        /// `x`, `gamma`, and `beta` where the forward applied ReLU (checkpointed); epsilon.
-        type State = (NodeId, NodeId, Option<NodeId>, f64);
+        type State = NormState;
 
         fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-            let [node_x, node_gamma, node_beta] = ops.parents;
             let grad = grads.consume::<B>(&ops.node);
-            let (x_state, gamma_state, beta_state, epsilon) = ops.state;
-            let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-            let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
-            let beta = beta_state.map(|b| checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(b));
-            let (dx, dgamma, dbeta) = B::resnet3d_batch_norm_train_grad(x, gamma, beta, grad, epsilon);
-            for (node, value) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
-                if let Some(node) = node {
-                    grads.register::<B>(node.id, value);
-                }
-            }
+            let [x, gamma, beta] = ops.parents.map(|n| n.map(|n| n.id));
+            norm_backward::<B>([x, gamma, beta, None], grad, ops.state, grads, checkpointer);
+        }
+    }
+
+    impl<B: Backend + BatchNormGradients> Backward<B, 4> for BatchNormAddRelu {
+        type State = NormState;
+
+        fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+            let grad = grads.consume::<B>(&ops.node);
+            let nodes = ops.parents.map(|n| n.map(|n| n.id));
+            norm_backward::<B>(nodes, grad, ops.state, grads, checkpointer);
         }
     }
 
@@ -317,35 +390,82 @@ mod autodiff {
             x: FloatTensor<Self>,
             gamma: FloatTensor<Self>,
             beta: FloatTensor<Self>,
+            after: After<Self>,
             epsilon: f64,
-            relu: bool,
         ) -> FloatTensor<Self> {
-            match BatchNormTrain
-                .prepare::<C>([x.node(), gamma.node(), beta.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(mut prep) => {
-                    let beta_state = relu.then(|| prep.checkpoint(&beta));
-                    let state = (prep.checkpoint(&x), prep.checkpoint(&gamma), beta_state, epsilon);
-                    prep.finish(
-                        state,
-                        B::resnet3d_batch_norm_train(
+            match after {
+                After::AddRelu(residual) => {
+                    match BatchNormAddRelu
+                        .prepare::<C>([x.node(), gamma.node(), beta.node(), residual.node()])
+                        .compute_bound()
+                        .stateful()
+                    {
+                        OpsKind::Tracked(mut prep) => {
+                            let state = (
+                                prep.checkpoint(&x),
+                                prep.checkpoint(&gamma),
+                                prep.checkpoint(&beta),
+                                Some(prep.checkpoint(&residual)),
+                                true,
+                                epsilon,
+                            );
+                            let after = After::AddRelu(residual.into_primitive());
+                            let y = B::resnet3d_batch_norm_train(
+                                x.into_primitive(),
+                                gamma.into_primitive(),
+                                beta.into_primitive(),
+                                after,
+                                epsilon,
+                            );
+                            prep.finish(state, y)
+                        }
+                        OpsKind::UnTracked(prep) => {
+                            let after = After::AddRelu(residual.into_primitive());
+                            prep.finish(B::resnet3d_batch_norm_train(
+                                x.into_primitive(),
+                                gamma.into_primitive(),
+                                beta.into_primitive(),
+                                after,
+                                epsilon,
+                            ))
+                        }
+                    }
+                }
+                plain => {
+                    let relu = matches!(plain, After::Relu);
+                    let after = || if relu { After::Relu } else { After::Nothing };
+                    match BatchNormTrain
+                        .prepare::<C>([x.node(), gamma.node(), beta.node()])
+                        .compute_bound()
+                        .stateful()
+                    {
+                        OpsKind::Tracked(mut prep) => {
+                            let state = (
+                                prep.checkpoint(&x),
+                                prep.checkpoint(&gamma),
+                                prep.checkpoint(&beta),
+                                None,
+                                relu,
+                                epsilon,
+                            );
+                            let y = B::resnet3d_batch_norm_train(
+                                x.into_primitive(),
+                                gamma.into_primitive(),
+                                beta.into_primitive(),
+                                after(),
+                                epsilon,
+                            );
+                            prep.finish(state, y)
+                        }
+                        OpsKind::UnTracked(prep) => prep.finish(B::resnet3d_batch_norm_train(
                             x.into_primitive(),
                             gamma.into_primitive(),
                             beta.into_primitive(),
+                            after(),
                             epsilon,
-                            relu,
-                        ),
-                    )
+                        )),
+                    }
                 }
-                OpsKind::UnTracked(prep) => prep.finish(B::resnet3d_batch_norm_train(
-                    x.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    epsilon,
-                    relu,
-                )),
             }
         }
     }
@@ -443,25 +563,45 @@ pub(crate) fn conv3d(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, s
 }
 
 /// Whether [`batch_norm_train`] runs on `x`: `f32` on a `flex` device (with or without
-/// autodiff), `gamma` and `beta` there too, one value per channel.
-pub(crate) fn runs_batch_norm(x: &Tensor<5>, gamma: &Tensor<1>, beta: &Tensor<1>) -> bool {
+/// autodiff), `gamma` and `beta` there too, one value per channel, and a residual (if any) of
+/// `x`'s shape there too.
+pub(crate) fn runs_batch_norm(
+    x: &Tensor<5>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    residual: Option<&Tensor<5>>,
+) -> bool {
     let device = x.device();
     device.clone().without_autodiff() == burn::tensor::Device::flex()
         && x.dtype() == DType::F32
         && [gamma, beta]
             .iter()
             .all(|t| t.device() == device && t.dtype() == DType::F32 && t.dims()[0] == x.dims()[1])
+        && residual.is_none_or(|r| r.device() == device && r.dtype() == DType::F32 && r.dims() == x.dims())
 }
 
-/// BatchNorm on the batch's statistics through the crate's kernels, then ReLU if `relu`, with
-/// its gradient. Call it where [`runs_batch_norm`] says so.
-pub(crate) fn batch_norm_train(x: Tensor<5>, gamma: Tensor<1>, beta: Tensor<1>, epsilon: f64, relu: bool) -> Tensor<5> {
+/// BatchNorm on the batch's statistics through the crate's kernels, then ReLU if `relu`
+/// (after adding `residual` if given), with its gradient. Call it where [`runs_batch_norm`]
+/// says so (and `residual` has `x`'s shape, on its device).
+pub(crate) fn batch_norm_train(
+    x: Tensor<5>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+    relu: bool,
+    residual: Option<Tensor<5>>,
+) -> Tensor<5> {
+    let after = match (relu, residual) {
+        (true, Some(r)) => After::AddRelu(r.into_dispatch()),
+        (true, None) => After::Relu,
+        (false, _) => After::Nothing,
+    };
     Tensor::from_dispatch(<Dispatch as BatchNormBackend>::resnet3d_batch_norm_train(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
+        after,
         epsilon,
-        relu,
     ))
 }
 
