@@ -41,35 +41,35 @@ fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool, residual: Option<Tenso
     if !(x.device().is_autodiff() && bn.training.is_enabled()) {
         return then(bn.forward(x), residual);
     }
-    let [n, c, d, h, w] = x.dims();
-    let m = n * d * h * w;
     #[cfg(feature = "flex")]
-    let fast = crate::cpu::runs_batch_norm(&x, &bn.gamma.val(), &bn.beta.val(), residual.as_ref());
-    #[cfg(not(feature = "flex"))]
-    let fast = false;
-    let (output, mean, variance) = if fast {
-        // The statistics for the running averages, outside the graph.
-        let flat = x.clone().detach().swap_dims(0, 1).reshape([c, m]);
+    if crate::cpu::runs_batch_norm(&x, &bn.gamma.val(), &bn.beta.val(), residual.as_ref()) {
+        // The batch statistics for the running averages, outside the graph (the op computes
+        // them again for itself: one more read of `x`, not yet shared).
+        let [n, c, d, h, w] = x.dims();
+        let flat = x.clone().detach().swap_dims(0, 1).reshape([c, n * d * h * w]);
         let mean = flat.clone().mean_dim(1).reshape([c]);
         let centred = flat - mean.clone().reshape([c, 1]);
         let variance = (centred.clone() * centred).mean_dim(1).reshape([c]);
-        #[cfg(feature = "flex")]
-        let output = crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, with_relu, residual);
-        #[cfg(not(feature = "flex"))]
-        let output = then(x, residual);
-        (output, mean, variance)
-    } else {
-        let r = burn::tensor::module::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
-        (then(r.output, residual), r.mean, r.variance)
-    };
-    let device = output.device();
+        update_running(bn, mean, variance, x.dims());
+        return crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, with_relu, residual);
+    }
+    let dims = x.dims();
+    let r = burn::tensor::module::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+    update_running(bn, r.mean, r.variance, dims);
+    then(r.output, residual)
+}
+
+/// `running = (1 - momentum) * running + momentum * batch`, with the batch variance made
+/// unbiased (`var * m / (m - 1)` over the `m` values of a channel of `[n, c, d, h, w]`).
+fn update_running(bn: &BatchNorm, mean: Tensor<1>, variance: Tensor<1>, [n, _, d, h, w]: [usize; 5]) {
+    let m = n * d * h * w;
     let unbiased = if m > 1 { m as f64 / (m - 1) as f64 } else { 1.0 };
     let momentum = bn.momentum;
+    let device = mean.device();
     let running_mean = bn.running_mean.value_sync().to_device(&device);
     let running_var = bn.running_var.value_sync().to_device(&device);
     bn.running_mean
         .update((running_mean.mul_scalar(1.0 - momentum) + mean.detach().mul_scalar(momentum)).detach());
     bn.running_var
         .update((running_var.mul_scalar(1.0 - momentum) + variance.detach().mul_scalar(momentum * unbiased)).detach());
-    output
 }

@@ -200,6 +200,8 @@ pub(crate) unsafe fn accumulate(
 
 /// Buffers a thread reuses between calls of [`product`]: the packed blocks of `B` and the
 /// last rows of `A` padded to a full register tile.
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 #[derive(Debug, Default)]
 pub(crate) struct Scratch {
     b: Vec<f32>,
@@ -218,6 +220,8 @@ pub(crate) struct Scratch {
 /// writes of `rows` rows, `ldc` apart, over the columns of `panels` (each below `n`); no
 /// other thread may touch those values meanwhile. `kernel` must be [`Kernel::detect`]'s
 /// answer or [`Kernel::Portable`].
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn product(
     kernel: Kernel,
@@ -305,6 +309,8 @@ pub(crate) unsafe fn product(
 /// `a` valid for reads of [`MR`] rows of `kc` values `lda` apart (the AVX-512 tile reads all
 /// MR; results of rows past `rows` are dropped), `bp` of `kc` rows of [`NR`] values, `c` for
 /// `rows` rows of `cols <= NR` values `ldc` apart.
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn tile(

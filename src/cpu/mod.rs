@@ -11,9 +11,12 @@
 //! - `frozen`: [`FrozenResNet3d`], the inference-only network (BatchNorm folded,
 //!   channels-last between layers).
 
+// The training kernels serve the flex backend's ops only.
+#[cfg(feature = "flex")]
 mod conv;
 mod frozen;
 mod matmul;
+#[cfg(feature = "flex")]
 mod norm;
 #[cfg(feature = "flex")]
 mod op;
