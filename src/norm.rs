@@ -44,12 +44,8 @@ fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool, residual: Option<Tenso
     #[cfg(feature = "flex")]
     if crate::cpu::runs_batch_norm(&x, &bn.gamma.val(), &bn.beta.val(), residual.as_ref()) {
         // The batch statistics for the running averages, outside the graph (the op computes
-        // them again for itself: one more read of `x`, not yet shared).
-        let [n, c, d, h, w] = x.dims();
-        let flat = x.clone().detach().swap_dims(0, 1).reshape([c, n * d * h * w]);
-        let mean = flat.clone().mean_dim(1).reshape([c]);
-        let centred = flat - mean.clone().reshape([c, 1]);
-        let variance = (centred.clone() * centred).mean_dim(1).reshape([c]);
+        // them again for itself: two more reads of `x`, not yet shared).
+        let (mean, variance) = crate::cpu::channel_moments(x.clone().detach());
         update_running(bn, mean, variance, x.dims());
         return crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, with_relu, residual);
     }

@@ -90,6 +90,10 @@ pub(crate) trait BatchNormBackend: Backend {
         #[extension_type] after: After<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self>;
+
+    /// Per channel (axis 1) of `x` (`[n, c, ...]`): `[2, c]`, the mean and the biased
+    /// variance, as the op above computes them. Not differentiated: for the running averages.
+    fn resnet3d_channel_moments(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// The gradients of [`BatchNormBackend::resnet3d_batch_norm_train`]:
@@ -153,6 +157,18 @@ impl BatchNormBackend for Flex {
             voxels,
         );
         FlexTensor::from_data(TensorData::new(y, shape))
+    }
+
+    fn resnet3d_channel_moments(x: FlexTensor) -> FlexTensor {
+        let shape = x.layout().shape().to_vec();
+        let (channels, voxels) = channels_and_voxels(&shape);
+        let stats = norm::moments(&f32_values(&x), channels, voxels);
+        let values = stats
+            .iter()
+            .map(|&(mean, _)| mean as f32)
+            .chain(stats.iter().map(|&(_, var)| var as f32))
+            .collect();
+        flex_tensor(values, [2, channels])
     }
 }
 
@@ -468,6 +484,11 @@ mod autodiff {
                 }
             }
         }
+
+        fn resnet3d_channel_moments(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            // A leaf outside the graph: statistics, not a differentiable output.
+            FloatTensor::<Self>::new(B::resnet3d_channel_moments(x.into_primitive()))
+        }
     }
 
     impl<B: Backend + Conv3dBackend + Conv3dGradients, C: CheckpointStrategy> Conv3dBackend for Autodiff<B, C> {
@@ -578,6 +599,19 @@ pub(crate) fn runs_batch_norm(
             .iter()
             .all(|t| t.device() == device && t.dtype() == DType::F32 && t.dims()[0] == x.dims()[1])
         && residual.is_none_or(|r| r.device() == device && r.dtype() == DType::F32 && r.dims() == x.dims())
+}
+
+/// Per channel of `x` (`[n, c, d, h, w]`), the mean and the biased variance (`[c]` each),
+/// outside the autodiff graph. Call it where [`runs_batch_norm`] says so.
+pub(crate) fn channel_moments(x: Tensor<5>) -> (Tensor<1>, Tensor<1>) {
+    let c = x.dims()[1];
+    let moments: Tensor<2> = Tensor::from_dispatch(<Dispatch as BatchNormBackend>::resnet3d_channel_moments(
+        x.into_dispatch(),
+    ));
+    (
+        moments.clone().slice([0..1, 0..c]).reshape([c]),
+        moments.slice([1..2, 0..c]).reshape([c]),
+    )
 }
 
 /// BatchNorm on the batch's statistics through the crate's kernels, then ReLU if `relu`
