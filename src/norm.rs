@@ -43,11 +43,11 @@ fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool, residual: Option<Tenso
     }
     #[cfg(feature = "flex")]
     if crate::cpu::runs_batch_norm(&x, &bn.gamma.val(), &bn.beta.val(), residual.as_ref()) {
-        // The batch statistics for the running averages, outside the graph (the op computes
-        // them again for itself: two more reads of `x`, not yet shared).
-        let (mean, variance) = crate::cpu::channel_moments(x.clone().detach());
-        update_running(bn, mean, variance, x.dims());
-        return crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, with_relu, residual);
+        let dims = x.dims();
+        let (y, mean, variance) =
+            crate::cpu::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon, with_relu, residual);
+        update_running(bn, mean, variance, dims);
+        return y;
     }
     let dims = x.dims();
     let r = burn::tensor::module::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);

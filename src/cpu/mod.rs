@@ -23,4 +23,4 @@ mod op;
 
 pub use frozen::{FrozenResNet3d, LayerBench};
 #[cfg(feature = "flex")]
-pub(crate) use op::{Conv3dArgs, batch_norm_train, channel_moments, conv3d, runs, runs_batch_norm};
+pub(crate) use op::{Conv3dArgs, batch_norm_train, conv3d, runs, runs_batch_norm};

@@ -70,17 +70,20 @@ fn affine(stats: &[(f64, f64)], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<(f
         .collect()
 }
 
-/// The normalised output `gamma * xhat + beta` with the batch statistics, then `then`.
+/// The normalised output `gamma * xhat + beta` with the batch statistics `stats` (those of
+/// [`moments`]), then `then`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
+    stats: &[(f64, f64)],
     eps: f64,
     then: Then<'_>,
     channels: usize,
     voxels: usize,
 ) -> Vec<f32> {
-    let coefficients = affine(&moments(x, channels, voxels), gamma, beta, eps);
+    let coefficients = affine(stats, gamma, beta, eps);
     let mut y = vec![0.0f32; x.len()];
     let relu = |v: f32| if v < 0.0 { 0.0 } else { v };
     per_plane(&mut y, channels, voxels, |c, i, out| {
@@ -108,17 +111,17 @@ pub(crate) fn backward(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
+    stats: &[(f64, f64)],
     then: Then<'_>,
     dy: &[f32],
     eps: f64,
     channels: usize,
     voxels: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    let stats = moments(x, channels, voxels);
     let masked = match then {
         Then::Nothing => None,
         Then::Relu | Then::AddRelu(_) => {
-            let coefficients = affine(&stats, gamma, beta, eps);
+            let coefficients = affine(stats, gamma, beta, eps);
             let pass = |v: f32, g: f32| if v > 0.0 || v.is_nan() { g } else { 0.0 };
             let mut g = vec![0.0f32; dy.len()];
             per_plane(&mut g, channels, voxels, |c, i, out| {
@@ -220,17 +223,27 @@ mod tests {
         let eps = 1e-5;
         // loss = sum w * y
         let loss = |x: &[f32], gamma: &[f32], beta: &[f32], r: &[f32]| -> f64 {
-            forward(x, gamma, beta, eps, then(mode, r), c, v)
+            forward(x, gamma, beta, &moments(x, c, v), eps, then(mode, r), c, v)
                 .iter()
                 .zip(&w)
                 .map(|(y, w)| f64::from(*y) * f64::from(*w))
                 .sum()
         };
-        let (dx, dgamma, dbeta, dr) = backward(&x, &gamma, &beta, then(mode, &residual), &w, eps, c, v);
+        let (dx, dgamma, dbeta, dr) = backward(
+            &x,
+            &gamma,
+            &beta,
+            &moments(&x, c, v),
+            then(mode, &residual),
+            &w,
+            eps,
+            c,
+            v,
+        );
         assert_eq!(dr.is_some(), mode == 2);
         // Away from the ReLU's kink: every input of the ReLU at least 0.03 from 0, so that the
         // loss is smooth at the step size.
-        let pre = forward(&x, &gamma, &beta, eps, Then::Nothing, c, v);
+        let pre = forward(&x, &gamma, &beta, &moments(&x, c, v), eps, Then::Nothing, c, v);
         assert!(
             mode == 0 || pre.iter().zip(&residual).all(|(y, r)| (y + r).abs() > 0.03),
             "an input of the ReLU comes too close to the kink"
@@ -258,7 +271,7 @@ mod tests {
             assert!(close(d, dbeta[ch]), "mode {mode}: dbeta[{ch}]");
         }
         // The output has each channel's mean beta and standard deviation |gamma|.
-        let y = forward(&x, &gamma, &beta, 0.0, Then::Nothing, c, v);
+        let y = forward(&x, &gamma, &beta, &moments(&x, c, v), 0.0, Then::Nothing, c, v);
         for ch in 0..c {
             let values: Vec<f64> = planes(&y, c, v, ch).flatten().map(|&v| f64::from(v)).collect();
             let mean = values.iter().sum::<f64>() / values.len() as f64;

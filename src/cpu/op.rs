@@ -81,12 +81,14 @@ pub(crate) enum After<B: Backend> {
 /// BatchNorm on the batch's statistics as a backend operation.
 #[backend_extension(Flex, Autodiff)]
 pub(crate) trait BatchNormBackend: Backend {
-    /// `gamma * (x - mean) / sqrt(var + epsilon) + beta` per channel (axis 1), mean and
-    /// biased variance over every other axis of `x` (`[n, c, ...]`); then `after`.
+    /// `gamma * (x - mean) / sqrt(var + epsilon) + beta` per channel (axis 1), `moments` being
+    /// `x`'s [`resnet3d_channel_moments`](Self::resnet3d_channel_moments) (computed once for
+    /// the op, its backward pass and the running averages); then `after`.
     fn resnet3d_batch_norm_train(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        moments: FloatTensor<Self>,
         #[extension_type] after: After<Self>,
         epsilon: f64,
     ) -> FloatTensor<Self>;
@@ -99,10 +101,12 @@ pub(crate) trait BatchNormBackend: Backend {
 /// The gradients of [`BatchNormBackend::resnet3d_batch_norm_train`]:
 /// `(x, gamma, beta, residual)`, the last for [`After::AddRelu`].
 pub(crate) trait BatchNormGradients: Backend {
+    #[allow(clippy::too_many_arguments)]
     fn resnet3d_batch_norm_train_grad(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
+        moments: FloatTensor<Self>,
         after: After<Self>,
         grad: FloatTensor<Self>,
         epsilon: f64,
@@ -118,6 +122,15 @@ pub(crate) trait BatchNormGradients: Backend {
 fn channels_and_voxels(shape: &[usize]) -> (usize, usize) {
     let channels = shape.get(1).copied().unwrap_or(1);
     (channels, shape.iter().skip(2).product())
+}
+
+/// `[2, c]` moments back as `(mean, variance)` per channel.
+fn stats_of(moments: &FlexTensor) -> Vec<(f64, f64)> {
+    let values = f32_values(moments);
+    let c = values.len() / 2;
+    (0..c)
+        .map(|i| (f64::from(values[i]), f64::from(values[c + i])))
+        .collect()
 }
 
 /// The residual's values, if any, for [`norm::Then`].
@@ -141,6 +154,7 @@ impl BatchNormBackend for Flex {
         x: FlexTensor,
         gamma: FlexTensor,
         beta: FlexTensor,
+        moments: FlexTensor,
         after: After<Self>,
         epsilon: f64,
     ) -> FlexTensor {
@@ -151,6 +165,7 @@ impl BatchNormBackend for Flex {
             &f32_values(&x),
             &f32_values(&gamma),
             &f32_values(&beta),
+            &stats_of(&moments),
             epsilon,
             then(&after, &residual),
             channels,
@@ -177,6 +192,7 @@ impl BatchNormGradients for Flex {
         x: FlexTensor,
         gamma: FlexTensor,
         beta: FlexTensor,
+        moments: FlexTensor,
         after: After<Self>,
         grad: FlexTensor,
         epsilon: f64,
@@ -188,6 +204,7 @@ impl BatchNormGradients for Flex {
             &f32_values(&x),
             &f32_values(&gamma),
             &f32_values(&beta),
+            &stats_of(&moments),
             then(&after, &residual),
             &f32_values(&grad),
             epsilon,
@@ -347,27 +364,29 @@ mod autodiff {
     #[derive(Debug)]
     struct BatchNormAddRelu;
 
-    /// `x`, `gamma`, `beta` and the residual (checkpointed), whether the forward applied ReLU,
-    /// epsilon.
-    type NormState = (NodeId, NodeId, NodeId, Option<NodeId>, bool, f64);
+    /// `x`, `gamma`, `beta`, the moments and the residual (checkpointed), whether the forward
+    /// applied ReLU, epsilon.
+    type NormState = (NodeId, NodeId, NodeId, NodeId, Option<NodeId>, bool, f64);
 
     /// The gradients of the BatchNorm op, registered for its tracked inputs.
     fn norm_backward<B: Backend + BatchNormGradients>(
         nodes: [Option<NodeId>; 4],
         grad: FloatTensor<B>,
-        (x_state, gamma_state, beta_state, residual_state, relu, epsilon): NormState,
+        (x_state, gamma_state, beta_state, moments_state, residual_state, relu, epsilon): NormState,
         grads: &mut Gradients,
         checkpointer: &mut Checkpointer,
     ) {
         let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
         let gamma = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(gamma_state);
         let beta = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(beta_state);
+        let moments = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(moments_state);
         let after = match residual_state {
             Some(r) => After::AddRelu(checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(r)),
             None if relu => After::Relu,
             None => After::Nothing,
         };
-        let (dx, dgamma, dbeta, dresidual) = B::resnet3d_batch_norm_train_grad(x, gamma, beta, after, grad, epsilon);
+        let (dx, dgamma, dbeta, dresidual) =
+            B::resnet3d_batch_norm_train_grad(x, gamma, beta, moments, after, grad, epsilon);
         let [node_x, node_gamma, node_beta, node_residual] = nodes;
         for (node, value) in [
             (node_x, Some(dx)),
@@ -406,9 +425,12 @@ mod autodiff {
             x: FloatTensor<Self>,
             gamma: FloatTensor<Self>,
             beta: FloatTensor<Self>,
+            moments: FloatTensor<Self>,
             after: After<Self>,
             epsilon: f64,
         ) -> FloatTensor<Self> {
+            // The moments are statistics of `x`, not a differentiated input: checkpointed for
+            // the backward pass, never given a gradient.
             match after {
                 After::AddRelu(residual) => {
                     match BatchNormAddRelu
@@ -421,6 +443,7 @@ mod autodiff {
                                 prep.checkpoint(&x),
                                 prep.checkpoint(&gamma),
                                 prep.checkpoint(&beta),
+                                prep.checkpoint(&moments),
                                 Some(prep.checkpoint(&residual)),
                                 true,
                                 epsilon,
@@ -430,6 +453,7 @@ mod autodiff {
                                 x.into_primitive(),
                                 gamma.into_primitive(),
                                 beta.into_primitive(),
+                                moments.into_primitive(),
                                 after,
                                 epsilon,
                             );
@@ -441,6 +465,7 @@ mod autodiff {
                                 x.into_primitive(),
                                 gamma.into_primitive(),
                                 beta.into_primitive(),
+                                moments.into_primitive(),
                                 after,
                                 epsilon,
                             ))
@@ -460,6 +485,7 @@ mod autodiff {
                                 prep.checkpoint(&x),
                                 prep.checkpoint(&gamma),
                                 prep.checkpoint(&beta),
+                                prep.checkpoint(&moments),
                                 None,
                                 relu,
                                 epsilon,
@@ -468,6 +494,7 @@ mod autodiff {
                                 x.into_primitive(),
                                 gamma.into_primitive(),
                                 beta.into_primitive(),
+                                moments.into_primitive(),
                                 after(),
                                 epsilon,
                             );
@@ -477,6 +504,7 @@ mod autodiff {
                             x.into_primitive(),
                             gamma.into_primitive(),
                             beta.into_primitive(),
+                            moments.into_primitive(),
                             after(),
                             epsilon,
                         )),
@@ -601,22 +629,10 @@ pub(crate) fn runs_batch_norm(
         && residual.is_none_or(|r| r.device() == device && r.dtype() == DType::F32 && r.dims() == x.dims())
 }
 
-/// Per channel of `x` (`[n, c, d, h, w]`), the mean and the biased variance (`[c]` each),
-/// outside the autodiff graph. Call it where [`runs_batch_norm`] says so.
-pub(crate) fn channel_moments(x: Tensor<5>) -> (Tensor<1>, Tensor<1>) {
-    let c = x.dims()[1];
-    let moments: Tensor<2> = Tensor::from_dispatch(<Dispatch as BatchNormBackend>::resnet3d_channel_moments(
-        x.into_dispatch(),
-    ));
-    (
-        moments.clone().slice([0..1, 0..c]).reshape([c]),
-        moments.slice([1..2, 0..c]).reshape([c]),
-    )
-}
-
 /// BatchNorm on the batch's statistics through the crate's kernels, then ReLU if `relu`
-/// (after adding `residual` if given), with its gradient. Call it where [`runs_batch_norm`]
-/// says so (and `residual` has `x`'s shape, on its device).
+/// (after adding `residual` if given), with its gradient; and the batch's mean and biased
+/// variance (`[c]` each, outside the graph) for the running averages. Call it where
+/// [`runs_batch_norm`] says so.
 pub(crate) fn batch_norm_train(
     x: Tensor<5>,
     gamma: Tensor<1>,
@@ -624,19 +640,29 @@ pub(crate) fn batch_norm_train(
     epsilon: f64,
     relu: bool,
     residual: Option<Tensor<5>>,
-) -> Tensor<5> {
+) -> (Tensor<5>, Tensor<1>, Tensor<1>) {
+    let c = x.dims()[1];
+    let moments: Tensor<2> = Tensor::from_dispatch(<Dispatch as BatchNormBackend>::resnet3d_channel_moments(
+        x.clone().detach().into_dispatch(),
+    ));
     let after = match (relu, residual) {
         (true, Some(r)) => After::AddRelu(r.into_dispatch()),
         (true, None) => After::Relu,
         (false, _) => After::Nothing,
     };
-    Tensor::from_dispatch(<Dispatch as BatchNormBackend>::resnet3d_batch_norm_train(
+    let y = Tensor::from_dispatch(<Dispatch as BatchNormBackend>::resnet3d_batch_norm_train(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
+        moments.clone().into_dispatch(),
         after,
         epsilon,
-    ))
+    ));
+    (
+        y,
+        moments.clone().slice([0..1, 0..c]).reshape([c]),
+        moments.slice([1..2, 0..c]).reshape([c]),
+    )
 }
 
 #[cfg(test)]
