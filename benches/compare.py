@@ -18,6 +18,8 @@ CPU), `flex` and `ndarray` (the Burn model).
 2x1x32x96x96, PyTorch eager (`pytorch_reference.py --train`) against `benches/train.rs` on
 `Device::flex().autodiff()`; GFLOP/s counts the forward's multiply-adds three times.
 
+Forward tables also show PyTorch's TorchScript-frozen (`jit.freeze` + `optimize_for_inference`)
+and ONNX Runtime times, and the ratio against the fastest of PyTorch's three paths ("vs best").
 Criterion's results are read from `$CARGO_TARGET_DIR` (default `target/`).
 """
 
@@ -66,7 +68,8 @@ def main():
     peak = torch_side["sgemm_gflops"]
     print(f"\nPyTorch {torch_side['torch']} on {torch_side.get('device', 'cpu')}, {torch_side['threads']} threads; "
           f"sgemm peak {peak:.0f} GFLOP/s; ours: {args.backend}")
-    print(f"{'benchmark':<44} {'PyTorch ms':>10} {'ours ms':>9} {'ratio':>6} {'GFLOP/s':>8} {'of peak':>7}")
+    print(f"{'benchmark':<44} {'PyTorch ms':>10} {'ours ms':>9} {'ratio':>6} {'GFLOP/s':>8} {'of peak':>7}"
+          f" {'jit ms':>8} {'ORT ms':>8} {'vs best':>7}")
     for key, ref in torch_side["results"].items():
         mine = ours.get(f"{args.backend}/{key}")
         if mine is None:
@@ -74,7 +77,13 @@ def main():
             continue
         gflops = ref["gflop"] / (mine / 1e3) if ref["gflop"] else 0.0
         share = f"{100 * gflops / peak:.0f}%" if ref["gflop"] else "-"
-        print(f"{key:<44} {ref['ms']:>10.1f} {mine:>9.1f} {ref['ms'] / mine:>6.2f} {gflops:>8.1f} {share:>7}")
+        # The anchors: TorchScript frozen + optimize_for_inference, ONNX Runtime; the ratio
+        # against the fastest PyTorch-side path of the three.
+        jit, ort = ref.get("jit_ms"), ref.get("ort_ms")
+        best = min(t for t in (ref["ms"], jit, ort) if t is not None)
+        fmt = lambda t: f"{t:>8.1f}" if t is not None else f"{'-':>8}"
+        print(f"{key:<44} {ref['ms']:>10.1f} {mine:>9.1f} {ref['ms'] / mine:>6.2f} {gflops:>8.1f} {share:>7}"
+              f" {fmt(jit)} {fmt(ort)} {best / mine:>7.2f}")
 
     if args.gpu:
         return

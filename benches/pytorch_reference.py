@@ -11,7 +11,12 @@ benches/forward.rs, fp32, eval, inference mode. Prints one JSON object on stdout
 2x1x32x96x96, as benches/train.rs; keys `train/<model>/2x1x32x96x96`, and `--memory
 --train` the peak resident set of ResNet3d-18 steps.
 
-Pinned: torch 2.15.0 (CPU execution; the CUDA wheel runs fine without a GPU).
+Each forward result also holds `jit_ms` (TorchScript `jit.freeze` + `optimize_for_inference`:
+oneDNN, convolution + BatchNorm + ReLU fused, PyTorch's fastest CPU path) and `ort_ms` (ONNX
+Runtime on the same network exported to ONNX, 2 intra-op threads), for CPU runs.
+
+Pinned: torch 2.15.0 (CPU execution; the CUDA wheel runs fine without a GPU), onnx 1.23.2 and
+onnxruntime 1.32.0 for the ONNX Runtime anchor (skipped, with `ort_ms` null, without them).
 """
 
 import argparse
@@ -49,6 +54,46 @@ def timed(fn, runs):
         fn()
         samples.append((time.perf_counter() - start) * 1e3)
     return statistics.median(samples)
+
+
+class Logits(nn.Module):
+    """The reference network with its logits as the only output (TorchScript and ONNX want a
+    tensor, not the dict of every stage)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)["logits"]
+
+
+def jit_frozen_ms(model, x, runs):
+    """TorchScript, frozen and optimised for inference (oneDNN on the CPU)."""
+    with torch.no_grad():
+        traced = torch.jit.trace(Logits(model).eval(), x)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        return timed(lambda: frozen(x), runs)
+
+
+def ort_ms(model, x, runs, threads):
+    """ONNX Runtime on the network exported to ONNX; None without onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = f"{d}/model.onnx"
+        torch.onnx.export(Logits(model).eval(), (x,), path, dynamo=False, opset_version=17)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        feed = {name: x.numpy()}
+        return timed(lambda: session.run(None, feed), runs)
 
 
 def conv_flops(model, x):
@@ -180,7 +225,11 @@ def main():
             x = pattern(shape).to(dev)
             with torch.inference_mode():
                 ms = timed(synced(lambda: model(x)), runs)
-            results[f"forward/resnet{depth}/{size}"] = {"ms": ms, "gflop": conv_flops(model, x)}
+            entry = {"ms": ms, "gflop": conv_flops(model, x)}
+            if dev.type == "cpu":
+                entry["jit_ms"] = jit_frozen_ms(model, x, runs)
+                entry["ort_ms"] = ort_ms(model, x, runs, args.threads)
+            results[f"forward/resnet{depth}/{size}"] = entry
 
     conv = nn.Conv3d(64, 64, 3, 1, 1, bias=False).eval().to(dev)
     x = pattern((1, 64, 16, 56, 56)).to(dev)
