@@ -263,42 +263,79 @@ pub(crate) unsafe fn product(
         }
         for (slot, j) in panels.clone().enumerate() {
             let cols = (n - j * NR).min(NR);
-            let bp = scratch.b[slot * KC * NR..].as_ptr();
-            for block in 0..full {
-                // SAFETY: the block's MR rows lie in A from column kb (kb + kc <= k), its rows
-                // and the panel's columns in C; `bp` holds kc rows of NR values.
-                unsafe {
-                    tile(
-                        kernel,
-                        kc,
-                        a.add(block * MR * lda + kb),
-                        lda,
-                        bp,
-                        c.add(block * MR * ldc + j * NR),
-                        ldc,
-                        MR,
-                        cols,
-                    );
-                }
-            }
-            if tail > 0 {
-                // SAFETY: `a_tail` holds MR rows of kc values; C as above.
-                unsafe {
-                    tile(
-                        kernel,
-                        kc,
-                        scratch.a_tail.as_ptr(),
-                        kc,
-                        bp,
-                        c.add(full * MR * ldc + j * NR),
-                        ldc,
-                        tail,
-                        cols,
-                    );
-                }
+            // SAFETY: A's rows from column kb (kb + kc <= k), `a_tail` MR rows of kc values,
+            // the packed block kc rows of NR values, C's rows over panel j's columns.
+            unsafe {
+                panel_rows(
+                    kernel,
+                    kc,
+                    (a.add(kb), lda),
+                    rows,
+                    (scratch.a_tail.as_ptr(), kc),
+                    scratch.b[slot * KC * NR..].as_ptr(),
+                    c.add(j * NR),
+                    ldc,
+                    cols,
+                );
             }
         }
         kb += kc;
+    }
+}
+
+/// `C[r][0..cols] += sum_p A[r][p] * Bp[p][0..cols]` for every row `r < rows`, one register
+/// tile of [`MR`] rows at a time: `a` (with its row stride) for the full tiles, `a_tail` (the
+/// last `rows % MR` rows padded with zero rows to MR, with its row stride) for the rest. What
+/// [`product`] and the prepacked [`matmul`] share.
+///
+/// # Safety
+/// As [`tile`] for each tile: `a` holds the full tiles' rows, `a_tail` MR rows, `bp` `kc`
+/// rows of [`NR`] values, `c` `rows` rows of `cols <= NR` values `ldc` apart.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn panel_rows(
+    kernel: Kernel,
+    kc: usize,
+    (a, lda): (*const f32, usize),
+    rows: usize,
+    (a_tail, tail_lda): (*const f32, usize),
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let full = rows / MR;
+    for block in 0..full {
+        // SAFETY: the block's MR rows lie in A, its rows in C (the caller's contract).
+        unsafe {
+            tile(
+                kernel,
+                kc,
+                a.add(block * MR * lda),
+                lda,
+                bp,
+                c.add(block * MR * ldc),
+                ldc,
+                MR,
+                cols,
+            )
+        };
+    }
+    if rows > full * MR {
+        // SAFETY: `a_tail` holds MR rows of kc values; the tail's rows lie in C.
+        unsafe {
+            tile(
+                kernel,
+                kc,
+                a_tail,
+                tail_lda,
+                bp,
+                c.add(full * MR * ldc),
+                ldc,
+                rows - full * MR,
+                cols,
+            )
+        };
     }
 }
 
@@ -309,8 +346,6 @@ pub(crate) unsafe fn product(
 /// `a` valid for reads of [`MR`] rows of `kc` values `lda` apart (the AVX-512 tile reads all
 /// MR; results of rows past `rows` are dropped), `bp` of `kc` rows of [`NR`] values, `c` for
 /// `rows` rows of `cols <= NR` values `ldc` apart.
-// Used by the training ops, which need the flex backend.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn tile(
@@ -385,38 +420,21 @@ mod avx512 {
             let kc = KC.min(k - kb);
             for j in panels.clone() {
                 let cols = (b.n - j * NR).min(NR);
-                // SAFETY: panel j holds k rows of NR values.
-                let bp = unsafe { b.panels.as_ptr().add((j * k + kb) * NR) };
-                for block in 0..full {
-                    // SAFETY: the block's MR rows lie in A, its rows and the panel's columns
-                    // in C (contract).
-                    unsafe {
-                        tile(
-                            kc,
-                            a.add(block * MR * lda + kb),
-                            lda,
-                            bp,
-                            c.add(block * MR * ldc + j * NR),
-                            ldc,
-                            MR,
-                            cols,
-                        );
-                    }
-                }
-                if tail > 0 {
-                    // SAFETY: scratch holds MR rows of k values.
-                    unsafe {
-                        tile(
-                            kc,
-                            scratch.as_ptr().add(kb),
-                            k,
-                            bp,
-                            c.add(full * MR * ldc + j * NR),
-                            ldc,
-                            tail,
-                            cols,
-                        );
-                    }
+                // SAFETY: panel j holds k rows of NR values, so from row kb on kc of them; A's
+                // rows from column kb and C's rows over the panel's columns (contract);
+                // `scratch` holds MR rows of k values.
+                unsafe {
+                    super::panel_rows(
+                        super::Kernel::Avx512,
+                        kc,
+                        (a.add(kb), lda),
+                        rows,
+                        (scratch.as_ptr().add(kb), k),
+                        b.panels.as_ptr().add((j * k + kb) * NR),
+                        c.add(j * NR),
+                        ldc,
+                        cols,
+                    );
                 }
             }
             kb += kc;
