@@ -431,6 +431,20 @@ mod autodiff {
         ) -> FloatTensor<Self> {
             // The moments are statistics of `x`, not a differentiated input: checkpointed for
             // the backward pass, never given a gradient.
+            let run = |x: FloatTensor<Self>,
+                       gamma: FloatTensor<Self>,
+                       beta: FloatTensor<Self>,
+                       moments: FloatTensor<Self>,
+                       after| {
+                B::resnet3d_batch_norm_train(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    moments.into_primitive(),
+                    after,
+                    epsilon,
+                )
+            };
             match after {
                 After::AddRelu(residual) => {
                     match BatchNormAddRelu
@@ -448,27 +462,13 @@ mod autodiff {
                                 true,
                                 epsilon,
                             );
-                            let after = After::AddRelu(residual.into_primitive());
-                            let y = B::resnet3d_batch_norm_train(
-                                x.into_primitive(),
-                                gamma.into_primitive(),
-                                beta.into_primitive(),
-                                moments.into_primitive(),
-                                after,
-                                epsilon,
-                            );
-                            prep.finish(state, y)
+                            prep.finish(
+                                state,
+                                run(x, gamma, beta, moments, After::AddRelu(residual.into_primitive())),
+                            )
                         }
                         OpsKind::UnTracked(prep) => {
-                            let after = After::AddRelu(residual.into_primitive());
-                            prep.finish(B::resnet3d_batch_norm_train(
-                                x.into_primitive(),
-                                gamma.into_primitive(),
-                                beta.into_primitive(),
-                                moments.into_primitive(),
-                                after,
-                                epsilon,
-                            ))
+                            prep.finish(run(x, gamma, beta, moments, After::AddRelu(residual.into_primitive())))
                         }
                     }
                 }
@@ -490,24 +490,9 @@ mod autodiff {
                                 relu,
                                 epsilon,
                             );
-                            let y = B::resnet3d_batch_norm_train(
-                                x.into_primitive(),
-                                gamma.into_primitive(),
-                                beta.into_primitive(),
-                                moments.into_primitive(),
-                                after(),
-                                epsilon,
-                            );
-                            prep.finish(state, y)
+                            prep.finish(state, run(x, gamma, beta, moments, after()))
                         }
-                        OpsKind::UnTracked(prep) => prep.finish(B::resnet3d_batch_norm_train(
-                            x.into_primitive(),
-                            gamma.into_primitive(),
-                            beta.into_primitive(),
-                            moments.into_primitive(),
-                            after(),
-                            epsilon,
-                        )),
+                        OpsKind::UnTracked(prep) => prep.finish(run(x, gamma, beta, moments, after())),
                     }
                 }
             }
@@ -526,6 +511,9 @@ mod autodiff {
             bias: Bias<Self>,
             shape: ConvShape,
         ) -> FloatTensor<Self> {
+            let run = |x: FloatTensor<Self>, weight: FloatTensor<Self>, bias| {
+                B::resnet3d_conv3d(x.into_primitive(), weight.into_primitive(), bias, shape)
+            };
             match bias {
                 Bias::Add(bias) => match WithBias
                     .prepare::<C>([x.node(), weight.node(), bias.node()])
@@ -534,21 +522,9 @@ mod autodiff {
                 {
                     OpsKind::Tracked(mut prep) => {
                         let state = (prep.checkpoint(&x), prep.checkpoint(&weight), shape);
-                        let bias = Bias::Add(bias.into_primitive());
-                        prep.finish(
-                            state,
-                            B::resnet3d_conv3d(x.into_primitive(), weight.into_primitive(), bias, shape),
-                        )
+                        prep.finish(state, run(x, weight, Bias::Add(bias.into_primitive())))
                     }
-                    OpsKind::UnTracked(prep) => {
-                        let bias = Bias::Add(bias.into_primitive());
-                        prep.finish(B::resnet3d_conv3d(
-                            x.into_primitive(),
-                            weight.into_primitive(),
-                            bias,
-                            shape,
-                        ))
-                    }
+                    OpsKind::UnTracked(prep) => prep.finish(run(x, weight, Bias::Add(bias.into_primitive()))),
                 },
                 Bias::Zero => match NoBias
                     .prepare::<C>([x.node(), weight.node()])
@@ -557,17 +533,9 @@ mod autodiff {
                 {
                     OpsKind::Tracked(mut prep) => {
                         let state = (prep.checkpoint(&x), prep.checkpoint(&weight), shape);
-                        prep.finish(
-                            state,
-                            B::resnet3d_conv3d(x.into_primitive(), weight.into_primitive(), Bias::Zero, shape),
-                        )
+                        prep.finish(state, run(x, weight, Bias::Zero))
                     }
-                    OpsKind::UnTracked(prep) => prep.finish(B::resnet3d_conv3d(
-                        x.into_primitive(),
-                        weight.into_primitive(),
-                        Bias::Zero,
-                        shape,
-                    )),
+                    OpsKind::UnTracked(prep) => prep.finish(run(x, weight, Bias::Zero)),
                 },
             }
         }
