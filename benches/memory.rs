@@ -12,8 +12,9 @@
 
 use resnet3d::ResNet3dConfig;
 use resnet3d::burn::nn::loss::CrossEntropyLossConfig;
-use resnet3d::burn::optim::{AdamConfig, GradientsParams};
+use resnet3d::burn::optim::GradientsParams;
 use resnet3d::burn::tensor::{Device, Int, Tensor, TensorData};
+use resnet3d::train::FusedAdamConfig;
 
 /// `VmHWM` or `VmRSS` of this process from /proc, in MB (0 where /proc is missing).
 fn status_mb(field: &str) -> f64 {
@@ -71,7 +72,7 @@ fn train() {
     let values: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin()).collect();
     let x = Tensor::<5>::from_data(TensorData::new(values, shape), &device);
     let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
-    let mut optimizer = AdamConfig::new().init();
+    let mut optimizer = FusedAdamConfig::new().init();
     let loss = CrossEntropyLossConfig::new().init(&device);
     for _ in 0..3 {
         let l = loss.forward(model.forward(x.clone()), y.clone());

@@ -14,8 +14,9 @@
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use resnet3d::burn::nn::loss::CrossEntropyLossConfig;
-use resnet3d::burn::optim::{AdamConfig, GradientsParams};
+use resnet3d::burn::optim::GradientsParams;
 use resnet3d::burn::tensor::{Device, Int, Tensor, TensorData};
+use resnet3d::train::FusedAdamConfig;
 use resnet3d::{ResNet3d, ResNet3dConfig};
 
 /// The fine-tuning batch: two 1-channel CT crops of 32 x 96 x 96.
@@ -44,7 +45,7 @@ fn train(c: &mut Criterion) {
             let x = input(BATCH, &device);
             let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
             let mut model: Option<ResNet3d> = Some(config.init(&device));
-            let mut optimizer = AdamConfig::new().init();
+            let mut optimizer = FusedAdamConfig::new().init();
             let loss = CrossEntropyLossConfig::new().init(&device);
             group.bench_function(BenchmarkId::new(name, "2x1x32x96x96"), |b| {
                 b.iter(|| {

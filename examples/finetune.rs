@@ -6,7 +6,8 @@
 //! cargo run --release --example finetune -- --weights resnet18.pth --freeze-early --epochs 5
 //! ```
 //!
-//! Shows the training loop a user writes: Burn's autodiff device, cross-entropy, Adam,
+//! Shows the training loop a user writes: Burn's autodiff device, cross-entropy, Adam
+//! ([`FusedAdam`](resnet3d::train::FusedAdam): Burn's Adam in one pass per parameter),
 //! optionally frozen stem and `layer1` (their BatchNorm statistics stay as inflated), a
 //! progress bar per epoch, and the validation accuracy at the end.
 
@@ -16,8 +17,9 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use resnet3d::burn::module::Module;
 use resnet3d::burn::nn::loss::CrossEntropyLossConfig;
-use resnet3d::burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use resnet3d::burn::optim::{GradientsParams, ModuleOptimizer};
 use resnet3d::burn::tensor::{Device, Int, Tensor, TensorData};
+use resnet3d::train::FusedAdamConfig;
 use resnet3d::{ResNet3d, ResNet3dConfig, Weights};
 
 /// Side of the cubic volumes.
@@ -56,7 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model = freeze_early(model);
         println!("stem and layer1 frozen");
     }
-    let mut optimizer = AdamConfig::new().init();
+    let mut optimizer = FusedAdamConfig::new().init();
     let validation = 1_000_000;
     println!(
         "validation accuracy before training: {:.1}%",

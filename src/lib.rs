@@ -160,7 +160,7 @@
 //! | `ndarray` | no | Burn's `ndarray` CPU backend |
 //! | `wgpu` | no | Burn's `wgpu` GPU backend |
 //! | `nifti` | yes | [`Volume::from_nifti`](preprocess::Volume::from_nifti) |
-//! | `train` | no | Burn's autodiff and optimizers (`burn/autodiff`, `burn/optim`) for fine-tuning |
+//! | `train` | yes | Burn's autodiff and optimizers (`burn/autodiff`, `burn/optim`) and [`train`] for fine-tuning |
 
 mod block;
 mod config;
@@ -177,6 +177,8 @@ mod norm;
 mod pool;
 pub mod preprocess;
 mod record;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use block::{BasicBlock3d, Block, Bottleneck3d, Downsample};
 pub use burn;

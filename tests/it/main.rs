@@ -9,6 +9,7 @@ mod hostile;
 mod invariants;
 mod nifti;
 mod onnx;
+mod optim;
 mod properties;
 mod pytorch;
 mod record;

@@ -1,0 +1,9 @@
+//! Fine-tuning helpers on top of Burn's training tools (feature `train`).
+//!
+//! - [`FusedAdamConfig`] / [`FusedAdam`]: Adam as Burn's [`Optimizer`](burn::optim::Optimizer),
+//!   with the same arithmetic and state records as Burn's `Adam`, whose update is one pass over
+//!   each parameter on a `flex` device (Burn's tensor operations elsewhere).
+
+mod adam;
+
+pub use adam::{FusedAdam, FusedAdamConfig};
