@@ -240,6 +240,23 @@ fn scatter(s: &ConvShape, plane: &mut [f32], tap: [usize; 3], run: &Run, src: &[
     }
 }
 
+/// `len` zeros, written (in parallel) rather than allocated zeroed: the products below add
+/// into their output, and a zeroed allocation large enough to be fresh pages from the kernel
+/// would first be read (mapping the shared zero page) and then written (a copy-on-write fault
+/// and a TLB flush on every core, per page). On ResNet3d-18's `layer4` weight gradient (28 MB)
+/// that made the pass ten times slower (53 ms instead of 5) whenever the allocator had no
+/// such block to reuse.
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()
+        .par_chunks_mut(1 << 16)
+        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: the capacity is at least `len`, and every one of its first `len` values was
+    // written just above.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// The output's base pointer, shared by work items that write disjoint parts of it.
 struct Shared(*mut f32);
 // SAFETY: only written through inside the parallel loops below, each work item to values no
@@ -264,7 +281,7 @@ pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>
     );
     assert!(bias.is_none_or(|b| b.len() == s.out_channels), "conv3d: bias length");
     let (oc, ov, k) = (s.out_channels, s.out_voxels(), s.k());
-    let mut y = vec![0.0f32; s.output_len()];
+    let mut y = zeros(s.output_len());
     if let Some(bias) = bias {
         for (plane, b) in y.chunks_exact_mut(ov).zip(bias.iter().cycle()) {
             plane.fill(*b);
@@ -329,6 +346,9 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
         "conv3d: lengths do not fit {s:?}"
     );
     let (oc, ov, taps, in_plane) = (s.out_channels, s.out_voxels(), s.taps(), s.in_voxels());
+    if ov <= FEW_VOXELS {
+        return backward_input_few(kernel, dy, w, s);
+    }
     // W^T: [k, oc], rows ordered as the patch rows.
     let k = s.k();
     let wt = transpose(w, oc, k);
@@ -340,7 +360,7 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
         .div_ceil(per_batch)
         .max(48usize.div_ceil(taps))
         .min(s.in_channels);
-    let mut dx = vec![0.0f32; s.input_len()];
+    let mut dx = zeros(s.input_len());
     dx.par_chunks_mut(s.in_channels * in_plane)
         .enumerate()
         .flat_map(|(b, dxb)| {
@@ -398,6 +418,71 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
     dx
 }
 
+/// Output voxels per batch item up to which [`backward_input`] multiplies the other way round
+/// ([`backward_input_few`]).
+const FEW_VOXELS: usize = 2 * NR;
+
+/// [`backward_input`] for few output voxels per batch item (the last stages: ResNet3d-18's
+/// `layer4` on a 32 x 96 x 96 crop has 9): `dP^T[v, p] = sum_oc dY^T[v, oc] * W[oc, p]`, every
+/// voxel of the batch one row, so that the kernel (by far the larger operand there) is read
+/// once in its own layout, panel by panel, instead of being transposed first and multiplied
+/// with a column block padded from 9 voxels to 32; then each `dP` value is added where its
+/// patch value came from, as in [`backward_input`].
+fn backward_input_few(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
+    let (oc, ov, k, taps, in_plane) = (s.out_channels, s.out_voxels(), s.k(), s.taps(), s.in_voxels());
+    let rows = s.batch * ov;
+    // dY^T: [batch * ov, oc].
+    let mut dyt = vec![0.0f32; rows * oc];
+    for (b, dyb) in dy.chunks_exact(oc * ov).enumerate() {
+        for (o, plane) in dyb.chunks_exact(ov).enumerate() {
+            for (v, &g) in plane.iter().enumerate() {
+                dyt[(b * ov + v) * oc + o] = g;
+            }
+        }
+    }
+    let mut dpt = zeros(rows * k);
+    let panels = k.div_ceil(NR);
+    let threads = rayon::current_num_threads().max(1);
+    let per_item = panels.div_ceil(4 * threads).max(1);
+    let out = Shared(dpt.as_mut_ptr());
+    (0..panels.div_ceil(per_item)).into_par_iter().for_each(|item| {
+        let mine = item * per_item..((item + 1) * per_item).min(panels);
+        let out = &out;
+        let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
+            let (first, len) = (j * NR, NR.min(k - j * NR));
+            for (row, o) in buf.chunks_exact_mut(NR).zip(ks) {
+                row[..len].copy_from_slice(&w[o * k + first..][..len]);
+                row[len..].fill(0.0);
+            }
+        };
+        SCRATCH.with_borrow_mut(|(scratch, _)| {
+            // SAFETY: `dyt` holds `rows` rows of oc values; `dpt` `rows` rows of k values, of
+            // which this item alone touches the columns of `mine`.
+            unsafe {
+                product(kernel, dyt.as_ptr(), oc, rows, oc, k, mine, pack, out.0, k, scratch);
+            }
+        });
+    });
+    // col2im, split by (batch item, input channel) so that no two items add to one voxel.
+    let mut dx = zeros(s.input_len());
+    let all = runs(0..ov, s.output);
+    dx.par_chunks_mut(in_plane).enumerate().for_each(|(plane_index, plane)| {
+        let (b, ic) = (plane_index / s.in_channels, plane_index % s.in_channels);
+        let mut src = vec![0.0f32; ov];
+        for t in 0..taps {
+            let p = ic * taps + t;
+            for (v, value) in src.iter_mut().enumerate() {
+                *value = dpt[(b * ov + v) * k + p];
+            }
+            let (_, tap) = s.tap(p);
+            for run in &all {
+                scatter(s, plane, tap, run, &src[run.at..run.at + run.len]);
+            }
+        }
+    });
+    dx
+}
+
 /// The gradient of the kernel of [`forward`] for the input `x` and output gradient `dy`:
 /// `[oc, ic, kd, kh, kw]`, summed over the batch.
 pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
@@ -406,7 +491,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
         "conv3d: lengths do not fit {s:?}"
     );
     let (oc, ov, k, in_plane) = (s.out_channels, s.out_voxels(), s.k(), s.in_voxels());
-    let mut dw = vec![0.0f32; oc * k];
+    let mut dw = zeros(oc * k);
     let panels = k.div_ceil(NR);
     let threads = rayon::current_num_threads().max(1);
     let per_item = panels.div_ceil(4 * threads).clamp(1, 4);
@@ -467,7 +552,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
 /// fall into two L1 sets: 3-4 times slower.)
 fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const B: usize = 32;
-    let mut t = vec![0.0f32; rows * cols];
+    let mut t = zeros(rows * cols);
     t.par_chunks_mut(B * rows).enumerate().for_each(|(cb, out)| {
         // Output rows c0 .. c1 (input columns), every input row.
         let c0 = cb * B;
