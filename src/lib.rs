@@ -120,12 +120,15 @@
 //! # Fine-tuning on the CPU
 //!
 //! On a `flex` device, with or without autodiff, every convolution of the network is the
-//! crate's own Burn operation (a backend extension): patches packed block by block into an
-//! AVX-512 register-tiled product, with hand-written input, weight and bias gradients through
-//! the same product. In train mode the BatchNorm layers (with the ReLU that follows them) are
-//! one such operation too, and the running variance is updated with the unbiased batch
-//! variance, as PyTorch does. The gradients of a training step are checked against PyTorch's
-//! (computed in float64). On `ndarray` and `wgpu` the network uses Burn's own operations.
+//! crate's own Burn operation (a backend extension): the same AVX-512 register-tiled product
+//! as [`FrozenResNet3d`] on channels-last activations, with hand-written input, weight and
+//! bias gradients through that product. The BatchNorm layers (with the ReLU, and the residual
+//! before it, that follow them) are one such operation too, in train and eval mode; the
+//! running variance is updated with the unbiased batch variance, as PyTorch does. The
+//! activations stay channels-last from layer to layer (Burn sees `[N, C, D, H, W]` tensors
+//! with permuted strides). The gradients of a training step are checked against PyTorch's
+//! (computed in float64). [`train::FusedAdam`] is Burn's Adam in one pass per parameter. On
+//! `ndarray` and `wgpu` the network uses Burn's own operations.
 //!
 //! # Fast inference on the CPU
 //!

@@ -8,7 +8,9 @@
 //!   PyTorch does (`var * m / (m - 1)` over the `m` values of a channel), so that a network
 //!   fine-tuned here evaluates as the same network fine-tuned in PyTorch.
 //!
-//! In eval mode it is Burn's `BatchNorm::forward` unchanged.
+//! In eval mode on `flex` without autodiff, the same kernels apply the running statistics
+//! (with the ReLU and residual in the same pass); elsewhere in eval mode it is Burn's
+//! `BatchNorm::forward` unchanged.
 
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
@@ -39,6 +41,19 @@ fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool, residual: Option<Tenso
         if with_relu { relu(y) } else { y }
     };
     if !(x.device().is_autodiff() && bn.training.is_enabled()) {
+        #[cfg(feature = "flex")]
+        if !(x.device().is_autodiff() && bn.training.is_enabled()) {
+            let (mean, var) = (bn.running_mean.value(), bn.running_var.value());
+            let device = x.device();
+            let fits = |t: &Tensor<1>| t.device() == device && t.dtype() == x.dtype() && t.dims() == [x.dims()[1]];
+            if fits(&mean)
+                && fits(&var)
+                && crate::cpu::runs_batch_norm(&x, &bn.gamma.val(), &bn.beta.val(), residual.as_ref())
+            {
+                let affine = (bn.gamma.val(), bn.beta.val());
+                return crate::cpu::batch_norm_eval(x, affine, (mean, var), bn.epsilon, with_relu, residual);
+            }
+        }
         return then(bn.forward(x), residual);
     }
     #[cfg(feature = "flex")]

@@ -86,7 +86,7 @@ enum FrozenBlock {
 
 /// A convolution with its BatchNorm folded in.
 #[derive(Debug, Clone)]
-struct FrozenConv {
+pub(crate) struct FrozenConv {
     /// The layer's name in torchvision naming (`layer1.0.conv2`), for errors.
     name: String,
     /// `[K, out]` row-major, `K` ordered (depth tap, height tap, width tap, input channel):
@@ -122,7 +122,7 @@ unsafe impl Send for SendPtr {}
 /// Activation buffers kept between layers and between calls, so that their pages are not
 /// faulted in (and zeroed by the kernel) again for every layer; at most `budget` bytes are
 /// kept, the least recently returned buffers going first.
-struct Buffers(Mutex<Kept>);
+pub(crate) struct Buffers(Mutex<Kept>);
 
 #[derive(Debug)]
 struct Kept {
@@ -154,7 +154,7 @@ impl Default for Buffers {
 }
 
 impl Buffers {
-    fn with_budget(budget: usize) -> Self {
+    pub(crate) fn with_budget(budget: usize) -> Self {
         Self(Mutex::new(Kept {
             buffers: Vec::new(),
             clock: 0,
@@ -199,7 +199,7 @@ impl Buffers {
     /// Keeps `buffer` for a later [`take`](Self::take), within the budget: a buffer larger
     /// than the whole budget is freed at once, and the least recently returned ones are freed
     /// until the rest fits.
-    fn give(&self, buffer: Vec<f32>) {
+    pub(crate) fn give(&self, buffer: Vec<f32>) {
         let size = buffer.capacity() * size_of::<f32>();
         let mut kept = self.lock();
         if size > kept.budget || size == 0 {
@@ -252,9 +252,25 @@ impl std::fmt::Debug for Buffers {
 
 /// Activations channels-last: `[n, d, h, w, c]`.
 #[derive(Debug, Clone)]
-struct Act {
-    data: Vec<f32>,
-    dims: [usize; 5],
+pub(crate) struct Act {
+    pub data: Vec<f32>,
+    pub dims: [usize; 5],
+}
+
+/// A channels-last activation borrowed: `dims.iter().product()` values of `[n, d, h, w, c]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub data: &'a [f32],
+    pub dims: [usize; 5],
+}
+
+impl Act {
+    fn view(&self) -> View<'_> {
+        View {
+            data: &self.data,
+            dims: self.dims,
+        }
+    }
 }
 
 /// Values of a tensor as `f32`, whatever the backend.
@@ -294,24 +310,48 @@ impl FrozenConv {
         }
         let scale: Vec<f32> = (0..o).map(|oc| gamma[oc] / (var[oc] + eps).sqrt()).collect();
         let bias: Vec<f32> = (0..o).map(|oc| beta[oc] - mean[oc] * scale[oc]).collect();
-        // Row p = (tap, input channel) of the [K, out] matrix, written straight into the
-        // kernel's layout: no intermediate copy of the weights.
-        let weight = PackedB::from_fn(k, o, kernel_impl, |p, oc| {
-            let (tap, ic) = (p / i, p % i);
-            w[(oc * i + ic) * taps + tap] * scale[oc]
-        });
-        drop(w);
-        Ok(Self {
+        Ok(Self::from_kernel(
+            name,
+            &w,
+            [o, i, kd, kh, kw],
+            Some(&scale),
+            bias,
+            conv.stride,
+            conv.padding,
+            conv.depth_padding == DepthPadding::Replicate,
+            kernel_impl,
+        ))
+    }
+
+    /// The convolution with kernel `w` (`[o, i, kd, kh, kw]`, each output channel multiplied
+    /// by `scale` if given) and `bias` (`o` values): what the Burn op runs on channels-last
+    /// data. The caller checks the lengths (asserted when packing).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_kernel(
+        name: &str,
+        w: &[f32],
+        [o, i, kd, kh, kw]: [usize; 5],
+        scale: Option<&[f32]>,
+        bias: Vec<f32>,
+        stride: [usize; 3],
+        padding: [usize; 3],
+        replicate_depth: bool,
+        kernel_impl: Kernel,
+    ) -> Self {
+        // Rows (tap, input channel) of the [K, out] matrix, written straight into the kernel's
+        // layout: no intermediate copy of the weights.
+        let weight = PackedB::conv_kernel(w, [o, i, kd * kh * kw], scale, kernel_impl);
+        Self {
             name: name.to_string(),
             weight,
             bias,
             in_channels: i,
             out_channels: o,
             kernel: [kd, kh, kw],
-            stride: conv.stride,
-            padding: conv.padding,
-            replicate_depth: conv.depth_padding == DepthPadding::Replicate,
-        })
+            stride,
+            padding,
+            replicate_depth,
+        }
     }
 
     /// The output's shape (channels-last) for an input of shape `[n, d, h, w, c]`.
@@ -337,7 +377,13 @@ impl FrozenConv {
     /// # Errors
     /// As [`output_dims`](Self::output_dims); [`Error::InvalidNetwork`] if `residual` does not
     /// have the output's shape. Nothing is computed then.
-    fn forward(&self, x: &Act, residual: Option<&Act>, relu: bool, buffers: &Buffers) -> Result<Act> {
+    pub(crate) fn forward(
+        &self,
+        x: View<'_>,
+        residual: Option<View<'_>>,
+        relu: bool,
+        buffers: &Buffers,
+    ) -> Result<Act> {
         // Every read below stays in bounds because of these two checks: `x` holds
         // `in_channels` values per voxel over a padded extent that covers the kernel, and the
         // residual has the output's shape.
@@ -459,7 +505,7 @@ impl FrozenConv {
     /// `x` padded by this convolution's padding (zeros, or edge slices in depth for
     /// Replicate), as `[n, d', h', w', c]`, followed by zeros enough for the register tile
     /// to read a whole block past the last voxel.
-    fn pad(&self, x: &Act, buffers: &Buffers) -> Act {
+    fn pad(&self, x: View<'_>, buffers: &Buffers) -> Act {
         let [n, d, h, w, c] = x.dims;
         let [pd, ph, pw] = self.padding;
         let (dp, hp, wp) = (d + 2 * pd, h + 2 * ph, w + 2 * pw);
@@ -563,7 +609,7 @@ impl FrozenConv {
 
     /// The patches of output voxels `first..first + count` (in `[n, d, h, w]` order), one row
     /// of `k` values each, zeros where the kernel reaches into the padding.
-    fn gather(&self, x: &Act, out_dims: [usize; 5], first: usize, count: usize, k: usize, patches: &mut Vec<f32>) {
+    fn gather(&self, x: View<'_>, out_dims: [usize; 5], first: usize, count: usize, k: usize, patches: &mut Vec<f32>) {
         let [_, d, h, w, c] = x.dims;
         let [_, od, oh, ow, _] = out_dims;
         let [_, kh, kw] = self.kernel;
@@ -672,7 +718,7 @@ impl FrozenBlock {
     fn forward(&self, x: Act, buffers: &Buffers) -> Result<Act> {
         let shortcut = |ds: &Option<FrozenConv>, x: Act| match ds {
             Some(ds) => {
-                let identity = ds.forward(&x, None, false, buffers);
+                let identity = ds.forward(x.view(), None, false, buffers);
                 buffers.give(x.data);
                 identity
             }
@@ -684,7 +730,7 @@ impl FrozenBlock {
                 conv2,
                 downsample,
             } => {
-                let y = conv1.forward(&x, None, true, buffers)?;
+                let y = conv1.forward(x.view(), None, true, buffers)?;
                 (y, shortcut(downsample, x)?, conv2)
             }
             FrozenBlock::Bottleneck {
@@ -693,13 +739,13 @@ impl FrozenBlock {
                 conv3,
                 downsample,
             } => {
-                let y1 = conv1.forward(&x, None, true, buffers)?;
-                let y = conv2.forward(&y1, None, true, buffers)?;
+                let y1 = conv1.forward(x.view(), None, true, buffers)?;
+                let y = conv2.forward(y1.view(), None, true, buffers)?;
                 buffers.give(y1.data);
                 (y, shortcut(downsample, x)?, conv3)
             }
         };
-        let out = last.forward(&y, Some(&identity), true, buffers)?;
+        let out = last.forward(y.view(), Some(identity.view()), true, buffers)?;
         buffers.give(y.data);
         buffers.give(identity.data);
         Ok(out)
@@ -949,7 +995,9 @@ impl FrozenResNet3d {
             )
         };
         let buffers = &self.buffers;
-        let stem = self.stem.forward(&self.input(x)?, None, true, buffers)?;
+        let input = self.input(x)?;
+        let stem = self.stem.forward(input.view(), None, true, buffers)?;
+        buffers.give(input.data);
         // Each map is copied out once, as a tensor, and then moved on: no copies of the
         // activations themselves.
         let stem_map = to_tensor(&stem);
@@ -979,7 +1027,7 @@ impl FrozenResNet3d {
     }
 
     fn stem_forward(&self, x: Act) -> Result<Act> {
-        let y = self.stem.forward(&x, None, true, &self.buffers)?;
+        let y = self.stem.forward(x.view(), None, true, &self.buffers)?;
         self.buffers.give(x.data);
         match &self.maxpool {
             Some(pool) => pool.forward(y, &self.buffers),
@@ -1104,7 +1152,7 @@ impl LayerBench {
     /// None in practice: the input was checked against the layer when the bench was built.
     pub fn run(&self) -> Result<usize> {
         let out = match &self.layer {
-            BenchLayer::Conv(conv) => conv.forward(&self.input, None, true, &self.buffers)?,
+            BenchLayer::Conv(conv) => conv.forward(self.input.view(), None, true, &self.buffers)?,
             BenchLayer::Pool(pool) => pool.forward(self.input.clone(), &self.buffers)?,
         };
         let len = out.data.len();

@@ -3,19 +3,30 @@
 //! - `matmul`: the matrix product every convolution here is made of, `C += A * B` with `B`
 //!   in panels of 32 columns: an AVX-512 12x32 register tile (detected at run time) and a
 //!   portable fallback.
-//! - `conv`: 3-D convolution on `[N, C, D, H, W]` data, forward and gradients, as products
-//!   of the kernel with patches packed block by block.
-//! - `op`: that convolution as an operation of Burn's `flex` backend (a backend extension),
-//!   with its backward pass for `Autodiff<Flex>`: what [`Conv`](crate::Conv) runs on flex.
+//! - `channels_last`: 3-D convolution on channels-last `[N, D, H, W, C]` data, forward (the
+//!   frozen network's implicit product) and gradients (products with `dY` read in place, then
+//!   col2im; patch panels copied `C` values at a time): what the network runs on flex.
+//! - `conv`: the same on channels-first `[N, C, D, H, W]` data, patches packed block by
+//!   block; used where it is the better layout: the last stages' few voxels (the kernel read
+//!   in its own layout), channel counts that are not multiples of 32 in the weight gradient
+//!   (the one-channel stem), dilated convolutions.
+//! - `op`: the convolution and BatchNorm as operations of Burn's `flex` backend (backend
+//!   extensions), with their backward passes for `Autodiff<Flex>`: what [`Conv`](crate::Conv)
+//!   and the network's BatchNorm layers run on flex. Their outputs are channels-last buffers
+//!   seen by Burn as `[N, C, D, H, W]` tensors with permuted strides, so that consecutive
+//!   layers pass activations on without changing their layout.
 //! - `adam`: Adam's update in one pass per parameter, as a `flex` operation (for
 //!   [`FusedAdam`](crate::train::FusedAdam)).
-//! - `norm`: BatchNorm in train mode (batch statistics), forward and gradients.
+//! - `norm`: BatchNorm on channels-last data (batch statistics, or the running ones in
+//!   eval mode), with ReLU and residual in the same pass; forward and gradients.
 //! - `frozen`: [`FrozenResNet3d`], the inference-only network (BatchNorm folded,
 //!   channels-last between layers).
 
 // The training kernels serve the flex backend's ops only.
 #[cfg(all(feature = "flex", feature = "train"))]
 mod adam;
+#[cfg(feature = "flex")]
+mod channels_last;
 #[cfg(feature = "flex")]
 mod conv;
 mod frozen;
@@ -29,4 +40,4 @@ mod op;
 pub(crate) use adam::{AdamStep, adam};
 pub use frozen::{FrozenResNet3d, LayerBench};
 #[cfg(feature = "flex")]
-pub(crate) use op::{Conv3dArgs, batch_norm_train, conv3d, runs, runs_batch_norm};
+pub(crate) use op::{Conv3dArgs, batch_norm_eval, batch_norm_train, conv3d, runs, runs_batch_norm};

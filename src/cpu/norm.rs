@@ -1,5 +1,6 @@
-//! BatchNorm in train mode on contiguous `[N, C, ...]` `f32` data: the batch statistics, the
-//! normalised output and its gradients, one channel per work item.
+//! BatchNorm in train mode on channels-last `f32` data (rows of `C` values, one per voxel of
+//! the batch): the batch statistics, the normalised output and its gradients, each pass
+//! parallel over blocks of rows with per-channel partial sums.
 //!
 //! Per channel, over its `m = N * voxels` values: `mean`, biased `var`,
 //! `xhat = (x - mean) / sqrt(var + eps)`, `y = gamma * xhat + beta`. Backward, with `g = dy`:
@@ -15,37 +16,6 @@
 //! gradient: passes over memory fewer each way than separate add and ReLU operations.
 
 use rayon::prelude::*;
-
-/// The values of channel `c` of `[n, channels, voxels]` data, plane by plane.
-fn planes(x: &[f32], channels: usize, voxels: usize, c: usize) -> impl Iterator<Item = &[f32]> {
-    x.chunks_exact(voxels.max(1)).skip(c).step_by(channels.max(1))
-}
-
-/// Mean and biased variance of every channel.
-pub(crate) fn moments(x: &[f32], channels: usize, voxels: usize) -> Vec<(f64, f64)> {
-    (0..channels)
-        .into_par_iter()
-        .map(|c| {
-            let m = (x.len() / channels.max(1)).max(1) as f64;
-            let mean = planes(x, channels, voxels, c)
-                .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>())
-                .sum::<f64>()
-                / m;
-            let var = planes(x, channels, voxels, c)
-                .map(|p| p.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>())
-                .sum::<f64>()
-                / m;
-            (mean, var)
-        })
-        .collect()
-}
-
-/// Writes `f(c, plane, out_plane)` for every plane of every channel, in parallel over planes.
-fn per_plane(out: &mut [f32], channels: usize, voxels: usize, f: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    out.par_chunks_mut(voxels.max(1))
-        .enumerate()
-        .for_each(|(i, plane)| f(i % channels.max(1), i, plane));
-}
 
 /// What the forward pass applies after the normalisation, in the same pass.
 #[derive(Debug, Clone, Copy)]
@@ -70,9 +40,56 @@ fn affine(stats: &[(f64, f64)], gamma: &[f32], beta: &[f32], eps: f64) -> Vec<(f
         .collect()
 }
 
+/// Rows of channels-last data per parallel work item.
+fn chunk_rows(channels: usize) -> usize {
+    ((1usize << 15) / channels.max(1)).max(1)
+}
+
+/// Per-channel `f64` sums of `f(value, channel)` over channels-last rows.
+fn column_sums<F>(x: &[f32], channels: usize, f: F) -> Vec<f64>
+where
+    F: Fn(usize, &[f32], &mut [f64]) + Sync,
+{
+    let c = channels.max(1);
+    x.par_chunks(chunk_rows(c) * c)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut sums = vec![0.0f64; c];
+            f(i * chunk_rows(c), chunk, &mut sums);
+            sums
+        })
+        .reduce(
+            || vec![0.0f64; c],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// Mean and biased variance of every channel.
+pub(crate) fn moments(x: &[f32], channels: usize) -> Vec<(f64, f64)> {
+    let m = (x.len() / channels.max(1)).max(1) as f64;
+    let means: Vec<f64> = column_sums(x, channels, |_, chunk, sums| {
+        for row in chunk.chunks_exact(channels) {
+            sums.iter_mut().zip(row).for_each(|(s, &v)| *s += f64::from(v));
+        }
+    })
+    .into_iter()
+    .map(|s| s / m)
+    .collect();
+    let vars = column_sums(x, channels, |_, chunk, sums| {
+        for row in chunk.chunks_exact(channels) {
+            for ((s, &v), mean) in sums.iter_mut().zip(row).zip(&means) {
+                *s += (f64::from(v) - mean).powi(2);
+            }
+        }
+    });
+    means.into_iter().zip(vars).map(|(mean, v)| (mean, v / m)).collect()
+}
+
 /// The normalised output `gamma * xhat + beta` with the batch statistics `stats` (those of
 /// [`moments`]), then `then`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward(
     x: &[f32],
     gamma: &[f32],
@@ -81,22 +98,34 @@ pub(crate) fn forward(
     eps: f64,
     then: Then<'_>,
     channels: usize,
-    voxels: usize,
 ) -> Vec<f32> {
-    let coefficients = affine(stats, gamma, beta, eps);
-    let mut y = vec![0.0f32; x.len()];
+    let (scale, shift): (Vec<f32>, Vec<f32>) = affine(stats, gamma, beta, eps).into_iter().unzip();
+    let c = channels.max(1);
+    let mut y = super::conv::zeros(x.len());
     let relu = |v: f32| if v < 0.0 { 0.0 } else { v };
-    per_plane(&mut y, channels, voxels, |c, i, out| {
-        let (scale, shift) = coefficients[c];
-        let src = &x[i * voxels..][..voxels];
+    let step = chunk_rows(c) * c;
+    y.par_chunks_mut(step).enumerate().for_each(|(i, out)| {
+        let len = out.len();
+        let src = &x[i * step..][..len];
+        let rows = out.chunks_exact_mut(c).zip(src.chunks_exact(c));
         match then {
-            Then::Nothing => out.iter_mut().zip(src).for_each(|(y, x)| *y = x * scale + shift),
-            Then::Relu => out.iter_mut().zip(src).for_each(|(y, x)| *y = relu(x * scale + shift)),
+            Then::Nothing => rows.for_each(|(o, x)| {
+                for (((o, x), a), b) in o.iter_mut().zip(x).zip(&scale).zip(&shift) {
+                    *o = x * a + b;
+                }
+            }),
+            Then::Relu => rows.for_each(|(o, x)| {
+                for (((o, x), a), b) in o.iter_mut().zip(x).zip(&scale).zip(&shift) {
+                    *o = relu(x * a + b);
+                }
+            }),
             Then::AddRelu(residual) => {
-                let r = &residual[i * voxels..][..voxels];
-                out.iter_mut()
-                    .zip(src.iter().zip(r))
-                    .for_each(|(y, (x, r))| *y = relu(x * scale + shift + r));
+                let res = &residual[i * step..][..len];
+                rows.zip(res.chunks_exact(c)).for_each(|((o, x), r)| {
+                    for ((((o, x), a), b), r) in o.iter_mut().zip(x).zip(&scale).zip(&shift).zip(r) {
+                        *o = relu(x * a + b + r);
+                    }
+                });
             }
         }
     });
@@ -116,68 +145,73 @@ pub(crate) fn backward(
     dy: &[f32],
     eps: f64,
     channels: usize,
-    voxels: usize,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let c = channels.max(1);
+    let step = chunk_rows(c) * c;
     let masked = match then {
         Then::Nothing => None,
         Then::Relu | Then::AddRelu(_) => {
-            let coefficients = affine(stats, gamma, beta, eps);
+            let (scale, shift): (Vec<f32>, Vec<f32>) = affine(stats, gamma, beta, eps).into_iter().unzip();
             let pass = |v: f32, g: f32| if v > 0.0 || v.is_nan() { g } else { 0.0 };
-            let mut g = vec![0.0f32; dy.len()];
-            per_plane(&mut g, channels, voxels, |c, i, out| {
-                let (scale, shift) = coefficients[c];
-                let (xs, gs) = (&x[i * voxels..][..voxels], &dy[i * voxels..][..voxels]);
-                match then {
-                    Then::AddRelu(residual) => {
-                        let r = &residual[i * voxels..][..voxels];
-                        out.iter_mut()
-                            .zip(xs.iter().zip(gs).zip(r))
-                            .for_each(|(o, ((x, g), r))| *o = pass(x * scale + shift + r, *g));
+            let mut g = super::conv::zeros(dy.len());
+            g.par_chunks_mut(step).enumerate().for_each(|(i, out)| {
+                let (xs, gs) = (&x[i * step..][..out.len()], &dy[i * step..][..out.len()]);
+                for (r, ((o, x), g)) in out
+                    .chunks_exact_mut(c)
+                    .zip(xs.chunks_exact(c))
+                    .zip(gs.chunks_exact(c))
+                    .enumerate()
+                {
+                    let res = match then {
+                        Then::AddRelu(residual) => Some(&residual[i * step + r * c..][..c]),
+                        _ => None,
+                    };
+                    for ch in 0..c {
+                        let v = x[ch] * scale[ch] + shift[ch] + res.map_or(0.0, |r| r[ch]);
+                        o[ch] = pass(v, g[ch]);
                     }
-                    _ => out
-                        .iter_mut()
-                        .zip(xs.iter().zip(gs))
-                        .for_each(|(o, (x, g))| *o = pass(x * scale + shift, *g)),
                 }
             });
             Some(g)
         }
     };
     let dy = masked.as_deref().unwrap_or(dy);
-    let m = (x.len() / channels.max(1)).max(1) as f64;
-    // Per channel: sum g, sum g * xhat.
-    let sums: Vec<(f64, f64)> = (0..channels)
-        .into_par_iter()
-        .map(|c| {
-            let (mean, var) = stats[c];
-            let inv_std = 1.0 / (var + eps).sqrt();
-            planes(x, channels, voxels, c)
-                .zip(planes(dy, channels, voxels, c))
-                .fold((0.0, 0.0), |(sg, sgx), (xp, gp)| {
-                    let (a, b) = xp.iter().zip(gp).fold((0.0f64, 0.0f64), |(a, b), (&x, &g)| {
-                        let g = f64::from(g);
-                        (a + g, b + g * (f64::from(x) - mean) * inv_std)
-                    });
-                    (sg + a, sgx + b)
-                })
-        })
-        .collect();
-    let mut dx = vec![0.0f32; x.len()];
-    per_plane(&mut dx, channels, voxels, |c, i, out| {
-        let (mean, var) = stats[c];
-        let inv_std = 1.0 / (var + eps).sqrt();
-        let (sg, sgx) = sums[c];
-        let k = f64::from(gamma[c]) * inv_std;
-        // dx = k * (g - sg / m - (x - mean) * inv_std * sgx / m) = a * g + b * x + d
-        let (a, b) = (k as f32, (-k * inv_std * sgx / m) as f32);
-        let d = (-k * sg / m + k * inv_std * sgx / m * mean) as f32;
-        let (xs, gs) = (&x[i * voxels..][..voxels], &dy[i * voxels..][..voxels]);
-        out.iter_mut()
-            .zip(xs.iter().zip(gs))
-            .for_each(|(dx, (x, g))| *dx = a * g + b * x + d);
+    let m = (x.len() / c).max(1) as f64;
+    let inv_std: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
+    let sg = column_sums(dy, c, |_, chunk, sums| {
+        for row in chunk.chunks_exact(c) {
+            sums.iter_mut().zip(row).for_each(|(s, &g)| *s += f64::from(g));
+        }
     });
-    let dgamma = sums.iter().map(|&(_, sgx)| sgx as f32).collect();
-    let dbeta = sums.iter().map(|&(sg, _)| sg as f32).collect();
+    let sgx = column_sums(dy, c, |first, chunk, sums| {
+        let xs = &x[first * c..][..chunk.len()];
+        for (row, xr) in chunk.chunks_exact(c).zip(xs.chunks_exact(c)) {
+            for ch in 0..c {
+                sums[ch] += f64::from(row[ch]) * (f64::from(xr[ch]) - stats[ch].0) * inv_std[ch];
+            }
+        }
+    });
+    // dx = k * (g - sg / m - (x - mean) * inv_std * sgx / m) = a * g + b * x + d
+    let mut a = vec![0.0f32; c];
+    let mut b = vec![0.0f32; c];
+    let mut d = vec![0.0f32; c];
+    for ch in 0..c {
+        let k = f64::from(gamma[ch]) * inv_std[ch];
+        a[ch] = k as f32;
+        b[ch] = (-k * inv_std[ch] * sgx[ch] / m) as f32;
+        d[ch] = (-k * sg[ch] / m + k * inv_std[ch] * sgx[ch] / m * stats[ch].0) as f32;
+    }
+    let mut dx = super::conv::zeros(x.len());
+    dx.par_chunks_mut(step).enumerate().for_each(|(i, out)| {
+        let (xs, gs) = (&x[i * step..][..out.len()], &dy[i * step..][..out.len()]);
+        for ((o, x), g) in out.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(gs.chunks_exact(c)) {
+            for ch in 0..c {
+                o[ch] = a[ch] * g[ch] + b[ch] * x[ch] + d[ch];
+            }
+        }
+    });
+    let dgamma = sgx.iter().map(|&v| v as f32).collect();
+    let dbeta = sg.iter().map(|&v| v as f32).collect();
     let dresidual = match then {
         Then::AddRelu(_) => masked,
         _ => None,
@@ -200,9 +234,17 @@ mod tests {
 
     fn check(mode: usize) {
         let (n, c, v) = (2, 3, 5);
-        let x: Vec<f32> = (0..n * c * v)
-            .map(|i| ((i * 37 % 17) as f32 - 8.0) / 3.0 + (i % c) as f32 * 5.0)
-            .collect();
+        // Values written channels-first ([n, c, v]), laid out channels-last.
+        let cl = |f: &dyn Fn(usize) -> f32| -> Vec<f32> {
+            let first: Vec<f32> = (0..n * c * v).map(f).collect();
+            (0..n * v * c)
+                .map(|j| {
+                    let (b, vv, ch) = (j / (v * c), (j / c) % v, j % c);
+                    first[(b * c + ch) * v + vv]
+                })
+                .collect()
+        };
+        let x = cl(&|i| ((i * 37 % 17) as f32 - 8.0) / 3.0 + (i % c) as f32 * 5.0);
         let gamma = [1.5f32, -0.5, 0.25];
         // With the ReLU, shifts that keep every pre-activation at least 0.05 from 0 while
         // leaving some of each channel's values below it; the residual moves them by 0.02 at most.
@@ -211,7 +253,7 @@ mod tests {
         } else {
             [0.5f32, 0.06, 0.04]
         };
-        let residual: Vec<f32> = (0..x.len()).map(|i| 0.01 * (i % 3) as f32).collect();
+        let residual = cl(&|i| 0.01 * (i % 3) as f32);
         fn then(mode: usize, r: &[f32]) -> Then<'_> {
             match mode {
                 0 => Then::Nothing,
@@ -219,31 +261,21 @@ mod tests {
                 _ => Then::AddRelu(r),
             }
         }
-        let w: Vec<f32> = (0..x.len()).map(|i| ((i * 11 % 7) as f32 - 3.0) / 2.0).collect();
+        let w = cl(&|i| ((i * 11 % 7) as f32 - 3.0) / 2.0);
         let eps = 1e-5;
         // loss = sum w * y
         let loss = |x: &[f32], gamma: &[f32], beta: &[f32], r: &[f32]| -> f64 {
-            forward(x, gamma, beta, &moments(x, c, v), eps, then(mode, r), c, v)
+            forward(x, gamma, beta, &moments(x, c), eps, then(mode, r), c)
                 .iter()
                 .zip(&w)
                 .map(|(y, w)| f64::from(*y) * f64::from(*w))
                 .sum()
         };
-        let (dx, dgamma, dbeta, dr) = backward(
-            &x,
-            &gamma,
-            &beta,
-            &moments(&x, c, v),
-            then(mode, &residual),
-            &w,
-            eps,
-            c,
-            v,
-        );
+        let (dx, dgamma, dbeta, dr) = backward(&x, &gamma, &beta, &moments(&x, c), then(mode, &residual), &w, eps, c);
         assert_eq!(dr.is_some(), mode == 2);
         // Away from the ReLU's kink: every input of the ReLU at least 0.03 from 0, so that the
         // loss is smooth at the step size.
-        let pre = forward(&x, &gamma, &beta, &moments(&x, c, v), eps, Then::Nothing, c, v);
+        let pre = forward(&x, &gamma, &beta, &moments(&x, c), eps, Then::Nothing, c);
         assert!(
             mode == 0 || pre.iter().zip(&residual).all(|(y, r)| (y + r).abs() > 0.03),
             "an input of the ReLU comes too close to the kink"
@@ -271,9 +303,9 @@ mod tests {
             assert!(close(d, dbeta[ch]), "mode {mode}: dbeta[{ch}]");
         }
         // The output has each channel's mean beta and standard deviation |gamma|.
-        let y = forward(&x, &gamma, &beta, &moments(&x, c, v), 0.0, Then::Nothing, c, v);
+        let y = forward(&x, &gamma, &beta, &moments(&x, c), 0.0, Then::Nothing, c);
         for ch in 0..c {
-            let values: Vec<f64> = planes(&y, c, v, ch).flatten().map(|&v| f64::from(v)).collect();
+            let values: Vec<f64> = y.iter().skip(ch).step_by(c).map(|&v| f64::from(v)).collect();
             let mean = values.iter().sum::<f64>() / values.len() as f64;
             let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64).sqrt();
             assert!((mean - f64::from(beta[ch])).abs() < 1e-5 && (sd - f64::from(gamma[ch].abs())).abs() < 1e-4);

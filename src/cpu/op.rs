@@ -1,18 +1,25 @@
-//! The crate's 3-D convolution and its BatchNorm in train mode as operations of Burn's `flex`
-//! backend (backend extensions, routed through Burn's `Dispatch`), with hand-written backward
-//! passes for `Autodiff<Flex>`: the input, weight and bias gradients of
-//! [`conv`](super::conv), each through the same tiled product as the forward pass, and those
-//! of [`norm`](super::norm).
+//! The crate's 3-D convolution and its BatchNorm as operations of Burn's `flex` backend
+//! (backend extensions, routed through Burn's `Dispatch`), with hand-written backward passes
+//! for `Autodiff<Flex>`: the input, weight and bias gradients of
+//! [`channels_last`](super::channels_last), each through the same tiled product as the
+//! forward pass, and those of [`norm`](super::norm).
+//!
+//! Every op reads its tensors channels-last (without a copy when they are already laid out so:
+//! the outputs of these ops are) and writes channels-last buffers, viewed by Burn as
+//! `[N, C, D, H, W]` through permuted strides. Burn's own operations (max pool, the head)
+//! read those views through their strides.
 //!
 //! [`conv3d`] is what [`Conv::forward`](crate::Conv::forward) calls on a `flex` device, with
-//! or without autodiff, and [`batch_norm_train`] what the network's BatchNorm layers call in
-//! train mode there; other backends keep Burn's own operations.
+//! or without autodiff, [`batch_norm_train`] what the network's BatchNorm layers call in
+//! train mode there and [`batch_norm_eval`] in eval mode without autodiff; other backends keep
+//! Burn's own operations.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, DType, Dispatch, ExtensionType, Flex, backend_extension};
 use burn::tensor::{Tensor, TensorData};
 
+use super::channels_last;
 use super::conv::{self, ConvShape};
 use super::matmul::Kernel;
 use super::norm;
@@ -118,12 +125,6 @@ pub(crate) trait BatchNormGradients: Backend {
     );
 }
 
-/// `(channels, voxels per plane)` of `[n, c, ...]`.
-fn channels_and_voxels(shape: &[usize]) -> (usize, usize) {
-    let channels = shape.get(1).copied().unwrap_or(1);
-    (channels, shape.iter().skip(2).product())
-}
-
 /// `[2, c]` moments back as `(mean, variance)` per channel.
 fn stats_of(moments: &FlexTensor) -> Vec<(f64, f64)> {
     let values = f32_values(moments);
@@ -136,7 +137,7 @@ fn stats_of(moments: &FlexTensor) -> Vec<(f64, f64)> {
 /// The residual's values, if any, for [`norm::Then`].
 fn residual_values(after: &After<Flex>) -> Option<std::borrow::Cow<'_, [f32]>> {
     match after {
-        After::AddRelu(r) => Some(f32_values(r)),
+        After::AddRelu(r) => Some(channels_last_values(r)),
         _ => None,
     }
 }
@@ -158,26 +159,23 @@ impl BatchNormBackend for Flex {
         after: After<Self>,
         epsilon: f64,
     ) -> FlexTensor {
-        let shape = x.layout().shape().to_vec();
-        let (channels, voxels) = channels_and_voxels(&shape);
+        let dims = dims5(&x);
         let residual = residual_values(&after);
         let y = norm::forward(
-            &f32_values(&x),
+            &channels_last_values(&x),
             &f32_values(&gamma),
             &f32_values(&beta),
             &stats_of(&moments),
             epsilon,
             then(&after, &residual),
-            channels,
-            voxels,
+            dims[1],
         );
-        FlexTensor::from_data(TensorData::new(y, shape))
+        channels_last(dims, y)
     }
 
     fn resnet3d_channel_moments(x: FlexTensor) -> FlexTensor {
-        let shape = x.layout().shape().to_vec();
-        let (channels, voxels) = channels_and_voxels(&shape);
-        let stats = norm::moments(&f32_values(&x), channels, voxels);
+        let channels = dims5(&x)[1];
+        let stats = norm::moments(&channels_last_values(&x), channels);
         let values = stats
             .iter()
             .map(|&(mean, _)| mean as f32)
@@ -197,25 +195,24 @@ impl BatchNormGradients for Flex {
         grad: FlexTensor,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor, Option<FlexTensor>) {
-        let shape = x.layout().shape().to_vec();
-        let (channels, voxels) = channels_and_voxels(&shape);
+        let dims = dims5(&x);
+        let channels = dims[1];
         let residual = residual_values(&after);
         let (dx, dgamma, dbeta, dresidual) = norm::backward(
-            &f32_values(&x),
+            &channels_last_values(&x),
             &f32_values(&gamma),
             &f32_values(&beta),
             &stats_of(&moments),
             then(&after, &residual),
-            &f32_values(&grad),
+            &channels_last_values(&grad),
             epsilon,
             channels,
-            voxels,
         );
         (
-            FlexTensor::from_data(TensorData::new(dx, shape.clone())),
+            channels_last(dims, dx),
             flex_tensor(dgamma, [channels]),
             flex_tensor(dbeta, [channels]),
-            dresidual.map(|d| FlexTensor::from_data(TensorData::new(d, shape))),
+            dresidual.map(|d| channels_last(dims, d)),
         )
     }
 }
@@ -253,6 +250,42 @@ fn f32_values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     std::borrow::Cow::Owned(data.try_into_vec::<f32>().unwrap_or_default())
 }
 
+/// The values of a 5-D flex tensor (`[n, c, d, h, w]`) in channels-last order
+/// (`[n, d, h, w, c]`): its own buffer when it is laid out so (what [`channels_last`] gives),
+/// else a converted copy.
+fn channels_last_values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    let dims = t.layout().shape().to_vec();
+    if let [n, c, d, h, w] = dims[..]
+        && t.dtype() == DType::F32
+        && t.layout().start_offset() == 0
+    {
+        let want = [d * h * w * c, 1, h * w * c, w * c, c];
+        let strides = t.layout().strides();
+        let len = n * c * d * h * w;
+        // Axes of extent 1 never move the index, whatever their stride.
+        if (0..5).all(|a| dims[a] <= 1 || strides[a] == want[a] as isize) && t.storage::<f32>().len() >= len {
+            return std::borrow::Cow::Borrowed(&t.storage::<f32>()[..len]);
+        }
+    }
+    let dense = f32_values(t);
+    let mut shape = [1usize; 5];
+    shape.iter_mut().zip(&dims).for_each(|(s, &d)| *s = d);
+    std::borrow::Cow::Owned(channels_last::to_channels_last(&dense, shape))
+}
+
+/// Channels-last values (`[n, d, h, w, c]`) as the `[n, c, d, h, w]` tensor they are: a
+/// permuted view of them, no copy. The network's activations stay so between the crate's ops;
+/// Burn's own operations read such views through their strides.
+fn channels_last([n, c, d, h, w]: [usize; 5], values: Vec<f32>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, [n, d, h, w, c])).permute(&[0, 4, 1, 2, 3])
+}
+
+fn dims5(t: &FlexTensor) -> [usize; 5] {
+    let mut out = [1usize; 5];
+    out.iter_mut().zip(t.layout().shape().iter()).for_each(|(o, &d)| *o = d);
+    out
+}
+
 fn flex_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
@@ -263,6 +296,18 @@ impl Conv3dBackend for Flex {
             Bias::Add(b) => Some(f32_values(b)),
             Bias::Zero => None,
         };
+        let [od, oh, ow] = s.output;
+        let dims = [s.batch, s.out_channels, od, oh, ow];
+        if s.dilation == [1, 1, 1] {
+            let y = channels_last::forward(
+                Kernel::detect(),
+                &channels_last_values(&x),
+                &f32_values(&weight),
+                bias.as_deref(),
+                &s,
+            );
+            return channels_last(dims, y);
+        }
         let y = conv::forward(
             Kernel::detect(),
             &f32_values(&x),
@@ -270,28 +315,41 @@ impl Conv3dBackend for Flex {
             bias.as_deref(),
             &s,
         );
-        let [od, oh, ow] = s.output;
-        flex_tensor(y, [s.batch, s.out_channels, od, oh, ow])
+        flex_tensor(y, dims)
     }
 }
 
 impl Conv3dGradients for Flex {
     fn resnet3d_conv3d_input_grad(weight: FlexTensor, grad: FlexTensor, s: ConvShape) -> FlexTensor {
-        let dx = conv::backward_input(Kernel::detect(), &f32_values(&grad), &f32_values(&weight), &s);
         let [d, h, w] = s.input;
-        flex_tensor(dx, [s.batch, s.in_channels, d, h, w])
+        let dims = [s.batch, s.in_channels, d, h, w];
+        if s.dilation == [1, 1, 1] {
+            let dx =
+                channels_last::backward_input(Kernel::detect(), &channels_last_values(&grad), &f32_values(&weight), &s);
+            return channels_last(dims, dx);
+        }
+        let dx = conv::backward_input(Kernel::detect(), &f32_values(&grad), &f32_values(&weight), &s);
+        flex_tensor(dx, dims)
     }
 
     fn resnet3d_conv3d_weight_grad(x: FlexTensor, grad: FlexTensor, s: ConvShape) -> FlexTensor {
-        let dw = conv::backward_weight(Kernel::detect(), &f32_values(&x), &f32_values(&grad), &s);
         let [kd, kh, kw] = s.kernel;
+        let dw = if s.dilation == [1, 1, 1] {
+            channels_last::backward_weight(
+                Kernel::detect(),
+                &channels_last_values(&x),
+                &channels_last_values(&grad),
+                &s,
+            )
+        } else {
+            conv::backward_weight(Kernel::detect(), &f32_values(&x), &f32_values(&grad), &s)
+        };
         flex_tensor(dw, [s.out_channels, s.in_channels, kd, kh, kw])
     }
 
     fn resnet3d_conv3d_bias_grad(grad: FlexTensor, s: ConvShape) -> FlexTensor {
-        let voxels = s.output.iter().product();
         flex_tensor(
-            conv::backward_bias(&f32_values(&grad), s.out_channels, voxels),
+            channels_last::backward_bias(&channels_last_values(&grad), s.out_channels),
             [s.out_channels],
         )
     }
@@ -631,6 +689,36 @@ pub(crate) fn batch_norm_train(
         moments.clone().slice([0..1, 0..c]).reshape([c]),
         moments.slice([1..2, 0..c]).reshape([c]),
     )
+}
+
+/// BatchNorm with the running statistics (eval mode) through the crate's kernels, then ReLU
+/// if `relu` (after adding `residual` if given): the train-mode op's forward pass given the
+/// running mean and variance as the statistics. For devices without autodiff only (that op's
+/// backward pass treats the statistics as the batch's); call it where [`runs_batch_norm`]
+/// says so and `running_mean`, `running_var` are `f32` of one value per channel there too.
+pub(crate) fn batch_norm_eval(
+    x: Tensor<5>,
+    (gamma, beta): (Tensor<1>, Tensor<1>),
+    (running_mean, running_var): (Tensor<1>, Tensor<1>),
+    epsilon: f64,
+    relu: bool,
+    residual: Option<Tensor<5>>,
+) -> Tensor<5> {
+    let c = x.dims()[1];
+    let moments = Tensor::cat(vec![running_mean, running_var], 0).reshape([2, c]);
+    let after = match (relu, residual) {
+        (true, Some(r)) => After::AddRelu(r.into_dispatch()),
+        (true, None) => After::Relu,
+        (false, _) => After::Nothing,
+    };
+    Tensor::from_dispatch(<Dispatch as BatchNormBackend>::resnet3d_batch_norm_train(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        moments.into_dispatch(),
+        after,
+        epsilon,
+    ))
 }
 
 #[cfg(test)]
