@@ -1,4 +1,5 @@
-//! [`MaxPool3d`], which Burn lacks: an exact 3-D max pool from two 2-D passes.
+//! [`MaxPool3d`], which Burn lacks: on `flex` the crate's channels-last pool (`cpu::pool`),
+//! elsewhere an exact 3-D max pool from two 2-D passes of Burn's.
 //!
 //! The maximum over a box is the maximum over depth of the maxima over each slice's
 //! rectangle, so a 3-D max pool is an in-plane `max_pool2d` followed by one along depth.
@@ -83,6 +84,11 @@ impl MaxPool3d {
     /// - output: `[batch, channels, depth', height', width']` with each axis
     ///   `(size + 2 * padding - kernel) / stride + 1`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        // On flex, the crate's channels-last pool (with its gradient).
+        #[cfg(feature = "flex")]
+        if let Some(shape) = crate::cpu::runs_pool(&x, self) {
+            return crate::cpu::max_pool3d(x, shape);
+        }
         let [n, c, d, h, w] = x.dims();
         let [kd, kh, kw] = self.kernel_size;
         let [sd, sh, sw] = self.stride;

@@ -19,6 +19,7 @@
 //!   [`FusedAdam`](crate::train::FusedAdam)).
 //! - `norm`: BatchNorm on channels-last data (batch statistics, or the running ones in
 //!   eval mode), with ReLU and residual in the same pass; forward and gradients.
+//! - `pool`: 3-D max pooling on channels-last data, forward and gradient.
 //! - `frozen`: [`FrozenResNet3d`], the inference-only network (BatchNorm folded,
 //!   channels-last between layers).
 
@@ -35,9 +36,13 @@ mod matmul;
 mod norm;
 #[cfg(feature = "flex")]
 mod op;
+#[cfg(feature = "flex")]
+mod pool;
 
 #[cfg(all(feature = "flex", feature = "train"))]
 pub(crate) use adam::{AdamStep, adam};
 pub use frozen::{FrozenResNet3d, LayerBench};
 #[cfg(feature = "flex")]
-pub(crate) use op::{Conv3dArgs, batch_norm_eval, batch_norm_train, conv3d, runs, runs_batch_norm};
+pub(crate) use op::{
+    Conv3dArgs, batch_norm_eval, batch_norm_train, conv3d, max_pool3d, runs, runs_batch_norm, runs_pool,
+};
