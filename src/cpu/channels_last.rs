@@ -168,6 +168,11 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
     let (in_plane, out_plane) = (h * wd * ic, oh * ow);
     let wr = taps_major(w, s);
     let mut dx = zeros(s.input_len());
+    if s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0] {
+        // Pointwise: every input voxel is one output voxel, dX = dY * W, written in place.
+        pointwise_input_grad(kernel, dy, &wr, s, &mut dx);
+        return dx;
+    }
     // Output planes `colors` apart write disjoint input planes (stride times that covers the
     // kernel's reach); planes whose ranges still overlap are put in one work item.
     let reach = (s.kernel[0] - 1) * s.dilation[0] + 1;
@@ -209,6 +214,43 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
         }
     });
     dx
+}
+
+/// [`backward_input`] of a pointwise convolution with stride 1: `dX[v] = sum_oc dY[v, oc] *
+/// W[oc, ic]`, tiles of voxels in parallel, each writing its own rows of `dx`.
+fn pointwise_input_grad(kernel: Kernel, dy: &[f32], wr: &[f32], s: &ConvShape, dx: &mut [f32]) {
+    let (oc, ic) = (s.out_channels, s.in_channels);
+    let tile = 16 * MR;
+    let panels = ic.div_ceil(NR);
+    dx.par_chunks_mut(tile * ic).enumerate().for_each(|(t, out)| {
+        let rows = out.len() / ic;
+        let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
+            let (c0, len) = (j * NR, NR.min(ic - j * NR));
+            for (row, o) in buf.chunks_exact_mut(NR).zip(ks) {
+                row[..len].copy_from_slice(&wr[o * ic + c0..][..len]);
+                row[len..].fill(0.0);
+            }
+        };
+        SCRATCH.with_borrow_mut(|(scratch, _)| {
+            // SAFETY: dY's rows t * tile .. + rows hold oc values each; `out` is this item's
+            // own rows of dX, ic values each.
+            unsafe {
+                product(
+                    kernel,
+                    dy.as_ptr().add(t * tile * oc),
+                    oc,
+                    rows,
+                    oc,
+                    ic,
+                    0..panels,
+                    pack,
+                    out.as_mut_ptr(),
+                    ic,
+                    scratch,
+                );
+            }
+        });
+    });
 }
 
 /// Rows of `dP` per tile: `rows * k` values stay near 512 KiB.

@@ -148,49 +148,79 @@ pub(crate) fn backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let c = channels.max(1);
     let step = chunk_rows(c) * c;
-    let masked = match then {
-        Then::Nothing => None,
-        Then::Relu | Then::AddRelu(_) => {
-            let (scale, shift): (Vec<f32>, Vec<f32>) = affine(stats, gamma, beta, eps).into_iter().unzip();
-            let pass = |v: f32, g: f32| if v > 0.0 || v.is_nan() { g } else { 0.0 };
-            let mut g = super::conv::zeros(dy.len());
-            g.par_chunks_mut(step).enumerate().for_each(|(i, out)| {
-                let (xs, gs) = (&x[i * step..][..out.len()], &dy[i * step..][..out.len()]);
-                for (r, ((o, x), g)) in out
-                    .chunks_exact_mut(c)
-                    .zip(xs.chunks_exact(c))
-                    .zip(gs.chunks_exact(c))
-                    .enumerate()
-                {
-                    let res = match then {
-                        Then::AddRelu(residual) => Some(&residual[i * step + r * c..][..c]),
-                        _ => None,
-                    };
-                    for ch in 0..c {
-                        let v = x[ch] * scale[ch] + shift[ch] + res.map_or(0.0, |r| r[ch]);
-                        o[ch] = pass(v, g[ch]);
-                    }
-                }
-            });
-            Some(g)
-        }
-    };
-    let dy = masked.as_deref().unwrap_or(dy);
     let m = (x.len() / c).max(1) as f64;
-    let inv_std: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
-    let sg = column_sums(dy, c, |_, chunk, sums| {
-        for row in chunk.chunks_exact(c) {
-            sums.iter_mut().zip(row).for_each(|(s, &g)| *s += f64::from(g));
-        }
-    });
-    let sgx = column_sums(dy, c, |first, chunk, sums| {
-        let xs = &x[first * c..][..chunk.len()];
-        for (row, xr) in chunk.chunks_exact(c).zip(xs.chunks_exact(c)) {
-            for ch in 0..c {
-                sums[ch] += f64::from(row[ch]) * (f64::from(xr[ch]) - stats[ch].0) * inv_std[ch];
+    let (scale, shift): (Vec<f32>, Vec<f32>) = affine(stats, gamma, beta, eps).into_iter().unzip();
+    let relu = !matches!(then, Then::Nothing);
+    let residual = match then {
+        Then::AddRelu(r) => Some(r),
+        _ => None,
+    };
+    // The gradient at the normalisation's output: `dy` where the ReLU passed it (its input,
+    // recomputed as the forward pass rounded it, > 0 or NaN), else 0.
+    let masked = |row: usize, xs: &[f32], gs: &[f32], out: &mut [f32]| {
+        let pass = |v: f32, g: f32| if v > 0.0 || v.is_nan() { g } else { 0.0 };
+        let coefficients = scale.iter().zip(&shift);
+        match (relu, residual) {
+            (false, _) => out.copy_from_slice(gs),
+            (true, None) => {
+                for (((o, &x), &g), (&a, &b)) in out.iter_mut().zip(xs).zip(gs).zip(coefficients) {
+                    *o = pass(x * a + b, g);
+                }
+            }
+            (true, Some(r)) => {
+                let res = &r[row * c..][..c];
+                for ((((o, &x), &g), (&a, &b)), &rv) in out.iter_mut().zip(xs).zip(gs).zip(coefficients).zip(res) {
+                    *o = pass(x * a + b + rv, g);
+                }
             }
         }
-    });
+    };
+    // One pass: per channel, sum g and sum g * x (in f64), writing the masked g where it is
+    // also the residual's gradient.
+    let chunk_sums = |i: usize, mut keep: Option<&mut [f32]>| {
+        let (mut sg, mut sgx) = (vec![0.0f64; c], vec![0.0f64; c]);
+        let len = step.min(x.len() - i * step);
+        let mut g = vec![0.0f32; c];
+        for (r, (xs, gs)) in x[i * step..][..len]
+            .chunks_exact(c)
+            .zip(dy[i * step..][..len].chunks_exact(c))
+            .enumerate()
+        {
+            masked(i * (step / c) + r, xs, gs, &mut g);
+            if let Some(out) = keep.as_deref_mut() {
+                out[r * c..(r + 1) * c].copy_from_slice(&g);
+            }
+            for (((s1, s2), &gv), &xv) in sg.iter_mut().zip(sgx.iter_mut()).zip(&g).zip(xs) {
+                let gv = f64::from(gv);
+                *s1 += gv;
+                *s2 += gv * f64::from(xv);
+            }
+        }
+        (sg, sgx)
+    };
+    let mut dresidual = residual.map(|_| super::conv::zeros(dy.len()));
+    let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
+        a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
+        b.iter_mut().zip(d).for_each(|(x, y)| *x += y);
+        (a, b)
+    };
+    let zero = || (vec![0.0f64; c], vec![0.0f64; c]);
+    let (sg, sgx_raw) = match dresidual.as_mut() {
+        Some(keep) => keep
+            .par_chunks_mut(step)
+            .enumerate()
+            .map(|(i, out)| chunk_sums(i, Some(out)))
+            .reduce(zero, add),
+        None => (0..x.len().div_ceil(step))
+            .into_par_iter()
+            .map(|i| chunk_sums(i, None))
+            .reduce(zero, add),
+    };
+    let inv_std: Vec<f64> = stats.iter().map(|&(_, var)| 1.0 / (var + eps).sqrt()).collect();
+    // sum g * xhat = inv_std * (sum g * x - mean * sum g)
+    let sgx: Vec<f64> = (0..c)
+        .map(|ch| inv_std[ch] * (sgx_raw[ch] - stats[ch].0 * sg[ch]))
+        .collect();
     // dx = k * (g - sg / m - (x - mean) * inv_std * sgx / m) = a * g + b * x + d
     let mut a = vec![0.0f32; c];
     let mut b = vec![0.0f32; c];
@@ -203,19 +233,25 @@ pub(crate) fn backward(
     }
     let mut dx = super::conv::zeros(x.len());
     dx.par_chunks_mut(step).enumerate().for_each(|(i, out)| {
-        let (xs, gs) = (&x[i * step..][..out.len()], &dy[i * step..][..out.len()]);
-        for ((o, x), g) in out.chunks_exact_mut(c).zip(xs.chunks_exact(c)).zip(gs.chunks_exact(c)) {
-            for ch in 0..c {
-                o[ch] = a[ch] * g[ch] + b[ch] * x[ch] + d[ch];
+        let len = out.len();
+        let xs = &x[i * step..][..len];
+        let mut g = vec![0.0f32; c];
+        for (r, (o, xr)) in out.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate() {
+            let at = i * step + r * c;
+            let gs: &[f32] = match &dresidual {
+                Some(kept) => &kept[at..at + c],
+                None => {
+                    masked(at / c, xr, &dy[at..at + c], &mut g);
+                    &g
+                }
+            };
+            for ((((o, &g), &xv), &a), (&b, &d)) in o.iter_mut().zip(gs).zip(xr).zip(&a).zip(b.iter().zip(&d)) {
+                *o = a * g + b * xv + d;
             }
         }
     });
     let dgamma = sgx.iter().map(|&v| v as f32).collect();
     let dbeta = sg.iter().map(|&v| v as f32).collect();
-    let dresidual = match then {
-        Then::AddRelu(_) => masked,
-        _ => None,
-    };
     (dx, dgamma, dbeta, dresidual)
 }
 
