@@ -23,10 +23,13 @@ use rayon::prelude::*;
 
 use super::conv::{self, ConvShape, zeros};
 use super::frozen::{Buffers, FrozenConv, View};
-use super::matmul::{Kernel, MR, NR, Scratch, product};
+use super::matmul::{Kernel, MR, NR, PackedB, Scratch, matmul, product};
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<(Scratch, Vec<f32>)> = std::cell::RefCell::new((Scratch::default(), Vec::new()));
+    /// Per thread: the product's packing buffers, a tile of `dP`, and the prepacked product's
+    /// padded last rows of `A`.
+    static SCRATCH: std::cell::RefCell<(Scratch, Vec<f32>, Vec<f32>)> =
+        std::cell::RefCell::new((Scratch::default(), Vec::new(), Vec::new()));
 }
 
 /// The padded inputs of the forward pass, kept between calls (their pages faulted in once).
@@ -166,11 +169,12 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
     let [d, h, wd] = s.input;
     let [od, oh, ow] = s.output;
     let (in_plane, out_plane) = (h * wd * ic, oh * ow);
-    let wr = taps_major(w, s);
+    // W as the [oc, (tap, ic)] matrix, packed once for every tile's product.
+    let wr = PackedB::from_row_major(&taps_major(w, s), oc, s.k(), kernel);
     let mut dx = zeros(s.input_len());
     if s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0] {
         // Pointwise: every input voxel is one output voxel, dX = dY * W, written in place.
-        pointwise_input_grad(kernel, dy, &wr, s, &mut dx);
+        pointwise_input_grad(dy, &wr, s, &mut dx);
         return dx;
     }
     // Output planes `colors` apart write disjoint input planes (stride times that covers the
@@ -208,7 +212,7 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
             work.into_par_iter().for_each(|(z0, slice, list)| {
                 for oz in list {
                     let dyp = &dy[(b * od + oz) * out_plane * oc..][..out_plane * oc];
-                    plane_input_grad(kernel, dyp, &wr, s, oz, z0, slice);
+                    plane_input_grad(dyp, &wr, s, oz, z0, slice);
                 }
             });
         }
@@ -218,35 +222,24 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
 
 /// [`backward_input`] of a pointwise convolution with stride 1: `dX[v] = sum_oc dY[v, oc] *
 /// W[oc, ic]`, tiles of voxels in parallel, each writing its own rows of `dx`.
-fn pointwise_input_grad(kernel: Kernel, dy: &[f32], wr: &[f32], s: &ConvShape, dx: &mut [f32]) {
+fn pointwise_input_grad(dy: &[f32], wr: &PackedB, s: &ConvShape, dx: &mut [f32]) {
     let (oc, ic) = (s.out_channels, s.in_channels);
     let tile = 16 * MR;
-    let panels = ic.div_ceil(NR);
     dx.par_chunks_mut(tile * ic).enumerate().for_each(|(t, out)| {
         let rows = out.len() / ic;
-        let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
-            let (c0, len) = (j * NR, NR.min(ic - j * NR));
-            for (row, o) in buf.chunks_exact_mut(NR).zip(ks) {
-                row[..len].copy_from_slice(&wr[o * ic + c0..][..len]);
-                row[len..].fill(0.0);
-            }
-        };
-        SCRATCH.with_borrow_mut(|(scratch, _)| {
-            // SAFETY: dY's rows t * tile .. + rows hold oc values each; `out` is this item's
-            // own rows of dX, ic values each.
+        SCRATCH.with_borrow_mut(|(_, _, tail)| {
+            // SAFETY: dY's rows t * tile .. + rows hold oc values each (oc = wr's k); `out` is
+            // this item's own rows of dX, ic values each (wr's n).
             unsafe {
-                product(
-                    kernel,
+                matmul(
                     dy.as_ptr().add(t * tile * oc),
                     oc,
                     rows,
-                    oc,
-                    ic,
-                    0..panels,
-                    pack,
+                    wr,
+                    0..wr.panel_count(),
                     out.as_mut_ptr(),
                     ic,
-                    scratch,
+                    tail,
                 );
             }
         });
@@ -258,49 +251,33 @@ fn tile_rows(k: usize) -> usize {
     ((128 * 1024) / k.max(1)).clamp(MR, 16 * MR) / MR * MR
 }
 
-/// Panels per call of the product: their packed block (`KC x 32` each) stays in L2.
-const PANELS_PER_CALL: usize = 16;
-
 /// One output plane's share of [`backward_input`]: `dyp` its rows of `dY`, `slice` the input
 /// planes from `z0` that it adds into.
-fn plane_input_grad(kernel: Kernel, dyp: &[f32], wr: &[f32], s: &ConvShape, oz: usize, z0: usize, slice: &mut [f32]) {
+fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usize, slice: &mut [f32]) {
     let (oc, ic, k) = (s.out_channels, s.in_channels, s.k());
     let taps = s.kernel.iter().product::<usize>();
     let [_, h, wd] = s.input;
     let [_, _, ow] = s.output;
     let rows_total = dyp.len() / oc;
     let tile = tile_rows(k);
-    let panels = k.div_ceil(NR);
-    SCRATCH.with_borrow_mut(|(scratch, dp)| {
+    SCRATCH.with_borrow_mut(|(_, dp, tail)| {
         for first in (0..rows_total).step_by(tile) {
             let rows = tile.min(rows_total - first);
             dp.clear();
             dp.resize(rows * k, 0.0);
-            let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
-                let (c0, len) = (j * NR, NR.min(k - j * NR));
-                for (row, o) in buf.chunks_exact_mut(NR).zip(ks) {
-                    row[..len].copy_from_slice(&wr[o * k + c0..][..len]);
-                    row[len..].fill(0.0);
-                }
-            };
-            for chunk in (0..panels).step_by(PANELS_PER_CALL) {
-                // SAFETY: `dyp` holds rows_total rows of oc values (first + rows of them from
-                // `first`); `dp` rows * k values, this thread's own.
-                unsafe {
-                    product(
-                        kernel,
-                        dyp.as_ptr().add(first * oc),
-                        oc,
-                        rows,
-                        oc,
-                        k,
-                        chunk..(chunk + PANELS_PER_CALL).min(panels),
-                        pack,
-                        dp.as_mut_ptr(),
-                        k,
-                        scratch,
-                    );
-                }
+            // SAFETY: `dyp` holds rows_total rows of oc values (oc = wr's k), `rows` of them
+            // from `first`; `dp` rows * k values (k = wr's n), this thread's own.
+            unsafe {
+                matmul(
+                    dyp.as_ptr().add(first * oc),
+                    oc,
+                    rows,
+                    wr,
+                    0..wr.panel_count(),
+                    dp.as_mut_ptr(),
+                    k,
+                    tail,
+                );
             }
             for (r, grads) in dp.chunks_exact(k).enumerate() {
                 let v = first + r;
@@ -372,7 +349,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                 }
             }
         };
-        SCRATCH.with_borrow_mut(|(scratch, _)| {
+        SCRATCH.with_borrow_mut(|(scratch, _, _)| {
             // SAFETY: `dyt` holds oc rows of `rows` values; `dwr` oc rows of k values, of
             // which this item alone touches the columns of `mine`.
             unsafe {

@@ -157,6 +157,38 @@ impl PackedB {
         }
     }
 
+    /// `m` (`k x n`, row-major) in the kernel's layout: per panel, rows of 32 contiguous
+    /// values copied as they are.
+    pub(crate) fn from_row_major(m: &[f32], k: usize, n: usize, kernel: Kernel) -> Self {
+        assert!(m.len() == k * n, "from_row_major: length");
+        let (row_major, panels) = match kernel {
+            Kernel::Portable => (m.to_vec(), Vec::new()),
+            Kernel::Avx512 => {
+                let count = n.div_ceil(NR);
+                let mut panels = vec![0.0f32; count * k * NR];
+                panels.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {
+                    let cols = (n - j * NR).min(NR);
+                    for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        let src = &m[p * n + j * NR..][..cols];
+                        if cols == NR {
+                            dst.copy_from_slice(&src[..NR]);
+                        } else {
+                            dst[..cols].copy_from_slice(src);
+                        }
+                    }
+                });
+                (Vec::new(), panels)
+            }
+        };
+        Self {
+            row_major,
+            panels,
+            k,
+            n,
+            kernel,
+        }
+    }
+
     /// The kernel that reads this layout.
     pub(crate) fn kernel(&self) -> Kernel {
         self.kernel
