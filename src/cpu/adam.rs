@@ -103,6 +103,8 @@ impl AdamBackend for Flex {
             "resnet3d_adam: the parameter, its gradient and moments differ in size (checked by FusedAdam)"
         );
         step(&mut p, &g, &mut m, &mut v, &s);
+        // The gradient's buffer serves the next step's weight gradient.
+        super::conv::RECYCLED.give(g);
         let dims = shape.to_vec();
         (
             FlexTensor::from_data(TensorData::new(p, dims.clone())),

@@ -320,7 +320,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
     }
     let rows = s.batch * ov;
     let dyt = conv::transpose(dy, rows, oc);
-    let mut dwr = zeros(oc * k);
+    let mut dwr = conv::recycled_zeros(oc * k);
     let panels = k / NR;
     let threads = rayon::current_num_threads().max(1);
     let per_item = panels.div_ceil(4 * threads).clamp(1, 4);
@@ -357,8 +357,8 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
             }
         });
     });
-    // [oc, (tap, ic)] -> [oc, (ic, tap)].
-    let mut dw = zeros(oc * k);
+    // [oc, (tap, ic)] -> [oc, (ic, tap)]; every value written.
+    let mut dw = conv::recycled_zeros(oc * k);
     dw.par_chunks_mut(k).zip(dwr.par_chunks(k)).for_each(|(dst, src)| {
         for c in 0..ic {
             for t in 0..taps {
@@ -366,6 +366,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
             }
         }
     });
+    conv::RECYCLED.give(dwr);
     dw
 }
 

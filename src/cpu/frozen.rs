@@ -173,27 +173,24 @@ impl Buffers {
     /// buffer is reused when it fits and is at most twice too large (a larger one would pin
     /// memory a small request does not need); otherwise a new one is allocated.
     fn take(&self, len: usize) -> Vec<f32> {
+        self.try_take(len).unwrap_or_else(|| vec![0.0; len])
+    }
+
+    /// [`take`](Self::take) from the kept buffers only: `None` if none fits.
+    pub(crate) fn try_take(&self, len: usize) -> Option<Vec<f32>> {
         let mut kept = self.lock();
         let best = (0..kept.buffers.len())
             .filter(|&i| {
                 let capacity = kept.buffers[i].1.capacity();
                 capacity >= len && capacity <= 2 * len.max(1024)
             })
-            .min_by_key(|&i| kept.buffers[i].1.capacity());
-        match best {
-            Some(i) => {
-                let (_, mut buffer) = kept.buffers.swap_remove(i);
-                kept.bytes -= buffer.capacity() * size_of::<f32>();
-                drop(kept);
-                buffer.truncate(len);
-                buffer.resize(len, 0.0);
-                buffer
-            }
-            None => {
-                drop(kept);
-                vec![0.0; len]
-            }
-        }
+            .min_by_key(|&i| kept.buffers[i].1.capacity())?;
+        let (_, mut buffer) = kept.buffers.swap_remove(best);
+        kept.bytes -= buffer.capacity() * size_of::<f32>();
+        drop(kept);
+        buffer.truncate(len);
+        buffer.resize(len, 0.0);
+        Some(buffer)
     }
 
     /// Keeps `buffer` for a later [`take`](Self::take), within the budget: a buffer larger
