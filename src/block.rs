@@ -9,7 +9,7 @@ use crate::config::{BlockKind, DepthPadding};
 use crate::conv::{Conv, ConvSpec};
 use crate::error::{Error, Result};
 use crate::model::ParamSource;
-use crate::norm::{batch_norm, batch_norm_add_relu, batch_norm_relu};
+use crate::norm::conv_batch_norm;
 
 /// Where a block sits and what it gets: enough to build any of the block kinds.
 #[derive(Debug, Clone, Copy)]
@@ -64,7 +64,7 @@ impl Downsample {
     /// # Shapes
     /// `[N, in, D, H, W]` -> `[N, out, D / sd, H / sh, W / sw]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        batch_norm(&self.bn, self.conv.forward(x))
+        conv_batch_norm(&self.conv, &self.bn, x, false, None)
     }
 }
 
@@ -102,9 +102,9 @@ impl BasicBlock3d {
             Some(downsample) => downsample.forward(x.clone()),
             None => x.clone(),
         };
-        let y = batch_norm_relu(&self.bn1, self.conv1.forward(x));
+        let y = conv_batch_norm(&self.conv1, &self.bn1, x, true, None);
         // The skip connection, added before the last ReLU.
-        batch_norm_add_relu(&self.bn2, self.conv2.forward(y), identity)
+        conv_batch_norm(&self.conv2, &self.bn2, y, true, Some(identity))
     }
 }
 
@@ -153,10 +153,10 @@ impl Bottleneck3d {
             Some(downsample) => downsample.forward(x.clone()),
             None => x.clone(),
         };
-        let y = batch_norm_relu(&self.bn1, self.conv1.forward(x));
-        let y = batch_norm_relu(&self.bn2, self.conv2.forward(y));
+        let y = conv_batch_norm(&self.conv1, &self.bn1, x, true, None);
+        let y = conv_batch_norm(&self.conv2, &self.bn2, y, true, None);
         // The skip connection, added before the last ReLU.
-        batch_norm_add_relu(&self.bn3, self.conv3.forward(y), identity)
+        conv_batch_norm(&self.conv3, &self.bn3, y, true, Some(identity))
     }
 }
 

@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 use crate::block::{Block, BlockSpec, check_conv_bn};
 use crate::config::ResNet3dConfig;
 use crate::conv::{Conv, ConvSpec};
-use crate::norm::batch_norm_relu;
+use crate::norm::conv_batch_norm;
 use crate::pool::MaxPool3d;
 
 /// A 3-D ResNet in torchvision's layout: field names are torchvision's state-dict keys.
@@ -395,7 +395,7 @@ impl ResNet3d {
     }
 
     fn stem(&self, x: Tensor<5>) -> Tensor<5> {
-        batch_norm_relu(&self.bn1, self.conv1.forward(x))
+        conv_batch_norm(&self.conv1, &self.bn1, x, true, None)
     }
 }
 

@@ -8,30 +8,36 @@
 //!   PyTorch does (`var * m / (m - 1)` over the `m` values of a channel), so that a network
 //!   fine-tuned here evaluates as the same network fine-tuned in PyTorch.
 //!
-//! In eval mode on `flex` without autodiff, the same kernels apply the running statistics
-//! (with the ReLU and residual in the same pass); elsewhere in eval mode it is Burn's
-//! `BatchNorm::forward` unchanged.
+//! On `flex` without autodiff (inference), [`conv_batch_norm`] folds the BatchNorm's running
+//! statistics into the convolution before it, as `FrozenResNet3d` does, with the ReLU and
+//! residual in the pass that writes the output (or, for shapes that pass does not take, the
+//! same kernels apply the running statistics after the convolution); elsewhere in eval mode
+//! it is Burn's `BatchNorm::forward` unchanged.
 
 use burn::nn::BatchNorm;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
-/// `bn` applied to `x` (`[N, C, D, H, W]`).
-pub(crate) fn batch_norm(bn: &BatchNorm, x: Tensor<5>) -> Tensor<5> {
-    forward(bn, x, false, None)
+/// `relu(bn(conv(x)))` (or without the ReLU, or with `residual` added before it): on `flex`
+/// without autodiff one pass of the crate's kernels with the BatchNorm folded into the
+/// convolution, as in [`FrozenResNet3d`](crate::FrozenResNet3d); elsewhere the convolution,
+/// then [`forward`].
+pub(crate) fn conv_batch_norm(
+    conv: &crate::Conv,
+    bn: &BatchNorm,
+    x: Tensor<5>,
+    relu: bool,
+    residual: Option<Tensor<5>>,
+) -> Tensor<5> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::cpu::conv_batch_norm_eval(conv, bn, &x, relu, residual.as_ref()) {
+        return y;
+    }
+    forward(bn, conv.forward(x), relu, residual)
 }
 
-/// `relu(bn(x))`, in one pass where the crate's kernels run it.
-pub(crate) fn batch_norm_relu(bn: &BatchNorm, x: Tensor<5>) -> Tensor<5> {
-    forward(bn, x, true, None)
-}
-
-/// `relu(bn(x) + residual)`, the end of a residual block, in one pass where the crate's
-/// kernels run it.
-pub(crate) fn batch_norm_add_relu(bn: &BatchNorm, x: Tensor<5>, residual: Tensor<5>) -> Tensor<5> {
-    forward(bn, x, true, Some(residual))
-}
-
+/// `bn` applied to `x` (`[N, C, D, H, W]`), then ReLU if `with_relu`, after adding `residual`
+/// if given; in one pass where the crate's kernels run it.
 fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool, residual: Option<Tensor<5>>) -> Tensor<5> {
     let then = |y: Tensor<5>, residual: Option<Tensor<5>>| {
         let y = match residual {

@@ -129,6 +129,61 @@ pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>
     }
 }
 
+/// [`forward`] with an eval-mode BatchNorm folded in (`scale`, `shift` per output channel:
+/// `y = conv(x, w * scale) + shift`), then `residual` added and ReLU if `relu`, in the pass
+/// that writes the output: [`FrozenResNet3d`](crate::FrozenResNet3d)'s layer, for the Burn
+/// model's inference on flex. Dilation 1, and not [`few`] voxels (the caller's checks); the
+/// residual of the output's shape (asserted).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_folded(
+    kernel: Kernel,
+    x: &[f32],
+    w: &[f32],
+    (scale, shift): (&[f32], Vec<f32>),
+    residual: Option<&[f32]>,
+    relu: bool,
+    s: &ConvShape,
+) -> Vec<f32> {
+    assert!(
+        x.len() == s.input_len()
+            && w.len() == s.weight_len()
+            && s.dilation == [1, 1, 1]
+            && residual.is_none_or(|r| r.len() == s.output_len()),
+        "conv3d: lengths do not fit {s:?}"
+    );
+    let [kd, kh, kw] = s.kernel;
+    let layer = FrozenConv::from_kernel(
+        "conv",
+        w,
+        [s.out_channels, s.in_channels, kd, kh, kw],
+        Some(scale),
+        shift,
+        s.stride,
+        s.padding,
+        s.replicate_depth,
+        kernel,
+    );
+    let [d, h, wd] = s.input;
+    let [od, oh, ow] = s.output;
+    let view = View {
+        data: x,
+        dims: [s.batch, d, h, wd, s.in_channels],
+    };
+    let residual = residual.map(|data| View {
+        data,
+        dims: [s.batch, od, oh, ow, s.out_channels],
+    });
+    match layer.forward(view, residual, relu, &PADDED) {
+        Ok(act) => act.data,
+        Err(e) => panic!("conv3d: {e} ({s:?})"),
+    }
+}
+
+/// Whether [`forward_folded`] runs this shape.
+pub(crate) fn folds(s: &ConvShape) -> bool {
+    s.dilation == [1, 1, 1] && !few(s)
+}
+
 /// `w` (`[oc, ic, taps]`) as `[oc, taps * ic]`, row `oc` ordered (tap, input channel).
 fn taps_major(w: &[f32], s: &ConvShape) -> Vec<f32> {
     let (ic, taps, k) = (s.in_channels, s.kernel.iter().product::<usize>(), s.k());

@@ -44,5 +44,6 @@ pub(crate) use adam::{AdamStep, adam};
 pub use frozen::{FrozenResNet3d, LayerBench};
 #[cfg(feature = "flex")]
 pub(crate) use op::{
-    Conv3dArgs, batch_norm_eval, batch_norm_train, conv3d, max_pool3d, runs, runs_batch_norm, runs_pool,
+    Conv3dArgs, batch_norm_eval, batch_norm_train, conv_batch_norm_eval, conv3d, max_pool3d, runs, runs_batch_norm,
+    runs_pool,
 };

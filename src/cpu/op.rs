@@ -135,6 +135,63 @@ impl MaxPoolGradients for Flex {
     }
 }
 
+/// A convolution followed by an eval-mode BatchNorm (and ReLU, or the residual and ReLU), as
+/// one backend operation: for inference without autodiff only (it has no backward pass).
+#[backend_extension(Flex)]
+pub(crate) trait ConvBatchNormBackend: Backend {
+    /// `after(bn(conv(x, weight)))`, `bn` with the running statistics `mean`, `var`.
+    #[allow(clippy::too_many_arguments)]
+    fn resnet3d_conv3d_bn_eval(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        #[extension_type] after: After<Self>,
+        epsilon: f64,
+        shape: ConvShape,
+    ) -> FloatTensor<Self>;
+}
+
+impl ConvBatchNormBackend for Flex {
+    fn resnet3d_conv3d_bn_eval(
+        x: FlexTensor,
+        weight: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        mean: FlexTensor,
+        var: FlexTensor,
+        after: After<Self>,
+        epsilon: f64,
+        s: ConvShape,
+    ) -> FlexTensor {
+        let (gamma, beta, mean, var) = (
+            f32_values(&gamma),
+            f32_values(&beta),
+            f32_values(&mean),
+            f32_values(&var),
+        );
+        // As FrozenResNet3d folds it: scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
+        let scale: Vec<f32> = (0..s.out_channels)
+            .map(|c| (f64::from(gamma[c]) / (f64::from(var[c]) + epsilon).sqrt()) as f32)
+            .collect();
+        let shift: Vec<f32> = (0..s.out_channels).map(|c| beta[c] - mean[c] * scale[c]).collect();
+        let residual = residual_values(&after);
+        let y = channels_last::forward_folded(
+            Kernel::detect(),
+            &channels_last_values(&x),
+            &f32_values(&weight),
+            (&scale, shift),
+            residual.as_deref(),
+            !matches!(after, After::Nothing),
+            &s,
+        );
+        let [od, oh, ow] = s.output;
+        channels_last([s.batch, s.out_channels, od, oh, ow], y)
+    }
+}
+
 /// The gradients of [`BatchNormBackend::resnet3d_batch_norm_train`]:
 /// `(x, gamma, beta, residual)`, the last for [`After::AddRelu`].
 pub(crate) trait BatchNormGradients: Backend {
@@ -720,6 +777,65 @@ pub(crate) fn max_pool3d(x: Tensor<5>, shape: PoolShape) -> Tensor<5> {
     Tensor::from_dispatch(<Dispatch as MaxPoolBackend>::resnet3d_max_pool3d(
         x.into_dispatch(),
         shape,
+    ))
+}
+
+/// `after(bn(conv(x)))` with `bn` in eval mode as one pass of the crate's kernels, for
+/// inference on `flex` without autodiff; `None` where that does not apply (autodiff, another
+/// backend, shapes the pass does not take, parameters of other widths or types), and then the
+/// caller runs the convolution and the BatchNorm one after the other.
+pub(crate) fn conv_batch_norm_eval(
+    conv: &crate::Conv,
+    bn: &burn::nn::BatchNorm,
+    x: &Tensor<5>,
+    relu: bool,
+    residual: Option<&Tensor<5>>,
+) -> Option<Tensor<5>> {
+    let device = x.device();
+    if device.is_autodiff() {
+        return None;
+    }
+    let args = Conv3dArgs {
+        stride: conv.stride,
+        padding: conv.padding,
+        dilation: [1, 1, 1],
+        replicate_depth: conv.depth_padding == crate::DepthPadding::Replicate,
+    };
+    let weight = conv.weight.val();
+    let shape = runs(x, &weight, None, &args).filter(channels_last::folds)?;
+    let [od, oh, ow] = shape.output;
+    let out = [shape.batch, shape.out_channels, od, oh, ow];
+    let params = [
+        bn.gamma.val(),
+        bn.beta.val(),
+        bn.running_mean.value(),
+        bn.running_var.value(),
+    ];
+    let fits = params
+        .iter()
+        .all(|t| t.device() == device && t.dtype() == DType::F32 && t.dims() == [shape.out_channels])
+        && residual.is_none_or(|r| r.device() == device && r.dtype() == DType::F32 && r.dims() == out);
+    if !fits {
+        return None;
+    }
+    let after = match (relu, residual) {
+        (true, Some(r)) => After::AddRelu(r.clone().into_dispatch()),
+        (true, None) => After::Relu,
+        (false, _) => After::Nothing,
+    };
+    let [gamma, beta, mean, var] = params;
+    Some(Tensor::from_dispatch(
+        <Dispatch as ConvBatchNormBackend>::resnet3d_conv3d_bn_eval(
+            x.clone().into_dispatch(),
+            weight.into_dispatch(),
+            gamma.into_dispatch(),
+            beta.into_dispatch(),
+            mean.into_dispatch(),
+            var.into_dispatch(),
+            after,
+            bn.epsilon,
+            shape,
+        ),
     ))
 }
 
