@@ -122,10 +122,18 @@ pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>
         data: x,
         dims: [s.batch, d, h, wd, s.in_channels],
     };
-    // The shape computes (ConvShape::new checked it, as `output_dims` does again).
-    match layer.forward(view, None, false, &PADDED) {
+    run(&layer, view, None, false, s)
+}
+
+/// `layer` on `x`, its output's values. The layer's only errors are an input of other
+/// channels than the layer's, a padded input smaller than the kernel, and a residual of another
+/// shape: `s` was built by [`ConvShape::new`] (which refuses a kernel larger than the padded
+/// input, with the same arithmetic) from the tensors this layer was made for, and the callers
+/// assert the residual's length, so the error arm is never taken.
+fn run(layer: &FrozenConv, x: View<'_>, residual: Option<View<'_>>, relu: bool, s: &ConvShape) -> Vec<f32> {
+    match layer.forward(x, residual, relu, &PADDED) {
         Ok(act) => act.data,
-        Err(e) => panic!("conv3d: {e} ({s:?})"),
+        Err(e) => panic!("conv3d: {e} ({s:?}): the shape was checked when it was made"),
     }
 }
 
@@ -173,10 +181,7 @@ pub(crate) fn forward_folded(
         data,
         dims: [s.batch, od, oh, ow, s.out_channels],
     });
-    match layer.forward(view, residual, relu, &PADDED) {
-        Ok(act) => act.data,
-        Err(e) => panic!("conv3d: {e} ({s:?})"),
-    }
+    run(&layer, view, residual, relu, s)
 }
 
 /// Whether [`forward_folded`] runs this shape.
