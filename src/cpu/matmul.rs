@@ -159,6 +159,8 @@ impl PackedB {
 
     /// `m` (`k x n`, row-major) in the kernel's layout: per panel, rows of 32 contiguous
     /// values copied as they are.
+    // Used by the training ops, which need the flex backend.
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
     pub(crate) fn from_row_major(m: &[f32], k: usize, n: usize, kernel: Kernel) -> Self {
         assert!(m.len() == k * n, "from_row_major: length");
         let (row_major, panels) = match kernel {

@@ -1,9 +1,11 @@
 //! Adam whose update is one fused pass per parameter on the CPU.
 
 use burn::config::Config;
+#[cfg(feature = "flex")]
+use burn::optim::AdaptiveMomentumState;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::grad_clipping::GradientClippingConfig;
-use burn::optim::{Adam, AdamConfig, AdamState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer};
+use burn::optim::{Adam, AdamConfig, AdamState, LearningRate, ModuleOptimizer, Optimizer};
 use burn::tensor::{Device, Tensor};
 
 /// The settings of [`FusedAdam`]: those of Burn's [`AdamConfig`], with its defaults (note
@@ -71,6 +73,8 @@ impl FusedAdamConfig {
 /// instead of a dozen element-wise operations on one: on ResNet3d-18's 33 M parameters,
 /// 140 ms of Burn's Adam become about 35 (`benches/train.rs`). Elsewhere it is Burn's Adam.
 #[derive(Clone)]
+// Without the flex backend only Burn's Adam (`burn`) runs.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 pub struct FusedAdam {
     beta_1: f32,
     beta_2: f32,
