@@ -11,6 +11,9 @@
 4. the peak resident set of one ResNet3d-50 forward on 1x1x64x128x128, each side in a
    process of its own (`pytorch_reference.py --memory`, `cargo bench --bench memory`).
 
+`--backend frozen_bf16`: `ResNet3d::freeze_bf16` (bf16 products where the CPU has AVX512_BF16)
+against PyTorch's networks in bfloat16 (eager and TorchScript-frozen).
+
 Backends: `frozen` (FrozenResNet3d: BatchNorm folded, channels-last, AVX-512 or gemm on the
 CPU), `flex` and `ndarray` (the Burn model).
 
@@ -59,6 +62,8 @@ def main():
         ref_cmd += ["--device", "cuda"]
     if train:
         ref_cmd += ["--train"]
+    if args.backend == "frozen_bf16":
+        ref_cmd += ["--bf16"]
     torch_side = json.loads(subprocess.run(ref_cmd, check=True, capture_output=True, text=True).stdout)
     features = ["--features", "wgpu"] if args.backend == "wgpu" else []
     bench = "train" if train else "forward"
@@ -67,7 +72,7 @@ def main():
 
     peak = torch_side["sgemm_gflops"]
     print(f"\nPyTorch {torch_side['torch']} on {torch_side.get('device', 'cpu')}, {torch_side['threads']} threads; "
-          f"sgemm peak {peak:.0f} GFLOP/s; ours: {args.backend}")
+          f"sgemm peak {peak:.0f} GFLOP/s; ours: {args.backend}; PyTorch in {torch_side.get('dtype', 'torch.float32')}")
     print(f"{'benchmark':<44} {'PyTorch ms':>10} {'ours ms':>9} {'ratio':>6} {'GFLOP/s':>8} {'of peak':>7}"
           f" {'jit ms':>8} {'ORT ms':>8} {'vs best':>7}")
     for key, ref in torch_side["results"].items():

@@ -67,6 +67,22 @@ fn frozen(c: &mut Criterion) {
         }
     }
     group.finish();
+    // bf16 products, where the CPU has AVX512_BF16 (`compare.py --backend frozen_bf16`).
+    let mut group = c.benchmark_group("frozen_bf16/forward");
+    group.sample_size(10);
+    for (name, model) in models(&device) {
+        let Ok(frozen) = model.freeze_bf16() else {
+            eprintln!("frozen_bf16: this CPU has no AVX512_BF16, nothing to time");
+            break;
+        };
+        for (size, shape) in [("64x128x128", LARGE), ("16x64x64", SMALL)] {
+            let x = input(shape, &device);
+            group.bench_function(BenchmarkId::new(name, size), |b| {
+                b.iter(|| sync(frozen.forward(x.clone()).expect("valid input")))
+            });
+        }
+    }
+    group.finish();
     let mut group = c.benchmark_group("frozen/layer");
     group.sample_size(10);
     let (conv, x) = layer1_conv(&device);

@@ -189,6 +189,9 @@ def main():
     parser.add_argument("--memory", action="store_true", help="only the peak memory of a ResNet3d-50 forward")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison (benches/gpu.sh)")
     parser.add_argument("--train", action="store_true", help="the fine-tuning step instead of inference")
+    parser.add_argument("--bf16", action="store_true",
+                        help="the networks in bfloat16 (eager and TorchScript-frozen; no ONNX Runtime), for "
+                             "FrozenResNet3d's bf16 inference")
     args = parser.parse_args()
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -217,33 +220,36 @@ def main():
                           "sgemm_gflops": sgemm, "results": train(args, dev, sync, runs)}))
         return
 
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
     for depth in [18, 50]:
         kind, layers = mf.LAYOUTS[depth]
         cfg = dict(mf.DEFAULT_CFG, block=kind, layers=layers, width=64, in_channels=1, num_classes=2)
         model = mf.ResNet3dRef(cfg).eval().to(dev)
         for size, shape in SHAPES.items():
             x = pattern(shape).to(dev)
+            entry = {"gflop": conv_flops(model, x)}
+            model_t, x_t = model.to(dtype), x.to(dtype)
             with torch.inference_mode():
-                ms = timed(synced(lambda: model(x)), runs)
-            entry = {"ms": ms, "gflop": conv_flops(model, x)}
+                entry["ms"] = timed(synced(lambda: model_t(x_t)), runs)
             if dev.type == "cpu":
-                entry["jit_ms"] = jit_frozen_ms(model, x, runs)
-                entry["ort_ms"] = ort_ms(model, x, runs, args.threads)
+                entry["jit_ms"] = jit_frozen_ms(model_t, x_t, runs)
+                entry["ort_ms"] = None if args.bf16 else ort_ms(model, x, runs, args.threads)
+            model = model.float()
             results[f"forward/resnet{depth}/{size}"] = entry
 
-    conv = nn.Conv3d(64, 64, 3, 1, 1, bias=False).eval().to(dev)
-    x = pattern((1, 64, 16, 56, 56)).to(dev)
+    conv = nn.Conv3d(64, 64, 3, 1, 1, bias=False).eval().to(dev).to(dtype)
+    x = pattern((1, 64, 16, 56, 56)).to(dev).to(dtype)
     with torch.inference_mode():
         ms = timed(synced(lambda: conv(x)), runs)
     results["layer/conv3d_64x64x3x3x3_16x56x56"] = {"ms": ms, "gflop": 2 * 64 * 16 * 56 * 56 * 64 * 27 / 1e9}
     pool = nn.MaxPool3d(3, 2, 1)
-    x = pattern((1, 64, 32, 56, 56)).to(dev)
+    x = pattern((1, 64, 32, 56, 56)).to(dev).to(dtype)
     with torch.inference_mode():
         ms = timed(synced(lambda: pool(x)), runs)
     results["layer/maxpool3d_3x3x3s2_64x32x56x56"] = {"ms": ms, "gflop": 0.0}
 
     print(json.dumps({"torch": torch.__version__, "device": str(dev), "threads": args.threads, "sgemm_gflops": sgemm,
-                      "results": results}))
+                      "dtype": str(dtype), "results": results}))
 
 
 if __name__ == "__main__":

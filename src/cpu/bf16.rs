@@ -1,0 +1,218 @@
+//! The bf16 matrix product behind [`ResNet3d::freeze_bf16`](crate::ResNet3d::freeze_bf16):
+//! AVX512_BF16's `vdpbf16ps`, which multiplies pairs of bf16 values and adds both products to
+//! one f32 lane, twice the multiply-adds of an f32 FMA per instruction.
+//!
+//! `B` (the folded kernel) is packed as bf16 pairs of consecutive rows: panel `j`, pair `p`,
+//! column `c` holds `(B[2p][c], B[2p + 1][c])`. `A` (the padded activations) is bf16 too,
+//! row-major, so that a row's pair `(A[r][2p], A[r][2p + 1])` is one 32-bit broadcast. The
+//! products accumulate in f32 registers and the output is f32: only the inputs of each
+//! multiplication are rounded (to 8 significant bits, round to nearest even).
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::matmul::{MR, NR};
+
+/// Whether this CPU runs the bf16 product.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `v` rounded to bf16 (nearest even), as its bits.
+pub(crate) fn to_bf16(v: f32) -> u16 {
+    half::bf16::from_f32(v).to_bits()
+}
+
+/// `B` (`k x n`) as bf16 pairs in panels of [`NR`] columns; `k` is even (the caller's check:
+/// rows come in (tap, input channel) order with an even channel count).
+#[derive(Debug, Clone)]
+pub(crate) struct PackedBf16 {
+    /// `[panel][k / 2][NR][2]`.
+    panels: Vec<u16>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedBf16 {
+    /// A convolution kernel `w` (`[o, i, taps]`) as the `[taps * i, o]` matrix of
+    /// channels-last patches, each output channel multiplied by `scale[oc]`: the bf16 twin of
+    /// [`PackedB::conv_kernel`](super::matmul::PackedB::conv_kernel). `i` must be even.
+    pub(crate) fn conv_kernel(w: &[f32], [o, i, taps]: [usize; 3], scale: &[f32]) -> Self {
+        let k = taps * i;
+        assert!(
+            w.len() == o * k && scale.len() == o && i.is_multiple_of(2),
+            "PackedBf16::conv_kernel: lengths"
+        );
+        let count = o.div_ceil(NR);
+        let mut panels = vec![0u16; count * k * NR];
+        panels.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {
+            let cols = (o - j * NR).min(NR);
+            for c in 0..cols {
+                let oc = j * NR + c;
+                for ic in 0..i {
+                    for (tap, &v) in w[(oc * i + ic) * taps..][..taps].iter().enumerate() {
+                        let p = tap * i + ic;
+                        panel[((p / 2) * NR + c) * 2 + p % 2] = to_bf16(v * scale[oc]);
+                    }
+                }
+            }
+        });
+        Self { panels, k, n: o }
+    }
+
+    /// Panels of [`NR`] columns.
+    pub(crate) fn panel_count(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+}
+
+/// `C[0..rows, panel j] += A[0..rows, ..] * B[ks, panel j]`, `A` bf16 read in place (row `r`'s
+/// values for `ks` are `a[r * lda..][..ks.len()]`).
+///
+/// # Safety
+/// [`available`] must be true; `ks` must start and end on even rows within `b.k`, and `j` be
+/// one of its panels (checked in debug builds); `a` must be valid for reads of [`MR`] rows of
+/// `ks.len()` values, `lda` apart (rows past `rows` are read, their results dropped); `c` for
+/// `rows` rows of the panel's columns, `ldc` apart, no other thread touching them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn accumulate(
+    a: *const u16,
+    lda: usize,
+    rows: usize,
+    b: &PackedBf16,
+    ks: Range<usize>,
+    j: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    debug_assert!(
+        ks.start.is_multiple_of(2) && ks.end.is_multiple_of(2) && ks.end <= b.k && j < b.panel_count() && rows <= MR
+    );
+    let cols = (b.n - j * NR).min(NR);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the caller's contract; panel j holds k / 2 pairs of NR columns, so from pair
+    // ks.start / 2 on ks.len() / 2 of them.
+    unsafe {
+        avx512::tile(
+            ks.len() / 2,
+            a,
+            lda,
+            b.panels.as_ptr().add((j * b.k + ks.start) * NR),
+            c.add(j * NR),
+            ldc,
+            rows,
+            cols,
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (a, lda, rows, ks, c, ldc, cols);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    /// `C[r][0..cols] += sum_p A[r][2p..2p + 2] . Bp[p][0..cols]` for `r < rows`, `kp` pairs.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn tile(
+        kp: usize,
+        a: *const u16,
+        lda: usize,
+        bp: *const u16,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut lo = [_mm512_setzero_ps(); MR];
+        let mut hi = [_mm512_setzero_ps(); MR];
+        for p in 0..kp {
+            // SAFETY: Bp holds kp pairs of NR columns (2 NR values each); A MR rows of 2 kp
+            // values (the caller's contract). The 64-byte types are bit-for-bit the same.
+            unsafe {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * 2 * NR).cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * 2 * NR + NR).cast()));
+                for r in 0..MR {
+                    let pair = a.add(r * lda + 2 * p).cast::<i32>().read_unaligned();
+                    let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
+                    lo[r] = _mm512_dpbf16_ps(lo[r], av, b0);
+                    hi[r] = _mm512_dpbf16_ps(hi[r], av, b1);
+                }
+            }
+        }
+        let mask = |n: usize| -> __mmask16 { if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 } };
+        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
+        for r in 0..rows {
+            // SAFETY: row r < rows and the masked columns lie in C; masked-off lanes are
+            // neither read nor written.
+            unsafe {
+                let row = c.add(r * ldc);
+                let v = _mm512_maskz_loadu_ps(m0, row);
+                _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(v, lo[r]));
+                if m1 != 0 {
+                    let v = _mm512_maskz_loadu_ps(m1, row.add(16));
+                    _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(v, hi[r]));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product against the definition on bf16-rounded inputs (so exact up to f32
+    /// summation order), with a partial panel and fewer rows than the tile.
+    #[test]
+    fn accumulate_computes_the_product_of_the_rounded_inputs() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512_BF16");
+            return;
+        }
+        let round = |v: f32| half::bf16::from_bits(to_bf16(v)).to_f32();
+        let (o, i, taps) = (40usize, 6usize, 3usize);
+        let k = i * taps;
+        let w: Vec<f32> = (0..o * k).map(|x| ((x * 7 % 13) as f32 - 6.0) / 7.0).collect();
+        let scale: Vec<f32> = (0..o).map(|x| 0.5 + x as f32 / 40.0).collect();
+        let b = PackedBf16::conv_kernel(&w, [o, i, taps], &scale);
+        let rows = 7;
+        let a: Vec<f32> = (0..MR * k).map(|x| ((x * 5 % 11) as f32 - 5.0) / 5.0).collect();
+        let a16: Vec<u16> = a.iter().map(|&v| to_bf16(v)).collect();
+        let mut c = vec![0.25f32; rows * o];
+        for j in 0..b.panel_count() {
+            // SAFETY: available() above; ks = 0..k is even; a16 has MR rows of k values; c rows
+            // of o values.
+            unsafe { accumulate(a16.as_ptr(), k, rows, &b, 0..k, j, c.as_mut_ptr(), o) };
+        }
+        for r in 0..rows {
+            for oc in 0..o {
+                let want: f32 = 0.25
+                    + (0..k)
+                        .map(|p| {
+                            let (tap, ic) = (p / i, p % i);
+                            round(a[r * k + p]) * round(w[(oc * i + ic) * taps + tap] * scale[oc])
+                        })
+                        .sum::<f32>();
+                let got = c[r * o + oc];
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{r} {oc}: {got} vs {want}"
+                );
+            }
+        }
+    }
+}
