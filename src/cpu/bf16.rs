@@ -31,8 +31,8 @@ pub(crate) fn to_bf16(v: f32) -> u16 {
     half::bf16::from_f32(v).to_bits()
 }
 
-/// `B` (`k x n`) as bf16 pairs in panels of [`NR`] columns; `k` is even (the caller's check:
-/// rows come in (tap, input channel) order with an even channel count).
+/// `B` (`k x n`) as bf16 pairs in panels of [`NR`] columns, `k` rounded up to even with a zero
+/// row.
 #[derive(Debug, Clone)]
 pub(crate) struct PackedBf16 {
     /// `[panel][k / 2][NR][2]`.
@@ -44,13 +44,14 @@ pub(crate) struct PackedBf16 {
 impl PackedBf16 {
     /// A convolution kernel `w` (`[o, i, taps]`) as the `[taps * i, o]` matrix of
     /// channels-last patches, each output channel multiplied by `scale[oc]`: the bf16 twin of
-    /// [`PackedB::conv_kernel`](super::matmul::PackedB::conv_kernel). `i` must be even.
+    /// [`PackedB::conv_kernel`](super::matmul::PackedB::conv_kernel). With an even `i`, each
+    /// pair of rows is two channels of one tap (what the implicit product needs).
     pub(crate) fn conv_kernel(w: &[f32], [o, i, taps]: [usize; 3], scale: &[f32]) -> Self {
-        let k = taps * i;
         assert!(
-            w.len() == o * k && scale.len() == o && i.is_multiple_of(2),
+            w.len() == o * taps * i && scale.len() == o,
             "PackedBf16::conv_kernel: lengths"
         );
+        let k = (taps * i).div_ceil(2) * 2;
         let count = o.div_ceil(NR);
         let mut panels = vec![0u16; count * k * NR];
         panels.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {
@@ -71,6 +72,11 @@ impl PackedBf16 {
     /// Panels of [`NR`] columns.
     pub(crate) fn panel_count(&self) -> usize {
         self.n.div_ceil(NR)
+    }
+
+    /// Rows, rounded up to even.
+    pub(crate) fn k(&self) -> usize {
+        self.k
     }
 }
 

@@ -331,9 +331,10 @@ impl FrozenConv {
             conv.depth_padding == DepthPadding::Replicate,
             kernel_impl,
         );
-        // bf16 where the implicit product runs (16 channels and more, an even count, so that
-        // pairs of rows are pairs of channels of one tap), not for pointwise convolutions.
-        if precision == Precision::Bf16 && i >= 16 && i.is_multiple_of(2) && layer.kernel != [1, 1, 1] {
+        // bf16 for the implicit product (16 channels and more, an even count, so that pairs of
+        // rows are pairs of channels of one tap) and for gathered patches (fewer channels: the
+        // stem); not for pointwise convolutions.
+        if precision == Precision::Bf16 && (i < 16 || i.is_multiple_of(2)) && layer.kernel != [1, 1, 1] {
             layer.weight_bf16 = Some(super::bf16::PackedBf16::conv_kernel(&w, [o, i, taps], &scale));
         }
         Ok(layer)
@@ -435,7 +436,7 @@ impl FrozenConv {
         let padded_bf16 = self
             .weight_bf16
             .as_ref()
-            .filter(|_| implicit)
+            .filter(|_| implicit && self.in_channels.is_multiple_of(2))
             .map(|w| (w, self.pad_bf16(x)));
         let padded = (implicit && padded_bf16.is_none()).then(|| self.pad(x, buffers));
 
@@ -527,6 +528,38 @@ impl FrozenConv {
                         product,
                     )
                 };
+            } else if let (Some(w), false) = (&self.weight_bf16, pointwise) {
+                SCRATCH.with_borrow_mut(|(patches, _)| {
+                    self.gather(x, out_dims, first, count, k, patches);
+                    // The patches in bf16, rows padded to the kernel's even K, and rows to a
+                    // whole number of register tiles (zeros, results never stored).
+                    let kp = w.k();
+                    let mut a = vec![0u16; count.div_ceil(mr) * mr * kp];
+                    for (dst, src) in a.chunks_exact_mut(kp).zip(patches[..count * k].chunks_exact(k)) {
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = super::bf16::to_bf16(v));
+                    }
+                    for r0 in (0..count).step_by(mr) {
+                        for j in panel_range.clone() {
+                            // SAFETY: `a` holds MR rows of kp values from row r0 (padded to
+                            // whole tiles); 0..kp is `w`'s even row count; the output rows
+                            // first + r0 .. + rows of oc values, this item's own columns of
+                            // panel j; `weight_bf16` exists only where `freeze_bf16` found the
+                            // bf16 product available.
+                            unsafe {
+                                super::bf16::accumulate(
+                                    a.as_ptr().add(r0 * kp),
+                                    kp,
+                                    mr.min(count - r0),
+                                    w,
+                                    0..kp,
+                                    j,
+                                    out_ptr.0.add((first + r0) * oc),
+                                    oc,
+                                )
+                            };
+                        }
+                    }
+                });
             } else {
                 SCRATCH.with_borrow_mut(|(patches, packed)| {
                     let lhs = if pointwise {
@@ -913,13 +946,13 @@ impl ResNet3d {
         self.freeze_with(Kernel::detect(), Precision::F32)
     }
 
-    /// [`freeze`](Self::freeze) with bf16 products where the CPU has AVX512_BF16: the
-    /// convolutions of 16 input channels and more (an even count; every 3x3x3 convolution of
-    /// the presets) round their inputs, activations and folded weights, to bf16 and accumulate
-    /// in f32; the stem, pointwise convolutions, BatchNorm, residuals and the head stay f32.
-    /// 1.1 to 1.3 times the speed of the f32 network on the benchmarks' inputs, with logits
-    /// within about 2e-3 of it (relative to their largest magnitude; `tests/it/bf16.rs`
-    /// states the measured error and its tolerance).
+    /// [`freeze`](Self::freeze) with bf16 products where the CPU has AVX512_BF16: every
+    /// convolution but the pointwise ones (the stem and the 3x3x3 ones of the presets) rounds
+    /// its inputs, activations and folded weights, to bf16 and accumulates in f32;
+    /// activations between layers, pointwise convolutions, residuals and the head stay f32.
+    /// 1.4 to 1.6 times the speed of the f32 network on the benchmarks' large input, with
+    /// logits within about 2e-3 of it (relative to their largest magnitude;
+    /// `tests/it/bf16.rs` states the measured error and its tolerance).
     ///
     /// # Errors
     /// [`Error::Unsupported`] on a CPU without AVX512_BF16 (use [`freeze`](Self::freeze));

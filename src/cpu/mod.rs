@@ -20,7 +20,7 @@
 //! - `norm`: BatchNorm on channels-last data (batch statistics, or the running ones in
 //!   eval mode), with ReLU and residual in the same pass; forward and gradients.
 //! - `pool`: 3-D max pooling on channels-last data, forward and gradient.
-//! - `bf16`: the bf16 product (AVX512_BF16) of `freeze_bf16`'s implicit convolutions.
+//! - `bf16`: the bf16 product (AVX512_BF16) of `freeze_bf16`'s convolutions.
 //! - `frozen`: [`FrozenResNet3d`], the inference-only network (BatchNorm folded,
 //!   channels-last between layers).
 
