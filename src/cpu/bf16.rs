@@ -190,34 +190,42 @@ mod tests {
             return;
         }
         let round = |v: f32| half::bf16::from_bits(to_bf16(v)).to_f32();
-        let (o, i, taps) = (40usize, 6usize, 3usize);
-        let k = i * taps;
-        let w: Vec<f32> = (0..o * k).map(|x| ((x * 7 % 13) as f32 - 6.0) / 7.0).collect();
-        let scale: Vec<f32> = (0..o).map(|x| 0.5 + x as f32 / 40.0).collect();
-        let b = PackedBf16::conv_kernel(&w, [o, i, taps], &scale);
-        let rows = 7;
-        let a: Vec<f32> = (0..MR * k).map(|x| ((x * 5 % 11) as f32 - 5.0) / 5.0).collect();
-        let a16: Vec<u16> = a.iter().map(|&v| to_bf16(v)).collect();
-        let mut c = vec![0.25f32; rows * o];
-        for j in 0..b.panel_count() {
-            // SAFETY: available() above; ks = 0..k is even; a16 has MR rows of k values; c rows
-            // of o values.
-            unsafe { accumulate(a16.as_ptr(), k, rows, &b, 0..k, j, c.as_mut_ptr(), o) };
-        }
-        for r in 0..rows {
-            for oc in 0..o {
-                let want: f32 = 0.25
-                    + (0..k)
-                        .map(|p| {
-                            let (tap, ic) = (p / i, p % i);
-                            round(a[r * k + p]) * round(w[(oc * i + ic) * taps + tap] * scale[oc])
-                        })
-                        .sum::<f32>();
-                let got = c[r * o + oc];
-                assert!(
-                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                    "{r} {oc}: {got} vs {want}"
-                );
+        // An even channel count (pairs within a tap), and one channel with an odd K (the
+        // stem's case: K padded with a zero row).
+        for (o, i, taps) in [(40usize, 6usize, 3usize), (8, 1, 7)] {
+            let k = i * taps;
+            let w: Vec<f32> = (0..o * k).map(|x| ((x * 7 % 13) as f32 - 6.0) / 7.0).collect();
+            let scale: Vec<f32> = (0..o).map(|x| 0.5 + x as f32 / 40.0).collect();
+            let b = PackedBf16::conv_kernel(&w, [o, i, taps], &scale);
+            let kp = b.k();
+            assert_eq!(kp, k.div_ceil(2) * 2);
+            let rows = 7;
+            let a: Vec<f32> = (0..MR * k).map(|x| ((x * 5 % 11) as f32 - 5.0) / 5.0).collect();
+            let mut a16 = vec![0u16; MR * kp];
+            for (dst, src) in a16.chunks_exact_mut(kp).zip(a.chunks_exact(k)) {
+                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = to_bf16(v));
+            }
+            let mut c = vec![0.25f32; rows * o];
+            for j in 0..b.panel_count() {
+                // SAFETY: available() above; 0..kp is even and b's row count; a16 has MR rows
+                // of kp values; c rows of o values.
+                unsafe { accumulate(a16.as_ptr(), kp, rows, &b, 0..kp, j, c.as_mut_ptr(), o) };
+            }
+            for r in 0..rows {
+                for oc in 0..o {
+                    let want: f32 = 0.25
+                        + (0..k)
+                            .map(|p| {
+                                let (tap, ic) = (p / i, p % i);
+                                round(a[r * k + p]) * round(w[(oc * i + ic) * taps + tap] * scale[oc])
+                            })
+                            .sum::<f32>();
+                    let got = c[r * o + oc];
+                    assert!(
+                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                        "{r} {oc}: {got} vs {want}"
+                    );
+                }
             }
         }
     }
