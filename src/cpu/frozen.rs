@@ -443,10 +443,13 @@ impl FrozenConv {
         // Work items: tiles of output voxels, each split into groups of column panels when
         // there are too few tiles to keep every thread busy.
         let threads = rayon::current_num_threads().max(1);
-        // Tiles of at most TILE_ROWS rows, as many as a multiple of the threads (at least
-        // two per thread), of equal size up to a multiple of MR: with 256 rows (layer3 on a
-        // 64 x 128 x 128 input) tiles of 192 and 64 rows left one thread a third of the work.
-        let wanted = rows.div_ceil(TILE_ROWS).max(2 * threads).div_ceil(threads) * threads;
+        // Tiles of at most TILE_ROWS rows and of equal size up to a multiple of MR (with 256
+        // rows, layer3 on a 64 x 128 x 128 input, tiles of 192 and 64 rows left one thread a
+        // third of the work), as many as a multiple of the threads when there are enough rows;
+        // with fewer, the panels are split instead (below): each tile reads the whole kernel,
+        // and for the last stages (32 rows of a 28 MB kernel) that reading is the cost.
+        let natural = rows.div_ceil(TILE_ROWS).max(1);
+        let wanted = if natural >= threads { natural.div_ceil(threads) * threads } else { natural };
         let tile = rows.div_ceil(wanted).div_ceil(mr).max(1) * mr;
         let tiles = rows.div_ceil(tile);
         let panels = self.weight.panel_count();
