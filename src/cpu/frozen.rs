@@ -430,7 +430,18 @@ impl FrozenConv {
         // Blocks stay within an output line, so lines much shorter than a block waste the
         // tile: only lines where the blocks are at least 7/8 full.
         let mr = super::matmul::MR;
-        let full_blocks = ow * 8 >= ow.div_ceil(mr) * mr * 7;
+        // A line's blocks cost 12 rows each, the last one 8 where it has at most 8 (the
+        // short register tile).
+        let tail = ow % mr;
+        let cost = ow / mr * mr
+            + if tail == 0 {
+                0
+            } else if tail <= 8 {
+                8
+            } else {
+                mr
+            };
+        let full_blocks = ow * 8 >= cost * 7;
         let implicit = !pointwise && self.weight.kernel() == Kernel::Avx512 && self.in_channels >= 16 && full_blocks;
         // bf16 activations for the bf16 kernel, else f32 ones for the f32 kernel.
         let padded_bf16 = self
@@ -449,7 +460,11 @@ impl FrozenConv {
         // with fewer, the panels are split instead (below): each tile reads the whole kernel,
         // and for the last stages (32 rows of a 28 MB kernel) that reading is the cost.
         let natural = rows.div_ceil(TILE_ROWS).max(1);
-        let wanted = if natural >= threads { natural.div_ceil(threads) * threads } else { natural };
+        let wanted = if natural >= threads {
+            natural.div_ceil(threads) * threads
+        } else {
+            natural
+        };
         let tile = rows.div_ceil(wanted).div_ceil(mr).max(1) * mr;
         let tiles = rows.div_ceil(tile);
         let panels = self.weight.panel_count();

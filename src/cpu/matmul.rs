@@ -580,8 +580,13 @@ mod avx512 {
         }
     }
 
+    /// Rows of the short register tile, for the last rows of a block (an output line of 32
+    /// voxels is 12 + 12 + 8 rows: with 12-row tiles only, a ninth of the work was padding).
+    const SHORT: usize = 8;
+
     /// `C[r][0..cols] += sum_p A[r][p] * Bp[p][0..cols]` for `r < rows`, in registers; `A`
-    /// has MR rows `lda` apart, read in place.
+    /// has MR rows `lda` apart, read in place (the first [`SHORT`] only when `rows` fits
+    /// them).
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f")]
@@ -595,14 +600,38 @@ mod avx512 {
         rows: usize,
         cols: usize,
     ) {
-        let mut lo = [_mm512_setzero_ps(); MR];
-        let mut hi = [_mm512_setzero_ps(); MR];
+        // SAFETY: the caller's contract; each tile reads at most MR rows of A.
+        unsafe {
+            if rows <= SHORT {
+                tile_rows::<SHORT>(kc, a, lda, bp, c, ldc, rows, cols)
+            } else {
+                tile_rows::<MR>(kc, a, lda, bp, c, ldc, rows, cols)
+            }
+        }
+    }
+
+    /// [`tile`] with `R` rows in registers (`rows <= R <= MR`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_rows<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        bp: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
         for p in 0..kc {
-            // SAFETY: A holds MR rows of kc values, Bp kc x NR.
+            // SAFETY: A holds R <= MR rows of kc values, Bp kc x NR.
             unsafe {
                 let b0 = _mm512_loadu_ps(bp.add(p * NR));
                 let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
-                for r in 0..MR {
+                for r in 0..R {
                     let av = _mm512_set1_ps(*a.add(r * lda + p));
                     lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
                     hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
@@ -634,7 +663,15 @@ mod tests {
     /// Both kernels against the definition, on sizes that leave remainders everywhere.
     #[test]
     fn kernels_compute_the_product() {
-        for (rows, k, n) in [(1, 1, 1), (13, 7, 5), (25, 300, 33), (12, 513, 64), (40, 64, 100)] {
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (13, 7, 5),
+            (25, 300, 33),
+            (12, 513, 64),
+            (40, 64, 100),
+            (21, 50, 40),
+            (8, 9, 32),
+        ] {
             let a: Vec<f32> = (0..rows * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
             let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0).collect();
             let mut expected = vec![0.5f32; rows * n];
