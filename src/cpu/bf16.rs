@@ -130,7 +130,8 @@ mod avx512 {
 
     use super::{MR, NR};
 
-    /// `C[r][0..cols] += sum_p A[r][2p..2p + 2] . Bp[p][0..cols]` for `r < rows`, `kp` pairs.
+    /// `C[r][0..cols] += sum_p A[r][2p..2p + 2] . Bp[p][0..cols]` for `r < rows`, `kp` pairs;
+    /// 8 rows in registers where `rows` fits them (as the f32 tile), else MR.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bf16")]
     pub(super) unsafe fn tile(
@@ -143,15 +144,39 @@ mod avx512 {
         rows: usize,
         cols: usize,
     ) {
-        let mut lo = [_mm512_setzero_ps(); MR];
-        let mut hi = [_mm512_setzero_ps(); MR];
+        // SAFETY: the caller's contract; each variant reads at most MR rows of A.
+        unsafe {
+            if rows <= 8 {
+                tile_rows::<8>(kp, a, lda, bp, c, ldc, rows, cols)
+            } else {
+                tile_rows::<MR>(kp, a, lda, bp, c, ldc, rows, cols)
+            }
+        }
+    }
+
+    /// [`tile`] with `R` rows in registers (`rows <= R <= MR`).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn tile_rows<const R: usize>(
+        kp: usize,
+        a: *const u16,
+        lda: usize,
+        bp: *const u16,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
         for p in 0..kp {
-            // SAFETY: Bp holds kp pairs of NR columns (2 NR values each); A MR rows of 2 kp
-            // values (the caller's contract). The 64-byte types are bit-for-bit the same.
+            // SAFETY: Bp holds kp pairs of NR columns (2 NR values each); A R <= MR rows of
+            // 2 kp values (the caller's contract). The 64-byte types are bit-for-bit the same.
             unsafe {
                 let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * 2 * NR).cast()));
                 let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(p * 2 * NR + NR).cast()));
-                for r in 0..MR {
+                for r in 0..R {
                     let pair = a.add(r * lda + 2 * p).cast::<i32>().read_unaligned();
                     let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair));
                     lo[r] = _mm512_dpbf16_ps(lo[r], av, b0);
@@ -199,32 +224,34 @@ mod tests {
             let b = PackedBf16::conv_kernel(&w, [o, i, taps], &scale);
             let kp = b.k();
             assert_eq!(kp, k.div_ceil(2) * 2);
-            let rows = 7;
-            let a: Vec<f32> = (0..MR * k).map(|x| ((x * 5 % 11) as f32 - 5.0) / 5.0).collect();
-            let mut a16 = vec![0u16; MR * kp];
-            for (dst, src) in a16.chunks_exact_mut(kp).zip(a.chunks_exact(k)) {
-                dst.iter_mut().zip(src).for_each(|(d, &v)| *d = to_bf16(v));
-            }
-            let mut c = vec![0.25f32; rows * o];
-            for j in 0..b.panel_count() {
-                // SAFETY: available() above; 0..kp is even and b's row count; a16 has MR rows
-                // of kp values; c rows of o values.
-                unsafe { accumulate(a16.as_ptr(), kp, rows, &b, 0..kp, j, c.as_mut_ptr(), o) };
-            }
-            for r in 0..rows {
-                for oc in 0..o {
-                    let want: f32 = 0.25
-                        + (0..k)
-                            .map(|p| {
-                                let (tap, ic) = (p / i, p % i);
-                                round(a[r * k + p]) * round(w[(oc * i + ic) * taps + tap] * scale[oc])
-                            })
-                            .sum::<f32>();
-                    let got = c[r * o + oc];
-                    assert!(
-                        (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                        "{r} {oc}: {got} vs {want}"
-                    );
+            // 7 rows: the 8-row register tile; 11: the 12-row one.
+            for rows in [7usize, 11] {
+                let a: Vec<f32> = (0..MR * k).map(|x| ((x * 5 % 11) as f32 - 5.0) / 5.0).collect();
+                let mut a16 = vec![0u16; MR * kp];
+                for (dst, src) in a16.chunks_exact_mut(kp).zip(a.chunks_exact(k)) {
+                    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = to_bf16(v));
+                }
+                let mut c = vec![0.25f32; rows * o];
+                for j in 0..b.panel_count() {
+                    // SAFETY: available() above; 0..kp is even and b's row count; a16 has MR rows
+                    // of kp values; c rows of o values.
+                    unsafe { accumulate(a16.as_ptr(), kp, rows, &b, 0..kp, j, c.as_mut_ptr(), o) };
+                }
+                for r in 0..rows {
+                    for oc in 0..o {
+                        let want: f32 = 0.25
+                            + (0..k)
+                                .map(|p| {
+                                    let (tap, ic) = (p / i, p % i);
+                                    round(a[r * k + p]) * round(w[(oc * i + ic) * taps + tap] * scale[oc])
+                                })
+                                .sum::<f32>();
+                        let got = c[r * o + oc];
+                        assert!(
+                            (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                            "{r} {oc}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }
