@@ -15,6 +15,11 @@
 //!   voxel of the batch one step of the sum, the patch panels (32 channels of one tap) copied
 //!   from the input as they are needed;
 //! - bias gradient: `dY` summed over its rows.
+//!
+//! [`forward_folded`] is the forward pass with an eval-mode BatchNorm folded in (inference
+//! without autodiff). Where the output has few voxels per batch item (the last stages), each
+//! pass hands over to the channels-first one of [`conv`], which reads the kernel in its own
+//! layout instead of repacking it, converting the (small) activations at both ends.
 
 use std::ops::Range;
 use std::sync::LazyLock;
@@ -32,7 +37,8 @@ thread_local! {
         std::cell::RefCell::new((Scratch::default(), Vec::new(), Vec::new()));
 }
 
-/// The padded inputs of the forward pass, kept between calls (their pages faulted in once).
+/// The padded inputs of the forward pass, kept between calls (their pages faulted in once),
+/// up to 256 MiB.
 static PADDED: LazyLock<Buffers> = LazyLock::new(|| Buffers::with_budget(256 << 20));
 
 /// `[n, c, d, h, w]` -> `[n, d, h, w, c]`: per batch item, a `[c, voxels]` transpose.
