@@ -1,17 +1,19 @@
-//! The crate's 3-D convolution and its BatchNorm as operations of Burn's `flex` backend
-//! (backend extensions, routed through Burn's `Dispatch`), with hand-written backward passes
-//! for `Autodiff<Flex>`: the input, weight and bias gradients of
-//! [`channels_last`](super::channels_last), each through the same tiled product as the
-//! forward pass, and those of [`norm`](super::norm).
+//! The crate's 3-D convolution, BatchNorm (with the ReLU and residual after it) and max pool
+//! as operations of Burn's `flex` backend (backend extensions, routed through Burn's
+//! `Dispatch`), with hand-written backward passes for `Autodiff<Flex>`: the input, weight and
+//! bias gradients of [`channels_last`](super::channels_last), each through the same tiled
+//! product as the forward pass, and those of [`norm`](super::norm) and [`pool`](super::pool);
+//! and, for inference without autodiff, a convolution with its eval-mode BatchNorm folded in.
 //!
 //! Every op reads its tensors channels-last (without a copy when they are already laid out so:
 //! the outputs of these ops are) and writes channels-last buffers, viewed by Burn as
-//! `[N, C, D, H, W]` through permuted strides. Burn's own operations (max pool, the head)
-//! read those views through their strides.
+//! `[N, C, D, H, W]` through permuted strides. Burn's own operations (the head, the sums of
+//! gradients) read those views through their strides.
 //!
 //! [`conv3d`] is what [`Conv::forward`](crate::Conv::forward) calls on a `flex` device, with
-//! or without autodiff, [`batch_norm_train`] what the network's BatchNorm layers call in
-//! train mode there and [`batch_norm_eval`] in eval mode without autodiff; other backends keep
+//! or without autodiff; [`batch_norm_train`] what the network's BatchNorm layers call in train
+//! mode there, [`conv_batch_norm_eval`] (or [`batch_norm_eval`]) in eval mode without
+//! autodiff; [`max_pool3d`] what [`MaxPool3d`](crate::MaxPool3d) calls. Other backends keep
 //! Burn's own operations.
 
 use burn::backend::flex::FlexTensor;
