@@ -1,0 +1,86 @@
+//! The crate's 3-D convolution, BatchNorm (with the ReLU and residual after it) and max pool
+//! as operations of Burn's `flex` backend (backend extensions, routed through Burn's
+//! `Dispatch`), with hand-written backward passes for `Autodiff<Flex>`: the input, weight and
+//! bias gradients of [`channels_last`](super::channels_last), each through the same tiled
+//! product as the forward pass, and those of [`norm`](super::norm) and [`pool`](super::pool);
+//! and, for inference without autodiff, a convolution with its eval-mode BatchNorm folded in.
+//!
+//! Every op reads its tensors channels-last (without a copy when they are already laid out so:
+//! the outputs of these ops are) and writes channels-last buffers, viewed by Burn as
+//! `[N, C, D, H, W]` through permuted strides. Burn's own operations (the head, the sums of
+//! gradients) read those views through their strides.
+//!
+//! [`conv3d`] is what [`Conv::forward`](crate::Conv::forward) calls on a `flex` device, with
+//! or without autodiff; [`batch_norm_train`] what the network's BatchNorm layers call in train
+//! mode there, [`conv_batch_norm_eval`] (or [`batch_norm_eval`]) in eval mode without
+//! autodiff; [`max_pool3d`] what [`MaxPool3d`](crate::MaxPool3d) calls. Other backends keep
+//! Burn's own operations.
+
+use burn::backend::DType;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::TensorData;
+
+// One file per operation: the convolution, BatchNorm (train, and eval folded into the
+// convolution), max pool; the conversions between Burn's tensors and the kernels' buffers here.
+mod conv;
+mod norm;
+mod pool;
+
+pub(crate) use conv::{Conv3dArgs, conv3d, runs};
+pub(crate) use norm::{batch_norm_eval, batch_norm_train, conv_batch_norm_eval, runs_batch_norm};
+pub(crate) use pool::{max_pool3d, runs_pool};
+
+/// The values of a flex tensor as contiguous `f32`, copied only when they are not already.
+pub(super) fn f32_values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    if t.dtype() == DType::F32
+        && let Some(values) = t.as_slice::<f32>()
+    {
+        return std::borrow::Cow::Borrowed(values);
+    }
+    let data = t.to_contiguous().into_data().convert::<f32>();
+    // A converted f32 TensorData always reads back as f32; an empty vector would only make the
+    // length check of the kernels fail loudly.
+    std::borrow::Cow::Owned(data.try_into_vec::<f32>().unwrap_or_default())
+}
+
+/// The values of a 5-D flex tensor (`[n, c, d, h, w]`) in channels-last order
+/// (`[n, d, h, w, c]`): its own buffer when it is laid out so (what [`channels_last`] gives),
+/// else a converted copy.
+pub(super) fn channels_last_values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    let dims = t.layout().shape().to_vec();
+    if let [n, c, d, h, w] = dims[..]
+        && t.dtype() == DType::F32
+        && t.layout().start_offset() == 0
+    {
+        let want = [d * h * w * c, 1, h * w * c, w * c, c];
+        let strides = t.layout().strides();
+        let len = n * c * d * h * w;
+        // Axes of extent 1 never move the index, whatever their stride.
+        if (0..5).all(|a| dims[a] <= 1 || strides[a] == want[a] as isize) && t.storage::<f32>().len() >= len {
+            return std::borrow::Cow::Borrowed(&t.storage::<f32>()[..len]);
+        }
+    }
+    let dense = f32_values(t);
+    let mut shape = [1usize; 5];
+    shape.iter_mut().zip(&dims).for_each(|(s, &d)| *s = d);
+    std::borrow::Cow::Owned(crate::cpu::channels_last::to_channels_last(&dense, shape))
+}
+
+/// Channels-last values (`[n, d, h, w, c]`) as the `[n, c, d, h, w]` tensor they are: a
+/// permuted view of them, no copy. The network's activations stay so between the crate's ops;
+/// Burn's own operations read such views through their strides.
+pub(super) fn channels_last([n, c, d, h, w]: [usize; 5], values: Vec<f32>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, [n, d, h, w, c])).permute(&[0, 4, 1, 2, 3])
+}
+
+/// The shape of a tensor of up to 5 axes as 5 extents (missing axes 1).
+pub(super) fn dims5(t: &FlexTensor) -> [usize; 5] {
+    let mut out = [1usize; 5];
+    out.iter_mut().zip(t.layout().shape().iter()).for_each(|(o, &d)| *o = d);
+    out
+}
+
+/// `values` as a contiguous flex tensor of `shape`.
+pub(super) fn flex_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
