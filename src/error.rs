@@ -28,6 +28,18 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A label file (CSV of scans and labels) that cannot be used as it is. `row` is the
+    /// file's line (1 = the header), `None` for the file as a whole.
+    #[error("{}{}: {what}", path.display(), row.map(|r| format!(", line {r}")).unwrap_or_default())]
+    InvalidLabels {
+        /// The label file.
+        path: PathBuf,
+        /// The line that is wrong, if one is.
+        row: Option<usize>,
+        /// What is wrong and what to do.
+        what: String,
+    },
+
     /// The file's bytes are not any weight format this crate reads.
     #[error(
         "{}: not a checkpoint ({found}); expected a PyTorch .pth/.pt, a .safetensors or an ONNX file",

@@ -103,6 +103,9 @@
 //!   equivalent of the ImageNet normalisation, trilinear resampling to a voxel spacing, and
 //!   centre crop or pad; [`Volume::from_nifti`](preprocess::Volume::from_nifti) reads `.nii`
 //!   and `.nii.gz` with their spacing (feature `nifti`).
+//! - [`data`]: [`LabelledScans`](data::LabelledScans), a CSV of scans, classes and splits
+//!   for fine-tuning, every row checked up front (a seeded, class-stratified split when the
+//!   file has none).
 //! - [`ResNet3d::features`] returns every stage for segmentation decoders, and
 //!   [`ResNet3dConfig::feature_info`] their channels and strides (see [`Features`] for a
 //!   U-Net-style decoder).
@@ -169,6 +172,7 @@ mod block;
 mod config;
 mod conv;
 mod cpu;
+pub mod data;
 mod error;
 mod import;
 mod inflate;

@@ -8,6 +8,7 @@ mod full_width;
 mod gradients;
 mod hostile;
 mod invariants;
+mod labels;
 mod nifti;
 mod onnx;
 mod optim;
