@@ -504,11 +504,10 @@ impl FrozenConv {
             }
             if let Some((w, (xp, dims))) = &padded_bf16 {
                 let product = |a: usize, lda: usize, rows: usize, ks: Range<usize>, j: usize, c: *mut f32| {
-                    // SAFETY: as `implicit` states for its calls (A within `xp`, whose slack
-                    // covers the tile's rows past the line), and `w` is this layer's kernel in
-                    // bf16 pairs: its rows are the f32 kernel's, and ks (tap rows of kw * C
-                    // values, C even) starts and ends on even rows. `padded_bf16` exists only
-                    // where `freeze_bf16` found the bf16 product available.
+                    // SAFETY: A and C as `implicit` states; `w` is this layer's kernel in bf16
+                    // pairs (the f32 kernel's rows), ks a tap row of kw * C values, C even, so
+                    // even bounds; `padded_bf16` exists only where `freeze_bf16` found the
+                    // bf16 product available.
                     unsafe { super::bf16::accumulate(xp.as_ptr().add(a), lda, rows, w, ks, j, c, oc) }
                 };
                 // SAFETY: `dims` is `pad_bf16`'s padded shape of `x`, whose shape
@@ -558,11 +557,10 @@ impl FrozenConv {
                     }
                     for r0 in (0..count).step_by(mr) {
                         for j in panel_range.clone() {
-                            // SAFETY: `a` holds MR rows of kp values from row r0 (padded to
-                            // whole tiles); 0..kp is `w`'s even row count; the output rows
-                            // first + r0 .. + rows of oc values, this item's own columns of
-                            // panel j; `weight_bf16` exists only where `freeze_bf16` found the
-                            // bf16 product available.
+                            // SAFETY: `a` holds MR rows of kp values from row r0 (whole tiles);
+                            // 0..kp is `w`'s even row count; C: this item's rows and panel j;
+                            // `weight_bf16` exists only where `freeze_bf16` found the bf16
+                            // product available.
                             unsafe {
                                 super::bf16::accumulate(
                                     a.as_ptr().add(r0 * kp),
