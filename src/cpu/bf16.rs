@@ -184,21 +184,8 @@ mod avx512 {
                 }
             }
         }
-        let mask = |n: usize| -> __mmask16 { if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 } };
-        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
-        for r in 0..rows {
-            // SAFETY: row r < rows and the masked columns lie in C; masked-off lanes are
-            // neither read nor written.
-            unsafe {
-                let row = c.add(r * ldc);
-                let v = _mm512_maskz_loadu_ps(m0, row);
-                _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(v, lo[r]));
-                if m1 != 0 {
-                    let v = _mm512_maskz_loadu_ps(m1, row.add(16));
-                    _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(v, hi[r]));
-                }
-            }
-        }
+        // SAFETY: the caller's contract for C.
+        unsafe { super::super::matmul::avx512::add_to(&lo, &hi, c, ldc, rows, cols) };
     }
 }
 

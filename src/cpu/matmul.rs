@@ -487,7 +487,7 @@ unsafe fn tile(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
+pub(super) mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -638,6 +638,25 @@ mod avx512 {
                 }
             }
         }
+        // SAFETY: the caller's contract for C.
+        unsafe { add_to(&lo, &hi, c, ldc, rows, cols) };
+    }
+
+    /// `C[r][0..cols] += (lo[r], hi[r])` for `r < rows`: a register tile's accumulators added
+    /// to its rows of C (shared with the bf16 tile).
+    ///
+    /// # Safety
+    /// `c` valid for reads and writes of `rows <= R` rows of `cols <= NR` values `ldc` apart.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(in crate::cpu) unsafe fn add_to<const R: usize>(
+        lo: &[__m512; R],
+        hi: &[__m512; R],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
         let mask = |n: usize| -> __mmask16 { if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 } };
         let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
         for r in 0..rows {
