@@ -3,12 +3,15 @@
 //! ```text
 //! cargo run --release --example classify_ct -- scan.nii.gz
 //! cargo run --release --example classify_ct -- scan.nii.gz --weights resnet18.pth --window mediastinum
+//! cargo run --release --example classify_ct -- scan.nii.gz --model runs/nodules/model.bpk
 //! ```
 //!
 //! Reads the volume and its voxel spacing, resamples to `--spacing` mm, crops or pads to
 //! `--shape`, applies a Hounsfield window and the ImageNet-grey normalisation, runs the
-//! network and prints the class scores. Without fine-tuning the head is fresh, so the scores
-//! only show that the pipeline runs; `finetune.rs` shows how to train it.
+//! network and prints the class scores. With `--model`, a network trained by
+//! `examples/train.rs`: its `config.json` and `preprocessing.json` (beside `model.bpk`) give
+//! the network and the whole pipeline, and the other settings are ignored. Without it the
+//! head of the inflated network is fresh, so the scores only show that the pipeline runs.
 
 use std::path::{Path, PathBuf};
 
@@ -38,6 +41,10 @@ pub struct Args {
     /// Number of classes of the (fresh) head.
     #[arg(long, default_value_t = 2)]
     pub classes: usize,
+    /// A trained network (`model.bpk` written by the train example, with its `config.json`
+    /// and `preprocessing.json` in the same folder).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -67,6 +74,9 @@ pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::e
         volume.data.iter().copied().fold(f32::INFINITY, f32::min),
         volume.data.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     );
+    if let Some(model) = &args.model {
+        return classify_trained(volume, model, device);
+    }
     let window = match args.window {
         Preset::Lung => Window::LUNG,
         Preset::Mediastinum => Window::MEDIASTINUM,
@@ -89,6 +99,24 @@ pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::e
         .with_num_classes(Some(args.classes));
     let model = resnet3d::inflate_from_2d(&weights, &config, device)?;
     let probabilities = softmax(model.forward(volume.to_tensor(device)?), 1);
+    Ok(probabilities
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?)
+}
+
+/// The network and pipeline a training run saved next to `model`.
+fn classify_trained(volume: Volume, model: &Path, device: &Device) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+    use resnet3d::burn::config::Config;
+    let dir = model.parent().unwrap_or(Path::new("."));
+    let config = ResNet3dConfig::load(dir.join("config.json"))
+        .map_err(|e| format!("{}: {e}", dir.join("config.json").display()))?;
+    let preprocessing = resnet3d::data::Preprocessing::load(dir.join("preprocessing.json"))
+        .map_err(|e| format!("{}: {e}", dir.join("preprocessing.json").display()))?;
+    let net = resnet3d::ResNet3d::load(model, &config, device)?;
+    let x = preprocessing.apply(volume, [0; 3])?.to_tensor(device)?;
+    let x = x.repeat_dim(1, config.in_channels);
+    let probabilities = softmax(net.forward(x), 1);
     Ok(probabilities
         .into_data()
         .try_to_vec::<f32>()

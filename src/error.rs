@@ -121,10 +121,18 @@ pub enum Error {
         hint: String,
     },
 
-    /// A configuration field has a value the network cannot be built with.
-    #[error("invalid ResNet3dConfig: `{field}` {reason}")]
+    /// Burn's training loop stopped on an error, or left no metrics to pick the best epoch
+    /// from.
+    #[error("training failed: {what}")]
+    Training {
+        /// Burn's message (a scan that cannot be read names its label-file line).
+        what: String,
+    },
+
+    /// A configuration field has a value the network (or the training) cannot work with.
+    #[error("invalid configuration: `{field}` {reason}")]
     InvalidConfig {
-        /// The field to change.
+        /// The field to change (a `ResNet3dConfig` field, or `Type.field` for other settings).
         field: &'static str,
         /// Why its value does not work.
         reason: String,

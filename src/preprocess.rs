@@ -56,7 +56,8 @@ pub struct Volume {
 /// A Hounsfield window: the range `[level - width / 2, level + width / 2]` mapped onto `[0, 1]`.
 ///
 /// The presets are the usual radiology ones; [`Window::new`] makes any other.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, burn::serde::Serialize, burn::serde::Deserialize)]
+#[serde(crate = "burn::serde")]
 pub struct Window {
     /// Centre of the window, in HU.
     pub level: f32,

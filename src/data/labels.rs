@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use super::rng::SplitMix64;
 use crate::error::{Error, Result};
 
 /// Which part of the data a scan belongs to.
@@ -69,6 +70,7 @@ pub struct LabelledScan {
 pub struct LabelledScans {
     scans: Vec<LabelledScan>,
     classes: usize,
+    source: PathBuf,
 }
 
 impl LabelledScans {
@@ -204,7 +206,16 @@ impl LabelledScans {
         if split_col.is_none() {
             stratified_split(&mut scans, classes, valid_share, seed);
         }
-        Ok(Self { scans, classes })
+        Ok(Self {
+            scans,
+            classes,
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// The label file they were read from.
+    pub fn source(&self) -> &Path {
+        &self.source
     }
 
     /// Every scan, in the file's order.
@@ -244,10 +255,7 @@ fn stratified_split(scans: &mut [LabelledScan], classes: usize, share: f64, seed
         };
         // Fisher-Yates with SplitMix64: fixed here, so the split never changes with a
         // dependency's version.
-        for i in (1..members.len()).rev() {
-            let j = (rng.next() % (i as u64 + 1)) as usize;
-            members.swap(i, j);
-        }
+        rng.shuffle(members);
         let n = members.len();
         let mut valid = (share * n as f64).round() as usize;
         if share > 0.0 && n >= 2 {
@@ -256,31 +264,5 @@ fn stratified_split(scans: &mut [LabelledScan], classes: usize, share: f64, seed
         for &i in &members[..valid.min(n)] {
             scans[i].split = Split::Valid;
         }
-    }
-}
-
-/// SplitMix64 (Steele, Lea, Flood 2014): a small seeded generator with a fixed definition.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The reference sequence of SplitMix64 for seed 1234567 (from the published C code).
-    #[test]
-    fn splitmix_is_the_published_generator() {
-        let mut rng = SplitMix64(1234567);
-        let got: Vec<u64> = (0..3).map(|_| rng.next()).collect();
-        assert_eq!(got, [6457827717110365317, 3203168211198807973, 9817491932198370423]);
     }
 }

@@ -1,9 +1,25 @@
-//! Training data: labelled scans on disk.
+//! Training data: labelled scans on disk, the pipeline they go through, and Burn's dataset
+//! and batcher over them.
 //!
 //! - [`LabelledScans`]: a CSV of scans (`path`), their class (`label`) and optionally their
 //!   split (`split`: train, valid, test), checked whole before anything is trained; without a
 //!   split column, a seeded split stratified by class.
+//! - [`Preprocessing`] (resample, crop/pad, window, normalise; cached) and [`Augmentation`]
+//!   (random crop, flips, quarter turns, intensity, noise; seeded per epoch and scan), as
+//!   data that is saved with a trained model.
+//! - [`VolumeCache`]: preprocessed volumes kept in memory up to a budget, then on disk.
+//! - [`ScanDataset`] and [`ScanBatcher`] (feature `train`): Burn's `Dataset` and `Batcher`
+//!   for its `DataLoader`.
 
+mod cache;
+#[cfg(feature = "train")]
+mod dataset;
 mod labels;
+mod pipeline;
+mod rng;
 
+pub use cache::{CacheStats, VolumeCache};
+#[cfg(feature = "train")]
+pub use dataset::{ScanBatch, ScanBatcher, ScanDataset, ScanItem, read_scan};
 pub use labels::{LabelledScan, LabelledScans, Split};
+pub use pipeline::{Augmentation, Normalization, Preprocessing};

@@ -7,3 +7,10 @@
 mod adam;
 
 pub use adam::{FusedAdam, FusedAdamConfig};
+mod classifier;
+
+pub use classifier::ScanClassifier;
+mod fit;
+mod select;
+
+pub use fit::{EpochMetrics, FitConfig, FitSummary, fit};

@@ -17,6 +17,8 @@ mod pytorch;
 mod record;
 mod soundness;
 mod tracking;
+#[cfg(feature = "train")]
+mod train;
 #[cfg(feature = "wgpu")]
 mod wgpu;
 

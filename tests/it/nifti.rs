@@ -9,7 +9,7 @@ use resnet3d::preprocess::Volume;
 
 #[path = "../../examples/classify_ct.rs"]
 #[allow(dead_code)]
-mod example;
+pub(crate) mod example;
 
 /// A NIfTI-1 file written by hand (348-byte header, 4 empty extension bytes, int16 voxels
 /// with `scl_slope`/`scl_inter`), `x` fastest. Gzipped if the name ends in `.gz`.
@@ -100,6 +100,7 @@ fn classify_ct_runs_on_a_phantom() {
         spacing: 1.5,
         shape: vec![16, 32, 32],
         classes: 3,
+        model: None,
     };
     let scores = example::classify(&args, &Device::flex()).unwrap();
     assert_eq!(scores.len(), 3);

@@ -1,0 +1,297 @@
+//! What every scan goes through before the network sees it, as data: a [`Preprocessing`]
+//! (deterministic, cached) and, for training, an [`Augmentation`] (seeded, per epoch).
+
+use burn::config::Config;
+
+use super::rng::SplitMix64;
+use crate::error::{Error, Result};
+use crate::preprocess::{Volume, Window};
+
+/// How voxel values are scaled after windowing.
+#[derive(Config, Debug, Copy, PartialEq)]
+pub enum Normalization {
+    /// `(x - 0.449) / 0.226`: the scale an ImageNet stem saw (for windowed CT in `[0, 1]`;
+    /// see [`Volume::normalize_imagenet_grey`]).
+    ImagenetGrey,
+    /// Each volume to mean 0 and standard deviation 1 over its own voxels (MRI, whose
+    /// intensities have no absolute unit). A constant volume becomes all zeros.
+    PerVolume,
+    /// Values left as they are.
+    None,
+}
+
+/// The deterministic part of the pipeline, applied once per scan and cached:
+/// resample to `spacing`, crop or pad (centred, padding with `fill`) to the network's input
+/// `size` (plus the random-crop margin of an [`Augmentation`] when training), apply the
+/// Hounsfield `window`, then the `normalization`.
+///
+/// Resampling comes first, on the scanner's values, so that windowing clamps nothing the
+/// interpolation needs; padding comes before windowing, so `fill` is in the scan's units
+/// (HU: -1024 is air).
+#[derive(Config, Debug, PartialEq)]
+pub struct Preprocessing {
+    /// Voxel size to resample to, in mm per axis `[depth, height, width]`; `None` keeps the
+    /// scan's grid.
+    pub spacing: Option<[f32; 3]>,
+    /// The network's input extent `[depth, height, width]`.
+    pub size: [usize; 3],
+    /// Hounsfield window mapping values onto `[0, 1]`; `None` for no windowing.
+    pub window: Option<Window>,
+    /// Scaling after the window.
+    #[config(default = "Normalization::ImagenetGrey")]
+    pub normalization: Normalization,
+    /// Value of padded voxels, in the scan's units.
+    #[config(default = -1024.0)]
+    pub fill: f32,
+}
+
+impl Preprocessing {
+    /// The usual CT pipeline: isotropic `spacing` mm, `size` voxels, Hounsfield `window`,
+    /// ImageNet-grey normalisation, air (-1024 HU) as padding.
+    pub fn ct(spacing: f32, size: [usize; 3], window: Window) -> Self {
+        Self::new(size)
+            .with_spacing(Some([spacing; 3]))
+            .with_window(Some(window))
+    }
+
+    /// Applies the pipeline with `margin` extra voxels on each side of each axis (for a
+    /// random crop later; `[0; 3]` gives exactly [`size`](Self::size)).
+    ///
+    /// # Errors
+    /// [`Error::InvalidVolume`] from resampling or cropping (a spacing that is not positive,
+    /// a size of 0, a result too large for memory).
+    pub fn apply(&self, volume: Volume, margin: [usize; 3]) -> Result<Volume> {
+        let volume = match self.spacing {
+            Some(spacing) => volume.resample(spacing)?,
+            None => volume,
+        };
+        let size = [0, 1, 2].map(|a| self.size[a] + 2 * margin[a]);
+        let mut volume = volume.crop_or_pad(size, self.fill)?;
+        if let Some(window) = self.window {
+            volume = volume.window(window);
+        }
+        Ok(match self.normalization {
+            Normalization::ImagenetGrey => volume.normalize_imagenet_grey(),
+            Normalization::PerVolume => normalize_per_volume(volume),
+            Normalization::None => volume,
+        })
+    }
+}
+
+/// `x -> (x - mean) / std` over the volume's own voxels (f64 sums); std 0 gives zeros.
+fn normalize_per_volume(mut volume: Volume) -> Volume {
+    let n = volume.data.len() as f64;
+    let mean = volume.data.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+    let var = volume.data.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n;
+    let scale = if var > 0.0 { 1.0 / var.sqrt() } else { 0.0 };
+    for x in &mut volume.data {
+        *x = ((f64::from(*x) - mean) * scale) as f32;
+    }
+    volume
+}
+
+/// Training-time changes drawn anew for every scan in every epoch, in this order: a random
+/// crop of the input size out of the cached volume (which has `crop_margin` extra voxels on
+/// each side), flips, quarter turns in the axial (height-width) plane, an intensity scale
+/// and shift, Gaussian noise. Geometric changes move every voxel, label-bearing ones
+/// included, together; none resamples (no interpolation).
+///
+/// Draws come from the crate's own generator keyed by `(seed, epoch, scan)`: a run repeats
+/// exactly, whatever the number of loader workers, and does not change with a dependency's
+/// version. Validation scans are never augmented.
+#[derive(Config, Debug, PartialEq)]
+pub struct Augmentation {
+    /// Largest shift of the crop from the centre, in voxels per axis `[depth, height, width]`.
+    #[config(default = "[2, 4, 4]")]
+    pub crop_margin: [usize; 3],
+    /// Whether to flip each axis `[depth, height, width]`, each with probability 1/2. The
+    /// default flips left-right only: a whole scan has a fixed anatomical orientation, and
+    /// other flips make bodies no scanner shows.
+    #[config(default = "[false, false, true]")]
+    pub flip: [bool; 3],
+    /// Quarter turns in the height-width plane, `k` in 0..4 uniformly (only half turns when
+    /// height and width differ, so that the shape is kept). Off by default: right for patches
+    /// centred on a finding, wrong for whole scans (on the nodule phantoms of
+    /// `examples/make_nodules.rs` it cut the best validation AUROC of one seed from 100% to
+    /// 82%).
+    #[config(default = false)]
+    pub rotate: bool,
+    /// Values are multiplied by `1 + u`, `u` uniform in `[-scale, scale)`.
+    #[config(default = 0.1)]
+    pub intensity_scale: f32,
+    /// Then `v` uniform in `[-shift, shift)` is added (in normalised units).
+    #[config(default = 0.1)]
+    pub intensity_shift: f32,
+    /// Then independent noise of this standard deviation is added to every voxel.
+    #[config(default = 0.05)]
+    pub noise_std: f32,
+    /// Seed of every draw.
+    #[config(default = 0)]
+    pub seed: u64,
+}
+
+impl Augmentation {
+    /// Checks the settings: the scale, shift and noise finite and not negative, the scale
+    /// below 1 (so intensities never flip sign).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        let check = |field: &'static str, v: f32, max: f32| {
+            if v.is_finite() && (0.0..max).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::InvalidConfig {
+                    field,
+                    reason: format!("{v} must be finite, at least 0 and below {max}"),
+                })
+            }
+        };
+        check("Augmentation.intensity_scale", self.intensity_scale, 1.0)?;
+        check("Augmentation.intensity_shift", self.intensity_shift, f32::INFINITY)?;
+        check("Augmentation.noise_std", self.noise_std, f32::INFINITY)
+    }
+
+    /// The augmented input of `size` for scan `item` in `epoch`, from its cached volume of
+    /// `size + 2 * crop_margin` voxels.
+    ///
+    /// # Errors
+    /// [`Error::InvalidVolume`] if `cached` does not have that shape.
+    pub fn apply(&self, cached: &Volume, size: [usize; 3], epoch: u64, item: u64) -> Result<Volume> {
+        let expected = [0, 1, 2].map(|a| size[a] + 2 * self.crop_margin[a]);
+        if cached.shape != expected || cached.data.len() != expected.iter().product::<usize>() {
+            return Err(Error::InvalidVolume {
+                what: format!(
+                    "augmentation expects a cached volume of {expected:?} voxels (size plus twice the crop margin), got {:?}",
+                    cached.shape
+                ),
+            });
+        }
+        let mut rng = SplitMix64::keyed(&[self.seed, epoch, item]);
+        let offset = self.crop_margin.map(|m| rng.below_or_equal(2 * m));
+        let flip = self.flip.map(|f| f && rng.coin());
+        let square = size[1] == size[2];
+        let turns = match (self.rotate, square) {
+            (false, _) => 0,
+            (true, true) => rng.below_or_equal(3),
+            (true, false) => 2 * usize::from(rng.coin()),
+        };
+        let scale = 1.0 + rng.symmetric(f64::from(self.intensity_scale)) as f32;
+        let shift = rng.symmetric(f64::from(self.intensity_shift)) as f32;
+
+        let [d, h, w] = size;
+        let [_, ch, cw] = expected;
+        let mut data = Vec::with_capacity(d * h * w);
+        for z in 0..d {
+            for y in 0..h {
+                for x in 0..w {
+                    // Output (z, y, x) after the turn and the flips reads crop position (zs, ys, xs).
+                    let (mut ys, mut xs) = match turns {
+                        0 => (y, x),
+                        1 => (w - 1 - x, y), // square: h == w
+                        2 => (h - 1 - y, w - 1 - x),
+                        _ => (x, h - 1 - y),
+                    };
+                    let mut zs = z;
+                    if flip[0] {
+                        zs = d - 1 - zs;
+                    }
+                    if flip[1] {
+                        ys = h - 1 - ys;
+                    }
+                    if flip[2] {
+                        xs = w - 1 - xs;
+                    }
+                    let source = ((zs + offset[0]) * ch + ys + offset[1]) * cw + xs + offset[2];
+                    data.push(cached.data[source] * scale + shift);
+                }
+            }
+        }
+        if self.noise_std > 0.0 {
+            let std = f64::from(self.noise_std);
+            for v in &mut data {
+                *v += (std * rng.normal()) as f32;
+            }
+        }
+        Volume::new(data, size, cached.spacing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ramp(shape: [usize; 3]) -> Volume {
+        let n = shape.iter().product::<usize>();
+        Volume::new((0..n).map(|i| i as f32).collect(), shape, [1.0; 3]).unwrap()
+    }
+
+    fn geometric_only() -> Augmentation {
+        Augmentation::new()
+            .with_intensity_scale(0.0)
+            .with_intensity_shift(0.0)
+            .with_noise_std(0.0)
+    }
+
+    /// Without intensity changes every output voxel is one input voxel, each used once: the
+    /// geometric part is a permutation of the crop (nothing lost, nothing invented).
+    #[test]
+    fn geometry_permutes_the_crop() {
+        let aug = geometric_only()
+            .with_crop_margin([0; 3])
+            .with_flip([true; 3])
+            .with_rotate(true);
+        let cached = ramp([3, 4, 4]);
+        for epoch in 0..8 {
+            let out = aug.apply(&cached, [3, 4, 4], epoch, 5).unwrap();
+            let mut values = out.data.clone();
+            values.sort_by(f32::total_cmp);
+            assert_eq!(values, cached.data, "epoch {epoch}");
+        }
+    }
+
+    /// A quarter turn of a square slice: the turned slice's corners are the input's corners
+    /// moved one place round, and four turns' worth of epochs see all four orientations.
+    #[test]
+    fn quarter_turns_are_rotations() {
+        let aug = geometric_only()
+            .with_crop_margin([0; 3])
+            .with_flip([false; 3])
+            .with_rotate(true);
+        let cached = ramp([1, 3, 3]);
+        let mut seen = std::collections::BTreeSet::new();
+        for epoch in 0..64 {
+            let out = aug.apply(&cached, [1, 3, 3], epoch, 0).unwrap();
+            let corners = [out.data[0], out.data[2], out.data[8], out.data[6]];
+            // Input corners clockwise: 0, 2, 8, 6; a rotation is a cyclic shift of them.
+            let input = [0.0, 2.0, 8.0, 6.0];
+            let k = (0..4).find(|&k| (0..4).all(|i| corners[i] == input[(i + k) % 4]));
+            assert!(k.is_some(), "corners {corners:?} are not a rotation of {input:?}");
+            assert_eq!(out.data[4], 4.0, "the centre stays");
+            seen.insert(k.unwrap());
+        }
+        assert_eq!(seen.len(), 4);
+    }
+
+    /// Same keys, same result; another epoch, another draw.
+    #[test]
+    fn seeded() {
+        let aug = Augmentation::new().with_seed(9);
+        let cached = ramp([6, 12, 12]);
+        let a = aug.apply(&cached, [2, 4, 4], 3, 1).unwrap();
+        assert_eq!(a, aug.apply(&cached, [2, 4, 4], 3, 1).unwrap());
+        assert_ne!(a, aug.apply(&cached, [2, 4, 4], 4, 1).unwrap());
+    }
+
+    /// Per-volume normalisation: mean 0, standard deviation 1; a constant volume gives zeros.
+    #[test]
+    fn per_volume_normalization() {
+        let v = normalize_per_volume(ramp([2, 3, 5]));
+        let n = v.data.len() as f32;
+        let mean = v.data.iter().sum::<f32>() / n;
+        let var = v.data.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n;
+        assert!(mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-5, "{mean} {var}");
+        let flat = normalize_per_volume(Volume::new(vec![3.0; 8], [2, 2, 2], [1.0; 3]).unwrap());
+        assert!(flat.data.iter().all(|&x| x == 0.0));
+    }
+}

@@ -1,0 +1,464 @@
+//! [`fit`]: a whole fine-tuning run on Burn's `Learner`, from two [`ScanDataset`]s to the best
+//! network on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::config::Config;
+use burn::data::dataloader::{DataLoaderBuilder, Dataset};
+use burn::module::Module;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::lr_scheduler::LrSchedulerConfig;
+use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
+use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::Device;
+use burn::train::metric::{AccuracyMetric, AurocMetric, LossMetric, Metric};
+use burn::train::{ExecutionStrategy, Learner, LearnerSummary, MultiDeviceOptim, SupervisedTraining, TrainingStrategy};
+
+use super::FusedAdamConfig;
+use super::classifier::ScanClassifier;
+use super::select::{KeepBestAndLast, Names, StopWithoutImprovement};
+use crate::config::ResNet3dConfig;
+use crate::data::{ScanBatcher, ScanDataset};
+use crate::error::{Error, Result};
+use crate::model::ResNet3d;
+
+/// The settings of a fine-tuning run ([`fit`]).
+#[derive(Config, Debug)]
+pub struct FitConfig {
+    /// Epochs to train (in all, counting those of a resumed run).
+    #[config(default = 20)]
+    pub epochs: usize,
+    /// Scans per batch.
+    #[config(default = 4)]
+    pub batch_size: usize,
+    /// Peak learning rate of Adam ([`FusedAdam`](super::FusedAdam)).
+    #[config(default = 1e-3)]
+    pub learning_rate: f64,
+    /// Epochs of linear warm-up from `learning_rate / 100` to `learning_rate`; then a cosine
+    /// decay to 0 at the last epoch's last step.
+    #[config(default = 1)]
+    pub warmup_epochs: usize,
+    /// L2 weight decay added to the gradient (Adam's, not AdamW's); 0 for none.
+    #[config(default = 0.0)]
+    pub weight_decay: f32,
+    /// Weight each class in the loss by `n / (classes * n_c)` (its inverse frequency in the
+    /// training split), so that a rare class counts as much as a common one.
+    #[config(default = true)]
+    pub balance_classes: bool,
+    /// Stop when the validation AUROC has not improved for this many epochs.
+    #[config(default = "Some(5)")]
+    pub patience: Option<usize>,
+    /// Loader threads reading and augmenting scans while the network trains.
+    #[config(default = 2)]
+    pub workers: usize,
+    /// Seed of the training order and of the new head's initialisation.
+    #[config(default = 0)]
+    pub seed: u64,
+    /// Keep the stem and `layer1` as loaded: no gradients, BatchNorm statistics unchanged.
+    #[config(default = false)]
+    pub freeze_early: bool,
+    /// Continue from the last complete checkpoint in the output folder, if there is one.
+    #[config(default = false)]
+    pub resume: bool,
+}
+
+/// One epoch's metrics, as Burn's `Learner` logged them (means over the epoch; AUROC over
+/// all of the epoch's scans).
+#[derive(Config, Debug, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy, in %.
+    pub train_accuracy: f64,
+    /// Training AUROC, in %.
+    pub train_auroc: f64,
+    /// Mean validation loss.
+    pub valid_loss: f64,
+    /// Validation accuracy, in %.
+    pub valid_accuracy: f64,
+    /// Validation AUROC, in %.
+    pub valid_auroc: f64,
+}
+
+/// What a run did: written as `summary.json` in the output folder.
+#[derive(Config, Debug)]
+pub struct FitSummary {
+    /// The epoch with the highest validation AUROC (ties: higher accuracy, then earlier).
+    pub best_epoch: usize,
+    /// Its validation AUROC, in %.
+    pub best_valid_auroc: f64,
+    /// Its validation accuracy, in %.
+    pub best_valid_accuracy: f64,
+    /// Every epoch's metrics, including those of the run this one resumed.
+    pub epochs: Vec<EpochMetrics>,
+    /// The epoch this run started at (1, or the one after the checkpoint it resumed from).
+    pub first_epoch: usize,
+    /// Whether early stopping ended the run before `FitConfig::epochs`.
+    pub stopped_early: bool,
+    /// Wall time of this run's epochs, in seconds.
+    pub seconds: f64,
+    /// The best network ([`ResNet3d::load`] with `config.json`).
+    pub model: PathBuf,
+}
+
+/// File names in the output folder.
+const MODEL: &str = "model.bpk";
+const CONFIG: &str = "config.json";
+const SUMMARY: &str = "summary.json";
+const PREPROCESSING: &str = "preprocessing.json";
+
+/// Fine-tunes `net` (built from `config`, with a head of `config.num_classes` classes) on
+/// `train`, measuring `valid` after every epoch, with Burn's `Learner` on `devices` (one
+/// device: single-device training; several: Burn's multi-device strategy, data parallel
+/// with the optimizer on the first).
+///
+/// In `out`: Burn's checkpoints (`checkpoint/`: the last two epochs and the best validation
+/// AUROC; model, optimizer and schedule), metric logs (`train/`, `valid/`) and
+/// `experiment.log`; then the best epoch's network as `model.bpk` with `config.json` and
+/// the data pipeline as `preprocessing.json`, and [`FitSummary`] as `summary.json`.
+/// Burn's renderer shows progress: its TUI on a terminal, plain lines otherwise.
+///
+/// With `settings.resume`, training continues from the last epoch with all three checkpoint
+/// files (model, optimizer and schedule state as saved; the training order and augmentation
+/// of the following epochs as in an uninterrupted run, since [`ScanDataset`] keys them by
+/// epoch). The early-stopping count restarts at the resumed epoch.
+///
+/// # Errors
+/// [`Error::InvalidConfig`] for settings that cannot train (no head, fewer classes than
+/// labels, an empty split, zero epochs or batch size, a learning rate outside `(0, 1]`, no
+/// device); [`Error::Io`] / [`Error::Record`] for the output folder and checkpoints;
+/// [`Error::Training`] when Burn's training loop stops on an error (a scan that cannot be
+/// read is named with its label-file line); [`Error::InvalidLabels`] from
+/// [`ScanDataset::prepare`], which runs first on both splits.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    net: ResNet3d,
+    config: &ResNet3dConfig,
+    train: ScanDataset,
+    valid: ScanDataset,
+    settings: &FitConfig,
+    devices: &[Device],
+    out: impl AsRef<Path>,
+) -> Result<FitSummary> {
+    let out = out.as_ref();
+    let classes = check(config, &train, &valid, settings, devices)?;
+    std::fs::create_dir_all(out).map_err(|source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    train.prepare()?;
+    valid.prepare()?;
+
+    let device = devices[0].clone().autodiff();
+    let resumed = if settings.resume { last_checkpoint(out) } else { None };
+    let start = resumed.unwrap_or(0);
+    let earlier = ["train", "valid", "checkpoint"].iter().any(|d| out.join(d).exists());
+    if resumed.is_none() && earlier {
+        return Err(Error::InvalidConfig {
+            field: "out",
+            reason: format!(
+                "{} holds an earlier run{}: its logs would mix with this one's; use another folder{}",
+                out.display(),
+                if settings.resume {
+                    " without a complete checkpoint to resume from"
+                } else {
+                    ""
+                },
+                if settings.resume {
+                    " or remove it"
+                } else {
+                    " or resume it"
+                }
+            ),
+        });
+    }
+    if start >= settings.epochs {
+        return Err(Error::InvalidConfig {
+            field: "FitConfig.epochs",
+            reason: format!(
+                "is {}, but {} already holds a checkpoint of epoch {start}: ask for more epochs to continue",
+                settings.epochs,
+                out.display()
+            ),
+        });
+    }
+
+    let weights = settings.balance_classes.then(|| balanced_weights(&train, classes));
+    // A network built on a plain device gets autodiff (gradients for every parameter that
+    // was not frozen) before it moves to the training device.
+    let mut net = net.train().fork(&device);
+    if settings.freeze_early {
+        net = freeze_early(net);
+    }
+    let model = ScanClassifier {
+        net,
+        class_weights: weights,
+    };
+    let preprocessing = train.preprocessing().clone();
+    let channels = config.in_channels;
+    let steps_per_epoch = train.len().div_ceil(settings.batch_size);
+    let train = train.with_shuffle(settings.seed).starting_at_epoch(start);
+    let loader = |dataset: ScanDataset, device: Device| {
+        let mut builder = DataLoaderBuilder::new(ScanBatcher { channels })
+            .batch_size(settings.batch_size)
+            .set_device(device);
+        if settings.workers > 0 {
+            builder = builder.num_workers(settings.workers);
+        }
+        builder.build(dataset)
+    };
+    let train_loader = loader(train, device.clone());
+    let valid_loader = loader(valid, device.clone().without_autodiff());
+
+    let schedule = schedule(settings, steps_per_epoch)?;
+    let optimizer = FusedAdamConfig::new()
+        .with_weight_decay((settings.weight_decay > 0.0).then(|| WeightDecayConfig::new(settings.weight_decay)))
+        .init();
+
+    let auroc = AurocMetric::default();
+    let names = Names {
+        auroc: auroc.name(),
+        accuracy: AccuracyMetric::new().name(),
+    };
+    let mut training = SupervisedTraining::new(out, train_loader, valid_loader)
+        .metrics((AccuracyMetric::new(), LossMetric::new(), AurocMetric::default()))
+        .num_epochs(settings.epochs)
+        .with_default_checkpointers()
+        .with_checkpointing_strategy(KeepBestAndLast::new(names.clone(), start + 1))
+        .summary();
+    if let Some(patience) = settings.patience {
+        training = training.early_stopping(StopWithoutImprovement { names, patience });
+    }
+    if let Some(epoch) = resumed {
+        training = training.checkpoint(epoch);
+    }
+    if devices.len() > 1 {
+        let devices = devices.iter().map(|d| d.clone().autodiff()).collect();
+        training = training.with_training_strategy(TrainingStrategy::Default(ExecutionStrategy::MultiDevice(
+            devices,
+            MultiDeviceOptim::OptimMainDevice,
+        )));
+    }
+
+    let clock = Instant::now();
+    let result = training.launch(Learner::new(model, optimizer, schedule));
+    let seconds = clock.elapsed().as_secs_f64();
+    if let Some(error) = result.error {
+        return Err(Error::Training {
+            what: error.to_string(),
+        });
+    }
+
+    let epochs = read_metrics(out, &auroc)?;
+    let best = epochs
+        .iter()
+        .max_by(|a, b| {
+            (a.valid_auroc, a.valid_accuracy)
+                .partial_cmp(&(b.valid_auroc, b.valid_accuracy))
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(b.epoch.cmp(&a.epoch))
+        })
+        .cloned()
+        .ok_or_else(|| Error::Training {
+            what: format!("no validation metrics were logged in {}", out.display()),
+        })?;
+    export_best(out, best.epoch, config, &devices[0])?;
+    let write = |name: &str, json: String| {
+        let path = out.join(name);
+        std::fs::write(&path, json).map_err(|source| Error::Io { path, source })
+    };
+    write(PREPROCESSING, preprocessing.to_string())?;
+    let last = epochs.last().map_or(0, |e| e.epoch);
+    let summary = FitSummary {
+        best_epoch: best.epoch,
+        best_valid_auroc: best.valid_auroc,
+        best_valid_accuracy: best.valid_accuracy,
+        first_epoch: start + 1,
+        stopped_early: last < settings.epochs,
+        seconds,
+        model: out.join(MODEL),
+        epochs,
+    };
+    write(SUMMARY, summary.to_string())?;
+    Ok(summary)
+}
+
+/// The number of classes, after checking that the run can start.
+fn check(
+    config: &ResNet3dConfig,
+    train: &ScanDataset,
+    valid: &ScanDataset,
+    settings: &FitConfig,
+    devices: &[Device],
+) -> Result<usize> {
+    let invalid = |field: &'static str, reason: String| Err(Error::InvalidConfig { field, reason });
+    config.validate()?;
+    let Some(classes) = config.num_classes else {
+        return invalid(
+            "num_classes",
+            "is None: a classifier needs a head (with_num_classes(Some(k)))".into(),
+        );
+    };
+    let labels = train
+        .scans()
+        .iter()
+        .chain(valid.scans())
+        .map(|s| s.label)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    if classes < labels.max(2) {
+        return invalid(
+            "num_classes",
+            format!(
+                "is {classes}, but the labels need {}: set it to the number of classes",
+                labels.max(2)
+            ),
+        );
+    }
+    if train.len() == 0 || valid.len() == 0 {
+        return invalid(
+            "FitConfig",
+            format!(
+                "cannot train on {} training and {} validation scans: both splits need scans",
+                train.len(),
+                valid.len()
+            ),
+        );
+    }
+    if settings.epochs == 0 {
+        return invalid("FitConfig.epochs", "is 0: train for at least one epoch".into());
+    }
+    if settings.batch_size == 0 {
+        return invalid("FitConfig.batch_size", "is 0: a batch needs at least one scan".into());
+    }
+    if !(settings.learning_rate > 0.0 && settings.learning_rate <= 1.0) {
+        return invalid(
+            "FitConfig.learning_rate",
+            format!("is {}: it must be in (0, 1]", settings.learning_rate),
+        );
+    }
+    if devices.is_empty() {
+        return invalid("devices", "is empty: give at least one device to train on".into());
+    }
+    Ok(classes)
+}
+
+/// Linear warm-up from `lr / 100` to `lr` over the warm-up steps, then cosine to 0 over the
+/// remaining steps (Burn's sequential, linear and cosine schedules; one step per batch).
+fn schedule(settings: &FitConfig, steps_per_epoch: usize) -> Result<ModuleLrScheduler> {
+    let lr = settings.learning_rate;
+    let total = settings.epochs * steps_per_epoch;
+    let warmup = (settings.warmup_epochs * steps_per_epoch).min(total.saturating_sub(1));
+    let cosine = CosineAnnealingLrSchedulerConfig::new(lr, total - warmup);
+    let schedule = if warmup == 0 {
+        cosine.init()
+    } else {
+        SequentialLrSchedulerConfig::new(
+            vec![
+                LrSchedulerConfig::Linear(LinearLrSchedulerConfig::new(lr / 100.0, lr, warmup)),
+                LrSchedulerConfig::Cosine(cosine),
+            ],
+            vec![warmup],
+        )
+        .init()
+    };
+    schedule.map_err(|reason| Error::InvalidConfig {
+        field: "FitConfig.learning_rate",
+        reason,
+    })
+}
+
+/// `n / (classes * n_c)` per class of the training split (1 for a class without scans).
+fn balanced_weights(train: &ScanDataset, classes: usize) -> Vec<f32> {
+    let mut counts = vec![0usize; classes];
+    train.scans().iter().for_each(|s| counts[s.label] += 1);
+    let n = train.len() as f32;
+    counts
+        .iter()
+        .map(|&c| if c == 0 { 1.0 } else { n / (classes as f32 * c as f32) })
+        .collect()
+}
+
+/// Stops training the stem and `layer1`: no gradients, BatchNorm statistics kept.
+fn freeze_early(mut net: ResNet3d) -> ResNet3d {
+    net.conv1 = net.conv1.freeze();
+    net.bn1 = net.bn1.freeze();
+    net.layer1 = net.layer1.into_iter().map(Module::freeze).collect();
+    net
+}
+
+/// The last epoch for which the model, optimizer and schedule checkpoints all exist.
+fn last_checkpoint(out: &Path) -> Option<usize> {
+    let dir = out.join("checkpoint");
+    let epochs = std::fs::read_dir(&dir).ok()?.filter_map(|entry| {
+        let name = entry.ok()?.file_name().into_string().ok()?;
+        name.strip_prefix("model-")?.strip_suffix(".bpk")?.parse::<usize>().ok()
+    });
+    let complete = |e: &usize| {
+        ["model", "optim", "scheduler"].iter().all(|kind| {
+            std::fs::metadata(dir.join(format!("{kind}-{e}.bpk"))).is_ok_and(|m| m.is_file() && m.len() > 0)
+        })
+    };
+    epochs.filter(complete).max()
+}
+
+/// Every logged epoch's metrics, from Burn's metric logs in `out`.
+fn read_metrics(out: &Path, auroc: &AurocMetric) -> Result<Vec<EpochMetrics>> {
+    let auroc_name = auroc.name().to_string();
+    let names = ["Loss".to_string(), "Accuracy".to_string(), auroc_name.clone()];
+    let summary = LearnerSummary::new(out, &names).map_err(|what| Error::Training { what })?;
+    let find = |split: &[burn::train::MetricSummary], name: &str, epoch: usize| {
+        split
+            .iter()
+            .find(|m| m.name == name)
+            .and_then(|m| m.entries.iter().find(|e| e.step == epoch))
+            .map_or(f64::NAN, |e| e.value)
+    };
+    let (train, valid) = (&summary.metrics.train, &summary.metrics.valid);
+    Ok((1..=summary.epochs)
+        .map(|epoch| EpochMetrics {
+            epoch,
+            train_loss: find(train, "Loss", epoch),
+            train_accuracy: find(train, "Accuracy", epoch),
+            train_auroc: find(train, &auroc_name, epoch),
+            valid_loss: find(valid, "Loss", epoch),
+            valid_accuracy: find(valid, "Accuracy", epoch),
+            valid_auroc: find(valid, &auroc_name, epoch),
+        })
+        .filter(|e| !e.valid_auroc.is_nan())
+        .collect())
+}
+
+/// Writes the checkpoint of `epoch` as `model.bpk` (the network alone, as [`ResNet3d::save`]
+/// writes it) with `config.json`.
+fn export_best(out: &Path, epoch: usize, config: &ResNet3dConfig, device: &Device) -> Result<()> {
+    let path = out.join("checkpoint").join(format!("model-{epoch}.bpk"));
+    let record_error = |reason: String| Error::Record {
+        path: path.clone(),
+        reason,
+    };
+    let mut classifier = ScanClassifier::new(config.init(device));
+    let mut store = BurnpackStore::from_file(&path).auto_extension(false);
+    let applied = classifier
+        .load_from(&mut store)
+        .map_err(|err| record_error(format!("the best epoch's checkpoint cannot be read: {err}")))?;
+    if !applied.errors.is_empty() || !applied.missing.is_empty() {
+        return Err(record_error(format!(
+            "the best epoch's checkpoint does not fit the network: {} error(s), missing {:?}",
+            applied.errors.len(),
+            applied.missing.iter().take(5).map(|(p, _)| p).collect::<Vec<_>>()
+        )));
+    }
+    classifier.net.save(out.join(MODEL))?;
+    config.save(out.join(CONFIG)).map_err(|source| Error::Io {
+        path: out.join(CONFIG),
+        source,
+    })
+}

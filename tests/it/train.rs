@@ -1,0 +1,270 @@
+//! The training pipeline end to end: phantom scans on disk, `examples/train.rs` (Burn's
+//! Learner through `resnet3d::train::fit`), the files it writes, resuming; the dataset's
+//! cache, seeding and augmentation; bad scans.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use resnet3d::burn::config::Config;
+use resnet3d::burn::data::dataset::Dataset;
+use resnet3d::burn::store::{BurnpackStore, ModuleSnapshot};
+use resnet3d::burn::tensor::Device;
+use resnet3d::burn::tensor::activation::softmax;
+use resnet3d::data::{Augmentation, LabelledScans, Preprocessing, ScanDataset, Split, VolumeCache};
+use resnet3d::preprocess::{Volume, Window};
+use resnet3d::train::ScanClassifier;
+use resnet3d::{Error, ResNet3d, ResNet3dConfig};
+
+#[path = "../../examples/train.rs"]
+#[allow(dead_code)]
+mod train_example;
+
+#[path = "../../examples/make_nodules.rs"]
+#[allow(dead_code)]
+mod make_nodules;
+
+use clap::Parser;
+
+use crate::nifti::example as classify_ct;
+
+fn args(labels: &Path, out: &Path, extra: &[&str]) -> train_example::Args {
+    let mut argv = vec![
+        "train".to_string(),
+        "--labels".into(),
+        labels.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+        "--size".into(),
+        "24,32,32".into(),
+        "--spacing".into(),
+        "2".into(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    train_example::Args::parse_from(argv)
+}
+
+/// Binary AUROC of `scores` for the positive class: the share of (positive, negative) pairs
+/// ranked right, ties counting half.
+fn auroc(scores: &[f32], labels: &[usize]) -> f64 {
+    let (mut pairs, mut right) = (0.0, 0.0);
+    for (i, &si) in scores.iter().enumerate() {
+        for (j, &sj) in scores.iter().enumerate() {
+            if labels[i] == 1 && labels[j] == 0 {
+                pairs += 1.0;
+                right += if si > sj {
+                    1.0
+                } else if si == sj {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+    right / pairs
+}
+
+/// 96 phantoms (nodule radius 6-9 mm), 20 epochs of the bundled width-4 ResNet-18 without
+/// augmentation (with it, this tiny network's training is erratic on 72 scans: see the
+/// README): the best validation AUROC reaches 0.95 (0.97 to 1.00 over seeds 0-5); `summary.json`, `model.bpk` and `config.json` are written,
+/// and the exported network, evaluated here on the validation scans, has the AUROC the
+/// summary states (so the export is the best epoch's network).
+#[test]
+fn training_reaches_auroc_095_and_exports_the_best_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 96, 1, [6.0, 9.0]).unwrap();
+    let out = dir.path().join("run");
+    let extra = [
+        "--epochs",
+        "20",
+        "--batch",
+        "8",
+        "--lr",
+        "3e-3",
+        "--patience",
+        "0",
+        "--no-augment",
+    ];
+    let summary = train_example::run(&args(&labels, &out, &extra)).unwrap();
+    let curve: Vec<f64> = summary.epochs.iter().map(|e| e.valid_auroc).collect();
+    println!("validation AUROC per epoch: {curve:.1?}; {:.1} s", summary.seconds);
+    assert!(
+        summary.best_valid_auroc >= 95.0,
+        "best validation AUROC {:.1}%",
+        summary.best_valid_auroc
+    );
+    assert_eq!(summary.epochs.len(), 20);
+    assert_eq!(curve[summary.best_epoch - 1], summary.best_valid_auroc);
+
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["best_epoch"].as_u64(), Some(summary.best_epoch as u64));
+    assert_eq!(json["epochs"].as_array().map(Vec::len), Some(20));
+    for key in ["best_valid_auroc", "best_valid_accuracy"] {
+        assert!(json[key].is_f64(), "{key} missing in summary.json");
+    }
+
+    let device = Device::flex();
+    let config = ResNet3dConfig::load(out.join("config.json")).unwrap();
+    let net = ResNet3d::load(out.join("model.bpk"), &config, &device).unwrap();
+    let preprocessing = Preprocessing::load(out.join("preprocessing.json")).unwrap();
+    let scans = LabelledScans::from_csv(&labels, 0.25, 0).unwrap();
+    let valid = ScanDataset::new(
+        &scans,
+        Split::Valid,
+        preprocessing,
+        Arc::new(VolumeCache::in_memory(1 << 30)),
+    );
+    let (mut scores, mut truth) = (Vec::new(), Vec::new());
+    for i in 0..valid.len() {
+        let item = valid.get(i).unwrap();
+        let p = softmax(net.forward(item.volume.to_tensor(&device).unwrap()), 1);
+        scores.push(p.into_data().try_to_vec::<f32>().unwrap()[1]);
+        truth.push(item.label);
+    }
+    let ours = 100.0 * auroc(&scores, &truth);
+
+    // classify_ct --model reads the same network and pipeline back.
+    let first = valid.scans()[0].path.clone();
+    let model = out.join("model.bpk");
+    let argv = [
+        "classify_ct",
+        first.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ];
+    let p = classify_ct::classify(&classify_ct::Args::parse_from(argv), &device).unwrap();
+    assert!(
+        (p[1] - scores[0]).abs() < 1e-6,
+        "classify_ct --model: {p:?}, here {}",
+        scores[0]
+    );
+    assert!(
+        (ours - summary.best_valid_auroc).abs() < 1e-6,
+        "exported network: AUROC {ours:.3}%, summary {:.3}%",
+        summary.best_valid_auroc
+    );
+}
+
+/// A three-epoch run interrupted after epoch 2 (emulated: its epoch-3 checkpoint and logs
+/// removed), then `--resume`d with the same settings, against the same run uninterrupted (one
+/// loader thread, so that batches arrive in a fixed order): epoch 3 has the same losses and
+/// metrics to the last bit and ends with the same network, so resuming restored the model,
+/// the optimizer state, the schedule, the training order and the augmentation of epoch 3.
+#[test]
+fn resuming_continues_as_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 16, 2, [6.0, 9.0]).unwrap();
+    let out = dir.path().join("run");
+    let run = |resume: bool| {
+        let mut extra = vec!["--epochs", "3", "--batch", "4", "--patience", "0", "--workers", "0"];
+        if resume {
+            extra.push("--resume");
+        }
+        train_example::run(&args(&labels, &out, &extra)).unwrap()
+    };
+    let device = Device::flex();
+    let output = || {
+        let config = ResNet3dConfig::load(out.join("config.json")).unwrap();
+        let mut classifier = ScanClassifier::new(config.init(&device));
+        let mut store = BurnpackStore::from_file(out.join("checkpoint/model-3.bpk")).auto_extension(false);
+        let applied = classifier.load_from(&mut store).unwrap();
+        assert!(applied.missing.is_empty() && applied.errors.is_empty());
+        let x = resnet3d::burn::tensor::Tensor::<5>::ones([1, 1, 24, 32, 32], &device);
+        classifier.net.forward(x).into_data().try_to_vec::<f32>().unwrap()
+    };
+
+    let whole = run(false);
+    let whole_output = output();
+    for kind in ["model", "optim", "scheduler"] {
+        std::fs::remove_file(out.join(format!("checkpoint/{kind}-3.bpk"))).unwrap();
+    }
+    for split in ["train", "valid"] {
+        std::fs::remove_dir_all(out.join(split).join("epoch-3")).unwrap();
+    }
+    let resumed = run(true);
+    assert_eq!(
+        resumed.first_epoch, 3,
+        "the resumed run starts after the checkpoint of epoch 2"
+    );
+    assert_eq!(
+        resumed.epochs, whole.epochs,
+        "every epoch's metrics, the resumed third included"
+    );
+    assert_eq!(output(), whole_output, "the networks after epoch 3");
+
+    // A new run into a folder that holds one is refused rather than mixing their logs.
+    let again = train_example::run(&args(&labels, &out, &["--epochs", "3"]));
+    assert!(again.unwrap_err().to_string().contains("earlier run"));
+}
+
+/// The dataset reads each scan once (the cache serves later epochs), gives the same items
+/// for the same seed and epoch, and augmentation keeps every voxel of the label-bearing blob
+/// (flips and quarter turns move it; the random crop's margin is 0 here).
+#[test]
+fn dataset_caches_repeats_and_keeps_the_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 8, 3, [6.0, 9.0]).unwrap();
+    let scans = LabelledScans::from_csv(&labels, 0.25, 0).unwrap();
+    let preprocessing = Preprocessing::ct(2.0, [24, 32, 32], Window::LUNG);
+    let dataset = |cache: Arc<VolumeCache>, seed: u64| {
+        ScanDataset::new(&scans, Split::Train, preprocessing.clone(), cache)
+            .with_augmentation(
+                Augmentation::new()
+                    .with_seed(seed)
+                    .with_crop_margin([0; 3])
+                    .with_flip([true; 3])
+                    .with_intensity_scale(0.0)
+                    .with_intensity_shift(0.0)
+                    .with_noise_std(0.0),
+            )
+            .unwrap()
+            .with_shuffle(seed)
+    };
+    let cache = Arc::new(VolumeCache::in_memory(1 << 30));
+    let a = dataset(cache.clone(), 5);
+    let b = dataset(Arc::new(VolumeCache::in_memory(1 << 30)), 5);
+    let n = a.len();
+    let epoch = |d: &ScanDataset| (0..n).map(|i| d.get(i).unwrap()).collect::<Vec<_>>();
+    let (a1, a2, b1) = (epoch(&a), epoch(&a), epoch(&b));
+    assert_eq!(cache.stats().made, n as u64, "each scan decoded and resampled once");
+    assert_eq!(cache.stats().from_memory, n as u64);
+    for (x, y) in a1.iter().zip(&b1) {
+        assert_eq!(
+            (x.label, &x.volume),
+            (y.label, &y.volume),
+            "same seed, same epoch, same item"
+        );
+    }
+    assert!(
+        a1.iter().zip(&a2).any(|(x, y)| x.volume != y.volume),
+        "epoch 2 draws anew"
+    );
+
+    // Unaugmented volumes of the same scans: the blob's voxels (above the soft-tissue level
+    // of the window, rounded up) are as many after augmentation as before.
+    let plain = ScanDataset::new(&scans, Split::Train, preprocessing.clone(), cache.clone());
+    let bright = |v: &Volume| v.data.iter().filter(|&&x| x > 2.0).count();
+    let mut plain_counts: Vec<(usize, usize)> = (0..n)
+        .map(|i| plain.get(i).unwrap())
+        .map(|it| (it.label, bright(&it.volume)))
+        .collect();
+    let mut augmented: Vec<(usize, usize)> = a2.iter().map(|it| (it.label, bright(&it.volume))).collect();
+    plain_counts.sort();
+    augmented.sort();
+    assert_eq!(plain_counts, augmented);
+}
+
+/// A scan that is not a readable volume stops the run before training, naming its line.
+#[test]
+fn an_unreadable_scan_is_named_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 8, 4, [6.0, 9.0]).unwrap();
+    std::fs::write(dir.path().join("scans/scan_005.nii.gz"), b"not a volume").unwrap();
+    let err = train_example::run(&args(&labels, &dir.path().join("run"), &["--epochs", "1"])).unwrap_err();
+    match err.downcast_ref::<Error>() {
+        Some(Error::InvalidLabels { row: Some(7), what, .. }) => assert!(what.contains("scan_005"), "{what}"),
+        other => panic!("expected InvalidLabels at line 7, got {other:?} ({err})"),
+    }
+    assert!(!dir.path().join("run/checkpoint").exists(), "nothing was trained");
+}
