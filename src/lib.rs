@@ -105,13 +105,16 @@
 //!   and `.nii.gz` with their spacing (feature `nifti`).
 //! - [`data`]: [`LabelledScans`](data::LabelledScans), a CSV of scans, classes and splits
 //!   for fine-tuning, every row checked up front (a seeded, class-stratified split when the
-//!   file has none).
+//!   file has none); the preprocessing and augmentation as data, a volume cache, and (feature
+//!   `train`) Burn's `Dataset` and `Batcher` over them.
+//! - [`train`] (feature `train`): [`train::fit`], a whole fine-tuning run on burn-train's
+//!   `Learner` (AUROC, schedule, checkpoints, early stopping, resume); [`train::FusedAdam`].
 //! - [`ResNet3d::features`] returns every stage for segmentation decoders, and
 //!   [`ResNet3dConfig::feature_info`] their channels and strides (see [`Features`] for a
 //!   U-Net-style decoder).
 //! - The examples: `inflate` (command line: inflate, report, save, check), `classify_ct`
-//!   (NIfTI in, class scores out), `finetune` (Adam on Burn's autodiff device, optional frozen
-//!   stem and `layer1`).
+//!   (NIfTI in, class scores out), `train` (fine-tune on a CSV of labelled scans) and
+//!   `make_nodules` (phantom CTs to try it on).
 //!
 //! # Backends
 //!

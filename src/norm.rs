@@ -51,7 +51,12 @@ fn forward(bn: &BatchNorm, x: Tensor<5>, with_relu: bool, residual: Option<Tenso
         if !(x.device().is_autodiff() && bn.training.is_enabled()) {
             let (mean, var) = (bn.running_mean.value(), bn.running_var.value());
             let device = x.device();
-            let fits = |t: &Tensor<1>| t.device() == device && t.dtype() == x.dtype() && t.dims() == [x.dims()[1]];
+            let fits = |t: &Tensor<1>| {
+                t.device() == device
+                    && t.device().is_autodiff() == device.is_autodiff()
+                    && t.dtype() == x.dtype()
+                    && t.dims() == [x.dims()[1]]
+            };
             if fits(&mean)
                 && fits(&var)
                 && crate::cpu::runs_batch_norm(&x, &bn.gamma.val(), &bn.beta.val(), residual.as_ref())

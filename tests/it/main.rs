@@ -3,7 +3,6 @@
 mod bf16;
 mod common;
 mod errors;
-mod finetune;
 mod full_width;
 mod gradients;
 mod hostile;

@@ -297,3 +297,23 @@ fn the_frozen_network_is_send_and_sync() {
     let frozen = resnet18_w32(&Device::flex()).freeze().unwrap();
     assert!(shared(&frozen) > 0);
 }
+
+/// A network on an autodiff device given an input from the plain device (a batch loaded
+/// without `.autodiff()`): the crate's ops do not take the mix (it used to stop the program
+/// in the folded eval op), and the output equals the one from an autodiff input.
+#[test]
+fn plain_input_to_an_autodiff_network_does_not_stop() {
+    let train = Device::flex().autodiff();
+    let config = ResNet3dConfig::resnet18()
+        .with_width(4)
+        .with_in_channels(1)
+        .with_num_classes(Some(2));
+    let model = config.init(&train);
+    let x = pattern([1, 1, 8, 16, 16], &Device::flex());
+    let mixed = model.forward(x.clone());
+    let tracked = model.forward(pattern([1, 1, 8, 16, 16], &train));
+    assert!(!x.device().is_autodiff());
+    let (_, a) = values(mixed);
+    let (_, b) = values(tracked);
+    assert!(rel_error(&a, &b) < 1e-5, "{a:?} vs {b:?}");
+}

@@ -157,10 +157,12 @@ pub(crate) fn runs(
 ) -> Option<ConvShape> {
     let device = x.device();
     let fits = device.clone().without_autodiff() == burn::tensor::Device::flex()
-        && weight.device() == device
+        && super::same_device(weight, &device)
         && x.dtype() == DType::F32
         && weight.dtype() == DType::F32
-        && bias.is_none_or(|b| b.device() == device && b.dtype() == DType::F32 && b.dims()[0] == weight.dims()[0]);
+        && bias.is_none_or(|b| {
+            super::same_device(b, &device) && b.dtype() == DType::F32 && b.dims()[0] == weight.dims()[0]
+        });
     fits.then(|| shape_of(x.dims(), weight.dims(), args)).flatten()
 }
 

@@ -27,6 +27,15 @@ mod norm;
 mod pool;
 
 pub(crate) use conv::{Conv3dArgs, conv3d, runs};
+
+/// Whether `t` lives on `device` with the same autodiff setting: Burn's `Device` equality
+/// does not tell a `flex` device from its autodiff twin, and these ops must not get a mix
+/// (an autodiff parameter in an op dispatched as plain `flex` has no backward and stops
+/// the program). Mixed calls take Burn's own operations instead.
+pub(crate) fn same_device<const D: usize>(t: &burn::tensor::Tensor<D>, device: &burn::tensor::Device) -> bool {
+    let own = t.device();
+    own == *device && own.is_autodiff() == device.is_autodiff()
+}
 pub(crate) use norm::{batch_norm_eval, batch_norm_train, conv_batch_norm_eval, runs_batch_norm};
 pub(crate) use pool::{max_pool3d, runs_pool};
 

@@ -247,8 +247,8 @@ pub(crate) fn conv_batch_norm_eval(
     ];
     let fits = params
         .iter()
-        .all(|t| t.device() == device && t.dtype() == DType::F32 && t.dims() == [shape.out_channels])
-        && residual.is_none_or(|r| r.device() == device && r.dtype() == DType::F32 && r.dims() == out);
+        .all(|t| super::same_device(t, &device) && t.dtype() == DType::F32 && t.dims() == [shape.out_channels])
+        && residual.is_none_or(|r| super::same_device(r, &device) && r.dtype() == DType::F32 && r.dims() == out);
     if !fits {
         return None;
     }
@@ -287,8 +287,8 @@ pub(crate) fn runs_batch_norm(
         && x.dtype() == DType::F32
         && [gamma, beta]
             .iter()
-            .all(|t| t.device() == device && t.dtype() == DType::F32 && t.dims()[0] == x.dims()[1])
-        && residual.is_none_or(|r| r.device() == device && r.dtype() == DType::F32 && r.dims() == x.dims())
+            .all(|t| super::same_device(t, &device) && t.dtype() == DType::F32 && t.dims()[0] == x.dims()[1])
+        && residual.is_none_or(|r| super::same_device(r, &device) && r.dtype() == DType::F32 && r.dims() == x.dims())
 }
 
 /// BatchNorm on the batch's statistics through the crate's kernels, then ReLU if `relu`
