@@ -7,10 +7,11 @@
 //! - [`Preprocessing`] (resample, crop/pad, window, normalise; cached) and [`Augmentation`]
 //!   (random crop, flips, quarter turns, intensity, noise; seeded per epoch and scan), as
 //!   data that is saved with a trained model.
-//! - [`VolumeCache`]: preprocessed volumes kept in memory up to a budget, then on disk.
-//! - [`ScanDataset`] and [`ScanBatcher`] (feature `train`): Burn's `Dataset` and `Batcher`
-//!   for its `DataLoader`.
+//! - [`VolumeCache`], [`ScanDataset`] and [`ScanBatcher`] (feature `train`): preprocessed
+//!   volumes kept in memory up to a budget, then on disk; Burn's `Dataset` and `Batcher` for
+//!   its `DataLoader`.
 
+#[cfg(feature = "train")]
 mod cache;
 #[cfg(feature = "train")]
 mod dataset;
@@ -18,6 +19,7 @@ mod labels;
 mod pipeline;
 mod rng;
 
+#[cfg(feature = "train")]
 pub use cache::{CacheStats, VolumeCache};
 #[cfg(feature = "train")]
 pub use dataset::{ScanBatch, ScanBatcher, ScanDataset, ScanItem, read_scan};
