@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use resnet3d::burn::tensor::Device;
 use resnet3d::burn::tensor::activation::softmax;
 use resnet3d::preprocess::{Volume, Window};
@@ -29,9 +29,9 @@ pub struct Args {
     /// A 2-D ResNet checkpoint; default: the bundled small one.
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Hounsfield window.
-    #[arg(long, value_enum, default_value_t = Preset::Lung)]
-    pub window: Preset,
+    /// Hounsfield window: lung, mediastinum, bone or brain.
+    #[arg(long, default_value = "lung")]
+    pub window: String,
     /// Isotropic voxel spacing to resample to, in mm.
     #[arg(long, default_value_t = 1.5)]
     pub spacing: f32,
@@ -45,14 +45,6 @@ pub struct Args {
     /// and `preprocessing.json` in the same folder).
     #[arg(long)]
     pub model: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Preset {
-    Lung,
-    Mediastinum,
-    Bone,
-    Brain,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -77,12 +69,8 @@ pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::e
     if let Some(model) = &args.model {
         return classify_trained(volume, model, device);
     }
-    let window = match args.window {
-        Preset::Lung => Window::LUNG,
-        Preset::Mediastinum => Window::MEDIASTINUM,
-        Preset::Bone => Window::BONE,
-        Preset::Brain => Window::BRAIN,
-    };
+    let window = Window::preset(&args.window)
+        .ok_or_else(|| format!("--window {}: use lung, mediastinum, bone or brain", args.window))?;
     let shape = [args.shape[0], args.shape[1], args.shape[2]];
     let volume = volume
         .resample([args.spacing; 3])?

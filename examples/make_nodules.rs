@@ -136,6 +136,23 @@ pub fn phantom(seed: u64, nodule: bool, radius: [f32; 2]) -> ([usize; 3], [f32; 
 /// A NIfTI-1 file (348-byte header, 4 empty extension bytes), int16 voxels storing
 /// `HU + 1024` with `scl_slope = 1`, `scl_inter = -1024`; gzipped when the name ends in `.gz`.
 pub fn write_nifti(path: &Path, dims: [usize; 3], pixdim: [f32; 3], hu: &[f32]) -> std::io::Result<()> {
+    let stored: Vec<i16> = hu
+        .iter()
+        .map(|v| (v + 1024.0).round().clamp(i16::MIN as f32, i16::MAX as f32) as i16)
+        .collect();
+    write_nifti_i16(path, dims, pixdim, 1.0, -1024.0, &stored)
+}
+
+/// A NIfTI-1 file of int16 `stored` values (`x` fastest) read back as
+/// `stored * slope + inter`; gzipped when the name ends in `.gz`.
+pub fn write_nifti_i16(
+    path: &Path,
+    dims: [usize; 3],
+    pixdim: [f32; 3],
+    slope: f32,
+    inter: f32,
+    stored: &[i16],
+) -> std::io::Result<()> {
     let mut h = vec![0u8; 352];
     h[0..4].copy_from_slice(&348i32.to_le_bytes());
     let dim = [3, dims[0], dims[1], dims[2], 1, 1, 1, 1];
@@ -149,12 +166,11 @@ pub fn write_nifti(path: &Path, dims: [usize; 3], pixdim: [f32; 3], hu: &[f32]) 
         h[76 + 4 * i..80 + 4 * i].copy_from_slice(&p.to_le_bytes());
     }
     h[108..112].copy_from_slice(&352f32.to_le_bytes()); // vox_offset
-    h[112..116].copy_from_slice(&1f32.to_le_bytes()); // scl_slope
-    h[116..120].copy_from_slice(&(-1024f32).to_le_bytes()); // scl_inter
+    h[112..116].copy_from_slice(&slope.to_le_bytes()); // scl_slope
+    h[116..120].copy_from_slice(&inter.to_le_bytes()); // scl_inter
     h[344..348].copy_from_slice(b"n+1\0");
-    for v in hu {
-        let stored = (v + 1024.0).round().clamp(i16::MIN as f32, i16::MAX as f32) as i16;
-        h.extend_from_slice(&stored.to_le_bytes());
+    for v in stored {
+        h.extend_from_slice(&v.to_le_bytes());
     }
     let file = std::fs::File::create(path)?;
     if path.extension().is_some_and(|e| e == "gz") {

@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use resnet3d::burn::tensor::Device;
 use resnet3d::data::{Augmentation, LabelledScans, Preprocessing, ScanDataset, Split, VolumeCache};
 use resnet3d::preprocess::Window;
@@ -59,9 +59,10 @@ pub struct Args {
     /// Network input extent depth,height,width in voxels.
     #[arg(long, default_value = "64,128,128", value_delimiter = ',')]
     pub size: Vec<usize>,
-    /// Hounsfield window (`none`: no window, per-volume normalisation, e.g. for MRI).
-    #[arg(long, value_enum, default_value_t = Preset::Lung)]
-    pub window: Preset,
+    /// Hounsfield window: lung, mediastinum, bone, brain, or none (no window, per-volume
+    /// normalisation, e.g. for MRI).
+    #[arg(long, default_value = "lung")]
+    pub window: String,
     #[arg(long, default_value_t = 20)]
     pub epochs: usize,
     #[arg(long, default_value_t = 4)]
@@ -105,15 +106,6 @@ pub struct Args {
     pub cache_mb: usize,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Preset {
-    Lung,
-    Mediastinum,
-    Bone,
-    Brain,
-    None,
-}
-
 #[allow(dead_code)]
 fn main() {
     let args = Args::parse();
@@ -137,12 +129,16 @@ pub fn run(args: &Args) -> Result<FitSummary, Box<dyn std::error::Error>> {
     let devices = args.devices.iter().map(|d| device(d)).collect::<Result<Vec<_>, _>>()?;
     let labels = LabelledScans::from_csv(&args.labels, args.valid_share, args.seed)?;
     let [d, h, w] = <[usize; 3]>::try_from(args.size.as_slice()).map_err(|_| "--size takes depth,height,width")?;
-    let preprocessing = match args.window {
-        Preset::None => Preprocessing::new([d, h, w])
+    let preprocessing = match args.window.as_str() {
+        "none" => Preprocessing::new([d, h, w])
             .with_spacing(Some([args.spacing; 3]))
             .with_normalization(resnet3d::data::Normalization::PerVolume)
             .with_fill(0.0),
-        window => Preprocessing::ct(args.spacing, [d, h, w], hounsfield(window)),
+        name => {
+            let window = Window::preset(name)
+                .ok_or_else(|| format!("--window {name}: use lung, mediastinum, bone, brain or none"))?;
+            Preprocessing::ct(args.spacing, [d, h, w], window)
+        }
     };
     let cache = Arc::new(VolumeCache::with_disk(args.cache_mb << 20, args.out.join("cache"))?);
     let train = ScanDataset::new(&labels, Split::Train, preprocessing.clone(), cache.clone());
@@ -229,15 +225,6 @@ fn augmentation(kinds: &[String], seed: u64) -> Result<Augmentation, String> {
         aug = aug.with_noise_std(0.0);
     }
     Ok(aug)
-}
-
-fn hounsfield(preset: Preset) -> Window {
-    match preset {
-        Preset::Lung | Preset::None => Window::LUNG,
-        Preset::Mediastinum => Window::MEDIASTINUM,
-        Preset::Bone => Window::BONE,
-        Preset::Brain => Window::BRAIN,
-    }
 }
 
 /// `cpu`, `gpu` or `gpu:N`.

@@ -81,6 +81,24 @@ impl Window {
         Self { level, width }
     }
 
+    /// The preset called `name` (`lung`, `mediastinum`, `bone`, `brain`; any case), for
+    /// command lines and configuration files.
+    ///
+    /// ```
+    /// use resnet3d::preprocess::Window;
+    /// assert_eq!(Window::preset("Lung"), Some(Window::LUNG));
+    /// assert_eq!(Window::preset("liver"), None);
+    /// ```
+    pub fn preset(name: &str) -> Option<Window> {
+        match name.to_ascii_lowercase().as_str() {
+            "lung" => Some(Window::LUNG),
+            "mediastinum" => Some(Window::MEDIASTINUM),
+            "bone" => Some(Window::BONE),
+            "brain" => Some(Window::BRAIN),
+            _ => None,
+        }
+    }
+
     /// Maps one value in HU onto `[0, 1]`.
     ///
     /// `y = clamp((hu - (level - width / 2)) / width, 0, 1)`: the bottom of the window gives

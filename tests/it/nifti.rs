@@ -1,46 +1,22 @@
 //! NIfTI reading and the classify_ct example's whole path on a synthetic phantom.
 
-use std::io::Write;
 use std::path::Path;
 
 use resnet3d::Error;
 use resnet3d::burn::tensor::Device;
 use resnet3d::preprocess::Volume;
 
+#[path = "../../examples/make_nodules.rs"]
+#[allow(dead_code)]
+pub(crate) mod make_nodules;
+
 #[path = "../../examples/classify_ct.rs"]
 #[allow(dead_code)]
 pub(crate) mod example;
 
-/// A NIfTI-1 file written by hand (348-byte header, 4 empty extension bytes, int16 voxels
-/// with `scl_slope`/`scl_inter`), `x` fastest. Gzipped if the name ends in `.gz`.
+/// A NIfTI-1 file written by hand (the phantom example's writer), `x` fastest.
 fn write_nifti(path: &Path, dims: [u16; 3], pixdim: [f32; 3], slope: f32, inter: f32, voxels: &[i16]) {
-    let mut h = vec![0u8; 352];
-    h[0..4].copy_from_slice(&348i32.to_le_bytes());
-    let dim = [3, dims[0], dims[1], dims[2], 1, 1, 1, 1];
-    for (i, d) in dim.iter().enumerate() {
-        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&(*d as i16).to_le_bytes());
-    }
-    h[70..72].copy_from_slice(&4i16.to_le_bytes()); // datatype: int16
-    h[72..74].copy_from_slice(&16i16.to_le_bytes()); // bitpix
-    let pix = [1.0, pixdim[0], pixdim[1], pixdim[2], 0.0, 0.0, 0.0, 0.0];
-    for (i, p) in pix.iter().enumerate() {
-        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&p.to_le_bytes());
-    }
-    h[108..112].copy_from_slice(&352f32.to_le_bytes()); // vox_offset
-    h[112..116].copy_from_slice(&slope.to_le_bytes());
-    h[116..120].copy_from_slice(&inter.to_le_bytes());
-    h[344..348].copy_from_slice(b"n+1\0");
-    for v in voxels {
-        h.extend_from_slice(&v.to_le_bytes());
-    }
-    let file = std::fs::File::create(path).unwrap();
-    if path.extension().is_some_and(|e| e == "gz") {
-        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-        gz.write_all(&h).unwrap();
-        gz.finish().unwrap();
-    } else {
-        std::io::BufWriter::new(file).write_all(&h).unwrap();
-    }
+    make_nodules::write_nifti_i16(path, dims.map(usize::from), pixdim, slope, inter, voxels).unwrap();
 }
 
 /// A chest-like phantom in stored units (HU + 1024): air around a water body with a lung.
@@ -96,7 +72,7 @@ fn classify_ct_runs_on_a_phantom() {
     let args = example::Args {
         volume: path,
         weights: None,
-        window: example::Preset::Lung,
+        window: "lung".into(),
         spacing: 1.5,
         shape: vec![16, 32, 32],
         classes: 3,

@@ -19,13 +19,10 @@ use resnet3d::{Error, ResNet3d, ResNet3dConfig};
 #[allow(dead_code)]
 mod train_example;
 
-#[path = "../../examples/make_nodules.rs"]
-#[allow(dead_code)]
-mod make_nodules;
-
 use clap::Parser;
 
 use crate::nifti::example as classify_ct;
+use crate::nifti::make_nodules;
 
 fn args(labels: &Path, out: &Path, extra: &[&str]) -> train_example::Args {
     let mut argv = vec![
