@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use resnet3d::burn::tensor::Device;
 use resnet3d::burn::tensor::activation::softmax;
+use resnet3d::data::Preprocessing;
 use resnet3d::preprocess::{Volume, Window};
 use resnet3d::{ResNet3dConfig, Weights};
 
@@ -36,7 +37,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1.5)]
     pub spacing: f32,
     /// Shape to crop or pad to (depth,height,width).
-    #[arg(long, default_value = "64,128,128", value_delimiter = ',', num_args = 3)]
+    #[arg(long, default_value = "64,128,128", value_delimiter = ',')]
     pub shape: Vec<usize>,
     /// Number of classes of the (fresh) head.
     #[arg(long, default_value_t = 2)]
@@ -71,12 +72,9 @@ pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::e
     }
     let window = Window::preset(&args.window)
         .ok_or_else(|| format!("--window {}: use lung, mediastinum, bone or brain", args.window))?;
-    let shape = [args.shape[0], args.shape[1], args.shape[2]];
-    let volume = volume
-        .resample([args.spacing; 3])?
-        .crop_or_pad(shape, -1024.0)? // pad with air
-        .window(window)
-        .normalize_imagenet_grey();
+    let shape = <[usize; 3]>::try_from(args.shape.as_slice()).map_err(|_| "--shape takes depth,height,width")?;
+    // Resample, crop/pad with air, window, ImageNet-grey normalisation: the training pipeline.
+    let volume = Preprocessing::ct(args.spacing, shape, window).apply(volume, [0; 3])?;
 
     let path = args.weights.clone().unwrap_or_else(bundled_checkpoint);
     let weights = Weights::from_file(&path)?;
@@ -99,7 +97,7 @@ fn classify_trained(volume: Volume, model: &Path, device: &Device) -> Result<Vec
     let dir = model.parent().unwrap_or(Path::new("."));
     let config = ResNet3dConfig::load(dir.join("config.json"))
         .map_err(|e| format!("{}: {e}", dir.join("config.json").display()))?;
-    let preprocessing = resnet3d::data::Preprocessing::load(dir.join("preprocessing.json"))
+    let preprocessing = Preprocessing::load(dir.join("preprocessing.json"))
         .map_err(|e| format!("{}: {e}", dir.join("preprocessing.json").display()))?;
     let net = resnet3d::ResNet3d::load(model, &config, device)?;
     let x = preprocessing.apply(volume, [0; 3])?.to_tensor(device)?;

@@ -59,7 +59,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     block_depth_kernel: usize,
     /// Depth strides of layer1..layer4, comma-separated.
-    #[arg(long, default_value = "1,2,2,2", value_delimiter = ',', num_args = 4)]
+    #[arg(long, default_value = "1,2,2,2", value_delimiter = ',')]
     stage_depth_strides: Vec<usize>,
     /// Padding of the depth axis.
     #[arg(long, value_enum, default_value_t = Padding::Zeros)]
@@ -112,7 +112,8 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         args.num_classes.or(checkpoint_classes)
     };
-    let strides = &args.stage_depth_strides;
+    let strides = <[usize; 4]>::try_from(args.stage_depth_strides.as_slice())
+        .map_err(|_| "--stage-depth-strides takes four strides, e.g. 1,2,2,2")?;
     let config = ResNet3dConfig::from_layout(layout)
         .with_width(width)
         .with_in_channels(args.in_channels)
@@ -123,7 +124,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .with_max_pool_depth_kernel(args.max_pool_depth_kernel)
         .with_max_pool_depth_stride(args.max_pool_depth_stride)
         .with_block_depth_kernel(args.block_depth_kernel)
-        .with_stage_depth_strides([strides[0], strides[1], strides[2], strides[3]])
+        .with_stage_depth_strides(strides)
         .with_depth_padding(match args.depth_padding {
             Padding::Zeros => DepthPadding::Zeros,
             Padding::Replicate => DepthPadding::Replicate,

@@ -80,6 +80,24 @@ fn classify_ct_runs_on_a_phantom() {
     };
     let scores = example::classify(&args, &Device::flex()).unwrap();
     assert_eq!(scores.len(), 3);
+    // The same settings from a command line (`--shape d,h,w` is one comma-separated value).
+    let path = args.volume.to_str().unwrap();
+    let argv = [
+        "classify_ct",
+        path,
+        "--shape",
+        "16,32,32",
+        "--spacing",
+        "1.5",
+        "--classes",
+        "3",
+    ];
+    let parsed = <example::Args as clap::Parser>::parse_from(argv);
+    assert_eq!(
+        (&parsed.shape, parsed.spacing, parsed.classes),
+        (&args.shape, args.spacing, args.classes)
+    );
+    assert_eq!(example::classify(&parsed, &Device::flex()).unwrap().len(), 3);
     assert!(scores.iter().all(|s| s.is_finite() && *s > 0.0));
     assert!((scores.iter().sum::<f32>() - 1.0).abs() < 1e-5);
 }
