@@ -221,19 +221,23 @@ pub fn fit(
         .with_weight_decay((settings.weight_decay > 0.0).then(|| WeightDecayConfig::new(settings.weight_decay)))
         .init();
 
-    let auroc = AurocMetric::default();
+    let metrics = (AccuracyMetric::new(), LossMetric::new(), AurocMetric::default());
     let names = Names {
-        auroc: auroc.name(),
-        accuracy: AccuracyMetric::new().name(),
+        accuracy: metrics.0.name(),
+        loss: metrics.1.name(),
+        auroc: metrics.2.name(),
     };
     let mut training = SupervisedTraining::new(out, train_loader, valid_loader)
-        .metrics((AccuracyMetric::new(), LossMetric::new(), AurocMetric::default()))
+        .metrics(metrics)
         .num_epochs(settings.epochs)
         .with_default_checkpointers()
         .with_checkpointing_strategy(KeepBestAndLast::new(names.clone(), start + 1))
         .summary();
     if let Some(patience) = settings.patience {
-        training = training.early_stopping(StopWithoutImprovement { names, patience });
+        training = training.early_stopping(StopWithoutImprovement {
+            names: names.clone(),
+            patience,
+        });
     }
     if let Some(epoch) = resumed {
         training = training.checkpoint(epoch);
@@ -255,7 +259,7 @@ pub fn fit(
         });
     }
 
-    let epochs = read_metrics(out, &auroc)?;
+    let epochs = read_metrics(out, &names)?;
     let best = epochs
         .iter()
         .max_by(|a, b| {
@@ -410,9 +414,9 @@ fn last_checkpoint(out: &Path) -> Option<usize> {
 }
 
 /// Every logged epoch's metrics, from Burn's metric logs in `out`.
-fn read_metrics(out: &Path, auroc: &AurocMetric) -> Result<Vec<EpochMetrics>> {
-    let auroc_name = auroc.name().to_string();
-    let names = ["Loss".to_string(), "Accuracy".to_string(), auroc_name.clone()];
+fn read_metrics(out: &Path, names: &Names) -> Result<Vec<EpochMetrics>> {
+    let (loss, accuracy, auroc) = (names.loss.as_str(), names.accuracy.as_str(), names.auroc.as_str());
+    let names = [loss, accuracy, auroc];
     let summary = LearnerSummary::new(out, &names).map_err(|what| Error::Training { what })?;
     let find = |split: &[burn::train::MetricSummary], name: &str, epoch: usize| {
         split
@@ -425,12 +429,12 @@ fn read_metrics(out: &Path, auroc: &AurocMetric) -> Result<Vec<EpochMetrics>> {
     Ok((1..=summary.epochs)
         .map(|epoch| EpochMetrics {
             epoch,
-            train_loss: find(train, "Loss", epoch),
-            train_accuracy: find(train, "Accuracy", epoch),
-            train_auroc: find(train, &auroc_name, epoch),
-            valid_loss: find(valid, "Loss", epoch),
-            valid_accuracy: find(valid, "Accuracy", epoch),
-            valid_auroc: find(valid, &auroc_name, epoch),
+            train_loss: find(train, loss, epoch),
+            train_accuracy: find(train, accuracy, epoch),
+            train_auroc: find(train, auroc, epoch),
+            valid_loss: find(valid, loss, epoch),
+            valid_accuracy: find(valid, accuracy, epoch),
+            valid_auroc: find(valid, auroc, epoch),
         })
         .filter(|e| !e.valid_auroc.is_nan())
         .collect())

@@ -41,6 +41,7 @@ fn best_known(store: &EventStoreClient, names: &Names, last: usize) -> Option<(u
 pub(crate) struct Names {
     pub(crate) auroc: MetricName,
     pub(crate) accuracy: MetricName,
+    pub(crate) loss: MetricName,
 }
 
 /// Saves every epoch; deletes an epoch's checkpoint once it is neither among the last two
