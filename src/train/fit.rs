@@ -152,29 +152,20 @@ pub fn fit(
         path: out.to_path_buf(),
         source,
     })?;
-    train.prepare()?;
-    valid.prepare()?;
-
-    let device = devices[0].clone().autodiff();
+    // The output folder is checked before the scans are read (which may take minutes).
     let resumed = if settings.resume { last_checkpoint(out) } else { None };
     let start = resumed.unwrap_or(0);
     let earlier = ["train", "valid", "checkpoint"].iter().any(|d| out.join(d).exists());
     if resumed.is_none() && earlier {
+        let (what, instead) = match settings.resume {
+            true => (" without a complete checkpoint to resume from", "or remove it"),
+            false => ("", "or resume it"),
+        };
         return Err(Error::InvalidConfig {
             field: "out",
             reason: format!(
-                "{} holds an earlier run{}: its logs would mix with this one's; use another folder{}",
-                out.display(),
-                if settings.resume {
-                    " without a complete checkpoint to resume from"
-                } else {
-                    ""
-                },
-                if settings.resume {
-                    " or remove it"
-                } else {
-                    " or resume it"
-                }
+                "{} holds an earlier run{what}: its logs would mix with this one's; use another folder {instead}",
+                out.display()
             ),
         });
     }
@@ -188,7 +179,10 @@ pub fn fit(
             ),
         });
     }
+    train.prepare()?;
+    valid.prepare()?;
 
+    let device = devices[0].clone().autodiff();
     let weights = settings.balance_classes.then(|| balanced_weights(&train, classes));
     // A network built on a plain device gets autodiff (gradients for every parameter that
     // was not frozen) before it moves to the training device.
