@@ -1,6 +1,7 @@
 //! [`fit`]: a whole fine-tuning run on Burn's `Learner`, from two [`ScanDataset`]s to the best
 //! network on disk.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -20,6 +21,7 @@ use burn::train::{ExecutionStrategy, Learner, LearnerSummary, MultiDeviceOptim, 
 
 use super::FusedAdamConfig;
 use super::classifier::ScanClassifier;
+use super::lines::EpochLines;
 use super::select::{KeepBestAndLast, Names, StopWithoutImprovement};
 use crate::config::ResNet3dConfig;
 use crate::data::{ScanBatcher, ScanDataset};
@@ -122,7 +124,7 @@ const PREPROCESSING: &str = "preprocessing.json";
 /// AUROC; model, optimizer and schedule), metric logs (`train/`, `valid/`) and
 /// `experiment.log`; then the best epoch's network as `model.bpk` with `config.json` and
 /// the data pipeline as `preprocessing.json`, and [`FitSummary`] as `summary.json`.
-/// Burn's renderer shows progress: its TUI on a terminal, plain lines otherwise.
+/// Progress: Burn's TUI on a terminal, otherwise [`EpochLines`] (a line per split and epoch).
 ///
 /// With `settings.resume`, training continues from the last epoch with all three checkpoint
 /// files (model, optimizer and schedule state as saved; the training order and augmentation
@@ -225,8 +227,10 @@ pub fn fit(
         .metrics(metrics)
         .num_epochs(settings.epochs)
         .with_default_checkpointers()
-        .with_checkpointing_strategy(KeepBestAndLast::new(names.clone(), start + 1))
-        .summary();
+        .with_checkpointing_strategy(KeepBestAndLast::new(names.clone()));
+    if !std::io::stdout().is_terminal() {
+        training = training.renderer(Box::new(EpochLines::new()));
+    }
     if let Some(patience) = settings.patience {
         training = training.early_stopping(StopWithoutImprovement {
             names: names.clone(),

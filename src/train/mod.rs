@@ -11,6 +11,8 @@ mod classifier;
 
 pub use classifier::ScanClassifier;
 mod fit;
+mod lines;
 mod select;
 
 pub use fit::{EpochMetrics, FitConfig, FitSummary, fit};
+pub use lines::EpochLines;

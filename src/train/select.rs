@@ -22,12 +22,13 @@ fn score(store: &EventStoreClient, names: &Names, epoch: usize) -> Option<(f64, 
 }
 
 /// The best of the known epochs `1..=last`: highest AUROC, then accuracy, then earliest.
-/// Returns it and the last epoch with known metrics.
-fn best_known(store: &EventStoreClient, names: &Names, last: usize) -> Option<(usize, usize)> {
+/// Returns it and the last epoch with known metrics; `score` gives an epoch's (AUROC,
+/// accuracy) if known.
+fn best_known(last: usize, score: impl Fn(usize) -> Option<(f64, f64)>) -> Option<(usize, usize)> {
     let mut best: Option<(usize, (f64, f64))> = None;
     let mut latest = None;
     for epoch in 1..=last {
-        let Some(s) = score(store, names, epoch) else { continue };
+        let Some(s) = score(epoch) else { continue };
         latest = Some(epoch);
         if best.is_none_or(|(_, b)| s.partial_cmp(&b) == Some(std::cmp::Ordering::Greater)) {
             best = Some((epoch, s));
@@ -48,16 +49,14 @@ pub(crate) struct Names {
 /// nor the best known, judged only when its metrics are known.
 pub(crate) struct KeepBestAndLast {
     names: Names,
-    first: usize,
     saved: Vec<usize>,
 }
 
 impl KeepBestAndLast {
-    /// `first`: the first epoch of this run (earlier checkpoints of a resumed run are left).
-    pub(crate) fn new(names: Names, first: usize) -> Self {
+    /// A strategy that has saved nothing yet (checkpoints of a run it resumes are left alone).
+    pub(crate) fn new(names: Names) -> Self {
         Self {
             names,
-            first,
             saved: Vec::new(),
         }
     }
@@ -67,9 +66,10 @@ impl CheckpointingStrategy for KeepBestAndLast {
     fn checkpointing(&mut self, epoch: usize, store: &EventStoreClient) -> Vec<CheckpointingAction> {
         let mut actions = vec![CheckpointingAction::Save];
         self.saved.push(epoch);
-        let best = best_known(store, &self.names, epoch).map(|(b, _)| b);
+        let known = |e: usize| score(store, &self.names, e);
+        let best = best_known(epoch, known).map(|(b, _)| b);
         self.saved.retain(|&e| {
-            let keep = e + 2 > epoch || e < self.first || Some(e) == best || score(store, &self.names, e).is_none();
+            let keep = keeps(e, epoch, best, known(e).is_some());
             if !keep {
                 actions.push(CheckpointingAction::Delete(e));
             }
@@ -77,6 +77,12 @@ impl CheckpointingStrategy for KeepBestAndLast {
         });
         actions
     }
+}
+
+/// Whether the checkpoint of epoch `e` stays after epoch `epoch`: one of the last two, the
+/// best known, or one whose metrics are not known yet.
+fn keeps(e: usize, epoch: usize, best: Option<usize>, known: bool) -> bool {
+    e + 2 > epoch || Some(e) == best || !known
 }
 
 /// Stops when the best known epoch is `patience` or more epochs before the last known one.
@@ -88,9 +94,58 @@ pub(crate) struct StopWithoutImprovement {
 
 impl EarlyStoppingStrategy for StopWithoutImprovement {
     fn should_stop(&mut self, epoch: usize, store: &EventStoreClient) -> bool {
-        match best_known(store, &self.names, epoch) {
-            Some((best, latest)) => latest >= best + self.patience,
-            None => false,
-        }
+        best_known(epoch, |e| score(store, &self.names, e))
+            .is_some_and(|(best, latest)| stops(best, latest, self.patience))
+    }
+}
+
+/// No improvement since the best epoch for `patience` known epochs.
+fn stops(best: usize, latest: usize, patience: usize) -> bool {
+    latest >= best + patience
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Highest AUROC wins, then accuracy, then the earlier epoch; unknown epochs are skipped
+    /// and the last known one is reported.
+    #[test]
+    fn best_of_the_known_epochs() {
+        let scores = [
+            Some((80.0, 60.0)),
+            Some((90.0, 70.0)),
+            Some((90.0, 75.0)),
+            Some((90.0, 75.0)),
+            None,
+        ];
+        let score = |e: usize| scores[e - 1];
+        assert_eq!(best_known(5, score), Some((3, 4)));
+        assert_eq!(best_known(2, score), Some((2, 2)));
+        assert_eq!(best_known(5, |_| None), None);
+    }
+
+    /// Stopping: patience 2 with the best at epoch 3 stops once epoch 5 is known, not before.
+    #[test]
+    fn stops_after_patience_epochs_without_improvement() {
+        let scores = [
+            Some((70.0, 0.0)),
+            Some((60.0, 0.0)),
+            Some((95.0, 0.0)),
+            Some((90.0, 0.0)),
+            Some((94.0, 0.0)),
+        ];
+        let stop = |last: usize| best_known(last, |e| scores[e - 1]).is_some_and(|(b, l)| stops(b, l, 2));
+        assert!(!stop(4));
+        assert!(stop(5));
+    }
+
+    /// The last two, the best and the not-yet-known stay; an old, known, worse one goes.
+    #[test]
+    fn which_checkpoints_stay() {
+        assert!(keeps(9, 10, Some(3), true) && keeps(10, 10, Some(3), true));
+        assert!(keeps(3, 10, Some(3), true));
+        assert!(keeps(5, 10, Some(3), false));
+        assert!(!keeps(5, 10, Some(3), true));
     }
 }
