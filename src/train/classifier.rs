@@ -6,6 +6,7 @@ use burn::tensor::activation::softmax;
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 
 use crate::data::ScanBatch;
+use crate::error::{Error, Result};
 use crate::model::ResNet3d;
 
 /// A [`ResNet3d`] with a classification head and its cross-entropy loss (optionally weighted
@@ -18,9 +19,10 @@ use crate::model::ResNet3d;
 pub struct ScanClassifier {
     /// The network; its record paths are prefixed `net.` in checkpoints.
     pub net: ResNet3d,
-    /// Weight of each class in the loss (`None`: all 1).
+    /// Weight of each class in the loss (`None`: all 1); set through
+    /// [`with_class_weights`](Self::with_class_weights), which checks them.
     #[module(skip)]
-    pub class_weights: Option<Vec<f32>>,
+    class_weights: Option<Vec<f32>>,
 }
 
 impl ScanClassifier {
@@ -30,6 +32,27 @@ impl ScanClassifier {
             net,
             class_weights: None,
         }
+    }
+
+    /// Weighs each class's scans in the loss: `sum(w[y_i] * nll_i) / sum(w[y_i])` over the
+    /// batch, as PyTorch's `CrossEntropyLoss(weight=...)` (Burn's weighted cross-entropy).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] unless there is one finite, positive weight per class of the
+    /// head.
+    pub fn with_class_weights(mut self, weights: Vec<f32>) -> Result<Self> {
+        let classes = self.net.fc.as_ref().map(|fc| fc.weight.dims()[1]);
+        if Some(weights.len()) != classes || !weights.iter().all(|w| w.is_finite() && *w > 0.0) {
+            return Err(Error::InvalidConfig {
+                field: "class_weights",
+                reason: format!(
+                    "{weights:?} must hold one finite, positive weight for each of the head's {} classes",
+                    classes.map_or("(no head)".to_string(), |c| c.to_string())
+                ),
+            });
+        }
+        self.class_weights = Some(weights);
+        Ok(self)
     }
 
     /// The loss and the class probabilities of a batch.
@@ -64,5 +87,33 @@ impl InferenceStep for ScanClassifier {
 
     fn step(&self, batch: ScanBatch) -> ClassificationOutput {
         self.forward_classification(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ResNet3dConfig;
+
+    /// One finite, positive weight per class, or `InvalidConfig` (Burn's loss would stop the
+    /// program on a weight of 0 or less).
+    #[test]
+    fn class_weights_are_checked() {
+        let config = ResNet3dConfig::resnet18().with_width(4).with_num_classes(Some(2));
+        let model = || ScanClassifier::new(config.init(&burn::tensor::Device::flex()));
+        for bad in [vec![1.0], vec![1.0, 0.0], vec![1.0, f32::NAN], vec![1.0, 2.0, 3.0]] {
+            let err = model().with_class_weights(bad.clone()).err();
+            assert!(
+                matches!(
+                    err,
+                    Some(Error::InvalidConfig {
+                        field: "class_weights",
+                        ..
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(model().with_class_weights(vec![0.5, 2.0]).is_ok());
     }
 }

@@ -192,10 +192,10 @@ pub fn fit(
     if settings.freeze_early {
         net = freeze_early(net);
     }
-    let model = ScanClassifier {
-        net,
-        class_weights: weights,
-    };
+    let mut model = ScanClassifier::new(net);
+    if let Some(weights) = weights {
+        model = model.with_class_weights(weights)?;
+    }
     let preprocessing = train.preprocessing().clone();
     let channels = config.in_channels;
     let steps_per_epoch = train.len().div_ceil(settings.batch_size);
