@@ -173,7 +173,7 @@ pub fn run(args: &Args) -> Result<FitSummary, Box<dyn std::error::Error>> {
 }
 
 /// The network to fine-tune and its configuration.
-fn network(
+pub fn network(
     args: &Args,
     classes: usize,
     device: &Device,

@@ -265,3 +265,43 @@ fn an_unreadable_scan_is_named_before_training() {
     }
     assert!(!dir.path().join("run/checkpoint").exists(), "nothing was trained");
 }
+
+/// `--freeze-early`: after training, the stem's and `layer1`'s weights and BatchNorm
+/// statistics are those of the inflated network it started from; `layer2` has changed.
+#[test]
+fn freeze_early_keeps_the_stem_and_layer1() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 8, 5, [6.0, 9.0]).unwrap();
+    let out = dir.path().join("run");
+    let extra = [
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--patience",
+        "0",
+        "--freeze-early",
+        "--lr",
+        "1e-2",
+    ];
+    let args = args(&labels, &out, &extra);
+    train_example::run(&args).unwrap();
+    let device = Device::flex();
+    let (start, config) = train_example::network(&args, 2, &device).unwrap();
+    let trained = ResNet3d::load(out.join("model.bpk"), &config, &device).unwrap();
+    let v = |t: resnet3d::burn::tensor::Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+    let flat = |t: resnet3d::burn::tensor::Tensor<5>| v(t.flatten(0, 4));
+    assert_eq!(flat(trained.conv1.weight.val()), flat(start.conv1.weight.val()));
+    assert_eq!(v(trained.bn1.running_mean.value()), v(start.bn1.running_mean.value()));
+    assert_eq!(v(trained.bn1.running_var.value()), v(start.bn1.running_var.value()));
+    let block = |m: &ResNet3d| match &m.layer1[0] {
+        resnet3d::Block::Basic(b) => (flat(b.conv2.weight.val()), v(b.bn2.running_var.value())),
+        other => panic!("ResNet-18 has basic blocks, got {other:?}"),
+    };
+    assert_eq!(block(&trained), block(&start));
+    let second = |m: &ResNet3d| match &m.layer2[0] {
+        resnet3d::Block::Basic(b) => flat(b.conv1.weight.val()),
+        other => panic!("ResNet-18 has basic blocks, got {other:?}"),
+    };
+    assert_ne!(second(&trained), second(&start), "layer2 trained");
+}
