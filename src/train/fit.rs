@@ -8,14 +8,17 @@ use std::time::Instant;
 use burn::config::Config;
 use burn::data::dataloader::{DataLoaderBuilder, Dataset};
 use burn::module::Module;
+use burn::optim::OptimizerRecord;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::lr_scheduler::LrSchedulerConfig;
+use burn::optim::lr_scheduler::LrSchedulerRecord;
 use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
+use burn::train::checkpoint::{Checkpointer, FileCheckpointer};
 use burn::train::metric::{AccuracyMetric, AurocMetric, LossMetric, Metric};
 use burn::train::{ExecutionStrategy, Learner, LearnerSummary, MultiDeviceOptim, SupervisedTraining, TrainingStrategy};
 
@@ -156,6 +159,9 @@ pub fn fit(
     })?;
     // The output folder is checked before the scans are read (which may take minutes).
     let resumed = if settings.resume { last_checkpoint(out) } else { None };
+    if let Some(epoch) = resumed {
+        check_resumable(out, epoch, config, &devices[0])?;
+    }
     let start = resumed.unwrap_or(0);
     let earlier = ["train", "valid", "checkpoint"].iter().any(|d| out.join(d).exists());
     if resumed.is_none() && earlier {
@@ -441,6 +447,17 @@ fn read_metrics(out: &Path, names: &Names) -> Result<Vec<EpochMetrics>> {
 /// Writes the checkpoint of `epoch` as `model.bpk` (the network alone, as [`ResNet3d::save`]
 /// writes it) with `config.json`.
 fn export_best(out: &Path, epoch: usize, config: &ResNet3dConfig, device: &Device) -> Result<()> {
+    let classifier = checkpointed_model(out, epoch, config, device)?;
+    classifier.net.save(out.join(MODEL))?;
+    config.save(out.join(CONFIG)).map_err(|source| Error::Io {
+        path: out.join(CONFIG),
+        source,
+    })
+}
+
+/// The network of the model checkpoint of `epoch`, read strictly (Burn's own loading of a
+/// checkpoint stops the program on a damaged file or another network's record).
+fn checkpointed_model(out: &Path, epoch: usize, config: &ResNet3dConfig, device: &Device) -> Result<ScanClassifier> {
     let path = out.join("checkpoint").join(format!("model-{epoch}.bpk"));
     let record_error = |reason: String| Error::Record {
         path: path.clone(),
@@ -448,19 +465,49 @@ fn export_best(out: &Path, epoch: usize, config: &ResNet3dConfig, device: &Devic
     };
     let mut classifier = ScanClassifier::new(config.init(device));
     let mut store = BurnpackStore::from_file(&path).auto_extension(false);
-    let applied = classifier
-        .load_from(&mut store)
-        .map_err(|err| record_error(format!("the best epoch's checkpoint cannot be read: {err}")))?;
-    if !applied.errors.is_empty() || !applied.missing.is_empty() {
+    // Burn lists every mismatched tensor; the first few tell the story.
+    let short = |text: String| match text.char_indices().nth(400) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    };
+    let problem = match classifier.load_from(&mut store) {
+        Err(err) => Some(short(err.to_string())),
+        Ok(applied) if !applied.errors.is_empty() || !applied.missing.is_empty() || !applied.unused.is_empty() => {
+            Some(format!(
+                "{} error(s), missing {:?}, unused {:?}",
+                applied.errors.len(),
+                applied.missing.iter().take(5).map(|(p, _)| p).collect::<Vec<_>>(),
+                applied.unused.iter().take(5).collect::<Vec<_>>()
+            ))
+        }
+        Ok(_) => None,
+    };
+    if let Some(problem) = problem {
         return Err(record_error(format!(
-            "the best epoch's checkpoint does not fit the network: {} error(s), missing {:?}",
-            applied.errors.len(),
-            applied.missing.iter().take(5).map(|(p, _)| p).collect::<Vec<_>>()
+            "the checkpoint of epoch {epoch} cannot be read or does not fit this network (another \
+             --depth, width or number of classes?): {problem}"
         )));
     }
-    classifier.net.save(out.join(MODEL))?;
-    config.save(out.join(CONFIG)).map_err(|source| Error::Io {
-        path: out.join(CONFIG),
-        source,
-    })
+    Ok(classifier)
+}
+
+/// Checks, before Burn loads them, that the three checkpoints of `epoch` read back and that
+/// the model's fits the network.
+fn check_resumable(out: &Path, epoch: usize, config: &ResNet3dConfig, device: &Device) -> Result<()> {
+    checkpointed_model(out, epoch, config, device)?;
+    let dir = out.join("checkpoint");
+    let unreadable = |kind: &str, err: String| Error::Record {
+        path: dir.join(format!("{kind}-{epoch}.bpk")),
+        reason: format!(
+            "cannot be read ({err}); remove the checkpoints of epoch {epoch} to resume from the one before"
+        ),
+    };
+    FileCheckpointer::new(&dir, "optim")
+        .restore(epoch)
+        .map(|_: OptimizerRecord| ())
+        .map_err(|err| unreadable("optim", err.to_string()))?;
+    FileCheckpointer::new(&dir, "scheduler")
+        .restore(epoch)
+        .map(|_: LrSchedulerRecord| ())
+        .map_err(|err| unreadable("scheduler", err.to_string()))
 }

@@ -305,3 +305,72 @@ fn freeze_early_keeps_the_stem_and_layer1() {
     };
     assert_ne!(second(&trained), second(&start), "layer2 trained");
 }
+
+/// Resuming from a damaged checkpoint, or with another network than the one checkpointed,
+/// is an `Error::Record` naming the file, before any scan is read (Burn's own loading would
+/// stop the program).
+#[test]
+fn resuming_from_a_bad_checkpoint_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 8, 6, [6.0, 9.0]).unwrap();
+    let out = dir.path().join("run");
+    let common = ["--batch", "4", "--patience", "0", "--workers", "0"];
+    let run = |extra: &[&str]| {
+        let extra: Vec<&str> = common.iter().chain(extra).copied().collect();
+        train_example::run(&args(&labels, &out, &extra))
+    };
+    run(&["--epochs", "2"]).unwrap();
+
+    let other = run(&["--epochs", "3", "--resume", "--scratch", "--width", "8"]).unwrap_err();
+    match other.downcast_ref::<Error>() {
+        Some(Error::Record { path, reason }) => {
+            assert!(path.ends_with("checkpoint/model-2.bpk"), "{path:?}");
+            assert!(reason.contains("does not fit"), "{reason}");
+        }
+        _ => panic!("expected Error::Record, got {other}"),
+    }
+
+    std::fs::write(out.join("checkpoint/optim-2.bpk"), b"damaged").unwrap();
+    let damaged = run(&["--epochs", "3", "--resume"]).unwrap_err();
+    match damaged.downcast_ref::<Error>() {
+        Some(Error::Record { path, .. }) => assert!(path.ends_with("checkpoint/optim-2.bpk"), "{path:?}"),
+        _ => panic!("expected Error::Record, got {damaged}"),
+    }
+}
+
+/// A missing label file is an error (the example prints it), not a panic.
+#[test]
+fn a_missing_label_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = train_example::run(&args(&dir.path().join("none.csv"), &dir.path().join("run"), &[])).unwrap_err();
+    assert!(
+        matches!(err.downcast_ref::<Error>(), Some(Error::FileNotFound { .. })),
+        "{err}"
+    );
+}
+
+/// Two devices through Burn's multi-device strategy (here the one CPU device twice, all this
+/// machine has): the run completes with finite losses on both splits every epoch.
+#[test]
+fn several_devices_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 16, 7, [6.0, 9.0]).unwrap();
+    let extra = [
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--patience",
+        "0",
+        "--devices",
+        "cpu,cpu",
+    ];
+    let summary = train_example::run(&args(&labels, &dir.path().join("run"), &extra)).unwrap();
+    assert_eq!(summary.epochs.len(), 2);
+    assert!(
+        summary
+            .epochs
+            .iter()
+            .all(|e| e.train_loss.is_finite() && e.valid_loss.is_finite())
+    );
+}
