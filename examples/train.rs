@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::Parser;
+use resnet3d::burn::config::Config;
 use resnet3d::burn::tensor::Device;
 use resnet3d::data::{Augmentation, LabelledScans, Preprocessing, ScanDataset, Split, VolumeCache};
 use resnet3d::preprocess::Window;
-use resnet3d::train::{FitConfig, FitSummary, fit};
+use resnet3d::train::{FitConfig, FitSummary, evaluate, fit};
 use resnet3d::{Layout, ResNet3dConfig, Weights};
 
 #[derive(Parser, Debug, Clone)]
@@ -147,7 +148,7 @@ pub fn run(args: &Args) -> Result<FitSummary, Box<dyn std::error::Error>> {
     } else {
         train.with_augmentation(augmentation(&args.augment, args.seed)?)?
     };
-    let valid = ScanDataset::new(&labels, Split::Valid, preprocessing, cache);
+    let valid = ScanDataset::new(&labels, Split::Valid, preprocessing.clone(), cache.clone());
     println!(
         "{}: {} training scans {:?}, {} validation scans {:?} (per class)",
         args.labels.display(),
@@ -169,7 +170,24 @@ pub fn run(args: &Args) -> Result<FitSummary, Box<dyn std::error::Error>> {
         .with_seed(args.seed)
         .with_freeze_early(args.freeze_early)
         .with_resume(args.resume);
-    Ok(fit(net, &config, train, valid, &settings, &devices, &args.out)?)
+    let mut summary = fit(net, &config, train, valid, &settings, &devices, &args.out)?;
+    // The held-out scans, once, with the best network.
+    let test = ScanDataset::new(&labels, Split::Test, preprocessing, cache);
+    if !test.scans().is_empty() {
+        let best = resnet3d::ResNet3d::load(&summary.model, &config, &devices[0])?;
+        let metrics = evaluate(best, config.in_channels, test, &devices[0])?;
+        println!(
+            "test ({} scans): AUROC {}, accuracy {:.1}%",
+            metrics.scans,
+            metrics
+                .auroc
+                .map_or("undefined (one class)".into(), |a| format!("{a:.1}%")),
+            metrics.accuracy
+        );
+        summary.test = Some(metrics);
+        summary.save(args.out.join("summary.json"))?;
+    }
+    Ok(summary)
 }
 
 /// The network to fine-tune and its configuration.

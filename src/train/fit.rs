@@ -110,6 +110,8 @@ pub struct FitSummary {
     pub seconds: f64,
     /// The best network ([`ResNet3d::load`] with `config.json`).
     pub model: PathBuf,
+    /// The best network on the held-out (`test`) scans, if measured ([`evaluate`](super::evaluate)).
+    pub test: Option<super::TestMetrics>,
 }
 
 /// File names in the output folder.
@@ -292,6 +294,7 @@ pub fn fit(
         seconds,
         model: out.join(MODEL),
         epochs,
+        test: None,
     };
     write(SUMMARY, summary.to_string())?;
     Ok(summary)

@@ -10,9 +10,11 @@ pub use adam::{FusedAdam, FusedAdamConfig};
 mod classifier;
 
 pub use classifier::ScanClassifier;
+mod evaluate;
 mod fit;
 mod lines;
 mod select;
 
+pub use evaluate::{TestMetrics, evaluate};
 pub use fit::{EpochMetrics, FitConfig, FitSummary, fit};
 pub use lines::EpochLines;

@@ -120,9 +120,14 @@ fn training_reaches_auroc_095_and_exports_the_best_network() {
         truth.push(item.label);
     }
     let ours = 100.0 * auroc(&scores, &truth);
+    let measured = resnet3d::train::evaluate(net.clone(), 1, valid, &device).unwrap();
+    assert!(
+        (measured.auroc.unwrap() - ours).abs() < 1e-6,
+        "evaluate: {measured:?}, here {ours}"
+    );
 
     // classify_ct --model reads the same network and pipeline back.
-    let first = valid.scans()[0].path.clone();
+    let first = scans.split(Split::Valid).next().unwrap().path.clone();
     let model = out.join("model.bpk");
     let argv = [
         "classify_ct",
@@ -372,5 +377,75 @@ fn several_devices_train() {
             .epochs
             .iter()
             .all(|e| e.train_loss.is_finite() && e.valid_loss.is_finite())
+    );
+}
+
+/// Three classes, splits from the CSV: the run reports per-epoch AUROC and measures the test
+/// scans once (in `summary.json`), and `evaluate` gives the macro average of the
+/// one-vs-rest AUROCs of the class probabilities, as computed here independently.
+#[test]
+fn three_classes_macro_auroc() {
+    let dir = tempfile::tempdir().unwrap();
+    let scans_dir = dir.path().join("scans");
+    make_nodules::make_dataset(&scans_dir, 18, 8, [6.0, 9.0]).unwrap();
+    let mut csv = String::from("path,label,split\n");
+    let splits = ["train", "train", "valid", "valid", "test", "train"];
+    for i in 0..18 {
+        csv.push_str(&format!("scan_{i:03}.nii.gz,{},{}\n", i % 3, splits[i / 3]));
+    }
+    let labels = scans_dir.join("three.csv");
+    std::fs::write(&labels, csv).unwrap();
+    let out = dir.path().join("run");
+    let extra = [
+        "--epochs",
+        "2",
+        "--batch",
+        "4",
+        "--patience",
+        "0",
+        "--valid-share",
+        "0.34",
+    ];
+    let summary = train_example::run(&args(&labels, &out, &extra)).unwrap();
+    assert!(summary.epochs.iter().all(|e| (0.0..=100.0).contains(&e.valid_auroc)));
+    let test = summary.test.as_ref().expect("the test scans are measured");
+    assert_eq!(test.scans, 3);
+    assert!(test.auroc.is_some_and(|a| (0.0..=100.0).contains(&a)));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["test"]["scans"].as_u64(), Some(3));
+
+    let device = Device::flex();
+    let config = ResNet3dConfig::load(out.join("config.json")).unwrap();
+    assert_eq!(config.num_classes, Some(3));
+    let net = ResNet3d::load(out.join("model.bpk"), &config, &device).unwrap();
+    let preprocessing = Preprocessing::load(out.join("preprocessing.json")).unwrap();
+    let scans = LabelledScans::from_csv(&labels, 0.34, 0).unwrap();
+    let valid = ScanDataset::new(
+        &scans,
+        Split::Valid,
+        preprocessing,
+        Arc::new(VolumeCache::in_memory(1 << 30)),
+    );
+    let (mut probabilities, mut truth) = (Vec::new(), Vec::new());
+    for i in 0..valid.len() {
+        let item = valid.get(i).unwrap();
+        let p = softmax(net.forward(item.volume.to_tensor(&device).unwrap()), 1);
+        probabilities.push(p.into_data().try_to_vec::<f32>().unwrap());
+        truth.push(item.label);
+    }
+    let macro_auroc = (0..3)
+        .map(|c| {
+            let scores: Vec<f32> = probabilities.iter().map(|p| p[c]).collect();
+            let one_vs_rest: Vec<usize> = truth.iter().map(|&t| usize::from(t == c)).collect();
+            auroc(&scores, &one_vs_rest)
+        })
+        .sum::<f64>()
+        / 3.0;
+    let measured = resnet3d::train::evaluate(net, 1, valid, &device).unwrap();
+    assert!(
+        (measured.auroc.unwrap() - 100.0 * macro_auroc).abs() < 1e-6,
+        "evaluate {measured:?}, here {:.4}",
+        100.0 * macro_auroc
     );
 }
