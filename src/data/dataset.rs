@@ -268,6 +268,10 @@ impl Batcher<ScanItem, ScanBatch> for ScanBatcher {
             let volume = if item.volume.shape == shape && item.volume.data.len() == voxels {
                 &item.volume
             } else {
+                log::warn!(
+                    "batch of {shape:?} volumes: an item of {:?} was cropped or padded with zeros to fit",
+                    item.volume.shape
+                );
                 fitted = item.volume.crop_or_pad(shape, 0.0).unwrap_or_else(|_| Volume {
                     data: vec![0.0; voxels],
                     shape,
