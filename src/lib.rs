@@ -169,7 +169,7 @@
 //! | `ndarray` | no | Burn's `ndarray` CPU backend |
 //! | `wgpu` | no | Burn's `wgpu` GPU backend |
 //! | `nifti` | yes | [`Volume::from_nifti`](preprocess::Volume::from_nifti) |
-| `train` | yes | Burn's autodiff, optimizers and training loop (`burn/autodiff`, `burn/optim`, `burn/train` with its TUI), [`train`] and the datasets of [`data`] |
+//! | `train` | yes | Burn's autodiff, optimizers and training loop (`burn/autodiff`, `burn/optim`, `burn/train` with its TUI), [`train`] and the datasets of [`data`] |
 
 mod block;
 mod config;
