@@ -95,6 +95,12 @@ fn frozen(c: &mut Criterion) {
     group.bench_function("conv3d_64x64x3x3x3_16x56x56_portable", |b| {
         b.iter(|| bench.run().expect("checked input"))
     });
+    // The one-channel stem: 7x7x7, stride 2, 1 -> 64 channels on the large input.
+    let (conv, x) = stem_conv(&device);
+    let bench = LayerBench::conv(&conv, x, false).expect("f32");
+    group.bench_function("conv3d_1x64x7x7x7s2_64x128x128", |b| {
+        b.iter(|| bench.run().expect("checked input"))
+    });
     let pool = MaxPool3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]).expect("valid pool");
     let bench = LayerBench::pool(&pool, input([1, 64, 32, 56, 56], &device)).expect("f32");
     group.bench_function("maxpool3d_3x3x3s2_64x32x56x56", |b| {
@@ -117,6 +123,22 @@ fn layer1_conv(device: &Device) -> (resnet3d::Conv, Tensor<5>) {
         device,
     )));
     (conv, input([1, 64, 16, 56, 56], device))
+}
+
+/// The stem of every preset with one input channel, on the large input.
+fn stem_conv(device: &Device) -> (resnet3d::Conv, Tensor<5>) {
+    let conv = resnet3d::ConvSpec {
+        in_channels: 1,
+        out_channels: 64,
+        kernel: [7, 7, 7],
+        stride: [2, 2, 2],
+        depth_padding: resnet3d::DepthPadding::Zeros,
+    }
+    .build(resnet3d::burn::module::Param::from_tensor(input(
+        [64, 1, 7, 7, 7],
+        device,
+    )));
+    (conv, input(LARGE, device))
 }
 
 fn forward(c: &mut Criterion) {

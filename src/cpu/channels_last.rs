@@ -493,7 +493,7 @@ mod tests {
             [usize; 3],
             [usize; 3],
             bool,
-        ); 9] = [
+        ); 11] = [
             (2, 64, 16, [4, 8, 8], [1, 1, 1], [1, 1, 1], [0, 0, 0], false),
             (2, 32, 64, [5, 6, 7], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
             (1, 32, 40, [6, 9, 20], [3, 3, 3], [2, 2, 2], [1, 1, 1], false),
@@ -502,6 +502,10 @@ mod tests {
             (2, 32, 16, [5, 6, 6], [3, 3, 3], [2, 1, 1], [1, 1, 1], true),
             (1, 3, 5, [5, 6, 7], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
             (1, 1, 8, [9, 20, 20], [7, 7, 7], [2, 2, 2], [3, 3, 3], false),
+            // Few channels over full lines of register tiles (the products kept over every
+            // kernel row): a one-channel stem, two panels, the second clipped; three channels.
+            (2, 1, 40, [9, 12, 48], [7, 7, 7], [2, 2, 2], [3, 3, 3], false),
+            (1, 3, 16, [4, 5, 24], [3, 3, 3], [1, 1, 1], [1, 1, 1], true),
             (2, 64, 64, [1, 3, 3], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
         ];
         for (n, ic, oc, input, kernel, stride, padding, replicate) in cases {

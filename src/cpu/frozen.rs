@@ -442,7 +442,13 @@ impl FrozenConv {
                 mr
             };
         let full_blocks = ow * 8 >= cost * 7;
-        let implicit = !pointwise && self.weight.kernel() == Kernel::Avx512 && self.in_channels >= 16 && full_blocks;
+        // With fewer channels a kernel row is short (a one-channel stem: 7 values), so the
+        // product keeps its accumulators over all rows of the kernel instead (`implicit_runs`);
+        // the bf16 network keeps its gathered bf16 patches there.
+        let implicit = !pointwise
+            && self.weight.kernel() == Kernel::Avx512
+            && full_blocks
+            && (self.in_channels >= 16 || self.weight_bf16.is_none());
         // bf16 activations for the bf16 kernel, else f32 ones for the f32 kernel.
         let padded_bf16 = self
             .weight_bf16
@@ -525,6 +531,11 @@ impl FrozenConv {
                         product,
                     )
                 };
+            } else if let Some(xp) = padded.as_ref().filter(|_| self.in_channels < 16) {
+                // SAFETY: `xp` is `pad`'s copy of `x`, whose shape `output_dims` checked
+                // against this layer above; `out` holds `out_dims`, and this item alone touches
+                // rows first..first + count, columns of `panel_range`.
+                unsafe { self.implicit_runs(xp, out_dims, first, count, panel_range.clone(), out_ptr.0) };
             } else if let Some(xp) = &padded {
                 let product = |a: usize, lda: usize, rows: usize, ks: Range<usize>, j: usize, c: *mut f32| {
                     // SAFETY: as `implicit` states for its calls; the f32 kernel's rows ks.
@@ -673,6 +684,96 @@ impl FrozenConv {
             });
     }
 
+    /// The blocks of output rows `first..first + count` (up to [`MR`](super::matmul::MR)
+    /// voxels of one output line each): `(first row, rows, offset of the first voxel's first
+    /// tap in the padded input of shape `padded`)`.
+    fn blocks(
+        &self,
+        padded: [usize; 5],
+        out_dims: [usize; 5],
+        first: usize,
+        count: usize,
+    ) -> Vec<(usize, usize, usize)> {
+        let [_, dp, hp, wp, c] = padded;
+        let [_, od, oh, ow, _] = out_dims;
+        let [sd, sh, sw] = self.stride;
+        let mr = super::matmul::MR;
+        // A line of 64 voxels in 12-row tiles is 5 x 12 + 4, its last (8-row) tile half
+        // empty; in 8-row tiles, none is. Lines that are a whole number of 8-row tiles but not
+        // of 12-row ones run in 8-row tiles (the stem on 64 x 128 x 128: 30.3 -> 29.4 ms).
+        let step = if !ow.is_multiple_of(mr) && ow.is_multiple_of(8) {
+            8
+        } else {
+            mr
+        };
+        let mut blocks = Vec::with_capacity(count.div_ceil(step) + 1);
+        let mut r = first;
+        while r < first + count {
+            let ox = r % ow;
+            let line = r / ow;
+            let (oy, oz, b) = (line % oh, (line / oh) % od, line / (oh * od));
+            let rows = (ow - ox).min(first + count - r).min(step);
+            blocks.push((r, rows, (((b * dp + oz * sd) * hp + oy * sh) * wp + ox * sw) * c));
+            r += rows;
+        }
+        blocks
+    }
+
+    /// [`implicit`](Self::implicit) for few input channels: per block of output voxels and
+    /// panel, one product over every (depth, height) tap's row of `kw * C` values, the
+    /// accumulators kept in registers throughout (the f32 kernel only).
+    ///
+    /// # Safety
+    /// As [`implicit`](Self::implicit), `xp` being [`pad`](Self::pad)'s copy of this
+    /// convolution's input.
+    unsafe fn implicit_runs(
+        &self,
+        xp: &Act,
+        out_dims: [usize; 5],
+        first: usize,
+        count: usize,
+        panels: Range<usize>,
+        out: *mut f32,
+    ) {
+        let [_, _, hp, wp, c] = xp.dims;
+        let oc = out_dims[4];
+        let [kd, kh, kw] = self.kernel;
+        let sw = self.stride[2];
+        let run = kw * c;
+        // (offset in the padded input from a voxel's first tap, first kernel row) per
+        // (depth, height) tap.
+        let runs: Vec<(usize, usize)> = (0..kd)
+            .flat_map(|t| (0..kh).map(move |i| ((t * hp + i) * wp * c, (t * kh + i) * run)))
+            .collect();
+        let reach = runs.last().map_or(0, |&(o, _)| o) + (super::matmul::MR - 1) * sw * c + run;
+        for (r, rows, at) in self.blocks(xp.dims, out_dims, first, count) {
+            debug_assert!(
+                at + reach <= xp.data.len(),
+                "{}: the implicit product would read past the padded input",
+                self.name
+            );
+            for j in panels.clone() {
+                // SAFETY: as in `implicit`: the padded extents cover the kernel at every output
+                // voxel (`output_dims`), rows past a line's end read the slack `pad` appends
+                // (asserted above in debug builds); the kernel rows of every run lie in
+                // K = kd * kh * kw * C; C: rows r..r + rows of the output, this item's panels.
+                unsafe {
+                    super::matmul::accumulate_runs(
+                        xp.data.as_ptr().add(at),
+                        sw * c,
+                        rows,
+                        &self.weight,
+                        &runs,
+                        run,
+                        j,
+                        out.add(r * oc),
+                        oc,
+                    )
+                };
+            }
+        }
+    }
+
     /// Output rows `first..first + count`, columns of `panels`, `+=` the convolution of the
     /// padded input (of shape `padded`, `len` values with the slack): per block of up to MR
     /// voxels of one output line and per (depth, height) tap, one product of the `kw * C`
@@ -697,23 +798,14 @@ impl FrozenConv {
         out: *mut f32,
         product: impl Fn(usize, usize, usize, Range<usize>, usize, *mut f32),
     ) {
-        let [_, dp, hp, wp, c] = padded;
-        let [_, od, oh, ow, oc] = out_dims;
+        let [_, _, hp, wp, c] = padded;
+        let oc = out_dims[4];
         let [_, kh, kw] = self.kernel;
-        let [sd, sh, sw] = self.stride;
+        let sw = self.stride[2];
         let run = kw * c;
         // Per panel and tap, every block of the item: the tap's slice of the panel (kw * C
         // rows of 32) stays in L1 while the blocks stream past it.
-        let mut blocks = Vec::with_capacity(count.div_ceil(super::matmul::MR) + 1);
-        let mut r = first;
-        while r < first + count {
-            let ox = r % ow;
-            let line = r / ow;
-            let (oy, oz, b) = (line % oh, (line / oh) % od, line / (oh * od));
-            let rows = (ow - ox).min(first + count - r).min(super::matmul::MR);
-            blocks.push((r, rows, (((b * dp + oz * sd) * hp + oy * sh) * wp + ox * sw) * c));
-            r += rows;
-        }
+        let blocks = self.blocks(padded, out_dims, first, count);
         for j in panels {
             for t in 0..self.kernel[0] {
                 for i in 0..kh {

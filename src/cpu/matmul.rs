@@ -303,6 +303,51 @@ pub(crate) unsafe fn accumulate(
     }
 }
 
+/// `C[0..rows, panel j] += sum over runs (o, k0) of A[.., o..o + len] * B[k0..k0 + len, panel j]`
+/// with the AVX-512 register tile, the accumulators kept in registers across every run:
+/// row `r`'s values of run `(o, k0)` are `a[o + r * lda..][..len]`. For convolutions with
+/// few input channels (a one-channel stem: 49 runs of 7 values), where one call of
+/// [`accumulate`] per run would load and store C for a handful of multiply-adds.
+///
+/// # Safety
+/// As [`accumulate`], for every run: `b` packed for [`Kernel::Avx512`] (asserted), each
+/// `k0..k0 + len` within `b.k` and `j` one of its panels (checked in debug builds), `a` valid
+/// for reads of [`MR`] rows of `len` values from each run's offset `o`, `c` for `rows` rows
+/// of the panel's columns, `ldc` apart, no other thread touching them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn accumulate_runs(
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: &PackedB,
+    runs: &[(usize, usize)],
+    len: usize,
+    j: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    assert!(
+        b.kernel == Kernel::Avx512,
+        "accumulate_runs reads the AVX-512 layout only"
+    );
+    debug_assert!(
+        runs.iter().all(|&(_, k0)| k0 + len <= b.k),
+        "runs of {len} rows of a {}-row kernel",
+        b.k
+    );
+    debug_assert!(j < b.panel_count() && rows <= MR);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 is present (asserted above: `b` is packed for it), the rest is the
+    // caller's contract.
+    unsafe {
+        avx512::accumulate_runs(a, lda, rows, b, runs, len, j, c, ldc)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (a, lda, rows, b, runs, len, j, c, ldc);
+    }
+}
+
 /// Buffers a thread reuses between calls of [`product`]: the packed blocks of `B` and the
 /// last rows of `A` padded to a full register tile.
 // Used by the training ops, which need the flex backend.
@@ -578,6 +623,70 @@ pub(super) mod avx512 {
             }
             kb += kc;
         }
+    }
+
+    /// See [`super::accumulate_runs`].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn accumulate_runs(
+        a: *const f32,
+        lda: usize,
+        rows: usize,
+        b: &PackedB,
+        runs: &[(usize, usize)],
+        len: usize,
+        j: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let cols = (b.n - j * NR).min(NR);
+        // SAFETY: panel j holds k rows of NR values, and every run's rows lie within k; A
+        // and C as the caller promises.
+        unsafe {
+            let bp = b.panels.as_ptr().add(j * b.k * NR);
+            if rows <= SHORT {
+                runs_rows::<SHORT>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols)
+            } else {
+                runs_rows::<MR>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols)
+            }
+        }
+    }
+
+    /// [`accumulate_runs`] with `R` rows in registers (`rows <= R <= MR`); `bp` is the
+    /// panel's first row.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn runs_rows<const R: usize>(
+        a: *const f32,
+        lda: usize,
+        bp: *const f32,
+        runs: &[(usize, usize)],
+        len: usize,
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        for &(o, k0) in runs {
+            for p in 0..len {
+                // SAFETY: A holds R <= MR rows of `len` values from `o`, the panel rows
+                // k0..k0 + len (the caller's contract).
+                unsafe {
+                    let b0 = _mm512_loadu_ps(bp.add((k0 + p) * NR));
+                    let b1 = _mm512_loadu_ps(bp.add((k0 + p) * NR + 16));
+                    for r in 0..R {
+                        let av = _mm512_set1_ps(*a.add(o + r * lda + p));
+                        lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
+                        hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
+                    }
+                }
+            }
+        }
+        // SAFETY: the caller's contract for C.
+        unsafe { add_to(&lo, &hi, c, ldc, rows, cols) };
     }
 
     /// Rows of the short register tile, for the last rows of a block (an output line of 32
