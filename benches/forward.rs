@@ -117,6 +117,7 @@ fn layer1_conv(device: &Device) -> (resnet3d::Conv, Tensor<5>) {
         kernel: [3, 3, 3],
         stride: [1, 1, 1],
         depth_padding: resnet3d::DepthPadding::Zeros,
+        dilation: [1, 1, 1],
     }
     .build(resnet3d::burn::module::Param::from_tensor(input(
         [64, 64, 3, 3, 3],
@@ -133,6 +134,7 @@ fn stem_conv(device: &Device) -> (resnet3d::Conv, Tensor<5>) {
         kernel: [7, 7, 7],
         stride: [2, 2, 2],
         depth_padding: resnet3d::DepthPadding::Zeros,
+        dilation: [1, 1, 1],
     }
     .build(resnet3d::burn::module::Param::from_tensor(input(
         [64, 1, 7, 7, 7],

@@ -3,10 +3,10 @@
 
 use burn::module::Module;
 use burn::nn::BatchNorm;
-use burn::tensor::Tensor;
+use burn::tensor::{Slice, Tensor};
 
-use crate::config::{BlockKind, DepthPadding};
-use crate::conv::{Conv, ConvSpec};
+use crate::config::{BlockKind, DepthPadding, Shortcut};
+use crate::conv::{Conv, ConvSpec, output_extent};
 use crate::error::{Error, Result};
 use crate::model::ParamSource;
 use crate::norm::conv_batch_norm;
@@ -24,29 +24,110 @@ pub(crate) struct BlockSpec {
     pub depth_padding: DepthPadding,
     /// Bottlenecks only: the stride goes on the first 1x1 convolution (ResNet v1).
     pub stride_in_1x1: bool,
+    /// Dilation of the 3x3 convolutions, on every axis.
+    pub dilation: usize,
+    /// The shortcut where the shape changes.
+    pub shortcut: Shortcut,
 }
 
 impl BlockSpec {
     fn conv(&self, in_channels: usize, out_channels: usize, kernel: usize, stride: [usize; 3]) -> ConvSpec {
-        let depth = if kernel == 1 { 1 } else { self.depth_kernel };
+        let (depth, dilation) = if kernel == 1 {
+            (1, 1)
+        } else {
+            (self.depth_kernel, self.dilation)
+        };
         ConvSpec {
             in_channels,
             out_channels,
             kernel: [depth, kernel, kernel],
             stride,
             depth_padding: self.depth_padding,
+            dilation: [dilation; 3],
         }
     }
 
-    /// torchvision adds a projection shortcut where the shape changes.
+    /// Whether the block changes the shape, so that the shortcut cannot be the identity.
+    fn reshapes(&self, out_channels: usize) -> bool {
+        self.stride != [1, 1, 1] || self.in_channels != out_channels
+    }
+
+    /// The projection shortcut where the shape changes (torchvision's), if the config asks
+    /// for projections.
     fn downsample(&self, out_channels: usize, name: &str, source: &mut impl ParamSource) -> Option<Downsample> {
-        (self.stride != [1, 1, 1] || self.in_channels != out_channels).then(|| Downsample {
+        (self.shortcut == Shortcut::Projection && self.reshapes(out_channels)).then(|| Downsample {
             conv: source.conv(
                 &format!("{name}.downsample.0"),
                 self.conv(self.in_channels, out_channels, 1, self.stride),
             ),
             bn: source.batch_norm(&format!("{name}.downsample.1"), out_channels),
         })
+    }
+
+    /// The parameter-free shortcut where the shape changes, if the config asks for it.
+    fn zero_pad(&self, out_channels: usize) -> Option<ZeroPadShortcut> {
+        (self.shortcut == Shortcut::ZeroPad && self.reshapes(out_channels)).then_some(ZeroPadShortcut {
+            stride: self.stride,
+            out_channels,
+        })
+    }
+}
+
+/// MedicalNet's "type A" shortcut: the input at the block's stride (every `stride`-th voxel
+/// from the first along each axis, as PyTorch's `avg_pool3d(x, 1, stride)`), followed by
+/// zero channels up to `out_channels`. No parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZeroPadShortcut {
+    /// Stride per axis (depth, height, width).
+    pub stride: [usize; 3],
+    /// Channels of the output: the input's, then zeros.
+    pub out_channels: usize,
+}
+
+impl ZeroPadShortcut {
+    /// # Shapes
+    /// `[N, in, D, H, W]` -> `[N, out_channels, ceil(D / sd), ceil(H / sh), ceil(W / sw)]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let x = if self.stride == [1, 1, 1] {
+            x
+        } else {
+            let all = Slice::new(0, None, 1);
+            let [sd, sh, sw] = self.stride.map(|s| s as isize);
+            x.slice([
+                all,
+                all,
+                Slice::new(0, None, sd),
+                Slice::new(0, None, sh),
+                Slice::new(0, None, sw),
+            ])
+        };
+        let [n, c, d, h, w] = x.dims();
+        match self.out_channels.checked_sub(c) {
+            Some(0) | None => x,
+            Some(extra) => {
+                let zeros = Tensor::zeros([n, extra, d, h, w], &x.device());
+                Tensor::cat(vec![x, zeros], 1)
+            }
+        }
+    }
+
+    /// The output's shape for an input of shape `dims`; `name` names the block in the error.
+    ///
+    /// # Errors
+    /// [`Error::InvalidNetwork`] if the input has more channels than the output or a stride
+    /// is 0.
+    pub(crate) fn output_dims(&self, [n, c, d, h, w]: [usize; 5], name: &str) -> Result<[usize; 5]> {
+        let extent = |size: usize, a: usize| output_extent(size, 1, self.stride[a], 0);
+        match (extent(d, 0), extent(h, 1), extent(w, 2)) {
+            (Some(d), Some(h), Some(w)) if c <= self.out_channels => Ok([n, self.out_channels, d, h, w]),
+            _ => Err(Error::InvalidNetwork {
+                layer: format!("{name} (zero-padded shortcut)"),
+                what: format!(
+                    "stride {:?} and {} output channel(s) on {c} input channel(s): strides start at 1, and channels are only added",
+                    self.stride, self.out_channels
+                ),
+            }),
+        }
     }
 }
 
@@ -81,6 +162,9 @@ pub struct BasicBlock3d {
     pub bn2: BatchNorm,
     /// Projection shortcut where the shape changes.
     pub downsample: Option<Downsample>,
+    /// Parameter-free shortcut where the shape changes ([`Shortcut::ZeroPad`]).
+    #[module(skip)]
+    pub zero_pad: Option<ZeroPadShortcut>,
 }
 
 impl BasicBlock3d {
@@ -92,15 +176,17 @@ impl BasicBlock3d {
             conv2: source.conv(&format!("{name}.conv2"), spec.conv(p, p, 3, [1, 1, 1])),
             bn2: source.batch_norm(&format!("{name}.bn2"), p),
             downsample: spec.downsample(p, name, source),
+            zero_pad: spec.zero_pad(p),
         }
     }
 
     /// # Shapes
     /// `[N, in, D, H, W]` -> `[N, planes, D / sd, H / sh, W / sw]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let identity = match &self.downsample {
-            Some(downsample) => downsample.forward(x.clone()),
-            None => x.clone(),
+        let identity = match (&self.downsample, &self.zero_pad) {
+            (Some(downsample), _) => downsample.forward(x.clone()),
+            (None, Some(zero_pad)) => zero_pad.forward(x.clone()),
+            (None, None) => x.clone(),
         };
         let y = conv_batch_norm(&self.conv1, &self.bn1, x, true, None);
         // The skip connection, added before the last ReLU.
@@ -126,6 +212,9 @@ pub struct Bottleneck3d {
     pub bn3: BatchNorm,
     /// Projection shortcut where the shape changes.
     pub downsample: Option<Downsample>,
+    /// Parameter-free shortcut where the shape changes ([`Shortcut::ZeroPad`]).
+    #[module(skip)]
+    pub zero_pad: Option<ZeroPadShortcut>,
 }
 
 impl Bottleneck3d {
@@ -143,15 +232,17 @@ impl Bottleneck3d {
             conv3: source.conv(&format!("{name}.conv3"), spec.conv(p, out, 1, [1, 1, 1])),
             bn3: source.batch_norm(&format!("{name}.bn3"), out),
             downsample: spec.downsample(out, name, source),
+            zero_pad: spec.zero_pad(out),
         }
     }
 
     /// # Shapes
     /// `[N, in, D, H, W]` -> `[N, 4 * planes, D / sd, H / sh, W / sw]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let identity = match &self.downsample {
-            Some(downsample) => downsample.forward(x.clone()),
-            None => x.clone(),
+        let identity = match (&self.downsample, &self.zero_pad) {
+            (Some(downsample), _) => downsample.forward(x.clone()),
+            (None, Some(zero_pad)) => zero_pad.forward(x.clone()),
+            (None, None) => x.clone(),
         };
         let y = conv_batch_norm(&self.conv1, &self.bn1, x, true, None);
         let y = conv_batch_norm(&self.conv2, &self.bn2, y, true, None);
@@ -246,6 +337,14 @@ impl Block {
         }
     }
 
+    /// The parameter-free shortcut, if any.
+    pub(crate) fn zero_pad(&self) -> Option<&ZeroPadShortcut> {
+        match self {
+            Block::Basic(b) => b.zero_pad.as_ref(),
+            Block::Bottleneck(b) => b.zero_pad.as_ref(),
+        }
+    }
+
     /// Checks that the block's layers fit together on an input of `in_channels` channels:
     /// the channel chain, BatchNorm widths, and a shortcut that gives the main branch's
     /// channels and strides. Returns the block's output channels. `name` is `layer1.0` etc.
@@ -264,8 +363,27 @@ impl Block {
                 *s = s.saturating_mul(c);
             }
         }
-        let (shortcut_channels, shortcut_stride, layer) = match self.downsample() {
-            Some(ds) => {
+        let (shortcut_channels, shortcut_stride, layer) = match (self.downsample(), self.zero_pad()) {
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidNetwork {
+                    layer: name.to_string(),
+                    what: "the block has both a projection and a zero-padded shortcut; keep one".into(),
+                });
+            }
+            (None, Some(zp)) => {
+                let layer = format!("{name} (zero-padded shortcut)");
+                if zp.out_channels < in_channels {
+                    return Err(Error::InvalidNetwork {
+                        layer,
+                        what: format!(
+                            "{} output channel(s) from {in_channels} input channel(s): the zero-padded shortcut only adds channels",
+                            zp.out_channels
+                        ),
+                    });
+                }
+                (zp.out_channels, zp.stride, layer)
+            }
+            (Some(ds), None) => {
                 let conv_name = format!("{name}.downsample.0");
                 let out = check_conv_bn(
                     &ds.conv,
@@ -276,7 +394,7 @@ impl Block {
                 )?;
                 (out, ds.conv.stride, conv_name)
             }
-            None => (in_channels, [1, 1, 1], format!("{name} (identity shortcut)")),
+            (None, None) => (in_channels, [1, 1, 1], format!("{name} (identity shortcut)")),
         };
         if shortcut_channels != channels || shortcut_stride != stride {
             return Err(Error::InvalidNetwork {
@@ -296,9 +414,10 @@ impl Block {
         for (conv, _, conv_name, _) in self.main_branch() {
             main = conv.output_dims(main, &format!("{name}.{conv_name}"))?;
         }
-        let shortcut = match self.downsample() {
-            Some(ds) => ds.conv.output_dims(dims, &format!("{name}.downsample.0"))?,
-            None => dims,
+        let shortcut = match (self.downsample(), self.zero_pad()) {
+            (Some(ds), _) => ds.conv.output_dims(dims, &format!("{name}.downsample.0"))?,
+            (None, Some(zp)) => zp.output_dims(dims, name)?,
+            (None, None) => dims,
         };
         if main != shortcut {
             return Err(Error::InvalidNetwork {

@@ -46,6 +46,18 @@ pub enum DepthPadding {
     Replicate,
 }
 
+/// The shortcut of a block whose output differs from its input in channels or size.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Shortcut {
+    /// A strided 1x1x1 convolution and BatchNorm (`downsample.0`, `downsample.1`): the
+    /// "type B" shortcut of torchvision and most model zoos.
+    Projection,
+    /// Parameter-free ("type A", MedicalNet's ResNet-18 and -34): the input taken at the
+    /// block's stride (every `stride`-th voxel from the first), its channels followed by zero
+    /// channels up to the block's output width.
+    ZeroPad,
+}
+
 /// How a 2-D kernel `W2[o, i, h, w]` becomes a 3-D kernel `W3[o, i, t, h, w]` of depth `T`.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum Inflation {
@@ -176,10 +188,22 @@ pub struct ResNet3dConfig {
     /// Depth of the kernel of every 3x3 convolution in the blocks (odd); 1 gives 2.5-D 1x3x3.
     #[config(default = 3)]
     pub block_depth_kernel: usize,
-    /// Depth stride of the first block of `layer1` .. `layer4` (the spatial strides stay
-    /// torchvision's 1, 2, 2, 2).
+    /// Depth stride of the first block of `layer1` .. `layer4`.
     #[config(default = "[1, 2, 2, 2]")]
     pub stage_depth_strides: [usize; 4],
+    /// Height and width stride of the first block of `layer1` .. `layer4`: torchvision's
+    /// `[1, 2, 2, 2]`; MedicalNet keeps `layer3` and `layer4` at the resolution of `layer2`
+    /// (`[1, 2, 1, 1]`) and dilates them instead.
+    #[config(default = "[1, 2, 2, 2]")]
+    pub stage_strides: [usize; 4],
+    /// Dilation of the 3x3 convolutions of `layer1` .. `layer4`, on all three axes, with the
+    /// padding dilated alike so that a stride-1 convolution keeps the size: 1 is an ordinary
+    /// convolution; MedicalNet's is `[1, 1, 2, 4]`.
+    #[config(default = "[1, 1, 1, 1]")]
+    pub stage_dilations: [usize; 4],
+    /// The shortcut of blocks that change channels or size.
+    #[config(default = "Shortcut::Projection")]
+    pub shortcut: Shortcut,
     /// How convolutions pad the depth axis.
     #[config(default = "DepthPadding::Zeros")]
     pub depth_padding: DepthPadding,
@@ -224,6 +248,47 @@ impl ResNet3dConfig {
         Self::from_layout(Layout::RESNET152)
     }
 
+    /// MedicalNet's 3-D ResNet of `depth` 10, 18, 34, 50, 101, 152 or 200 (Chen, Ma and
+    /// Zheng, "Med3D", 2019; pre-trained on 23 medical segmentation datasets): one input
+    /// channel, 7x7x7 stem with stride 2 on every axis, 3x3x3 max pool with stride 2,
+    /// stage strides `[1, 2, 1, 1]` on every axis with `layer3` and `layer4` dilated by 2
+    /// and 4, [`Shortcut::ZeroPad`] for depths 18 and 34 and [`Shortcut::Projection`]
+    /// otherwise, and no head (`num_classes: None`: add one with
+    /// [`with_num_classes`](Self::with_num_classes)). Load MedicalNet's released files with
+    /// [`ResNet3d::from_checkpoint`](crate::ResNet3d::from_checkpoint).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for another depth, listing MedicalNet's.
+    pub fn medicalnet(depth: usize) -> Result<Self> {
+        let layout = match depth {
+            10 => Layout::new(BlockKind::Basic, [1, 1, 1, 1]),
+            200 => Layout::new(BlockKind::Bottleneck, [3, 24, 36, 3]),
+            _ => Layout::preset(depth).ok_or_else(|| Error::InvalidConfig {
+                field: "depth",
+                reason: format!("is {depth}; MedicalNet has depths 10, 18, 34, 50, 101, 152 and 200"),
+            })?,
+        };
+        let shortcut = match depth {
+            18 | 34 => Shortcut::ZeroPad,
+            _ => Shortcut::Projection,
+        };
+        Ok(Self::from_layout(layout)
+            .with_in_channels(1)
+            .with_num_classes(None)
+            .with_stage_depth_strides([1, 2, 1, 1])
+            .with_stage_strides([1, 2, 1, 1])
+            .with_stage_dilations([1, 1, 2, 4])
+            .with_shortcut(shortcut))
+    }
+
+    /// Whether the stage settings are MedicalNet's (strides `[1, 2, 1, 1]` on every axis,
+    /// dilations `[1, 1, 2, 4]`): what a MedicalNet checkpoint needs besides its layout.
+    pub(crate) fn has_medicalnet_stages(&self) -> bool {
+        self.stage_strides == [1, 2, 1, 1]
+            && self.stage_depth_strides == [1, 2, 1, 1]
+            && self.stage_dilations == [1, 1, 2, 4]
+    }
+
     /// The block kind and counts.
     pub fn layout(&self) -> Layout {
         Layout {
@@ -239,7 +304,12 @@ impl ResNet3dConfig {
     }
 
     /// The number of learnable parameters (kernels, BatchNorm scales and shifts, the head),
-    /// or `None` if it does not fit in `usize`.
+    /// or `None` if it does not fit in `usize`. PyTorch's
+    /// `sum(p.numel() for p in model.parameters())` of the same network.
+    pub fn parameter_count(&self) -> Option<usize> {
+        self.checked_parameter_count()
+    }
+
     fn checked_parameter_count(&self) -> Option<usize> {
         let mul = |values: &[usize]| values.iter().try_fold(1usize, |acc, &v| acc.checked_mul(v));
         let e = self.block.expansion();
@@ -259,8 +329,9 @@ impl ResNet3dConfig {
                         .checked_add(mul(&[planes, planes, k3])?)?
                         .checked_add(mul(&[planes, out])?)?,
                 };
-                let strided = first && (i > 0 || self.stage_depth_strides[i] != 1);
-                let shortcut = if strided || in_channels != out {
+                let strided = first && (self.stage_strides[i] != 1 || self.stage_depth_strides[i] != 1);
+                let projected = self.shortcut == Shortcut::Projection;
+                let shortcut = if projected && (strided || in_channels != out) {
                     mul(&[in_channels, out])?.checked_add(mul(&[2, out])?)?
                 } else {
                     0
@@ -303,12 +374,12 @@ impl ResNet3dConfig {
             stride: stem,
         }; 5];
         for (i, stage) in stages.iter_mut().skip(1).enumerate() {
-            let spatial = if i == 0 { 1 } else { 2 };
+            let spatial = self.stage_strides[i];
             // Saturating: a config that overflows here is refused by `validate`.
             stride = [
                 stride[0].saturating_mul(self.stage_depth_strides[i]),
-                stride[1] * spatial,
-                stride[2] * spatial,
+                stride[1].saturating_mul(spatial),
+                stride[2].saturating_mul(spatial),
             ];
             *stage = StageInfo {
                 name: STAGE_NAMES[i],
@@ -378,6 +449,19 @@ impl ResNet3dConfig {
         }
         if self.stage_depth_strides.contains(&0) {
             return invalid("stage_depth_strides", "contains 0; strides start at 1");
+        }
+        if self.stage_strides.contains(&0) {
+            return invalid("stage_strides", "contains 0; strides start at 1");
+        }
+        if self.stage_dilations.contains(&0) {
+            return invalid("stage_dilations", "contains 0; 1 is an ordinary convolution");
+        }
+        if self.stage_dilations.iter().any(|&v| v > 1 << 16) {
+            return invalid("stage_dilations", "holds a value above 65536; no volume is that large");
+        }
+        let spatial_stride = self.stage_strides.iter().try_fold(4usize, |acc, &s| acc.checked_mul(s));
+        if spatial_stride.is_none() {
+            return invalid("stage_strides", "multiply to more than usize::MAX");
         }
         let depth_stride = [self.stem_depth_stride, self.max_pool_depth_stride]
             .iter()

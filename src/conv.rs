@@ -24,6 +24,9 @@ pub struct Conv {
     /// What the depth padding is filled with.
     #[module(skip)]
     pub depth_padding: DepthPadding,
+    /// Dilation per axis: the kernel's taps are `dilation` voxels apart (1: adjacent).
+    #[module(skip)]
+    pub dilation: [usize; 3],
 }
 
 /// Everything that fixes a [`Conv`]'s shape: what a weight source must provide.
@@ -39,12 +42,15 @@ pub struct ConvSpec {
     pub stride: [usize; 3],
     /// How depth is padded.
     pub depth_padding: DepthPadding,
+    /// Dilation per axis (1: an ordinary convolution).
+    pub dilation: [usize; 3],
 }
 
 impl ConvSpec {
-    /// Padding per axis: `kernel / 2` everywhere, which is torchvision's spatial padding.
+    /// Padding per axis: `dilation * (kernel / 2)`, which is torchvision's spatial padding
+    /// (and MedicalNet's for its dilated stages): a stride-1 convolution keeps the size.
     pub fn padding(&self) -> [usize; 3] {
-        self.kernel.map(|k| k / 2)
+        [0, 1, 2].map(|a| self.dilation[a] * (self.kernel[a] / 2))
     }
 
     /// The kernel's shape `[out, in, depth, height, width]`.
@@ -60,6 +66,7 @@ impl ConvSpec {
             stride: self.stride,
             padding: self.padding(),
             depth_padding: self.depth_padding,
+            dilation: self.dilation,
         }
     }
 }
@@ -126,6 +133,17 @@ impl Conv {
         [d, h, w]
     }
 
+    /// The extent the kernel covers per axis: `dilation * (kernel - 1) + 1` (saturating; a
+    /// dilation that overflows is refused by [`check`](Self::check)).
+    pub(crate) fn reach(&self) -> [usize; 3] {
+        let k = self.kernel();
+        [0, 1, 2].map(|a| {
+            self.dilation[a]
+                .saturating_mul(k[a].saturating_sub(1))
+                .saturating_add(1)
+        })
+    }
+
     /// Checks the convolution's own fields: every extent of the kernel at least 1, strides at
     /// least 1, padding smaller than the kernel. `what` names the layer in the error.
     pub(crate) fn check(&self, what: &str) -> Result<()> {
@@ -134,11 +152,15 @@ impl Conv {
             format!("kernel of shape {:?} has an extent of 0", [o, i, kd, kh, kw])
         } else if self.stride.contains(&0) {
             format!("stride {:?} has a 0; strides start at 1", self.stride)
-        } else if (0..3).any(|a| self.padding[a] >= self.kernel()[a]) {
+        } else if self.dilation.contains(&0) || self.dilation.iter().any(|&d| d > 1 << 16) {
+            format!("dilation {:?} is 0 or above 65536", self.dilation)
+        } else if (0..3).any(|a| self.padding[a] >= self.reach()[a]) {
             format!(
-                "padding {:?} is not smaller than the kernel {:?}",
+                "padding {:?} is not smaller than the kernel's reach {:?} (kernel {:?}, dilation {:?})",
                 self.padding,
-                self.kernel()
+                self.reach(),
+                self.kernel(),
+                self.dilation
             )
         } else {
             return Ok(());
@@ -159,7 +181,7 @@ impl Conv {
             dims,
             self.in_channels(),
             self.out_channels(),
-            self.kernel(),
+            self.reach(),
             self.stride,
             self.padding,
             what,
@@ -171,7 +193,7 @@ impl Conv {
     /// # Shapes
     /// - input: `[batch, in_channels, depth, height, width]`
     /// - output: `[batch, out_channels, depth', height', width']`, each axis
-    ///   `(size + 2 * padding - kernel) / stride + 1`
+    ///   `(size + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         // On flex (with or without autodiff): the crate's own kernels, forward and backward.
         #[cfg(feature = "flex")]
@@ -179,7 +201,7 @@ impl Conv {
             let args = crate::cpu::Conv3dArgs {
                 stride: self.stride,
                 padding: self.padding,
-                dilation: [1, 1, 1],
+                dilation: self.dilation,
                 replicate_depth: self.depth_padding == DepthPadding::Replicate,
             };
             let weight = self.weight.val();
@@ -196,7 +218,7 @@ impl Conv {
             x,
             self.weight.val(),
             None,
-            ConvOptions::new(self.stride, [pd, ph, pw], [1, 1, 1], 1),
+            ConvOptions::new(self.stride, [pd, ph, pw], self.dilation, 1),
         )
     }
 }

@@ -90,6 +90,18 @@ pub enum Error {
         expected: Layout,
     },
 
+    /// The checkpoint comes from a model zoo whose network the configuration does not build
+    /// (e.g. a MedicalNet file loaded with `resnet18()`).
+    #[error("{why}: the checkpoint is in {zoo}'s layout; build the network with {preset}")]
+    ZooMismatch {
+        /// The zoo the checkpoint was recognised as.
+        zoo: crate::load::Zoo,
+        /// What in the checkpoint (and the configuration) tells.
+        why: String,
+        /// The constructor to use, e.g. `ResNet3dConfig::medicalnet(18)?`.
+        preset: String,
+    },
+
     /// The model needs tensors the checkpoint does not have.
     #[error("checkpoint lacks {} tensor(s) the model needs: {}", names.len(), list(names))]
     MissingTensors {

@@ -190,14 +190,14 @@ mod record;
 #[cfg(feature = "train")]
 pub mod train;
 
-pub use block::{BasicBlock3d, Block, Bottleneck3d, Downsample};
+pub use block::{BasicBlock3d, Block, Bottleneck3d, Downsample, ZeroPadShortcut};
 pub use burn;
-pub use config::{BlockKind, DepthPadding, Inflation, Layout, ResNet3dConfig, StageInfo};
+pub use config::{BlockKind, DepthPadding, Inflation, Layout, ResNet3dConfig, Shortcut, StageInfo};
 pub use conv::{Conv, ConvSpec};
 pub use cpu::{FrozenResNet3d, LayerBench};
 pub use error::{Error, Result};
 pub use import::{Format, WeightTensor, Weights};
 pub use inflate::{adapt_in_channels, inflate_kernel};
-pub use load::{Head, LoadReport, LoadedKernel, inflate_from_2d, inflate_from_2d_with_report, load_3d};
+pub use load::{Head, LoadReport, LoadedKernel, Zoo, inflate_from_2d, inflate_from_2d_with_report, load_3d};
 pub use model::{Features, ResNet3d};
 pub use pool::MaxPool3d;

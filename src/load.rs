@@ -48,9 +48,38 @@ pub struct LoadedKernel {
     pub to: Vec<usize>,
 }
 
+/// The model zoo a checkpoint was recognised as, from its names, shapes and settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Zoo {
+    /// A 2-D ImageNet ResNet (torchvision, timm, or an ONNX export), inflated.
+    ImageNet,
+    /// A 3-D checkpoint in torchvision-3-D naming (as ACSConv, timm_3d, I3ResNet-style code
+    /// and this crate save them).
+    Torchvision3d,
+    /// MedicalNet (Tencent's Med3D): one input channel, no `fc`; told apart by its
+    /// segmentation head `conv_seg`, by parameter-free shortcuts (depths 18 and 34), or by a
+    /// configuration with MedicalNet's stages ([`ResNet3dConfig::medicalnet`]). A file of
+    /// depth 10 or 50 and more without `conv_seg` has the tensors of a one-channel, headless
+    /// torchvision-3-D ResNet: load it with `medicalnet(depth)`.
+    MedicalNet,
+}
+
+impl fmt::Display for Zoo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Zoo::ImageNet => "a 2-D ImageNet ResNet",
+            Zoo::Torchvision3d => "a torchvision-3-D ResNet",
+            Zoo::MedicalNet => "MedicalNet",
+        })
+    }
+}
+
 /// What loading a checkpoint did: print it (`Display`) or inspect it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadReport {
+    /// The model zoo the checkpoint was recognised as.
+    pub zoo: Zoo,
     /// Tensors of the checkpoint that went into the model.
     pub tensors_used: usize,
     /// Every convolution kernel, 2-D -> 3-D when inflating.
@@ -76,14 +105,16 @@ impl fmt::Display for LoadReport {
         match self.inflation {
             Some(rule) => writeln!(
                 f,
-                "inflated {} tensors ({rule:?} rule), {} kernels:",
+                "inflated {} tensors of {} ({rule:?} rule), {} kernels:",
                 self.tensors_used,
+                self.zoo,
                 self.kernels.len()
             )?,
             None => writeln!(
                 f,
-                "loaded {} tensors of a 3-D checkpoint, {} kernels:",
+                "loaded {} tensors of {} (3-D), {} kernels:",
                 self.tensors_used,
+                self.zoo,
                 self.kernels.len()
             )?,
         }
@@ -287,6 +318,19 @@ impl<'a> Loader<'a> {
         if let Some(what) = recognise_variant(weights) {
             return Err(Error::Unsupported { what });
         }
+        let zoo = match inflation {
+            Some(_) if config.shortcut == crate::Shortcut::Projection && zero_padded(weights) => {
+                return Err(Error::InvalidConfig {
+                    field: "shortcut",
+                    reason:
+                        "is Projection, but layer2.0 of the checkpoint has no projection although the channels double: \
+                             its shortcuts are parameter-free (type A); set Shortcut::ZeroPad"
+                            .into(),
+                });
+            }
+            Some(_) => Zoo::ImageNet,
+            None => recognise_zoo(weights, config)?,
+        };
         let found = detect_layout(weights)?;
         if found != config.layout() {
             return Err(Error::ArchitectureMismatch {
@@ -302,6 +346,7 @@ impl<'a> Loader<'a> {
             missing: Vec::new(),
             wrong_shape: None,
             report: LoadReport {
+                zoo,
                 tensors_used: 0,
                 kernels: Vec::new(),
                 inflation,
@@ -329,6 +374,11 @@ impl<'a> Loader<'a> {
                 self.report
                     .ignored
                     .push((name.to_string(), "the config has no head (num_classes = None)".into()));
+            } else if self.report.zoo == Zoo::MedicalNet && name.starts_with("conv_seg.") {
+                self.report.ignored.push((
+                    name.to_string(),
+                    "MedicalNet's segmentation head; the network ends at layer4 (add a head of your own)".into(),
+                ));
             } else {
                 unexpected.push(name.to_string());
             }
@@ -514,6 +564,68 @@ impl ParamSource for Loader<'_> {
 
 /// ResNet variants recognised from tensor names that torchvision's layout does not have, with
 /// what was found; `None` for anything else (the mapping then names what is missing or extra).
+/// Type-A shortcuts: layer2 starts without a projection although it doubles the channels
+/// (MedicalNet-18 and -34; every torchvision-layout file has one there).
+fn zero_padded(weights: &Weights) -> bool {
+    weights.get("layer2.0.conv1.weight").is_some() && weights.get("layer2.0.downsample.0.weight").is_none()
+}
+
+/// MedicalNet's depth for a layout, if it is one of MedicalNet's.
+fn medicalnet_depth(layout: Layout) -> Option<usize> {
+    [10, 18, 34, 50, 101, 152, 200]
+        .into_iter()
+        .find(|&d| ResNet3dConfig::medicalnet(d).is_ok_and(|c| c.layout() == layout))
+}
+
+/// The zoo of a native 3-D checkpoint, and an error where `config` cannot build that zoo's
+/// network: MedicalNet's signatures (a `conv_seg` head, parameter-free shortcuts) with a
+/// configuration of other stages or shortcuts, or projection shortcuts in the file with a
+/// configuration that asks for parameter-free ones.
+fn recognise_zoo(weights: &Weights, config: &ResNet3dConfig) -> Result<Zoo> {
+    let has = |name: &str| weights.get(name).is_some();
+    let one_channel_3d = weights
+        .get("conv1.weight")
+        .is_some_and(|t| t.shape.len() == 5 && t.shape[1] == 1);
+    let layout = detect_layout(weights)?;
+    let seg_head = weights.names().any(|n| n.starts_with("conv_seg."));
+    let zero_pad = zero_padded(weights);
+    if config.shortcut == crate::Shortcut::ZeroPad
+        && let Some(name) = weights.names().find(|n| n.contains(".downsample.0."))
+    {
+        return Err(Error::InvalidConfig {
+            field: "shortcut",
+            reason: format!(
+                "is ZeroPad (parameter-free), but the checkpoint has projection shortcuts (`{name}`): use Shortcut::Projection"
+            ),
+        });
+    }
+    let signature = match (seg_head, zero_pad) {
+        (true, _) => Some("it has MedicalNet's segmentation head `conv_seg`"),
+        (false, true) => {
+            Some("layer2.0 has no projection shortcut although the channels double (MedicalNet's type-A shortcut)")
+        }
+        (false, false) => None,
+    };
+    let medicalnet_config = config.has_medicalnet_stages();
+    let shortcut_fits = (config.shortcut == crate::Shortcut::ZeroPad) == zero_pad;
+    match signature {
+        Some(why) if !(medicalnet_config && shortcut_fits) => Err(Error::ZooMismatch {
+            zoo: Zoo::MedicalNet,
+            why: why.to_string(),
+            preset: match medicalnet_depth(layout) {
+                Some(depth) => format!("ResNet3dConfig::medicalnet({depth})?"),
+                None => format!(
+                    "ResNet3dConfig::medicalnet(depth)? (block counts {:?} are not one of MedicalNet's depths)",
+                    layout.layers
+                ),
+            },
+        }),
+        Some(_) => Ok(Zoo::MedicalNet),
+        None if medicalnet_config && one_channel_3d && !has("fc.weight") => Ok(Zoo::MedicalNet),
+        None => Ok(Zoo::Torchvision3d),
+    }
+}
+
 fn recognise_variant(weights: &Weights) -> Option<String> {
     let find = |test: &dyn Fn(&str) -> bool| weights.names().find(|n| test(n)).map(str::to_string);
     let in_block = |n: &str, parts: &[&str]| n.starts_with("layer") && parts.iter().any(|p| n.contains(p));
@@ -554,13 +666,6 @@ fn recognise_variant(weights: &Weights) -> Option<String> {
             "average-pool shortcut (ResNet-D, timm's resnet*d): `{n}` is a convolution after a pooling layer \
              in the shortcut; only torchvision's strided 1x1 shortcut is supported"
         ));
-    }
-    if weights.get("layer2.0.conv1.weight").is_some() && find(&|n| n.contains(".downsample.")).is_none() {
-        return Some(
-            "no shortcut convolution in any block (no `*.downsample.*` tensors): a parameter-free shortcut, \
-             such as MedicalNet's type A (zero-padded identity) in its ResNet-10/18/34, is not supported"
-                .into(),
-        );
     }
     None
 }

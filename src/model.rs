@@ -168,6 +168,7 @@ impl ResNet3d {
             kernel: [config.stem_depth_kernel, 7, 7],
             stride: [config.stem_depth_stride, 2, 2],
             depth_padding: config.depth_padding,
+            dilation: [1, 1, 1],
         });
         let bn1 = source.batch_norm("bn1", width);
         let maxpool = config.max_pool.then(|| {
@@ -182,7 +183,7 @@ impl ResNet3d {
         let mut in_channels = width;
         let mut stages = (0..4).map(|i| {
             let planes = width << i;
-            let spatial = if i == 0 { 1 } else { 2 };
+            let spatial = config.stage_strides[i];
             (0..config.layers[i])
                 .map(|b| {
                     let spec = BlockSpec {
@@ -196,6 +197,8 @@ impl ResNet3d {
                         depth_kernel: config.block_depth_kernel,
                         depth_padding: config.depth_padding,
                         stride_in_1x1: config.stride_in_1x1,
+                        dilation: config.stage_dilations[i],
+                        shortcut: config.shortcut,
                     };
                     in_channels = planes * config.block.expansion();
                     Block::build(config.block, spec, &format!("layer{}.{b}", i + 1), source)

@@ -29,7 +29,7 @@ use std::sync::{Mutex, PoisonError};
 use rayon::prelude::*;
 
 use super::matmul::{Kernel, NR, PackedB, matmul};
-use crate::block::{Block, Downsample};
+use crate::block::{Block, ZeroPadShortcut};
 use crate::config::DepthPadding;
 use crate::conv::Conv;
 use crate::conv::conv_output_dims;
@@ -74,14 +74,62 @@ enum FrozenBlock {
     Basic {
         conv1: FrozenConv,
         conv2: FrozenConv,
-        downsample: Option<FrozenConv>,
+        shortcut: FrozenShortcut,
     },
     Bottleneck {
         conv1: FrozenConv,
         conv2: FrozenConv,
         conv3: FrozenConv,
-        downsample: Option<FrozenConv>,
+        shortcut: FrozenShortcut,
     },
+}
+
+/// A block's shortcut, on channels-last activations.
+#[derive(Debug, Clone)]
+// One per block: boxing the projection would only add indirection.
+#[allow(clippy::large_enum_variant)]
+enum FrozenShortcut {
+    Identity,
+    /// The projection with its BatchNorm folded in.
+    Projection(FrozenConv),
+    /// MedicalNet's parameter-free shortcut.
+    ZeroPad(ZeroPadShortcut),
+}
+
+impl FrozenShortcut {
+    /// The shortcut of `x` (whose buffer goes back to `buffers` unless it is the identity).
+    /// `name` names the block in errors.
+    fn forward(&self, x: Act, buffers: &Buffers, name: &str) -> Result<Act> {
+        match self {
+            FrozenShortcut::Identity => Ok(x),
+            FrozenShortcut::Projection(conv) => {
+                let identity = conv.forward(x.view(), None, false, buffers);
+                buffers.give(x.data);
+                identity
+            }
+            FrozenShortcut::ZeroPad(zp) => {
+                let [n, d, h, w, c] = x.dims;
+                let [_, oc, od, oh, ow] = zp.output_dims([n, c, d, h, w], name)?;
+                let [sd, sh, sw] = zp.stride;
+                let mut out = buffers.take(n * od * oh * ow * oc);
+                // Every value is written: the input's channels, then zeros.
+                out.par_chunks_mut(oh * ow * oc).enumerate().for_each(|(plane, dst)| {
+                    let (b, z) = (plane / od, plane % od);
+                    for (v, voxel) in dst.chunks_exact_mut(oc).enumerate() {
+                        let (y, xx) = (v / ow, v % ow);
+                        let src = (((b * d + z * sd) * h + y * sh) * w + xx * sw) * c;
+                        voxel[..c].copy_from_slice(&x.data[src..src + c]);
+                        voxel[c..].fill(0.0);
+                    }
+                });
+                buffers.give(x.data);
+                Ok(Act {
+                    data: out,
+                    dims: [n, od, oh, ow, oc],
+                })
+            }
+        }
+    }
 }
 
 /// The precision of a frozen network's products.
@@ -112,6 +160,8 @@ pub(crate) struct FrozenConv {
     kernel: [usize; 3],
     stride: [usize; 3],
     padding: [usize; 3],
+    /// Dilation per axis; only the gathered patches take values other than 1.
+    dilation: [usize; 3],
     replicate_depth: bool,
 }
 
@@ -331,6 +381,8 @@ impl FrozenConv {
             conv.depth_padding == DepthPadding::Replicate,
             kernel_impl,
         );
+        // Dilated kernels (MedicalNet's layer3 and layer4) run on gathered patches.
+        layer.dilation = conv.dilation;
         // bf16 for the implicit product (16 channels and more, an even count, so that pairs of
         // rows are pairs of channels of one tap) and for gathered patches (fewer channels: the
         // stem); not for pointwise convolutions.
@@ -368,8 +420,14 @@ impl FrozenConv {
             kernel: [kd, kh, kw],
             stride,
             padding,
+            dilation: [1, 1, 1],
             replicate_depth,
         }
+    }
+
+    /// The extent the kernel covers per axis, `dilation * (kernel - 1) + 1`.
+    fn reach(&self) -> [usize; 3] {
+        [0, 1, 2].map(|a| self.dilation[a] * (self.kernel[a] - 1) + 1)
     }
 
     /// The output's shape (channels-last) for an input of shape `[n, d, h, w, c]`.
@@ -382,7 +440,7 @@ impl FrozenConv {
             [n, c, d, h, w],
             self.in_channels,
             self.out_channels,
-            self.kernel,
+            self.reach(),
             self.stride,
             self.padding,
             &self.name,
@@ -446,6 +504,7 @@ impl FrozenConv {
         // product keeps its accumulators over all rows of the kernel instead (`implicit_runs`);
         // the bf16 network keeps its gathered bf16 patches there.
         let implicit = !pointwise
+            && self.dilation == [1, 1, 1]
             && self.weight.kernel() == Kernel::Avx512
             && full_blocks
             && (self.in_channels >= 16 || self.weight_bf16.is_none());
@@ -848,6 +907,7 @@ impl FrozenConv {
         let [_, kh, kw] = self.kernel;
         let [sd, sh, sw] = self.stride;
         let [pd, ph, pw] = self.padding;
+        let [dd, dh, dw] = self.dilation;
         let run = kw * c;
         if patches.len() < count * k {
             patches.resize(count * k, 0.0);
@@ -863,11 +923,11 @@ impl FrozenConv {
             let oz = p % od;
             let b = p / od;
             let x0 = (ox * sw) as isize - pw as isize;
-            // The width taps that land inside the volume.
+            // The width taps that land inside the volume (adjacent taps: dilation 1).
             let j_lo = ((-x0).max(0) as usize).min(kw);
             let j_hi = ((w as isize - x0).max(0) as usize).clamp(j_lo, kw);
             for (t, depth_taps) in patch.chunks_exact_mut(kh * run).enumerate() {
-                let z = (oz * sd + t) as isize - pd as isize;
+                let z = (oz * sd + t * dd) as isize - pd as isize;
                 let z = if self.replicate_depth {
                     z.clamp(0, d as isize - 1)
                 } else if z < 0 || z >= d as isize {
@@ -877,12 +937,29 @@ impl FrozenConv {
                     z
                 } as usize;
                 for (i, dst) in depth_taps.chunks_exact_mut(run).enumerate() {
-                    let y = (oy * sh + i) as isize - ph as isize;
-                    if y < 0 || y >= h as isize || j_lo == j_hi {
+                    let y = (oy * sh + i * dh) as isize - ph as isize;
+                    if y < 0 || y >= h as isize {
                         dst.fill(0.0);
                         continue;
                     }
-                    let src = ((((b * d + z) * h + y as usize) * w) as isize + x0 + j_lo as isize) as usize * c;
+                    let line = ((b * d + z) * h + y as usize) * w;
+                    if dw != 1 {
+                        for (j, tap) in dst.chunks_exact_mut(c).enumerate() {
+                            let xj = x0 + (j * dw) as isize;
+                            if xj < 0 || xj >= w as isize {
+                                tap.fill(0.0);
+                            } else {
+                                let src = (line + xj as usize) * c;
+                                tap.copy_from_slice(&x.data[src..src + c]);
+                            }
+                        }
+                        continue;
+                    }
+                    if j_lo == j_hi {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = (line as isize + x0 + j_lo as isize) as usize * c;
                     let len = (j_hi - j_lo) * c;
                     dst[..j_lo * c].fill(0.0);
                     copy_run(&mut dst[j_lo * c..j_hi * c], &x.data[src..src + len]);
@@ -928,19 +1005,22 @@ impl FrozenBlock {
         let conv = |suffix: &str, conv: &Conv, bn: &BatchNorm| {
             FrozenConv::new(&format!("{name}.{suffix}"), conv, bn, kernel, precision)
         };
-        let downsample =
-            |ds: &Option<Downsample>| ds.as_ref().map(|ds| conv("downsample.0", &ds.conv, &ds.bn)).transpose();
+        let shortcut = match (block.downsample(), block.zero_pad()) {
+            (Some(ds), _) => FrozenShortcut::Projection(conv("downsample.0", &ds.conv, &ds.bn)?),
+            (None, Some(zp)) => FrozenShortcut::ZeroPad(*zp),
+            (None, None) => FrozenShortcut::Identity,
+        };
         Ok(match block {
             Block::Basic(b) => FrozenBlock::Basic {
                 conv1: conv("conv1", &b.conv1, &b.bn1)?,
                 conv2: conv("conv2", &b.conv2, &b.bn2)?,
-                downsample: downsample(&b.downsample)?,
+                shortcut,
             },
             Block::Bottleneck(b) => FrozenBlock::Bottleneck {
                 conv1: conv("conv1", &b.conv1, &b.bn1)?,
                 conv2: conv("conv2", &b.conv2, &b.bn2)?,
                 conv3: conv("conv3", &b.conv3, &b.bn3)?,
-                downsample: downsample(&b.downsample)?,
+                shortcut,
             },
         })
     }
@@ -950,33 +1030,23 @@ impl FrozenBlock {
     /// # Errors
     /// As [`FrozenConv::forward`].
     fn forward(&self, x: Act, buffers: &Buffers) -> Result<Act> {
-        let shortcut = |ds: &Option<FrozenConv>, x: Act| match ds {
-            Some(ds) => {
-                let identity = ds.forward(x.view(), None, false, buffers);
-                buffers.give(x.data);
-                identity
-            }
-            None => Ok(x),
-        };
         let (y, identity, last) = match self {
-            FrozenBlock::Basic {
-                conv1,
-                conv2,
-                downsample,
-            } => {
+            FrozenBlock::Basic { conv1, conv2, shortcut } => {
                 let y = conv1.forward(x.view(), None, true, buffers)?;
-                (y, shortcut(downsample, x)?, conv2)
+                let name = conv1.name.trim_end_matches(".conv1").to_string();
+                (y, shortcut.forward(x, buffers, &name)?, conv2)
             }
             FrozenBlock::Bottleneck {
                 conv1,
                 conv2,
                 conv3,
-                downsample,
+                shortcut,
             } => {
                 let y1 = conv1.forward(x.view(), None, true, buffers)?;
                 let y = conv2.forward(y1.view(), None, true, buffers)?;
                 buffers.give(y1.data);
-                (y, shortcut(downsample, x)?, conv3)
+                let name = conv1.name.trim_end_matches(".conv1").to_string();
+                (y, shortcut.forward(x, buffers, &name)?, conv3)
             }
         };
         let out = last.forward(y.view(), Some(identity.view()), true, buffers)?;
@@ -1364,6 +1434,8 @@ pub struct LayerBench {
 }
 
 #[derive(Debug)]
+// Two values per benchmark: size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum BenchLayer {
     Conv(FrozenConv),
     Pool(Pool),

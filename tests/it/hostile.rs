@@ -228,7 +228,6 @@ fn variants_of_other_layouts_are_unsupported_with_what_was_found() {
             "attention modules in the blocks (`layer3.0.attn.qkv.weight`)",
         ),
         (resnet_d, "average-pool shortcut (ResNet-D"),
-        (shortcut_a, "MedicalNet's type A"),
     ] {
         assert!(matches!(err, Error::Unsupported { .. }), "{err}");
         let message = err.to_string();
@@ -236,6 +235,14 @@ fn variants_of_other_layouts_are_unsupported_with_what_was_found() {
             message.starts_with("unsupported: ") && message.contains(found),
             "{message}"
         );
+    }
+    // Parameter-free shortcuts are a setting: the error says which.
+    match shortcut_a {
+        Error::InvalidConfig {
+            field: "shortcut",
+            reason,
+        } => assert!(reason.contains("Shortcut::ZeroPad"), "{reason}"),
+        other => panic!("expected InvalidConfig on shortcut, got {other}"),
     }
 }
 

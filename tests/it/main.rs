@@ -8,6 +8,7 @@ mod gradients;
 mod hostile;
 mod invariants;
 mod labels;
+mod medicalnet;
 mod nifti;
 mod onnx;
 mod optim;

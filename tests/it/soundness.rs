@@ -19,6 +19,7 @@ fn conv(in_channels: usize, out_channels: usize, kernel: [usize; 3], padding: [u
         stride: [1, 1, 1],
         padding,
         depth_padding: DepthPadding::Zeros,
+        dilation: [1, 1, 1],
     }
 }
 

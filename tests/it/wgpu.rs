@@ -39,3 +39,10 @@ fn a_fused_onnx_export_matches_pytorch_on_wgpu() {
     let err = check_case(case, &model, &device);
     println!("wgpu {} max rel. error {err:.2e}", path.display());
 }
+
+#[test]
+fn a_medicalnet_checkpoint_matches_medicalnets_code_on_wgpu() {
+    // Dilated convolutions and parameter-free shortcuts through Burn's wgpu kernels.
+    let err = crate::medicalnet::check_on(&device(), "medicalnet18_w4", 18);
+    println!("wgpu medicalnet18_w4 max rel. error {err:.2e}");
+}

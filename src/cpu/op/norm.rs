@@ -232,7 +232,7 @@ pub(crate) fn conv_batch_norm_eval(
     let args = Conv3dArgs {
         stride: conv.stride,
         padding: conv.padding,
-        dilation: [1, 1, 1],
+        dilation: conv.dilation,
         replicate_depth: conv.depth_padding == crate::DepthPadding::Replicate,
     };
     let weight = conv.weight.val();
