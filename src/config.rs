@@ -257,6 +257,24 @@ impl ResNet3dConfig {
     /// [`with_num_classes`](Self::with_num_classes)). Load MedicalNet's released files with
     /// [`ResNet3d::from_checkpoint`](crate::ResNet3d::from_checkpoint).
     ///
+    /// ```
+    /// use resnet3d::burn::tensor::{Device, Tensor};
+    /// use resnet3d::{Head, ResNet3d, ResNet3dConfig, Zoo};
+    ///
+    /// # fn main() -> Result<(), resnet3d::Error> {
+    /// # let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/medicalnet/medicalnet18_w4.pth");
+    /// let device = Device::flex();
+    /// // MedicalNet-18 (here a narrow test file: width 4) with a 2-class head of our own.
+    /// let config = ResNet3dConfig::medicalnet(18)?.with_width(4).with_num_classes(Some(2));
+    /// let (model, report) = ResNet3d::from_checkpoint_with_report(path, &config, &device)?;
+    /// assert_eq!(report.zoo, Zoo::MedicalNet);
+    /// assert!(matches!(report.head, Head::Fresh { checkpoint_classes: None, classes: 2 }));
+    /// let logits = model.try_forward(Tensor::zeros([1, 1, 32, 64, 64], &device))?;
+    /// assert_eq!(logits.dims(), [1, 2]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::InvalidConfig`] for another depth, listing MedicalNet's.
     pub fn medicalnet(depth: usize) -> Result<Self> {

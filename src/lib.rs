@@ -39,6 +39,15 @@
 //! | [`ResNet3dConfig::resnet50`] | bottleneck | 3, 4, 6, 3 | 2048 |
 //! | [`ResNet3dConfig::resnet101`] | bottleneck | 3, 4, 23, 3 | 2048 |
 //! | [`ResNet3dConfig::resnet152`] | bottleneck | 3, 8, 36, 3 | 2048 |
+//! | [`ResNet3dConfig::medicalnet`]`(10..200)` | MedicalNet's (Med3D): 1 channel, no head, `layer3`/`layer4` dilated | 1, 1, 1, 1 .. 3, 24, 36, 3 | 512 / 2048 |
+//!
+//! MedicalNet's stages are config fields every preset can use:
+//! [`stage_strides`](ResNet3dConfig::stage_strides) (height and width, `[1, 2, 2, 2]`),
+//! [`stage_dilations`](ResNet3dConfig::stage_dilations) (`[1, 1, 1, 1]`) and
+//! [`shortcut`](ResNet3dConfig::shortcut) ([`Shortcut::Projection`], or MedicalNet-18/34's
+//! parameter-free [`Shortcut::ZeroPad`]). [`ResNet3d::from_checkpoint`] reads MedicalNet's
+//! files as released and names the zoo in the [`LoadReport`] ([`Zoo`]); a MedicalNet file
+//! loaded with another preset gives [`Error::ZooMismatch`], naming the preset to use.
 //!
 //! Spatial kernels, strides and paddings are torchvision's (bottlenecks stride on the 3x3,
 //! "v1.5"). The depth axis is configured: [`stem_depth_kernel`](ResNet3dConfig::stem_depth_kernel)
