@@ -58,6 +58,12 @@ pub enum Shortcut {
     ZeroPad,
 }
 
+/// The per-channel mean (RGB) of the Kinetics-400 clips torchvision's video ResNets were
+/// trained on, for inputs scaled to 0..1: `(x - mean) / std` per channel.
+pub const KINETICS_MEAN: [f32; 3] = [0.43216, 0.394666, 0.37645];
+/// The per-channel standard deviation (RGB) matching [`KINETICS_MEAN`].
+pub const KINETICS_STD: [f32; 3] = [0.22803, 0.22145, 0.216989];
+
 /// How a 2-D kernel `W2[o, i, h, w]` becomes a 3-D kernel `W3[o, i, t, h, w]` of depth `T`.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum Inflation {
@@ -188,6 +194,10 @@ pub struct ResNet3dConfig {
     /// Depth of the kernel of every 3x3 convolution in the blocks (odd); 1 gives 2.5-D 1x3x3.
     #[config(default = 3)]
     pub block_depth_kernel: usize,
+    /// Per stage, the depth of the 3x3 kernels of `layer1` .. `layer4`, overriding
+    /// `block_depth_kernel` (odd): torchvision's MC3 is `[3, 1, 1, 1]`.
+    #[config(default = "None")]
+    pub stage_block_depth_kernels: Option<[usize; 4]>,
     /// Depth stride of the first block of `layer1` .. `layer4`.
     #[config(default = "[1, 2, 2, 2]")]
     pub stage_depth_strides: [usize; 4],
@@ -299,6 +309,36 @@ impl ResNet3dConfig {
             .with_shortcut(shortcut))
     }
 
+    /// torchvision's R3D-18 video network (Tran et al., 2018; `torchvision.models.video.r3d_18`,
+    /// Kinetics-400): basic blocks `[2, 2, 2, 2]` of 3x3x3 convolutions, a 3x7x7 stem with
+    /// stride `(1, 2, 2)`, no max pool, stride 2 on every axis from `layer2` on, 3 input
+    /// channels and 400 classes. [`ResNet3d::from_checkpoint`](crate::ResNet3d::from_checkpoint)
+    /// reads torchvision's state dict (`stem.0`, `layer1.0.conv1.0`, ...); with
+    /// `with_in_channels(1)` the stem's RGB kernels are summed, as for ImageNet weights. Its
+    /// input is normalised with [`KINETICS_MEAN`] and [`KINETICS_STD`].
+    pub fn r3d_18() -> Self {
+        Self::resnet18()
+            .with_num_classes(Some(400))
+            .with_stem_depth_kernel(3)
+            .with_stem_depth_stride(1)
+            .with_max_pool(false)
+    }
+
+    /// torchvision's MC3-18 (`torchvision.models.video.mc3_18`): [`r3d_18`](Self::r3d_18) with
+    /// 3x3x3 convolutions in `layer1` only and 1x3x3 ones after it ("mixed convolutions"),
+    /// whose stages stride height and width only.
+    pub fn mc3_18() -> Self {
+        Self::r3d_18()
+            .with_stage_block_depth_kernels(Some([3, 1, 1, 1]))
+            .with_stage_depth_strides([1, 1, 1, 1])
+    }
+
+    /// The depth of the 3x3 kernels in stage `stage` (0 for `layer1`).
+    pub(crate) fn block_depth_kernel_of(&self, stage: usize) -> usize {
+        self.stage_block_depth_kernels
+            .map_or(self.block_depth_kernel, |k| k[stage])
+    }
+
     /// Whether the stage settings are MedicalNet's (strides `[1, 2, 1, 1]` on every axis,
     /// dilations `[1, 1, 2, 4]`): what a MedicalNet checkpoint needs besides its layout.
     pub(crate) fn has_medicalnet_stages(&self) -> bool {
@@ -331,13 +371,13 @@ impl ResNet3dConfig {
     fn checked_parameter_count(&self) -> Option<usize> {
         let mul = |values: &[usize]| values.iter().try_fold(1usize, |acc, &v| acc.checked_mul(v));
         let e = self.block.expansion();
-        let k3 = mul(&[self.block_depth_kernel, 9])?;
         let mut total =
             mul(&[self.width, self.in_channels, self.stem_depth_kernel, 49])?.checked_add(mul(&[2, self.width])?)?;
         let mut in_channels = self.width;
         for (i, &blocks) in self.layers.iter().enumerate() {
             let planes = mul(&[self.width, 1 << i])?;
             let out = mul(&[planes, e])?;
+            let k3 = mul(&[self.block_depth_kernel_of(i), 9])?;
             // The first block of a stage, then `blocks - 1` alike ones (counted at once: a
             // stage may claim any number of blocks).
             let block = |in_channels: usize, first: bool| -> Option<usize> {
@@ -417,6 +457,7 @@ impl ResNet3dConfig {
             .with_max_pool_depth_kernel(1)
             .with_max_pool_depth_stride(1)
             .with_block_depth_kernel(1)
+            .with_stage_block_depth_kernels(None)
             .with_stage_depth_strides([1, 1, 1, 1])
     }
 
@@ -456,6 +497,14 @@ impl ResNet3dConfig {
                     ),
                 });
             }
+        }
+        if let Some(kernels) = self.stage_block_depth_kernels
+            && let Some(&kernel) = kernels.iter().find(|&&k| k == 0 || k % 2 == 0)
+        {
+            return Err(Error::InvalidConfig {
+                field: "stage_block_depth_kernels",
+                reason: format!("holds {kernel}; every depth kernel must be odd (1, 3, 5, 7)"),
+            });
         }
         for (field, stride) in [
             ("stem_depth_stride", self.stem_depth_stride),

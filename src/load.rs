@@ -57,6 +57,9 @@ pub enum Zoo {
     /// A 3-D checkpoint in torchvision-3-D naming (as ACSConv, timm_3d, I3ResNet-style code
     /// and this crate save them).
     Torchvision3d,
+    /// torchvision's video ResNets (`r3d_18`, `mc3_18`; Kinetics-400), recognised by their
+    /// names (`stem.0`, `layer1.0.conv1.0`).
+    TorchvisionVideo,
     /// MedicalNet (Tencent's Med3D): one input channel, no `fc`; told apart by its
     /// segmentation head `conv_seg`, by parameter-free shortcuts (depths 18 and 34), or by a
     /// configuration with MedicalNet's stages ([`ResNet3dConfig::medicalnet`]). A file of
@@ -71,6 +74,7 @@ impl fmt::Display for Zoo {
             Zoo::ImageNet => "a 2-D ImageNet ResNet",
             Zoo::Torchvision3d => "a torchvision-3-D ResNet",
             Zoo::MedicalNet => "MedicalNet",
+            Zoo::TorchvisionVideo => "a torchvision video ResNet",
         })
     }
 }
@@ -194,7 +198,7 @@ pub fn inflate_from_2d_with_report(
     config: &ResNet3dConfig,
     device: &Device,
 ) -> Result<(ResNet3d, LoadReport)> {
-    Loader::run(weights, config, device, Some(config.inflation))
+    Loader::run(weights, config, device, Some(config.inflation), None)
 }
 
 /// Builds the network of `config` from native 3-D weights in torchvision-3-D naming (what
@@ -203,7 +207,53 @@ pub fn inflate_from_2d_with_report(
 /// # Errors
 /// As [`ResNet3d::from_checkpoint`].
 pub fn load_3d(weights: &Weights, config: &ResNet3dConfig, device: &Device) -> Result<(ResNet3d, LoadReport)> {
-    Loader::run(weights, config, device, None)
+    match torchvision_video(weights)? {
+        Some(renamed) => Loader::run(&renamed, config, device, None, Some(Zoo::TorchvisionVideo)),
+        None => Loader::run(weights, config, device, None, None),
+    }
+}
+
+/// A torchvision video ResNet's state dict (`stem.0`, `layer1.0.conv1.0`, `layer1.0.conv1.1`
+/// for the BatchNorm) under this crate's names (`conv1`, `layer1.0.conv1`, `layer1.0.bn1`),
+/// or `None` for other files.
+///
+/// # Errors
+/// [`Error::Unsupported`] for R(2+1)D (`r2plus1d_18`): its factorised blocks are not built here.
+fn torchvision_video(weights: &Weights) -> Result<Option<Weights>> {
+    if weights.get("stem.0.weight").is_none() {
+        return Ok(None);
+    }
+    if let Some(name) = weights
+        .names()
+        .find(|n| n.starts_with("stem.3.") || (n.starts_with("layer") && n.contains(".conv1.0.0.")))
+    {
+        return Err(Error::Unsupported {
+            what: format!(
+                "torchvision's R(2+1)D (`{name}`: a (2+1)-D factorised stem or block): only r3d_18 and mc3_18 \
+                 (ResNet3dConfig::r3d_18, mc3_18) are built by this crate"
+            ),
+        });
+    }
+    Ok(Some(weights.renamed(|name| {
+        if let Some(rest) = name.strip_prefix("stem.0.") {
+            return format!("conv1.{rest}");
+        }
+        if let Some(rest) = name.strip_prefix("stem.1.") {
+            return format!("bn1.{rest}");
+        }
+        // layerS.B.convN.0.* -> layerS.B.convN.*, layerS.B.convN.1.* -> layerS.B.bnN.*
+        let parts: Vec<&str> = name.splitn(5, '.').collect();
+        if let [stage, block, conv, index @ ("0" | "1"), rest] = parts.as_slice()
+            && stage.starts_with("layer")
+            && let Some(n) = conv.strip_prefix("conv")
+        {
+            return match *index {
+                "0" => format!("{stage}.{block}.conv{n}.{rest}"),
+                _ => format!("{stage}.{block}.bn{n}.{rest}"),
+            };
+        }
+        name.to_string()
+    })))
 }
 
 impl ResNet3d {
@@ -296,6 +346,7 @@ impl<'a> Loader<'a> {
         config: &ResNet3dConfig,
         device: &'a Device,
         inflation: Option<Inflation>,
+        known: Option<Zoo>,
     ) -> Result<(ResNet3d, LoadReport)> {
         config.validate()?;
         if let Some(v1) = weights.stride_in_1x1()
@@ -329,7 +380,10 @@ impl<'a> Loader<'a> {
                 });
             }
             Some(_) => Zoo::ImageNet,
-            None => recognise_zoo(weights, config)?,
+            None => match known {
+                Some(zoo) => zoo,
+                None => recognise_zoo(weights, config)?,
+            },
         };
         let found = detect_layout(weights)?;
         if found != config.layout() {
@@ -455,9 +509,21 @@ impl<'a> Loader<'a> {
                 }
             }
             None => {
-                let values = self.take(&key, &[o, i, d, h, w])?.to_vec();
-                self.record(key, vec![o, i, d, h, w], &spec);
-                values
+                let values = self.take(&key, &[o, checkpoint_in, d, h, w])?;
+                self.record(key.clone(), vec![o, checkpoint_in, d, h, w], &spec);
+                if checkpoint_in == i {
+                    values.to_vec()
+                } else {
+                    // The stem's RGB kernels folded into `i` channels (depth and height taps
+                    // taken together as the rows of one plane).
+                    match adapt_in_channels(values, [o, checkpoint_in, d * h, w], i) {
+                        Ok(values) => values,
+                        Err(err) => {
+                            self.wrong_shape.get_or_insert(err);
+                            return None;
+                        }
+                    }
+                }
             }
         };
         Some(spec.build(Param::from_tensor(self.tensor(values, [o, i, d, h, w]))))
@@ -475,8 +541,10 @@ impl<'a> Loader<'a> {
 impl ParamSource for Loader<'_> {
     fn stem(&mut self, spec: ConvSpec) -> Conv {
         // A 2-D stem keeps the checkpoint's input channels (3 for ImageNet) until adapted.
+        // So does a video network's RGB stem (3-D), folded the same way.
         let checkpoint_in = match (self.inflation, self.weights.get("conv1.weight")) {
             (Some(_), Some(t)) if t.shape.len() == 4 => t.shape[1],
+            (None, Some(t)) if self.report.zoo == Zoo::TorchvisionVideo && t.shape.len() == 5 => t.shape[1],
             _ => spec.in_channels,
         };
         self.report.stem_channels = (checkpoint_in, spec.in_channels);

@@ -194,7 +194,7 @@ impl ResNet3d {
                         } else {
                             [1, 1, 1]
                         },
-                        depth_kernel: config.block_depth_kernel,
+                        depth_kernel: config.block_depth_kernel_of(i),
                         depth_padding: config.depth_padding,
                         stride_in_1x1: config.stride_in_1x1,
                         dilation: config.stage_dilations[i],

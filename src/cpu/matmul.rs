@@ -733,22 +733,9 @@ pub(super) mod avx512 {
         rows: usize,
         cols: usize,
     ) {
-        let mut lo = [_mm512_setzero_ps(); R];
-        let mut hi = [_mm512_setzero_ps(); R];
-        for p in 0..kc {
-            // SAFETY: A holds R <= MR rows of kc values, Bp kc x NR.
-            unsafe {
-                let b0 = _mm512_loadu_ps(bp.add(p * NR));
-                let b1 = _mm512_loadu_ps(bp.add(p * NR + 16));
-                for r in 0..R {
-                    let av = _mm512_set1_ps(*a.add(r * lda + p));
-                    lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
-                    hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
-                }
-            }
-        }
-        // SAFETY: the caller's contract for C.
-        unsafe { add_to(&lo, &hi, c, ldc, rows, cols) };
+        // One run of kc rows: the general tile of `accumulate_runs`.
+        // SAFETY: A holds R <= MR rows of kc values, Bp kc x NR; C the caller's contract.
+        unsafe { runs_rows::<R>(a, lda, bp, &[(0, 0)], kc, c, ldc, rows, cols) }
     }
 
     /// `C[r][0..cols] += (lo[r], hi[r])` for `r < rows`: a register tile's accumulators added

@@ -114,6 +114,17 @@ impl Weights {
         Ok(())
     }
 
+    /// The same tensors under the names `rename` gives (what the file set aside, fused
+    /// BatchNorms and the stride placement kept).
+    pub(crate) fn renamed(&self, rename: impl Fn(&str) -> String) -> Self {
+        Self {
+            tensors: self.tensors.iter().map(|(k, v)| (rename(k), v.clone())).collect(),
+            set_aside: self.set_aside.clone(),
+            fused_batch_norms: self.fused_batch_norms,
+            stride_in_1x1: self.stride_in_1x1,
+        }
+    }
+
     /// The tensor called `name`.
     pub fn get(&self, name: &str) -> Option<&WeightTensor> {
         self.tensors.get(name)

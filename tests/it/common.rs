@@ -163,3 +163,37 @@ pub fn check_case(case: &Value, model: &impl Net, device: &Device) -> f32 {
     }
     worst
 }
+
+/// A 5-D tensor of a fixture file, on `device`.
+pub fn fixture_tensor(file: &Path, name: &str, device: &Device) -> Tensor<5> {
+    let (shape, values) = reference(file, name);
+    let dims: [usize; 5] = shape
+        .try_into()
+        .unwrap_or_else(|s| panic!("{name}: shape {s:?} is not 5-D"));
+    Tensor::from_data(TensorData::new(values, dims), device)
+}
+
+/// `got` against the file's tensor `name`: same shape, error within [`TOLERANCE`]; the error.
+pub fn check_tensor<const D: usize>(file: &Path, name: &str, got: Tensor<D>, what: &str) -> f32 {
+    let (shape, expected) = reference(file, name);
+    let (dims, got) = values(got);
+    assert_eq!(dims, shape, "{what} {name}");
+    let err = rel_error(&got, &expected);
+    assert!(err <= TOLERANCE, "{what} {name}: rel. error {err:.2e}");
+    err
+}
+
+/// The stem and the four stages of `features` against the file's `stem`, `layer1` ..
+/// `layer4`; the largest error.
+pub fn check_stages(file: &Path, features: Features, what: &str) -> f32 {
+    [
+        ("stem", features.stem),
+        ("layer1", features.layer1),
+        ("layer2", features.layer2),
+        ("layer3", features.layer3),
+        ("layer4", features.layer4),
+    ]
+    .into_iter()
+    .map(|(name, got)| check_tensor(file, name, got, what))
+    .fold(0.0, f32::max)
+}

@@ -19,6 +19,7 @@ mod soundness;
 mod tracking;
 #[cfg(feature = "train")]
 mod train;
+mod video;
 #[cfg(feature = "wgpu")]
 mod wgpu;
 

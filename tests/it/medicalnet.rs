@@ -3,7 +3,7 @@
 //! (`{'state_dict': {'module.' + name: tensor}}`), compared stage by stage with PyTorch's
 //! outputs; and the full-width presets against the parameter counts of MedicalNet's code.
 
-use resnet3d::burn::tensor::{Device, Tensor, TensorData};
+use resnet3d::burn::tensor::{Device, Tensor};
 use resnet3d::{Error, FrozenResNet3d, ResNet3d, ResNet3dConfig, Shortcut, Zoo};
 use serde_json::Value;
 
@@ -24,45 +24,17 @@ fn config(depth: usize) -> ResNet3dConfig {
     ResNet3dConfig::medicalnet(depth).unwrap().with_width(4)
 }
 
-fn tensor(file: &std::path::Path, name: &str, device: &Device) -> Tensor<5> {
-    let (shape, values) = reference(file, name);
-    Tensor::from_data(
-        TensorData::new(values, [shape[0], shape[1], shape[2], shape[3], shape[4]]),
-        device,
-    )
-}
-
-/// The largest error of the stem, the four stages and the pooled features against PyTorch.
+/// The stem, the four stages and the pooled features against PyTorch; the largest error.
 fn compare(name: &str, features: resnet3d::Features, pooled: Tensor<2>) -> f32 {
     let file = folder().join(format!("{name}.safetensors"));
-    let mut worst = 0f32;
-    for (stage, got) in [
-        ("stem", features.stem),
-        ("layer1", features.layer1),
-        ("layer2", features.layer2),
-        ("layer3", features.layer3),
-        ("layer4", features.layer4),
-    ] {
-        let (shape, expected) = reference(&file, stage);
-        let (dims, got) = values(got);
-        assert_eq!(dims, shape, "{name} {stage}");
-        let err = rel_error(&got, &expected);
-        assert!(err <= TOLERANCE, "{name} {stage}: rel. error {err:.2e}");
-        worst = worst.max(err);
-    }
-    let (shape, expected) = reference(&file, "pooled");
-    let (dims, got) = values(pooled);
-    assert_eq!(dims, shape, "{name} pooled");
-    let err = rel_error(&got, &expected);
-    assert!(err <= TOLERANCE, "{name} pooled: rel. error {err:.2e}");
-    worst.max(err)
+    check_stages(&file, features, name).max(check_tensor(&file, "pooled", pooled, name))
 }
 
 /// One case on `device`: the Burn model against PyTorch, its largest error.
 pub fn check_on(device: &Device, name: &str, depth: usize) -> f32 {
     let path = folder().join(format!("{name}.pth"));
     let model = ResNet3d::from_checkpoint(&path, &config(depth), device).unwrap();
-    let x = tensor(&folder().join(format!("{name}.safetensors")), "input", device);
+    let x = fixture_tensor(&folder().join(format!("{name}.safetensors")), "input", device);
     compare(name, model.features(x.clone()), model.forward(x))
 }
 
@@ -81,7 +53,7 @@ fn medicalnet_checkpoints_match_medicalnets_code() {
                 "{name}: {ignored:?}"
             );
             assert!(report.to_string().contains("MedicalNet"), "{report}");
-            let x = tensor(&folder().join(format!("{name}.safetensors")), "input", &device);
+            let x = fixture_tensor(&folder().join(format!("{name}.safetensors")), "input", &device);
             let err = check_on(&device, name, depth);
             let frozen = model.freeze().unwrap();
             let frozen_err = compare(name, frozen.features(x.clone()).unwrap(), frozen.forward(x).unwrap());
@@ -97,7 +69,7 @@ fn medicalnet_on_the_portable_kernel() {
     let path = folder().join(format!("{name}.pth"));
     let device = Device::flex();
     let model = ResNet3d::from_checkpoint(&path, &config(depth), &device).unwrap();
-    let x = tensor(&folder().join(format!("{name}.safetensors")), "input", &device);
+    let x = fixture_tensor(&folder().join(format!("{name}.safetensors")), "input", &device);
     let portable: FrozenResNet3d = model.freeze_portable().unwrap();
     compare(
         name,
@@ -118,7 +90,7 @@ fn medicalnet_gradients_agree_between_the_crates_op_and_burns_conv3d() {
     let path = folder().join(format!("{name}.pth"));
     let run = |device: Device| {
         let model = ResNet3d::from_checkpoint(&path, &config(depth), &device).unwrap();
-        let x = tensor(&folder().join(format!("{name}.safetensors")), "input", &device);
+        let x = fixture_tensor(&folder().join(format!("{name}.safetensors")), "input", &device);
         let pooled = model.forward(x);
         let loss = (pooled.clone() * pooled).sum();
         let grads = loss.backward();
