@@ -79,6 +79,8 @@ struct Args {
 enum Rule {
     Average,
     Center,
+    /// ACS convolutions: output channels split over the axial, coronal and sagittal planes.
+    Acs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -132,6 +134,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .with_inflation(match args.inflation {
             Rule::Average => Inflation::Average,
             Rule::Center => Inflation::Center,
+            Rule::Acs => Inflation::Acs,
         })
         .with_stride_in_1x1(args.stride_in_1x1 || weights.stride_in_1x1() == Some(true));
     let (model, report) = inflate_from_2d_with_report(&weights, &config, &device)?;

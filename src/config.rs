@@ -73,6 +73,26 @@ pub enum Inflation {
     /// `W3[:, :, T / 2] = W2`, zeros elsewhere: every slice starts as the 2-D network saw it,
     /// and training learns how much to mix in neighbouring slices.
     Center,
+    /// ACS convolutions (Yang et al., "Reinventing 2D Convolutions for 3D Images", IEEE JBHI
+    /// 2021; ACSConv): every 2-D `k x k` kernel is used unchanged, its output channels split
+    /// in three groups of `ceil`-first thirds (`o / 3` each, the remainder to the first
+    /// groups: 64 -> 22, 21, 21) that see the axial (`1 x k x k` over depth, height, width),
+    /// coronal (`k x 1 x k`) and sagittal (`k x k x 1`) planes. Each group's kernel is placed
+    /// in the middle plane of a `k x k x k` kernel, zeros elsewhere, so the network computes
+    /// exactly ACSConv's output with ordinary 3-D convolutions (every fast path, training
+    /// included), at `k` times ACSConv's multiply-adds for the `k x k` layers. Needs cubic
+    /// kernels: `stem_depth_kernel` 7 and block depth kernels 3 (the defaults).
+    Acs,
+}
+
+impl Inflation {
+    /// The sizes of ACS's axial, coronal and sagittal groups of `out_channels` output channels
+    /// (ACSConv's default split).
+    pub fn acs_split(out_channels: usize) -> [usize; 3] {
+        let third = out_channels / 3;
+        let rest = out_channels % 3;
+        [third + usize::from(rest > 0), third + usize::from(rest > 1), third]
+    }
 }
 
 /// A ResNet's block kind and number of blocks per stage.
@@ -497,6 +517,14 @@ impl ResNet3dConfig {
                     ),
                 });
             }
+        }
+        if self.inflation == Inflation::Acs
+            && (self.stem_depth_kernel != 7 || (0..4).any(|stage| self.block_depth_kernel_of(stage) != 3))
+        {
+            return invalid(
+                "inflation",
+                "is Acs, which places 2-D kernels in the planes of cubic ones: keep stem_depth_kernel 7 and the block depth kernels 3",
+            );
         }
         if let Some(kernels) = self.stage_block_depth_kernels
             && let Some(&kernel) = kernels.iter().find(|&&k| k == 0 || k % 2 == 0)

@@ -33,9 +33,11 @@ fn check_kernel(kernel: &[f32], shape: [usize; 4], out_len: Option<usize>, what:
 /// Spreads a 2-D kernel `W2[o, i, h, w]` of `shape` over a depth of `depth`:
 ///
 /// - [`Inflation::Average`]: `W3[o, i, t, h, w] = W2[o, i, h, w] / T` for every `t`;
-/// - [`Inflation::Center`]: `W3[o, i, T/2, h, w] = W2[o, i, h, w]`, zeros elsewhere.
+/// - [`Inflation::Center`]: `W3[o, i, T/2, h, w] = W2[o, i, h, w]`, zeros elsewhere;
+/// - [`Inflation::Acs`]: each output channel's kernel in the middle plane of its group's view
+///   (axial: depth, coronal: height, sagittal: width at `T/2`), `T` equal to `h` and `w`.
 ///
-/// Both give `sum_t W3[.., t, ..] = W2`, so a volume constant along depth gets the 2-D
+/// Average and Center give `sum_t W3[.., t, ..] = W2`, so a volume constant along depth gets the 2-D
 /// response away from zero-padded borders. Returns `[o, i, T, h, w]`.
 ///
 /// # Errors
@@ -44,20 +46,53 @@ fn check_kernel(kernel: &[f32], shape: [usize; 4], out_len: Option<usize>, what:
 pub fn inflate_kernel(kernel: &[f32], shape: [usize; 4], depth: usize, rule: Inflation) -> Result<Vec<f32>> {
     let out_len = kernel.len().checked_mul(depth).filter(|_| depth > 0);
     let mut out = check_kernel(kernel, shape, out_len, "2-D kernel to inflate")?;
-    let [_, _, h, w] = shape;
+    let [o, i, h, w] = shape;
     let plane = h * w;
-    for (src, dst) in kernel.chunks_exact(plane).zip(out.chunks_exact_mut(depth * plane)) {
-        match rule {
-            Inflation::Average => {
-                let scale = 1.0 / depth as f32;
-                for slice in dst.chunks_exact_mut(plane) {
-                    slice.iter_mut().zip(src).for_each(|(d, s)| *d = s * scale);
+    if rule == Inflation::Acs {
+        if !(h == w && depth == h) {
+            return Err(Error::InvalidInput {
+                dims: shape.to_vec(),
+                what: format!(
+                    "ACS places a {h}x{w} kernel in the planes of a cubic one; a depth of {depth} is not cubic: use depth {h}"
+                ),
+            });
+        }
+        let k = h;
+        let mid = k / 2;
+        let [axial, coronal, _] = Inflation::acs_split(o);
+        for oc in 0..o {
+            for ic in 0..i {
+                let src = &kernel[(oc * i + ic) * plane..][..plane];
+                let dst = &mut out[(oc * i + ic) * k * plane..][..k * plane];
+                for a in 0..k {
+                    for b in 0..k {
+                        let v = src[a * k + b];
+                        // The 2-D axes (a, b) onto (height, width), (depth, width) or
+                        // (depth, height); the remaining axis at its middle tap.
+                        let [t, y, x] = if oc < axial {
+                            [mid, a, b]
+                        } else if oc < axial + coronal {
+                            [a, mid, b]
+                        } else {
+                            [a, b, mid]
+                        };
+                        dst[(t * k + y) * k + x] = v;
+                    }
                 }
             }
-            Inflation::Center => {
-                let t = depth / 2;
-                dst[t * plane..(t + 1) * plane].copy_from_slice(src);
+        }
+        return Ok(out);
+    }
+    for (src, dst) in kernel.chunks_exact(plane).zip(out.chunks_exact_mut(depth * plane)) {
+        if rule == Inflation::Average {
+            let scale = 1.0 / depth as f32;
+            for slice in dst.chunks_exact_mut(plane) {
+                slice.iter_mut().zip(src).for_each(|(d, s)| *d = s * scale);
             }
+        } else {
+            // Center (ACS returned above).
+            let t = depth / 2;
+            dst[t * plane..(t + 1) * plane].copy_from_slice(src);
         }
     }
     Ok(out)
@@ -158,6 +193,33 @@ mod tests {
         let center = inflate_kernel(&w2, [2, 1, 3, 3], 1, Inflation::Center).unwrap();
         assert_eq!(average, w2);
         assert_eq!(center, w2);
+    }
+
+    #[test]
+    fn acs_places_each_group_in_its_plane() {
+        assert_eq!(Inflation::acs_split(64), [22, 21, 21]);
+        assert_eq!(Inflation::acs_split(4), [2, 1, 1]);
+        assert_eq!(Inflation::acs_split(5), [2, 2, 1]);
+        assert_eq!(Inflation::acs_split(6), [2, 2, 2]);
+        // Three output channels, one per group; 3x3 kernels 0..9, 10..19, 20..29 (+1).
+        let w2: Vec<f32> = (0..27).map(|v| (v + 1) as f32).collect();
+        let w3 = inflate_kernel(&w2, [3, 1, 3, 3], 3, Inflation::Acs).unwrap();
+        let at = |o: usize, t: usize, y: usize, x: usize| w3[((o * 3 + t) * 3 + y) * 3 + x];
+        for a in 0..3 {
+            for b in 0..3 {
+                assert_eq!(at(0, 1, a, b), w2[a * 3 + b], "axial: depth at the middle");
+                assert_eq!(at(1, a, 1, b), w2[9 + a * 3 + b], "coronal: height at the middle");
+                assert_eq!(at(2, a, b, 1), w2[18 + a * 3 + b], "sagittal: width at the middle");
+            }
+        }
+        // Nothing else: each kernel's sum is the 2-D kernel's.
+        for o in 0..3 {
+            let sum3: f32 = w3[o * 27..(o + 1) * 27].iter().sum();
+            let sum2: f32 = w2[o * 9..(o + 1) * 9].iter().sum();
+            assert_eq!(sum3, sum2);
+        }
+        // Not cubic: an error, not a wrong kernel.
+        assert!(inflate_kernel(&w2, [3, 1, 3, 3], 1, Inflation::Acs).is_err());
     }
 
     #[test]

@@ -64,7 +64,10 @@
 //! A 2-D kernel `W2[o, i, h, w]` becomes `W3[o, i, t, h, w]` of depth `T`:
 //!
 //! - [`Inflation::Average`] (I3D): `W3[:, :, t] = W2 / T` for every `t`;
-//! - [`Inflation::Center`]: `W3[:, :, T/2] = W2`, zeros elsewhere.
+//! - [`Inflation::Center`]: `W3[:, :, T/2] = W2`, zeros elsewhere;
+//! - [`Inflation::Acs`] (ACS convolutions): the output channels split in three groups whose
+//!   kernels lie in the axial, coronal and sagittal middle planes of a cubic kernel; the
+//!   network then computes ACSConv's output exactly (see the variant's docs for the cost).
 //!
 //! The stem's input channels are adapted first: 1 channel gets the sum of the RGB kernels
 //! (exactly the response to a grey image copied to RGB); `N != 3` channels get
@@ -72,7 +75,7 @@
 //! copied; the head `fc` is copied when `num_classes` equals the checkpoint's and freshly
 //! initialised otherwise (the [`LoadReport`] says which).
 //!
-//! Since `sum_t W3 = W2` for both rules, a volume constant along depth gives the 2-D
+//! Since `sum_t W3 = W2` for `Average` and `Center`, a volume constant along depth gives the 2-D
 //! network's output: exactly with depth kernels of 1 or away from the first and last slices,
 //! and everywhere with [`DepthPadding::Replicate`]. With [`Inflation::Center`] and depth
 //! strides of 1, every slice is processed as the 2-D network would process it alone. The

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per concern.
 
+mod acs;
 mod bf16;
 mod common;
 mod errors;
