@@ -251,7 +251,112 @@ impl Bottleneck3d {
     }
 }
 
-/// A residual block of either kind.
+/// A (2+1)-D convolution (torchvision's `Conv2Plus1D`): a 1x3x3 convolution with the height
+/// and width stride, BatchNorm and ReLU, then a `depth`x1x1 convolution with the depth stride.
+/// The BatchNorm and ReLU after the temporal convolution belong to the block.
+#[derive(Module, Debug)]
+pub struct Conv2Plus1d {
+    /// The 1x3x3 convolution to the middle channels.
+    pub spatial: Conv,
+    /// BatchNorm of the middle channels.
+    pub bn: BatchNorm,
+    /// The depth convolution to the output channels.
+    pub temporal: Conv,
+}
+
+impl Conv2Plus1d {
+    fn build(
+        spec: &BlockSpec,
+        [i, mid, o]: [usize; 3],
+        stride: [usize; 3],
+        name: &str,
+        source: &mut impl ParamSource,
+    ) -> Self {
+        let [sd, sh, sw] = stride;
+        let spatial = ConvSpec {
+            in_channels: i,
+            out_channels: mid,
+            kernel: [1, 3, 3],
+            stride: [1, sh, sw],
+            depth_padding: spec.depth_padding,
+            dilation: [1, spec.dilation, spec.dilation],
+        };
+        let temporal = ConvSpec {
+            in_channels: mid,
+            out_channels: o,
+            kernel: [spec.depth_kernel, 1, 1],
+            stride: [sd, 1, 1],
+            depth_padding: spec.depth_padding,
+            dilation: [spec.dilation, 1, 1],
+        };
+        Self {
+            spatial: source.conv(&format!("{name}.spatial"), spatial),
+            bn: source.batch_norm(&format!("{name}.bn"), mid),
+            temporal: source.conv(&format!("{name}.temporal"), temporal),
+        }
+    }
+
+    /// The temporal convolution's input: `relu(bn(spatial(x)))`.
+    fn middle(&self, x: Tensor<5>) -> Tensor<5> {
+        conv_batch_norm(&self.spatial, &self.bn, x, true, None)
+    }
+}
+
+/// Two (2+1)-D convolutions with a skip connection (torchvision's R(2+1)D `BasicBlock`).
+#[derive(Module, Debug)]
+pub struct Block2Plus1d {
+    /// First factorised convolution; carries the block's stride.
+    pub conv1: Conv2Plus1d,
+    /// BatchNorm after `conv1`.
+    pub bn1: BatchNorm,
+    /// Second factorised convolution.
+    pub conv2: Conv2Plus1d,
+    /// BatchNorm after `conv2`.
+    pub bn2: BatchNorm,
+    /// Projection shortcut where the shape changes.
+    pub downsample: Option<Downsample>,
+    /// Parameter-free shortcut where the shape changes ([`Shortcut::ZeroPad`]).
+    #[module(skip)]
+    pub zero_pad: Option<ZeroPadShortcut>,
+}
+
+impl Block2Plus1d {
+    pub(crate) fn build(spec: BlockSpec, name: &str, source: &mut impl ParamSource) -> Self {
+        let (i, p) = (spec.in_channels, spec.planes);
+        // torchvision's rule: both convolutions of a block get the middle width of its
+        // input and output channels.
+        let mid = crate::config::mid_channels(i, p, spec.depth_kernel).unwrap_or(1);
+        Self {
+            conv1: Conv2Plus1d::build(&spec, [i, mid, p], spec.stride, &format!("{name}.conv1"), source),
+            bn1: source.batch_norm(&format!("{name}.bn1"), p),
+            conv2: Conv2Plus1d::build(&spec, [p, mid, p], [1, 1, 1], &format!("{name}.conv2"), source),
+            bn2: source.batch_norm(&format!("{name}.bn2"), p),
+            downsample: spec.downsample(p, name, source),
+            zero_pad: spec.zero_pad(p),
+        }
+    }
+
+    /// # Shapes
+    /// `[N, in, D, H, W]` -> `[N, planes, D / sd, H / sh, W / sw]`
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let identity = match (&self.downsample, &self.zero_pad) {
+            (Some(downsample), _) => downsample.forward(x.clone()),
+            (None, Some(zero_pad)) => zero_pad.forward(x.clone()),
+            (None, None) => x.clone(),
+        };
+        let y = conv_batch_norm(&self.conv1.temporal, &self.bn1, self.conv1.middle(x), true, None);
+        // The skip connection, added before the last ReLU.
+        conv_batch_norm(
+            &self.conv2.temporal,
+            &self.bn2,
+            self.conv2.middle(y),
+            true,
+            Some(identity),
+        )
+    }
+}
+
+/// A residual block of any kind.
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
 pub enum Block {
@@ -259,6 +364,8 @@ pub enum Block {
     Basic(BasicBlock3d),
     /// ResNet-50/101/152.
     Bottleneck(Bottleneck3d),
+    /// R(2+1)D.
+    Factorised(Block2Plus1d),
 }
 
 impl Block {
@@ -266,6 +373,7 @@ impl Block {
         match kind {
             BlockKind::Basic => Block::Basic(BasicBlock3d::build(spec, name, source)),
             BlockKind::Bottleneck => Block::Bottleneck(Bottleneck3d::build(spec, name, source)),
+            BlockKind::Basic2Plus1d => Block::Factorised(Block2Plus1d::build(spec, name, source)),
         }
     }
 
@@ -275,6 +383,7 @@ impl Block {
         match self {
             Block::Basic(block) => block.forward(x),
             Block::Bottleneck(block) => block.forward(x),
+            Block::Factorised(block) => block.forward(x),
         }
     }
 }
@@ -326,6 +435,12 @@ impl Block {
                 (&b.conv2, &b.bn2, "conv2", "bn2"),
                 (&b.conv3, &b.bn3, "conv3", "bn3"),
             ],
+            Block::Factorised(b) => vec![
+                (&b.conv1.spatial, &b.conv1.bn, "conv1.spatial", "conv1.bn"),
+                (&b.conv1.temporal, &b.bn1, "conv1.temporal", "bn1"),
+                (&b.conv2.spatial, &b.conv2.bn, "conv2.spatial", "conv2.bn"),
+                (&b.conv2.temporal, &b.bn2, "conv2.temporal", "bn2"),
+            ],
         }
     }
 
@@ -334,6 +449,7 @@ impl Block {
         match self {
             Block::Basic(b) => b.downsample.as_ref(),
             Block::Bottleneck(b) => b.downsample.as_ref(),
+            Block::Factorised(b) => b.downsample.as_ref(),
         }
     }
 
@@ -342,6 +458,7 @@ impl Block {
         match self {
             Block::Basic(b) => b.zero_pad.as_ref(),
             Block::Bottleneck(b) => b.zero_pad.as_ref(),
+            Block::Factorised(b) => b.zero_pad.as_ref(),
         }
     }
 

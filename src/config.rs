@@ -13,13 +13,18 @@ pub enum BlockKind {
     Basic,
     /// 1x1, 3x3, 1x1 convolutions with 4x channel expansion (ResNet-50, -101, -152).
     Bottleneck,
+    /// Two factorised "(2+1)-D" convolutions (torchvision's R(2+1)D): each 3x3x3 becomes a
+    /// 1x3x3 convolution to `mid = in * out * 27 / (9 * in + 3 * out)` channels (rounded
+    /// down; `in` and `out` the block's, for both convolutions), BatchNorm, ReLU, then a
+    /// 3x1x1 convolution (depth `block_depth_kernel`) that carries the depth stride.
+    Basic2Plus1d,
 }
 
 impl BlockKind {
     /// Output channels of a block per channel of its inner width.
     pub fn expansion(self) -> usize {
         match self {
-            BlockKind::Basic => 1,
+            BlockKind::Basic | BlockKind::Basic2Plus1d => 1,
             BlockKind::Bottleneck => 4,
         }
     }
@@ -31,6 +36,7 @@ impl BlockKind {
         match self {
             BlockKind::Basic => "BasicBlock",
             BlockKind::Bottleneck => "Bottleneck",
+            BlockKind::Basic2Plus1d => "BasicBlock (2+1)D",
         }
     }
 }
@@ -202,6 +208,11 @@ pub struct ResNet3dConfig {
     /// Depth stride of the stem convolution.
     #[config(default = 2)]
     pub stem_depth_stride: usize,
+    /// Factorise the stem as R(2+1)D does: a 1x7x7 convolution (stride 2 in height and width)
+    /// to `max(1, 45 * width / 64)` channels, BatchNorm, ReLU, then a `stem_depth_kernel`x1x1
+    /// convolution with the stem's depth stride to `width` channels (`stem_temporal`).
+    #[config(default = false)]
+    pub factorised_stem: bool,
     /// Whether the 3x3 stride-2 max pool follows the stem.
     #[config(default = true)]
     pub max_pool: bool,
@@ -245,6 +256,16 @@ pub struct ResNet3dConfig {
     /// detects which one a graph is; state dicts cannot tell.
     #[config(default = false)]
     pub stride_in_1x1: bool,
+}
+
+/// The middle channels of a (2+1)-D convolution between `in_channels` and `out_channels`
+/// with a depth kernel `kd`: the count that gives it the parameters of the full
+/// `kd`x3x3 convolution, `in * out * 9 * kd / (9 * in + kd * out)` rounded down (torchvision's
+/// formula at `kd = 3`), at least 1; `None` on overflow.
+pub(crate) fn mid_channels(in_channels: usize, out_channels: usize, kd: usize) -> Option<usize> {
+    let num = in_channels.checked_mul(out_channels)?.checked_mul(9)?.checked_mul(kd)?;
+    let den = in_channels.checked_mul(9)?.checked_add(kd.checked_mul(out_channels)?)?;
+    Some((num / den.max(1)).max(1))
 }
 
 impl ResNet3dConfig {
@@ -353,6 +374,20 @@ impl ResNet3dConfig {
             .with_stage_depth_strides([1, 1, 1, 1])
     }
 
+    /// torchvision's R(2+1)D-18 (`torchvision.models.video.r2plus1d_18`): [`r3d_18`](Self::r3d_18)
+    /// with [`BlockKind::Basic2Plus1d`] blocks and the factorised stem
+    /// ([`factorised_stem`](Self::factorised_stem)).
+    pub fn r2plus1d_18() -> Self {
+        let mut config = Self::r3d_18().with_factorised_stem(true);
+        config.block = BlockKind::Basic2Plus1d;
+        config
+    }
+
+    /// The middle channels of a factorised stem.
+    pub(crate) fn stem_mid_channels(&self) -> usize {
+        (self.width.saturating_mul(45) / 64).max(1)
+    }
+
     /// The depth of the 3x3 kernels in stage `stage` (0 for `layer1`).
     pub(crate) fn block_depth_kernel_of(&self, stage: usize) -> usize {
         self.stage_block_depth_kernels
@@ -391,8 +426,15 @@ impl ResNet3dConfig {
     fn checked_parameter_count(&self) -> Option<usize> {
         let mul = |values: &[usize]| values.iter().try_fold(1usize, |acc, &v| acc.checked_mul(v));
         let e = self.block.expansion();
-        let mut total =
-            mul(&[self.width, self.in_channels, self.stem_depth_kernel, 49])?.checked_add(mul(&[2, self.width])?)?;
+        let mut total = if self.factorised_stem {
+            let mid = self.stem_mid_channels();
+            mul(&[mid, self.in_channels, 49])?
+                .checked_add(mul(&[2, mid])?)?
+                .checked_add(mul(&[self.width, mid, self.stem_depth_kernel])?)?
+                .checked_add(mul(&[2, self.width])?)?
+        } else {
+            mul(&[self.width, self.in_channels, self.stem_depth_kernel, 49])?.checked_add(mul(&[2, self.width])?)?
+        };
         let mut in_channels = self.width;
         for (i, &blocks) in self.layers.iter().enumerate() {
             let planes = mul(&[self.width, 1 << i])?;
@@ -401,8 +443,16 @@ impl ResNet3dConfig {
             // The first block of a stage, then `blocks - 1` alike ones (counted at once: a
             // stage may claim any number of blocks).
             let block = |in_channels: usize, first: bool| -> Option<usize> {
+                let kd = self.block_depth_kernel_of(i);
+                let mid = mid_channels(in_channels, planes, kd)?;
                 let convs = match self.block {
                     BlockKind::Basic => mul(&[in_channels, planes, k3])?.checked_add(mul(&[planes, planes, k3])?)?,
+                    // Per convolution: 1x3x3 to mid, its BatchNorm, kdx1x1 to planes.
+                    BlockKind::Basic2Plus1d => mul(&[in_channels, mid, 9])?
+                        .checked_add(mul(&[mid, planes, kd])?)?
+                        .checked_add(mul(&[planes, mid, 9])?)?
+                        .checked_add(mul(&[mid, planes, kd])?)?
+                        .checked_add(mul(&[4, mid])?)?,
                     BlockKind::Bottleneck => mul(&[in_channels, planes])?
                         .checked_add(mul(&[planes, planes, k3])?)?
                         .checked_add(mul(&[planes, out])?)?,
@@ -417,7 +467,7 @@ impl ResNet3dConfig {
                 // Scale and shift of every BatchNorm: two of `planes`, and one of `out` after
                 // a bottleneck's third convolution.
                 let widths = match self.block {
-                    BlockKind::Basic => mul(&[2, planes])?,
+                    BlockKind::Basic | BlockKind::Basic2Plus1d => mul(&[2, planes])?,
                     BlockKind::Bottleneck => mul(&[2, planes])?.checked_add(out)?,
                 };
                 convs.checked_add(shortcut)?.checked_add(mul(&[2, widths])?)

@@ -39,7 +39,7 @@
 //! | [`ResNet3dConfig::resnet50`] | bottleneck | 3, 4, 6, 3 | 2048 |
 //! | [`ResNet3dConfig::resnet101`] | bottleneck | 3, 4, 23, 3 | 2048 |
 //! | [`ResNet3dConfig::resnet152`] | bottleneck | 3, 8, 36, 3 | 2048 |
-//! | [`ResNet3dConfig::r3d_18`], [`ResNet3dConfig::mc3_18`] | torchvision's video ResNets (3x7x7 stem, no max pool; MC3: 1x3x3 after `layer1`) | 2, 2, 2, 2 | 512 |
+//! | [`ResNet3dConfig::r3d_18`], [`ResNet3dConfig::mc3_18`], [`ResNet3dConfig::r2plus1d_18`] | torchvision's video ResNets (3x7x7 stem, no max pool; MC3: 1x3x3 after `layer1`; R(2+1)D: [`BlockKind::Basic2Plus1d`], factorised stem) | 2, 2, 2, 2 | 512 |
 //! | [`ResNet3dConfig::medicalnet`]`(10..200)` | MedicalNet's (Med3D): 1 channel, no head, `layer3`/`layer4` dilated | 1, 1, 1, 1 .. 3, 24, 36, 3 | 512 / 2048 |
 //!
 //! MedicalNet's stages are config fields every preset can use:
@@ -203,7 +203,7 @@ mod record;
 #[cfg(feature = "train")]
 pub mod train;
 
-pub use block::{BasicBlock3d, Block, Bottleneck3d, Downsample, ZeroPadShortcut};
+pub use block::{BasicBlock3d, Block, Block2Plus1d, Bottleneck3d, Conv2Plus1d, Downsample, ZeroPadShortcut};
 pub use burn;
 pub use config::{
     BlockKind, DepthPadding, Inflation, KINETICS_MEAN, KINETICS_STD, Layout, ResNet3dConfig, Shortcut, StageInfo,
@@ -214,5 +214,5 @@ pub use error::{Error, Result};
 pub use import::{Format, WeightTensor, Weights};
 pub use inflate::{adapt_in_channels, inflate_kernel};
 pub use load::{Head, LoadReport, LoadedKernel, Zoo, inflate_from_2d, inflate_from_2d_with_report, load_3d};
-pub use model::{Features, ResNet3d};
+pub use model::{Features, ResNet3d, TemporalStem};
 pub use pool::MaxPool3d;

@@ -57,8 +57,8 @@ pub enum Zoo {
     /// A 3-D checkpoint in torchvision-3-D naming (as ACSConv, timm_3d, I3ResNet-style code
     /// and this crate save them).
     Torchvision3d,
-    /// torchvision's video ResNets (`r3d_18`, `mc3_18`; Kinetics-400), recognised by their
-    /// names (`stem.0`, `layer1.0.conv1.0`).
+    /// torchvision's video ResNets (`r3d_18`, `mc3_18`, `r2plus1d_18`; Kinetics-400),
+    /// recognised by their names (`stem.0`, `layer1.0.conv1.0`).
     TorchvisionVideo,
     /// MedicalNet (Tencent's Med3D): one input channel, no `fc`; told apart by its
     /// segmentation head `conv_seg`, by parameter-free shortcuts (depths 18 and 34), or by a
@@ -207,7 +207,7 @@ pub fn inflate_from_2d_with_report(
 /// # Errors
 /// As [`ResNet3d::from_checkpoint`].
 pub fn load_3d(weights: &Weights, config: &ResNet3dConfig, device: &Device) -> Result<(ResNet3d, LoadReport)> {
-    match torchvision_video(weights)? {
+    match torchvision_video(weights) {
         Some(renamed) => Loader::run(&renamed, config, device, None, Some(Zoo::TorchvisionVideo)),
         None => Loader::run(weights, config, device, None, None),
     }
@@ -215,45 +215,49 @@ pub fn load_3d(weights: &Weights, config: &ResNet3dConfig, device: &Device) -> R
 
 /// A torchvision video ResNet's state dict (`stem.0`, `layer1.0.conv1.0`, `layer1.0.conv1.1`
 /// for the BatchNorm) under this crate's names (`conv1`, `layer1.0.conv1`, `layer1.0.bn1`),
-/// or `None` for other files.
-///
-/// # Errors
-/// [`Error::Unsupported`] for R(2+1)D (`r2plus1d_18`): its factorised blocks are not built here.
-fn torchvision_video(weights: &Weights) -> Result<Option<Weights>> {
-    if weights.get("stem.0.weight").is_none() {
-        return Ok(None);
-    }
-    if let Some(name) = weights
+/// or `None` for other files. R(2+1)D's factorised convolutions become
+/// `layer1.0.conv1.{spatial,bn,temporal}` and its stem's depth half `stem_temporal`.
+fn torchvision_video(weights: &Weights) -> Option<Weights> {
+    weights.get("stem.0.weight")?;
+    // R(2+1)D: factorised blocks (`layerS.B.convN.0.0`), and a factorised stem (`stem.3`).
+    let factorised = weights
         .names()
-        .find(|n| n.starts_with("stem.3.") || (n.starts_with("layer") && n.contains(".conv1.0.0.")))
-    {
-        return Err(Error::Unsupported {
-            what: format!(
-                "torchvision's R(2+1)D (`{name}`: a (2+1)-D factorised stem or block): only r3d_18 and mc3_18 \
-                 (ResNet3dConfig::r3d_18, mc3_18) are built by this crate"
-            ),
-        });
-    }
-    Ok(Some(weights.renamed(|name| {
-        if let Some(rest) = name.strip_prefix("stem.0.") {
-            return format!("conv1.{rest}");
+        .any(|n| n.starts_with("layer") && n.contains(".conv1.0.0."));
+    Some(weights.renamed(|name| {
+        // The stem: conv, BatchNorm (R(2+1)D: then ReLU, depth conv, BatchNorm).
+        for (from, to) in [
+            ("stem.0.", "conv1."),
+            ("stem.1.", "bn1."),
+            ("stem.3.", "stem_temporal.conv."),
+            ("stem.4.", "stem_temporal.bn."),
+        ] {
+            if let Some(rest) = name.strip_prefix(from) {
+                return format!("{to}{rest}");
+            }
         }
-        if let Some(rest) = name.strip_prefix("stem.1.") {
-            return format!("bn1.{rest}");
-        }
-        // layerS.B.convN.0.* -> layerS.B.convN.*, layerS.B.convN.1.* -> layerS.B.bnN.*
-        let parts: Vec<&str> = name.splitn(5, '.').collect();
-        if let [stage, block, conv, index @ ("0" | "1"), rest] = parts.as_slice()
+        // layerS.B.convN.0.* -> layerS.B.convN.*, layerS.B.convN.1.* -> layerS.B.bnN.*; in
+        // R(2+1)D, convN.0 is itself (spatial conv, BatchNorm, ReLU, depth conv):
+        // layerS.B.convN.0.{0,1,3}.* -> layerS.B.convN.{spatial,bn,temporal}.*
+        let parts: Vec<&str> = name.splitn(6, '.').collect();
+        if let [stage, block, conv, index @ ("0" | "1"), rest @ ..] = parts.as_slice()
             && stage.starts_with("layer")
             && let Some(n) = conv.strip_prefix("conv")
         {
-            return match *index {
-                "0" => format!("{stage}.{block}.conv{n}.{rest}"),
-                _ => format!("{stage}.{block}.bn{n}.{rest}"),
-            };
+            let rest = rest.join(".");
+            if *index == "1" {
+                return format!("{stage}.{block}.bn{n}.{rest}");
+            }
+            if factorised {
+                for (from, to) in [("0.", "spatial."), ("1.", "bn."), ("3.", "temporal.")] {
+                    if let Some(tail) = rest.strip_prefix(from) {
+                        return format!("{stage}.{block}.conv{n}.{to}{tail}");
+                    }
+                }
+            }
+            return format!("{stage}.{block}.conv{n}.{rest}");
         }
         name.to_string()
-    })))
+    }))
 }
 
 impl ResNet3d {
@@ -300,6 +304,7 @@ impl ResNet3d {
 pub(crate) fn detect_layout(weights: &Weights) -> Result<Layout> {
     let mut layers = [0usize; 4];
     let mut bottleneck = false;
+    let mut factorised = false;
     for name in weights.names() {
         let mut parts = name.split('.');
         let stage = parts
@@ -309,7 +314,9 @@ pub(crate) fn detect_layout(weights: &Weights) -> Result<Layout> {
         let block = parts.next().and_then(|b| b.parse::<usize>().ok());
         if let (Some(stage @ 1..=4), Some(block)) = (stage, block) {
             layers[stage - 1] = layers[stage - 1].max(block + 1);
-            bottleneck |= parts.next() == Some("conv3");
+            let module = parts.next();
+            bottleneck |= module == Some("conv3");
+            factorised |= module == Some("conv1") && parts.next() == Some("spatial");
         }
     }
     if layers.contains(&0) {
@@ -322,6 +329,8 @@ pub(crate) fn detect_layout(weights: &Weights) -> Result<Layout> {
     }
     let block = if bottleneck {
         crate::BlockKind::Bottleneck
+    } else if factorised {
+        crate::BlockKind::Basic2Plus1d
     } else {
         crate::BlockKind::Basic
     };

@@ -21,6 +21,8 @@ pub struct ResNet3d {
     pub conv1: Conv,
     /// BatchNorm after the stem.
     pub bn1: BatchNorm,
+    /// The depth half of a factorised (R(2+1)D) stem, after `conv1` (then 1x7x7) and `bn1`.
+    pub stem_temporal: Option<TemporalStem>,
     /// 3x3 stride-2 max pool (`max_pool_depth_kernel` deep), if configured.
     pub maxpool: Option<MaxPool3d>,
     /// Stage 1: `width` channels, spatial stride 1.
@@ -33,6 +35,16 @@ pub struct ResNet3d {
     pub layer4: Vec<Block>,
     /// Linear classifier on the globally averaged features, if `num_classes` is set.
     pub fc: Option<Linear>,
+}
+
+/// The depth convolution of a factorised stem and its BatchNorm (torchvision's R(2+1)D
+/// `stem.3` and `stem.4`).
+#[derive(Module, Debug)]
+pub struct TemporalStem {
+    /// `stem_depth_kernel`x1x1 convolution with the stem's depth stride.
+    pub conv: Conv,
+    /// Its BatchNorm.
+    pub bn: BatchNorm,
 }
 
 /// Every stage's output, for segmentation decoders and feature extraction.
@@ -162,15 +174,41 @@ impl ResNet3d {
     /// Builds the architecture of `config`, asking `source` for every parameter.
     pub(crate) fn build(config: &ResNet3dConfig, source: &mut impl ParamSource) -> Self {
         let width = config.width;
-        let conv1 = source.stem(ConvSpec {
-            in_channels: config.in_channels,
-            out_channels: width,
-            kernel: [config.stem_depth_kernel, 7, 7],
-            stride: [config.stem_depth_stride, 2, 2],
-            depth_padding: config.depth_padding,
-            dilation: [1, 1, 1],
-        });
-        let bn1 = source.batch_norm("bn1", width);
+        let (conv1, bn1, stem_temporal) = if config.factorised_stem {
+            let mid = config.stem_mid_channels();
+            let conv1 = source.stem(ConvSpec {
+                in_channels: config.in_channels,
+                out_channels: mid,
+                kernel: [1, 7, 7],
+                stride: [1, 2, 2],
+                depth_padding: config.depth_padding,
+                dilation: [1, 1, 1],
+            });
+            let bn1 = source.batch_norm("bn1", mid);
+            let conv = source.conv(
+                "stem_temporal.conv",
+                ConvSpec {
+                    in_channels: mid,
+                    out_channels: width,
+                    kernel: [config.stem_depth_kernel, 1, 1],
+                    stride: [config.stem_depth_stride, 1, 1],
+                    depth_padding: config.depth_padding,
+                    dilation: [1, 1, 1],
+                },
+            );
+            let bn = source.batch_norm("stem_temporal.bn", width);
+            (conv1, bn1, Some(TemporalStem { conv, bn }))
+        } else {
+            let conv1 = source.stem(ConvSpec {
+                in_channels: config.in_channels,
+                out_channels: width,
+                kernel: [config.stem_depth_kernel, 7, 7],
+                stride: [config.stem_depth_stride, 2, 2],
+                depth_padding: config.depth_padding,
+                dilation: [1, 1, 1],
+            });
+            (conv1, source.batch_norm("bn1", width), None)
+        };
         let maxpool = config.max_pool.then(|| {
             let kd = config.max_pool_depth_kernel;
             MaxPool3d {
@@ -217,6 +255,7 @@ impl ResNet3d {
         Self {
             conv1,
             bn1,
+            stem_temporal,
             maxpool,
             layer1,
             layer2,
@@ -242,6 +281,9 @@ impl ResNet3d {
     /// [`Error::InvalidNetwork`](crate::Error::InvalidNetwork), naming the layer.
     pub fn validate(&self) -> crate::Result<()> {
         let mut channels = check_conv_bn(&self.conv1, &self.bn1, self.in_channels(), "conv1", "bn1")?;
+        if let Some(t) = &self.stem_temporal {
+            channels = check_conv_bn(&t.conv, &t.bn, channels, "stem_temporal.conv", "stem_temporal.bn")?;
+        }
         if let Some(pool) = &self.maxpool {
             pool.check("maxpool")?;
         }
@@ -309,6 +351,9 @@ impl ResNet3d {
     /// The shape of `layer4`'s output for an input of shape `dims`, layer by layer.
     fn output_dims(&self, dims: [usize; 5]) -> crate::Result<[usize; 5]> {
         let mut x = self.conv1.output_dims(dims, "conv1")?;
+        if let Some(t) = &self.stem_temporal {
+            x = t.conv.output_dims(x, "stem_temporal.conv")?;
+        }
         if let Some(pool) = &self.maxpool {
             x = pool.output_dims(x, "maxpool")?;
         }
@@ -398,7 +443,11 @@ impl ResNet3d {
     }
 
     fn stem(&self, x: Tensor<5>) -> Tensor<5> {
-        conv_batch_norm(&self.conv1, &self.bn1, x, true, None)
+        let x = conv_batch_norm(&self.conv1, &self.bn1, x, true, None);
+        match &self.stem_temporal {
+            Some(t) => conv_batch_norm(&t.conv, &t.bn, x, true, None),
+            None => x,
+        }
     }
 }
 

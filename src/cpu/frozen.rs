@@ -55,7 +55,8 @@ use crate::pool::MaxPool3d;
 /// in the Burn model and PyTorch.
 #[derive(Debug, Clone)]
 pub struct FrozenResNet3d {
-    stem: FrozenConv,
+    /// `conv1` with `bn1`, then the factorised stem's depth convolution if any.
+    stem: Vec<FrozenConv>,
     maxpool: Option<Pool>,
     stages: [Vec<FrozenBlock>; 4],
     /// `[d_input, classes]` row-major, and the bias.
@@ -67,21 +68,13 @@ pub struct FrozenResNet3d {
 #[derive(Debug, Clone)]
 struct Pool(MaxPool3d);
 
+/// A block: its main branch's convolutions in order (ReLU after each, the shortcut added
+/// before the last one's ReLU), and the shortcut.
 #[derive(Debug, Clone)]
-// A few hundred bytes per block, a few dozen blocks: boxing would only add indirection.
-#[allow(clippy::large_enum_variant)]
-enum FrozenBlock {
-    Basic {
-        conv1: FrozenConv,
-        conv2: FrozenConv,
-        shortcut: FrozenShortcut,
-    },
-    Bottleneck {
-        conv1: FrozenConv,
-        conv2: FrozenConv,
-        conv3: FrozenConv,
-        shortcut: FrozenShortcut,
-    },
+struct FrozenBlock {
+    name: String,
+    convs: Vec<FrozenConv>,
+    shortcut: FrozenShortcut,
 }
 
 /// A block's shortcut, on channels-last activations.
@@ -1002,26 +995,28 @@ impl FrozenBlock {
     /// `block` (named `name`, e.g. `layer1.0`) frozen; the caller has checked it
     /// ([`Block::check`]).
     fn new(name: &str, block: &Block, kernel: Kernel, precision: Precision) -> Result<Self> {
-        let conv = |suffix: &str, conv: &Conv, bn: &BatchNorm| {
-            FrozenConv::new(&format!("{name}.{suffix}"), conv, bn, kernel, precision)
-        };
+        let convs = block
+            .main_branch()
+            .into_iter()
+            .map(|(conv, bn, conv_name, _)| {
+                FrozenConv::new(&format!("{name}.{conv_name}"), conv, bn, kernel, precision)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let shortcut = match (block.downsample(), block.zero_pad()) {
-            (Some(ds), _) => FrozenShortcut::Projection(conv("downsample.0", &ds.conv, &ds.bn)?),
+            (Some(ds), _) => FrozenShortcut::Projection(FrozenConv::new(
+                &format!("{name}.downsample.0"),
+                &ds.conv,
+                &ds.bn,
+                kernel,
+                precision,
+            )?),
             (None, Some(zp)) => FrozenShortcut::ZeroPad(*zp),
             (None, None) => FrozenShortcut::Identity,
         };
-        Ok(match block {
-            Block::Basic(b) => FrozenBlock::Basic {
-                conv1: conv("conv1", &b.conv1, &b.bn1)?,
-                conv2: conv("conv2", &b.conv2, &b.bn2)?,
-                shortcut,
-            },
-            Block::Bottleneck(b) => FrozenBlock::Bottleneck {
-                conv1: conv("conv1", &b.conv1, &b.bn1)?,
-                conv2: conv("conv2", &b.conv2, &b.bn2)?,
-                conv3: conv("conv3", &b.conv3, &b.bn3)?,
-                shortcut,
-            },
+        Ok(Self {
+            name: name.to_string(),
+            convs,
+            shortcut,
         })
     }
 
@@ -1030,25 +1025,26 @@ impl FrozenBlock {
     /// # Errors
     /// As [`FrozenConv::forward`].
     fn forward(&self, x: Act, buffers: &Buffers) -> Result<Act> {
-        let (y, identity, last) = match self {
-            FrozenBlock::Basic { conv1, conv2, shortcut } => {
-                let y = conv1.forward(x.view(), None, true, buffers)?;
-                let name = conv1.name.trim_end_matches(".conv1").to_string();
-                (y, shortcut.forward(x, buffers, &name)?, conv2)
-            }
-            FrozenBlock::Bottleneck {
-                conv1,
-                conv2,
-                conv3,
-                shortcut,
-            } => {
-                let y1 = conv1.forward(x.view(), None, true, buffers)?;
-                let y = conv2.forward(y1.view(), None, true, buffers)?;
-                buffers.give(y1.data);
-                let name = conv1.name.trim_end_matches(".conv1").to_string();
-                (y, shortcut.forward(x, buffers, &name)?, conv3)
-            }
+        // Every block kind has at least two convolutions; the first reads `x` before the
+        // shortcut consumes it.
+        let (Some((first, middle)), Some(last)) = (self.convs.split_first(), self.convs.last()) else {
+            return Err(Error::InvalidNetwork {
+                layer: self.name.clone(),
+                what: "a block without convolutions".into(),
+            });
         };
+        if self.convs.len() < 2 {
+            return Err(Error::InvalidNetwork {
+                layer: self.name.clone(),
+                what: "a block with a single convolution".into(),
+            });
+        }
+        let mut y = first.forward(x.view(), None, true, buffers)?;
+        for conv in &middle[..middle.len() - 1] {
+            let next = conv.forward(y.view(), None, true, buffers)?;
+            buffers.give(std::mem::replace(&mut y, next).data);
+        }
+        let identity = self.shortcut.forward(x, buffers, &self.name)?;
         let out = last.forward(y.view(), Some(identity.view()), true, buffers)?;
         buffers.give(y.data);
         buffers.give(identity.data);
@@ -1162,7 +1158,7 @@ impl ResNet3d {
                 .collect::<Result<Vec<_>>>()
         };
         Ok(FrozenResNet3d {
-            stem: FrozenConv::new("conv1", &self.conv1, &self.bn1, kernel, precision)?,
+            stem: self.frozen_stem(kernel, precision)?,
             maxpool: pool_of(&self.maxpool),
             stages: [
                 stage(0, &self.layer1)?,
@@ -1183,9 +1179,11 @@ impl ResNet3d {
     pub fn into_frozen(self) -> Result<FrozenResNet3d> {
         self.validate()?;
         let kernel = Kernel::detect();
+        let stem = self.frozen_stem(kernel, Precision::F32)?;
         let ResNet3d {
             conv1,
             bn1,
+            stem_temporal,
             maxpool,
             layer1,
             layer2,
@@ -1193,8 +1191,7 @@ impl ResNet3d {
             layer4,
             fc,
         } = self;
-        let stem = FrozenConv::new("conv1", &conv1, &bn1, kernel, Precision::F32)?;
-        drop((conv1, bn1));
+        drop((conv1, bn1, stem_temporal));
         let mut stages: [Vec<FrozenBlock>; 4] = Default::default();
         for (s, (frozen, blocks)) in stages.iter_mut().zip([layer1, layer2, layer3, layer4]).enumerate() {
             for (b, block) in blocks.into_iter().enumerate() {
@@ -1213,6 +1210,23 @@ impl ResNet3d {
             fc: head_of(&fc)?,
             buffers: Buffers::default(),
         })
+    }
+}
+
+impl ResNet3d {
+    /// `conv1` with `bn1`, then the factorised stem's depth convolution if any.
+    fn frozen_stem(&self, kernel: Kernel, precision: Precision) -> Result<Vec<FrozenConv>> {
+        let mut stem = vec![FrozenConv::new("conv1", &self.conv1, &self.bn1, kernel, precision)?];
+        if let Some(t) = &self.stem_temporal {
+            stem.push(FrozenConv::new(
+                "stem_temporal.conv",
+                &t.conv,
+                &t.bn,
+                kernel,
+                precision,
+            )?);
+        }
+        Ok(stem)
     }
 }
 
@@ -1241,7 +1255,7 @@ impl FrozenResNet3d {
 
     /// Input channels the network takes.
     pub fn in_channels(&self) -> usize {
-        self.stem.in_channels
+        self.stem.first().map_or(0, |c| c.in_channels)
     }
 
     /// Sets how many bytes of activation buffers the network keeps between calls (default
@@ -1326,8 +1340,7 @@ impl FrozenResNet3d {
         };
         let buffers = &self.buffers;
         let input = self.input(x)?;
-        let stem = self.stem.forward(input.view(), None, true, buffers)?;
-        buffers.give(input.data);
+        let stem = self.run_stem(input)?;
         // Each map is copied out once, as a tensor, and then moved on: no copies of the
         // activations themselves.
         let stem_map = to_tensor(&stem);
@@ -1356,9 +1369,18 @@ impl FrozenResNet3d {
         })
     }
 
+    /// The stem's convolutions (each with its BatchNorm and ReLU) on `x`, whose buffer goes
+    /// back to the pool.
+    fn run_stem(&self, mut x: Act) -> Result<Act> {
+        for conv in &self.stem {
+            let y = conv.forward(x.view(), None, true, &self.buffers)?;
+            self.buffers.give(std::mem::replace(&mut x, y).data);
+        }
+        Ok(x)
+    }
+
     fn stem_forward(&self, x: Act) -> Result<Act> {
-        let y = self.stem.forward(x.view(), None, true, &self.buffers)?;
-        self.buffers.give(x.data);
+        let y = self.run_stem(x)?;
         match &self.maxpool {
             Some(pool) => pool.forward(y, &self.buffers),
             None => Ok(y),

@@ -401,6 +401,7 @@ fn balanced_weights(train: &ScanDataset, classes: usize) -> Vec<f32> {
 fn freeze_early(mut net: ResNet3d) -> ResNet3d {
     net.conv1 = net.conv1.freeze();
     net.bn1 = net.bn1.freeze();
+    net.stem_temporal = net.stem_temporal.map(Module::freeze);
     net.layer1 = net.layer1.into_iter().map(Module::freeze).collect();
     net
 }

@@ -24,6 +24,7 @@ fn torchvision_shapes(layout: Layout) -> Vec<(String, Vec<usize>)> {
             let convs: Vec<(usize, usize, usize)> = match layout.block {
                 BlockKind::Basic => vec![(inp, planes, 3), (planes, planes, 3)],
                 BlockKind::Bottleneck => vec![(inp, planes, 1), (planes, planes, 3), (planes, planes * 4, 1)],
+                _ => unreachable!("these tests build basic and bottleneck blocks only"),
             };
             for (k, (ci, co, ks)) in convs.into_iter().enumerate() {
                 out.push((format!("{p}.conv{}.weight", k + 1), vec![co, ci, ks, ks]));

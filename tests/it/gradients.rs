@@ -25,6 +25,7 @@ fn gradient(model: &ResNet3d, name: &str, grads: &resnet3d::burn::tensor::Gradie
         match &stage[i] {
             Block::Basic(b) => vec![("conv1", &b.conv1), ("conv2", &b.conv2)],
             Block::Bottleneck(b) => vec![("conv1", &b.conv1), ("conv2", &b.conv2), ("conv3", &b.conv3)],
+            _ => unreachable!("these tests build basic and bottleneck blocks only"),
         }
     }
     let stages = [&model.layer1, &model.layer2, &model.layer3, &model.layer4];
@@ -50,6 +51,7 @@ fn gradient(model: &ResNet3d, name: &str, grads: &resnet3d::burn::tensor::Gradie
                     let ds = match &stage[b] {
                         Block::Basic(x) => x.downsample.as_ref(),
                         Block::Bottleneck(x) => x.downsample.as_ref(),
+                        _ => unreachable!("these tests build basic and bottleneck blocks only"),
                     }
                     .unwrap();
                     flat(ds.conv.weight.val().grad(grads), name)
@@ -58,6 +60,7 @@ fn gradient(model: &ResNet3d, name: &str, grads: &resnet3d::burn::tensor::Gradie
                     let bn = match &stage[b] {
                         Block::Basic(x) => &x.bn1,
                         Block::Bottleneck(x) => &x.bn1,
+                        _ => unreachable!("these tests build basic and bottleneck blocks only"),
                     };
                     flat(bn.gamma.val().grad(grads), name)
                 }

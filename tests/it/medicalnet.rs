@@ -97,6 +97,7 @@ fn medicalnet_gradients_agree_between_the_crates_op_and_burns_conv3d() {
         let conv = |block: &resnet3d::Block| match block {
             resnet3d::Block::Basic(b) => b.conv1.weight.val(),
             resnet3d::Block::Bottleneck(b) => b.conv2.weight.val(),
+            _ => unreachable!("these tests build basic and bottleneck blocks only"),
         };
         let grad = |w: Tensor<5>| values(w.grad(&grads).unwrap()).1;
         (

@@ -102,5 +102,6 @@ fn conv2(model: &resnet3d::ResNet3d) -> Tensor<5> {
     match &model.layer4[1] {
         resnet3d::Block::Basic(b) => b.conv2.weight.val(),
         resnet3d::Block::Bottleneck(b) => b.conv2.weight.val(),
+        _ => unreachable!("these tests build basic and bottleneck blocks only"),
     }
 }

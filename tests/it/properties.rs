@@ -63,6 +63,7 @@ fn randomise_all(model: &mut ResNet3d, device: &Device) {
                         next(&mut ds.bn);
                     }
                 }
+                _ => unreachable!("these tests build basic and bottleneck blocks only"),
             }
         }
     }

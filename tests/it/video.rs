@@ -43,6 +43,7 @@ fn torchvision_video_networks_match_torchvisions_code() {
         for (name, config) in [
             ("r3d_18_w4", ResNet3dConfig::r3d_18()),
             ("mc3_18_w4", ResNet3dConfig::mc3_18()),
+            ("r2plus1d_18_w4", ResNet3dConfig::r2plus1d_18()),
         ] {
             let err = check_on(&device, name, config);
             println!("{label} {name}: max rel. error {err:.2e}");
@@ -56,6 +57,7 @@ fn video_networks_freeze_to_the_same_logits() {
     for (name, config) in [
         ("r3d_18_w4", ResNet3dConfig::r3d_18()),
         ("mc3_18_w4", ResNet3dConfig::mc3_18()),
+        ("r2plus1d_18_w4", ResNet3dConfig::r2plus1d_18()),
     ] {
         let path = folder().join(format!("{name}.pth"));
         let file = folder().join(format!("{name}.safetensors"));
@@ -71,19 +73,20 @@ fn video_networks_freeze_to_the_same_logits() {
 }
 
 #[test]
-fn r2plus1d_and_mismatched_presets_are_refused_with_what_to_do() {
+fn a_video_file_with_another_video_preset_is_refused() {
     let device = Device::flex();
-    let path = folder().join("r2plus1d_18_w4.pth");
-    let config = ResNet3dConfig::r3d_18().with_width(4).with_num_classes(Some(7));
-    match ResNet3d::from_checkpoint(&path, &config, &device) {
-        Err(err @ Error::Unsupported { .. }) => assert!(err.to_string().contains("R(2+1)D"), "{err}"),
-        other => panic!("expected Unsupported, got {other:?}"),
-    }
+    let r3d = ResNet3dConfig::r3d_18().with_width(4).with_num_classes(Some(7));
     // An MC3 file with the R3D preset: its 1x3x3 kernels do not fit 3x3x3 ones.
     let path = folder().join("mc3_18_w4.pth");
     assert!(matches!(
-        ResNet3d::from_checkpoint(&path, &config, &device),
+        ResNet3d::from_checkpoint(&path, &r3d, &device),
         Err(Error::WrongShape { .. })
+    ));
+    // An R(2+1)D file with the R3D preset: another block kind.
+    let path = folder().join("r2plus1d_18_w4.pth");
+    assert!(matches!(
+        ResNet3d::from_checkpoint(&path, &r3d, &device),
+        Err(Error::ArchitectureMismatch { .. })
     ));
 }
 
@@ -112,4 +115,58 @@ fn full_width_video_presets_have_torchvisions_parameter_counts() {
         .collect();
     assert_eq!(mean, resnet3d::KINETICS_MEAN);
     assert_eq!(std, resnet3d::KINETICS_STD);
+}
+
+/// Training R(2+1)D-18 (train mode, factorised blocks and stem): the crate's convolution op
+/// and its backward on `Device::flex().autodiff()` against Burn's own `conv3d` on
+/// `Device::ndarray().autodiff()`: the loss and the gradients of the stem's two convolutions
+/// and of layer2.0's factorised convolution, within 1e-4 of their scale.
+#[test]
+#[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
+fn r2plus1d_gradients_agree_between_the_crates_op_and_burns_conv3d() {
+    let path = folder().join("r2plus1d_18_w4.pth");
+    let file = folder().join("r2plus1d_18_w4.safetensors");
+    let config = ResNet3dConfig::r2plus1d_18().with_width(4).with_num_classes(Some(7));
+    let run = |device: Device| {
+        let model = ResNet3d::from_checkpoint(&path, &config, &device).unwrap();
+        let logits = model.forward(fixture_tensor(&file, "input", &device));
+        let loss = (logits.clone() * logits).sum();
+        let grads = loss.backward();
+        let resnet3d::Block::Factorised(block) = &model.layer2[0] else {
+            panic!("R(2+1)D builds factorised blocks");
+        };
+        let grad = |w: resnet3d::burn::tensor::Tensor<5>| values(w.grad(&grads).unwrap()).1;
+        let temporal = model.stem_temporal.as_ref().unwrap();
+        (
+            values(loss.reshape([1, 1])).1,
+            [
+                grad(model.conv1.weight.val()),
+                grad(temporal.conv.weight.val()),
+                grad(block.conv1.spatial.weight.val()),
+                grad(block.conv1.temporal.weight.val()),
+            ],
+        )
+    };
+    let (loss, grads) = run(Device::flex().autodiff());
+    let (loss_burn, grads_burn) = run(Device::ndarray().autodiff());
+    assert!(
+        rel_error(&loss, &loss_burn) <= TOLERANCE,
+        "loss {loss:?} vs {loss_burn:?}"
+    );
+    for (what, (got, expected)) in [
+        "conv1",
+        "stem_temporal.conv",
+        "layer2.0.conv1.spatial",
+        "layer2.0.conv1.temporal",
+    ]
+    .iter()
+    .zip(grads.iter().zip(&grads_burn))
+    {
+        let err = rel_error(got, expected);
+        assert!(err <= TOLERANCE, "{what} gradient: rel. error {err:.2e}");
+        assert!(
+            expected.iter().any(|v| *v != 0.0),
+            "{what}: a zero gradient proves nothing"
+        );
+    }
 }
