@@ -227,3 +227,28 @@ fn full_width_medicalnet_presets_have_medicalnets_shapes() {
         assert_eq!(info[4].stride, [8, 8, 8]);
     }
 }
+
+/// MedicalNet's stage settings are config fields: `from_imagenet` builds them from a 2-D
+/// torchvision checkpoint too (dilated layer3/layer4 at the resolution of layer2), and the
+/// frozen network computes the same as the Burn model there.
+#[test]
+fn imagenet_weights_inflate_into_medicalnets_stages() {
+    let device = Device::flex();
+    let config = ResNet3dConfig::resnet18()
+        .with_width(4)
+        .with_in_channels(1)
+        .with_num_classes(Some(2))
+        .with_stage_strides([1, 2, 1, 1])
+        .with_stage_depth_strides([1, 2, 1, 1])
+        .with_stage_dilations([1, 1, 2, 4]);
+    let model = ResNet3d::from_imagenet(fixtures().join("checkpoints/r18_w4.pth"), &config, &device).unwrap();
+    let x = fixture_tensor(&folder().join("medicalnet18_w4.safetensors"), "input", &device);
+    let f = model.features(x.clone());
+    assert_eq!(f.layer2.dims()[2..], f.layer4.dims()[2..]);
+    assert_eq!(config.feature_info()[4].stride, [8, 8, 8]);
+    let frozen = model.freeze().unwrap();
+    let (_, expected) = values(model.forward(x.clone()));
+    let (_, got) = values(frozen.forward(x).unwrap());
+    let err = rel_error(&got, &expected);
+    assert!(err <= TOLERANCE, "frozen vs Burn model: {err:.2e}");
+}

@@ -100,6 +100,27 @@ fn full_width_video_presets_have_torchvisions_parameter_counts() {
     ] {
         let expected = json[name]["parameters"].as_u64().unwrap() as usize;
         assert_eq!(config.parameter_count(), Some(expected), "{name}");
+        // Full width, weights generated here: the stage shapes of torchvision's forward.
+        let frozen = config.init(&Device::flex()).freeze().unwrap();
+        let x = resnet3d::burn::tensor::Tensor::zeros([1, 3, 8, 32, 32], &Device::flex());
+        let f = frozen.features(x.clone()).unwrap();
+        let shapes = &json[name]["stage_shapes"];
+        for (stage, got) in [
+            ("stem", f.stem),
+            ("layer1", f.layer1),
+            ("layer2", f.layer2),
+            ("layer3", f.layer3),
+            ("layer4", f.layer4),
+        ] {
+            let expected: Vec<usize> = shapes[stage]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as usize)
+                .collect();
+            assert_eq!(got.dims().to_vec(), expected, "{name} {stage}");
+        }
+        assert_eq!(frozen.forward(x).unwrap().dims(), [1, 400], "{name}");
     }
     let mean: Vec<f32> = json["kinetics"]["mean"]
         .as_array()
