@@ -190,6 +190,7 @@ mod conv;
 mod cpu;
 pub mod data;
 mod error;
+pub mod explain;
 mod import;
 mod inflate;
 mod load;

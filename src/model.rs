@@ -442,7 +442,7 @@ impl ResNet3d {
         }
     }
 
-    fn stem(&self, x: Tensor<5>) -> Tensor<5> {
+    pub(crate) fn stem(&self, x: Tensor<5>) -> Tensor<5> {
         let x = conv_batch_norm(&self.conv1, &self.bn1, x, true, None);
         match &self.stem_temporal {
             Some(t) => conv_batch_norm(&t.conv, &t.bn, x, true, None),

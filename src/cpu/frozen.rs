@@ -1387,6 +1387,11 @@ impl FrozenResNet3d {
         }
     }
 
+    /// The head's weights (`[d_input, classes]` row-major) and its classes, if any.
+    pub(crate) fn head_weights(&self) -> Option<(&[f32], usize)> {
+        self.fc.as_ref().map(|(weight, bias)| (weight.as_slice(), bias.len()))
+    }
+
     /// Global average pool and the head: values and shape.
     fn head(&self, act: &Act) -> (Vec<f32>, [usize; 2]) {
         let [n, d, h, w, c] = act.dims;

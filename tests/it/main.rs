@@ -4,6 +4,7 @@ mod acs;
 mod bf16;
 mod common;
 mod errors;
+mod explain;
 mod full_width;
 mod gradients;
 mod hostile;
