@@ -183,11 +183,7 @@ impl BasicBlock3d {
     /// # Shapes
     /// `[N, in, D, H, W]` -> `[N, planes, D / sd, H / sh, W / sw]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let identity = match (&self.downsample, &self.zero_pad) {
-            (Some(downsample), _) => downsample.forward(x.clone()),
-            (None, Some(zero_pad)) => zero_pad.forward(x.clone()),
-            (None, None) => x.clone(),
-        };
+        let identity = shortcut(&self.downsample, &self.zero_pad, &x);
         let y = conv_batch_norm(&self.conv1, &self.bn1, x, true, None);
         // The skip connection, added before the last ReLU.
         conv_batch_norm(&self.conv2, &self.bn2, y, true, Some(identity))
@@ -239,11 +235,7 @@ impl Bottleneck3d {
     /// # Shapes
     /// `[N, in, D, H, W]` -> `[N, 4 * planes, D / sd, H / sh, W / sw]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let identity = match (&self.downsample, &self.zero_pad) {
-            (Some(downsample), _) => downsample.forward(x.clone()),
-            (None, Some(zero_pad)) => zero_pad.forward(x.clone()),
-            (None, None) => x.clone(),
-        };
+        let identity = shortcut(&self.downsample, &self.zero_pad, &x);
         let y = conv_batch_norm(&self.conv1, &self.bn1, x, true, None);
         let y = conv_batch_norm(&self.conv2, &self.bn2, y, true, None);
         // The skip connection, added before the last ReLU.
@@ -339,11 +331,7 @@ impl Block2Plus1d {
     /// # Shapes
     /// `[N, in, D, H, W]` -> `[N, planes, D / sd, H / sh, W / sw]`
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let identity = match (&self.downsample, &self.zero_pad) {
-            (Some(downsample), _) => downsample.forward(x.clone()),
-            (None, Some(zero_pad)) => zero_pad.forward(x.clone()),
-            (None, None) => x.clone(),
-        };
+        let identity = shortcut(&self.downsample, &self.zero_pad, &x);
         let y = conv_batch_norm(&self.conv1.temporal, &self.bn1, self.conv1.middle(x), true, None);
         // The skip connection, added before the last ReLU.
         conv_batch_norm(
@@ -385,6 +373,15 @@ impl Block {
             Block::Bottleneck(block) => block.forward(x),
             Block::Factorised(block) => block.forward(x),
         }
+    }
+}
+
+/// A block's shortcut of `x`: the projection, the zero-padded input, or `x` itself.
+fn shortcut(downsample: &Option<Downsample>, zero_pad: &Option<ZeroPadShortcut>, x: &Tensor<5>) -> Tensor<5> {
+    match (downsample, zero_pad) {
+        (Some(downsample), _) => downsample.forward(x.clone()),
+        (None, Some(zero_pad)) => zero_pad.forward(x.clone()),
+        (None, None) => x.clone(),
     }
 }
 

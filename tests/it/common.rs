@@ -186,14 +186,32 @@ pub fn check_tensor<const D: usize>(file: &Path, name: &str, got: Tensor<D>, wha
 /// The stem and the four stages of `features` against the file's `stem`, `layer1` ..
 /// `layer4`; the largest error.
 pub fn check_stages(file: &Path, features: Features, what: &str) -> f32 {
+    named_stages(features)
+        .into_iter()
+        .map(|(name, got)| check_tensor(file, name, got, what))
+        .fold(0.0, f32::max)
+}
+
+/// The stem and the four stages with their names.
+pub fn named_stages(f: Features) -> [(&'static str, Tensor<5>); 5] {
     [
-        ("stem", features.stem),
-        ("layer1", features.layer1),
-        ("layer2", features.layer2),
-        ("layer3", features.layer3),
-        ("layer4", features.layer4),
+        ("stem", f.stem),
+        ("layer1", f.layer1),
+        ("layer2", f.layer2),
+        ("layer3", f.layer3),
+        ("layer4", f.layer4),
     ]
-    .into_iter()
-    .map(|(name, got)| check_tensor(file, name, got, what))
-    .fold(0.0, f32::max)
+}
+
+/// Every stage of `features` has the shape `shapes[stage]` (a JSON list) gives.
+pub fn assert_stage_shapes(features: Features, shapes: &Value, what: &str) {
+    for (stage, got) in named_stages(features) {
+        let expected: Vec<usize> = shapes[stage]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: no shape of {stage}"))
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got.dims().to_vec(), expected, "{what} {stage}");
+    }
 }

@@ -206,21 +206,7 @@ fn full_width_medicalnet_presets_have_medicalnets_shapes() {
         let model = config.init(&device);
         let frozen = model.freeze().unwrap();
         let f = frozen.features(Tensor::zeros([1, 1, 32, 64, 64], &device)).unwrap();
-        for (stage, got) in [
-            ("stem", f.stem),
-            ("layer1", f.layer1),
-            ("layer2", f.layer2),
-            ("layer3", f.layer3),
-            ("layer4", f.layer4),
-        ] {
-            let expected: Vec<usize> = shapes[stage]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as usize)
-                .collect();
-            assert_eq!(got.dims().to_vec(), expected, "MedicalNet-{depth} {stage}");
-        }
+        assert_stage_shapes(f, shapes, &format!("MedicalNet-{depth}"));
         // feature_info states the same strides.
         let info = config.feature_info();
         assert_eq!(info[3].stride, [8, 8, 8]);

@@ -105,21 +105,7 @@ fn full_width_video_presets_have_torchvisions_parameter_counts() {
         let x = resnet3d::burn::tensor::Tensor::zeros([1, 3, 8, 32, 32], &Device::flex());
         let f = frozen.features(x.clone()).unwrap();
         let shapes = &json[name]["stage_shapes"];
-        for (stage, got) in [
-            ("stem", f.stem),
-            ("layer1", f.layer1),
-            ("layer2", f.layer2),
-            ("layer3", f.layer3),
-            ("layer4", f.layer4),
-        ] {
-            let expected: Vec<usize> = shapes[stage]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as usize)
-                .collect();
-            assert_eq!(got.dims().to_vec(), expected, "{name} {stage}");
-        }
+        assert_stage_shapes(f, shapes, name);
         assert_eq!(frozen.forward(x).unwrap().dims(), [1, 400], "{name}");
     }
     let mean: Vec<f32> = json["kinetics"]["mean"]
