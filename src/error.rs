@@ -179,6 +179,17 @@ pub enum Error {
         what: String,
     },
 
+    /// A DICOM folder or series that cannot be read as one volume; `problem` says what and
+    /// what to do.
+    #[cfg(feature = "dicom")]
+    #[error("{}: {problem}", dir.display())]
+    Dicom {
+        /// The folder.
+        dir: PathBuf,
+        /// What is wrong.
+        problem: Box<crate::data::DicomProblem>,
+    },
+
     /// Saving or loading Burn's own record format failed.
     #[error("{}: Burn record: {reason}", path.display())]
     Record {

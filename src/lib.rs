@@ -115,7 +115,10 @@
 //!   [`Window`](preprocess::Window)s (lung, mediastinum, bone, brain, custom), the grey
 //!   equivalent of the ImageNet normalisation, trilinear resampling to a voxel spacing, and
 //!   centre crop or pad; [`Volume::from_nifti`](preprocess::Volume::from_nifti) reads `.nii`
-//!   and `.nii.gz` with their spacing (feature `nifti`).
+//!   and `.nii.gz` with their spacing (feature `nifti`),
+//!   [`Volume::from_dicom`](preprocess::Volume::from_dicom) a folder of DICOM slices (one
+//!   series, sorted along the slice normal, in Hounsfield units; feature `dicom`, see
+//!   [`data::read_series`]).
 //! - [`data`]: [`LabelledScans`](data::LabelledScans), a CSV of scans, classes and splits
 //!   for fine-tuning, every row checked up front (a seeded, class-stratified split when the
 //!   file has none); the preprocessing and augmentation as data, a volume cache, and (feature
@@ -181,7 +184,9 @@
 //! | `flex` | yes | Burn's `flex` CPU backend |
 //! | `ndarray` | no | Burn's `ndarray` CPU backend |
 //! | `wgpu` | no | Burn's `wgpu` GPU backend |
-//! | `nifti` | yes | [`Volume::from_nifti`](preprocess::Volume::from_nifti) |
+//! | `nifti` | yes | [`Volume::from_nifti`](preprocess::Volume::from_nifti), heat maps written as NIfTI |
+//! | `dicom` | yes | [`Volume::from_dicom`](preprocess::Volume::from_dicom), [`data::read_series`] (dicom-rs, pure Rust) |
+//! | `pictures` | yes | PNG montages of heat maps over CT slices ([`explain`]) |
 //! | `train` | yes | Burn's autodiff, optimizers and training loop (`burn/autodiff`, `burn/optim`, `burn/train` with its TUI), [`train`] and the datasets of [`data`] |
 
 mod block;

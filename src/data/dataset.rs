@@ -188,12 +188,23 @@ impl Dataset<ScanItem> for ScanDataset {
     }
 }
 
-/// Reads a scan: a NIfTI file (`.nii`, `.nii.gz`).
+/// Reads a scan: a NIfTI file (`.nii`, `.nii.gz`) or a folder holding one DICOM series.
 ///
 /// # Errors
 /// [`Error::FileNotFound`], the reader's errors, [`Error::Unsupported`] for another kind of
 /// file or when the crate was built without the reader.
 pub fn read_scan(path: &Path) -> Result<Volume> {
+    if path.is_dir() {
+        #[cfg(feature = "dicom")]
+        return Volume::from_dicom(path);
+        #[cfg(not(feature = "dicom"))]
+        return Err(Error::Unsupported {
+            what: format!(
+                "{}: a folder is read as a DICOM series, which needs the crate's `dicom` feature",
+                path.display()
+            ),
+        });
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
@@ -212,7 +223,10 @@ pub fn read_scan(path: &Path) -> Result<Volume> {
         });
     }
     Err(Error::Unsupported {
-        what: format!("{}: scans are read from .nii or .nii.gz files", path.display()),
+        what: format!(
+            "{}: scans are read from .nii or .nii.gz files, or folders of DICOM slices",
+            path.display()
+        ),
     })
 }
 
@@ -222,17 +236,28 @@ fn cache_key(path: &Path, preprocessing: &Preprocessing, margin: [usize; 3]) -> 
         path: path.to_path_buf(),
         source,
     };
+    let modified = |meta: &std::fs::Metadata| {
+        meta.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos())
+    };
     let meta = std::fs::metadata(path).map_err(io)?;
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
+    // A DICOM folder: its files' count, total length and latest change stand for its content.
+    let (len, changed) = if meta.is_dir() {
+        let mut key = (0, modified(&meta));
+        for entry in std::fs::read_dir(path).map_err(io)? {
+            let meta = entry.and_then(|e| e.metadata()).map_err(io)?;
+            key = (key.0 + meta.len() + 1, key.1.max(modified(&meta)));
+        }
+        key
+    } else {
+        (meta.len(), modified(&meta))
+    };
     let canonical = path.canonicalize().map_err(io)?;
     Ok(format!(
-        "{}|{}|{modified}|{preprocessing}|{margin:?}",
-        canonical.display(),
-        meta.len()
+        "{}|{len}|{changed}|{preprocessing}|{margin:?}",
+        canonical.display()
     ))
 }
 

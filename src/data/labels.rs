@@ -31,7 +31,8 @@ impl Split {
 /// One row of a label file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelledScan {
-    /// The scan: a NIfTI file (`.nii`, `.nii.gz`), resolved against the CSV's folder.
+    /// The scan: a NIfTI file (`.nii`, `.nii.gz`) or a folder of one DICOM series, resolved
+    /// against the CSV's folder.
     pub path: PathBuf,
     /// Its class, `0..classes`.
     pub label: usize,
@@ -151,7 +152,7 @@ impl LabelledScans {
                     .ok_or_else(|| invalid(Some(line), format!("no `{name}` value")))
             };
             let scan = folder.join(field(path_col, "path")?);
-            if !scan.is_file() {
+            if !scan.is_file() && !scan.is_dir() {
                 return Err(invalid(
                     Some(line),
                     format!(

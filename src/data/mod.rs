@@ -10,11 +10,15 @@
 //! - [`VolumeCache`], [`ScanDataset`] and [`ScanBatcher`] (feature `train`): preprocessed
 //!   volumes kept in memory up to a budget, then on disk; Burn's `Dataset` and `Batcher` for
 //!   its `DataLoader`.
+//! - [`read_series`] / [`Volume::from_dicom`](crate::preprocess::Volume::from_dicom)
+//!   (feature `dicom`): a folder of DICOM slices into one volume, checked and sorted.
 
 #[cfg(feature = "train")]
 mod cache;
 #[cfg(feature = "train")]
 mod dataset;
+#[cfg(feature = "dicom")]
+mod dicom;
 mod labels;
 mod pipeline;
 mod rng;
@@ -23,5 +27,7 @@ mod rng;
 pub use cache::{CacheStats, VolumeCache};
 #[cfg(feature = "train")]
 pub use dataset::{ScanBatch, ScanBatcher, ScanDataset, ScanItem, read_scan};
+#[cfg(feature = "dicom")]
+pub use dicom::{DicomProblem, DicomVolume, SeriesInfo, VOLUME_MODALITIES, list_series, read_series};
 pub use labels::{LabelledScan, LabelledScans, Split};
 pub use pipeline::{Augmentation, Normalization, Preprocessing};

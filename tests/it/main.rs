@@ -3,6 +3,8 @@
 mod acs;
 mod bf16;
 mod common;
+#[cfg(feature = "dicom")]
+mod dicom;
 mod errors;
 mod explain;
 mod full_width;

@@ -1,0 +1,906 @@
+//! DICOM series (a folder of slices) into a [`Volume`], on dicom-rs (feature `dicom`).
+//!
+//! dicom-rs parses the files, decodes the pixel data (native, deflated, RLE, JPEG baseline
+//! and lossless; pure Rust) and applies the modality LUT (`RescaleSlope`/`RescaleIntercept`,
+//! per file, so per slice). What it does not do, and this file does, is turn a folder into a
+//! volume:
+//!
+//! 1. every file's header is read (up to, not including, the pixel data) and the files are
+//!    grouped by `SeriesInstanceUID`; a folder with several series is an error that lists
+//!    them, unless one is named;
+//! 2. the series is checked whole before any pixel is decoded: modality, transfer syntax
+//!    (named when dicom-rs cannot decode it), one frame per file, one grey sample per pixel,
+//!    equal `Rows`/`Columns`, `PixelSpacing` and `ImageOrientationPatient`;
+//! 3. slices are sorted by the distance of their `ImagePositionPatient` along the slice normal
+//!    `n = X x Y` (the two `ImageOrientationPatient` directions), never by file name or
+//!    `InstanceNumber`; positions off the normal's line are a gantry tilt, uneven steps are
+//!    missing slices;
+//! 4. the depth spacing is the mean step between positions (`SliceThickness` only for a
+//!    series of one slice), the in-plane spacing `PixelSpacing`.
+//!
+//! The volume's axes are `[slice, row, column]`: depth runs along `n`, height along the
+//! column direction `Y` (down the rows), width along the row direction `X`. Pixel `(i, j)` of
+//! slice `k` sits at `P_k + j * PixelSpacing[1] * X + i * PixelSpacing[0] * Y`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::{ConvertOptions, PixelDecoder};
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::preprocess::Volume;
+
+/// Modalities whose series are volumes a 3-D network can read; others (ultrasound,
+/// radiographs, secondary captures, structured reports) are refused by name.
+pub const VOLUME_MODALITIES: [&str; 4] = ["CT", "MR", "PT", "NM"];
+
+/// Positions whose steps differ by more than this share of the median step are uneven.
+const UNEVEN_STEP: f64 = 0.1;
+/// A step at least this many median steps long is a gap of missing slices.
+const GAP_STEP: f64 = 1.5;
+/// Distance off the normal's line allowed per mm along it (tan 0.57 degrees), plus an absolute
+/// 0.01 mm for positions rounded in the header; more is a gantry tilt.
+const TILT_SLOPE: f64 = 0.01;
+/// Largest difference of direction cosines (or relative pixel spacing) still taken as equal.
+const SAME_DIRECTION: f64 = 1e-3;
+
+/// One series found in a folder: what [`list_series`] returns and what a
+/// [`DicomProblem::SeveralSeries`] error lists.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesInfo {
+    /// `SeriesInstanceUID`: the name to pass to [`Volume::from_dicom_series`].
+    pub uid: String,
+    /// `SeriesNumber`, if the files have one.
+    pub number: Option<i64>,
+    /// `SeriesDescription` (empty if absent).
+    pub description: String,
+    /// `Modality` (`CT`, `MR`, ...).
+    pub modality: String,
+    /// How many files of the folder belong to the series.
+    pub files: usize,
+}
+
+impl fmt::Display for SeriesInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}", self.uid, self.modality)?;
+        if let Some(number) = self.number {
+            write!(f, ", #{number}")?;
+        }
+        if !self.description.is_empty() {
+            write!(f, ", \"{}\"", self.description)?;
+        }
+        write!(f, ", {} files)", self.files)
+    }
+}
+
+/// A series read by [`read_series`]: the volume and where it sits in the patient.
+#[derive(Debug, Clone)]
+pub struct DicomVolume {
+    /// Voxels in the output units of the modality LUT (Hounsfield units for CT), with spacing.
+    pub volume: Volume,
+    /// The series the volume came from.
+    pub series: SeriesInfo,
+    /// `ImagePositionPatient` of the first slice (depth index 0), in mm, patient coordinates
+    /// (DICOM's LPS: x to the patient's left, y to the back, z to the head).
+    pub origin: [f64; 3],
+    /// Unit directions of the volume's `[width, height, depth]` axes in patient coordinates:
+    /// the row direction `X`, the column direction `Y` and the slice normal `n = X x Y`.
+    pub directions: [[f64; 3]; 3],
+}
+
+impl DicomVolume {
+    /// The NIfTI affine (sform) of the volume: voxel `(i, j, k) = (column, row, slice)` to
+    /// RAS+ mm, DICOM's LPS with x and y negated. Write a NIfTI file with it (or a map on the
+    /// same grid) and 3D Slicer or ITK-SNAP place it where the scan is.
+    pub fn nifti_affine(&self) -> [[f64; 4]; 4] {
+        let spacing = [self.volume.spacing[2], self.volume.spacing[1], self.volume.spacing[0]];
+        let mut affine = [[0.0; 4]; 4];
+        for (row, sign) in [(0, -1.0), (1, -1.0), (2, 1.0)] {
+            for axis in 0..3 {
+                affine[row][axis] = sign * self.directions[axis][row] * f64::from(spacing[axis]);
+            }
+            affine[row][3] = sign * self.origin[row];
+        }
+        affine[3][3] = 1.0;
+        affine
+    }
+}
+
+/// What is wrong with a DICOM folder or series; carried by [`Error::Dicom`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DicomProblem {
+    /// No file in the folder starts like a DICOM file (128 bytes, then `DICM`).
+    #[error("no DICOM files (Part 10: 128-byte preamble, then DICM); give the folder that holds the slices")]
+    NoFiles,
+
+    /// A file announces DICOM but dicom-rs cannot parse or decode it.
+    #[error("{}: cannot be read: {reason}", file.display())]
+    Unreadable {
+        /// The file.
+        file: PathBuf,
+        /// What dicom-rs reported.
+        reason: String,
+    },
+
+    /// A file lacks an attribute the volume needs, or has one of the wrong form.
+    #[error("{}: {attribute} is missing or malformed ({reason}); the series cannot be placed in space without it", file.display())]
+    MissingAttribute {
+        /// The file.
+        file: PathBuf,
+        /// The attribute's keyword, e.g. `ImagePositionPatient`.
+        attribute: &'static str,
+        /// What was found.
+        reason: String,
+    },
+
+    /// The folder holds more than one series and none was named.
+    #[error("the folder holds {} series: {}; name one with Volume::from_dicom_series (classify_ct: --series UID)", series.len(), list(series))]
+    SeveralSeries {
+        /// The series found, by `SeriesNumber`.
+        series: Vec<SeriesInfo>,
+    },
+
+    /// The named series is not in the folder.
+    #[error("no series {uid} in the folder; it holds {}", list(available))]
+    SeriesNotFound {
+        /// The `SeriesInstanceUID` asked for.
+        uid: String,
+        /// The series the folder does hold.
+        available: Vec<SeriesInfo>,
+    },
+
+    /// The series is not a volume modality (see [`VOLUME_MODALITIES`]).
+    #[error("modality {modality} is not a volume; resnet3d reads CT, MR, PT and NM series")]
+    UnsupportedModality {
+        /// The series' `Modality`.
+        modality: String,
+    },
+
+    /// The pixel data is in a transfer syntax dicom-rs cannot decode in pure Rust (JPEG 2000,
+    /// JPEG-LS, JPEG XL, ...). Nothing was decoded.
+    #[error("{}: transfer syntax {name} ({uid}) cannot be decoded without native libraries; convert the series first (e.g. `dcmdjpeg`/`gdcmconv --raw`)", file.display())]
+    UnsupportedTransferSyntax {
+        /// The first file of the series in that syntax.
+        file: PathBuf,
+        /// The transfer syntax UID.
+        uid: String,
+        /// Its name.
+        name: String,
+    },
+
+    /// A file holds several frames (an enhanced multi-frame object); this reader takes one
+    /// slice per file.
+    #[error("{}: {frames} frames in one file; enhanced multi-frame objects are not read, only one slice per file", file.display())]
+    MultiFrame {
+        /// The file.
+        file: PathBuf,
+        /// Its `NumberOfFrames`.
+        frames: i64,
+    },
+
+    /// Pixels with more than one sample (RGB, palette) have no single value.
+    #[error("{}: {samples} samples per pixel ({photometric}); only greyscale (MONOCHROME1/2) series are volumes", file.display())]
+    NotGreyscale {
+        /// The file.
+        file: PathBuf,
+        /// `SamplesPerPixel`.
+        samples: i64,
+        /// `PhotometricInterpretation`.
+        photometric: String,
+    },
+
+    /// Slices of different `Rows` x `Columns` or `PixelSpacing` in one series.
+    #[error("{}: {found}, the series' first slice has {expected}; a series must be one grid", file.display())]
+    MixedSize {
+        /// The slice that differs.
+        file: PathBuf,
+        /// Its size or pixel spacing.
+        found: String,
+        /// The first slice's.
+        expected: String,
+    },
+
+    /// Slices with different `ImageOrientationPatient` in one series (e.g. a localiser mixed
+    /// in).
+    #[error("{}: ImageOrientationPatient {found:?} differs from the first slice's {expected:?}; a series must be one stack of parallel slices", file.display())]
+    MixedOrientation {
+        /// The slice that differs.
+        file: PathBuf,
+        /// Its orientation.
+        found: [f64; 6],
+        /// The first slice's.
+        expected: [f64; 6],
+    },
+
+    /// The slice positions are not on the line of the slice normal: the gantry was tilted
+    /// (or the series is sheared). Resampling onto a regular grid is not done here.
+    #[error(
+        "gantry tilt of {degrees:.2} degrees: slice positions step off the slice normal; correct the tilt (e.g. 3D Slicer's or dcm2niix's tilt correction) first"
+    )]
+    GantryTilt {
+        /// Angle between the slice normal and the line through the positions.
+        degrees: f64,
+    },
+
+    /// Two slices at the same position (a duplicate file, or two acquisitions in one series).
+    #[error("{} and {} are at the same position along the slice normal; remove the duplicate", first.display(), second.display())]
+    DuplicatePositions {
+        /// One slice.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
+
+    /// A step between neighbouring slices is a multiple of the usual step: slices are
+    /// missing.
+    #[error(
+        "{missing} slice(s) missing after position {after_mm:.3} mm along the normal: a step of {step_mm:.3} mm where the series steps {spacing_mm:.3} mm; copy the whole series"
+    )]
+    MissingSlices {
+        /// How many slices fit in the gap.
+        missing: usize,
+        /// Position (along the normal) of the slice before the gap.
+        after_mm: f64,
+        /// The gap's step.
+        step_mm: f64,
+        /// The series' usual (median) step.
+        spacing_mm: f64,
+    },
+
+    /// Steps between slices vary without a clear gap.
+    #[error(
+        "slice steps vary from {min_mm:.3} to {max_mm:.3} mm; a volume needs even spacing (resample the series first)"
+    )]
+    UnevenSpacing {
+        /// Smallest step.
+        min_mm: f64,
+        /// Largest step.
+        max_mm: f64,
+    },
+}
+
+fn list(series: &[SeriesInfo]) -> String {
+    series.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+impl Volume {
+    /// Reads the one DICOM series in folder `dir` (files directly in it; sub-folders are not
+    /// searched) into a volume in the modality's units (Hounsfield units for CT), with its
+    /// spacing. See [the module](crate::data) and [`read_series`] for what is checked.
+    ///
+    /// # Errors
+    /// [`Error::FileNotFound`] / [`Error::Io`] for the folder, [`Error::Dicom`] with the
+    /// [`DicomProblem`] (several series: the list of them; missing slices, tilt, mixed sizes
+    /// or orientations, an undecodable transfer syntax, ...), [`Error::InvalidVolume`] for a
+    /// volume too large for memory.
+    pub fn from_dicom(dir: impl AsRef<Path>) -> Result<Volume> {
+        Ok(read_series(dir, None)?.volume)
+    }
+
+    /// Like [`from_dicom`](Self::from_dicom), for the series `uid` (`SeriesInstanceUID`) of a
+    /// folder that holds several.
+    ///
+    /// # Errors
+    /// As [`from_dicom`](Self::from_dicom); [`DicomProblem::SeriesNotFound`] when no file has
+    /// that UID.
+    pub fn from_dicom_series(dir: impl AsRef<Path>, uid: &str) -> Result<Volume> {
+        Ok(read_series(dir, Some(uid))?.volume)
+    }
+}
+
+/// The series in folder `dir`, from the headers only (no pixel data is decoded), ordered by
+/// `SeriesNumber`.
+///
+/// # Errors
+/// [`Error::FileNotFound`] / [`Error::Io`] for the folder; [`Error::Dicom`] for a file that
+/// announces DICOM but cannot be parsed, or a folder without DICOM files.
+pub fn list_series(dir: impl AsRef<Path>) -> Result<Vec<SeriesInfo>> {
+    let dir = dir.as_ref();
+    let headers = read_headers(dir)?;
+    Ok(group(&headers).into_iter().map(|(info, _)| info).collect())
+}
+
+/// Reads one series of folder `dir` (the only one, or the one named `uid`) with its position
+/// in the patient.
+///
+/// Every header is read and the series checked before any pixel data is decoded; the
+/// decoding (dicom-rs, modality LUT per file) runs in parallel.
+///
+/// # Errors
+/// As [`Volume::from_dicom`].
+pub fn read_series(dir: impl AsRef<Path>, uid: Option<&str>) -> Result<DicomVolume> {
+    let dir = dir.as_ref();
+    let fail = |problem| Error::Dicom {
+        dir: dir.to_path_buf(),
+        problem: Box::new(problem),
+    };
+    let headers = read_headers(dir)?;
+    let mut groups = group(&headers);
+    let (info, slices) = match uid {
+        Some(uid) => {
+            let at = groups.iter().position(|(info, _)| info.uid == uid).ok_or_else(|| {
+                fail(DicomProblem::SeriesNotFound {
+                    uid: uid.to_string(),
+                    available: groups.iter().map(|(info, _)| info.clone()).collect(),
+                })
+            })?;
+            groups.swap_remove(at)
+        }
+        None if groups.len() == 1 => groups.remove(0),
+        None => {
+            return Err(fail(DicomProblem::SeveralSeries {
+                series: groups.into_iter().map(|(info, _)| info).collect(),
+            }));
+        }
+    };
+    if !VOLUME_MODALITIES.contains(&info.modality.as_str()) {
+        return Err(fail(DicomProblem::UnsupportedModality {
+            modality: info.modality,
+        }));
+    }
+    let geometry = Geometry::of(&slices).map_err(fail)?;
+
+    let [rows, columns] = geometry.size;
+    let plane = rows * columns;
+    let len = plane
+        .checked_mul(slices.len())
+        .filter(|&n| n <= isize::MAX as usize / 4)
+        .ok_or_else(|| Error::InvalidVolume {
+            what: format!(
+                "{} slices of {rows} x {columns} pixels do not fit in memory",
+                slices.len()
+            ),
+        })?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len).map_err(|err| Error::InvalidVolume {
+        what: format!("{} slices of {rows} x {columns} pixels: {err}", slices.len()),
+    })?;
+    data.resize(len, 0.0);
+    data.par_chunks_mut(plane)
+        .zip(geometry.order.par_iter())
+        .try_for_each(|(out, &slice)| decode(&slices[slice].file, out))
+        .map_err(fail)?;
+    if let Some(at) = data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::InvalidVolume {
+            what: format!(
+                "{}: slice {} holds a non-finite value after the rescale (slope/intercept)",
+                slices[geometry.order[at / plane]].file.display(),
+                at / plane
+            ),
+        });
+    }
+    let first = &slices[geometry.order[0]];
+    let volume = Volume::new(
+        data,
+        [slices.len(), rows, columns],
+        [
+            geometry.depth_spacing as f32,
+            geometry.pixel_spacing[0] as f32,
+            geometry.pixel_spacing[1] as f32,
+        ],
+    )?;
+    Ok(DicomVolume {
+        volume,
+        series: info,
+        origin: first.position,
+        directions: [geometry.row, geometry.column, geometry.normal],
+    })
+}
+
+/// The attributes of one file that grouping and checking need.
+#[derive(Debug, Clone)]
+struct Header {
+    file: PathBuf,
+    series: String,
+    number: Option<i64>,
+    description: String,
+    modality: String,
+    transfer_syntax: String,
+    frames: i64,
+    samples: i64,
+    photometric: String,
+    rows: usize,
+    columns: usize,
+    position: [f64; 3],
+    orientation: [f64; 6],
+    pixel_spacing: [f64; 2],
+    thickness: Option<f64>,
+}
+
+/// The header of every DICOM file directly in `dir` (in parallel); files without the `DICM`
+/// mark are skipped, files with it that do not parse are errors.
+fn read_headers(dir: &Path) -> Result<Vec<Header>> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if !dir.exists() {
+        return Err(Error::FileNotFound {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if entry.file_type().map_err(io)?.is_file() {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    let fail = |problem| Error::Dicom {
+        dir: dir.to_path_buf(),
+        problem: Box::new(problem),
+    };
+    let headers: Vec<Option<Header>> = files
+        .par_iter()
+        .map(|file| {
+            if is_dicom(file) {
+                header(file).map(Some)
+            } else {
+                Ok(None)
+            }
+        })
+        .collect::<Result<_, DicomProblem>>()
+        .map_err(fail)?;
+    let headers: Vec<Header> = headers.into_iter().flatten().collect();
+    if headers.is_empty() {
+        return Err(fail(DicomProblem::NoFiles));
+    }
+    Ok(headers)
+}
+
+/// Whether the file starts like a DICOM Part-10 file. A DICOMDIR is an index, not a slice.
+fn is_dicom(file: &Path) -> bool {
+    if file.file_name().is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR")) {
+        return false;
+    }
+    let mut start = [0u8; 132];
+    std::fs::File::open(file)
+        .and_then(|mut f| f.read_exact(&mut start))
+        .is_ok_and(|()| &start[128..] == b"DICM")
+}
+
+/// Runs a dicom-rs call on a user's file, turning a panic inside it into an error: the crate
+/// never panics on a user's file, and a third-party parser's panic on hostile bytes must not
+/// break that.
+fn guarded<T>(file: &Path, read: impl FnOnce() -> Result<T, DicomProblem>) -> Result<T, DicomProblem> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        Err(DicomProblem::Unreadable {
+            file: file.to_path_buf(),
+            reason: "the DICOM parser failed on this file".to_string(),
+        })
+    })
+}
+
+fn header(file: &Path) -> Result<Header, DicomProblem> {
+    guarded(file, || {
+        let object = OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(file)
+            .map_err(|err| DicomProblem::Unreadable {
+                file: file.to_path_buf(),
+                reason: err.to_string(),
+            })?;
+        let attributes = Attributes { file, object: &object };
+        let size = |tag, name| {
+            attributes
+                .int(tag, name)
+                .and_then(|v| usize::try_from(v).map_err(|_| attributes.malformed(name, format!("{v} is not a size"))))
+        };
+        let position = attributes.floats::<3>(tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient")?;
+        let orientation = attributes.floats::<6>(tags::IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient")?;
+        let pixel_spacing = attributes.floats::<2>(tags::PIXEL_SPACING, "PixelSpacing")?;
+        if pixel_spacing.iter().any(|&s| s <= 0.0) {
+            return Err(attributes.malformed("PixelSpacing", format!("{pixel_spacing:?} is not positive")));
+        }
+        Ok(Header {
+            file: file.to_path_buf(),
+            series: attributes.text(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
+            number: attributes
+                .optional(tags::SERIES_NUMBER)
+                .and_then(|e| e.to_int::<i64>().ok()),
+            description: attributes
+                .optional(tags::SERIES_DESCRIPTION)
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            modality: attributes.text(tags::MODALITY, "Modality")?,
+            transfer_syntax: object
+                .meta()
+                .transfer_syntax()
+                .trim_end_matches(['\0', ' '])
+                .to_string(),
+            frames: attributes
+                .optional(tags::NUMBER_OF_FRAMES)
+                .map_or(Ok(1), |_| attributes.int(tags::NUMBER_OF_FRAMES, "NumberOfFrames"))?,
+            samples: attributes
+                .optional(tags::SAMPLES_PER_PIXEL)
+                .map_or(Ok(1), |_| attributes.int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel"))?,
+            photometric: attributes
+                .optional(tags::PHOTOMETRIC_INTERPRETATION)
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            rows: size(tags::ROWS, "Rows")?,
+            columns: size(tags::COLUMNS, "Columns")?,
+            position,
+            orientation,
+            pixel_spacing,
+            thickness: attributes
+                .optional(tags::SLICE_THICKNESS)
+                .and_then(|e| e.to_float64().ok())
+                .filter(|t| t.is_finite() && *t > 0.0),
+        })
+    })
+}
+
+/// Typed reads of one object's attributes, with errors naming the file and attribute.
+struct Attributes<'a> {
+    file: &'a Path,
+    object: &'a DefaultDicomObject,
+}
+
+type Element = dicom_object::mem::InMemElement;
+
+impl Attributes<'_> {
+    fn malformed(&self, attribute: &'static str, reason: String) -> DicomProblem {
+        DicomProblem::MissingAttribute {
+            file: self.file.to_path_buf(),
+            attribute,
+            reason,
+        }
+    }
+
+    fn optional(&self, tag: Tag) -> Option<&Element> {
+        self.object.element_opt(tag).ok().flatten()
+    }
+
+    fn required(&self, tag: Tag, name: &'static str) -> Result<&Element, DicomProblem> {
+        self.optional(tag)
+            .ok_or_else(|| self.malformed(name, "absent".to_string()))
+    }
+
+    fn text(&self, tag: Tag, name: &'static str) -> Result<String, DicomProblem> {
+        let value = self.required(tag, name)?;
+        let text = value.to_str().map_err(|err| self.malformed(name, err.to_string()))?;
+        let text = text.trim_end_matches(['\0', ' ']).trim();
+        if text.is_empty() {
+            return Err(self.malformed(name, "empty".to_string()));
+        }
+        Ok(text.to_string())
+    }
+
+    fn int(&self, tag: Tag, name: &'static str) -> Result<i64, DicomProblem> {
+        self.required(tag, name)?
+            .to_int::<i64>()
+            .map_err(|err| self.malformed(name, err.to_string()))
+    }
+
+    fn floats<const N: usize>(&self, tag: Tag, name: &'static str) -> Result<[f64; N], DicomProblem> {
+        let values = self
+            .required(tag, name)?
+            .to_multi_float64()
+            .map_err(|err| self.malformed(name, err.to_string()))?;
+        let values: [f64; N] = values
+            .try_into()
+            .map_err(|v: Vec<f64>| self.malformed(name, format!("{} values, expected {N}", v.len())))?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(self.malformed(name, format!("{values:?} is not finite")));
+        }
+        Ok(values)
+    }
+}
+
+/// Headers grouped by series, each group's summary first, ordered by `SeriesNumber` then UID.
+fn group(headers: &[Header]) -> Vec<(SeriesInfo, Vec<Header>)> {
+    let mut by_uid: BTreeMap<&str, Vec<Header>> = BTreeMap::new();
+    for header in headers {
+        by_uid.entry(&header.series).or_default().push(header.clone());
+    }
+    let mut groups: Vec<(SeriesInfo, Vec<Header>)> = by_uid
+        .into_iter()
+        .map(|(uid, slices)| {
+            let first = &slices[0];
+            let info = SeriesInfo {
+                uid: uid.to_string(),
+                number: first.number,
+                description: first.description.clone(),
+                modality: first.modality.clone(),
+                files: slices.len(),
+            };
+            (info, slices)
+        })
+        .collect();
+    groups.sort_by(|a, b| (a.0.number, &a.0.uid).cmp(&(b.0.number, &b.0.uid)));
+    groups
+}
+
+/// A checked series' grid: slice order, spacing and directions.
+#[derive(Debug)]
+struct Geometry {
+    /// Indices into the series' headers, by ascending position along the normal.
+    order: Vec<usize>,
+    /// `[Rows, Columns]`.
+    size: [usize; 2],
+    pixel_spacing: [f64; 2],
+    depth_spacing: f64,
+    row: [f64; 3],
+    column: [f64; 3],
+    normal: [f64; 3],
+}
+
+impl Geometry {
+    /// Checks that `slices` form one regular stack (everything but the pixel data) and sorts
+    /// them along the slice normal.
+    fn of(slices: &[Header]) -> Result<Geometry, DicomProblem> {
+        let first = &slices[0];
+        for slice in slices {
+            let registry = TransferSyntaxRegistry;
+            let syntax = registry.get(&slice.transfer_syntax);
+            if !syntax.is_some_and(|ts| ts.can_decode_all()) {
+                return Err(DicomProblem::UnsupportedTransferSyntax {
+                    file: slice.file.clone(),
+                    uid: slice.transfer_syntax.clone(),
+                    name: syntax.map_or_else(|| "unknown to dicom-rs".to_string(), |ts| ts.name().to_string()),
+                });
+            }
+            if slice.frames != 1 {
+                return Err(DicomProblem::MultiFrame {
+                    file: slice.file.clone(),
+                    frames: slice.frames,
+                });
+            }
+            if slice.samples != 1 {
+                return Err(DicomProblem::NotGreyscale {
+                    file: slice.file.clone(),
+                    samples: slice.samples,
+                    photometric: slice.photometric.clone(),
+                });
+            }
+            if [slice.rows, slice.columns] != [first.rows, first.columns] {
+                return Err(DicomProblem::MixedSize {
+                    file: slice.file.clone(),
+                    found: format!("{} x {} pixels", slice.rows, slice.columns),
+                    expected: format!("{} x {}", first.rows, first.columns),
+                });
+            }
+            let relative = |a: f64, b: f64| (a - b).abs() / a.abs().max(b.abs());
+            if (0..2).any(|a| relative(slice.pixel_spacing[a], first.pixel_spacing[a]) > SAME_DIRECTION) {
+                return Err(DicomProblem::MixedSize {
+                    file: slice.file.clone(),
+                    found: format!("PixelSpacing {:?}", slice.pixel_spacing),
+                    expected: format!("{:?}", first.pixel_spacing),
+                });
+            }
+            if (0..6).any(|a| (slice.orientation[a] - first.orientation[a]).abs() > SAME_DIRECTION) {
+                return Err(DicomProblem::MixedOrientation {
+                    file: slice.file.clone(),
+                    found: slice.orientation,
+                    expected: first.orientation,
+                });
+            }
+        }
+        if first.rows == 0 || first.columns == 0 {
+            return Err(DicomProblem::MissingAttribute {
+                file: first.file.clone(),
+                attribute: "Rows",
+                reason: format!("{} x {} pixels is empty", first.rows, first.columns),
+            });
+        }
+        let unit = |v: [f64; 3], attribute| {
+            let norm = dot(v, v).sqrt();
+            if norm < 0.5 {
+                return Err(DicomProblem::MissingAttribute {
+                    file: first.file.clone(),
+                    attribute,
+                    reason: format!("direction {v:?} is not a unit vector"),
+                });
+            }
+            Ok(v.map(|x| x / norm))
+        };
+        let o = first.orientation;
+        let row = unit([o[0], o[1], o[2]], "ImageOrientationPatient")?;
+        let column = unit([o[3], o[4], o[5]], "ImageOrientationPatient")?;
+        let normal = unit(cross(row, column), "ImageOrientationPatient")?;
+
+        // Distance of each position along the normal; the order of the slices.
+        let along: Vec<f64> = slices.iter().map(|s| dot(s.position, normal)).collect();
+        let mut order: Vec<usize> = (0..slices.len()).collect();
+        order.sort_by(|&a, &b| along[a].total_cmp(&along[b]));
+
+        // Positions off the normal's line through the first slice: a tilted gantry.
+        let start = slices[order[0]].position;
+        let tilt = order
+            .iter()
+            .map(|&s| {
+                let offset = sub(slices[s].position, start);
+                let on = dot(offset, normal);
+                let off = sub(offset, normal.map(|n| n * on));
+                (dot(off, off).sqrt(), on)
+            })
+            .find(|&(off, on)| off > TILT_SLOPE * on.abs() + 0.01);
+        if let Some((off, on)) = tilt {
+            return Err(DicomProblem::GantryTilt {
+                degrees: off.atan2(on).to_degrees(),
+            });
+        }
+
+        let depth_spacing = if slices.len() == 1 {
+            first.thickness.ok_or_else(|| DicomProblem::MissingAttribute {
+                file: first.file.clone(),
+                attribute: "SliceThickness",
+                reason: "absent, and a series of one slice has no positions to take the spacing from".to_string(),
+            })?
+        } else {
+            let steps: Vec<f64> = order.windows(2).map(|w| along[w[1]] - along[w[0]]).collect();
+            if let Some(at) = steps.iter().position(|&s| s < 1e-3) {
+                return Err(DicomProblem::DuplicatePositions {
+                    first: slices[order[at]].file.clone(),
+                    second: slices[order[at + 1]].file.clone(),
+                });
+            }
+            let mut sorted = steps.clone();
+            sorted.sort_by(f64::total_cmp);
+            let median = sorted[sorted.len() / 2];
+            if let Some(at) = steps.iter().position(|&s| s >= GAP_STEP * median) {
+                return Err(DicomProblem::MissingSlices {
+                    missing: ((steps[at] / median).round() as usize).saturating_sub(1).max(1),
+                    after_mm: along[order[at]],
+                    step_mm: steps[at],
+                    spacing_mm: median,
+                });
+            }
+            let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
+            if max - min > UNEVEN_STEP * median {
+                return Err(DicomProblem::UnevenSpacing {
+                    min_mm: min,
+                    max_mm: max,
+                });
+            }
+            (along[order[order.len() - 1]] - along[order[0]]) / (slices.len() - 1) as f64
+        };
+        Ok(Geometry {
+            order,
+            size: [first.rows, first.columns],
+            pixel_spacing: first.pixel_spacing,
+            depth_spacing,
+            row,
+            column,
+            normal,
+        })
+    }
+}
+
+/// Decodes one slice's pixels with the modality LUT (rescale slope and intercept of that
+/// file) into `out` (`Rows * Columns` values, row-major).
+fn decode(file: &Path, out: &mut [f32]) -> Result<(), DicomProblem> {
+    guarded(file, || {
+        let unreadable = |reason: String| DicomProblem::Unreadable {
+            file: file.to_path_buf(),
+            reason,
+        };
+        let object = OpenFileOptions::new()
+            .open_file(file)
+            .map_err(|err| unreadable(err.to_string()))?;
+        let pixels = object.decode_pixel_data().map_err(|err| unreadable(err.to_string()))?;
+        let values: Vec<f32> = pixels
+            .to_vec_with_options(&ConvertOptions::new())
+            .map_err(|err| unreadable(err.to_string()))?;
+        if values.len() != out.len() {
+            return Err(unreadable(format!(
+                "{} pixel values decoded, Rows x Columns is {}",
+                values.len(),
+                out.len()
+            )));
+        }
+        out.copy_from_slice(&values);
+        Ok(())
+    })
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
+}
+
+fn sub(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[0] - b[0], a[1] - b[1], a[2] - b[2]]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(position: [f64; 3]) -> Header {
+        Header {
+            file: PathBuf::from(format!("{position:?}")),
+            series: "1.2".to_string(),
+            number: Some(1),
+            description: String::new(),
+            modality: "CT".to_string(),
+            transfer_syntax: "1.2.840.10008.1.2.1".to_string(),
+            frames: 1,
+            samples: 1,
+            photometric: "MONOCHROME2".to_string(),
+            rows: 4,
+            columns: 4,
+            position,
+            orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+            pixel_spacing: [0.5, 0.5],
+            thickness: Some(1.0),
+        }
+    }
+
+    #[test]
+    fn uneven_steps_without_a_gap_are_refused() {
+        let slices: Vec<Header> = [0.0, 1.0, 2.3, 3.3].map(|z| slice([0.0, 0.0, z])).into();
+        assert!(matches!(
+            Geometry::of(&slices),
+            Err(DicomProblem::UnevenSpacing { min_mm, max_mm }) if (min_mm - 1.0).abs() < 1e-9 && (max_mm - 1.3).abs() < 1e-9
+        ));
+    }
+
+    #[test]
+    fn duplicate_positions_are_refused() {
+        let slices: Vec<Header> = [0.0, 1.0, 1.0, 2.0].map(|z| slice([0.0, 0.0, z])).into();
+        assert!(matches!(
+            Geometry::of(&slices),
+            Err(DicomProblem::DuplicatePositions { .. })
+        ));
+    }
+
+    #[test]
+    fn a_gap_of_two_slices_is_counted() {
+        let slices: Vec<Header> = [0.0, 1.0, 2.0, 5.0, 6.0].map(|z| slice([0.0, 0.0, z])).into();
+        assert!(matches!(
+            Geometry::of(&slices),
+            Err(DicomProblem::MissingSlices { missing: 2, after_mm, .. }) if (after_mm - 2.0).abs() < 1e-9
+        ));
+    }
+
+    #[test]
+    fn positions_rounded_in_the_header_are_not_a_tilt() {
+        // 0.004 mm of rounding noise across the series.
+        let slices: Vec<Header> = (0..5)
+            .map(|k| slice([0.004 * f64::from(k % 2), 0.0, 0.625 * f64::from(k)]))
+            .collect();
+        let geometry = Geometry::of(&slices).expect("a regular stack");
+        assert!((geometry.depth_spacing - 0.625).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nifti_affine_flips_lps_to_ras() {
+        let volume = DicomVolume {
+            volume: Volume::new(vec![0.0; 8], [2, 2, 2], [3.0, 2.0, 1.0]).expect("volume"),
+            series: SeriesInfo {
+                uid: "1".into(),
+                number: None,
+                description: String::new(),
+                modality: "CT".into(),
+                files: 2,
+            },
+            origin: [10.0, 20.0, 30.0],
+            directions: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+        };
+        let a = volume.nifti_affine();
+        assert_eq!(a[0], [-1.0, 0.0, 0.0, -10.0]);
+        assert_eq!(a[1], [0.0, -2.0, 0.0, -20.0]);
+        assert_eq!(a[2], [0.0, 0.0, 3.0, 30.0]);
+        assert_eq!(a[3], [0.0, 0.0, 0.0, 1.0]);
+    }
+}

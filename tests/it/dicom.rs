@@ -1,0 +1,280 @@
+//! DICOM series against the volumes `tests/fixtures/make_dicom.py` (pydicom 3.0.2) wrote:
+//! shuffled random file names, InstanceNumber disagreeing with position, per-slice rescale,
+//! anisotropic spacing, an oblique MR, RLE and deflated copies, and one folder per error.
+
+use std::path::PathBuf;
+
+use resnet3d::Error;
+use resnet3d::data::{DicomProblem, list_series, read_series};
+use resnet3d::preprocess::Volume;
+use serde_json::Value;
+
+use crate::common::{fixtures, reference};
+
+fn dir(case: &str) -> PathBuf {
+    fixtures().join("dicom").join(case)
+}
+
+fn case(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixtures().join("dicom/dicom.json")).expect("dicom.json");
+    let all: Value = serde_json::from_str(&text).expect("dicom.json is JSON");
+    all["cases"][name].clone()
+}
+
+fn floats(value: &Value) -> Vec<f64> {
+    value
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect()
+}
+
+/// The volume read from `folder` equals the script's tensor `expected` voxel for voxel
+/// (integers times slope plus intercept are exact in f32: tolerance 0), with its spacing
+/// (1e-5 mm).
+fn check(volume: &Volume, expected: &str, spacing: &Value) {
+    let (shape, values) = reference(&fixtures().join("dicom/expected.safetensors"), expected);
+    assert_eq!(volume.shape.to_vec(), shape, "{expected}: shape");
+    let worst = volume
+        .data
+        .iter()
+        .zip(&values)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert_eq!(worst, 0.0, "{expected}: largest voxel difference");
+    for (axis, want) in floats(spacing).into_iter().enumerate() {
+        assert!(
+            (f64::from(volume.spacing[axis]) - want).abs() < 1e-5,
+            "{expected}: spacing {:?}, expected {spacing}",
+            volume.spacing
+        );
+    }
+}
+
+fn problem(result: resnet3d::Result<impl std::fmt::Debug>) -> DicomProblem {
+    match result {
+        Err(Error::Dicom { problem, .. }) => *problem,
+        other => panic!("expected a DICOM error, got {other:?}"),
+    }
+}
+
+#[test]
+fn ct_series_sorted_by_position_in_hounsfield_units() {
+    let ct = case("ct");
+    // The fixture's premise: neither file names nor InstanceNumber give the position order.
+    let files = ct["files_sorted"].as_array().expect("files");
+    let mut by_name = files.clone();
+    by_name.sort_by_key(|f| f.as_str().expect("name").to_string());
+    assert_ne!(&by_name, files);
+    assert_ne!(
+        floats(&ct["instance_numbers_sorted"]),
+        (1..=7).map(f64::from).collect::<Vec<_>>()
+    );
+
+    let series = read_series(dir("ct"), None).expect("ct series");
+    check(&series.volume, "ct", &ct["spacing"]);
+    assert_eq!(series.series.uid, ct["series_uid"].as_str().expect("uid"));
+    assert_eq!(series.series.files, 7);
+    // The first slice is the lowest along the normal, and the directions are the header's.
+    assert_eq!(series.origin.to_vec(), floats(&ct["first_position"]));
+    let orientation = floats(&ct["orientation"]);
+    assert_eq!(series.directions[0].to_vec(), orientation[..3]);
+    assert_eq!(series.directions[1].to_vec(), orientation[3..]);
+    assert_eq!(series.directions[2], [0.0, 0.0, 1.0]);
+    // NIfTI's RAS: x and y of DICOM's LPS negated; columns scaled by the spacing.
+    let affine = series.nifti_affine();
+    assert!((affine[0][0] + 0.9).abs() < 1e-6 && (affine[1][1] + 0.7).abs() < 1e-6);
+    assert!((affine[2][2] - 2.5).abs() < 1e-6);
+    assert!(
+        (affine[0][3] - 4.2).abs() < 1e-9 && (affine[1][3] + 11.0).abs() < 1e-9 && (affine[2][3] - 16.5).abs() < 1e-9
+    );
+    // Volume::from_dicom is the same volume.
+    assert_eq!(Volume::from_dicom(dir("ct")).expect("ct"), series.volume);
+}
+
+#[test]
+fn rle_and_deflated_series_decode_to_the_same_volume() {
+    for name in ["ct_rle", "ct_deflate"] {
+        let spec = case(name);
+        let volume = Volume::from_dicom(dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        check(&volume, "ct", &spec["spacing"]);
+    }
+}
+
+#[test]
+fn oblique_mr_sorted_along_its_normal() {
+    let spec = case("mr_oblique");
+    let series = read_series(dir("mr_oblique"), None).expect("mr series");
+    check(&series.volume, "mr_oblique", &spec["spacing"]);
+    let first = floats(&spec["first_position"]);
+    for (got, want) in series.origin.iter().zip(&first) {
+        assert!((got - want).abs() < 1e-9, "origin {:?}", series.origin);
+    }
+    // n = X x Y for X = (cos 30, sin 30, 0), Y = (0, 0, -1).
+    let n = series.directions[2];
+    assert!((n[0] + 0.5).abs() < 1e-6 && (n[1] - 3f64.sqrt() / 2.0).abs() < 1e-6 && n[2].abs() < 1e-9);
+}
+
+#[test]
+fn one_slice_takes_its_depth_spacing_from_slice_thickness() {
+    let spec = case("single");
+    let volume = Volume::from_dicom(dir("single")).expect("single slice");
+    check(&volume, "single", &spec["spacing"]);
+}
+
+#[test]
+fn a_folder_with_two_series_lists_them_and_reads_the_one_named() {
+    let spec = case("two_series");
+    let series = spec["series"].as_array().expect("series");
+    let uid = |i: usize| series[i]["series_uid"].as_str().expect("uid").to_string();
+
+    let listed = list_series(dir("two_series")).expect("list");
+    assert_eq!(
+        listed.iter().map(|s| s.uid.clone()).collect::<Vec<_>>(),
+        [uid(0), uid(1)]
+    );
+    assert_eq!(listed.iter().map(|s| s.files).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(listed[1].description, "B bone");
+    assert_eq!(listed[1].number, Some(3));
+
+    match problem(Volume::from_dicom(dir("two_series"))) {
+        DicomProblem::SeveralSeries { series } => assert_eq!(series, listed),
+        other => panic!("{other:?}"),
+    }
+    let message = Volume::from_dicom(dir("two_series"))
+        .expect_err("two series")
+        .to_string();
+    assert!(
+        message.contains(&uid(0)) && message.contains(&uid(1)) && message.contains("A soft"),
+        "{message}"
+    );
+
+    for (i, expected) in [(0, "two_series_a"), (1, "two_series_b")] {
+        let volume = Volume::from_dicom_series(dir("two_series"), &uid(i)).expect("named series");
+        check(&volume, expected, &series[i]["spacing"]);
+    }
+    match problem(Volume::from_dicom_series(dir("two_series"), "1.2.3")) {
+        DicomProblem::SeriesNotFound { uid: asked, available } => {
+            assert_eq!(asked, "1.2.3");
+            assert_eq!(available.len(), 2);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_slice_is_reported_where_it_is() {
+    let detail = &case("gap")["error_detail"];
+    match problem(Volume::from_dicom(dir("gap"))) {
+        DicomProblem::MissingSlices {
+            missing,
+            after_mm,
+            step_mm,
+            spacing_mm,
+        } => {
+            assert_eq!(missing, 1);
+            // The slice before the gap: 2.5 mm below the missing position.
+            let missing_z = floats(&detail["missing_position"])[2];
+            assert!((after_mm - (missing_z - 2.5)).abs() < 1e-6, "{after_mm}");
+            assert!((step_mm - detail["largest_gap"].as_f64().expect("gap")).abs() < 1e-6);
+            assert!((spacing_mm - 2.5).abs() < 1e-6);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn each_broken_series_returns_its_variant() {
+    match problem(Volume::from_dicom(dir("tilt"))) {
+        DicomProblem::GantryTilt { degrees } => assert!((degrees - 15.0).abs() < 0.01, "{degrees}"),
+        other => panic!("tilt: {other:?}"),
+    }
+    match problem(Volume::from_dicom(dir("mixed_size"))) {
+        DicomProblem::MixedSize { found, expected, .. } => {
+            assert!(
+                found.contains("8 x 9") && expected.contains("8 x 8"),
+                "{found} / {expected}"
+            )
+        }
+        other => panic!("mixed_size: {other:?}"),
+    }
+    let detail = &case("mixed_orientation")["error_detail"];
+    match problem(Volume::from_dicom(dir("mixed_orientation"))) {
+        DicomProblem::MixedOrientation { found, expected, .. } => {
+            // Either slice can come first in the folder: the pair is the fixture's.
+            let pair = [found.to_vec(), expected.to_vec()];
+            assert!(pair.contains(&floats(&detail["odd_orientation"])), "{pair:?}");
+            assert!(pair.contains(&floats(&detail["orientation"])), "{pair:?}");
+        }
+        other => panic!("mixed_orientation: {other:?}"),
+    }
+    let detail = &case("jpeg2000")["error_detail"];
+    match problem(Volume::from_dicom(dir("jpeg2000"))) {
+        DicomProblem::UnsupportedTransferSyntax { uid, name, .. } => {
+            assert_eq!(uid, detail["transfer_syntax_uid"].as_str().expect("uid"));
+            assert!(name.contains("JPEG 2000"), "{name}");
+        }
+        other => panic!("jpeg2000: {other:?}"),
+    }
+    match problem(Volume::from_dicom(dir("us"))) {
+        DicomProblem::UnsupportedModality { modality } => assert_eq!(modality, "US"),
+        other => panic!("us: {other:?}"),
+    }
+}
+
+#[test]
+fn folders_without_dicom_files_are_errors() {
+    let empty = tempfile::tempdir().expect("tempdir");
+    std::fs::write(empty.path().join("notes.txt"), "not a slice").expect("write");
+    assert_eq!(problem(Volume::from_dicom(empty.path())), DicomProblem::NoFiles);
+    assert!(matches!(
+        Volume::from_dicom(empty.path().join("absent")),
+        Err(Error::FileNotFound { .. })
+    ));
+    // A file that announces DICOM but ends after the mark is named.
+    let mut bytes = vec![0u8; 128];
+    bytes.extend_from_slice(b"DICM\x02\x00");
+    std::fs::write(empty.path().join("cut.dcm"), bytes).expect("write");
+    match problem(Volume::from_dicom(empty.path())) {
+        DicomProblem::Unreadable { file, .. } => assert!(file.ends_with("cut.dcm")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_copied_series_with_one_header_damaged_names_the_file() {
+    let copy = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(dir("ct")).expect("ct") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, copy.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    let victim = copy.path().join(case("ct")["files_sorted"][2].as_str().expect("name"));
+    let mut bytes = std::fs::read(&victim).expect("read");
+    bytes.truncate(300);
+    std::fs::write(&victim, bytes).expect("write");
+    match problem(Volume::from_dicom(copy.path())) {
+        DicomProblem::Unreadable { file, .. } | DicomProblem::MissingAttribute { file, .. } => assert_eq!(file, victim),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[cfg(feature = "train")]
+#[test]
+fn training_data_accepts_a_dicom_folder() {
+    let scan = resnet3d::data::read_scan(&dir("mr_oblique")).expect("folder as scan");
+    check(&scan, "mr_oblique", &case("mr_oblique")["spacing"]);
+    // A label file naming DICOM folders passes the up-front check.
+    let labels = tempfile::tempdir().expect("tempdir");
+    let csv = labels.path().join("labels.csv");
+    let row = |case: &str, label| format!("{},{label}\n", dir(case).display());
+    std::fs::write(
+        &csv,
+        format!("path,label,split\n{}{}", row("ct", 0), row("mr_oblique", 1))
+            .replace(",0\n", ",0,train\n")
+            .replace(",1\n", ",1,valid\n"),
+    )
+    .expect("write");
+    let scans = resnet3d::data::LabelledScans::from_csv(&csv, 0.5, 1).expect("labels with folders");
+    assert_eq!(scans.scans().len(), 2);
+}
