@@ -1,9 +1,12 @@
-//! Classify a CT volume from a NIfTI file with an inflated ResNet.
+//! Classify a CT scan (NIfTI file or DICOM folder) with an inflated ResNet, and show where it
+//! looked.
 //!
 //! ```text
 //! cargo run --release --example classify_ct -- scan.nii.gz
+//! cargo run --release --example classify_ct -- dicom/series/ --series 1.2.840.113619...
 //! cargo run --release --example classify_ct -- scan.nii.gz --weights resnet18.pth --window mediastinum
-//! cargo run --release --example classify_ct -- scan.nii.gz --model runs/nodules/model.bpk
+//! cargo run --release --example classify_ct -- scan.nii.gz --model runs/nodules/model.bpk \
+//!     --cam cam.png --cam-nifti cam.nii.gz
 //! ```
 //!
 //! Reads the volume and its voxel spacing, resamples to `--spacing` mm, crops or pads to
@@ -12,21 +15,30 @@
 //! `examples/train.rs`: its `config.json` and `preprocessing.json` (beside `model.bpk`) give
 //! the network and the whole pipeline, and the other settings are ignored. Without it the
 //! head of the inflated network is fresh, so the scores only show that the pipeline runs.
+//!
+//! `--cam` writes a PNG montage of axial slices (the windowed scan, the CAM of `--class`, by
+//! default the top class, in colour, a colour bar); `--cam-nifti` writes the map on the scan's
+//! own grid with the scan's affine (a NIfTI input's header, a DICOM series' position and
+//! orientation), for 3D Slicer or ITK-SNAP to overlay.
 
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use resnet3d::burn::tensor::Device;
 use resnet3d::burn::tensor::activation::softmax;
-use resnet3d::data::Preprocessing;
-use resnet3d::preprocess::{Volume, Window};
-use resnet3d::{ResNet3dConfig, Weights};
+use resnet3d::data::{Normalization, Preprocessing};
+use resnet3d::explain::{Montage, Slices};
+use resnet3d::preprocess::{Placement, Volume, Window};
+use resnet3d::{ResNet3d, ResNet3dConfig, Weights};
 
 #[derive(Parser, Debug)]
-#[command(about = "Classify a NIfTI CT volume with an inflated 3-D ResNet")]
+#[command(about = "Classify a CT scan (NIfTI or DICOM folder) with an inflated 3-D ResNet")]
 pub struct Args {
-    /// The volume: .nii or .nii.gz, in Hounsfield units.
+    /// The scan: a .nii/.nii.gz file or a folder of DICOM slices, in Hounsfield units.
     pub volume: PathBuf,
+    /// The SeriesInstanceUID to read when the DICOM folder holds several series.
+    #[arg(long)]
+    pub series: Option<String>,
     /// A 2-D ResNet checkpoint; default: the bundled small one.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -46,6 +58,18 @@ pub struct Args {
     /// and `preprocessing.json` in the same folder).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Write a PNG montage of the class activation map over axial slices.
+    #[arg(long)]
+    pub cam: Option<PathBuf>,
+    /// Write the class activation map as NIfTI on the scan's grid, with its affine.
+    #[arg(long)]
+    pub cam_nifti: Option<PathBuf>,
+    /// The class to map; default: the top-scoring one.
+    #[arg(long)]
+    pub class: Option<usize>,
+    /// Montage slices around the map's maximum instead of evenly spaced.
+    #[arg(long)]
+    pub around_max: bool,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -56,9 +80,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The whole path from file to class probabilities.
+/// The whole path from file to class probabilities (and the maps asked for).
 pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
-    let volume = Volume::from_nifti(&args.volume)?;
+    let (volume, placement) = read(&args.volume, args.series.as_deref())?;
     println!(
         "{}: {:?} voxels of {:?} mm, HU range {:.0} .. {:.0}",
         args.volume.display(),
@@ -67,15 +91,80 @@ pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::e
         volume.data.iter().copied().fold(f32::INFINITY, f32::min),
         volume.data.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     );
-    if let Some(model) = &args.model {
-        return classify_trained(volume, model, device);
+    let (net, preprocessing, in_channels) = match &args.model {
+        Some(model) => trained(model, device)?,
+        None => inflated(args, device)?,
+    };
+    let x = preprocessing.apply(volume.clone(), [0; 3])?.to_tensor(device)?;
+    let x = x.repeat_dim(1, in_channels);
+    let probabilities: Vec<f32> = softmax(net.forward(x.clone()), 1)
+        .into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    if args.cam.is_some() || args.cam_nifti.is_some() {
+        let top = (0..probabilities.len()).fold(0, |b, c| if probabilities[c] > probabilities[b] { c } else { b });
+        let class = args.class.unwrap_or(top);
+        let heatmap = net.cam(x, class)?;
+        if heatmap.empty[0] {
+            println!("class {class}: no voxel at layer4 speaks for it; the map is all zero");
+        }
+        let spacing = preprocessing.spacing.unwrap_or(volume.spacing);
+        let map = heatmap.volume(0, spacing)?;
+        if let Some(png) = &args.cam {
+            // The scan on the network's grid, in HU: the pipeline without window and scaling.
+            let hu = Preprocessing {
+                window: None,
+                normalization: Normalization::None,
+                ..preprocessing.clone()
+            }
+            .apply(volume.clone(), [0; 3])?;
+            let window = preprocessing.window.unwrap_or(Window::LUNG);
+            let slices = if args.around_max {
+                Slices::AroundMaximum
+            } else {
+                Slices::Even
+            };
+            let picture = Montage::new(window).with_slices(slices).render(&hu, &map)?;
+            picture.save_png(png)?;
+            println!(
+                "class {class} map: {} ({} x {} pixels)",
+                png.display(),
+                picture.width,
+                picture.height
+            );
+        }
+        if let Some(nifti) = &args.cam_nifti {
+            let back = preprocessing.to_scan_grid(&map, volume.shape, volume.spacing)?;
+            back.save_nifti(nifti, &placement)?;
+            println!("class {class} map on the scan's grid: {}", nifti.display());
+        }
     }
+    Ok(probabilities)
+}
+
+/// The scan and where it sits in the scanner: a NIfTI file's header, or a DICOM series'
+/// geometry.
+fn read(path: &Path, series: Option<&str>) -> Result<(Volume, Placement), Box<dyn std::error::Error>> {
+    if path.is_dir() {
+        let dicom = resnet3d::data::read_series(path, series)?;
+        println!(
+            "DICOM series {} ({} files, modality {})",
+            dicom.series.uid, dicom.series.files, dicom.series.modality
+        );
+        let placement = Placement::Affine(dicom.nifti_affine());
+        return Ok((dicom.volume, placement));
+    }
+    Ok((Volume::from_nifti(path)?, Placement::LikeFile(path.to_path_buf())))
+}
+
+/// A network, its input pipeline and its number of input channels.
+type Setup = (ResNet3d, Preprocessing, usize);
+
+/// The checkpoint inflated with a fresh head, and the pipeline of the command line.
+fn inflated(args: &Args, device: &Device) -> Result<Setup, Box<dyn std::error::Error>> {
     let window = Window::preset(&args.window)
         .ok_or_else(|| format!("--window {}: use lung, mediastinum, bone or brain", args.window))?;
     let shape = <[usize; 3]>::try_from(args.shape.as_slice()).map_err(|_| "--shape takes depth,height,width")?;
-    // Resample, crop/pad with air, window, ImageNet-grey normalisation: the training pipeline.
-    let volume = Preprocessing::ct(args.spacing, shape, window).apply(volume, [0; 3])?;
-
     let path = args.weights.clone().unwrap_or_else(bundled_checkpoint);
     let weights = Weights::from_file(&path)?;
     let (layout, width) = weights.layout()?;
@@ -83,30 +172,27 @@ pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::e
         .with_width(width)
         .with_in_channels(1)
         .with_num_classes(Some(args.classes));
-    let model = resnet3d::inflate_from_2d(&weights, &config, device)?;
-    let probabilities = softmax(model.forward(volume.to_tensor(device)?), 1);
-    Ok(probabilities
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))?)
+    // Resample, crop/pad with air, window, ImageNet-grey normalisation: the training pipeline.
+    Ok((
+        resnet3d::inflate_from_2d(&weights, &config, device)?,
+        Preprocessing::ct(args.spacing, shape, window),
+        1,
+    ))
 }
 
 /// The network and pipeline a training run saved next to `model`.
-fn classify_trained(volume: Volume, model: &Path, device: &Device) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+fn trained(model: &Path, device: &Device) -> Result<Setup, Box<dyn std::error::Error>> {
     use resnet3d::burn::config::Config;
     let dir = model.parent().unwrap_or(Path::new("."));
     let config = ResNet3dConfig::load(dir.join("config.json"))
         .map_err(|e| format!("{}: {e}", dir.join("config.json").display()))?;
     let preprocessing = Preprocessing::load(dir.join("preprocessing.json"))
         .map_err(|e| format!("{}: {e}", dir.join("preprocessing.json").display()))?;
-    let net = resnet3d::ResNet3d::load(model, &config, device)?;
-    let x = preprocessing.apply(volume, [0; 3])?.to_tensor(device)?;
-    let x = x.repeat_dim(1, config.in_channels);
-    let probabilities = softmax(net.forward(x), 1);
-    Ok(probabilities
-        .into_data()
-        .try_to_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))?)
+    Ok((
+        ResNet3d::load(model, &config, device)?,
+        preprocessing,
+        config.in_channels,
+    ))
 }
 
 fn bundled_checkpoint() -> PathBuf {

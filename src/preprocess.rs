@@ -26,6 +26,8 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::error::{Error, Result};
+#[cfg(feature = "nifti")]
+pub use crate::nifti::{Placement, nifti_affine};
 
 /// Mean for a 1-channel input to an ImageNet stem: the average of ImageNet's RGB means
 /// `(0.485 + 0.456 + 0.406) / 3`. See [`Volume::normalize_imagenet_grey`] for why.
@@ -194,23 +196,30 @@ impl Volume {
     /// fields no longer agree.
     pub fn resample(&self, target_spacing: [f32; 3]) -> Result<Volume> {
         self.check()?;
-        check_spacing("target spacing", target_spacing)?;
-        let mut shape = [0usize; 3];
-        let mut spacing = [0f32; 3];
-        for a in 0..3 {
-            let n = self.shape[a] as f64;
-            // n' = max(1, round(n * s / t)); f64 so that large extents round as written.
-            let extent = (n * f64::from(self.spacing[a]) / f64::from(target_spacing[a])).round();
-            if !(extent.is_finite() && extent <= MAX_VOXELS as f64) {
-                return Err(too_large(target_spacing));
-            }
-            shape[a] = (extent as usize).max(1);
-            spacing[a] = (n * f64::from(self.spacing[a]) / shape[a] as f64) as f32;
-        }
-        let total = voxel_count(shape)
-            .filter(|&t| t <= MAX_VOXELS)
-            .ok_or_else(|| too_large(target_spacing))?;
+        let (shape, spacing) = resampled_grid(self.shape, self.spacing, target_spacing)?;
+        let mut volume = self.resize(shape)?;
+        volume.spacing = spacing;
+        Ok(volume)
+    }
 
+    /// Resamples to exactly `shape` voxels with trilinear interpolation, as
+    /// [`resample`](Self::resample) does (align centres, edges repeat); the spacing becomes
+    /// the one that keeps the field of view, `n * s / n'` per axis. This is how a map made on
+    /// a resampled grid goes back onto the scan's own grid.
+    ///
+    /// # Errors
+    /// [`Error::InvalidVolume`] if an extent is 0, the result would have more than
+    /// [`MAX_VOXELS`] voxels or cannot be allocated, or the volume's fields no longer agree.
+    pub fn resize(&self, shape: [usize; 3]) -> Result<Volume> {
+        self.check()?;
+        let total = voxel_count(shape)
+            .filter(|&t| t > 0 && t <= MAX_VOXELS)
+            .ok_or_else(|| Error::InvalidVolume {
+                what: format!(
+                    "resize to {shape:?}: every extent must be at least 1, the total at most {MAX_VOXELS} voxels"
+                ),
+            })?;
+        let spacing = [0, 1, 2].map(|a| (self.shape[a] as f64 * f64::from(self.spacing[a]) / shape[a] as f64) as f32);
         let [d_in, h_in, w_in] = self.shape;
         let [d_out, h_out, w_out] = shape;
         let taps_d = taps(d_in, d_out);
@@ -381,6 +390,27 @@ fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
             (i0, i1, (x - i0 as f64) as f32)
         })
         .collect()
+}
+
+/// The extents and spacing [`Volume::resample`] gives `shape` voxels of `spacing` mm at
+/// `target` mm: per axis `n' = max(1, round(n * s / t))` (f64, so that large extents round
+/// as written) and `n * s / n'`.
+pub(crate) fn resampled_grid(shape: [usize; 3], spacing: [f32; 3], target: [f32; 3]) -> Result<([usize; 3], [f32; 3])> {
+    check_spacing("target spacing", target)?;
+    let mut out = ([0usize; 3], [0f32; 3]);
+    for a in 0..3 {
+        let n = shape[a] as f64;
+        let extent = (n * f64::from(spacing[a]) / f64::from(target[a])).round();
+        if !(extent.is_finite() && extent <= MAX_VOXELS as f64) {
+            return Err(too_large(target));
+        }
+        out.0[a] = (extent as usize).max(1);
+        out.1[a] = (n * f64::from(spacing[a]) / out.0[a] as f64) as f32;
+    }
+    voxel_count(out.0)
+        .filter(|&t| t <= MAX_VOXELS)
+        .ok_or_else(|| too_large(target))?;
+    Ok(out)
 }
 
 /// `a` blended towards `b` by `t`: `a (1 - t) + b t`, exactly `a` at `t = 0` and `b` at `t = 1`.

@@ -78,6 +78,36 @@ impl Preprocessing {
     }
 }
 
+impl Preprocessing {
+    /// Brings `map`, a volume on the network's grid (what [`apply`](Self::apply) made of a
+    /// scan of `scan_shape` voxels of `scan_spacing` mm, e.g. a heat map), back onto the scan's
+    /// own grid: the crop or pad undone (voxels the network did not see are 0), then the
+    /// resampling undone by resampling to `scan_shape`. Written with the scan's affine, the
+    /// result overlays the scan in a viewer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidVolume`] if `map` is not of this pipeline's [`size`](Self::size), or
+    /// the scan's shape or spacing is not one `apply` accepts.
+    pub fn to_scan_grid(&self, map: &Volume, scan_shape: [usize; 3], scan_spacing: [f32; 3]) -> Result<Volume> {
+        if map.shape != self.size {
+            return Err(Error::InvalidVolume {
+                what: format!(
+                    "a map of {:?} voxels is not on this pipeline's grid of {:?}",
+                    map.shape, self.size
+                ),
+            });
+        }
+        // The resampled grid `apply` cropped from.
+        let resampled = match self.spacing {
+            Some(target) => crate::preprocess::resampled_grid(scan_shape, scan_spacing, target)?.0,
+            None => scan_shape,
+        };
+        let mut back = map.crop_or_pad(resampled, 0.0)?.resize(scan_shape)?;
+        back.spacing = scan_spacing;
+        Ok(back)
+    }
+}
+
 /// `x -> (x - mean) / std` over the volume's own voxels (f64 sums); std 0 gives zeros.
 fn normalize_per_volume(mut volume: Volume) -> Volume {
     let n = volume.data.len() as f64;
@@ -220,6 +250,44 @@ impl Augmentation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_map_goes_back_onto_the_scans_grid() {
+        // A scan whose values are linear in millimetres: trilinear resampling keeps a linear
+        // function exactly away from the clamped edges, so there and back must meet.
+        let (shape, spacing) = ([10, 20, 30], [2.5f32, 0.7, 0.7]);
+        let mut data = Vec::new();
+        for d in 0..10 {
+            for h in 0..20 {
+                for w in 0..30 {
+                    data.push(d as f32 * 2.5 + h as f32 * 0.7 * 0.3 + w as f32 * 0.7 * 0.1);
+                }
+            }
+        }
+        let scan = Volume::new(data, shape, spacing).unwrap();
+        let pipeline = Preprocessing::new([12, 8, 16])
+            .with_spacing(Some([1.5; 3]))
+            .with_normalization(Normalization::None);
+        let seen = pipeline.apply(scan.clone(), [0; 3]).unwrap();
+        let back = pipeline.to_scan_grid(&seen, shape, spacing).unwrap();
+        assert_eq!((back.shape, back.spacing), (shape, spacing));
+        // The resampled grid is 17 x 9 x 14 (round(n s / 1.5)); the pipeline crops depth and
+        // height to 12 and 8 and pads width to 16.
+        let at = |v: &Volume, [d, h, w]: [usize; 3]| v.data[(d * 20 + h) * 30 + w];
+        // The centre is where the network looked: values come back.
+        for p in [[5, 10, 15], [4, 9, 12], [6, 11, 18]] {
+            let (a, b) = (at(&scan, p), at(&back, p));
+            assert!((a - b).abs() < 1e-3 * a.abs().max(1.0), "{p:?}: {a} came back as {b}");
+        }
+        // Depth was cropped (17 -> 12 resampled slices): the first and last scan slices were
+        // not seen and come back as 0.
+        assert!((0..20 * 30).all(|i| back.data[i] == 0.0 && back.data[9 * 600 + i] == 0.0));
+        let wrong = Volume::new(vec![0.0; 8], [2, 2, 2], [1.0; 3]).unwrap();
+        assert!(matches!(
+            pipeline.to_scan_grid(&wrong, shape, spacing),
+            Err(Error::InvalidVolume { .. })
+        ));
+    }
 
     fn ramp(shape: [usize; 3]) -> Volume {
         let n = shape.iter().product::<usize>();

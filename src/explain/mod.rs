@@ -15,10 +15,20 @@
 //! MONAI's min-max scaling can invert a map whose values are all negative). A map whose
 //! values are all zero (no voxel speaks for the class at that stage) stays zero, and
 //! [`Heatmap::empty`] says so per item rather than hiding it behind a rescaling.
+//!
+//! Pictures (feature `pictures`): [`Montage`] draws a map over axial slices of the windowed
+//! scan, with a colour bar, as PNG; for a viewer, bring the map onto the scan's grid with
+//! [`Preprocessing::to_scan_grid`](crate::data::Preprocessing::to_scan_grid) and write it
+//! with [`Volume::save_nifti`](crate::preprocess::Volume::save_nifti) (feature `nifti`).
 
+#[cfg(feature = "pictures")]
+mod picture;
 mod upsample;
 
 use burn::tensor::{Device, Tensor, TensorData};
+
+#[cfg(feature = "pictures")]
+pub use picture::{Montage, Picture, Slices};
 
 use crate::error::{Error, Result};
 use crate::model::ResNet3d;
@@ -70,6 +80,22 @@ impl Heatmap {
     pub fn item(&self, n: usize) -> Option<&[f32]> {
         let [_, d, h, w] = self.dims;
         self.values.get(n * d * h * w..(n + 1) * d * h * w)
+    }
+
+    /// Item `n`'s map as a [`Volume`](crate::preprocess::Volume) of voxels `spacing` mm (the
+    /// network input's): for a montage (feature `pictures`) or, brought back with
+    /// [`Preprocessing::to_scan_grid`](crate::data::Preprocessing::to_scan_grid), a NIfTI file.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the batch has no item `n`; [`Error::InvalidVolume`] for a
+    /// spacing that is not positive.
+    pub fn volume(&self, n: usize, spacing: [f32; 3]) -> Result<crate::preprocess::Volume> {
+        let [_, d, h, w] = self.dims;
+        let values = self.item(n).ok_or_else(|| Error::InvalidInput {
+            dims: self.dims.to_vec(),
+            what: format!("no item {n} in a batch of {}", self.dims[0]),
+        })?;
+        crate::preprocess::Volume::new(values.to_vec(), [d, h, w], spacing)
     }
 }
 

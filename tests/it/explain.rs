@@ -118,3 +118,136 @@ fn wrong_uses_are_typed_errors() {
     says(headless.cam(x.clone(), 0), "no head");
     says(model.cam(pattern([1, 3, 8, 32, 32], &device), 0), "channel");
 }
+
+/// A ResNet-18 (width 4) whose class-1 logit is, by construction, the mean over `layer4` of
+/// `ReLU(x - 0.5)` at the stem's sampled voxels: the stem's kernel is a centre tap on channel
+/// 0, its BatchNorm shifts by -0.5, every residual branch is zero (blocks pass their input
+/// on), the projection shortcuts carry channel `c` to `c`, and the head reads channel 0.
+/// Only voxels brighter than 0.5 (the blob) can raise the logit: the background (below 0.3)
+/// cannot.
+fn blob_detector(device: &Device) -> ResNet3d {
+    let template = resnet3d::Weights::from_file(fixtures().join("checkpoints/r18_w4.pth")).unwrap();
+    let mut weights = resnet3d::Weights::new();
+    for (name, tensor) in template.iter() {
+        let shape = tensor.shape.clone();
+        let mut values = vec![0.0f32; tensor.values.len()];
+        // BatchNorm as identity: scale 1 (main branch and shortcut), variance 1, shift 0.
+        let is_norm = name.contains("bn") || name.contains("downsample.1.");
+        if name.ends_with("running_var") || (is_norm && name.ends_with("weight")) {
+            values.fill(1.0);
+        }
+        if name == "bn1.bias" {
+            values.fill(-0.5);
+        }
+        if name == "conv1.weight" {
+            values[3 * 7 + 3] = 1.0; // [0, 0, 3, 3]: output 0 <- input channel 0, centre.
+        }
+        if name.ends_with("downsample.0.weight") {
+            for c in 0..shape[1] {
+                values[c * shape[1] + c] = 1.0; // [c, c, 0, 0]
+            }
+        }
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        weights.insert(name, shape, values).unwrap();
+    }
+    let channels = template.get("fc.weight").unwrap().shape[1];
+    let mut fc = vec![0.0f32; 2 * channels];
+    fc[0] = -1.0; // class 0: against the blob
+    fc[channels] = 1.0; // class 1: for it
+    weights.insert("fc.weight", vec![2, channels], fc).unwrap();
+    weights.insert("fc.bias", vec![2], vec![0.0, 0.0]).unwrap();
+    let config = ResNet3dConfig::resnet18()
+        .with_width(4)
+        .with_in_channels(1)
+        .with_num_classes(Some(2))
+        .with_max_pool(false)
+        .with_stage_strides([1; 4])
+        .with_stage_depth_strides([1; 4])
+        .with_inflation(resnet3d::Inflation::Center);
+    resnet3d::inflate_from_2d(&weights, &config, device).unwrap()
+}
+
+/// Two 32^3 volumes of background noise in [-1, 0.3], each with a bright ball of radius 7
+/// (4.4% of the voxels, 1 at its rim to 2 at its centre) at a different place; the balls'
+/// masks.
+fn blob_volumes(device: &Device) -> (Tensor<5>, [Vec<bool>; 2]) {
+    const S: usize = 32;
+    let centres = [[20.0f32, 12.0, 18.0], [9.0, 21.0, 11.0]];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut values = Vec::with_capacity(2 * S * S * S);
+    let mut masks = [vec![false; S * S * S], vec![false; S * S * S]];
+    for (n, centre) in centres.iter().enumerate() {
+        for (i, inside_mask) in masks[n].iter_mut().enumerate() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let noise = -1.0 + 1.3 * ((state >> 40) as f32 / (1u64 << 24) as f32);
+            let p = [i / (S * S), i / S % S, i % S].map(|v| v as f32);
+            let r2 = (0..3).map(|a| (p[a] - centre[a]).powi(2)).sum::<f32>();
+            let inside = r2 <= 49.0;
+            *inside_mask = inside;
+            values.push(if inside { 2.0 - r2 / 49.0 } else { noise });
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(values, [2, 1, S, S, S]), device),
+        masks,
+    )
+}
+
+/// Intersection over union of the map's top 5% voxels with `mask`.
+fn top5_iou(map: &[f32], mask: &[bool]) -> f32 {
+    let mut sorted = map.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let threshold = sorted[map.len() / 20 - 1];
+    let top: Vec<bool> = map.iter().map(|&v| v >= threshold && v > 0.0).collect();
+    let both = top.iter().zip(mask).filter(|(t, m)| **t && **m).count();
+    let either = top.iter().zip(mask).filter(|(t, m)| **t || **m).count();
+    both as f32 / either as f32
+}
+
+#[test]
+fn maps_of_a_blob_detector_cover_the_blob() {
+    let device = Device::flex();
+    let model = blob_detector(&device);
+    let (x, masks) = blob_volumes(&device);
+    // The premise: the class-1 logit rises with the blob, and noise alone gives nothing.
+    let logits: Vec<f32> = model.forward(x.clone()).into_data().try_to_vec::<f32>().unwrap();
+    assert!(logits[1] > 0.01 && logits[3] > 0.01, "{logits:?}");
+    let noise_only = x.clone().clamp_max(0.3);
+    let logits: Vec<f32> = model.forward(noise_only).into_data().try_to_vec::<f32>().unwrap();
+    assert!(logits.iter().all(|v| v.abs() < 1e-6), "{logits:?}");
+
+    let autodiff = Device::flex().autodiff();
+    let traced = model.valid().fork(&autodiff);
+    let (xa, _) = blob_volumes(&autodiff);
+    let maps = [
+        ("CAM", model.cam(x.clone(), 1).unwrap()),
+        (
+            "frozen CAM",
+            ResNet3d::freeze(&model).unwrap().cam(x.clone(), 1).unwrap(),
+        ),
+        (
+            "Grad-CAM layer4",
+            traced.grad_cam(xa.clone(), 1, Stage::Layer4).unwrap(),
+        ),
+        ("Grad-CAM layer3", traced.grad_cam(xa, 1, Stage::Layer3).unwrap()),
+    ];
+    for (what, map) in &maps {
+        for (n, mask) in masks.iter().enumerate() {
+            let own = top5_iou(map.item(n).unwrap(), mask);
+            let other = top5_iou(map.item(n).unwrap(), &masks[1 - n]);
+            eprintln!("{what}, item {n}: top-5% IoU {own:.3} with its blob, {other:.3} with the other");
+            assert!(own >= 0.5, "{what}, item {n}: IoU {own:.3} with its blob");
+            assert!(
+                other < 0.05,
+                "{what}, item {n}: IoU {other:.3} with the other item's blob"
+            );
+        }
+    }
+    // Class 0 speaks against the blob: nothing at layer4 is evidence for it.
+    let against = model.cam(x, 0).unwrap();
+    assert_eq!(against.empty, [true, true]);
+}

@@ -16,6 +16,8 @@ mod medicalnet;
 mod nifti;
 mod onnx;
 mod optim;
+#[cfg(all(feature = "pictures", feature = "nifti", feature = "dicom"))]
+mod pictures;
 mod properties;
 mod pytorch;
 mod record;

@@ -1,0 +1,136 @@
+//! `classify_ct --cam` and `--cam-nifti`: the PNG montage decodes, has the size the layout
+//! gives and shows a map; the NIfTI map lies on the scan's grid with the scan's affine, for
+//! a NIfTI input (its header copied) and a DICOM series (its position and orientation).
+
+use std::path::Path;
+
+use resnet3d::burn::tensor::Device;
+use resnet3d::data::read_series;
+use resnet3d::preprocess::{Placement, Volume, nifti_affine};
+
+use crate::common::fixtures;
+use crate::nifti::example;
+
+fn args(volume: &Path, out: &Path) -> example::Args {
+    example::Args {
+        volume: volume.to_path_buf(),
+        series: None,
+        weights: None,
+        window: "lung".into(),
+        spacing: 1.5,
+        shape: vec![16, 32, 32],
+        classes: 3,
+        model: None,
+        cam: Some(out.join("cam.png")),
+        cam_nifti: Some(out.join("cam.nii.gz")),
+        class: None,
+        around_max: false,
+    }
+}
+
+/// The PNG's size and pixels; asserts the size of a 4 x 4 montage of 32 x 32 slices.
+fn check_png(path: &Path) -> Vec<u8> {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut rgb = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut rgb).unwrap();
+    assert_eq!(
+        (info.color_type, info.bit_depth),
+        (png::ColorType::Rgb, png::BitDepth::Eight)
+    );
+    // Tiles of 32 voxels at 8 pixels each (the largest scale within 256), 4 pixels apart and
+    // around, then a 16-pixel colour bar and 24 pixels of labels.
+    assert_eq!(
+        (info.width, info.height),
+        (4 + 4 * (256 + 4) + 16 + 24, 4 + 4 * (256 + 4))
+    );
+    rgb.truncate(info.buffer_size());
+    rgb
+}
+
+#[test]
+fn cam_png_and_nifti_from_a_nifti_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    // A phantom scan with an oblique sform: a dark body, a bright ball off centre.
+    let shape = [12, 40, 48];
+    let mut hu = vec![-1000.0f32; shape.iter().product()];
+    for d in 0..12 {
+        for h in 0..40 {
+            for w in 0..48 {
+                let body = ((h as f32 - 20.0) / 16.0).powi(2) + ((w as f32 - 24.0) / 20.0).powi(2) < 1.0;
+                let ball =
+                    (d as f32 - 7.0).powi(2) * 4.0 + (h as f32 - 14.0).powi(2) + (w as f32 - 30.0).powi(2) < 30.0;
+                hu[(d * 40 + h) * 48 + w] = if ball {
+                    300.0
+                } else if body {
+                    -850.0
+                } else {
+                    -1000.0
+                };
+            }
+        }
+    }
+    let scan = Volume::new(hu, shape, [3.0, 0.9, 0.8]).unwrap();
+    let (c, s) = (0.3f64.cos(), 0.3f64.sin());
+    let affine = [
+        [-0.8 * c, 0.9 * s, 0.0, 40.0],
+        [0.8 * s, 0.9 * c, 0.0, -12.5],
+        [0.0, 0.0, 3.0, -60.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    let input = dir.path().join("scan.nii.gz");
+    scan.save_nifti(&input, &Placement::Affine(affine)).unwrap();
+    // The scan as written reads back as it was, placed by the affine.
+    assert_eq!(Volume::from_nifti(&input).unwrap(), scan);
+    let written = nifti_affine(&input).unwrap();
+    for (row, want) in written.iter().zip(&affine) {
+        for (a, b) in row.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{written:?}");
+        }
+    }
+
+    let scores = example::classify(&args(&input, dir.path()), &Device::flex()).unwrap();
+    assert_eq!(scores.len(), 3);
+
+    let rgb = check_png(&dir.path().join("cam.png"));
+    let mut colours: Vec<[u8; 3]> = rgb.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
+    let heat = colours.iter().filter(|p| p[0] != p[1] || p[1] != p[2]).count();
+    colours.sort_unstable();
+    colours.dedup();
+    assert!(colours.len() > 100, "{} distinct colours", colours.len());
+    assert!(heat > 1000, "{heat} coloured pixels");
+
+    let map = Volume::from_nifti(dir.path().join("cam.nii.gz")).unwrap();
+    assert_eq!((map.shape, map.spacing), (scan.shape, scan.spacing));
+    assert!(map.data.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(map.data.iter().any(|&v| v > 0.5));
+    assert_eq!(nifti_affine(dir.path().join("cam.nii.gz")).unwrap(), written);
+}
+
+#[test]
+fn cam_nifti_of_a_dicom_series_has_the_series_affine() {
+    let dir = tempfile::tempdir().unwrap();
+    let series = fixtures().join("dicom/ct");
+    let mut settings = args(&series, dir.path());
+    settings.shape = vec![8, 16, 16];
+    settings.around_max = true;
+    example::classify(&settings, &Device::flex()).unwrap();
+    let dicom = read_series(&series, None).unwrap();
+    let map = Volume::from_nifti(dir.path().join("cam.nii.gz")).unwrap();
+    assert_eq!(map.shape, dicom.volume.shape);
+    let got = nifti_affine(dir.path().join("cam.nii.gz")).unwrap();
+    for (row, want) in got.iter().zip(&dicom.nifti_affine()) {
+        for (a, b) in row.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{got:?}");
+        }
+    }
+    // The montage is of the network's 8 x 16 x 16 grid: 8 tiles of 16 voxels at 16 pixels.
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(dir.path().join("cam.png")).unwrap(),
+    ));
+    let info = decoder.read_info().unwrap().info().clone();
+    assert_eq!(
+        (info.width, info.height),
+        (4 + 4 * (256 + 4) + 16 + 24, 4 + 4 * (256 + 4))
+    );
+}
