@@ -24,10 +24,11 @@
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use resnet3d::burn::module::Module;
 use resnet3d::burn::tensor::Device;
 use resnet3d::burn::tensor::activation::softmax;
 use resnet3d::data::{Normalization, Preprocessing};
-use resnet3d::explain::{Montage, Slices};
+use resnet3d::explain::{Montage, Slices, Stage};
 use resnet3d::preprocess::{Placement, Volume, Window};
 use resnet3d::{ResNet3d, ResNet3dConfig, Weights};
 
@@ -64,6 +65,10 @@ pub struct Args {
     /// Write the class activation map as NIfTI on the scan's grid, with its affine.
     #[arg(long)]
     pub cam_nifti: Option<PathBuf>,
+    /// The stage to explain: layer4 (CAM, no gradients) or layer1..layer3 (Grad-CAM, on
+    /// Burn's autodiff); earlier stages give finer maps of small inputs.
+    #[arg(long, default_value = "layer4")]
+    pub stage: String,
     /// The class to map; default: the top-scoring one.
     #[arg(long)]
     pub class: Option<usize>,
@@ -104,9 +109,26 @@ pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::e
     if args.cam.is_some() || args.cam_nifti.is_some() {
         let top = (0..probabilities.len()).fold(0, |b, c| if probabilities[c] > probabilities[b] { c } else { b });
         let class = args.class.unwrap_or(top);
-        let heatmap = net.cam(x, class)?;
+        let stage: Stage = args.stage.parse()?;
+        let heatmap = if stage == Stage::Layer4 {
+            net.cam(x, class)?
+        } else {
+            // Grad-CAM: the network (eval mode, running statistics) and input on autodiff.
+            let autodiff = device.clone().autodiff();
+            let x = resnet3d::burn::tensor::Tensor::from_data(x.into_data(), &autodiff);
+            net.valid().fork(&autodiff).grad_cam(x, class, stage)?
+        };
         if heatmap.empty[0] {
-            println!("class {class}: no voxel at layer4 speaks for it; the map is all zero");
+            println!(
+                "class {class}: no voxel at {} speaks for it; the map is all zero",
+                args.stage
+            );
+        }
+        if heatmap.source.contains(&1) {
+            println!(
+                "{}'s maps are {:?} voxels: an axis of 1 cannot show where; try --stage layer3 or a larger --shape",
+                args.stage, heatmap.source
+            );
         }
         let spacing = preprocessing.spacing.unwrap_or(volume.spacing);
         let map = heatmap.volume(0, spacing)?;

@@ -1,5 +1,6 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 //! 3-D ResNets (18/34/50/101/152) on [Burn](https://burn.dev), started from 2-D ImageNet weights.
 //!
 //! Annotated CT and MRI volumes are scarce; ImageNet ResNets are plentiful but 2-D and RGB.

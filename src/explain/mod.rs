@@ -46,6 +46,24 @@ pub enum Stage {
     Layer4,
 }
 
+impl std::str::FromStr for Stage {
+    type Err = Error;
+
+    /// `layer1` .. `layer4` (as [`Features`](crate::Features) names them).
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "layer1" => Ok(Stage::Layer1),
+            "layer2" => Ok(Stage::Layer2),
+            "layer3" => Ok(Stage::Layer3),
+            "layer4" => Ok(Stage::Layer4),
+            _ => Err(Error::InvalidConfig {
+                field: "Stage",
+                reason: format!("`{name}` is not a stage: use layer1, layer2, layer3 or layer4"),
+            }),
+        }
+    }
+}
+
 impl Stage {
     /// 0 for `layer1` .. 3 for `layer4`.
     pub fn index(self) -> usize {
@@ -65,6 +83,10 @@ pub struct Heatmap {
     pub values: Vec<f32>,
     /// `[N, D, H, W]`: the input's batch and volume extents.
     pub dims: [usize; 4],
+    /// `[D', H', W']`: the extent of the stage's feature maps the map was upsampled from. An
+    /// axis of 1 means the map cannot tell places apart along it (at `layer4` an input of
+    /// 32 voxels in-plane gives 1): explain an earlier stage, or feed a larger input.
+    pub source: [usize; 3],
     /// Per item: whether the map was zero everywhere before scaling (nothing at this stage
     /// speaks for the class; try another class or an earlier stage).
     pub empty: Vec<bool>,
@@ -149,6 +171,7 @@ fn finish(a: &[f32], [n, c, d, h, w]: [usize; 5], alpha: &[f32], size: [usize; 3
     Ok(Heatmap {
         values,
         dims: [n, od, oh, ow],
+        source: [d, h, w],
         empty,
     })
 }

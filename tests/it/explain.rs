@@ -117,6 +117,14 @@ fn wrong_uses_are_typed_errors() {
         .init(&device);
     says(headless.cam(x.clone(), 0), "no head");
     says(model.cam(pattern([1, 3, 8, 32, 32], &device), 0), "channel");
+    // Stages by name, as classify_ct --stage takes them.
+    assert_eq!("layer3".parse::<Stage>().unwrap(), Stage::Layer3);
+    assert!(matches!(
+        "layer5".parse::<Stage>(),
+        Err(Error::InvalidConfig { field: "Stage", .. })
+    ));
+    // The map says how coarse it is: 8 x 32 x 32 at layer4 (stride 32 in-plane, 16 in depth).
+    assert_eq!(model.cam(x.clone(), 0).unwrap().source, [1, 1, 1]);
 }
 
 /// A ResNet-18 (width 4) whose class-1 logit is, by construction, the mean over `layer4` of

@@ -81,6 +81,7 @@ fn classify_ct_runs_on_a_phantom() {
         cam: None,
         cam_nifti: None,
         class: None,
+        stage: "layer4".into(),
         around_max: false,
     };
     let scores = example::classify(&args, &Device::flex()).unwrap();

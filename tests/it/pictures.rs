@@ -24,6 +24,7 @@ fn args(volume: &Path, out: &Path) -> example::Args {
         cam: Some(out.join("cam.png")),
         cam_nifti: Some(out.join("cam.nii.gz")),
         class: None,
+        stage: "layer4".into(),
         around_max: false,
     }
 }
