@@ -215,3 +215,53 @@ pub fn assert_stage_shapes(features: Features, shapes: &Value, what: &str) {
         assert_eq!(got.dims().to_vec(), expected, "{what} {stage}");
     }
 }
+
+/// A ResNet-18 (width 4) whose class-1 logit is, by construction, the mean over `layer4` of
+/// `ReLU(x - 0.5)` at the stem's sampled voxels: the stem's kernel is a centre tap on channel
+/// 0, its BatchNorm shifts by -0.5, every residual branch is zero (blocks pass their input
+/// on), the projection shortcuts carry channel `c` to `c`, and the head reads channel 0.
+/// Only voxels brighter than 0.5 (the blob) can raise the logit: the background (below 0.3)
+/// cannot.
+pub fn blob_detector(device: &Device) -> (ResNet3d, ResNet3dConfig) {
+    let template = resnet3d::Weights::from_file(fixtures().join("checkpoints/r18_w4.pth")).unwrap();
+    let mut weights = resnet3d::Weights::new();
+    for (name, tensor) in template.iter() {
+        let shape = tensor.shape.clone();
+        let mut values = vec![0.0f32; tensor.values.len()];
+        // BatchNorm as identity: scale 1 (main branch and shortcut), variance 1, shift 0.
+        let is_norm = name.contains("bn") || name.contains("downsample.1.");
+        if name.ends_with("running_var") || (is_norm && name.ends_with("weight")) {
+            values.fill(1.0);
+        }
+        if name == "bn1.bias" {
+            values.fill(-0.5);
+        }
+        if name == "conv1.weight" {
+            values[3 * 7 + 3] = 1.0; // [0, 0, 3, 3]: output 0 <- input channel 0, centre.
+        }
+        if name.ends_with("downsample.0.weight") {
+            for c in 0..shape[1] {
+                values[c * shape[1] + c] = 1.0; // [c, c, 0, 0]
+            }
+        }
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        weights.insert(name, shape, values).unwrap();
+    }
+    let channels = template.get("fc.weight").unwrap().shape[1];
+    let mut fc = vec![0.0f32; 2 * channels];
+    fc[0] = -1.0; // class 0: against the blob
+    fc[channels] = 1.0; // class 1: for it
+    weights.insert("fc.weight", vec![2, channels], fc).unwrap();
+    weights.insert("fc.bias", vec![2], vec![0.0, 0.0]).unwrap();
+    let config = ResNet3dConfig::resnet18()
+        .with_width(4)
+        .with_in_channels(1)
+        .with_num_classes(Some(2))
+        .with_max_pool(false)
+        .with_stage_strides([1; 4])
+        .with_stage_depth_strides([1; 4])
+        .with_inflation(resnet3d::Inflation::Center);
+    (resnet3d::inflate_from_2d(&weights, &config, device).unwrap(), config)
+}

@@ -4,29 +4,29 @@
 
 use std::path::Path;
 
+use resnet3d::burn::config::Config;
 use resnet3d::burn::tensor::Device;
-use resnet3d::data::read_series;
-use resnet3d::preprocess::{Placement, Volume, nifti_affine};
+use resnet3d::data::{Preprocessing, read_series};
+use resnet3d::preprocess::{Placement, Volume, Window, nifti_affine};
 
-use crate::common::fixtures;
+use crate::common::{blob_detector, fixtures};
 use crate::nifti::example;
 
-fn args(volume: &Path, out: &Path) -> example::Args {
-    example::Args {
-        volume: volume.to_path_buf(),
-        series: None,
-        weights: None,
-        window: "lung".into(),
-        spacing: 1.5,
-        shape: vec![16, 32, 32],
-        classes: 3,
-        model: None,
-        cam: Some(out.join("cam.png")),
-        cam_nifti: Some(out.join("cam.nii.gz")),
-        class: None,
-        stage: "layer4".into(),
-        around_max: false,
-    }
+/// classify_ct's settings from its command line: the bundled checkpoint with a fresh
+/// 3-class head, 1.5 mm, 16 x 32 x 32 voxels (unless `extra` names a `--model`), both maps
+/// into `out`.
+fn args(volume: &Path, out: &Path, extra: &[&str]) -> example::Args {
+    let (png, nifti) = (out.join("cam.png"), out.join("cam.nii.gz"));
+    let mut argv = vec![
+        "classify_ct",
+        volume.to_str().unwrap(),
+        "--shape=16,32,32",
+        "--classes",
+        "3",
+    ];
+    argv.extend(["--cam", png.to_str().unwrap(), "--cam-nifti", nifti.to_str().unwrap()]);
+    argv.extend(extra);
+    <example::Args as clap::Parser>::parse_from(argv)
 }
 
 /// The PNG's size and pixels; asserts the size of a 4 x 4 montage of 32 x 32 slices.
@@ -54,19 +54,18 @@ fn cam_png_and_nifti_from_a_nifti_scan() {
     let dir = tempfile::tempdir().unwrap();
     // A phantom scan with an oblique sform: a dark body, a bright ball off centre.
     let shape = [12, 40, 48];
+    let ball = |d: usize, h: usize, w: usize| {
+        (d as f32 - 7.0).powi(2) * 9.0 + (h as f32 - 14.0).powi(2) + (w as f32 - 30.0).powi(2) < 30.0
+    };
     let mut hu = vec![-1000.0f32; shape.iter().product()];
     for d in 0..12 {
         for h in 0..40 {
             for w in 0..48 {
                 let body = ((h as f32 - 20.0) / 16.0).powi(2) + ((w as f32 - 24.0) / 20.0).powi(2) < 1.0;
-                let ball =
-                    (d as f32 - 7.0).powi(2) * 4.0 + (h as f32 - 14.0).powi(2) + (w as f32 - 30.0).powi(2) < 30.0;
-                hu[(d * 40 + h) * 48 + w] = if ball {
-                    300.0
-                } else if body {
-                    -850.0
-                } else {
-                    -1000.0
+                hu[(d * 40 + h) * 48 + w] = match (ball(d, h, w), body) {
+                    (true, _) => 300.0,
+                    (false, true) => -850.0,
+                    (false, false) => -1000.0,
                 };
             }
         }
@@ -90,8 +89,19 @@ fn cam_png_and_nifti_from_a_nifti_scan() {
         }
     }
 
-    let scores = example::classify(&args(&input, dir.path()), &Device::flex()).unwrap();
-    assert_eq!(scores.len(), 3);
+    // A network that, by construction, looks at bright voxels only (tests/it/common.rs),
+    // saved as the train example saves one: its record, config and pipeline side by side.
+    let device = Device::flex();
+    let (detector, config) = blob_detector(&device);
+    let model = dir.path().join("model.bpk");
+    detector.save(&model).unwrap();
+    config.save(dir.path().join("config.json")).unwrap();
+    Preprocessing::ct(1.5, [16, 32, 32], Window::LUNG)
+        .save(dir.path().join("preprocessing.json"))
+        .unwrap();
+    let settings = args(&input, dir.path(), &["--model", model.to_str().unwrap()]);
+    let scores = example::classify(&settings, &device).unwrap();
+    assert!(scores[1] > 0.5, "{scores:?}");
 
     let rgb = check_png(&dir.path().join("cam.png"));
     let mut colours: Vec<[u8; 3]> = rgb.chunks_exact(3).map(|p| [p[0], p[1], p[2]]).collect();
@@ -99,12 +109,31 @@ fn cam_png_and_nifti_from_a_nifti_scan() {
     colours.sort_unstable();
     colours.dedup();
     assert!(colours.len() > 100, "{} distinct colours", colours.len());
-    assert!(heat > 1000, "{heat} coloured pixels");
+    assert!(heat > 500, "{heat} coloured pixels");
 
     let map = Volume::from_nifti(dir.path().join("cam.nii.gz")).unwrap();
     assert_eq!((map.shape, map.spacing), (scan.shape, scan.spacing));
     assert!(map.data.iter().all(|v| (0.0..=1.0).contains(v)));
-    assert!(map.data.iter().any(|&v| v > 0.5));
+    // Back on the scan's grid, the map is hottest in the ball.
+    let hottest = (0..map.data.len()).fold(0, |b, i| if map.data[i] > map.data[b] { i } else { b });
+    assert!(
+        ball(hottest / (40 * 48), hottest / 48 % 40, hottest % 48),
+        "hottest voxel {hottest}"
+    );
+    let (mut inside, mut outside) = ((0.0, 0), (0.0, 0));
+    for (i, &v) in map.data.iter().enumerate() {
+        let sum = if ball(i / (40 * 48), i / 48 % 40, i % 48) {
+            &mut inside
+        } else {
+            &mut outside
+        };
+        (sum.0, sum.1) = (sum.0 + v, sum.1 + 1);
+    }
+    let (inside, outside) = (inside.0 / inside.1 as f32, outside.0 / outside.1 as f32);
+    assert!(
+        inside > 5.0 * outside,
+        "mean map {inside} in the ball, {outside} outside"
+    );
     assert_eq!(nifti_affine(dir.path().join("cam.nii.gz")).unwrap(), written);
 }
 
@@ -112,9 +141,8 @@ fn cam_png_and_nifti_from_a_nifti_scan() {
 fn cam_nifti_of_a_dicom_series_has_the_series_affine() {
     let dir = tempfile::tempdir().unwrap();
     let series = fixtures().join("dicom/ct");
-    let mut settings = args(&series, dir.path());
+    let mut settings = args(&series, dir.path(), &["--around-max"]);
     settings.shape = vec![8, 16, 16];
-    settings.around_max = true;
     example::classify(&settings, &Device::flex()).unwrap();
     let dicom = read_series(&series, None).unwrap();
     let map = Volume::from_nifti(dir.path().join("cam.nii.gz")).unwrap();
