@@ -108,14 +108,7 @@ impl Volume {
             )));
         }
         let mut header = match placement {
-            Placement::LikeFile(reference) => {
-                nifti_affine(reference)?;
-                NiftiHeader::from_file(reference).map_err(|err| Error::Corrupt {
-                    path: reference.clone(),
-                    format: "NIfTI",
-                    reason: err.to_string(),
-                })?
-            }
+            Placement::LikeFile(reference) => read_header(reference)?,
             Placement::Affine(affine) => header_for(affine)?,
         };
         let finite = self.data.iter().copied().filter(|v| v.is_finite());
@@ -145,17 +138,7 @@ impl Volume {
 /// # Errors
 /// [`Error::FileNotFound`], [`Error::Corrupt`] for a header the reader refuses.
 pub fn nifti_affine(path: impl AsRef<Path>) -> Result<[[f64; 4]; 4]> {
-    let path = path.as_ref();
-    if !path.exists() {
-        return Err(Error::FileNotFound {
-            path: path.to_path_buf(),
-        });
-    }
-    let header = NiftiHeader::from_file(path).map_err(|err| Error::Corrupt {
-        path: path.to_path_buf(),
-        format: "NIfTI",
-        reason: err.to_string(),
-    })?;
+    let header = read_header(path.as_ref())?;
     let pixdim = |a: usize| f64::from(header.pixdim[a]);
     let mut affine = [[0.0, 0.0, 0.0, 0.0], [0.0; 4], [0.0; 4], [0.0, 0.0, 0.0, 1.0]];
     if header.sform_code > 0 {
@@ -180,6 +163,20 @@ pub fn nifti_affine(path: impl AsRef<Path>) -> Result<[[f64; 4]; 4]> {
         }
     }
     Ok(affine)
+}
+
+/// The header of a NIfTI-1 file, without its voxels.
+fn read_header(path: &Path) -> Result<NiftiHeader> {
+    if !path.exists() {
+        return Err(Error::FileNotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    NiftiHeader::from_file(path).map_err(|err| Error::Corrupt {
+        path: path.to_path_buf(),
+        format: "NIfTI",
+        reason: err.to_string(),
+    })
 }
 
 /// The rotation of unit quaternion `[a, b, c, d]` (NIfTI-1's qform formula).

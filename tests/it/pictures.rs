@@ -80,6 +80,19 @@ fn cam_png_and_nifti_from_a_nifti_scan() {
     ];
     let input = dir.path().join("scan.nii.gz");
     scan.save_nifti(&input, &Placement::Affine(affine)).unwrap();
+    // A reference that is not there, or an affine that places nothing, is refused.
+    let nowhere = Placement::LikeFile(dir.path().join("absent.nii"));
+    let refused = scan.save_nifti(dir.path().join("x.nii"), &nowhere);
+    assert!(
+        matches!(refused, Err(resnet3d::Error::FileNotFound { .. })),
+        "{refused:?}"
+    );
+    let flat = Placement::Affine([[0.0; 4]; 4]);
+    let refused = scan.save_nifti(dir.path().join("x.nii"), &flat);
+    assert!(
+        matches!(refused, Err(resnet3d::Error::InvalidVolume { .. })),
+        "{refused:?}"
+    );
     // The scan as written reads back as it was, placed by the affine.
     assert_eq!(Volume::from_nifti(&input).unwrap(), scan);
     let written = nifti_affine(&input).unwrap();
