@@ -481,6 +481,14 @@ fn guarded<T>(file: &Path, read: impl FnOnce() -> Result<T, DicomProblem>) -> Re
 }
 
 fn header(file: &Path) -> Result<Header, DicomProblem> {
+    let unreadable = |reason: String| DicomProblem::Unreadable {
+        file: file.to_path_buf(),
+        reason,
+    };
+    // Every declared length backed by bytes before dicom-rs allocates for it.
+    if let Some(why) = super::dicom_lengths::check(file).map_err(|err| unreadable(err.to_string()))? {
+        return Err(unreadable(why));
+    }
     guarded(file, || {
         let object = OpenFileOptions::new()
             .read_until(tags::PIXEL_DATA)

@@ -19,6 +19,8 @@ mod cache;
 mod dataset;
 #[cfg(feature = "dicom")]
 mod dicom;
+#[cfg(feature = "dicom")]
+mod dicom_lengths;
 mod labels;
 mod pipeline;
 mod rng;

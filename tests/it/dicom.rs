@@ -278,3 +278,70 @@ fn training_data_accepts_a_dicom_folder() {
     let scans = resnet3d::data::LabelledScans::from_csv(&csv, 0.5, 1).expect("labels with folders");
     assert_eq!(scans.scans().len(), 2);
 }
+
+/// A copy of fixture `case` in a temporary folder, with `patch` applied to the bytes of its
+/// file at sorted index 2; the patched file's path.
+fn patched_copy(case_name: &str, patch: impl Fn(&mut Vec<u8>)) -> (tempfile::TempDir, PathBuf) {
+    let copy = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(dir(case_name)).expect("fixture") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, copy.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    let victim = copy
+        .path()
+        .join(case(case_name)["files_sorted"][2].as_str().expect("name"));
+    let mut bytes = std::fs::read(&victim).expect("read");
+    patch(&mut bytes);
+    std::fs::write(&victim, bytes).expect("write");
+    (copy, victim)
+}
+
+/// Where `needle` starts in `bytes`.
+fn find(bytes: &[u8], needle: &[u8]) -> usize {
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("pattern in the fixture")
+}
+
+#[test]
+fn lengths_past_the_end_of_a_file_are_refused_before_anything_is_allocated() {
+    // dicom-rs would allocate and zero 4 GB for each of these 1-2 KB files.
+    let huge = 0xFFFF_FFF0u32.to_le_bytes();
+    // Explicit VR: PixelData (7FE0,0010) OW, 2 reserved bytes, then the 4-byte length.
+    let explicit = |b: &mut Vec<u8>| {
+        let at = find(b, &[0xE0, 0x7F, 0x10, 0x00, b'O', b'W']) + 8;
+        b[at..at + 4].copy_from_slice(&huge);
+    };
+    // Implicit VR: the tag, then the 4-byte length.
+    let implicit = |b: &mut Vec<u8>| {
+        let at = find(b, &[0xE0, 0x7F, 0x10, 0x00]) + 4;
+        b[at..at + 4].copy_from_slice(&huge);
+    };
+    // RLE: the first fragment's item (FFFE,E000) after the basic offset table's.
+    let fragment = |b: &mut Vec<u8>| {
+        let table = find(b, &[0xFE, 0xFF, 0x00, 0xE0]);
+        let at = table + 8 + 4 + 4;
+        assert_eq!(b[at - 4..at], [0xFE, 0xFF, 0x00, 0xE0]);
+        b[at..at + 4].copy_from_slice(&huge);
+    };
+    type Patch<'a> = &'a dyn Fn(&mut Vec<u8>);
+    let cases: [(&str, Patch, &str); 3] = [
+        ("ct", &explicit, "(7FE0,0010)"),
+        ("mr_oblique", &implicit, "(7FE0,0010)"),
+        ("ct_rle", &fragment, "(FFFE,E000)"),
+    ];
+    for (name, patch, element) in cases {
+        let (folder, victim) = patched_copy(name, patch);
+        match problem(Volume::from_dicom(folder.path())) {
+            DicomProblem::Unreadable { file, reason } => {
+                assert_eq!(file, victim, "{name}");
+                assert!(
+                    reason.contains(element) && reason.contains("4294967280 bytes"),
+                    "{name}: {reason}"
+                );
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The declared lengths of a DICOM file, checked against the bytes that back them before
+//! dicom-rs reads it.
+//!
+//! dicom-rs allocates (and zero-fills) each element's value at the length its header
+//! declares, before reading it: a 1 KB file whose PixelData claims 4 GB takes 4 GB of memory
+//! per file being read, and on a smaller machine the process is killed. This walk reads only
+//! the element headers (values are skipped: seeked over, or read and dropped in a deflated
+//! stream) and refuses a length that runs past the end of the data, so no allocation dicom-rs
+//! makes can exceed the file's own content.
+
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// Explicit VRs whose length field is 4 bytes (after 2 reserved bytes); the others have 2.
+const LONG_VRS: [&[u8; 2]; 13] = [
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+];
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+/// How the data set after the file meta group is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoding {
+    /// Explicit VR, little endian (also RLE, JPEG and other encapsulated syntaxes).
+    ExplicitLittle,
+    /// Implicit VR, little endian.
+    ImplicitLittle,
+    /// Explicit VR, big endian (retired, still read by dicom-rs).
+    ExplicitBig,
+    /// Explicit VR little endian, raw-deflated after the meta group.
+    DeflatedExplicitLittle,
+}
+
+impl Encoding {
+    /// The encoding of transfer syntax `uid`.
+    fn of(uid: &str) -> Encoding {
+        match uid {
+            "1.2.840.10008.1.2" => Encoding::ImplicitLittle,
+            "1.2.840.10008.1.2.2" => Encoding::ExplicitBig,
+            "1.2.840.10008.1.2.1.99" => Encoding::DeflatedExplicitLittle,
+            _ => Encoding::ExplicitLittle,
+        }
+    }
+}
+
+/// Walks the element headers of the Part-10 file at `file` (preamble and `DICM` already
+/// checked; the data set's encoding read from the meta group's TransferSyntaxUID) and returns
+/// why it must not be read: an element or item whose defined length runs past the end of the
+/// data. A file that ends in the middle of a header passes (dicom-rs reports it better).
+pub(super) fn check(file: &Path) -> std::io::Result<Option<String>> {
+    let mut reader = BufReader::new(std::fs::File::open(file)?);
+    let size = reader.get_ref().metadata()?.len();
+    reader.seek(SeekFrom::Start(132))?;
+    // The meta group is explicit VR little endian in every syntax.
+    let mut source = Source::Seekable { reader, size };
+    let mut encoding = Encoding::ExplicitLittle;
+    loop {
+        let mut tag = [0u8; 4];
+        if !source.read_exact_or_end(&mut tag)? {
+            return Ok(None);
+        }
+        if u16::from_le_bytes([tag[0], tag[1]]) != 0x0002 {
+            // The first data set element: back to its start, then the data set's own encoding.
+            source.back(4)?;
+            break;
+        }
+        if tag == [0x02, 0x00, 0x10, 0x00] {
+            // TransferSyntaxUID: VR UI, a 2-byte length, at most 64 characters.
+            let mut header = [0u8; 4];
+            if !source.read_exact_or_end(&mut header)? {
+                return Ok(None);
+            }
+            let length = u16::from_le_bytes([header[2], header[3]]);
+            if length > 64 {
+                return Ok(Some(format!(
+                    "TransferSyntaxUID of {length} bytes (a UID has at most 64)"
+                )));
+            }
+            let mut uid = vec![0u8; usize::from(length)];
+            if !source.read_exact_or_end(&mut uid)? {
+                return Ok(None);
+            }
+            let uid = String::from_utf8_lossy(&uid);
+            encoding = Encoding::of(uid.trim_end_matches(['\0', ' ']));
+            continue;
+        }
+        if let Some(why) = element(&mut source, tag, Encoding::ExplicitLittle)? {
+            return Ok(Some(why));
+        }
+    }
+    if encoding == Encoding::DeflatedExplicitLittle {
+        let Source::Seekable { reader, .. } = source else {
+            return Ok(None);
+        };
+        source = Source::Stream(Box::new(flate2::read::DeflateDecoder::new(reader)));
+    }
+    loop {
+        let mut tag = [0u8; 4];
+        if !source.read_exact_or_end(&mut tag)? {
+            return Ok(None);
+        }
+        if let Some(why) = element(&mut source, tag, encoding)? {
+            return Ok(Some(why));
+        }
+    }
+}
+
+/// Reads the rest of one element header after its `tag` and skips its value when the length
+/// is defined; `Some(why)` when the length runs past the data.
+fn element(source: &mut Source, tag: [u8; 4], encoding: Encoding) -> std::io::Result<Option<String>> {
+    let big = encoding == Encoding::ExplicitBig;
+    let u16_of = |b: [u8; 2]| {
+        if big {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    let u32_of = |b: [u8; 4]| {
+        if big {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    let (group, number) = (u16_of([tag[0], tag[1]]), u16_of([tag[2], tag[3]]));
+    let mut word = [0u8; 4];
+    // Items and delimiters carry no VR in any syntax.
+    let length = if group == 0xFFFE || encoding == Encoding::ImplicitLittle {
+        if !source.read_exact_or_end(&mut word)? {
+            return Ok(None);
+        }
+        u32_of(word)
+    } else {
+        let mut vr = [0u8; 2];
+        if !source.read_exact_or_end(&mut vr)? {
+            return Ok(None);
+        }
+        if LONG_VRS.contains(&&vr) {
+            // 2 reserved bytes, then the length.
+            let mut long = [0u8; 6];
+            if !source.read_exact_or_end(&mut long)? {
+                return Ok(None);
+            }
+            u32_of([long[2], long[3], long[4], long[5]])
+        } else {
+            let mut short = [0u8; 2];
+            if !source.read_exact_or_end(&mut short)? {
+                return Ok(None);
+            }
+            u32::from(u16_of(short))
+        }
+    };
+    // Undefined lengths (sequences, encapsulated pixel data, their items) and delimiters:
+    // what follows is more headers, walked in turn.
+    if length == UNDEFINED || (group == 0xFFFE && number != 0xE000) {
+        return Ok(None);
+    }
+    Ok(source.skip(u64::from(length))?.then(|| {
+        format!("element ({group:04X},{number:04X}) declares {length} bytes, more than the file holds after it")
+    }))
+}
+
+/// The bytes after the preamble: a file (seek over values, compare with its size) or a
+/// deflate stream (read and drop values).
+enum Source {
+    Seekable {
+        reader: BufReader<std::fs::File>,
+        size: u64,
+    },
+    Stream(Box<dyn Read>),
+}
+
+impl Source {
+    /// Fills `buf`; `false` at the end of the data (also in the middle of `buf`).
+    fn read_exact_or_end(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        let reader: &mut dyn Read = match self {
+            Source::Seekable { reader, .. } => reader,
+            Source::Stream(stream) => stream,
+        };
+        match reader.read_exact(buf) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Steps back `n` bytes (only used on the file, before any stream starts).
+    fn back(&mut self, n: i64) -> std::io::Result<()> {
+        if let Source::Seekable { reader, .. } = self {
+            reader.seek_relative(-n)?;
+        }
+        Ok(())
+    }
+
+    /// Skips `n` bytes; `true` if the data ends before them.
+    fn skip(&mut self, n: u64) -> std::io::Result<bool> {
+        match self {
+            Source::Seekable { reader, size } => {
+                let at = reader.stream_position()?;
+                if n > size.saturating_sub(at) {
+                    return Ok(true);
+                }
+                reader.seek_relative(n as i64)?;
+                Ok(false)
+            }
+            Source::Stream(stream) => {
+                let copied = std::io::copy(&mut stream.take(n), &mut std::io::sink())?;
+                Ok(copied < n)
+            }
+        }
+    }
+}
