@@ -48,6 +48,9 @@ const GAP_STEP: f64 = 1.5;
 /// Distance off the normal's line allowed per mm along it (tan 0.57 degrees), plus an absolute
 /// 0.01 mm for positions rounded in the header; more is a gantry tilt.
 const TILT_SLOPE: f64 = 0.01;
+/// Largest number of rows or columns of a slice (CT and MR have 256 to 1024; larger headers
+/// are damaged, and the decoder would allocate for them).
+const MAX_SIDE: usize = 16384;
 /// Largest difference of direction cosines (or relative pixel spacing) still taken as equal.
 const SAME_DIRECTION: f64 = 1e-3;
 
@@ -352,11 +355,12 @@ pub fn read_series(dir: impl AsRef<Path>, uid: Option<&str>) -> Result<DicomVolu
     let plane = rows * columns;
     let len = plane
         .checked_mul(slices.len())
-        .filter(|&n| n <= isize::MAX as usize / 4)
+        .filter(|&n| n <= crate::preprocess::MAX_VOXELS)
         .ok_or_else(|| Error::InvalidVolume {
             what: format!(
-                "{} slices of {rows} x {columns} pixels do not fit in memory",
-                slices.len()
+                "{} slices of {rows} x {columns} pixels: more than {} voxels",
+                slices.len(),
+                crate::preprocess::MAX_VOXELS
             ),
         })?;
     let mut data = Vec::new();
@@ -696,11 +700,14 @@ impl Geometry {
                 });
             }
         }
-        if first.rows == 0 || first.columns == 0 {
+        if first.rows == 0 || first.columns == 0 || first.rows.max(first.columns) > MAX_SIDE {
             return Err(DicomProblem::MissingAttribute {
                 file: first.file.clone(),
                 attribute: "Rows",
-                reason: format!("{} x {} pixels is empty", first.rows, first.columns),
+                reason: format!(
+                    "{} x {} pixels: a slice has 1 to {MAX_SIDE} pixels per side",
+                    first.rows, first.columns
+                ),
             });
         }
         let unit = |v: [f64; 3], attribute| {
@@ -860,6 +867,18 @@ mod tests {
         assert!(matches!(
             Geometry::of(&slices),
             Err(DicomProblem::UnevenSpacing { min_mm, max_mm }) if (min_mm - 1.0).abs() < 1e-9 && (max_mm - 1.3).abs() < 1e-9
+        ));
+    }
+
+    #[test]
+    fn slices_of_implausible_size_are_refused_before_decoding() {
+        let mut slices: Vec<Header> = [0.0, 1.0].map(|z| slice([0.0, 0.0, z])).into();
+        for s in &mut slices {
+            (s.rows, s.columns) = (65535, 65535);
+        }
+        assert!(matches!(
+            Geometry::of(&slices),
+            Err(DicomProblem::MissingAttribute { attribute: "Rows", .. })
         ));
     }
 

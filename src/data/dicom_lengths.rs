@@ -16,6 +16,8 @@ const LONG_VRS: [&[u8; 2]; 13] = [
     b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
 ];
 const UNDEFINED: u32 = 0xFFFF_FFFF;
+/// Largest element value taken from a deflated data set.
+const MAX_INFLATED: u64 = 256 << 20;
 
 /// How the data set after the file meta group is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +158,7 @@ fn element(source: &mut Source, tag: [u8; 4], encoding: Encoding) -> std::io::Re
         return Ok(None);
     }
     Ok(source.skip(u64::from(length))?.then(|| {
-        format!("element ({group:04X},{number:04X}) declares {length} bytes, more than the file holds after it")
+        format!("element ({group:04X},{number:04X}) declares {length} bytes, more than the file holds after it (or, deflated, more than 256 MiB)")
     }))
 }
 
@@ -204,6 +206,12 @@ impl Source {
                 Ok(false)
             }
             Source::Stream(stream) => {
+                // Inflated bytes can exist and still be a bomb: no element of one slice
+                // needs more than MAX_INFLATED (8192 x 8192 pixels of 4 bytes; a CT slice's
+                // pixel data is 0.5 MB).
+                if n > MAX_INFLATED {
+                    return Ok(true);
+                }
                 let copied = std::io::copy(&mut stream.take(n), &mut std::io::sink())?;
                 Ok(copied < n)
             }
