@@ -403,6 +403,8 @@ pub fn read_series(dir: impl AsRef<Path>, uid: Option<&str>) -> Result<DicomVolu
 #[derive(Debug, Clone)]
 struct Header {
     file: PathBuf,
+    /// The file's length in bytes.
+    bytes: u64,
     series: String,
     number: Option<i64>,
     description: String,
@@ -515,6 +517,7 @@ fn header(file: &Path) -> Result<Header, DicomProblem> {
         }
         Ok(Header {
             file: file.to_path_buf(),
+            bytes: std::fs::metadata(file).map_or(0, |m| m.len()),
             series: attributes.text(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
             number: attributes
                 .optional(tags::SERIES_NUMBER)
@@ -675,6 +678,20 @@ impl Geometry {
                     file: slice.file.clone(),
                     samples: slice.samples,
                     photometric: slice.photometric.clone(),
+                });
+            }
+            // A pixel takes at least 1/64 byte in any syntax read here (RLE's longest run: 128
+            // bytes in 2), so a header claiming more pixels than that is damaged; checked
+            // before the volume is allocated for them.
+            let pixels = slice.rows as u64 * slice.columns as u64;
+            if pixels > 64 * slice.bytes {
+                return Err(DicomProblem::MissingAttribute {
+                    file: slice.file.clone(),
+                    attribute: "Rows",
+                    reason: format!(
+                        "{} x {} pixels cannot be held by a file of {} bytes",
+                        slice.rows, slice.columns, slice.bytes
+                    ),
                 });
             }
             if [slice.rows, slice.columns] != [first.rows, first.columns] {
@@ -844,6 +861,7 @@ mod tests {
     fn slice(position: [f64; 3]) -> Header {
         Header {
             file: PathBuf::from(format!("{position:?}")),
+            bytes: 1 << 20,
             series: "1.2".to_string(),
             number: Some(1),
             description: String::new(),

@@ -345,3 +345,22 @@ fn lengths_past_the_end_of_a_file_are_refused_before_anything_is_allocated() {
         }
     }
 }
+
+#[test]
+fn a_slice_that_makes_dicom_rs_panic_is_an_error_naming_it() {
+    // Found by the `dicom` fuzz target: RLE segments that make dicom-rs 0.10.1's decoder
+    // index out of bounds (rle_lossless.rs:119). The crate catches the panic per file.
+    let folder = tempfile::tempdir().expect("tempdir");
+    let mut bytes = vec![0u8; 128];
+    bytes.extend_from_slice(b"DICM");
+    bytes.extend(std::fs::read(fixtures().join("hostile/dicom_rle_panic.bin")).expect("fixture"));
+    let slice = folder.path().join("slice.dcm");
+    std::fs::write(&slice, bytes).expect("write");
+    match problem(Volume::from_dicom(folder.path())) {
+        DicomProblem::Unreadable { file, reason } => {
+            assert_eq!(file, slice);
+            assert!(reason.contains("parser failed"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
