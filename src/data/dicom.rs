@@ -413,6 +413,8 @@ struct Header {
     frames: i64,
     samples: i64,
     photometric: String,
+    /// `BitsAllocated` (16 when absent: the decoder then reports what it finds).
+    bits: i64,
     rows: usize,
     columns: usize,
     position: [f64; 3],
@@ -481,7 +483,7 @@ fn guarded<T>(file: &Path, read: impl FnOnce() -> Result<T, DicomProblem>) -> Re
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
         Err(DicomProblem::Unreadable {
             file: file.to_path_buf(),
-            reason: "the DICOM parser failed on this file".to_string(),
+            reason: "the DICOM parser failed on this file (dicom-rs panicked; the file is damaged)".to_string(),
         })
     })
 }
@@ -544,6 +546,9 @@ fn header(file: &Path) -> Result<Header, DicomProblem> {
                 .and_then(|e| e.to_str().ok())
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
+            bits: attributes
+                .optional(tags::BITS_ALLOCATED)
+                .map_or(Ok(16), |_| attributes.int(tags::BITS_ALLOCATED, "BitsAllocated"))?,
             rows: size(tags::ROWS, "Rows")?,
             columns: size(tags::COLUMNS, "Columns")?,
             position,
@@ -671,6 +676,13 @@ impl Geometry {
                 return Err(DicomProblem::MultiFrame {
                     file: slice.file.clone(),
                     frames: slice.frames,
+                });
+            }
+            if ![8, 16, 32, 64].contains(&slice.bits) {
+                return Err(DicomProblem::MissingAttribute {
+                    file: slice.file.clone(),
+                    attribute: "BitsAllocated",
+                    reason: format!("{}: a greyscale volume has 8, 16, 32 or 64 bits per pixel", slice.bits),
                 });
             }
             if slice.samples != 1 {
@@ -870,6 +882,7 @@ mod tests {
             frames: 1,
             samples: 1,
             photometric: "MONOCHROME2".to_string(),
+            bits: 16,
             rows: 4,
             columns: 4,
             position,

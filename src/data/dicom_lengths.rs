@@ -11,9 +11,11 @@
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-/// Explicit VRs whose length field is 4 bytes (after 2 reserved bytes); the others have 2.
-const LONG_VRS: [&[u8; 2]; 13] = [
-    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+/// Explicit VRs whose length field is 2 bytes (PS3.5 7.1.2); every other VR, unknown ones
+/// included (dicom-rs reads those as UN), has 2 reserved bytes and a 4-byte length.
+const SHORT_VRS: [&[u8; 2]; 21] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS",
+    b"ST", b"TM", b"UI", b"UL", b"US",
 ];
 const UNDEFINED: u32 = 0xFFFF_FFFF;
 /// Largest element value taken from a deflated data set.
@@ -137,7 +139,7 @@ fn element(source: &mut Source, tag: [u8; 4], encoding: Encoding) -> std::io::Re
         if !source.read_exact_or_end(&mut vr)? {
             return Ok(None);
         }
-        if LONG_VRS.contains(&&vr) {
+        if !SHORT_VRS.contains(&&vr) {
             // 2 reserved bytes, then the length.
             let mut long = [0u8; 6];
             if !source.read_exact_or_end(&mut long)? {

@@ -347,20 +347,27 @@ fn lengths_past_the_end_of_a_file_are_refused_before_anything_is_allocated() {
 }
 
 #[test]
-fn a_slice_that_makes_dicom_rs_panic_is_an_error_naming_it() {
+fn inputs_the_fuzzer_found_are_errors_naming_the_file() {
     // Found by the `dicom` fuzz target: RLE segments that make dicom-rs 0.10.1's decoder
-    // index out of bounds (rle_lossless.rs:119). The crate catches the panic per file.
-    let folder = tempfile::tempdir().expect("tempdir");
-    let mut bytes = vec![0u8; 128];
-    bytes.extend_from_slice(b"DICM");
-    bytes.extend(std::fs::read(fixtures().join("hostile/dicom_rle_panic.bin")).expect("fixture"));
-    let slice = folder.path().join("slice.dcm");
-    std::fs::write(&slice, bytes).expect("write");
-    match problem(Volume::from_dicom(folder.path())) {
-        DicomProblem::Unreadable { file, reason } => {
-            assert_eq!(file, slice);
-            assert!(reason.contains("parser failed"), "{reason}");
+    // index out of bounds (rle_lossless.rs:119; the crate catches the panic per file), and an
+    // element with an unknown VR, which dicom-rs reads with a 4-byte length (875 MB, allocated
+    // and zeroed before the read fails; 859 MB peak RSS before the length check knew it).
+    for (name, says) in [
+        ("dicom_rle_panic", "parser failed"),
+        ("dicom_unknown_vr", "(0008,0021) declares 875704370 bytes"),
+    ] {
+        let folder = tempfile::tempdir().expect("tempdir");
+        let mut bytes = vec![0u8; 128];
+        bytes.extend_from_slice(b"DICM");
+        bytes.extend(std::fs::read(fixtures().join(format!("hostile/{name}.bin"))).expect("fixture"));
+        let slice = folder.path().join("slice.dcm");
+        std::fs::write(&slice, bytes).expect("write");
+        match problem(Volume::from_dicom(folder.path())) {
+            DicomProblem::Unreadable { file, reason } => {
+                assert_eq!(file, slice);
+                assert!(reason.contains(says), "{name}: {reason}");
+            }
+            other => panic!("{name}: {other:?}"),
         }
-        other => panic!("{other:?}"),
     }
 }
