@@ -57,6 +57,7 @@ pub(super) fn check(file: &Path) -> std::io::Result<Option<String>> {
     // The meta group is explicit VR little endian in every syntax.
     let mut source = Source::Seekable { reader, size };
     let mut encoding = Encoding::ExplicitLittle;
+    let mut rle = false;
     loop {
         let mut tag = [0u8; 4];
         if !source.read_exact_or_end(&mut tag)? {
@@ -84,13 +85,16 @@ pub(super) fn check(file: &Path) -> std::io::Result<Option<String>> {
                 return Ok(None);
             }
             let uid = String::from_utf8_lossy(&uid);
-            encoding = Encoding::of(uid.trim_end_matches(['\0', ' ']));
+            let uid = uid.trim_end_matches(['\0', ' ']);
+            encoding = Encoding::of(uid);
+            rle = uid == "1.2.840.10008.1.2.5";
             continue;
         }
-        if let Some(why) = element(&mut source, tag, Encoding::ExplicitLittle)? {
+        if let Some(why) = element(&mut source, tag, Encoding::ExplicitLittle, &mut Fragments::default())? {
             return Ok(Some(why));
         }
     }
+    let mut fragments = Fragments { rle, seen: None };
     if encoding == Encoding::DeflatedExplicitLittle {
         let Source::Seekable { reader, .. } = source else {
             return Ok(None);
@@ -102,15 +106,29 @@ pub(super) fn check(file: &Path) -> std::io::Result<Option<String>> {
         if !source.read_exact_or_end(&mut tag)? {
             return Ok(None);
         }
-        if let Some(why) = element(&mut source, tag, encoding)? {
+        if let Some(why) = element(&mut source, tag, encoding, &mut fragments)? {
             return Ok(Some(why));
         }
     }
 }
 
+/// Where the walk is in encapsulated pixel data, for RLE's frame headers.
+#[derive(Debug, Default)]
+struct Fragments {
+    /// The data set is RLE Lossless.
+    rle: bool,
+    /// Items seen since encapsulated PixelData began (`None` outside it).
+    seen: Option<u32>,
+}
+
 /// Reads the rest of one element header after its `tag` and skips its value when the length
 /// is defined; `Some(why)` when the length runs past the data.
-fn element(source: &mut Source, tag: [u8; 4], encoding: Encoding) -> std::io::Result<Option<String>> {
+fn element(
+    source: &mut Source,
+    tag: [u8; 4],
+    encoding: Encoding,
+    fragments: &mut Fragments,
+) -> std::io::Result<Option<String>> {
     let big = encoding == Encoding::ExplicitBig;
     let u16_of = |b: [u8; 2]| {
         if big {
@@ -156,10 +174,33 @@ fn element(source: &mut Source, tag: [u8; 4], encoding: Encoding) -> std::io::Re
     };
     // Undefined lengths (sequences, encapsulated pixel data, their items) and delimiters:
     // what follows is more headers, walked in turn.
+    match (group, number) {
+        (0x7FE0, 0x0010) if length == UNDEFINED => fragments.seen = Some(0),
+        (0xFFFE, 0xE0DD) => fragments.seen = None,
+        _ => {}
+    }
     if length == UNDEFINED || (group == 0xFFFE && number != 0xE000) {
         return Ok(None);
     }
-    Ok(source.skip(u64::from(length))?.then(|| {
+    let mut rest = u64::from(length);
+    if let (true, 0xFFFE, Some(seen)) = (fragments.rle, group, fragments.seen.as_mut()) {
+        *seen += 1;
+        // After the basic offset table, each item is a frame opening with its number of
+        // segments: at most 15 (PS3.5 G.3.1). dicom-rs allocates a vector of that many
+        // offsets before looking further (16 GB for a count of 2^32 - 1).
+        if *seen > 1 && rest >= 4 {
+            let mut count = [0u8; 4];
+            if !source.read_exact_or_end(&mut count)? {
+                return Ok(None);
+            }
+            let segments = u32::from_le_bytes(count);
+            if segments > 15 {
+                return Ok(Some(format!("an RLE frame of {segments} segments (at most 15)")));
+            }
+            rest -= 4;
+        }
+    }
+    Ok(source.skip(rest)?.then(|| {
         format!("element ({group:04X},{number:04X}) declares {length} bytes, more than the file holds after it (or, deflated, more than 256 MiB)")
     }))
 }
