@@ -11,6 +11,10 @@
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
+use dicom_core::Tag;
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
+use dicom_dictionary_std::StandardDataDictionary;
+
 /// Explicit VRs whose length field is 2 bytes (PS3.5 7.1.2); every other VR, unknown ones
 /// included (dicom-rs reads those as UN), has 2 reserved bytes and a 4-byte length.
 const SHORT_VRS: [&[u8; 2]; 21] = [
@@ -112,6 +116,16 @@ pub(super) fn check(file: &Path) -> std::io::Result<Option<String>> {
     }
 }
 
+/// Bytes per number of a binary VR (1 for text and byte VRs).
+fn value_size(vr: [u8; 2]) -> u64 {
+    match &vr {
+        b"AT" | b"FL" | b"OF" | b"OL" | b"SL" | b"UL" => 4,
+        b"FD" | b"OD" | b"OV" | b"SV" | b"UV" => 8,
+        b"OW" | b"SS" | b"US" => 2,
+        _ => 1,
+    }
+}
+
 /// Where the walk is in encapsulated pixel data, for RLE's frame headers.
 #[derive(Debug, Default)]
 struct Fragments {
@@ -147,13 +161,19 @@ fn element(
     let (group, number) = (u16_of([tag[0], tag[1]]), u16_of([tag[2], tag[3]]));
     let mut word = [0u8; 4];
     // Items and delimiters carry no VR in any syntax.
+    // The VR: the header's, or in an implicit data set the dictionary's, as dicom-rs takes it.
+    let mut vr = [0u8; 2];
     let length = if group == 0xFFFE || encoding == Encoding::ImplicitLittle {
         if !source.read_exact_or_end(&mut word)? {
             return Ok(None);
         }
+        vr = match StandardDataDictionary.by_tag(Tag(group, number)).map(|e| e.vr()) {
+            Some(VirtualVr::Exact(exact)) => exact.to_bytes(),
+            Some(VirtualVr::Xs | VirtualVr::Lt) => *b"US",
+            _ => *b"OB",
+        };
         u32_of(word)
     } else {
-        let mut vr = [0u8; 2];
         if !source.read_exact_or_end(&mut vr)? {
             return Ok(None);
         }
@@ -181,6 +201,16 @@ fn element(
     }
     if length == UNDEFINED || (group == 0xFFFE && number != 0xE000) {
         return Ok(None);
+    }
+    // dicom-rs reads binary values as whole numbers of their element size and leaves the rest
+    // of the length unread, so a length that is not a multiple (invalid DICOM) would shift
+    // its parse away from this walk.
+    let size = value_size(vr);
+    if group != 0xFFFE && u64::from(length) % size != 0 {
+        let vr = String::from_utf8_lossy(&vr);
+        return Ok(Some(format!(
+            "element ({group:04X},{number:04X}) of VR {vr} has {length} bytes, not a multiple of {size}"
+        )));
     }
     let mut rest = u64::from(length);
     if let (true, 0xFFFE, Some(seen)) = (fragments.rle, group, fragments.seen.as_mut()) {

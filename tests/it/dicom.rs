@@ -358,6 +358,12 @@ fn inputs_the_fuzzer_found_are_errors_naming_the_file() {
         ("dicom_rle_panic", "parser failed"),
         ("dicom_unknown_vr", "(0008,0021) declares 875704370 bytes"),
         ("dicom_rle_segments", "RLE frame of 4294836226 segments"),
+        // SamplesPerPixel as SL of 2 bytes: dicom-rs reads no number and leaves the 2 bytes,
+        // then parses the next header 2 bytes early (a 1.3 GB value).
+        (
+            "dicom_short_value",
+            "(0028,0002) of VR SL has 2 bytes, not a multiple of 4",
+        ),
     ] {
         let folder = tempfile::tempdir().expect("tempdir");
         let mut bytes = vec![0u8; 128];
