@@ -48,6 +48,8 @@ const GAP_STEP: f64 = 1.5;
 /// Distance off the normal's line allowed per mm along it (tan 0.57 degrees), plus an absolute
 /// 0.01 mm for positions rounded in the header; more is a gantry tilt.
 const TILT_SLOPE: f64 = 0.01;
+/// The RLE Lossless transfer syntax.
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// Largest number of rows or columns of a slice (CT and MR have 256 to 1024; larger headers
 /// are damaged, and the decoder would allocate for them).
 const MAX_SIDE: usize = 16384;
@@ -834,6 +836,25 @@ fn decode(file: &Path, out: &mut [f32]) -> Result<(), DicomProblem> {
         let object = OpenFileOptions::new()
             .open_file(file)
             .map_err(|err| unreadable(err.to_string()))?;
+        // RLE frames open with a 64-byte header whose first number counts the segments (at
+        // most 15, PS3.5 G.3.1); dicom-rs allocates that many offsets before checking.
+        if object.meta().transfer_syntax().trim_end_matches(['\0', ' ']) == RLE_LOSSLESS {
+            let fragments = object
+                .element_opt(tags::PIXEL_DATA)
+                .ok()
+                .flatten()
+                .and_then(|pixels| pixels.value().fragments());
+            for fragment in fragments.unwrap_or_default() {
+                let segments = fragment.get(..4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+                if fragment.len() < 64 || segments.is_none_or(|n| n > 15) {
+                    let segments = segments.map_or_else(|| "no".to_string(), |n| n.to_string());
+                    return Err(unreadable(format!(
+                        "an RLE frame of {} bytes and {segments} segments (a 64-byte header, at most 15)",
+                        fragment.len()
+                    )));
+                }
+            }
+        }
         let pixels = object.decode_pixel_data().map_err(|err| unreadable(err.to_string()))?;
         let values: Vec<f32> = pixels
             .to_vec_with_options(&ConvertOptions::new())
