@@ -62,21 +62,27 @@ pub(super) fn check(file: &Path) -> std::io::Result<Option<String>> {
     let mut source = Source::Seekable { reader, size };
     let mut encoding = Encoding::ExplicitLittle;
     let mut rle = false;
-    loop {
+    // dicom-object reads the meta group as far as its group length (0002,0000) says, whatever
+    // the tags inside; the walk does the same, so that both start the data set at one byte.
+    let mut first = [0u8; 12];
+    if !source.read_exact_or_end(&mut first)? || first[..8] != [0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00] {
+        return Ok(None); // not a meta group dicom-object reads: it refuses the file itself
+    }
+    let meta_end = source.position()? + u64::from(u32::from_le_bytes([first[8], first[9], first[10], first[11]]));
+    while source.position()? < meta_end {
         let mut tag = [0u8; 4];
         if !source.read_exact_or_end(&mut tag)? {
             return Ok(None);
-        }
-        if u16::from_le_bytes([tag[0], tag[1]]) != 0x0002 {
-            // The first data set element: back to its start, then the data set's own encoding.
-            source.back(4)?;
-            break;
         }
         if tag == [0x02, 0x00, 0x10, 0x00] {
             // TransferSyntaxUID: VR UI, a 2-byte length, at most 64 characters.
             let mut header = [0u8; 4];
             if !source.read_exact_or_end(&mut header)? {
                 return Ok(None);
+            }
+            if header[..2] != *b"UI" {
+                let vr = String::from_utf8_lossy(&header[..2]);
+                return Ok(Some(format!("TransferSyntaxUID of VR {vr:?} (it is UI)")));
             }
             let length = u16::from_le_bytes([header[2], header[3]]);
             if length > 64 {
@@ -259,12 +265,12 @@ impl Source {
         }
     }
 
-    /// Steps back `n` bytes (only used on the file, before any stream starts).
-    fn back(&mut self, n: i64) -> std::io::Result<()> {
-        if let Source::Seekable { reader, .. } = self {
-            reader.seek_relative(-n)?;
+    /// The offset in the file (only used before any stream starts; 0 in a stream).
+    fn position(&mut self) -> std::io::Result<u64> {
+        match self {
+            Source::Seekable { reader, .. } => reader.stream_position(),
+            Source::Stream(_) => Ok(0),
         }
-        Ok(())
     }
 
     /// Skips `n` bytes; `true` if the data ends before them.
