@@ -244,15 +244,7 @@ fn folders_without_dicom_files_are_errors() {
 
 #[test]
 fn a_copied_series_with_one_header_damaged_names_the_file() {
-    let copy = tempfile::tempdir().expect("tempdir");
-    for entry in std::fs::read_dir(dir("ct")).expect("ct") {
-        let path = entry.expect("entry").path();
-        std::fs::copy(&path, copy.path().join(path.file_name().expect("name"))).expect("copy");
-    }
-    let victim = copy.path().join(case("ct")["files_sorted"][2].as_str().expect("name"));
-    let mut bytes = std::fs::read(&victim).expect("read");
-    bytes.truncate(300);
-    std::fs::write(&victim, bytes).expect("write");
+    let (copy, victim) = patched_copy("ct", |bytes| bytes.truncate(300));
     match problem(Volume::from_dicom(copy.path())) {
         DicomProblem::Unreadable { file, .. } | DicomProblem::MissingAttribute { file, .. } => assert_eq!(file, victim),
         other => panic!("{other:?}"),
