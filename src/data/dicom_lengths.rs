@@ -64,9 +64,14 @@ pub(super) fn check(file: &Path) -> std::io::Result<Option<String>> {
     let mut rle = false;
     // dicom-object reads the meta group as far as its group length (0002,0000) says, whatever
     // the tags inside; the walk does the same, so that both start the data set at one byte.
+    // The standard's first element, (0002,0000) UL of 4 bytes, is required as it is: dicom-object
+    // checks only the tag and the length, so anything else is refused here rather than
+    // guessed at.
     let mut first = [0u8; 12];
     if !source.read_exact_or_end(&mut first)? || first[..8] != [0x02, 0x00, 0x00, 0x00, b'U', b'L', 0x04, 0x00] {
-        return Ok(None); // not a meta group dicom-object reads: it refuses the file itself
+        return Ok(Some(
+            "the file meta group does not open with its group length (0002,0000) UL".to_string(),
+        ));
     }
     let meta_end = source.position()? + u64::from(u32::from_le_bytes([first[8], first[9], first[10], first[11]]));
     while source.position()? < meta_end {
