@@ -210,6 +210,12 @@ fn element(
         (0xFFFE, 0xE0DD) => fragments.seen = None,
         _ => {}
     }
+    // Delimiters have length 0; outside a sequence dicom-rs reads one's length as a value.
+    if group == 0xFFFE && number != 0xE000 && length != 0 {
+        return Ok(Some(format!(
+            "delimiter (FFFE,{number:04X}) of length {length} (it is 0)"
+        )));
+    }
     if length == UNDEFINED || (group == 0xFFFE && number != 0xE000) {
         return Ok(None);
     }

@@ -365,6 +365,8 @@ fn inputs_the_fuzzer_found_are_errors_naming_the_file() {
         // The group length (0002,0000) as PN: dicom-object takes it; the walk must not skip
         // the file (a 3.7 GB value of unknown VR follows).
         ("dicom_group_length_vr", "does not open with its group length"),
+        // A sequence delimiter with a length (990 MB), read as a value by dicom-rs.
+        ("dicom_delimiter_length", "delimiter (FFFE,E0DD) of length 989895936"),
     ] {
         let folder = tempfile::tempdir().expect("tempdir");
         let mut bytes = vec![0u8; 128];
