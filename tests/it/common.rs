@@ -265,3 +265,19 @@ pub fn blob_detector(device: &Device) -> (ResNet3d, ResNet3dConfig) {
         .with_inflation(resnet3d::Inflation::Center);
     (resnet3d::inflate_from_2d(&weights, &config, device).unwrap(), config)
 }
+
+/// The loss and each named gradient of the crate's op against Burn's reference within
+/// [`TOLERANCE`], and no reference gradient all zero (it would prove nothing).
+pub fn check_gradients(loss: (&[f32], &[f32]), names: &[&str], grads: &[Vec<f32>], expected: &[Vec<f32>]) {
+    let (got, want) = loss;
+    assert!(rel_error(got, want) <= TOLERANCE, "loss {got:?} vs {want:?}");
+    assert_eq!((names.len(), grads.len()), (expected.len(), expected.len()));
+    for ((what, got), expected) in names.iter().zip(grads).zip(expected) {
+        let err = rel_error(got, expected);
+        assert!(err <= TOLERANCE, "{what} gradient: rel. error {err:.2e}");
+        assert!(
+            expected.iter().any(|v| *v != 0.0),
+            "{what}: a zero gradient proves nothing"
+        );
+    }
+}
