@@ -91,10 +91,23 @@ fn frozen(c: &mut Criterion) {
         b.iter(|| bench.run().expect("checked input"))
     });
     // The same with the gemm crate's product (AVX2 on stable Rust).
-    let bench = LayerBench::conv(&conv, x, true).expect("f32");
+    let bench = LayerBench::conv(&conv, x.clone(), true).expect("f32");
     group.bench_function("conv3d_64x64x3x3x3_16x56x56_portable", |b| {
         b.iter(|| bench.run().expect("checked input"))
     });
+    // The same as a direct (implicit) product, without the Winograd transform.
+    let bench = LayerBench::conv_direct(&conv, x).expect("f32");
+    group.bench_function("conv3d_64x64x3x3x3_16x56x56_direct", |b| {
+        b.iter(|| bench.run().expect("checked input"))
+    });
+    // ResNet3d-50's layer1 pointwise convolutions on the large input (16 x 32 x 32 voxels).
+    for (i, o) in [(64, 256), (256, 64)] {
+        let conv = conv_of(i, o, [1, 1, 1], &device);
+        let bench = LayerBench::conv(&conv, input([1, i, 16, 32, 32], &device), false).expect("f32");
+        group.bench_function(format!("conv3d_{i}x{o}x1x1x1_16x32x32"), |b| {
+            b.iter(|| bench.run().expect("checked input"))
+        });
+    }
     // The one-channel stem: 7x7x7, stride 2, 1 -> 64 channels on the large input.
     let (conv, x) = stem_conv(&device);
     let bench = LayerBench::conv(&conv, x, false).expect("f32");
@@ -111,19 +124,23 @@ fn frozen(c: &mut Criterion) {
 
 /// The 3x3x3 convolution of layer1: 64 -> 64 channels on 1x64x16x56x56.
 fn layer1_conv(device: &Device) -> (resnet3d::Conv, Tensor<5>) {
-    let conv = resnet3d::ConvSpec {
-        in_channels: 64,
-        out_channels: 64,
-        kernel: [3, 3, 3],
+    (conv_of(64, 64, [3, 3, 3], device), input([1, 64, 16, 56, 56], device))
+}
+
+/// A convolution with stride 1 and random weights.
+fn conv_of(i: usize, o: usize, kernel: [usize; 3], device: &Device) -> resnet3d::Conv {
+    resnet3d::ConvSpec {
+        in_channels: i,
+        out_channels: o,
+        kernel,
         stride: [1, 1, 1],
         depth_padding: resnet3d::DepthPadding::Zeros,
         dilation: [1, 1, 1],
     }
     .build(resnet3d::burn::module::Param::from_tensor(input(
-        [64, 64, 3, 3, 3],
+        [o, i, kernel[0], kernel[1], kernel[2]],
         device,
-    )));
-    (conv, input([1, 64, 16, 56, 56], device))
+    )))
 }
 
 /// The stem of every preset with one input channel, on the large input.

@@ -112,7 +112,7 @@ pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>
     }
     let [kd, kh, kw] = s.kernel;
     let bias = bias.map_or_else(|| vec![0.0; s.out_channels], <[f32]>::to_vec);
-    let layer = FrozenConv::from_kernel(
+    let mut layer = FrozenConv::from_kernel(
         "conv",
         w,
         [s.out_channels, s.in_channels, kd, kh, kw],
@@ -123,6 +123,9 @@ pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>
         s.replicate_depth,
         kernel,
     );
+    if winograd_pays(s) {
+        layer.add_winograd(w, None);
+    }
     let [d, h, wd] = s.input;
     let view = View {
         data: x,
@@ -166,7 +169,7 @@ pub(crate) fn forward_folded(
         "conv3d: lengths do not fit {s:?}"
     );
     let [kd, kh, kw] = s.kernel;
-    let layer = FrozenConv::from_kernel(
+    let mut layer = FrozenConv::from_kernel(
         "conv",
         w,
         [s.out_channels, s.in_channels, kd, kh, kw],
@@ -177,6 +180,9 @@ pub(crate) fn forward_folded(
         s.replicate_depth,
         kernel,
     );
+    if winograd_pays(s) {
+        layer.add_winograd(w, Some(scale));
+    }
     let [d, h, wd] = s.input;
     let [od, oh, ow] = s.output;
     let view = View {
@@ -188,6 +194,14 @@ pub(crate) fn forward_folded(
         dims: [s.batch, od, oh, ow, s.out_channels],
     });
     run(&layer, view, residual, relu, s)
+}
+
+/// Whether transforming the kernel for a Winograd product on every call (the op keeps no
+/// packed kernel between calls) pays: at least 64 output tiles of 2x2x2 voxels, where the
+/// transform's work (64 values per channel pair) is a few percent of the product's savings
+/// (152 multiply-adds per channel pair and tile). The layer decides whether the kernel takes it.
+fn winograd_pays(s: &ConvShape) -> bool {
+    s.batch * s.output.iter().map(|o| o.div_ceil(2)).product::<usize>() >= 64
 }
 
 /// Whether [`forward_folded`] runs this shape.

@@ -29,6 +29,7 @@ use std::sync::{Mutex, PoisonError};
 use rayon::prelude::*;
 
 use super::matmul::{Kernel, NR, PackedB, matmul};
+use super::winograd::Winograd;
 use crate::block::{Block, ZeroPadShortcut};
 use crate::config::DepthPadding;
 use crate::conv::Conv;
@@ -147,6 +148,9 @@ pub(crate) struct FrozenConv {
     /// The same kernel in bf16 pairs, for `freeze_bf16`'s implicit products (see
     /// [`bf16`](super::bf16)); `None` in f32 networks and where that product does not apply.
     weight_bf16: Option<super::bf16::PackedBf16>,
+    /// The kernel transformed for F(2x2x2, 3x3x3) (see [`winograd`](super::winograd)), for
+    /// f32 3x3x3 convolutions with stride 1 and up to [`WINOGRAD_CHANNELS`] channels.
+    winograd: Option<Winograd>,
     bias: Vec<f32>,
     in_channels: usize,
     out_channels: usize,
@@ -158,6 +162,15 @@ pub(crate) struct FrozenConv {
     replicate_depth: bool,
 }
 
+/// The most input or output channels of a convolution that runs as a Winograd product: its
+/// transformed kernel is 64/27 times the direct one's size (16.8 MB for 256 channels in and
+/// out), and
+/// the last stage (512) sees too few voxels to repay the transforms.
+const WINOGRAD_CHANNELS: usize = 256;
+
+/// The fewest 2x2x2 output tiles for which the Winograd product runs.
+const WINOGRAD_TILES: usize = 8;
+
 /// Output voxels per work item.
 const TILE_ROWS: usize = 16 * super::matmul::MR;
 
@@ -167,10 +180,10 @@ thread_local! {
 }
 
 /// The output's base pointer, shared by work items that write disjoint parts of it.
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only written through inside `FrozenConv::forward`'s parallel loop,
-// each work item to rows and columns no other item touches, while the buffer it points into
-// outlives the loop.
+pub(super) struct SendPtr(pub(super) *mut f32);
+// SAFETY: the pointer is only written through inside the parallel loops of
+// `FrozenConv::forward` and `Winograd::forward`, each work item to rows and columns no other
+// item touches, while the buffer it points into outlives the loop.
 unsafe impl Sync for SendPtr {}
 // SAFETY: as for `Sync`.
 unsafe impl Send for SendPtr {}
@@ -382,6 +395,9 @@ impl FrozenConv {
         if precision == Precision::Bf16 && (i < 16 || i.is_multiple_of(2)) && layer.kernel != [1, 1, 1] {
             layer.weight_bf16 = Some(super::bf16::PackedBf16::conv_kernel(&w, [o, i, taps], &scale));
         }
+        if precision == Precision::F32 {
+            layer.add_winograd(&w, Some(&scale));
+        }
         Ok(layer)
     }
 
@@ -407,6 +423,7 @@ impl FrozenConv {
             name: name.to_string(),
             weight,
             weight_bf16: None,
+            winograd: None,
             bias,
             in_channels: i,
             out_channels: o,
@@ -415,6 +432,25 @@ impl FrozenConv {
             padding,
             dilation: [1, 1, 1],
             replicate_depth,
+        }
+    }
+
+    /// Adds the Winograd transform of this layer's kernel `w` (`[o, i, 3, 3, 3]`, scaled by
+    /// `scale` as in [`from_kernel`](Self::from_kernel)) where the layer takes it: 3x3x3, stride
+    /// 1, dilation 1, at most [`WINOGRAD_CHANNELS`] channels in and out. Outputs of at least
+    /// [`WINOGRAD_TILES`] tiles then run as Winograd products.
+    pub(crate) fn add_winograd(&mut self, w: &[f32], scale: Option<&[f32]>) {
+        if self.kernel == [3, 3, 3]
+            && self.stride == [1, 1, 1]
+            && self.dilation == [1, 1, 1]
+            && self.in_channels.max(self.out_channels) <= WINOGRAD_CHANNELS
+        {
+            self.winograd = Some(Winograd::new(
+                w,
+                [self.out_channels, self.in_channels],
+                scale,
+                self.weight.kernel(),
+            ));
         }
     }
 
@@ -470,6 +506,11 @@ impl FrozenConv {
             });
         }
         let [n, od, oh, ow, oc] = out_dims;
+        if let Some(winograd) = &self.winograd
+            && n * [od, oh, ow].iter().map(|o| o.div_ceil(2)).product::<usize>() >= WINOGRAD_TILES
+        {
+            return self.forward_winograd(winograd, x, residual, relu, out_dims, buffers);
+        }
         let rows = n * od * oh * ow;
         let k = self.kernel.iter().product::<usize>() * self.in_channels;
         // Every value is overwritten below (bias first).
@@ -680,6 +721,40 @@ impl FrozenConv {
         })
     }
 
+    /// [`forward`](Self::forward) as a Winograd product: `x` padded to whole 2x2x2 tiles of
+    /// the output (`out_dims`, checked against `x` and `residual` by the caller).
+    fn forward_winograd(
+        &self,
+        winograd: &Winograd,
+        x: View<'_>,
+        residual: Option<View<'_>>,
+        relu: bool,
+        out_dims: [usize; 5],
+        buffers: &Buffers,
+    ) -> Result<Act> {
+        let [n, od, oh, ow, oc] = out_dims;
+        let [dp, hp, wp] = Winograd::padded_extent([od, oh, ow]);
+        let padded = [n, dp, hp, wp, self.in_channels];
+        let mut xp = buffers.take(padded.iter().product());
+        xp.fill(0.0);
+        self.copy_padded(x, &mut xp, padded, <[f32]>::copy_from_slice);
+        // Every value is overwritten.
+        let mut out = buffers.take(n * od * oh * ow * oc);
+        let done = winograd.forward(&xp, out_dims, &self.bias, residual.map(|r| r.data), relu, &mut out);
+        buffers.give(xp);
+        if !done {
+            buffers.give(out);
+            return Err(Error::InvalidNetwork {
+                layer: self.name.clone(),
+                what: format!("its Winograd kernel does not fit the output {out_dims:?} (channels-last)"),
+            });
+        }
+        Ok(Act {
+            data: out,
+            dims: out_dims,
+        })
+    }
+
     /// `x` padded by this convolution's padding (zeros, or edge slices in depth for
     /// Replicate), as `[n, d', h', w', c]`, followed by zeros enough for the register tile
     /// to read a whole block past the last voxel.
@@ -687,7 +762,7 @@ impl FrozenConv {
         let (len, dims) = self.padded_len(x.dims);
         let mut data = buffers.take(len);
         data.fill(0.0);
-        self.copy_padded(x, &mut data, <[f32]>::copy_from_slice);
+        self.copy_padded(x, &mut data, dims, <[f32]>::copy_from_slice);
         Act { data, dims }
     }
 
@@ -695,7 +770,7 @@ impl FrozenConv {
     fn pad_bf16(&self, x: View<'_>) -> (Vec<u16>, [usize; 5]) {
         let (len, dims) = self.padded_len(x.dims);
         let mut data = vec![0u16; len];
-        self.copy_padded(x, &mut data, |dst, src| {
+        self.copy_padded(x, &mut data, dims, |dst, src| {
             dst.iter_mut().zip(src).for_each(|(d, &v)| *d = super::bf16::to_bf16(v));
         });
         (data, dims)
@@ -709,11 +784,19 @@ impl FrozenConv {
         (n * dp * hp * wp * c + slack, [n, dp, hp, wp, c])
     }
 
-    /// Copies `x`'s rows into the zeroed padded buffer `data` with `put(dst, src)`.
-    fn copy_padded<T: Send>(&self, x: View<'_>, data: &mut [T], put: impl Fn(&mut [T], &[f32]) + Sync) {
+    /// Copies `x`'s rows into the zeroed padded buffer `data` of shape `padded` (at least
+    /// the padding on both sides of every axis) with `put(dst, src)`, the first voxel at the
+    /// padding's offset; depth planes past `x` replicate its edges if the padding does.
+    fn copy_padded<T: Send>(
+        &self,
+        x: View<'_>,
+        data: &mut [T],
+        [_, dp, hp, wp, _]: [usize; 5],
+        put: impl Fn(&mut [T], &[f32]) + Sync,
+    ) {
         let [n, d, h, w, c] = x.dims;
         let [pd, ph, pw] = self.padding;
-        let (dp, hp, wp) = (d + 2 * pd, h + 2 * ph, w + 2 * pw);
+        debug_assert!(dp >= d + 2 * pd && hp >= h + 2 * ph && wp >= w + 2 * pw);
         let slice = hp * wp * c;
         data[..n * dp * slice]
             .par_chunks_mut(slice)
@@ -1488,6 +1571,19 @@ impl LayerBench {
             input,
             buffers: Buffers::default(),
         })
+    }
+
+    /// [`conv`](Self::conv) with the fastest product, as a direct (implicit) product even
+    /// where the Winograd transform applies: what the transform gains.
+    ///
+    /// # Errors
+    /// As [`conv`](Self::conv).
+    pub fn conv_direct(conv: &Conv, x: Tensor<5>) -> Result<Self> {
+        let mut bench = Self::conv(conv, x, false)?;
+        if let BenchLayer::Conv(layer) = &mut bench.layer {
+            layer.winograd = None;
+        }
+        Ok(bench)
     }
 
     /// `pool` on `x` (`[N, C, D, H, W]`).

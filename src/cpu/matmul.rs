@@ -163,15 +163,27 @@ impl PackedB {
     #[cfg_attr(not(feature = "flex"), allow(dead_code))]
     pub(crate) fn from_row_major(m: &[f32], k: usize, n: usize, kernel: Kernel) -> Self {
         assert!(m.len() == k * n, "from_row_major: length");
+        Self::from_rows(m, n, k, n, kernel)
+    }
+
+    /// The `k x n` matrix whose row `p` is `m[p * ld..][..n]`, in the kernel's layout.
+    pub(crate) fn from_rows(m: &[f32], ld: usize, k: usize, n: usize, kernel: Kernel) -> Self {
+        assert!(n <= ld && (k == 0 || m.len() >= (k - 1) * ld + n), "from_rows: length");
         let (row_major, panels) = match kernel {
-            Kernel::Portable => (m.to_vec(), Vec::new()),
+            Kernel::Portable => {
+                let mut row_major = Vec::with_capacity(k * n);
+                for p in 0..k {
+                    row_major.extend_from_slice(&m[p * ld..][..n]);
+                }
+                (row_major, Vec::new())
+            }
             Kernel::Avx512 => {
                 let count = n.div_ceil(NR);
                 let mut panels = vec![0.0f32; count * k * NR];
                 panels.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {
                     let cols = (n - j * NR).min(NR);
                     for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                        let src = &m[p * n + j * NR..][..cols];
+                        let src = &m[p * ld + j * NR..][..cols];
                         if cols == NR {
                             dst.copy_from_slice(&src[..NR]);
                         } else {

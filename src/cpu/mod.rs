@@ -20,6 +20,8 @@
 //! - `norm`: BatchNorm on channels-last data (batch statistics, or the running ones in
 //!   eval mode), with ReLU and residual in the same pass; forward and gradients.
 //! - `pool`: 3-D max pooling on channels-last data, forward and gradient.
+//! - `winograd`: 3x3x3 convolutions with stride 1 as F(2x2x2, 3x3x3) Winograd products (a
+//!   third of the multiply-adds), for the frozen f32 network.
 //! - `bf16`: the bf16 product (AVX512_BF16) of `freeze_bf16`'s convolutions.
 //! - `frozen`: [`FrozenResNet3d`], the inference-only network (BatchNorm folded,
 //!   channels-last between layers).
@@ -40,6 +42,7 @@ mod norm;
 mod op;
 #[cfg(feature = "flex")]
 mod pool;
+mod winograd;
 
 #[cfg(all(feature = "flex", feature = "train"))]
 pub(crate) use adam::{AdamStep, adam};
