@@ -2,7 +2,7 @@
 //! derive why), on the Burn model and the frozen network alike; each batch item gets its own
 //! map; wrong uses are typed errors.
 
-use resnet3d::burn::module::Module;
+use resnet3d::burn::module::{Module, Param};
 use resnet3d::burn::tensor::{Device, Tensor, TensorData};
 use resnet3d::explain::{Heatmap, Stage};
 use resnet3d::{Error, ResNet3d, ResNet3dConfig};
@@ -14,7 +14,13 @@ fn network(device: &Device) -> ResNet3d {
         .with_width(4)
         .with_in_channels(1)
         .with_num_classes(Some(3));
-    ResNet3d::from_imagenet(fixtures().join("checkpoints/r18_w4.pth"), &config, device).unwrap()
+    let mut model = ResNet3d::from_imagenet(fixtures().join("checkpoints/r18_w4.pth"), &config, device).unwrap();
+    // The new head would be drawn at random, and whether a class gives both items a map
+    // (which the tests below need) with it: a fixed head instead.
+    let fc = model.fc.as_mut().unwrap();
+    fc.weight = Param::from_tensor(pattern(fc.weight.dims(), device));
+    fc.bias = fc.bias.take().map(|b| Param::from_tensor(b.val().zeros_like()));
+    model
 }
 
 /// Two different volumes: the test pattern, and a dark volume with one bright cube.
