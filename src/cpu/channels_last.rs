@@ -320,6 +320,7 @@ fn pointwise_input_grad(dy: &[f32], wr: &PackedB, s: &ConvShape, dx: &mut [f32])
                     out.as_mut_ptr(),
                     ic,
                     tail,
+                    None,
                 );
             }
         });
@@ -357,6 +358,7 @@ fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usi
                     dp.as_mut_ptr(),
                     k,
                     tail,
+                    None,
                 );
             }
             for (r, grads) in dp.chunks_exact(k).enumerate() {

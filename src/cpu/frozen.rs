@@ -28,7 +28,7 @@ use std::sync::{Mutex, PoisonError};
 
 use rayon::prelude::*;
 
-use super::matmul::{Kernel, NR, PackedB, matmul};
+use super::matmul::{Epilogue, Kernel, NR, PackedB, matmul};
 use super::winograd::Winograd;
 use crate::block::{Block, ZeroPadShortcut};
 use crate::config::DepthPadding;
@@ -591,14 +591,20 @@ impl FrozenConv {
                 // are disjoint, so this item alone touches these values while the loop runs.
                 unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((first + r) * oc + c0), c1 - c0) }
             };
-            for r in 0..count {
-                row(r).copy_from_slice(&self.bias[c0..c1]);
-            }
-            for r in 0..count {
-                let dst = row(r);
-                if let Some(res) = residual {
-                    let src = &res.data[(first + r) * oc + c0..(first + r) * oc + c1];
-                    dst.iter_mut().zip(src).for_each(|(v, s)| *v += s);
+            // The prepacked product (pointwise convolutions and gathered f32 patches) applies
+            // bias, residual and ReLU as it stores its tiles; the others add to rows that hold
+            // them first and take the ReLU after.
+            let fused = padded_bf16.is_none() && padded.is_none() && (self.weight_bf16.is_none() || pointwise);
+            if !fused {
+                for r in 0..count {
+                    row(r).copy_from_slice(&self.bias[c0..c1]);
+                }
+                for r in 0..count {
+                    let dst = row(r);
+                    if let Some(res) = residual {
+                        let src = &res.data[(first + r) * oc + c0..(first + r) * oc + c1];
+                        dst.iter_mut().zip(src).for_each(|(v, s)| *v += s);
+                    }
                 }
             }
             if let Some((w, (xp, dims))) = &padded_bf16 {
@@ -691,8 +697,15 @@ impl FrozenConv {
                     // SAFETY: lhs holds count rows of k values (`x` has in_channels values per
                     // voxel, checked by `output_dims`; `gather` writes count * k), the output
                     // count rows of oc from `first`, and this item alone touches their columns
-                    // c0..c1. `self.weight` was packed for a kernel this CPU runs.
+                    // c0..c1; the residual has the output's shape (checked above), so its rows
+                    // from `first` are laid out as the output's; the bias has oc values (the
+                    // kernel's columns). `self.weight` was packed for a kernel this CPU runs.
                     unsafe {
+                        let epilogue = Epilogue {
+                            bias: &self.bias,
+                            residual: residual.map(|r| r.data.as_ptr().add(first * oc)),
+                            relu,
+                        };
                         matmul(
                             lhs,
                             k,
@@ -702,11 +715,12 @@ impl FrozenConv {
                             out_ptr.0.add(first * oc),
                             oc,
                             packed,
+                            Some(epilogue),
                         );
                     }
                 });
             }
-            if relu {
+            if relu && !fused {
                 for r in 0..count {
                     row(r).iter_mut().for_each(|v| *v = relu_keeping_nan(*v));
                 }

@@ -214,15 +214,87 @@ impl PackedB {
     }
 }
 
+/// What [`matmul`] does with `C` besides adding the product: instead of `C += A * B`,
+/// `C = A * B + bias (+ residual)`, then ReLU (keeping NaN) if `relu`, `C` never read: the
+/// frozen network's epilogue, applied where the register tile stores its rows rather than in
+/// passes over the output of their own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    /// One value per column of `B` (`n`).
+    pub bias: &'a [f32],
+    /// Rows laid out as `C`'s (`ldc` apart, the same columns), if any.
+    pub residual: Option<*const f32>,
+    pub relu: bool,
+}
+
+/// How the register tile's sums reach `C` (see [`Epilogue`]): added to it, or, where `init`
+/// holds the bias and the residual (null if none) at the tile's first column and row, written
+/// as `sums + bias + residual`; then ReLU if `relu`.
+#[derive(Debug, Clone, Copy)]
+struct Store {
+    init: Option<(*const f32, *const f32)>,
+    relu: bool,
+}
+
+impl Store {
+    /// `C += sums`.
+    const ADD: Store = Store {
+        init: None,
+        relu: false,
+    };
+
+    /// The same store for the rows from `rows` rows further on (`ldc` apart).
+    ///
+    /// # Safety
+    /// The residual, if any, must hold those rows (it has `C`'s layout).
+    unsafe fn down(self, rows: usize, ldc: usize) -> Store {
+        Store {
+            // SAFETY: the caller's contract.
+            init: self.init.map(|(bias, res)| {
+                (
+                    bias,
+                    if res.is_null() {
+                        res
+                    } else {
+                        unsafe { res.add(rows * ldc) }
+                    },
+                )
+            }),
+            relu: self.relu,
+        }
+    }
+
+    /// `row[c] = store(row[c], sums[c])` for `c < cols`, one row of a portable tile.
+    ///
+    /// # Safety
+    /// `init`'s bias must hold `cols` values, its residual (if not null) `cols` values from
+    /// `r * ldc`.
+    unsafe fn row(self, row: &mut [f32], sums: &[f32], r: usize, ldc: usize) {
+        for (k, (v, s)) in row.iter_mut().zip(sums).enumerate() {
+            let mut y = match self.init {
+                // SAFETY: the caller's contract.
+                Some((bias, res)) => unsafe { *bias.add(k) + if res.is_null() { 0.0 } else { *res.add(r * ldc + k) } },
+                None => *v,
+            } + s;
+            if self.relu && y < 0.0 {
+                y = 0.0;
+            }
+            *v = y;
+        }
+    }
+}
+
 /// `C[0..rows, cols] += A[0..rows, 0..k] * B[.., cols]` on this thread, where `cols` are
-/// the columns of `panels` (clipped to `n`), with the kernel `b` was packed for.
+/// the columns of `panels` (clipped to `n`), with the kernel `b` was packed for; with an
+/// [`Epilogue`], `C = A * B + bias (+ residual)`, then ReLU if asked, `C` only written.
 ///
 /// # Safety
 /// `a` must be valid for reads of `rows` rows of `b.k` values `lda` apart, and `c` for
 /// reads and writes of `rows` rows of `b.n` values `ldc` apart; no other thread may touch
 /// the columns of `panels` of those rows meanwhile. `panels` must lie within
-/// `b.panel_count()`. (That the CPU runs `b`'s kernel is guaranteed: [`Kernel::Avx512`]
-/// layouts are only made after [`Kernel::detect`] found AVX-512.)
+/// `b.panel_count()`. An epilogue's bias must hold `b.n` values (asserted), its residual
+/// `rows` rows laid out as `C`'s. (That the CPU runs `b`'s kernel is guaranteed:
+/// [`Kernel::Avx512`] layouts are only made after [`Kernel::detect`] found AVX-512.)
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul(
     a: *const f32,
@@ -233,7 +305,14 @@ pub(crate) unsafe fn matmul(
     c: *mut f32,
     ldc: usize,
     scratch: &mut Vec<f32>,
+    epilogue: Option<Epilogue<'_>>,
 ) {
+    assert!(
+        epilogue.is_none_or(|e| e.bias.len() == b.n),
+        "matmul: a bias of {} values for {} columns",
+        epilogue.map_or(0, |e| e.bias.len()),
+        b.n
+    );
     debug_assert!(
         panels.end <= b.panel_count(),
         "panels {panels:?} of {}",
@@ -247,10 +326,21 @@ pub(crate) unsafe fn matmul(
     match b.kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller's contract, and AVX-512 is present: `b` is packed for it.
-        Kernel::Avx512 => unsafe { avx512::matmul(a, lda, rows, b, panels, c, ldc, scratch) },
+        Kernel::Avx512 => unsafe { avx512::matmul(a, lda, rows, b, panels, c, ldc, scratch, epilogue) },
         // SAFETY: the caller's contract; `row_major` holds k x n values for this kernel, and
-        // columns col0..col0 + cols lie within n.
+        // columns col0..col0 + cols lie within n; the epilogue's bias n values, its residual
+        // C's rows.
         _ => unsafe {
+            let row = |r: usize| std::slice::from_raw_parts_mut(c.add(r * ldc + col0), cols);
+            if let Some(e) = epilogue {
+                for r in 0..rows {
+                    row(r).copy_from_slice(&e.bias[col0..col0 + cols]);
+                    if let Some(res) = e.residual {
+                        let res = std::slice::from_raw_parts(res.add(r * ldc + col0), cols);
+                        row(r).iter_mut().zip(res).for_each(|(v, x)| *v += x);
+                    }
+                }
+            }
             gemm(
                 rows,
                 cols,
@@ -271,7 +361,16 @@ pub(crate) unsafe fn matmul(
                 false,
                 false,
                 Parallelism::None,
-            )
+            );
+            if epilogue.is_some_and(|e| e.relu) {
+                for r in 0..rows {
+                    row(r).iter_mut().for_each(|v| {
+                        if *v < 0.0 {
+                            *v = 0.0
+                        }
+                    });
+                }
+            }
         },
     }
 }
@@ -438,6 +537,7 @@ pub(crate) unsafe fn product(
                     c.add(j * NR),
                     ldc,
                     cols,
+                    Store::ADD,
                 );
             }
         }
@@ -454,7 +554,7 @@ pub(crate) unsafe fn product(
 /// As [`tile`] for each tile: `a` holds the full tiles' rows, `a_tail` MR rows, `bp` `kc`
 /// rows of [`NR`] values, `c` `rows` rows of `cols <= NR` values `ldc` apart.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 unsafe fn panel_rows(
     kernel: Kernel,
     kc: usize,
@@ -465,10 +565,12 @@ unsafe fn panel_rows(
     c: *mut f32,
     ldc: usize,
     cols: usize,
+    store: Store,
 ) {
     let full = rows / MR;
     for block in 0..full {
-        // SAFETY: the block's MR rows lie in A, its rows in C (the caller's contract).
+        // SAFETY: the block's MR rows lie in A, its rows in C and the residual (the caller's
+        // contract).
         unsafe {
             tile(
                 kernel,
@@ -480,11 +582,13 @@ unsafe fn panel_rows(
                 ldc,
                 MR,
                 cols,
+                store.down(block * MR, ldc),
             )
         };
     }
     if rows > full * MR {
-        // SAFETY: `a_tail` holds MR rows of kc values; the tail's rows lie in C.
+        // SAFETY: `a_tail` holds MR rows of kc values; the tail's rows lie in C and the
+        // residual.
         unsafe {
             tile(
                 kernel,
@@ -496,6 +600,7 @@ unsafe fn panel_rows(
                 ldc,
                 rows - full * MR,
                 cols,
+                store.down(full * MR, ldc),
             )
         };
     }
@@ -509,7 +614,7 @@ unsafe fn panel_rows(
 /// MR; results of rows past `rows` are dropped), `bp` of `kc` rows of [`NR`] values, `c` for
 /// `rows` rows of `cols <= NR` values `ldc` apart.
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 unsafe fn tile(
     kernel: Kernel,
     kc: usize,
@@ -520,12 +625,13 @@ unsafe fn tile(
     ldc: usize,
     rows: usize,
     cols: usize,
+    store: Store,
 ) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller's contract; `Kernel::Avx512` only comes from `Kernel::detect`
         // finding AVX-512.
-        Kernel::Avx512 => unsafe { avx512::tile(kc, a, lda, bp, c, ldc, rows, cols) },
+        Kernel::Avx512 => unsafe { avx512::tile(kc, a, lda, bp, c, ldc, rows, cols, store) },
         _ => {
             // Portable: one row at a time, 32 accumulators the compiler vectorises.
             for r in 0..rows {
@@ -535,9 +641,12 @@ unsafe fn tile(
                     let (av, b) = unsafe { (*a.add(r * lda + p), std::slice::from_raw_parts(bp.add(p * NR), NR)) };
                     acc.iter_mut().zip(b).for_each(|(acc, b)| *acc += av * b);
                 }
-                // SAFETY: row r < rows and cols <= NR values lie in C.
-                let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), cols) };
-                row.iter_mut().zip(acc).for_each(|(c, acc)| *c += acc);
+                // SAFETY: row r < rows and cols <= NR values lie in C, and in the store's bias
+                // and residual (the caller's contract).
+                unsafe {
+                    let row = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+                    store.row(row, &acc, r, ldc);
+                }
             }
         }
     }
@@ -548,7 +657,7 @@ pub(super) mod avx512 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{KC, MR, NR, PackedB};
+    use super::{Epilogue, KC, MR, NR, PackedB, Store};
 
     /// See [`super::matmul`]; needs `avx512f`.
     #[allow(clippy::too_many_arguments)]
@@ -562,6 +671,7 @@ pub(super) mod avx512 {
         c: *mut f32,
         ldc: usize,
         scratch: &mut Vec<f32>,
+        epilogue: Option<Epilogue<'_>>,
     ) {
         let k = b.k;
         let full = rows / MR;
@@ -582,6 +692,19 @@ pub(super) mod avx512 {
             let kc = KC.min(k - kb);
             for j in panels.clone() {
                 let cols = (b.n - j * NR).min(NR);
+                // The epilogue's bias and residual enter with the first block of k, the ReLU
+                // with the last.
+                let store = Store {
+                    init: epilogue.filter(|_| kb == 0).map(|e| {
+                        (
+                            // SAFETY: column j * NR < n, the bias's length (asserted by
+                            // `super::matmul`); the residual has C's layout (contract).
+                            unsafe { e.bias.as_ptr().add(j * NR) },
+                            e.residual.map_or(std::ptr::null(), |r| unsafe { r.add(j * NR) }),
+                        )
+                    }),
+                    relu: epilogue.is_some_and(|e| e.relu) && kb + kc == k,
+                };
                 // SAFETY: panel j holds k rows of NR values, so from row kb on kc of them; A's
                 // rows from column kb and C's rows over the panel's columns (contract);
                 // `scratch` holds MR rows of k values.
@@ -596,6 +719,7 @@ pub(super) mod avx512 {
                         c.add(j * NR),
                         ldc,
                         cols,
+                        store,
                     );
                 }
             }
@@ -631,6 +755,7 @@ pub(super) mod avx512 {
                     ldc,
                     rows,
                     cols,
+                    Store::ADD,
                 );
             }
             kb += kc;
@@ -657,9 +782,9 @@ pub(super) mod avx512 {
         unsafe {
             let bp = b.panels.as_ptr().add(j * b.k * NR);
             if rows <= SHORT {
-                runs_rows::<SHORT>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols)
+                runs_rows::<SHORT>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols, Store::ADD)
             } else {
-                runs_rows::<MR>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols)
+                runs_rows::<MR>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols, Store::ADD)
             }
         }
     }
@@ -679,6 +804,7 @@ pub(super) mod avx512 {
         ldc: usize,
         rows: usize,
         cols: usize,
+        store: Store,
     ) {
         let mut lo = [_mm512_setzero_ps(); R];
         let mut hi = [_mm512_setzero_ps(); R];
@@ -697,8 +823,8 @@ pub(super) mod avx512 {
                 }
             }
         }
-        // SAFETY: the caller's contract for C.
-        unsafe { add_to(&lo, &hi, c, ldc, rows, cols) };
+        // SAFETY: the caller's contract for C and the store's bias and residual.
+        unsafe { store_to(&lo, &hi, c, ldc, rows, cols, store) };
     }
 
     /// Rows of the short register tile, for the last rows of a block (an output line of 32
@@ -720,13 +846,14 @@ pub(super) mod avx512 {
         ldc: usize,
         rows: usize,
         cols: usize,
+        store: Store,
     ) {
         // SAFETY: the caller's contract; each tile reads at most MR rows of A.
         unsafe {
             if rows <= SHORT {
-                tile_rows::<SHORT>(kc, a, lda, bp, c, ldc, rows, cols)
+                tile_rows::<SHORT>(kc, a, lda, bp, c, ldc, rows, cols, store)
             } else {
-                tile_rows::<MR>(kc, a, lda, bp, c, ldc, rows, cols)
+                tile_rows::<MR>(kc, a, lda, bp, c, ldc, rows, cols, store)
             }
         }
     }
@@ -744,10 +871,92 @@ pub(super) mod avx512 {
         ldc: usize,
         rows: usize,
         cols: usize,
+        store: Store,
     ) {
         // One run of kc rows: the general tile of `accumulate_runs`.
-        // SAFETY: A holds R <= MR rows of kc values, Bp kc x NR; C the caller's contract.
-        unsafe { runs_rows::<R>(a, lda, bp, &[(0, 0)], kc, c, ldc, rows, cols) }
+        // SAFETY: A holds R <= MR rows of kc values, Bp kc x NR; C and the store the caller's
+        // contract.
+        unsafe { runs_rows::<R>(a, lda, bp, &[(0, 0)], kc, c, ldc, rows, cols, store) }
+    }
+
+    /// `C[r][0..cols] = store(C[r], (lo[r], hi[r]))` for `r < rows` (see [`Store`]): a register
+    /// tile's accumulators added to its rows of C, or written with the bias and residual, then
+    /// ReLU if asked (`max(0, v)` returns `v` when it is NaN: NaN is kept).
+    ///
+    /// # Safety
+    /// `c` valid for reads and writes of `rows <= R` rows of `cols <= NR` values `ldc` apart;
+    /// the store's bias for `cols` values, its residual (if not null) for `rows` rows of them
+    /// `ldc` apart.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_to<const R: usize>(
+        lo: &[__m512; R],
+        hi: &[__m512; R],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        store: Store,
+    ) {
+        let Some((bias, residual)) = store.init else {
+            // SAFETY: the caller's contract.
+            unsafe { add_to(lo, hi, c, ldc, rows, cols) };
+            if store.relu {
+                // SAFETY: the caller's contract.
+                unsafe { relu_rows(c, ldc, rows, cols) };
+            }
+            return;
+        };
+        let mask = |n: usize| -> __mmask16 { if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 } };
+        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
+        let zero = _mm512_setzero_ps();
+        // SAFETY: the bias holds `cols` values; masked-off lanes are not read.
+        let (b0, b1) = unsafe { (_mm512_maskz_loadu_ps(m0, bias), _mm512_maskz_loadu_ps(m1, bias.add(16))) };
+        for r in 0..rows {
+            // SAFETY: row r < rows lies in C and the residual; masked-off lanes are neither
+            // read nor written.
+            unsafe {
+                let (mut v0, mut v1) = (_mm512_add_ps(b0, lo[r]), _mm512_add_ps(b1, hi[r]));
+                if !residual.is_null() {
+                    let res = residual.add(r * ldc);
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, res));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, res.add(16)));
+                }
+                if store.relu {
+                    v0 = _mm512_max_ps(zero, v0);
+                    v1 = _mm512_max_ps(zero, v1);
+                }
+                let row = c.add(r * ldc);
+                _mm512_mask_storeu_ps(row, m0, v0);
+                if m1 != 0 {
+                    _mm512_mask_storeu_ps(row.add(16), m1, v1);
+                }
+            }
+        }
+    }
+
+    /// ReLU (keeping NaN) on `rows` rows of `cols <= NR` values of C, `ldc` apart.
+    ///
+    /// # Safety
+    /// `c` valid for reads and writes of those values.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn relu_rows(c: *mut f32, ldc: usize, rows: usize, cols: usize) {
+        let mask = |n: usize| -> __mmask16 { if n >= 16 { 0xFFFF } else { ((1u32 << n) - 1) as u16 } };
+        let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
+        let zero = _mm512_setzero_ps();
+        for r in 0..rows {
+            // SAFETY: row r < rows lies in C; masked-off lanes are neither read nor written.
+            unsafe {
+                let row = c.add(r * ldc);
+                _mm512_mask_storeu_ps(row, m0, _mm512_max_ps(zero, _mm512_maskz_loadu_ps(m0, row)));
+                if m1 != 0 {
+                    let v = _mm512_maskz_loadu_ps(m1, row.add(16));
+                    _mm512_mask_storeu_ps(row.add(16), m1, _mm512_max_ps(zero, v));
+                }
+            }
+        }
     }
 
     /// `C[r][0..cols] += (lo[r], hi[r])` for `r < rows`: a register tile's accumulators added
@@ -816,10 +1025,62 @@ mod tests {
                 let half = packed.panel_count() / 2;
                 for panels in [0..half, half..packed.panel_count()] {
                     // SAFETY: a, c and b have the sizes given.
-                    unsafe { matmul(a.as_ptr(), k, rows, &packed, panels, c.as_mut_ptr(), n, &mut scratch) };
+                    unsafe {
+                        matmul(
+                            a.as_ptr(),
+                            k,
+                            rows,
+                            &packed,
+                            panels,
+                            c.as_mut_ptr(),
+                            n,
+                            &mut scratch,
+                            None,
+                        )
+                    };
                 }
                 let err = c.iter().zip(&expected).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
                 assert!(err < 1e-3, "{kernel:?} {rows}x{k}x{n}: max error {err}");
+                // With an epilogue: C is not read (NaN before), bias and residual added, ReLU
+                // with NaN kept (a NaN in the residual's first value), over several blocks of k.
+                let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 - 3.0).collect();
+                let mut residual: Vec<f32> = (0..rows * n).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
+                residual[0] = f32::NAN;
+                for relu in [false, true] {
+                    let mut c = vec![f32::NAN; rows * n];
+                    for panels in [0..half, half..packed.panel_count()] {
+                        let epilogue = Epilogue {
+                            bias: &bias,
+                            residual: Some(residual.as_ptr()),
+                            relu,
+                        };
+                        // SAFETY: a, c, b, the bias and the residual have the sizes given.
+                        unsafe {
+                            matmul(
+                                a.as_ptr(),
+                                k,
+                                rows,
+                                &packed,
+                                panels,
+                                c.as_mut_ptr(),
+                                n,
+                                &mut scratch,
+                                Some(epilogue),
+                            )
+                        };
+                    }
+                    assert!(c[0].is_nan(), "{kernel:?}: the residual's NaN was lost");
+                    for (i, (got, e)) in c.iter().zip(&expected).enumerate().skip(1) {
+                        let mut want = e - 0.5 + bias[i % n] + residual[i];
+                        if relu {
+                            want = want.max(0.0);
+                        }
+                        assert!(
+                            (got - want).abs() < 1e-3,
+                            "{kernel:?} {rows}x{k}x{n}, relu {relu}, at {i}: {got} vs {want}"
+                        );
+                    }
+                }
             }
         }
     }

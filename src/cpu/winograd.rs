@@ -261,6 +261,7 @@ impl Winograd {
                             s.m.as_mut_ptr().add(p * rows * oc),
                             oc,
                             &mut s.tail,
+                            None,
                         );
                     }
                 }

@@ -63,7 +63,8 @@ fn auroc(scores: &[f32], labels: &[usize]) -> f64 {
 
 /// 96 phantoms (nodule radius 6-9 mm), 20 epochs of the bundled width-4 ResNet-18 without
 /// augmentation (with it, this tiny network's training is erratic on 72 scans: see the
-/// README): the best validation AUROC reaches 0.95 (0.97 to 1.00 over seeds 0-5); `summary.json`, `model.bpk` and `config.json` are written,
+/// README): the best validation AUROC reaches 0.95 (seed 0: 1.00 from the fifth epoch on);
+/// `summary.json`, `model.bpk` and `config.json` are written,
 /// and the exported network, evaluated here on the validation scans, has the AUROC the
 /// summary states (so the export is the best epoch's network).
 #[test]
@@ -81,6 +82,10 @@ fn training_reaches_auroc_095_and_exports_the_best_network() {
         "--patience",
         "0",
         "--no-augment",
+        // One loader thread: with two, batches arrive in the order their threads finish, the
+        // run differed from run to run, and about one in six ended below 0.95.
+        "--workers",
+        "0",
     ];
     let summary = train_example::run(&args(&labels, &out, &extra)).unwrap();
     let curve: Vec<f64> = summary.epochs.iter().map(|e| e.valid_auroc).collect();
