@@ -3,11 +3,14 @@
 
     /opt/torch-venv/bin/python benches/compare.py [--backend flex] [--quick]
     /opt/torch-venv/bin/python benches/compare.py --mode train [--quick]
+    /opt/torch-venv/bin/python benches/compare.py --all [--quick]   # every table below, one run
 
 1. benches/pytorch_reference.py (PyTorch, 2 threads, fp32, eval, inference mode);
 2. `cargo bench --bench forward -- <backend>/` (criterion, release build);
 3. a table: PyTorch ms, ours ms, ratio (PyTorch time / ours: >= 1 means we are as fast),
-   GFLOP/s of ours, and its share of the sgemm peak PyTorch measured in step 1;
+   GFLOP/s of ours, and its share of the sgemm peak PyTorch measured in step 1 (GFLOP/s count
+   a direct convolution's multiply-adds; the Winograd products of the 3x3x3 convolutions do
+   fewer, so the frozen network and the flex model can pass 100% of the peak);
 4. the peak resident set of one ResNet3d-50 forward on 1x1x64x128x128, each side in a
    process of its own (`pytorch_reference.py --memory`, `cargo bench --bench memory`).
 
@@ -54,8 +57,24 @@ def main():
     parser.add_argument("--mode", choices=["forward", "train"], default="forward")
     parser.add_argument("--gpu", action="store_true",
                         help="GPU comparison: PyTorch on CUDA, ours on wgpu (--backend wgpu); no memory step")
+    parser.add_argument("--all", action="store_true",
+                        help="every CPU table in one go: frozen, flex, train, and frozen_bf16 where the CPU has "
+                             "AVX512_BF16")
     args = parser.parse_args()
+    if args.all:
+        runs = [("forward", "frozen"), ("forward", "flex"), ("train", "flex")]
+        if "avx512_bf16" in Path("/proc/cpuinfo").read_text():
+            runs.append(("forward", "frozen_bf16"))
+        for mode, backend in runs:
+            print(f"\n=== compare.py --mode {mode} --backend {backend}{' --quick' if args.quick else ''}", flush=True)
+            args.mode, args.backend = mode, backend
+            table(args)
+    else:
+        table(args)
 
+
+def table(args):
+    """One comparison: PyTorch's side, ours, the table, then the memory step."""
     train = args.mode == "train"
     ref_cmd = [sys.executable, str(ROOT / "benches" / "pytorch_reference.py")] + (["--quick"] if args.quick else [])
     if args.gpu:
