@@ -144,7 +144,8 @@
 //!
 //! On a `flex` device, with or without autodiff, every convolution of the network is the
 //! crate's own Burn operation (a backend extension): the same AVX-512 register-tiled product
-//! as [`FrozenResNet3d`] on channels-last activations, with hand-written input, weight and
+//! as [`FrozenResNet3d`] on channels-last activations (and its Winograd product for 3x3x3
+//! convolutions whose output has 64 or more 2x2x2 tiles), with hand-written input, weight and
 //! bias gradients through that product. The BatchNorm layers (with the ReLU, and the residual
 //! before it, that follow them) are one such operation too, in train and eval mode; the
 //! running variance is updated with the unbiased batch variance, as PyTorch does. The
@@ -158,10 +159,14 @@
 //! [`ResNet3d::freeze`] gives a [`FrozenResNet3d`]: BatchNorm folded into the convolutions,
 //! activations channels-last, each convolution one matrix product per tile of output voxels
 //! (AVX-512 where the CPU has it, else the `gemm` crate), bias, residual and ReLU applied
-//! in the same pass. Same outputs as the model in eval mode (checked against PyTorch), about
-//! five times faster than Burn's CPU backends and on a par with PyTorch on the 2-core
-//! machine of the benchmarks (README). Inference only: fine-tune the [`ResNet3d`], then
-//! freeze it. [`ResNet3d::freeze_bf16`] multiplies in bf16 where the CPU has AVX512_BF16.
+//! as the product stores its results. The 3x3x3 convolutions with stride 1 (up to 256
+//! channels) run as Winograd F(2x2x2, 3x3x3) products: 64 multiply-adds per 2x2x2 block of
+//! outputs and channel pair instead of 216, at the cost of a larger frozen kernel (64/27 of
+//! it). Same outputs as the model in eval mode up to float rounding (checked against
+//! PyTorch), faster than PyTorch's fastest CPU paths (TorchScript frozen with oneDNN, ONNX
+//! Runtime) on the 2-core machine of the benchmarks (README). Inference only: fine-tune the
+//! [`ResNet3d`], then freeze it. [`ResNet3d::freeze_bf16`] multiplies in bf16 where the CPU
+//! has AVX512_BF16 (direct products only).
 //!
 //! ```
 //! # use resnet3d::burn::tensor::{Device, Tensor};

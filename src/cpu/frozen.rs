@@ -12,7 +12,10 @@
 //!   activations, others with 16+ channels a zero-padded copy, one (depth, height) tap at a
 //!   time (implicit GEMM), and the stem and short lines gather the tile's patches into a
 //!   buffer that stays in cache; the bias, the residual and the ReLU are applied to the tile
-//!   while it is still in cache;
+//!   while it is still in cache (by the register tile itself where the product is
+//!   prepacked);
+//! - runs 3x3x3 convolutions with stride 1 and up to 256 channels as Winograd
+//!   F(2x2x2, 3x3x3) products (`winograd.rs`), their kernels transformed once at freeze;
 //! - keeps its activation buffers between layers and calls, so that their pages are not
 //!   faulted in again.
 //!
@@ -187,6 +190,22 @@ pub(super) struct SendPtr(pub(super) *mut f32);
 unsafe impl Sync for SendPtr {}
 // SAFETY: as for `Sync`.
 unsafe impl Send for SendPtr {}
+
+/// Work items `(tile, panels)` for `tiles` tiles of output rows and `panels` column panels:
+/// every tile whole where there are enough of them to keep the threads busy, else each split
+/// into groups of panels, about two items per thread.
+pub(super) fn work_items(tiles: usize, panels: usize) -> Vec<(usize, Range<usize>)> {
+    let threads = rayon::current_num_threads().max(1);
+    let groups = (2 * threads).div_ceil(tiles.max(1)).clamp(1, panels.max(1));
+    let per_group = panels.div_ceil(groups);
+    (0..tiles)
+        .flat_map(|t| {
+            (0..groups)
+                .map(move |g| (t, g * per_group..((g + 1) * per_group).min(panels)))
+                .filter(|(_, p)| !p.is_empty())
+        })
+        .collect()
+}
 
 /// Activation buffers kept between layers and between calls, so that their pages are not
 /// faulted in (and zeroed by the kernel) again for every layer; at most `budget` bytes are
@@ -566,16 +585,7 @@ impl FrozenConv {
         };
         let tile = rows.div_ceil(wanted).div_ceil(mr).max(1) * mr;
         let tiles = rows.div_ceil(tile);
-        let panels = self.weight.panel_count();
-        let groups = (2 * threads).div_ceil(tiles.max(1)).clamp(1, panels.max(1));
-        let per_group = panels.div_ceil(groups);
-        let items: Vec<(usize, Range<usize>)> = (0..tiles)
-            .flat_map(|t| {
-                (0..groups)
-                    .map(move |g| (t, g * per_group..((g + 1) * per_group).min(panels)))
-                    .filter(|(_, p)| !p.is_empty())
-            })
-            .collect();
+        let items = work_items(tiles, self.weight.panel_count());
         debug_assert_eq!(out.len(), rows * oc);
         let out_ptr = SendPtr(out.as_mut_ptr());
         items.into_par_iter().for_each(|(t, panel_range)| {
@@ -694,18 +704,19 @@ impl FrozenConv {
                         self.gather(x, out_dims, first, count, k, patches);
                         patches.as_ptr()
                     };
-                    // SAFETY: lhs holds count rows of k values (`x` has in_channels values per
-                    // voxel, checked by `output_dims`; `gather` writes count * k), the output
-                    // count rows of oc from `first`, and this item alone touches their columns
-                    // c0..c1; the residual has the output's shape (checked above), so its rows
-                    // from `first` are laid out as the output's; the bias has oc values (the
-                    // kernel's columns). `self.weight` was packed for a kernel this CPU runs.
+                    // The residual has the output's shape (checked above): its rows from
+                    // `first` are laid out as the output's.
+                    let epilogue = Epilogue {
+                        bias: &self.bias,
+                        residual: residual.map(|r| r.data[first * oc..].as_ptr()),
+                        relu,
+                    };
+                    // lhs holds count rows of k values (`x` has in_channels values per voxel,
+                    // checked by `output_dims`; `gather` writes count * k), the output count
+                    // rows of oc from `first`, this item alone touching their columns c0..c1;
+                    // SAFETY: as just said; the bias has oc values (the kernel's columns), and
+                    // `self.weight` was packed for a kernel this CPU runs.
                     unsafe {
-                        let epilogue = Epilogue {
-                            bias: &self.bias,
-                            residual: residual.map(|r| r.data.as_ptr().add(first * oc)),
-                            relu,
-                        };
                         matmul(
                             lhs,
                             k,

@@ -248,18 +248,15 @@ impl Store {
     /// # Safety
     /// The residual, if any, must hold those rows (it has `C`'s layout).
     unsafe fn down(self, rows: usize, ldc: usize) -> Store {
+        let below = |res: *const f32| {
+            if res.is_null() {
+                return res;
+            }
+            // SAFETY: the caller's contract: the residual holds the rows below.
+            unsafe { res.add(rows * ldc) }
+        };
         Store {
-            // SAFETY: the caller's contract.
-            init: self.init.map(|(bias, res)| {
-                (
-                    bias,
-                    if res.is_null() {
-                        res
-                    } else {
-                        unsafe { res.add(rows * ldc) }
-                    },
-                )
-            }),
+            init: self.init.map(|(bias, res)| (bias, below(res))),
             relu: self.relu,
         }
     }

@@ -34,7 +34,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::frozen::SendPtr;
+use super::frozen::{SendPtr, work_items};
 use super::matmul::{Kernel, NR, PackedB, matmul};
 
 /// Points of a transformed tile: 4 x 4 x 4.
@@ -205,17 +205,7 @@ impl Winograd {
         let chunks = count.div_ceil(chunk);
         // Few chunks (a late stage): the output channels are split between threads too, each
         // transforming its chunk's input again.
-        let threads = rayon::current_num_threads().max(1);
-        let panels = oc.div_ceil(NR);
-        let groups = (2 * threads).div_ceil(chunks.max(1)).clamp(1, panels.max(1));
-        let per_group = panels.div_ceil(groups);
-        let items: Vec<(usize, Range<usize>)> = (0..chunks)
-            .flat_map(|t| {
-                (0..groups)
-                    .map(move |g| (t, g * per_group..((g + 1) * per_group).min(panels)))
-                    .filter(|(_, p)| !p.is_empty())
-            })
-            .collect();
+        let items = work_items(chunks, oc.div_ceil(NR));
         let geometry = Geometry {
             tiles,
             padded: [dp, hp, wp],
@@ -232,16 +222,7 @@ impl Winograd {
                 s.m.resize(POINTS * rows * oc, 0.0);
                 s.first.resize(POINTS * ic.max(oc), 0.0);
                 s.second.resize(POINTS * ic.max(oc), 0.0);
-                #[cfg(target_arch = "x86_64")]
-                if self.kernel == Kernel::Avx512 {
-                    // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding
-                    // `avx512f`.
-                    unsafe { avx512::input_tiles(&geometry, xp, first, rows, s) };
-                } else {
-                    input_tiles(&geometry, xp, first, rows, s);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                input_tiles(&geometry, xp, first, rows, s);
+                input_tiles(self.kernel, &geometry, xp, first, rows, s);
                 let (c0, c1) = (panels.start * NR, (panels.end * NR).min(oc));
                 for row in s.m.chunks_exact_mut(oc) {
                     row[c0..c1].fill(0.0);
@@ -266,30 +247,56 @@ impl Winograd {
                     }
                 }
                 let epilogue = (bias, residual, relu);
-                // SAFETY (both calls): the tiles of this chunk are this item's alone, and within
-                // them the columns c0..c1; `output_tile` writes only voxels inside `out_dims`,
-                // whose `voxels * oc` values `out` holds (checked above), and reads `residual`,
-                // of the same length (checked above). `Kernel::Avx512` only comes from
-                // `Kernel::detect` finding `avx512f`.
-                #[cfg(target_arch = "x86_64")]
-                if self.kernel == Kernel::Avx512 {
-                    unsafe { avx512::output_tiles(&geometry, (first, rows), c0..c1, s, epilogue, &out_ptr) };
-                } else {
-                    unsafe { output_tiles(&geometry, (first, rows), c0..c1, s, epilogue, &out_ptr) };
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                unsafe {
-                    output_tiles(&geometry, (first, rows), c0..c1, s, epilogue, &out_ptr)
-                };
+                // SAFETY: the tiles of this chunk are this item's alone, and within them the
+                // columns c0..c1; `output_tile` writes only voxels inside `out_dims`, whose
+                // `voxels * oc` values `out` holds, and reads `residual`, of the same length
+                // (both checked above).
+                unsafe { output_tiles(self.kernel, &geometry, (first, rows), c0..c1, s, epilogue, &out_ptr) };
             });
         });
         true
     }
 }
 
+/// [`input_tiles_here`], compiled for AVX-512 where `kernel` is the AVX-512 product.
+fn input_tiles(kernel: Kernel, geometry: &Geometry, xp: &[f32], first: usize, rows: usize, s: &mut Scratch) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 {
+        // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
+        return unsafe { avx512::input_tiles(geometry, xp, first, rows, s) };
+    }
+    let _ = kernel;
+    input_tiles_here(geometry, xp, first, rows, s)
+}
+
+/// [`Geometry::output_tile`] for tiles `first..first + rows`, compiled for AVX-512 where
+/// `kernel` is the AVX-512 product.
+///
+/// # Safety
+/// As [`Geometry::output_tile`], for every tile.
+unsafe fn output_tiles(
+    kernel: Kernel,
+    geometry: &Geometry,
+    tiles: (usize, usize),
+    cols: Range<usize>,
+    s: &mut Scratch,
+    epilogue: (&[f32], Option<&[f32]>, bool),
+    out: &SendPtr,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 {
+        // SAFETY: the caller's contract; `Kernel::Avx512` only comes from `Kernel::detect`
+        // finding `avx512f`.
+        return unsafe { avx512::output_tiles(geometry, tiles, cols, s, epilogue, out) };
+    }
+    let _ = kernel;
+    // SAFETY: the caller's contract.
+    unsafe { output_tiles_here(geometry, tiles, cols, s, epilogue, out) }
+}
+
 /// The transformed input of tiles `first..first + rows` into `s.v` (rows of each point).
 #[inline(always)]
-fn input_tiles(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, s: &mut Scratch) {
+fn input_tiles_here(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, s: &mut Scratch) {
     let [_, hp, wp] = geometry.padded;
     let ic = geometry.ic;
     for r in 0..rows {
@@ -303,7 +310,7 @@ fn input_tiles(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, s: &m
 /// # Safety
 /// As [`Geometry::output_tile`], for every tile.
 #[inline(always)]
-unsafe fn output_tiles(
+unsafe fn output_tiles_here(
     geometry: &Geometry,
     (first, rows): (usize, usize),
     cols: Range<usize>,
@@ -340,16 +347,16 @@ mod avx512 {
         super::transform_kernels(w, dims, scale, ic, block)
     }
 
-    /// [`super::input_tiles`]; needs `avx512f`.
+    /// [`super::input_tiles_here`]; needs `avx512f`.
     #[target_feature(enable = "avx512f")]
     pub(super) fn input_tiles(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, s: &mut Scratch) {
-        super::input_tiles(geometry, xp, first, rows, s)
+        super::input_tiles_here(geometry, xp, first, rows, s)
     }
 
-    /// [`super::output_tiles`]; needs `avx512f`.
+    /// [`super::output_tiles_here`]; needs `avx512f`.
     ///
     /// # Safety
-    /// As [`super::output_tiles`].
+    /// As [`super::output_tiles_here`].
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn output_tiles(
         geometry: &Geometry,
@@ -360,7 +367,7 @@ mod avx512 {
         out: &SendPtr,
     ) {
         // SAFETY: the caller's contract.
-        unsafe { super::output_tiles(geometry, tiles, cols, s, epilogue, out) }
+        unsafe { super::output_tiles_here(geometry, tiles, cols, s, epilogue, out) }
     }
 }
 
