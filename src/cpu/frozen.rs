@@ -1179,38 +1179,53 @@ impl Pool {
     /// `out_len` values.
     fn along(&self, x: Act, axis: usize, out_len: usize, buffers: &Buffers) -> Act {
         let pool = &self.0;
-        let (k, s, p) = (
+        let window = (
             pool.kernel_size[axis - 1],
             pool.stride[axis - 1],
             pool.padding[axis - 1],
         );
-        if k == 1 && s == 1 {
+        if window.0 == 1 && window.1 == 1 {
             return x;
         }
-        let len = x.dims[axis];
-        // Blocks: everything before the axis; inner: everything after it.
-        let outer: usize = x.dims[..axis].iter().product();
-        let inner: usize = x.dims[axis + 1..].iter().product();
         let mut dims = x.dims;
         dims[axis] = out_len;
-        // Every value is overwritten below.
-        let mut out = buffers.take(outer * out_len * inner);
-        out.par_chunks_mut(out_len * inner)
-            .zip(x.data.par_chunks(len * inner))
-            .for_each(|(dst, src)| {
-                for (o, row) in dst.chunks_exact_mut(inner).enumerate() {
-                    let lo = (o * s).saturating_sub(p);
-                    let hi = (o * s + k).saturating_sub(p).min(len);
-                    row.fill(f32::NEG_INFINITY);
-                    for i in lo..hi {
-                        let line = &src[i * inner..(i + 1) * inner];
-                        row.iter_mut().zip(line).for_each(|(v, x)| *v = max_keeping_nan(*v, *x));
-                    }
-                }
-            });
+        // Every value is overwritten.
+        let mut out = buffers.take(dims.iter().product());
+        max_pool_along(&x.data, x.dims, axis, window, &mut out);
         buffers.give(x.data);
         Act { data: out, dims }
     }
+}
+
+/// The max pool of channels-last `x` (`dims` = `[n, d, h, w, c]`) along one axis (1 = depth, 2
+/// = height, 3 = width) with window `(kernel, stride, padding)`, into `out` (every value
+/// written; its length fixes the output extent): padding takes no part, NaN propagates (the
+/// maximum over a box is the maximum of the maxima over its rows). The caller checks that
+/// the padded axis covers the window. Shared with the flex op's forward.
+pub(crate) fn max_pool_along(
+    x: &[f32],
+    dims: [usize; 5],
+    axis: usize,
+    (k, s, p): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let len = dims[axis];
+    // Blocks: everything before the axis; inner: everything after it.
+    let inner: usize = dims[axis + 1..].iter().product();
+    let out_len = out.len() / (dims[..axis].iter().product::<usize>() * inner).max(1);
+    out.par_chunks_mut(out_len * inner)
+        .zip(x.par_chunks(len * inner))
+        .for_each(|(dst, src)| {
+            for (o, row) in dst.chunks_exact_mut(inner).enumerate() {
+                let lo = (o * s).saturating_sub(p);
+                let hi = (o * s + k).saturating_sub(p).min(len);
+                row.fill(f32::NEG_INFINITY);
+                for i in lo..hi {
+                    let line = &src[i * inner..(i + 1) * inner];
+                    row.iter_mut().zip(line).for_each(|(v, x)| *v = max_keeping_nan(*v, *x));
+                }
+            }
+        });
 }
 
 impl ResNet3d {
