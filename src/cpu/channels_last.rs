@@ -204,6 +204,47 @@ fn winograd_pays(s: &ConvShape) -> bool {
     s.batch * s.output.iter().map(|o| o.div_ceil(2)).product::<usize>() >= 64
 }
 
+/// The input gradient of a 3x3x3 convolution with stride 1 and zero padding `p <= 2` as a
+/// Winograd product, where that applies and pays: `dX` is the convolution of `dY`, padded by
+/// `2 - p`, with the kernel flipped in every axis and its input and output channels swapped.
+/// `None` elsewhere (replicate depth padding adds the padding's gradient to the edge planes:
+/// not a convolution).
+fn winograd_input_grad(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShape) -> Option<Vec<f32>> {
+    if s.kernel != [3, 3, 3]
+        || s.stride != [1, 1, 1]
+        || s.dilation != [1, 1, 1]
+        || s.replicate_depth
+        || s.padding.iter().any(|&p| p > 2)
+        || !FrozenConv::winograd_takes(s.out_channels, s.in_channels)
+    {
+        return None;
+    }
+    let transposed = ConvShape::new(
+        s.batch,
+        s.out_channels,
+        s.in_channels,
+        s.output,
+        [3, 3, 3],
+        [1, 1, 1],
+        s.padding.map(|p| 2 - p),
+        [1, 1, 1],
+        false,
+    )?;
+    if transposed.output != s.input || few(&transposed) || !winograd_pays(&transposed) {
+        return None;
+    }
+    let (oc, ic) = (s.out_channels, s.in_channels);
+    let mut flipped = vec![0.0f32; w.len()];
+    for o in 0..oc {
+        for i in 0..ic {
+            let src = &w[(o * ic + i) * 27..][..27];
+            let dst = &mut flipped[(i * oc + o) * 27..][..27];
+            dst.iter_mut().zip(src.iter().rev()).for_each(|(d, v)| *d = *v);
+        }
+    }
+    Some(forward(kernel, dy, &flipped, None, &transposed))
+}
+
 /// Whether [`forward_folded`] runs this shape.
 pub(crate) fn folds(s: &ConvShape) -> bool {
     s.dilation == [1, 1, 1] && !few(s)
@@ -244,6 +285,9 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
     if few(s) {
         let dx = conv::backward_input(kernel, &first(dy, s.output_dims()), w, s);
         return to_channels_last(&dx, s.input_dims());
+    }
+    if let Some(dx) = winograd_input_grad(kernel, dy, w, s) {
+        return dx;
     }
     let (oc, ic) = (s.out_channels, s.in_channels);
     let [d, h, wd] = s.input;
@@ -509,8 +553,11 @@ mod tests {
             [usize; 3],
             [usize; 3],
             bool,
-        ); 11] = [
+        ); 12] = [
             (2, 64, 16, [4, 8, 8], [1, 1, 1], [1, 1, 1], [0, 0, 0], false),
+            // Winograd forward and input gradient with paddings 0, 2 and 1 (the gradient's
+            // product padded by 2, 0 and 1).
+            (2, 16, 24, [6, 9, 11], [3, 3, 3], [1, 1, 1], [0, 2, 1], false),
             (2, 32, 64, [5, 6, 7], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
             (1, 32, 40, [6, 9, 20], [3, 3, 3], [2, 2, 2], [1, 1, 1], false),
             (2, 64, 32, [4, 8, 9], [1, 3, 3], [2, 2, 2], [0, 0, 0], false),

@@ -462,7 +462,7 @@ impl FrozenConv {
         if self.kernel == [3, 3, 3]
             && self.stride == [1, 1, 1]
             && self.dilation == [1, 1, 1]
-            && self.in_channels.max(self.out_channels) <= WINOGRAD_CHANNELS
+            && Self::winograd_takes(self.in_channels, self.out_channels)
         {
             self.winograd = Some(Winograd::new(
                 w,
@@ -471,6 +471,12 @@ impl FrozenConv {
                 self.weight.kernel(),
             ));
         }
+    }
+
+    /// Whether a 3x3x3 convolution with stride 1 of `i` input and `o` output channels runs as
+    /// a Winograd product (at most [`WINOGRAD_CHANNELS`] each).
+    pub(crate) fn winograd_takes(i: usize, o: usize) -> bool {
+        i.max(o) <= WINOGRAD_CHANNELS
     }
 
     /// The extent the kernel covers per axis, `dilation * (kernel - 1) + 1`.

@@ -3,9 +3,10 @@
 //! channels-last into `layer1`.
 //!
 //! Each output value is the maximum over the in-bounds voxels of its window (padding takes no
-//! part), scanned depth, height, width; as PyTorch does, a later value replaces the maximum
-//! when it is larger or NaN (so NaN propagates), and the gradient goes to the voxel that gave
-//! the maximum, found again by the same scan in the backward pass.
+//! part), NaN propagating. The forward pass takes it one axis at a time, as the frozen
+//! network does (`frozen::max_pool_along`); the gradient goes to the voxel that gave the
+//! maximum, found by scanning the window depth, height, width, where, as in PyTorch, a later
+//! value replaces the maximum when it is larger or NaN.
 
 use rayon::prelude::*;
 
