@@ -144,8 +144,9 @@
 //!
 //! On a `flex` device, with or without autodiff, every convolution of the network is the
 //! crate's own Burn operation (a backend extension): the same AVX-512 register-tiled product
-//! as [`FrozenResNet3d`] on channels-last activations (and its Winograd product for 3x3x3
-//! convolutions whose output has 64 or more 2x2x2 tiles), with hand-written input, weight and
+//! as [`FrozenResNet3d`] on channels-last activations (and its Winograd product for the
+//! forward pass and input gradient of 3x3x3 convolutions whose output has 64 or more 2x2x2
+//! tiles), with hand-written input, weight and
 //! bias gradients through that product. The BatchNorm layers (with the ReLU, and the residual
 //! before it, that follow them) are one such operation too, in train and eval mode; the
 //! running variance is updated with the unbiased batch variance, as PyTorch does. The
