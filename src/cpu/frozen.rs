@@ -167,8 +167,7 @@ pub(crate) struct FrozenConv {
 
 /// The most input or output channels of a convolution that runs as a Winograd product: its
 /// transformed kernel is 64/27 times the direct one's size (16.8 MB for 256 channels in and
-/// out), and
-/// the last stage (512) sees too few voxels to repay the transforms.
+/// out), and the last stage (512) sees too few voxels to repay the transforms.
 const WINOGRAD_CHANNELS: usize = 256;
 
 /// The fewest 2x2x2 output tiles for which the Winograd product runs.
@@ -608,9 +607,9 @@ impl FrozenConv {
                 unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((first + r) * oc + c0), c1 - c0) }
             };
             // The prepacked product (pointwise convolutions and gathered f32 patches) applies
-            // bias, residual and ReLU as it stores its tiles; the others add to rows that hold
-            // them first and take the ReLU after.
-            let fused = padded_bf16.is_none() && padded.is_none() && (self.weight_bf16.is_none() || pointwise);
+            // bias, residual and ReLU as it stores its tiles (with k > 0: it stores nothing
+            // else); the others add to rows that hold them first and take the ReLU after.
+            let fused = padded_bf16.is_none() && padded.is_none() && (self.weight_bf16.is_none() || pointwise) && k > 0;
             if !fused {
                 for r in 0..count {
                     row(r).copy_from_slice(&self.bias[c0..c1]);
@@ -1215,9 +1214,17 @@ pub(crate) fn max_pool_along(
     (k, s, p): (usize, usize, usize),
     out: &mut [f32],
 ) {
+    if out.is_empty() {
+        return;
+    }
     let len = dims[axis];
     // Blocks: everything before the axis; inner: everything after it.
     let inner: usize = dims[axis + 1..].iter().product();
+    if len == 0 || inner == 0 {
+        // Only padding in every window (an empty axis padded to the window): no value.
+        out.fill(f32::NEG_INFINITY);
+        return;
+    }
     let out_len = out.len() / (dims[..axis].iter().product::<usize>() * inner).max(1);
     out.par_chunks_mut(out_len * inner)
         .zip(x.par_chunks(len * inner))

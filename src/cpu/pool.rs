@@ -116,7 +116,12 @@ pub(crate) fn forward(x: &[f32], p: &PoolShape) -> Vec<f32> {
         if window.0 == 1 && window.1 == 1 && window.2 == 0 {
             continue;
         }
-        let mut out = zeros(y.len() / dims[axis] * p.output[a]);
+        let mut out = zeros(
+            dims.iter()
+                .enumerate()
+                .map(|(i, &e)| if i == axis { p.output[a] } else { e })
+                .product(),
+        );
         super::frozen::max_pool_along(&y, dims, axis, window, &mut out);
         dims[axis] = p.output[a];
         y = std::borrow::Cow::Owned(out);
@@ -208,5 +213,16 @@ mod tests {
         x[6] = f32::NAN; // voxel 3, channel 0
         let y = forward(&x, &p);
         assert!(y[0].is_nan() && y[1] == 1.0);
+    }
+
+    /// An empty axis padded up to the window (PyTorch allows padding up to half the window):
+    /// windows of padding only, no value: minus infinity, as the scan gave, not a panic.
+    #[test]
+    fn windows_of_padding_only_give_minus_infinity() {
+        let p = PoolShape::new([1, 2, 0, 3, 3], [2, 2, 2], [2, 2, 2], [1, 1, 1]).unwrap();
+        assert_eq!(p.output, [1, 2, 2]);
+        let y = forward(&[], &p);
+        assert_eq!(y.len(), p.output_len());
+        assert!(y.iter().all(|v| *v == f32::NEG_INFINITY));
     }
 }
