@@ -1016,42 +1016,14 @@ mod tests {
             for kernel in [Kernel::detect(), Kernel::Portable] {
                 let packed = PackedB::new(b.clone(), k, n, kernel);
                 assert_eq!(packed.kernel(), kernel);
-                let mut c = vec![0.5f32; rows * n];
                 let mut scratch = Vec::new();
-                // Two halves of the panels, as two work items would.
-                let half = packed.panel_count() / 2;
-                for panels in [0..half, half..packed.panel_count()] {
-                    // SAFETY: a, c and b have the sizes given.
-                    unsafe {
-                        matmul(
-                            a.as_ptr(),
-                            k,
-                            rows,
-                            &packed,
-                            panels,
-                            c.as_mut_ptr(),
-                            n,
-                            &mut scratch,
-                            None,
-                        )
-                    };
-                }
-                let err = c.iter().zip(&expected).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-                assert!(err < 1e-3, "{kernel:?} {rows}x{k}x{n}: max error {err}");
-                // With an epilogue: C is not read (NaN before), bias and residual added, ReLU
-                // with NaN kept (a NaN in the residual's first value), over several blocks of k.
-                let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 - 3.0).collect();
-                let mut residual: Vec<f32> = (0..rows * n).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
-                residual[0] = f32::NAN;
-                for relu in [false, true] {
-                    let mut c = vec![f32::NAN; rows * n];
+                // The product into `c` in two halves of the panels, as two work items would.
+                let mut product = |c: &mut [f32], epilogue: Option<Epilogue<'_>>| {
+                    assert_eq!(c.len(), rows * n);
+                    let half = packed.panel_count() / 2;
                     for panels in [0..half, half..packed.panel_count()] {
-                        let epilogue = Epilogue {
-                            bias: &bias,
-                            residual: Some(residual.as_ptr()),
-                            relu,
-                        };
-                        // SAFETY: a, c, b, the bias and the residual have the sizes given.
+                        // SAFETY: a, c and b have the sizes given (c asserted); an epilogue's
+                        // bias has n values, its residual rows * n.
                         unsafe {
                             matmul(
                                 a.as_ptr(),
@@ -1062,10 +1034,28 @@ mod tests {
                                 c.as_mut_ptr(),
                                 n,
                                 &mut scratch,
-                                Some(epilogue),
+                                epilogue,
                             )
                         };
                     }
+                };
+                let mut c = vec![0.5f32; rows * n];
+                product(&mut c, None);
+                let err = c.iter().zip(&expected).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                assert!(err < 1e-3, "{kernel:?} {rows}x{k}x{n}: max error {err}");
+                // With an epilogue: C is not read (NaN before), bias and residual added, ReLU
+                // with NaN kept (a NaN in the residual's first value), over several blocks of k.
+                let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 - 3.0).collect();
+                let mut residual: Vec<f32> = (0..rows * n).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
+                residual[0] = f32::NAN;
+                for relu in [false, true] {
+                    let mut c = vec![f32::NAN; rows * n];
+                    let epilogue = Epilogue {
+                        bias: &bias,
+                        residual: Some(residual.as_ptr()),
+                        relu,
+                    };
+                    product(&mut c, Some(epilogue));
                     assert!(c[0].is_nan(), "{kernel:?}: the residual's NaN was lost");
                     for (i, (got, e)) in c.iter().zip(&expected).enumerate().skip(1) {
                         let mut want = e - 0.5 + bias[i % n] + residual[i];
