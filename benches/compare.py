@@ -84,7 +84,7 @@ def table(args):
     if args.backend == "frozen_bf16":
         ref_cmd += ["--bf16"]
     torch_side = json.loads(subprocess.run(ref_cmd, check=True, capture_output=True, text=True).stdout)
-    features = ["--features", "wgpu"] if args.backend == "wgpu" else []
+    features = ["--features", "bench,wgpu" if args.backend == "wgpu" else "bench"]
     bench = "train" if train else "forward"
     subprocess.run(["cargo", "bench", *features, "--bench", bench, "--", f"{args.backend}/"], check=True, cwd=ROOT)
     ours = criterion_results(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")))

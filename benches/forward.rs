@@ -4,16 +4,17 @@
 //! table (PyTorch ms, ours ms, ratio, GFLOP/s, share of the measured sgemm peak). Alone:
 //!
 //! ```text
-//! cargo bench --bench forward                  # everything
-//! cargo bench --bench forward -- flex/         # one backend (flex, ndarray, frozen)
-//! cargo bench --features wgpu --bench forward -- wgpu/   # the GPU (benches/gpu.sh)
+//! cargo bench --features bench --bench forward                  # everything
+//! cargo bench --features bench --bench forward -- flex/         # one backend (flex, ndarray, frozen)
+//! cargo bench --features bench,wgpu --bench forward -- wgpu/    # the GPU (benches/gpu.sh)
 //! ```
 //!
 //! Group and function names are the keys `compare.py` matches: `<backend>/<what>`.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use resnet3d::bench::LayerBench;
 use resnet3d::burn::tensor::{Device, Tensor, TensorData};
-use resnet3d::{LayerBench, MaxPool3d, ResNet3dConfig};
+use resnet3d::{ConvGeometry, DepthPadding, MaxPool3d, ResNet3dConfig};
 
 /// The shapes of the issue: a CT crop and a small case, batch 1, one channel.
 const LARGE: [usize; 5] = [1, 1, 64, 128, 128];
@@ -129,34 +130,16 @@ fn layer1_conv(device: &Device) -> (resnet3d::Conv, Tensor<5>) {
 
 /// A convolution with stride 1 and random weights.
 fn conv_of(i: usize, o: usize, kernel: [usize; 3], device: &Device) -> resnet3d::Conv {
-    resnet3d::ConvSpec {
-        in_channels: i,
-        out_channels: o,
-        kernel,
-        stride: [1, 1, 1],
-        depth_padding: resnet3d::DepthPadding::Zeros,
-        dilation: [1, 1, 1],
-    }
-    .build(resnet3d::burn::module::Param::from_tensor(input(
-        [o, i, kernel[0], kernel[1], kernel[2]],
-        device,
-    )))
+    ConvGeometry::same(i, o, kernel, [1, 1, 1], [1, 1, 1], DepthPadding::Zeros).build(
+        resnet3d::burn::module::Param::from_tensor(input([o, i, kernel[0], kernel[1], kernel[2]], device)),
+    )
 }
 
 /// The stem of every preset with one input channel, on the large input.
 fn stem_conv(device: &Device) -> (resnet3d::Conv, Tensor<5>) {
-    let conv = resnet3d::ConvSpec {
-        in_channels: 1,
-        out_channels: 64,
-        kernel: [7, 7, 7],
-        stride: [2, 2, 2],
-        depth_padding: resnet3d::DepthPadding::Zeros,
-        dilation: [1, 1, 1],
-    }
-    .build(resnet3d::burn::module::Param::from_tensor(input(
-        [64, 1, 7, 7, 7],
-        device,
-    )));
+    let conv = ConvGeometry::same(1, 64, [7, 7, 7], [2, 2, 2], [1, 1, 1], DepthPadding::Zeros).build(
+        resnet3d::burn::module::Param::from_tensor(input([64, 1, 7, 7, 7], device)),
+    );
     (conv, input(LARGE, device))
 }
 

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::config::Layout;
+use crate::arch::kinds::Layout;
+use crate::weights::zoo::Zoo;
 
 /// Everything that can go wrong when building, loading or saving a [`ResNet3d`](crate::ResNet3d).
 ///
@@ -95,7 +96,7 @@ pub enum Error {
     #[error("{why}: the checkpoint is in {zoo}'s layout; build the network with {preset}")]
     ZooMismatch {
         /// The zoo the checkpoint was recognised as.
-        zoo: crate::load::Zoo,
+        zoo: Zoo,
         /// What in the checkpoint (and the configuration) tells.
         why: String,
         /// The constructor to use, e.g. `ResNet3dConfig::medicalnet(18)?`.
@@ -187,7 +188,7 @@ pub enum Error {
         /// The folder.
         dir: PathBuf,
         /// What is wrong.
-        problem: Box<crate::data::DicomProblem>,
+        problem: Box<crate::data::dicom_problem::DicomProblem>,
     },
 
     /// Saving or loading Burn's own record format failed.

@@ -196,36 +196,38 @@
 //! | `pictures` | yes | PNG montages of heat maps over CT slices ([`explain`]) |
 //! | `train` | yes | Burn's autodiff, optimizers and training loop (`burn/autodiff`, `burn/optim`, `burn/train` with its TUI), [`train`] and the datasets of [`data`] |
 
-mod block;
-mod config;
-mod conv;
-mod cpu;
+mod arch;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench;
 pub mod data;
 mod error;
 pub mod explain;
-mod import;
-mod inflate;
-mod load;
+mod frozen;
+mod kernels;
 mod model;
 #[cfg(feature = "nifti")]
 mod nifti;
-mod norm;
-mod pool;
+#[cfg(feature = "flex")]
+mod ops;
 pub mod preprocess;
-mod record;
 #[cfg(feature = "train")]
 pub mod train;
+mod weights;
 
-pub use block::{BasicBlock3d, Block, Block2Plus1d, Bottleneck3d, Conv2Plus1d, Downsample, ZeroPadShortcut};
+pub use arch::config::{KINETICS_MEAN, KINETICS_STD, ResNet3dConfig};
+pub use arch::geometry::{ConvGeometry, PoolGeometry, ZeroPadShortcut};
+pub use arch::kinds::{BlockKind, DepthPadding, Inflation, Layout, Shortcut, StageInfo};
+pub use arch::plan::{After, BlockPlan, HeadSpec, LayerName, LayerSpec, Plan, PlanLayer, ShortcutPlan, Site};
 pub use burn;
-pub use config::{
-    BlockKind, DepthPadding, Inflation, KINETICS_MEAN, KINETICS_STD, Layout, ResNet3dConfig, Shortcut, StageInfo,
-};
-pub use conv::{Conv, ConvSpec};
-pub use cpu::{FrozenResNet3d, LayerBench};
 pub use error::{Error, Result};
-pub use import::{Format, WeightTensor, Weights};
-pub use inflate::{adapt_in_channels, inflate_kernel};
-pub use load::{Head, LoadReport, LoadedKernel, Zoo, inflate_from_2d, inflate_from_2d_with_report, load_3d};
-pub use model::{Features, ResNet3d, TemporalStem};
-pub use pool::MaxPool3d;
+pub use frozen::network::FrozenResNet3d;
+pub use model::block::{BasicBlock3d, Block, Block2Plus1d, Bottleneck3d, Conv2Plus1d, Downsample};
+pub use model::conv::Conv;
+pub use model::network::{Features, ResNet3d, TemporalStem};
+pub use model::pool::MaxPool3d;
+pub use weights::format::{Format, WeightTensor};
+pub use weights::inflate::{adapt_in_channels, inflate_kernel};
+pub use weights::load::{Head, LoadReport, LoadedKernel, inflate_from_2d, inflate_from_2d_with_report, load_3d};
+pub use weights::tensors::Weights;
+pub use weights::zoo::Zoo;

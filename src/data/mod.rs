@@ -21,6 +21,8 @@ mod dataset;
 mod dicom;
 #[cfg(feature = "dicom")]
 mod dicom_lengths;
+#[cfg(feature = "dicom")]
+pub(crate) mod dicom_problem;
 mod labels;
 mod pipeline;
 mod rng;
@@ -30,6 +32,8 @@ pub use cache::{CacheStats, VolumeCache};
 #[cfg(feature = "train")]
 pub use dataset::{ScanBatch, ScanBatcher, ScanDataset, ScanItem, read_scan};
 #[cfg(feature = "dicom")]
-pub use dicom::{DicomProblem, DicomVolume, SeriesInfo, VOLUME_MODALITIES, list_series, read_series};
+pub use dicom::{DicomVolume, VOLUME_MODALITIES, list_series, read_series};
+#[cfg(feature = "dicom")]
+pub use dicom_problem::{DicomProblem, SeriesInfo};
 pub use labels::{LabelledScan, LabelledScans, Split};
 pub use pipeline::{Augmentation, Normalization, Preprocessing};

@@ -30,8 +30,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 #[cfg(feature = "pictures")]
 pub use picture::{Montage, Picture, Slices};
 
+#[cfg(feature = "train")]
+use crate::arch::walk::Tap;
 use crate::error::{Error, Result};
-use crate::model::ResNet3d;
+use crate::model::network::ResNet3d;
 
 /// A stage whose output Grad-CAM explains: the field of [`Features`](crate::Features).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,20 +265,16 @@ impl ResNet3d {
         // A head, and `class` one of its classes (the weights themselves are not needed).
         class_weights(head.as_ref().map(|(w, c)| (w.as_slice(), *c)), 1, class)?;
         let [n, _, d, h, w] = dims;
-        let x = self.stem(x);
-        let mut act = match &self.maxpool {
-            Some(pool) => pool.forward(x),
-            None => x,
-        };
         let mut explained = None;
-        for (i, blocks) in self.stages().iter().enumerate() {
-            act = blocks.iter().fold(act, |x, block| block.forward(x));
-            if i == stage.index() {
-                // The stage's output as a leaf: its gradient is what Grad-CAM weighs.
-                act = act.detach().require_grad();
-                explained = Some(act.clone());
+        let act = self.walk(x, |tap, act| {
+            if tap != Tap::Stage(stage.index()) {
+                return Ok(act);
             }
-        }
+            // The stage's output as a leaf: its gradient is what Grad-CAM weighs.
+            let leaf = act.detach().require_grad();
+            explained = Some(leaf.clone());
+            Ok(leaf)
+        })?;
         let logits = self.head(act);
         let Some(a) = explained else {
             return Err(Error::InvalidNetwork {

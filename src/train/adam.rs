@@ -103,7 +103,7 @@ impl Optimizer for FusedAdam {
                 Some(s) => (s.momentum.moment_1, s.momentum.moment_2, s.momentum.time + 1),
                 None => (tensor.zeros_like(), tensor.zeros_like(), 1),
             };
-            let step = crate::cpu::AdamStep {
+            let step = crate::kernels::adam::AdamStep {
                 lr,
                 beta_1: self.beta_1,
                 beta_2: self.beta_2,
@@ -112,7 +112,7 @@ impl Optimizer for FusedAdam {
                 // `fuses` checked that it fits.
                 time: i32::try_from(time).unwrap_or(i32::MAX),
             };
-            let (tensor, moment_1, moment_2) = crate::cpu::adam(tensor, grad, moment_1, moment_2, step);
+            let (tensor, moment_1, moment_2) = crate::ops::adam::adam(tensor, grad, moment_1, moment_2, step);
             let momentum = AdaptiveMomentumState::new(time, moment_1, moment_2);
             return (tensor, Some(AdamState::new(momentum)));
         }

@@ -7,7 +7,7 @@ use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 
 use crate::data::ScanBatch;
 use crate::error::{Error, Result};
-use crate::model::ResNet3d;
+use crate::model::network::ResNet3d;
 
 /// A [`ResNet3d`] with a classification head and its cross-entropy loss (optionally weighted
 /// per class): the model Burn's `Learner` trains on [`ScanBatch`]es.

@@ -12,7 +12,7 @@ use burn::train::metric::{
 use super::classifier::ScanClassifier;
 use crate::data::{ScanBatcher, ScanDataset};
 use crate::error::{Error, Result};
-use crate::model::ResNet3d;
+use crate::model::network::ResNet3d;
 
 /// Metrics of one evaluation of held-out scans.
 #[derive(Config, Debug, PartialEq)]

@@ -26,10 +26,10 @@ use super::FusedAdamConfig;
 use super::classifier::ScanClassifier;
 use super::lines::EpochLines;
 use super::select::{KeepBestAndLast, Names, StopWithoutImprovement};
-use crate::config::ResNet3dConfig;
+use crate::arch::config::ResNet3dConfig;
 use crate::data::{ScanBatcher, ScanDataset};
 use crate::error::{Error, Result};
-use crate::model::ResNet3d;
+use crate::model::network::ResNet3d;
 
 /// The settings of a fine-tuning run ([`fit`]).
 #[derive(Config, Debug)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use resnet3d::burn::module::Param;
 use resnet3d::burn::tensor::{Device, Tensor, TensorData};
-use resnet3d::{Block, Conv, DepthPadding, Error, FrozenResNet3d, LayerBench, MaxPool3d, ResNet3d, ResNet3dConfig};
+use resnet3d::{Block, Conv, DepthPadding, Error, FrozenResNet3d, MaxPool3d, ResNet3d, ResNet3dConfig};
 
 use crate::common::*;
 
@@ -46,18 +46,21 @@ fn expect_invalid_network<T: std::fmt::Debug>(result: Result<T, Error>, at: &str
     }
 }
 
+/// A convolution given an input of other channels: the one geometry check refuses it before
+/// any kernel runs (the frozen layer's kernel read 4x past its weights before it had the
+/// check; the same input through the frozen layer: `kernels::conv`'s unit tests).
 #[test]
-fn a_layer_bench_input_with_other_channels_is_refused() {
+fn a_conv_input_with_other_channels_is_refused() {
     let device = Device::flex();
-    // 16 -> 32 channels, 3x3x3, on a 64-channel input: the kernel read 4x past its weights.
+    // 16 -> 32 channels, 3x3x3, on a 64-channel input.
     let layer = conv(16, 32, [3, 3, 3], [1, 1, 1], &device);
     expect_invalid_input(
-        LayerBench::conv(&layer, pattern([1, 64, 4, 4, 24], &device), false),
+        layer.try_forward(pattern([1, 64, 4, 4, 24], &device)),
         "takes 16 channel(s), this activation has 64",
     );
     // The right input runs.
-    let bench = LayerBench::conv(&layer, pattern([1, 16, 4, 4, 24], &device), false).unwrap();
-    assert_eq!(bench.run().unwrap(), 4 * 4 * 24 * 32);
+    let y = layer.try_forward(pattern([1, 16, 4, 4, 24], &device)).unwrap();
+    assert_eq!(y.dims().iter().product::<usize>(), 4 * 4 * 24 * 32);
 }
 
 #[test]
@@ -67,12 +70,12 @@ fn a_kernel_larger_than_the_padded_input_is_refused() {
     // read past the buffer).
     let layer = conv(16, 16, [3, 3, 3], [0, 0, 0], &device);
     expect_invalid_input(
-        LayerBench::conv(&layer, pattern([1, 16, 1, 1, 14], &device), false),
+        layer.try_forward(pattern([1, 16, 1, 1, 14], &device)),
         "fewer than its kernel of 3",
     );
     let pool = MaxPool3d::new([3, 3, 3], [2, 2, 2], [0, 0, 0]).unwrap();
     expect_invalid_input(
-        LayerBench::pool(&pool, pattern([1, 4, 1, 5, 5], &device)),
+        pool.try_forward(pattern([1, 4, 1, 5, 5], &device)),
         "fewer than its window of 3",
     );
 }
@@ -115,7 +118,9 @@ fn every_kind_of_inconsistent_layer_is_named() {
             }),
         ),
         ("conv1", Box::new(|m: &mut ResNet3d| m.conv1.stride = [0, 2, 2])),
-        ("conv1", Box::new(|m: &mut ResNet3d| m.conv1.padding = [7, 3, 3])),
+        // (Padding at or beyond the kernel's reach is PyTorch's and computes: see
+        // `padding_beyond_the_reach_runs_as_pytorch_pads`.)
+        ("conv1", Box::new(|m: &mut ResNet3d| m.conv1.dilation = [0, 1, 1])),
         (
             "maxpool",
             Box::new(|m: &mut ResNet3d| {
@@ -317,4 +322,169 @@ fn plain_input_to_an_autodiff_network_does_not_stop() {
     let (_, a) = values(mixed);
     let (_, b) = values(tracked);
     assert!(rel_error(&a, &b) < 1e-5, "{a:?} vs {b:?}");
+}
+
+/// A convolution of `shape` on `device` with a positive pattern kernel, `stride` and `padding`.
+fn positive_conv(shape: [usize; 5], stride: usize, padding: usize, device: &Device) -> Conv {
+    let weight = pattern(shape, device).abs() + 0.01;
+    Conv {
+        weight: Param::from_tensor(weight),
+        stride: [stride; 3],
+        padding: [padding; 3],
+        depth_padding: DepthPadding::Zeros,
+        dilation: [1, 1, 1],
+    }
+}
+
+/// The same convolution's output on flex (the crate's kernels) and on ndarray (Burn's own
+/// `conv3d`), as values; `conv` built on flex and moved.
+#[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
+fn flex_and_burn(conv: &Conv, x: &Tensor<5>) -> (Vec<f32>, Vec<f32>) {
+    let ndarray = Device::ndarray();
+    let reference = Conv {
+        weight: Param::from_tensor(conv.weight.val().to_device(&ndarray)),
+        ..conv.clone()
+    };
+    let (_, ours) = values(conv.forward(x.clone()));
+    let (_, theirs) = values(reference.forward(x.clone().to_device(&ndarray)));
+    (ours, theirs)
+}
+
+/// Padding at or beyond the kernel's reach is PyTorch's: the windows that see only padding
+/// give zeros (then the BatchNorm's shift). A ResNet whose stem pads depth by 7 (the kernel's
+/// whole reach) used to be refused at freeze by one check and run by another; now it is one
+/// network on every path, which agrees with Burn's own convolution on ndarray.
+#[test]
+#[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
+fn padding_beyond_the_reach_runs_as_pytorch_pads() {
+    let device = Device::flex();
+    let mut model = resnet18_w32(&device);
+    model.conv1.padding = [7, 3, 3];
+    let frozen = model.freeze().unwrap();
+    let x = pattern([1, 1, 8, 32, 32], &device);
+    let on_ndarray = resnet3d::burn::module::Module::to_device(model.clone(), &Device::ndarray());
+    let (_, reference) = values(on_ndarray.forward(x.clone().to_device(&Device::ndarray())));
+    for (path, got) in [
+        ("flex", values(model.forward(x.clone())).1),
+        ("frozen", values(frozen.forward(x).unwrap()).1),
+    ] {
+        let err = rel_error(&got, &reference);
+        assert!(err <= TOLERANCE, "{path}: {err:e}");
+    }
+}
+
+/// A 1x1x1 convolution with stride 1 and padding 1 (legal in PyTorch): the crate's kernels
+/// used to take the pointwise branch, which ignores padding, and panic.
+#[test]
+fn a_pointwise_convolution_with_padding_is_burns() {
+    let device = Device::flex();
+    let conv = positive_conv([24, 20, 1, 1, 1], 1, 1, &device);
+    let (ours, theirs) = flex_and_burn(&conv, &pattern([2, 20, 5, 6, 7], &device));
+    assert_eq!(ours.len(), 2 * 24 * 7 * 8 * 9);
+    let err = rel_error(&ours, &theirs);
+    assert!(err <= 1e-5, "{err:e}");
+}
+
+/// The convolution of `conv` (stride, padding and dilation on every axis alike, zero padding)
+/// on `x` by its definition, in f64: the reference where Burn's own `conv3d` would pad first.
+fn definition(conv: &Conv, x: &Tensor<5>) -> Vec<f32> {
+    let (xd, [n, c, d, h, w]) = (x.clone().into_data().try_to_vec::<f32>().unwrap(), x.dims());
+    let [o, _, k, _, _] = conv.weight.dims();
+    let wt = conv.weight.val().into_data().try_to_vec::<f32>().unwrap();
+    let (s, p) = (conv.stride[0] as i128, conv.padding[0] as i128);
+    let extent = |size: usize| ((size as i128 + 2 * p - k as i128) / s + 1) as usize;
+    let (od, oh, ow) = (extent(d), extent(h), extent(w));
+    let mut y = Vec::with_capacity(n * o * od * oh * ow);
+    for (b, oc, z, yy, xx) in (0..n).flat_map(|b| {
+        (0..o).flat_map(move |oc| {
+            (0..od).flat_map(move |z| (0..oh).flat_map(move |yy| (0..ow).map(move |xx| (b, oc, z, yy, xx))))
+        })
+    }) {
+        let mut sum = 0.0f64;
+        for (ic, t) in (0..c).flat_map(|ic| (0..k * k * k).map(move |t| (ic, t))) {
+            let at = |o: usize, tap: usize, size: usize| {
+                let v = o as i128 * s + tap as i128 - p;
+                (0..size as i128).contains(&v).then_some(v as usize)
+            };
+            if let (Some(iz), Some(iy), Some(ix)) = (at(z, t / (k * k), d), at(yy, (t / k) % k, h), at(xx, t % k, w)) {
+                let v = xd[(((b * c + ic) * d + iz) * h + iy) * w + ix];
+                sum += f64::from(v) * f64::from(wt[(oc * c + ic) * k * k * k + t]);
+            }
+        }
+        y.push(sum as f32);
+    }
+    y
+}
+
+/// Huge padding with a huge stride: a few outputs, most of them windows of padding. The
+/// padded buffer's length used to wrap in release builds and the AVX-512 kernel read past it
+/// (a segfault); with a padding of 200 it built a padded copy of 4.5 GB. Now the padding is
+/// never materialised: the result is the convolution's definition, and the call holds a few MB.
+#[test]
+fn huge_padding_and_stride_neither_wrap_nor_allocate_the_padding() {
+    let device = Device::flex();
+    let x = pattern([1, 16, 4, 4, 24], &device);
+    for (padding, stride) in [(1 << 21, 1 << 20), (200, 100)] {
+        let conv = positive_conv([16, 16, 3, 3, 3], stride, padding, &device);
+        let (y, peak) = crate::tracking::peak_during(|| conv.forward(x.clone()));
+        let (_, ours) = values(y);
+        println!(
+            "padding {padding}, stride {stride}: {} outputs, peak {peak} bytes",
+            ours.len()
+        );
+        assert!(peak < 16 << 20, "{peak} bytes");
+        let want = definition(&conv, &x);
+        assert_eq!(ours.len(), want.len());
+        assert!(rel_error(&ours, &want) <= 1e-5);
+    }
+}
+
+/// +infinity in a convolution's input: a 3x3x3 convolution with stride 1 on 16x16x16 voxels
+/// runs as a Winograd product on flex, whose transforms subtract inputs (inf - inf = NaN).
+/// Now the infinity stays one, as in Burn's convolution and PyTorch's (positive weights: every
+/// window that holds it gives +infinity, nothing NaN).
+#[test]
+fn infinity_in_a_convolution_stays_infinity() {
+    let device = Device::flex();
+    let conv = positive_conv([16, 16, 3, 3, 3], 1, 1, &device);
+    let mut x: Vec<f32> = pattern([1, 16, 16, 16, 16], &device).into_data().try_to_vec().unwrap();
+    x[7 * 16 * 16 * 16 + (5 * 16 + 9) * 16 + 3] = f32::INFINITY;
+    let x = Tensor::<5>::from_data(TensorData::new(x, [1, 16, 16, 16, 16]), &device);
+    let (ours, theirs) = flex_and_burn(&conv, &x);
+    assert!(ours.iter().all(|v| !v.is_nan()), "NaN in the output");
+    assert_eq!(ours.iter().filter(|v| **v == f32::INFINITY).count(), 27 * 16);
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!(a == b || (a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    // And through a frozen network's layers: the model and the frozen network agree.
+    let model = ResNet3dConfig::resnet18()
+        .with_width(16)
+        .with_in_channels(1)
+        .with_num_classes(Some(2))
+        .init(&device);
+    let mut input: Vec<f32> = pattern([1, 1, 16, 64, 64], &device).into_data().try_to_vec().unwrap();
+    input[9 * 64 * 64 + 30 * 64 + 17] = f32::INFINITY;
+    let input = Tensor::<5>::from_data(TensorData::new(input, [1, 1, 16, 64, 64]), &device);
+    let (_, a) = values(model.forward(input.clone()));
+    let (_, b) = values(model.freeze().unwrap().forward(input).unwrap());
+    for (a, b) in a.iter().zip(&b) {
+        let same = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-3 * a.abs().max(1.0);
+        assert!(same, "{a} vs {b}");
+    }
+}
+
+/// A max pool over an empty axis padded up to the window, with its gradient on flex: windows
+/// of padding only give minus infinity and the (empty) input an empty gradient. The backward
+/// pass used to panic on chunks of zero values.
+#[test]
+fn max_pool_gradient_on_an_empty_axis() {
+    let device = Device::flex().autodiff();
+    let pool = MaxPool3d::new([2, 2, 2], [2, 2, 2], [1, 1, 1]).unwrap();
+    let x = Tensor::<5>::zeros([1, 2, 0, 3, 3], &device).require_grad();
+    let y = pool.forward(x.clone());
+    assert_eq!(y.dims(), [1, 2, 1, 2, 2]);
+    let (_, out) = values(y.clone());
+    assert!(out.iter().all(|v| *v == f32::NEG_INFINITY), "{out:?}");
+    let grads = y.sum().backward();
+    assert_eq!(x.grad(&grads).map(|g| g.dims()), Some([1, 2, 0, 3, 3]));
 }

@@ -1,0 +1,214 @@
+//! Memory for the kernels: activation buffers kept between layers and calls, zeroed
+//! allocations that do not fault pages twice, and channels-last activations.
+
+use std::sync::{Mutex, PoisonError};
+
+use rayon::prelude::*;
+
+/// The default budget of kept activation buffers: 256 MiB, enough to keep every activation
+/// buffer of a ResNet3d-50 on a `1x1x64x128x128` volume between calls.
+pub(crate) const DEFAULT_BUDGET: usize = 256 << 20;
+
+/// Activation buffers kept between layers and between calls, so that their pages are not
+/// faulted in (and zeroed by the kernel) again for every layer; at most `budget` bytes are
+/// kept, the least recently returned buffers going first.
+pub(crate) struct Buffers(Mutex<Kept>);
+
+#[derive(Debug)]
+struct Kept {
+    /// Buffers with the time they were returned.
+    buffers: Vec<(u64, Vec<f32>)>,
+    clock: u64,
+    /// Bytes of capacity held in `buffers`.
+    bytes: usize,
+    budget: usize,
+}
+
+impl Kept {
+    /// Frees the least recently returned buffers until the rest fits the budget.
+    fn fit_budget(&mut self) {
+        while self.bytes > self.budget {
+            let Some(oldest) = (0..self.buffers.len()).min_by_key(|&i| self.buffers[i].0) else {
+                break;
+            };
+            let (_, evicted) = self.buffers.swap_remove(oldest);
+            self.bytes -= evicted.capacity() * size_of::<f32>();
+        }
+    }
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Self::with_budget(DEFAULT_BUDGET)
+    }
+}
+
+impl Buffers {
+    pub(crate) fn with_budget(budget: usize) -> Self {
+        Self(Mutex::new(Kept {
+            buffers: Vec::new(),
+            clock: 0,
+            bytes: 0,
+            budget,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        // A panic while the lock was held leaves the list consistent (every change is one
+        // push or remove), so a poisoned lock is still usable.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `len` values, whatever a reused buffer held: the caller writes all of them. A kept
+    /// buffer is reused when it fits and is at most twice too large (a larger one would pin
+    /// memory a small request does not need); otherwise a new one is allocated.
+    /// `None` if a new buffer of `len` values cannot be allocated.
+    pub(crate) fn take(&self, len: usize) -> Option<Vec<f32>> {
+        self.try_take(len).or_else(|| try_zeros(len))
+    }
+
+    /// [`take`](Self::take) from the kept buffers only: `None` if none fits.
+    pub(crate) fn try_take(&self, len: usize) -> Option<Vec<f32>> {
+        let mut kept = self.lock();
+        let best = (0..kept.buffers.len())
+            .filter(|&i| {
+                let capacity = kept.buffers[i].1.capacity();
+                capacity >= len && capacity <= 2 * len.max(1024)
+            })
+            .min_by_key(|&i| kept.buffers[i].1.capacity())?;
+        let (_, mut buffer) = kept.buffers.swap_remove(best);
+        kept.bytes -= buffer.capacity() * size_of::<f32>();
+        drop(kept);
+        buffer.truncate(len);
+        buffer.resize(len, 0.0);
+        Some(buffer)
+    }
+
+    /// Keeps `buffer` for a later [`take`](Self::take), within the budget: a buffer larger
+    /// than the whole budget is freed at once, and the least recently returned ones are freed
+    /// until the rest fits.
+    pub(crate) fn give(&self, buffer: Vec<f32>) {
+        let size = buffer.capacity() * size_of::<f32>();
+        let mut kept = self.lock();
+        if size > kept.budget || size == 0 {
+            return;
+        }
+        kept.clock += 1;
+        let now = kept.clock;
+        kept.buffers.push((now, buffer));
+        kept.bytes += size;
+        kept.fit_budget();
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Frees every kept buffer, keeping the budget.
+    pub(crate) fn release(&self) {
+        let mut kept = self.lock();
+        kept.buffers.clear();
+        kept.bytes = 0;
+    }
+
+    pub(crate) fn set_budget(&self, budget: usize) {
+        let mut kept = self.lock();
+        kept.budget = budget;
+        kept.fit_budget();
+    }
+}
+
+impl Clone for Buffers {
+    /// A clone keeps the budget, not the buffers.
+    fn clone(&self) -> Self {
+        Self::with_budget(self.lock().budget)
+    }
+}
+
+impl std::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = self.lock();
+        write!(
+            f,
+            "Buffers({} kept, {} of {} bytes)",
+            kept.buffers.len(),
+            kept.bytes,
+            kept.budget
+        )
+    }
+}
+
+/// Activations channels-last: `[n, d, h, w, c]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Act {
+    pub data: Vec<f32>,
+    pub dims: [usize; 5],
+}
+
+/// A channels-last activation borrowed: `dims.iter().product()` values of `[n, d, h, w, c]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View<'a> {
+    pub data: &'a [f32],
+    pub dims: [usize; 5],
+}
+
+impl Act {
+    pub(crate) fn view(&self) -> View<'_> {
+        View {
+            data: &self.data,
+            dims: self.dims,
+        }
+    }
+}
+
+/// `len` zeros, written (in parallel) rather than allocated zeroed: the products below add
+/// into their output, and a zeroed allocation large enough to be fresh pages from the kernel
+/// would first be read (mapping the shared zero page) and then written (a copy-on-write fault
+/// and a TLB flush on every core, per page). On ResNet3d-18's `layer4` weight gradient (28 MB)
+/// that made the pass ten times slower (53 ms instead of 5) whenever the allocator had no
+/// such block to reuse.
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()
+        .par_chunks_mut(1 << 16)
+        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: the capacity is at least `len`, and every one of its first `len` values was
+    // written just above.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// Buffers the size of weight gradients, handed back by [`FusedAdam`](crate::train::FusedAdam)
+/// once it has applied them, for the next step's weight gradients: those are hundreds of MB
+/// per step (46 M values for ResNet3d-50), and fresh pages from the kernel cost a page fault
+/// each. Kept up to 1 GiB; only training with `FusedAdam` fills it.
+pub(crate) static RECYCLED: std::sync::LazyLock<Buffers> = std::sync::LazyLock::new(|| Buffers::with_budget(1 << 30));
+
+/// `len` zeros, in a recycled buffer where one fits (else [`zeros`]).
+pub(crate) fn recycled_zeros(len: usize) -> Vec<f32> {
+    match RECYCLED.try_take(len) {
+        Some(mut v) => {
+            v.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+            v
+        }
+        None => zeros(len),
+    }
+}
+
+/// `len` zeros, or `None` where the allocation fails (a size an input chose: an error, not an
+/// abort). Zeroed by the allocator (fresh pages are mapped zero on first touch), as
+/// `vec![0.0; len]` is.
+pub(crate) fn try_zeros(len: usize) -> Option<Vec<f32>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(len).ok()?;
+    // SAFETY: the layout's size is not zero (len > 0 values of 4 bytes).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `len` f32 values (their
+    // alignment and size), every byte zero (0.0 as f32); length and capacity are `len`.
+    Some(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}

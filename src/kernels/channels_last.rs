@@ -1,0 +1,574 @@
+//! 3-D convolution on channels-last `[N, D, H, W, C]` `f32` data, forward and gradients:
+//! what the Burn op runs on `flex` (the activations between the network's layers stay
+//! channels-last there, as in [`FrozenResNet3d`](crate::FrozenResNet3d)).
+//!
+//! With voxels as rows and channels as columns, every patch row is `kw * C` contiguous values
+//! of the input, so nothing is gathered one value at a time:
+//!
+//! - forward: [`PackedConv`]'s products (the padded input read in place, one
+//!   (depth, height) tap at a time) with the kernel packed per call;
+//! - input gradient: `dP[v, (tap, ic)] = sum_oc dY[v, oc] * W[oc, ic, tap]` for a tile of
+//!   output voxels `v` (`dY` read in place), each row of `dP` then added, `ic` values at a
+//!   time, to the input voxels its taps read (col2im). Output depth planes whose input planes
+//!   overlap are never processed at the same time;
+//! - weight gradient: `dW[oc, (tap, ic)] = sum_v dY^T[oc, v] * P[v, (tap, ic)]`, every output
+//!   voxel of the batch one step of the sum, the patch panels (32 channels of one tap) copied
+//!   from the input as they are needed;
+//! - bias gradient: `dY` summed over its rows.
+//!
+//! [`forward_folded`] is the forward pass with an eval-mode BatchNorm folded in (inference
+//! without autodiff). Where the output has few voxels per batch item (the last stages), each
+//! pass hands over to the channels-first one of [`conv`], which reads the kernel in its own
+//! layout instead of repacking it, converting the (small) activations at both ends.
+
+use std::ops::Range;
+use std::sync::LazyLock;
+
+use rayon::prelude::*;
+
+use super::buffers::{Buffers, RECYCLED, View, recycled_zeros, zeros};
+use super::channels_first as conv;
+use super::conv::{PackedConv, Precision, WINOGRAD_CHANNELS, WinogradUse};
+use super::fold::BatchNormValues;
+use super::layout::{to_channels_first, to_channels_last, transpose};
+use super::matmul::{Kernel, MR, NR, PackedB, Scratch, matmul, product};
+use super::parallel::SendPtr;
+use crate::arch::geometry::ConvShape;
+use crate::arch::plan::{After, LayerName, LayerSpec, Site};
+
+thread_local! {
+    /// Per thread: the product's packing buffers, a tile of `dP`, and the prepacked product's
+    /// padded last rows of `A`.
+    static SCRATCH: std::cell::RefCell<(Scratch, Vec<f32>, Vec<f32>)> =
+        std::cell::RefCell::new((Scratch::default(), Vec::new(), Vec::new()));
+}
+
+/// The padded inputs of the forward pass, kept between calls (their pages faulted in once),
+/// up to 256 MiB.
+static PADDED: LazyLock<Buffers> = LazyLock::new(|| Buffers::with_budget(256 << 20));
+
+/// Whether the output has so few voxels per batch item that the channels-first passes, which
+/// read the kernel in its own layout, beat repacking it (the last stages: 9 voxels in
+/// ResNet3d-18's `layer4` on a 32 x 96 x 96 crop); the data is converted at both ends then.
+fn few(s: &ConvShape) -> bool {
+    s.output.iter().product::<usize>() <= conv::FEW_VOXELS
+}
+
+/// Channels-last `x` of (channels-first) shape `[n, c, d, h, w]` in channels-first order: the
+/// data itself for one channel (the same in both layouts), else a converted copy.
+fn first(x: &[f32], [n, c, d, h, w]: [usize; 5]) -> std::borrow::Cow<'_, [f32]> {
+    if c == 1 {
+        std::borrow::Cow::Borrowed(x)
+    } else {
+        std::borrow::Cow::Owned(to_channels_first(x, [n, d, h, w, c]))
+    }
+}
+
+/// The input voxel (flat index within its batch item) that tap `t` of output voxel `o` reads,
+/// or `None` where it falls into zero padding.
+fn source(s: &ConvShape, [oz, oy, ox]: [usize; 3], t: [usize; 3]) -> Option<usize> {
+    let [d, h, w] = s.input;
+    let at = |a: usize, o: usize| (o * s.stride[a] + t[a] * s.dilation[a]) as isize - s.padding[a] as isize;
+    let (z, y, x) = (at(0, oz), at(1, oy), at(2, ox));
+    let z = if s.replicate_depth {
+        z.clamp(0, d as isize - 1)
+    } else {
+        z
+    };
+    let inside = |v: isize, len: usize| v >= 0 && v < len as isize;
+    (inside(z, d) && inside(y, h) && inside(x, w)).then(|| ((z as usize) * h + y as usize) * w + x as usize)
+}
+
+fn tap_of(s: &ConvShape, t: usize) -> [usize; 3] {
+    let [_, kh, kw] = s.kernel;
+    [t / (kh * kw), (t / kw) % kh, t % kw]
+}
+
+/// The convolution of `x` (channels-last) with `w` (`[oc, ic, kd, kh, kw]`) plus `bias`:
+/// channels-last `[n, d', h', w', oc]`. Dilation must be 1 (the caller's check).
+pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+    assert!(
+        x.len() == s.input_len() && w.len() == s.weight_len() && s.dilation == [1, 1, 1],
+        "conv3d: lengths do not fit {s:?}"
+    );
+    if few(s) {
+        let y = conv::forward(kernel, &first(x, s.input_dims()), w, bias, s);
+        return to_channels_last(&y, s.output_dims());
+    }
+    let bias = bias.map_or_else(|| vec![0.0; s.out_channels], <[f32]>::to_vec);
+    let layer = PackedConv::pack(
+        spec(s, After::Nothing),
+        w,
+        None,
+        bias,
+        kernel,
+        Precision::F32,
+        winograd_use(s),
+    );
+    run(layer, x, None, s)
+}
+
+/// The layer spec of the operation's convolution, for the kernels' errors.
+fn spec(s: &ConvShape, after: After) -> LayerSpec {
+    LayerSpec {
+        name: LayerName {
+            site: Site::Detached,
+            conv: "conv3d",
+            norm: "batch_norm",
+        },
+        geometry: s.geometry(),
+        after,
+    }
+}
+
+/// The packed `layer` on `x` (channels-last, `s`'s input), its output's values.
+///
+/// # Panics
+/// With the kernels' error where the output cannot be allocated; the layer's other errors (an
+/// input or residual that does not fit, lengths that do not fit the kernel) do not happen: `s`
+/// was checked by `ConvGeometry::on` from the tensors this layer was made of, and the callers
+/// assert the lengths.
+fn run(layer: crate::Result<PackedConv>, x: &[f32], residual: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+    let [d, h, wd] = s.input;
+    let [od, oh, ow] = s.output;
+    let view = View {
+        data: x,
+        dims: [s.batch, d, h, wd, s.in_channels],
+    };
+    let residual = residual.map(|data| View {
+        data,
+        dims: [s.batch, od, oh, ow, s.out_channels],
+    });
+    match layer.and_then(|layer| layer.forward(view, residual, &PADDED)) {
+        Ok(act) => act.data,
+        Err(e) => panic!("conv3d: {e}"),
+    }
+}
+
+/// [`forward`] with an eval-mode BatchNorm `bn` folded in (the one fold-and-pack step), then
+/// `residual` added and ReLU as `after` says, in the pass that writes the output:
+/// [`FrozenResNet3d`](crate::FrozenResNet3d)'s layer, for the Burn model's inference on flex.
+/// Dilation 1, and not [`few`] voxels (the caller's checks); the residual of the output's shape
+/// (asserted).
+pub(crate) fn forward_folded(
+    kernel: Kernel,
+    x: &[f32],
+    w: &[f32],
+    bn: &BatchNormValues<'_>,
+    residual: Option<&[f32]>,
+    after: After,
+    s: &ConvShape,
+) -> Vec<f32> {
+    assert!(
+        x.len() == s.input_len()
+            && w.len() == s.weight_len()
+            && s.dilation == [1, 1, 1]
+            && residual.is_none_or(|r| r.len() == s.output_len()),
+        "conv3d: lengths do not fit {s:?}"
+    );
+    let layer = PackedConv::fold_and_pack(spec(s, after), w, bn, kernel, Precision::F32, winograd_use(s));
+    run(layer, x, residual, s)
+}
+
+/// Transforming the kernel for a Winograd product on every call (the op keeps no packed kernel
+/// between calls) where it pays (see [`PackedConv::winograd_pays`]); the layer decides whether
+/// its kernel takes it.
+fn winograd_use(s: &ConvShape) -> WinogradUse {
+    if PackedConv::winograd_pays(s) {
+        WinogradUse::PerCall
+    } else {
+        WinogradUse::Never
+    }
+}
+
+/// The input gradient of a 3x3x3 convolution with stride 1 and zero padding `p <= 2` as a
+/// Winograd product, where that applies and pays: `dX` is the convolution of `dY`, padded by
+/// `2 - p`, with the kernel flipped in every axis and its input and output channels swapped.
+/// `None` elsewhere (replicate depth padding adds the padding's gradient to the edge planes:
+/// not a convolution).
+fn winograd_input_grad(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShape) -> Option<Vec<f32>> {
+    if s.kernel != [3, 3, 3]
+        || s.stride != [1, 1, 1]
+        || s.dilation != [1, 1, 1]
+        || s.replicate_depth
+        || s.padding.iter().any(|&p| p > 2)
+        || s.out_channels.max(s.in_channels) > WINOGRAD_CHANNELS
+    {
+        return None;
+    }
+    let transposed = s.transposed(s.padding.map(|p| 2 - p))?;
+    if transposed.output != s.input || few(&transposed) || !PackedConv::winograd_pays(&transposed) {
+        return None;
+    }
+    let (oc, ic) = (s.out_channels, s.in_channels);
+    let mut flipped = vec![0.0f32; w.len()];
+    for o in 0..oc {
+        for i in 0..ic {
+            let src = &w[(o * ic + i) * 27..][..27];
+            let dst = &mut flipped[(i * oc + o) * 27..][..27];
+            dst.iter_mut().zip(src.iter().rev()).for_each(|(d, v)| *d = *v);
+        }
+    }
+    Some(forward(kernel, dy, &flipped, None, &transposed))
+}
+
+/// Whether [`forward_folded`] runs this shape.
+pub(crate) fn folds(s: &ConvShape) -> bool {
+    s.dilation == [1, 1, 1] && !few(s)
+}
+
+/// `w` (`[oc, ic, taps]`) as `[oc, taps * ic]`, row `oc` ordered (tap, input channel).
+fn taps_major(w: &[f32], s: &ConvShape) -> Vec<f32> {
+    let (ic, taps, k) = (s.in_channels, s.kernel.iter().product::<usize>(), s.k());
+    let mut out = zeros(w.len());
+    out.par_chunks_mut(k).zip(w.par_chunks(k)).for_each(|(dst, src)| {
+        for c in 0..ic {
+            for t in 0..taps {
+                dst[t * ic + c] = src[c * taps + t];
+            }
+        }
+    });
+    out
+}
+
+/// The input planes `[z0, z1)` that output plane `oz` adds into.
+fn planes_written(s: &ConvShape, oz: usize) -> Range<usize> {
+    let d = s.input[0] as isize;
+    let reach = ((s.kernel[0] - 1) * s.dilation[0]) as isize;
+    let first = (oz * s.stride[0]) as isize - s.padding[0] as isize;
+    let (lo, hi) = (first.clamp(0, d - 1), (first + reach).clamp(0, d - 1));
+    if !s.replicate_depth && (first + reach < 0 || first >= d) {
+        return 0..0;
+    }
+    lo as usize..hi as usize + 1
+}
+
+/// The gradient of [`forward`]'s input for the output gradient `dy` (both channels-last).
+pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShape) -> Vec<f32> {
+    assert!(
+        dy.len() == s.output_len() && w.len() == s.weight_len(),
+        "conv3d: lengths do not fit {s:?}"
+    );
+    if few(s) {
+        let dx = conv::backward_input(kernel, &first(dy, s.output_dims()), w, s);
+        return to_channels_last(&dx, s.input_dims());
+    }
+    if let Some(dx) = winograd_input_grad(kernel, dy, w, s) {
+        return dx;
+    }
+    let (oc, ic) = (s.out_channels, s.in_channels);
+    let [d, h, wd] = s.input;
+    let [od, oh, ow] = s.output;
+    let (in_plane, out_plane) = (h * wd * ic, oh * ow);
+    // W as the [oc, (tap, ic)] matrix, packed once for every tile's product.
+    let wr = PackedB::from_row_major(&taps_major(w, s), oc, s.k(), kernel);
+    let mut dx = zeros(s.input_len());
+    if s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0] {
+        // Pointwise: every input voxel is one output voxel, dX = dY * W, written in place.
+        pointwise_input_grad(dy, &wr, s, &mut dx);
+        return dx;
+    }
+    // Output planes `colors` apart write disjoint input planes (stride times that covers the
+    // kernel's reach); planes whose ranges still overlap are put in one work item.
+    let reach = (s.kernel[0] - 1) * s.dilation[0] + 1;
+    let colors = reach.div_ceil(s.stride[0]).max(1);
+    dx.par_chunks_mut(d * in_plane).enumerate().for_each(|(b, dxb)| {
+        for color in 0..colors {
+            let mut items: Vec<(Range<usize>, Vec<usize>)> = Vec::new();
+            for oz in (color..od).step_by(colors) {
+                let r = planes_written(s, oz);
+                if r.is_empty() {
+                    continue;
+                }
+                match items.last_mut() {
+                    Some((prev, list)) if r.start < prev.end => {
+                        prev.end = prev.end.max(r.end);
+                        list.push(oz);
+                    }
+                    _ => items.push((r, vec![oz])),
+                }
+            }
+            // Disjoint mutable slices, one per item (ranges increase with oz).
+            let mut rest: &mut [f32] = dxb;
+            let mut consumed = 0;
+            let mut work = Vec::with_capacity(items.len());
+            for (r, list) in items {
+                let tail = std::mem::take(&mut rest);
+                let (_, tail) = tail.split_at_mut((r.start - consumed) * in_plane);
+                let (mine, tail) = tail.split_at_mut(r.len() * in_plane);
+                rest = tail;
+                consumed = r.end;
+                work.push((r.start, mine, list));
+            }
+            work.into_par_iter().for_each(|(z0, slice, list)| {
+                for oz in list {
+                    let dyp = &dy[(b * od + oz) * out_plane * oc..][..out_plane * oc];
+                    plane_input_grad(dyp, &wr, s, oz, z0, slice);
+                }
+            });
+        }
+    });
+    dx
+}
+
+/// [`backward_input`] of a pointwise convolution with stride 1: `dX[v] = sum_oc dY[v, oc] *
+/// W[oc, ic]`, tiles of voxels in parallel, each writing its own rows of `dx`.
+fn pointwise_input_grad(dy: &[f32], wr: &PackedB, s: &ConvShape, dx: &mut [f32]) {
+    let (oc, ic) = (s.out_channels, s.in_channels);
+    let tile = 16 * MR;
+    dx.par_chunks_mut(tile * ic).enumerate().for_each(|(t, out)| {
+        let rows = out.len() / ic;
+        SCRATCH.with_borrow_mut(|(_, _, tail)| {
+            // SAFETY: dY's rows t * tile .. + rows hold oc values each (oc = wr's k); `out` is
+            // this item's own rows of dX, ic values each (wr's n).
+            unsafe {
+                matmul(
+                    dy.as_ptr().add(t * tile * oc),
+                    oc,
+                    rows,
+                    wr,
+                    0..wr.panel_count(),
+                    out.as_mut_ptr(),
+                    ic,
+                    tail,
+                    None,
+                );
+            }
+        });
+    });
+}
+
+/// Rows of `dP` per tile: `rows * k` values stay near 512 KiB.
+fn tile_rows(k: usize) -> usize {
+    ((128 * 1024) / k.max(1)).clamp(MR, 16 * MR) / MR * MR
+}
+
+/// One output plane's share of [`backward_input`]: `dyp` its rows of `dY`, `slice` the input
+/// planes from `z0` that it adds into.
+fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usize, slice: &mut [f32]) {
+    let (oc, ic, k) = (s.out_channels, s.in_channels, s.k());
+    let taps = s.kernel.iter().product::<usize>();
+    let [_, h, wd] = s.input;
+    let [_, _, ow] = s.output;
+    let rows_total = dyp.len() / oc;
+    let tile = tile_rows(k);
+    SCRATCH.with_borrow_mut(|(_, dp, tail)| {
+        for first in (0..rows_total).step_by(tile) {
+            let rows = tile.min(rows_total - first);
+            dp.clear();
+            dp.resize(rows * k, 0.0);
+            // SAFETY: `dyp` holds rows_total rows of oc values (oc = wr's k), `rows` of them
+            // from `first`; `dp` rows * k values (k = wr's n), this thread's own.
+            unsafe {
+                matmul(
+                    dyp.as_ptr().add(first * oc),
+                    oc,
+                    rows,
+                    wr,
+                    0..wr.panel_count(),
+                    dp.as_mut_ptr(),
+                    k,
+                    tail,
+                    None,
+                );
+            }
+            for (r, grads) in dp.chunks_exact(k).enumerate() {
+                let v = first + r;
+                let (oy, ox) = (v / ow, v % ow);
+                for t in 0..taps {
+                    let Some(src) = source(s, [oz, oy, ox], tap_of(s, t)) else {
+                        continue;
+                    };
+                    // `src` is a voxel of this batch item; its plane lies in the slice (the
+                    // planes `planes_written` gave for oz).
+                    let z = src / (h * wd);
+                    let at = (src - z0 * h * wd) * ic;
+                    debug_assert!(z >= z0 && at + ic <= slice.len());
+                    slice[at..at + ic]
+                        .iter_mut()
+                        .zip(&grads[t * ic..(t + 1) * ic])
+                        .for_each(|(x, g)| *x += g);
+                }
+            }
+        }
+    });
+}
+
+/// The gradient of [`forward`]'s kernel for the input `x` and output gradient `dy` (both
+/// channels-last): `[oc, ic, kd, kh, kw]`, summed over the batch.
+pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
+    assert!(
+        x.len() == s.input_len() && dy.len() == s.output_len(),
+        "conv3d: lengths do not fit {s:?}"
+    );
+    let (oc, ic, k) = (s.out_channels, s.in_channels, s.k());
+    let taps = s.kernel.iter().product::<usize>();
+    let [d, h, wd] = s.input;
+    let [od, oh, ow] = s.output;
+    let ov = od * oh * ow;
+    if ic % NR != 0 || few(s) {
+        // Panels would straddle taps, or the voxels are too few for the kernel's layout to
+        // pay: the channels-first pass.
+        return conv::backward_weight(kernel, &first(x, s.input_dims()), &first(dy, s.output_dims()), s);
+    }
+    let rows = s.batch * ov;
+    let dyt = transpose(dy, rows, oc);
+    let mut dwr = recycled_zeros(oc * k);
+    let panels = k / NR;
+    let threads = rayon::current_num_threads().max(1);
+    let per_item = panels.div_ceil(4 * threads).clamp(1, 4);
+    let out = SendPtr(dwr.as_mut_ptr());
+    let in_item = d * h * wd;
+    (0..panels.div_ceil(per_item)).into_par_iter().for_each(|item| {
+        let mine = item * per_item..((item + 1) * per_item).min(panels);
+        let out = &out;
+        // Per block of voxels (rows of B): each voxel's batch item and output coordinates.
+        let mut block: (usize, Vec<(usize, [usize; 3])>) = (usize::MAX, Vec::new());
+        let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
+            if block.0 != ks.start {
+                block.0 = ks.start;
+                block.1.clear();
+                block.1.extend(
+                    ks.clone()
+                        .map(|v| (v / ov, [(v % ov) / (oh * ow), (v / ow) % oh, v % ow])),
+                );
+            }
+            let (t, c0) = ((j * NR) / ic, (j * NR) % ic);
+            let tap = tap_of(s, t);
+            for (row, &(b, o)) in buf.chunks_exact_mut(NR).zip(&block.1) {
+                match source(s, o, tap) {
+                    Some(src) => row.copy_from_slice(&x[(b * in_item + src) * ic + c0..][..NR]),
+                    None => row.fill(0.0),
+                }
+            }
+        };
+        SCRATCH.with_borrow_mut(|(scratch, _, _)| {
+            // SAFETY: `dyt` holds oc rows of `rows` values; `dwr` oc rows of k values, of
+            // which this item alone touches the columns of `mine`.
+            unsafe {
+                product(kernel, dyt.as_ptr(), rows, oc, rows, k, mine, pack, out.0, k, scratch);
+            }
+        });
+    });
+    // [oc, (tap, ic)] -> [oc, (ic, tap)]; every value written.
+    let mut dw = recycled_zeros(oc * k);
+    dw.par_chunks_mut(k).zip(dwr.par_chunks(k)).for_each(|(dst, src)| {
+        for c in 0..ic {
+            for t in 0..taps {
+                dst[c * taps + t] = src[t * ic + c];
+            }
+        }
+    });
+    RECYCLED.give(dwr);
+    dw
+}
+
+/// The gradient of the bias: channels-last `dy` (`channels` values per row) summed over its
+/// rows, per channel (in `f64`, then rounded).
+pub(crate) fn backward_bias(dy: &[f32], channels: usize) -> Vec<f32> {
+    if channels == 0 {
+        return Vec::new();
+    }
+    let rows_per_chunk = (1usize << 16) / channels + 1;
+    dy.par_chunks(rows_per_chunk * channels)
+        .map(|chunk| {
+            let mut sums = vec![0.0f64; channels];
+            for row in chunk.chunks_exact(channels) {
+                sums.iter_mut().zip(row).for_each(|(s, &v)| *s += f64::from(v));
+            }
+            sums
+        })
+        .reduce(
+            || vec![0.0f64; channels],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+        .into_iter()
+        .map(|v| v as f32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i + seed) * 7919 % 1013) as f32 / 506.0) - 1.0)
+            .collect()
+    }
+
+    fn max_error(got: &[f32], expected: &[f32]) -> f32 {
+        assert_eq!(got.len(), expected.len());
+        let scale = expected.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        got.iter().zip(expected).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+    }
+
+    /// Every pass against the channels-first passes (themselves checked against the
+    /// definition in `conv.rs`), on shapes with remainders everywhere.
+    #[test]
+    fn every_pass_matches_the_channels_first_one() {
+        #[allow(clippy::type_complexity)]
+        let cases: [(
+            usize,
+            usize,
+            usize,
+            [usize; 3],
+            [usize; 3],
+            [usize; 3],
+            [usize; 3],
+            bool,
+        ); 12] = [
+            (2, 64, 16, [4, 8, 8], [1, 1, 1], [1, 1, 1], [0, 0, 0], false),
+            // Winograd forward and input gradient with paddings 0, 2 and 1 (the gradient's
+            // product padded by 2, 0 and 1).
+            (2, 16, 24, [6, 9, 11], [3, 3, 3], [1, 1, 1], [0, 2, 1], false),
+            (2, 32, 64, [5, 6, 7], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
+            (1, 32, 40, [6, 9, 20], [3, 3, 3], [2, 2, 2], [1, 1, 1], false),
+            (2, 64, 32, [4, 8, 9], [1, 3, 3], [2, 2, 2], [0, 0, 0], false),
+            (2, 32, 64, [4, 6, 6], [1, 1, 1], [2, 2, 2], [0, 0, 0], false),
+            (2, 32, 16, [5, 6, 6], [3, 3, 3], [2, 1, 1], [1, 1, 1], true),
+            (1, 3, 5, [5, 6, 7], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
+            (1, 1, 8, [9, 20, 20], [7, 7, 7], [2, 2, 2], [3, 3, 3], false),
+            // Few channels over full lines of register tiles (the products kept over every
+            // kernel row): a one-channel stem, two panels, the second clipped; three channels.
+            (2, 1, 40, [9, 12, 48], [7, 7, 7], [2, 2, 2], [3, 3, 3], false),
+            (1, 3, 16, [4, 5, 24], [3, 3, 3], [1, 1, 1], [1, 1, 1], true),
+            (2, 64, 64, [1, 3, 3], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
+        ];
+        for (n, ic, oc, input, kernel, stride, padding, replicate) in cases {
+            let s = ConvShape::for_test(n, ic, oc, input, kernel, stride, padding, [1; 3], replicate);
+            let [d, h, w] = s.input;
+            let [od, oh, ow] = s.output;
+            let x = values(s.input_len(), 1);
+            let wt = values(s.weight_len(), 2);
+            let dy = values(s.output_len(), 3);
+            let bias = values(oc, 4);
+            let (xl, dyl) = (
+                to_channels_last(&x, [n, ic, d, h, w]),
+                to_channels_last(&dy, [n, oc, od, oh, ow]),
+            );
+            for k in [Kernel::detect(), Kernel::Portable] {
+                let y = to_channels_first(&forward(k, &xl, &wt, Some(&bias), &s), [n, od, oh, ow, oc]);
+                let e = max_error(&y, &conv::forward(k, &x, &wt, Some(&bias), &s));
+                assert!(e < 1e-5, "{k:?} forward {s:?}: {e}");
+                let dx = to_channels_first(&backward_input(k, &dyl, &wt, &s), [n, d, h, w, ic]);
+                let e = max_error(&dx, &conv::backward_input(k, &dy, &wt, &s));
+                assert!(e < 1e-5, "{k:?} input gradient {s:?}: {e}");
+                let e = max_error(
+                    &backward_weight(k, &xl, &dyl, &s),
+                    &conv::backward_weight(k, &x, &dy, &s),
+                );
+                assert!(e < 1e-5, "{k:?} weight gradient {s:?}: {e}");
+            }
+            let ov: usize = s.output.iter().product();
+            let sums: Vec<f32> = (0..oc)
+                .map(|o| (0..n).flat_map(|b| &dy[(b * oc + o) * ov..][..ov]).sum())
+                .collect();
+            let e = max_error(&backward_bias(&dyl, oc), &sums);
+            assert!(e < 1e-5, "bias gradient {s:?}: {e}");
+        }
+    }
+}

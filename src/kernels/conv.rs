@@ -1,0 +1,770 @@
+//! [`PackedConv`]: a convolution with its kernel packed for the CPU's products, BatchNorm folded
+//! in where it has one, run on channels-last activations. One engine for every forward
+//! convolution of the crate: each layer of the frozen network, and the Burn operation on
+//! `flex` (which packs per call).
+//!
+//! Every call checks its input against the layer's geometry ([`ConvGeometry::on`], the one
+//! check) and then picks how to compute:
+//! - 3x3x3 convolutions with stride 1, dilation 1, padding of at most 2 and up to 256 channels
+//!   as Winograd F(2x2x2, 3x3x3) products ([`winograd`](super::winograd)), where the output has
+//!   enough tiles and the input is finite (Winograd's transforms subtract inputs, which turns
+//!   an infinity into NaN; a non-finite input runs the direct product, as PyTorch computes it);
+//! - pointwise convolutions with stride 1 and no padding read the activations in place;
+//! - others with 16+ channels, padding within the kernel's reach and dilation 1 read a
+//!   zero-padded copy in place (implicit GEMM); few channels keep their accumulators over all
+//!   of the kernel's rows;
+//! - everything else (dilation, padding beyond the reach, short lines) gathers each tile's
+//!   patches, which handles any padding by index.
+//!
+//! Bias, residual and ReLU are applied to each tile while it is in cache.
+//!
+//! [`ConvGeometry::on`]: crate::arch::geometry::ConvGeometry::on
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::buffers::{Act, Buffers, View};
+use super::fold::{BatchNormValues, fold};
+use super::implicit::{self, all_finite};
+use super::matmul::{Epilogue, Kernel, MR, NR, PackedB, matmul};
+use super::parallel::{SendPtr, work_items};
+use super::winograd::Winograd;
+use crate::arch::geometry::ConvShape;
+use crate::arch::plan::{LayerSpec, PlanLayer};
+use crate::error::{Error, Result};
+
+/// The precision of a layer's products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Precision {
+    /// f32 throughout.
+    F32,
+    /// bf16 inputs to the implicit and gathered products (f32 accumulation, f32 activations
+    /// between layers); f32 elsewhere.
+    Bf16,
+}
+
+/// Where a layer's kernel is transformed for Winograd products (if its geometry takes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WinogradUse {
+    /// Never.
+    Never,
+    /// Outputs of at least [`WINOGRAD_TILES`] tiles: a kernel transformed once (freeze).
+    Kept,
+    /// Outputs of at least 64 tiles: a kernel transformed per call, where the transform's work
+    /// (64 values per channel pair) is a few percent of the product's savings (152
+    /// multiply-adds per channel pair and tile).
+    PerCall,
+}
+
+/// A convolution with its kernel packed (and its BatchNorm folded in, if any).
+#[derive(Debug, Clone)]
+pub(crate) struct PackedConv {
+    /// Names, geometry (checked when packed), and what follows (ReLU; the residual's add).
+    spec: LayerSpec,
+    /// `[K, out]` row-major, `K` ordered (depth tap, height tap, width tap, input channel): the
+    /// order of a gathered patch; packed for the fastest kernel this CPU runs, or the portable
+    /// one.
+    weight: PackedB,
+    /// The same kernel in bf16 pairs, for `freeze_bf16`'s products (see
+    /// [`bf16`](super::bf16)); `None` in f32 layers and where that product does not apply.
+    weight_bf16: Option<super::bf16::PackedBf16>,
+    /// The kernel transformed for F(2x2x2, 3x3x3) (see [`winograd`](super::winograd)).
+    winograd: Option<Winograd>,
+    /// The fewest 2x2x2 output tiles for which `winograd` runs.
+    winograd_tiles: usize,
+    bias: Vec<f32>,
+}
+
+/// The most input or output channels of a convolution that runs as a Winograd product: its
+/// transformed kernel is 64/27 times the direct one's size (16.8 MB for 256 channels in and
+/// out), and the last stage (512) sees too few voxels to repay the transforms.
+pub(crate) const WINOGRAD_CHANNELS: usize = 256;
+
+/// The fewest 2x2x2 output tiles for which a kernel transformed once runs as a Winograd product.
+const WINOGRAD_TILES: usize = 8;
+
+/// Output voxels per work item.
+const TILE_ROWS: usize = 16 * MR;
+
+thread_local! {
+    /// Per thread: the gathered patches of a tile, and the matrix product's packed block.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+impl PlanLayer for PackedConv {
+    fn spec(&self) -> &LayerSpec {
+        &self.spec
+    }
+}
+
+impl PackedConv {
+    /// The one fold-and-pack step: `weight` (`[o, i, kd, kh, kw]`, PyTorch's layout) with the
+    /// BatchNorm `bn` folded in ([`fold`]), packed for `kernel` in `precision`, transformed for
+    /// Winograd products as `winograd` says.
+    ///
+    /// # Errors
+    /// [`Error::InvalidNetwork`] naming the layer if its geometry does not check or the kernel
+    /// and BatchNorm do not have its lengths.
+    pub(crate) fn fold_and_pack(
+        spec: LayerSpec,
+        weight: &[f32],
+        bn: &BatchNormValues<'_>,
+        kernel: Kernel,
+        precision: Precision,
+        winograd: WinogradUse,
+    ) -> Result<Self> {
+        let o = spec.geometry.out_channels;
+        if [bn.gamma.len(), bn.beta.len(), bn.mean.len(), bn.var.len()] != [o; 4] {
+            return Err(Error::InvalidNetwork {
+                layer: spec.name.norm_path(),
+                what: format!("BatchNorm parameters that do not fit {o} channels"),
+            });
+        }
+        let stats: Vec<(f64, f64)> = bn
+            .mean
+            .iter()
+            .zip(bn.var)
+            .map(|(&m, &v)| (f64::from(m), f64::from(v)))
+            .collect();
+        let (scale, shift) = fold(bn.gamma, bn.beta, &stats, bn.epsilon);
+        Self::pack(spec, weight, Some(&scale), shift, kernel, precision, winograd)
+    }
+
+    /// `weight` (`[o, i, kd, kh, kw]`), each output channel multiplied by `scale` if given, and
+    /// `bias` (`o` values), packed for `kernel` in `precision`.
+    ///
+    /// # Errors
+    /// As [`fold_and_pack`](Self::fold_and_pack).
+    pub(crate) fn pack(
+        spec: LayerSpec,
+        weight: &[f32],
+        scale: Option<&[f32]>,
+        bias: Vec<f32>,
+        kernel: Kernel,
+        precision: Precision,
+        winograd: WinogradUse,
+    ) -> Result<Self> {
+        let g = spec.geometry;
+        g.check(&spec.name.conv_path())?;
+        let [o, i, kd, kh, kw] = g.weight_shape();
+        let taps = kd * kh * kw;
+        if weight.len() != o * i * taps || bias.len() != o || scale.is_some_and(|s| s.len() != o) {
+            return Err(Error::InvalidNetwork {
+                layer: spec.name.conv_path(),
+                what: format!(
+                    "{} kernel values and {} bias value(s) for a kernel of shape {:?}",
+                    weight.len(),
+                    bias.len(),
+                    g.weight_shape()
+                ),
+            });
+        }
+        // Rows (tap, input channel) of the [K, out] matrix, written straight into the kernel's
+        // layout: no intermediate copy of the weights.
+        let packed = PackedB::conv_kernel(weight, [o, i, taps], scale, kernel);
+        // bf16 for the implicit product (16 channels and more, an even count, so that pairs of
+        // rows are pairs of channels of one tap) and for gathered patches (fewer channels: the
+        // stem); not for pointwise convolutions.
+        let weight_bf16 = (precision == Precision::Bf16 && (i < 16 || i.is_multiple_of(2)) && g.kernel != [1, 1, 1])
+            .then(|| {
+                let scale = scale.map_or_else(|| vec![1.0; o], <[f32]>::to_vec);
+                super::bf16::PackedBf16::conv_kernel(weight, [o, i, taps], &scale)
+            });
+        // Winograd's transforms: 3x3x3, stride 1, dilation 1, padding within what its padded
+        // tiles hold, few enough channels, and a finite kernel (the transform subtracts taps).
+        let takes = g.kernel == [3, 3, 3]
+            && g.stride == [1, 1, 1]
+            && g.dilation == [1, 1, 1]
+            && g.padding.iter().all(|&p| p <= 2)
+            && i.max(o) <= WINOGRAD_CHANNELS
+            && precision == Precision::F32
+            && all_finite(weight)
+            && scale.is_none_or(all_finite);
+        let winograd_tiles = match winograd {
+            WinogradUse::Never => usize::MAX,
+            WinogradUse::Kept => WINOGRAD_TILES,
+            WinogradUse::PerCall => 64,
+        };
+        Ok(Self {
+            winograd: (takes && winograd != WinogradUse::Never)
+                .then(|| Winograd::new(weight, [o, i], scale, packed.kernel())),
+            winograd_tiles,
+            weight: packed,
+            weight_bf16,
+            spec,
+            bias,
+        })
+    }
+
+    /// Whether a Winograd product of this layer's kernel, transformed per call, pays on `s`.
+    pub(crate) fn winograd_pays(s: &ConvShape) -> bool {
+        tiles(s) >= 64
+    }
+
+    /// The same layer without its Winograd kernel: every output by the direct product (the
+    /// benches and tests compare the two).
+    #[cfg(any(test, feature = "bench"))]
+    pub(crate) fn without_winograd(mut self) -> Self {
+        self.winograd = None;
+        self
+    }
+
+    /// The convolution of `x`, plus `residual` where the layer ends a block, then ReLU where
+    /// its spec says so.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] where `x` does not fit the layer (its geometry's check);
+    /// [`Error::InvalidNetwork`] if `residual` does not have the output's shape. Nothing is
+    /// computed then. [`Error::InvalidInput`] if the output cannot be allocated.
+    pub(crate) fn forward(&self, x: View<'_>, residual: Option<View<'_>>, buffers: &Buffers) -> Result<Act> {
+        let [n, d, h, w, c] = x.dims;
+        // The one check: every read below stays in bounds because of it and the two that
+        // follow (the buffers hold what their shapes say; the residual has the output's shape).
+        let s = self.spec.geometry.on([n, c, d, h, w], &self.spec.name)?;
+        let [od, oh, ow] = s.output;
+        let oc = s.out_channels;
+        let out_dims = [n, od, oh, ow, oc];
+        let rows = n * od * oh * ow;
+        if x.data.len() != s.input_len() {
+            return Err(Error::InvalidInput {
+                dims: x.dims.to_vec(),
+                what: format!("{}: {} values for this shape", self.spec.name, x.data.len()),
+            });
+        }
+        if let Some(res) = residual
+            && (res.dims != out_dims || res.data.len() != rows * oc)
+        {
+            return Err(Error::InvalidNetwork {
+                layer: self.spec.name.conv_path(),
+                what: format!(
+                    "the shortcut gives {:?} (channels-last), the convolution {out_dims:?}",
+                    res.dims
+                ),
+            });
+        }
+        let relu = self.spec.after.relu();
+        if let Some(winograd) = &self.winograd
+            && tiles(&s) >= self.winograd_tiles
+            && let Some(act) = self.forward_winograd(winograd, &s, x, residual, relu, buffers)?
+        {
+            return Ok(act);
+        }
+        let k = s.k();
+        // Every value is overwritten below (bias first).
+        let mut out = self.output(rows * oc, x.dims, buffers)?;
+        let pointwise = s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0];
+        // Implicit GEMM: the kernel reads a zero-padded copy of the input in place, one
+        // (depth tap, height tap) at a time, instead of gathered patches. For 16 channels
+        // and more, where a kernel row's kw * C values make a long enough product.
+        // Blocks stay within an output line, so lines much shorter than a block waste the
+        // tile: only lines where the blocks are at least 7/8 full. Padding beyond the kernel's
+        // reach would make the copy larger than the input by more than a kernel: gathered.
+        // A line's blocks cost 12 rows each, the last one 8 where it has at most 8 (the short
+        // register tile).
+        let tail = ow % MR;
+        let cost = ow / MR * MR
+            + if tail == 0 {
+                0
+            } else if tail <= 8 {
+                8
+            } else {
+                MR
+            };
+        let full_blocks = ow * 8 >= cost * 7;
+        // With fewer channels a kernel row is short (a one-channel stem: 7 values), so the
+        // product keeps its accumulators over all rows of the kernel instead (`implicit_runs`);
+        // the bf16 network keeps its gathered bf16 patches there.
+        let implicit = !pointwise
+            && s.dilation == [1, 1, 1]
+            && s.padding_within_reach()
+            && self.weight.kernel() == Kernel::Avx512
+            && full_blocks
+            && (s.in_channels >= 16 || self.weight_bf16.is_none());
+        // bf16 activations for the bf16 kernel, else f32 ones for the f32 kernel; gathered
+        // patches where the padded copy cannot be made.
+        let padded_bf16 = self
+            .weight_bf16
+            .as_ref()
+            .filter(|_| implicit && s.in_channels.is_multiple_of(2))
+            .and_then(|w| Some((w, implicit::pad_bf16(&s, x)?)));
+        let padded = (implicit && padded_bf16.is_none())
+            .then(|| implicit::pad(&s, x, buffers))
+            .flatten();
+
+        // Work items: tiles of output voxels, each split into groups of column panels when
+        // there are too few tiles to keep every thread busy.
+        let threads = rayon::current_num_threads().max(1);
+        // Tiles of at most TILE_ROWS rows and of equal size up to a multiple of MR (with 256
+        // rows, layer3 on a 64 x 128 x 128 input, tiles of 192 and 64 rows left one thread a
+        // third of the work), as many as a multiple of the threads when there are enough rows;
+        // with fewer, the panels are split instead (below): each tile reads the whole kernel,
+        // and for the last stages (32 rows of a 28 MB kernel) that reading is the cost.
+        let natural = rows.div_ceil(TILE_ROWS).max(1);
+        let wanted = if natural >= threads {
+            natural.div_ceil(threads) * threads
+        } else {
+            natural
+        };
+        let tile = rows.div_ceil(wanted).div_ceil(MR).max(1) * MR;
+        let tiles = rows.div_ceil(tile);
+        let items = work_items(tiles, self.weight.panel_count());
+        debug_assert_eq!(out.len(), rows * oc);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let s = &s;
+        items.into_par_iter().for_each(|(t, panel_range)| {
+            let out_ptr = &out_ptr;
+            let first = t * tile;
+            let count = tile.min(rows - first);
+            let (c0, c1) = (panel_range.start * NR, (panel_range.end * NR).min(oc));
+            // Row `r` of this item's part of the output: columns c0..c1 of output row first + r.
+            let row = |r: usize| {
+                debug_assert!(r < count && first + r < rows && c1 <= oc);
+                // SAFETY: `out` holds rows * oc values (allocated above for `out_dims`), and
+                // first + r < rows, c0 <= c1 <= oc. The work items' (tile, panel group) pairs
+                // are disjoint, so this item alone touches these values while the loop runs.
+                unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((first + r) * oc + c0), c1 - c0) }
+            };
+            // The prepacked product (pointwise convolutions and gathered f32 patches) applies
+            // bias, residual and ReLU as it stores its tiles (k > 0: it stores nothing else);
+            // the others add to rows that hold them first and take the ReLU after.
+            let fused = padded_bf16.is_none() && padded.is_none() && (self.weight_bf16.is_none() || pointwise);
+            if !fused {
+                for r in 0..count {
+                    row(r).copy_from_slice(&self.bias[c0..c1]);
+                }
+                for r in 0..count {
+                    let dst = row(r);
+                    if let Some(res) = residual {
+                        let src = &res.data[(first + r) * oc + c0..(first + r) * oc + c1];
+                        dst.iter_mut().zip(src).for_each(|(v, s)| *v += s);
+                    }
+                }
+            }
+            if let Some((w, (xp, dims))) = &padded_bf16 {
+                let product = |a: usize, lda: usize, rows: usize, ks: Range<usize>, j: usize, c: *mut f32| {
+                    // SAFETY: A and C as `implicit` states; `w` is this layer's kernel in bf16
+                    // pairs (the f32 kernel's rows), ks a tap row of kw * C values, C even, so
+                    // even bounds; `padded_bf16` exists only where `freeze_bf16` found the
+                    // bf16 product available.
+                    unsafe { super::bf16::accumulate(xp.as_ptr().add(a), lda, rows, w, ks, j, c, oc) }
+                };
+                // SAFETY: `dims` is `pad_bf16`'s padded shape of `x`, whose shape `on` checked
+                // above; `out` holds `out_dims`, and this item alone touches rows
+                // first..first + count, columns of `panel_range`.
+                unsafe {
+                    implicit::implicit(
+                        s,
+                        *dims,
+                        xp.len(),
+                        out_dims,
+                        first,
+                        count,
+                        panel_range.clone(),
+                        out_ptr.0,
+                        product,
+                    )
+                };
+            } else if let Some(xp) = padded.as_ref().filter(|_| s.in_channels < 16) {
+                // SAFETY: `xp` is `pad`'s copy of `x`, whose shape `on` checked against this
+                // layer above; `out` holds `out_dims`, and this item alone touches rows
+                // first..first + count, columns of `panel_range`.
+                unsafe {
+                    implicit::implicit_runs(
+                        s,
+                        &self.weight,
+                        xp,
+                        out_dims,
+                        first,
+                        count,
+                        panel_range.clone(),
+                        out_ptr.0,
+                    )
+                };
+            } else if let Some(xp) = &padded {
+                let product = |a: usize, lda: usize, rows: usize, ks: Range<usize>, j: usize, c: *mut f32| {
+                    // SAFETY: as `implicit` states for its calls; the f32 kernel's rows ks.
+                    unsafe { super::matmul::accumulate(xp.data.as_ptr().add(a), lda, rows, &self.weight, ks, j, c, oc) }
+                };
+                // SAFETY: `xp` is `pad`'s copy of `x`, whose shape `on` checked against this
+                // layer above; `out` holds `out_dims`, and this item alone touches rows
+                // first..first + count, columns of `panel_range`.
+                unsafe {
+                    implicit::implicit(
+                        s,
+                        xp.dims,
+                        xp.data.len(),
+                        out_dims,
+                        first,
+                        count,
+                        panel_range.clone(),
+                        out_ptr.0,
+                        product,
+                    )
+                };
+            } else if let (Some(w), false) = (&self.weight_bf16, pointwise) {
+                SCRATCH.with_borrow_mut(|(patches, _)| {
+                    implicit::gather(s, x, out_dims, first, count, patches);
+                    // The patches in bf16, rows padded to the kernel's even K, and rows to a
+                    // whole number of register tiles (zeros, results never stored).
+                    let kp = w.k();
+                    let mut a = vec![0u16; count.div_ceil(MR) * MR * kp];
+                    for (dst, src) in a.chunks_exact_mut(kp).zip(patches[..count * k].chunks_exact(k)) {
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = super::bf16::to_bf16(v));
+                    }
+                    for r0 in (0..count).step_by(MR) {
+                        for j in panel_range.clone() {
+                            // SAFETY: `a` holds MR rows of kp values from row r0 (whole tiles);
+                            // 0..kp is `w`'s even row count; C: this item's rows and panel j;
+                            // `weight_bf16` exists only where `freeze_bf16` found the bf16
+                            // product available.
+                            unsafe {
+                                super::bf16::accumulate(
+                                    a.as_ptr().add(r0 * kp),
+                                    kp,
+                                    MR.min(count - r0),
+                                    w,
+                                    0..kp,
+                                    j,
+                                    out_ptr.0.add((first + r0) * oc),
+                                    oc,
+                                )
+                            };
+                        }
+                    }
+                });
+            } else {
+                SCRATCH.with_borrow_mut(|(patches, packed)| {
+                    let lhs = if pointwise {
+                        x.data[first * k..(first + count) * k].as_ptr()
+                    } else {
+                        implicit::gather(s, x, out_dims, first, count, patches);
+                        patches.as_ptr()
+                    };
+                    // The residual has the output's shape (checked above): its rows from
+                    // `first` are laid out as the output's.
+                    let epilogue = Epilogue {
+                        bias: &self.bias,
+                        residual: residual.map(|r| r.data[first * oc..].as_ptr()),
+                        relu,
+                    };
+                    // lhs holds count rows of k values (`x` has in_channels values per voxel,
+                    // and a pointwise convolution with stride 1 and no padding has one output
+                    // row per input row, both checked above; `gather` writes count * k), the
+                    // output count rows of oc from `first`, this item alone touching their
+                    // columns c0..c1;
+                    // SAFETY: as just said; the bias has oc values (the kernel's columns), and
+                    // `self.weight` was packed for a kernel this CPU runs.
+                    unsafe {
+                        matmul(
+                            lhs,
+                            k,
+                            count,
+                            &self.weight,
+                            panel_range.clone(),
+                            out_ptr.0.add(first * oc),
+                            oc,
+                            packed,
+                            Some(epilogue),
+                        );
+                    }
+                });
+            }
+            if relu && !fused {
+                for r in 0..count {
+                    row(r).iter_mut().for_each(|v| *v = relu_keeping_nan(*v));
+                }
+            }
+        });
+        if let Some(xp) = padded {
+            buffers.give(xp.data);
+        }
+        Ok(Act {
+            data: out,
+            dims: out_dims,
+        })
+    }
+
+    /// A buffer for the output's `len` values.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (naming the layer) if it cannot be allocated: a size an input
+    /// chose, refused instead of aborting.
+    fn output(&self, len: usize, input: [usize; 5], buffers: &Buffers) -> Result<Vec<f32>> {
+        buffers.take(len).ok_or_else(|| Error::InvalidInput {
+            dims: input.to_vec(),
+            what: format!(
+                "{}: its output of {len} values ({} MiB) cannot be allocated",
+                self.spec.name,
+                len / (1 << 18)
+            ),
+        })
+    }
+
+    /// [`forward`](Self::forward) as a Winograd product: `x` padded to whole 2x2x2 tiles of
+    /// the output (`s`, checked against `x` and `residual` by the caller). `None`, computing
+    /// nothing, where `x` holds an infinity or NaN: the transforms' differences would turn an
+    /// infinity into NaN where the direct product gives the infinity.
+    fn forward_winograd(
+        &self,
+        winograd: &Winograd,
+        s: &ConvShape,
+        x: View<'_>,
+        residual: Option<View<'_>>,
+        relu: bool,
+        buffers: &Buffers,
+    ) -> Result<Option<Act>> {
+        let [n, ..] = x.dims;
+        let [od, oh, ow] = s.output;
+        let oc = s.out_channels;
+        let [dp, hp, wp] = Winograd::padded_extent(s.output);
+        let padded = [n, dp, hp, wp, s.in_channels];
+        let mut xp = self.output(padded.iter().product(), x.dims, buffers)?;
+        xp.fill(0.0);
+        // The copy reads every input value once: whether they are all finite comes with it.
+        let finite = implicit::copy_padded(s, x, &mut xp, padded, |dst, src| {
+            dst.copy_from_slice(src);
+            all_finite(src)
+        });
+        if !finite {
+            buffers.give(xp);
+            return Ok(None);
+        }
+        // Every value is overwritten.
+        let mut out = self.output(n * od * oh * ow * oc, x.dims, buffers)?;
+        let out_dims = [n, od, oh, ow, oc];
+        let done = winograd.forward(&xp, out_dims, &self.bias, residual.map(|r| r.data), relu, &mut out);
+        buffers.give(xp);
+        if !done {
+            buffers.give(out);
+            return Err(Error::InvalidNetwork {
+                layer: self.spec.name.conv_path(),
+                what: format!("its Winograd kernel does not fit the output {out_dims:?} (channels-last)"),
+            });
+        }
+        Ok(Some(Act {
+            data: out,
+            dims: out_dims,
+        }))
+    }
+}
+
+/// 2x2x2 output tiles of `s` (over the batch).
+fn tiles(s: &ConvShape) -> usize {
+    s.batch * s.output.iter().map(|o| o.div_ceil(2)).product::<usize>()
+}
+
+/// `max(v, 0)` that keeps NaN, as PyTorch's and Burn's ReLU do (`f32::max` would turn NaN
+/// into 0 and hide a broken input).
+#[inline]
+fn relu_keeping_nan(v: f32) -> f32 {
+    if v < 0.0 { 0.0 } else { v }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::geometry::ConvGeometry;
+    use crate::arch::kinds::DepthPadding;
+    use crate::arch::plan::{After, LayerName, Site};
+
+    fn spec(geometry: ConvGeometry) -> LayerSpec {
+        LayerSpec {
+            name: LayerName {
+                site: Site::Detached,
+                conv: "conv",
+                norm: "bn",
+            },
+            geometry,
+            after: After::Nothing,
+        }
+    }
+
+    fn geometry(channels: [usize; 2], kernel: usize, stride: usize, padding: usize) -> ConvGeometry {
+        ConvGeometry {
+            in_channels: channels[0],
+            out_channels: channels[1],
+            kernel: [kernel; 3],
+            stride: [stride; 3],
+            padding: [padding; 3],
+            dilation: [1; 3],
+            depth_padding: DepthPadding::Zeros,
+        }
+    }
+
+    /// The definition on channels-last data, in f64: `[n, od, oh, ow, oc]`.
+    fn naive(x: &[f32], [n, d, h, w, c]: [usize; 5], weight: &[f32], g: &ConvGeometry) -> Vec<f64> {
+        let s = g.on([n, c, d, h, w], &"conv").unwrap();
+        let [od, oh, ow] = s.output;
+        let (o, k) = (g.out_channels, g.kernel[0]);
+        let mut y = vec![0.0f64; n * od * oh * ow * o];
+        for b in 0..n {
+            for (z, yy, xx) in (0..od).flat_map(|z| (0..oh).flat_map(move |y| (0..ow).map(move |x| (z, y, x)))) {
+                for oc in 0..o {
+                    let mut sum = 0.0f64;
+                    for (t, (a, bb, cc)) in (0..k)
+                        .flat_map(|a| (0..k).flat_map(move |b| (0..k).map(move |c| (a, b, c))))
+                        .enumerate()
+                    {
+                        let at = |o: usize, tap: usize, size: usize, axis: usize| {
+                            let v = (o * g.stride[axis] + tap) as i128 - g.padding[axis] as i128;
+                            (0..size as i128).contains(&v).then_some(v as usize)
+                        };
+                        let (Some(iz), Some(iy), Some(ix)) = (at(z, a, d, 0), at(yy, bb, h, 1), at(xx, cc, w, 2))
+                        else {
+                            continue;
+                        };
+                        for ic in 0..c {
+                            let v = x[(((b * d + iz) * h + iy) * w + ix) * c + ic];
+                            sum += f64::from(v) * f64::from(weight[(oc * c + ic) * k * k * k + t]);
+                        }
+                    }
+                    y[(((b * od + z) * oh + yy) * ow + xx) * o + oc] = sum;
+                }
+            }
+        }
+        y
+    }
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i + seed) * 7919 % 1013) as f32 / 506.0) - 1.0)
+            .collect()
+    }
+
+    fn run(layer: &PackedConv, x: &[f32], dims: [usize; 5]) -> Result<Act> {
+        layer.forward(View { data: x, dims }, None, &Buffers::with_budget(0))
+    }
+
+    /// A 1x1x1 convolution with stride 1 and padding 1 (PyTorch takes it): the padding ring
+    /// of the output is the bias, the inside the product. It used to take the pointwise branch,
+    /// which ignores padding, compute the wrong rows and then panic.
+    #[test]
+    fn a_pointwise_convolution_with_padding_pads() {
+        let g = geometry([3, 5], 1, 1, 1);
+        let dims = [2, 3, 4, 5, 3];
+        let (x, w) = (values(2 * 3 * 4 * 5 * 3, 1), values(15, 2));
+        let layer = PackedConv::pack(
+            spec(g),
+            &w,
+            None,
+            vec![0.0; 5],
+            Kernel::detect(),
+            Precision::F32,
+            WinogradUse::Kept,
+        )
+        .unwrap();
+        let got = run(&layer, &x, dims).unwrap();
+        assert_eq!(got.dims, [2, 5, 6, 7, 5]);
+        let want = naive(&x, dims, &w, &g);
+        for (a, b) in got.data.iter().zip(&want) {
+            assert!((f64::from(*a) - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    /// Padding far beyond the kernel's reach with a stride that leaves a few outputs: the
+    /// padded copy's length (2^21 + 4 per axis, cubed, times 16 channels) used to wrap in
+    /// release builds, and the AVX-512 kernel read past the buffer (a segfault). Now the
+    /// windows are cut to the volume by index: the few outputs that see it are its products,
+    /// the others zero.
+    #[test]
+    fn padding_beyond_the_reach_neither_wraps_nor_pads() {
+        for (padding, stride) in [(1usize << 21, 1usize << 20), (4096, 2048), (3, 1)] {
+            let g = geometry([16, 16], 3, stride, padding);
+            let dims = [1, 4, 4, 24, 16];
+            let (x, w) = (values(4 * 4 * 24 * 16, 3), values(16 * 16 * 27, 4));
+            for winograd in [WinogradUse::Kept, WinogradUse::Never] {
+                let layer = PackedConv::pack(
+                    spec(g),
+                    &w,
+                    None,
+                    vec![0.0; 16],
+                    Kernel::detect(),
+                    Precision::F32,
+                    winograd,
+                )
+                .unwrap();
+                let got = run(&layer, &x, dims).unwrap();
+                let want = naive(&x, dims, &w, &g);
+                assert_eq!(got.data.len(), want.len());
+                let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+                for (a, b) in got.data.iter().zip(&want) {
+                    assert!(
+                        (f64::from(*a) - b).abs() < 1e-5 * scale,
+                        "padding {padding}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// An input holding +infinity: Winograd's transforms subtract inputs (inf - inf = NaN);
+    /// the layer then runs the direct product, which gives +infinity where the window holds
+    /// it (positive weights), as PyTorch's convolution does.
+    #[test]
+    fn infinity_stays_infinity_where_winograd_would_make_nan() {
+        let g = geometry([16, 16], 3, 1, 1);
+        let dims = [1, 8, 8, 8, 16];
+        let mut x = values(8 * 8 * 8 * 16, 5);
+        x[((3 * 8 + 4) * 8 + 5) * 16 + 7] = f32::INFINITY;
+        let w: Vec<f32> = values(16 * 16 * 27, 6).iter().map(|v| v.abs() + 0.01).collect();
+        let layer = PackedConv::pack(
+            spec(g),
+            &w,
+            None,
+            vec![0.0; 16],
+            Kernel::detect(),
+            Precision::F32,
+            WinogradUse::Kept,
+        )
+        .unwrap();
+        assert!(layer.winograd.is_some(), "the layer takes Winograd products");
+        let got = run(&layer, &x, dims).unwrap().data;
+        let direct = run(&layer.clone().without_winograd(), &x, dims).unwrap().data;
+        assert!(got.iter().all(|v| !v.is_nan()), "no NaN");
+        assert_eq!(got.iter().filter(|v| v.is_infinite()).count(), 27 * 16);
+        for (a, b) in got.iter().zip(&direct) {
+            assert!(a == b || (a - b).abs() < 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        // Finite inputs still take the Winograd product (the same numbers up to rounding).
+        let finite = values(8 * 8 * 8 * 16, 5);
+        let (a, b) = (
+            run(&layer, &finite, dims).unwrap().data,
+            run(&layer.clone().without_winograd(), &finite, dims).unwrap().data,
+        );
+        assert!(
+            a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-4),
+            "Winograd and direct agree"
+        );
+    }
+
+    /// An input of other channels than the layer's: refused by the one check before any
+    /// product reads the kernel (it used to read 4x past the weights).
+    #[test]
+    fn an_input_of_other_channels_is_refused() {
+        let g = geometry([16, 32], 3, 1, 1);
+        let layer = PackedConv::pack(
+            spec(g),
+            &values(32 * 16 * 27, 1),
+            None,
+            vec![0.0; 32],
+            Kernel::detect(),
+            Precision::F32,
+            WinogradUse::Kept,
+        )
+        .unwrap();
+        let x = values(4 * 4 * 24 * 64, 2);
+        match run(&layer, &x, [1, 4, 4, 24, 64]) {
+            Err(Error::InvalidInput { what, .. }) => {
+                assert!(what.contains("takes 16 channel(s), this activation has 64"), "{what}")
+            }
+            other => panic!("expected InvalidInput, got {other:?}"),
+        }
+        // A buffer shorter than its shape says is refused too.
+        assert!(matches!(
+            run(&layer, &x[..100], [1, 4, 4, 24, 16]),
+            Err(Error::InvalidInput { .. })
+        ));
+    }
+}

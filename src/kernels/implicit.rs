@@ -1,0 +1,375 @@
+//! How a convolution reads its channels-last input: a zero-padded copy read in place, one
+//! (depth, height) tap at a time (implicit GEMM), or patches gathered per tile of output voxels.
+//!
+//! Every function takes the [`ConvShape`] that [`ConvGeometry::on`] checked against the input,
+//! and reads only within the extents it states.
+//!
+//! [`ConvGeometry::on`]: crate::arch::geometry::ConvGeometry::on
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rayon::prelude::*;
+
+use super::buffers::{Act, Buffers, View};
+use super::matmul::{MR, PackedB};
+use crate::arch::geometry::ConvShape;
+
+/// The length (with the slack) and shape `[n, d', h', w', c]` of [`pad`]'s copy of `s`'s input;
+/// `None` where a length overflows (the caller gathers patches instead).
+pub(super) fn padded_len(s: &ConvShape) -> Option<(usize, [usize; 5])> {
+    let [d, h, w] = s.input;
+    let [pd, ph, pw] = s.padding;
+    let extent = |size: usize, p: usize| p.checked_mul(2)?.checked_add(size);
+    let (dp, hp, wp) = (extent(d, pd)?, extent(h, ph)?, extent(w, pw)?);
+    let c = s.in_channels;
+    let slack = MR.checked_mul(s.stride[2])?.checked_add(s.kernel[2])?.checked_mul(c)?;
+    let len = [s.batch, dp, hp, wp, c]
+        .iter()
+        .try_fold(1usize, |acc, &v| acc.checked_mul(v))?
+        .checked_add(slack)?;
+    (len <= isize::MAX as usize / 4).then_some((len, [s.batch, dp, hp, wp, c]))
+}
+
+/// `x` padded by `s`'s padding (zeros, or edge slices in depth for replicate padding), as
+/// `[n, d', h', w', c]`, followed by zeros enough for the register tile to read a whole block
+/// past the last voxel; `None` where it cannot be allocated.
+pub(super) fn pad(s: &ConvShape, x: View<'_>, buffers: &Buffers) -> Option<Act> {
+    let (len, dims) = padded_len(s)?;
+    let mut data = buffers.take(len)?;
+    data.fill(0.0);
+    copy_padded(s, x, &mut data, dims, |dst, src| {
+        dst.copy_from_slice(src);
+        true
+    });
+    Some(Act { data, dims })
+}
+
+/// [`pad`] in bf16 (rounded to nearest even), with its padded shape.
+pub(super) fn pad_bf16(s: &ConvShape, x: View<'_>) -> Option<(Vec<u16>, [usize; 5])> {
+    let (len, dims) = padded_len(s)?;
+    let mut data: Vec<u16> = Vec::new();
+    data.try_reserve_exact(len).ok()?;
+    data.resize(len, 0);
+    copy_padded(s, x, &mut data, dims, |dst, src| {
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = super::bf16::to_bf16(v));
+        true
+    });
+    Some((data, dims))
+}
+
+/// Whether every value of `values` is finite: an exponent of all ones is infinity or NaN (an
+/// integer reduction, which the compiler vectorises).
+pub(super) fn all_finite(values: &[f32]) -> bool {
+    values
+        .iter()
+        .fold(0u32, |acc, v| acc | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+        == 0
+}
+
+/// Copies `x`'s rows into the zeroed padded buffer `data` of shape `padded` (at least the
+/// padding on both sides of every axis) with `put(dst, src)`, the first voxel at the padding's
+/// offset; depth planes past `x` replicate its edges if the padding does. Returns whether every
+/// `put` returned `true`.
+pub(super) fn copy_padded<T: Send>(
+    s: &ConvShape,
+    x: View<'_>,
+    data: &mut [T],
+    [_, dp, hp, wp, _]: [usize; 5],
+    put: impl Fn(&mut [T], &[f32]) -> bool + Sync,
+) -> bool {
+    let [n, d, h, w, c] = x.dims;
+    let [pd, ph, pw] = s.padding;
+    debug_assert!(dp >= d + 2 * pd && hp >= h + 2 * ph && wp >= w + 2 * pw);
+    let slice = hp * wp * c;
+    let all = AtomicBool::new(true);
+    data[..n * dp * slice]
+        .par_chunks_mut(slice)
+        .enumerate()
+        .for_each(|(index, dst)| {
+            let (b, zp) = (index / dp, index % dp);
+            let z = zp as isize - pd as isize;
+            let z = if s.replicate_depth {
+                z.clamp(0, d as isize - 1) as usize
+            } else if z < 0 || z >= d as isize {
+                return;
+            } else {
+                z as usize
+            };
+            let mut ok = true;
+            for y in 0..h {
+                let src = ((b * d + z) * h + y) * w * c;
+                let at = ((y + ph) * wp + pw) * c;
+                ok &= put(&mut dst[at..at + w * c], &x.data[src..src + w * c]);
+            }
+            if !ok {
+                all.store(false, Ordering::Relaxed);
+            }
+        });
+    all.into_inner()
+}
+
+/// The blocks of output rows `first..first + count` (up to [`MR`] voxels of one output line
+/// each): `(first row, rows, offset of the first voxel's first tap in the padded input of
+/// shape `padded`)`.
+pub(super) fn blocks(
+    s: &ConvShape,
+    padded: [usize; 5],
+    out_dims: [usize; 5],
+    first: usize,
+    count: usize,
+) -> Vec<(usize, usize, usize)> {
+    let [_, dp, hp, wp, c] = padded;
+    let [_, od, oh, ow, _] = out_dims;
+    let [sd, sh, sw] = s.stride;
+    // A line of 64 voxels in 12-row tiles is 5 x 12 + 4, its last (8-row) tile half
+    // empty; in 8-row tiles, none is. Lines that are a whole number of 8-row tiles but not
+    // of 12-row ones run in 8-row tiles (the stem on 64 x 128 x 128: 30.3 -> 29.4 ms).
+    let step = if !ow.is_multiple_of(MR) && ow.is_multiple_of(8) {
+        8
+    } else {
+        MR
+    };
+    let mut blocks = Vec::with_capacity(count.div_ceil(step) + 1);
+    let mut r = first;
+    while r < first + count {
+        let ox = r % ow;
+        let line = r / ow;
+        let (oy, oz, b) = (line % oh, (line / oh) % od, line / (oh * od));
+        let rows = (ow - ox).min(first + count - r).min(step);
+        blocks.push((r, rows, (((b * dp + oz * sd) * hp + oy * sh) * wp + ox * sw) * c));
+        r += rows;
+    }
+    blocks
+}
+
+/// [`implicit`] for few input channels: per block of output voxels and panel, one product
+/// over every (depth, height) tap's row of `kw * C` values, the accumulators kept in registers
+/// throughout (the f32 kernel only).
+///
+/// # Safety
+/// As [`implicit`], `xp` being [`pad`]'s copy of `s`'s input and `weight` `s`'s kernel.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn implicit_runs(
+    s: &ConvShape,
+    weight: &PackedB,
+    xp: &Act,
+    out_dims: [usize; 5],
+    first: usize,
+    count: usize,
+    panels: Range<usize>,
+    out: *mut f32,
+) {
+    let [_, _, hp, wp, c] = xp.dims;
+    let oc = out_dims[4];
+    let [kd, kh, kw] = s.kernel;
+    let sw = s.stride[2];
+    let run = kw * c;
+    // (offset in the padded input from a voxel's first tap, first kernel row) per
+    // (depth, height) tap.
+    let runs: Vec<(usize, usize)> = (0..kd)
+        .flat_map(|t| (0..kh).map(move |i| ((t * hp + i) * wp * c, (t * kh + i) * run)))
+        .collect();
+    let reach = runs.last().map_or(0, |&(o, _)| o) + (MR - 1) * sw * c + run;
+    for (r, rows, at) in blocks(s, xp.dims, out_dims, first, count) {
+        debug_assert!(
+            at + reach <= xp.data.len(),
+            "the implicit product would read past the padded input"
+        );
+        for j in panels.clone() {
+            // SAFETY: as in `implicit`: the padded extents cover the kernel at every output
+            // voxel (`ConvGeometry::on`), rows past a line's end read the slack `pad` appends
+            // (asserted above in debug builds); the kernel rows of every run lie in
+            // K = kd * kh * kw * C; C: rows r..r + rows of the output, this item's panels.
+            unsafe {
+                super::matmul::accumulate_runs(
+                    xp.data.as_ptr().add(at),
+                    sw * c,
+                    rows,
+                    weight,
+                    &runs,
+                    run,
+                    j,
+                    out.add(r * oc),
+                    oc,
+                )
+            };
+        }
+    }
+}
+
+/// Output rows `first..first + count`, columns of `panels`, `+=` the convolution of the padded
+/// input (of shape `padded`, `len` values with the slack): per block of up to MR voxels of one
+/// output line and per (depth, height) tap, one product of the `kw * C` values the block's
+/// voxels see in a row of the padded input: `product(at, lda, rows, ks, j, c)` adds to `rows`
+/// rows of `c` (`out_channels` apart), panel `j`, the padded input's rows from value `at`,
+/// `lda` apart, times the kernel's rows `ks`.
+///
+/// # Safety
+/// `out` must be the output (rows of `out_channels`), this call alone touching those rows and
+/// columns; `padded` and `len` must describe [`pad`]'s (or [`pad_bf16`]'s) copy of `s`'s input
+/// that `product` reads.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn implicit(
+    s: &ConvShape,
+    padded: [usize; 5],
+    len: usize,
+    out_dims: [usize; 5],
+    first: usize,
+    count: usize,
+    panels: Range<usize>,
+    out: *mut f32,
+    product: impl Fn(usize, usize, usize, Range<usize>, usize, *mut f32),
+) {
+    let [_, _, hp, wp, c] = padded;
+    let oc = out_dims[4];
+    let [kd, kh, kw] = s.kernel;
+    let sw = s.stride[2];
+    let run = kw * c;
+    // Per panel and tap, every block of the item: the tap's slice of the panel (kw * C rows of
+    // 32) stays in L1 while the blocks stream past it.
+    let blocks = blocks(s, padded, out_dims, first, count);
+    for j in panels {
+        for t in 0..kd {
+            for i in 0..kh {
+                let tap = (t * hp + i) * wp * c;
+                for &(r, rows, at) in &blocks {
+                    // The farthest value the register tile reads: MR rows sw * c apart, `run`
+                    // values each, from the block's first voxel at this tap.
+                    debug_assert!(
+                        at + tap + (MR - 1) * sw * c + run <= len,
+                        "the implicit product would read past the padded input"
+                    );
+                    // Bounds: `ConvGeometry::on` checked that the padded extents cover the
+                    // kernel at every output voxel, so each block's first row lies in the padded
+                    // input; rows past the line's end that the tile reads (results never stored)
+                    // lie in the slack the padding appends (asserted above in debug builds).
+                    // The kernel rows (t * kh + i) * run .. + run lie in K = taps * c,
+                    // c = in_channels (checked). C as the caller says: `out.add(r * oc)` stays
+                    // within the output's rows.
+                    product(
+                        at + tap,
+                        sw * c,
+                        rows,
+                        (t * kh + i) * run..(t * kh + i + 1) * run,
+                        j,
+                        // SAFETY: r < first + count <= the output's rows.
+                        unsafe { out.add(r * oc) },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The patches of output voxels `first..first + count` (in `[n, d, h, w]` order), one row of
+/// `k` values each, zeros where the kernel reaches into the padding. Any padding: windows are
+/// cut to the volume by index, nothing is padded.
+pub(super) fn gather(
+    s: &ConvShape,
+    x: View<'_>,
+    out_dims: [usize; 5],
+    first: usize,
+    count: usize,
+    patches: &mut Vec<f32>,
+) {
+    let k = s.k();
+    let [_, d, h, w, c] = x.dims;
+    let [_, od, oh, ow, _] = out_dims;
+    let [_, kh, kw] = s.kernel;
+    let [sd, sh, sw] = s.stride;
+    let [pd, ph, pw] = s.padding;
+    let [dd, dh, dw] = s.dilation;
+    let run = kw * c;
+    if patches.len() < count * k {
+        patches.resize(count * k, 0.0);
+    }
+    // Every value is written: copied from the volume, or zero where the kernel reaches into the
+    // padding (the buffer is reused between tiles). Coordinates are `isize`: `on` checked that
+    // every padded extent is.
+    for (r, patch) in patches[..count * k].chunks_exact_mut(k).enumerate() {
+        let mut p = first + r;
+        let ox = p % ow;
+        p /= ow;
+        let oy = p % oh;
+        p /= oh;
+        let oz = p % od;
+        let b = p / od;
+        let x0 = (ox * sw) as isize - pw as isize;
+        // The width taps that land inside the volume (adjacent taps: dilation 1).
+        let j_lo = ((-x0).max(0) as usize).min(kw);
+        let j_hi = ((w as isize - x0).max(0) as usize).clamp(j_lo, kw);
+        for (t, depth_taps) in patch.chunks_exact_mut(kh * run).enumerate() {
+            let z = (oz * sd + t * dd) as isize - pd as isize;
+            let z = if s.replicate_depth {
+                z.clamp(0, d as isize - 1)
+            } else if z < 0 || z >= d as isize {
+                depth_taps.fill(0.0);
+                continue;
+            } else {
+                z
+            } as usize;
+            for (i, dst) in depth_taps.chunks_exact_mut(run).enumerate() {
+                let y = (oy * sh + i * dh) as isize - ph as isize;
+                if y < 0 || y >= h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let line = ((b * d + z) * h + y as usize) * w;
+                if dw != 1 {
+                    for (j, tap) in dst.chunks_exact_mut(c).enumerate() {
+                        let xj = x0 + (j * dw) as isize;
+                        if xj < 0 || xj >= w as isize {
+                            tap.fill(0.0);
+                        } else {
+                            let src = (line + xj as usize) * c;
+                            tap.copy_from_slice(&x.data[src..src + c]);
+                        }
+                    }
+                    continue;
+                }
+                if j_lo == j_hi {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = (line as isize + x0 + j_lo as isize) as usize * c;
+                let len = (j_hi - j_lo) * c;
+                dst[..j_lo * c].fill(0.0);
+                copy_run(&mut dst[j_lo * c..j_hi * c], &x.data[src..src + len]);
+                dst[j_hi * c..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, without a call to `memcpy` for the short runs of the stem (7
+/// values for a 1-channel 7x7 kernel row), where the call costs more than the copy.
+#[inline]
+fn copy_run(dst: &mut [f32], src: &[f32]) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len().min(src.len()) {
+                $($n => dst[..$n].copy_from_slice(&src[..$n]),)*
+                _ => dst.copy_from_slice(src),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_values_are_found() {
+        let mut values = vec![1.5f32; 37];
+        assert!(all_finite(&values));
+        for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+            values[29] = bad;
+            assert!(!all_finite(&values), "{bad}");
+        }
+        values[29] = f32::MAX;
+        assert!(all_finite(&values));
+    }
+}

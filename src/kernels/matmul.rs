@@ -1,0 +1,737 @@
+//! The matrix product behind [`FrozenResNet3d`](crate::FrozenResNet3d)'s convolutions:
+//! `C[rows, n] += A[rows, k] * B[k, n]`, `A` the gathered patches of a tile of output voxels
+//! (row-major), `B` the folded kernel, packed once when the network is frozen.
+//!
+//! Two implementations:
+//! - AVX-512 (x86-64 with `avx512f`, detected at run time): a 12x32 register tile, 24 of
+//!   the 32 vector registers accumulating, `B` in 32-column panels packed at freeze time,
+//!   `A` read in place (12 row streams), `k` in blocks of 256 so that a panel stays in L1.
+//!   Two 512-bit FMA units per core do twice the work of AVX2's, which is what the `gemm`
+//!   crate uses on stable Rust.
+//! - portable: the `gemm` crate, which Burn's own CPU backend uses.
+
+use std::ops::Range;
+
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+/// Columns of a `B` panel (two 16-lane vectors).
+pub(crate) const NR: usize = 32;
+/// Rows of the register tile.
+pub(crate) const MR: usize = 12;
+/// `k` per block: a 256 x 32 panel of `B` (32 KiB) stays in the L1 cache.
+const KC: usize = 256;
+
+/// Which matrix product runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// The AVX-512 register-tiled product.
+    Avx512,
+    /// The `gemm` crate.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub(crate) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Kernel::Avx512;
+        }
+        Kernel::Portable
+    }
+}
+
+/// `B` (`k x n`, row-major) as its kernel reads it: row-major for `gemm`, in panels of [`NR`]
+/// columns (`[panel][k][NR]`, zero-padded) for AVX-512.
+#[derive(Debug, Clone)]
+pub(crate) struct PackedB {
+    row_major: Vec<f32>,
+    panels: Vec<f32>,
+    k: usize,
+    n: usize,
+    /// The kernel this layout is for: only it may read it.
+    kernel: Kernel,
+}
+
+impl PackedB {
+    #[cfg(test)]
+    pub(crate) fn new(row_major: Vec<f32>, k: usize, n: usize, kernel: Kernel) -> Self {
+        Self::from_fn(k, n, kernel, |p, j| row_major[p * n + j])
+    }
+
+    /// `B[p][j] = value(p, j)`, written straight into the kernel's layout.
+    #[cfg(test)]
+    pub(crate) fn from_fn(k: usize, n: usize, kernel: Kernel, value: impl Fn(usize, usize) -> f32) -> Self {
+        let (row_major, panels) = match kernel {
+            Kernel::Portable => ((0..k * n).map(|x| value(x / n, x % n)).collect(), Vec::new()),
+            Kernel::Avx512 => {
+                let count = n.div_ceil(NR);
+                let mut panels = vec![0.0; count * k * NR];
+                for (j, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
+                    let cols = (n - j * NR).min(NR);
+                    for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        for (c, v) in dst[..cols].iter_mut().enumerate() {
+                            *v = value(p, j * NR + c);
+                        }
+                    }
+                }
+                (Vec::new(), panels)
+            }
+        };
+        Self {
+            row_major,
+            panels,
+            k,
+            n,
+            kernel,
+        }
+    }
+
+    /// A convolution kernel `w` (`[o, i, taps]`, PyTorch's layout) as the `[taps * i, o]`
+    /// matrix of channels-last patches (row `tap * i + ic`, column `oc`), each output channel
+    /// multiplied by `scale[oc]` if given. Same as [`from_fn`](Self::from_fn) with
+    /// `w[(oc * i + ic) * taps + tap]`, but in an order that reads `w` (up to 28 MB for a
+    /// 512-channel 3x3x3 kernel) a few cache lines at a time: per panel, per input channel,
+    /// the panel's 32 output channels' `taps` values, written as whole rows of the panel.
+    pub(crate) fn conv_kernel(w: &[f32], [o, i, taps]: [usize; 3], scale: Option<&[f32]>, kernel: Kernel) -> Self {
+        let k = taps * i;
+        assert!(
+            w.len() == o * k && scale.is_none_or(|s| s.len() == o),
+            "conv_kernel: lengths"
+        );
+        let factor = |oc: usize| scale.map_or(1.0, |s| s[oc]);
+        let (row_major, panels) = match kernel {
+            Kernel::Portable => {
+                let mut m = vec![0.0f32; k * o];
+                for oc in 0..o {
+                    for ic in 0..i {
+                        for tap in 0..taps {
+                            m[(tap * i + ic) * o + oc] = w[(oc * i + ic) * taps + tap] * factor(oc);
+                        }
+                    }
+                }
+                (m, Vec::new())
+            }
+            Kernel::Avx512 => {
+                let count = o.div_ceil(NR);
+                let mut panels = vec![0.0f32; count * k * NR];
+                // Input channels per step: their `taps` values of the panel's 32 output
+                // channels are copied to a block on the stack side first, so that neither the
+                // reads (32 rows of `w`, i * taps apart) nor the writes (rows tap * i + ic,
+                // i * 32 apart) touch more lines at once than the L1 cache's ways hold.
+                const ICS: usize = 8;
+                panels.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {
+                    let cols = (o - j * NR).min(NR);
+                    let mut block = vec![0.0f32; NR * ICS * taps];
+                    for ic0 in (0..i).step_by(ICS) {
+                        let ics = ICS.min(i - ic0);
+                        for c in 0..cols {
+                            let oc = j * NR + c;
+                            let f = factor(oc);
+                            let src = &w[(oc * i + ic0) * taps..][..ics * taps];
+                            block[c * ICS * taps..][..ics * taps]
+                                .iter_mut()
+                                .zip(src)
+                                .for_each(|(b, v)| *b = v * f);
+                        }
+                        for tap in 0..taps {
+                            for di in 0..ics {
+                                let row = &mut panel[(tap * i + ic0 + di) * NR..][..NR];
+                                for (c, v) in row[..cols].iter_mut().enumerate() {
+                                    *v = block[c * ICS * taps + di * taps + tap];
+                                }
+                            }
+                        }
+                    }
+                });
+                (Vec::new(), panels)
+            }
+        };
+        Self {
+            row_major,
+            panels,
+            k,
+            n: o,
+            kernel,
+        }
+    }
+
+    /// `m` (`k x n`, row-major) in the kernel's layout: per panel, rows of 32 contiguous
+    /// values copied as they are.
+    // Used by the training ops, which need the flex backend.
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    pub(crate) fn from_row_major(m: &[f32], k: usize, n: usize, kernel: Kernel) -> Self {
+        assert!(m.len() == k * n, "from_row_major: length");
+        Self::from_rows(m, n, k, n, kernel)
+    }
+
+    /// The `k x n` matrix whose row `p` is `m[p * ld..][..n]`, in the kernel's layout.
+    pub(crate) fn from_rows(m: &[f32], ld: usize, k: usize, n: usize, kernel: Kernel) -> Self {
+        assert!(n <= ld && (k == 0 || m.len() >= (k - 1) * ld + n), "from_rows: length");
+        let (row_major, panels) = match kernel {
+            Kernel::Portable => {
+                let mut row_major = Vec::with_capacity(k * n);
+                for p in 0..k {
+                    row_major.extend_from_slice(&m[p * ld..][..n]);
+                }
+                (row_major, Vec::new())
+            }
+            Kernel::Avx512 => {
+                let count = n.div_ceil(NR);
+                let mut panels = vec![0.0f32; count * k * NR];
+                panels.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {
+                    let cols = (n - j * NR).min(NR);
+                    for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                        let src = &m[p * ld + j * NR..][..cols];
+                        if cols == NR {
+                            dst.copy_from_slice(&src[..NR]);
+                        } else {
+                            dst[..cols].copy_from_slice(src);
+                        }
+                    }
+                });
+                (Vec::new(), panels)
+            }
+        };
+        Self {
+            row_major,
+            panels,
+            k,
+            n,
+            kernel,
+        }
+    }
+
+    /// The kernel that reads this layout.
+    pub(crate) fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Panels of [`NR`] columns.
+    pub(crate) fn panel_count(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+}
+
+/// What [`matmul`] does with `C` besides adding the product: instead of `C += A * B`,
+/// `C = A * B + bias (+ residual)`, then ReLU (keeping NaN) if `relu`, `C` never read: the
+/// frozen network's epilogue, applied where the register tile stores its rows rather than in
+/// passes over the output of their own.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    /// One value per column of `B` (`n`).
+    pub bias: &'a [f32],
+    /// Rows laid out as `C`'s (`ldc` apart, the same columns), if any.
+    pub residual: Option<*const f32>,
+    pub relu: bool,
+}
+
+/// How the register tile's sums reach `C` (see [`Epilogue`]): added to it, or, where `init`
+/// holds the bias and the residual (null if none) at the tile's first column and row, written
+/// as `sums + bias + residual`; then ReLU if `relu`.
+#[derive(Debug, Clone, Copy)]
+struct Store {
+    init: Option<(*const f32, *const f32)>,
+    relu: bool,
+}
+
+impl Store {
+    /// `C += sums`.
+    const ADD: Store = Store {
+        init: None,
+        relu: false,
+    };
+
+    /// The same store for the rows from `rows` rows further on (`ldc` apart).
+    ///
+    /// # Safety
+    /// The residual, if any, must hold those rows (it has `C`'s layout).
+    unsafe fn down(self, rows: usize, ldc: usize) -> Store {
+        let below = |res: *const f32| {
+            if res.is_null() {
+                return res;
+            }
+            // SAFETY: the caller's contract: the residual holds the rows below.
+            unsafe { res.add(rows * ldc) }
+        };
+        Store {
+            init: self.init.map(|(bias, res)| (bias, below(res))),
+            relu: self.relu,
+        }
+    }
+
+    /// `row[c] = store(row[c], sums[c])` for `c < cols`, one row of a portable tile.
+    ///
+    /// # Safety
+    /// `init`'s bias must hold `cols` values, its residual (if not null) `cols` values from
+    /// `r * ldc`.
+    unsafe fn row(self, row: &mut [f32], sums: &[f32], r: usize, ldc: usize) {
+        for (k, (v, s)) in row.iter_mut().zip(sums).enumerate() {
+            let mut y = match self.init {
+                // SAFETY: the caller's contract.
+                Some((bias, res)) => unsafe { *bias.add(k) + if res.is_null() { 0.0 } else { *res.add(r * ldc + k) } },
+                None => *v,
+            } + s;
+            if self.relu && y < 0.0 {
+                y = 0.0;
+            }
+            *v = y;
+        }
+    }
+}
+
+/// `C[0..rows, cols] += A[0..rows, 0..k] * B[.., cols]` on this thread, where `cols` are
+/// the columns of `panels` (clipped to `n`), with the kernel `b` was packed for; with an
+/// [`Epilogue`], `C = A * B + bias (+ residual)`, then ReLU if asked, `C` only written.
+///
+/// # Safety
+/// `a` must be valid for reads of `rows` rows of `b.k` values `lda` apart, and `c` for
+/// reads and writes of `rows` rows of `b.n` values `ldc` apart; no other thread may touch
+/// the columns of `panels` of those rows meanwhile. `panels` must lie within
+/// `b.panel_count()`. An epilogue's bias must hold `b.n` values (asserted), its residual
+/// `rows` rows laid out as `C`'s. (That the CPU runs `b`'s kernel is guaranteed:
+/// [`Kernel::Avx512`] layouts are only made after [`Kernel::detect`] found AVX-512.)
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul(
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: &PackedB,
+    panels: Range<usize>,
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut Vec<f32>,
+    epilogue: Option<Epilogue<'_>>,
+) {
+    assert!(
+        epilogue.is_none_or(|e| e.bias.len() == b.n),
+        "matmul: a bias of {} values for {} columns",
+        epilogue.map_or(0, |e| e.bias.len()),
+        b.n
+    );
+    debug_assert!(
+        panels.end <= b.panel_count(),
+        "panels {panels:?} of {}",
+        b.panel_count()
+    );
+    let col0 = panels.start * NR;
+    let cols = (panels.end * NR).min(b.n).saturating_sub(col0);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    match b.kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract, and AVX-512 is present: `b` is packed for it.
+        Kernel::Avx512 => unsafe { avx512::matmul(a, lda, rows, b, panels, c, ldc, scratch, epilogue) },
+        // SAFETY: the caller's contract; `row_major` holds k x n values for this kernel, and
+        // columns col0..col0 + cols lie within n; the epilogue's bias n values, its residual
+        // C's rows.
+        _ => unsafe {
+            let row = |r: usize| std::slice::from_raw_parts_mut(c.add(r * ldc + col0), cols);
+            if let Some(e) = epilogue {
+                for r in 0..rows {
+                    row(r).copy_from_slice(&e.bias[col0..col0 + cols]);
+                    if let Some(res) = e.residual {
+                        let res = std::slice::from_raw_parts(res.add(r * ldc + col0), cols);
+                        row(r).iter_mut().zip(res).for_each(|(v, x)| *v += x);
+                    }
+                }
+            }
+            gemm(
+                rows,
+                cols,
+                b.k,
+                c.add(col0),
+                1,
+                ldc as isize,
+                true,
+                a,
+                1,
+                lda as isize,
+                b.row_major.as_ptr().add(col0),
+                1,
+                b.n as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+            if epilogue.is_some_and(|e| e.relu) {
+                for r in 0..rows {
+                    row(r).iter_mut().for_each(|v| {
+                        if *v < 0.0 {
+                            *v = 0.0
+                        }
+                    });
+                }
+            }
+        },
+    }
+}
+
+/// `C[0..rows, panel j] += A[0..rows, ..] * B[ks, panel j]` with the AVX-512 register tile,
+/// `A` read in place: row `r`'s values for `ks` are `a[r * lda..][..ks.len()]`.
+///
+/// # Safety
+/// `b` must be packed for [`Kernel::Avx512`] (so AVX-512 is available; checked by an
+/// assertion); `ks` must lie within `b.k` and `j` be one of its panels (checked in debug
+/// builds); `a` must be valid for reads of [`MR`] rows of `ks.len()` values (rows past `rows`
+/// are read, their results dropped); `c` for `rows` rows of the panel's columns, `ldc` apart,
+/// no other thread touching them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn accumulate(
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: &PackedB,
+    ks: Range<usize>,
+    j: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    assert!(b.kernel == Kernel::Avx512, "accumulate reads the AVX-512 layout only");
+    debug_assert!(
+        ks.start <= ks.end && ks.end <= b.k,
+        "rows {ks:?} of a {}-row kernel",
+        b.k
+    );
+    debug_assert!(j < b.panel_count() && rows <= MR);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 is present (asserted above: `b` is packed for it), the rest is the
+    // caller's contract.
+    unsafe {
+        avx512::accumulate(a, lda, rows, b, ks, j, c, ldc)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (a, lda, rows, b, ks, j, c, ldc);
+    }
+}
+
+/// `C[0..rows, panel j] += sum over runs (o, k0) of A[.., o..o + len] * B[k0..k0 + len, panel j]`
+/// with the AVX-512 register tile, the accumulators kept in registers across every run:
+/// row `r`'s values of run `(o, k0)` are `a[o + r * lda..][..len]`. For convolutions with
+/// few input channels (a one-channel stem: 49 runs of 7 values), where one call of
+/// [`accumulate`] per run would load and store C for a handful of multiply-adds.
+///
+/// # Safety
+/// As [`accumulate`], for every run: `b` packed for [`Kernel::Avx512`] (asserted), each
+/// `k0..k0 + len` within `b.k` and `j` one of its panels (checked in debug builds), `a` valid
+/// for reads of [`MR`] rows of `len` values from each run's offset `o`, `c` for `rows` rows
+/// of the panel's columns, `ldc` apart, no other thread touching them.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn accumulate_runs(
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    b: &PackedB,
+    runs: &[(usize, usize)],
+    len: usize,
+    j: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    assert!(
+        b.kernel == Kernel::Avx512,
+        "accumulate_runs reads the AVX-512 layout only"
+    );
+    debug_assert!(
+        runs.iter().all(|&(_, k0)| k0 + len <= b.k),
+        "runs of {len} rows of a {}-row kernel",
+        b.k
+    );
+    debug_assert!(j < b.panel_count() && rows <= MR);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512 is present (asserted above: `b` is packed for it), the rest is the
+    // caller's contract.
+    unsafe {
+        avx512::accumulate_runs(a, lda, rows, b, runs, len, j, c, ldc)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (a, lda, rows, b, runs, len, j, c, ldc);
+    }
+}
+
+/// Buffers a thread reuses between calls of [`product`]: the packed blocks of `B` and the
+/// last rows of `A` padded to a full register tile.
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    b: Vec<f32>,
+    a_tail: Vec<f32>,
+}
+
+/// `C[0..rows, cols] += A[0..rows, 0..k] * B[0..k, cols]` on this thread, `cols` being the
+/// columns of `panels` (32 each, the last clipped to `n`), with `B` never stored whole:
+/// `pack(ks, j, buf)` writes rows `ks` of panel `j` into `buf` (`ks.len()` rows of [`NR`]
+/// values, columns at or past `n` as zeros). `k` is walked in blocks of [`KC`] rows, all
+/// panels of a block packed before they are used, so that the packed block stays in L1/L2
+/// while every row of `A` passes it. `A` is read in place.
+///
+/// # Safety
+/// `a` must be valid for reads of `rows` rows of `k` values, `lda` apart; `c` for reads and
+/// writes of `rows` rows, `ldc` apart, over the columns of `panels` (each below `n`); no
+/// other thread may touch those values meanwhile. `kernel` must be [`Kernel::detect`]'s
+/// answer or [`Kernel::Portable`].
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product(
+    kernel: Kernel,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    k: usize,
+    n: usize,
+    panels: Range<usize>,
+    mut pack: impl FnMut(Range<usize>, usize, &mut [f32]),
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut Scratch,
+) {
+    if rows == 0 || k == 0 || panels.is_empty() {
+        return;
+    }
+    debug_assert!(panels.end <= n.div_ceil(NR), "panels {panels:?} of {n} columns");
+    let count = panels.len();
+    let full = rows / MR;
+    let tail = rows - full * MR;
+    scratch.b.resize(count * KC * NR, 0.0);
+    scratch.a_tail.resize(MR * KC, 0.0);
+    let mut kb = 0;
+    while kb < k {
+        let kc = KC.min(k - kb);
+        for (slot, j) in panels.clone().enumerate() {
+            pack(kb..kb + kc, j, &mut scratch.b[slot * KC * NR..][..kc * NR]);
+        }
+        if tail > 0 {
+            // The last rows, padded with zero rows so that the register tile reads MR rows;
+            // the padding rows' results are never stored.
+            scratch.a_tail[..MR * kc].fill(0.0);
+            for r in 0..tail {
+                // SAFETY: row full * MR + r < rows, and kb + kc <= k (caller's contract).
+                let src = unsafe { std::slice::from_raw_parts(a.add((full * MR + r) * lda + kb), kc) };
+                scratch.a_tail[r * kc..(r + 1) * kc].copy_from_slice(src);
+            }
+        }
+        for (slot, j) in panels.clone().enumerate() {
+            let cols = (n - j * NR).min(NR);
+            // SAFETY: A's rows from column kb (kb + kc <= k), `a_tail` MR rows of kc values,
+            // the packed block kc rows of NR values, C's rows over panel j's columns.
+            unsafe {
+                panel_rows(
+                    kernel,
+                    kc,
+                    (a.add(kb), lda),
+                    rows,
+                    (scratch.a_tail.as_ptr(), kc),
+                    scratch.b[slot * KC * NR..].as_ptr(),
+                    c.add(j * NR),
+                    ldc,
+                    cols,
+                    Store::ADD,
+                );
+            }
+        }
+        kb += kc;
+    }
+}
+
+/// `C[r][0..cols] += sum_p A[r][p] * Bp[p][0..cols]` for every row `r < rows`, one register
+/// tile of [`MR`] rows at a time: `a` (with its row stride) for the full tiles, `a_tail` (the
+/// last `rows % MR` rows padded with zero rows to MR, with its row stride) for the rest. What
+/// [`product`] and the prepacked [`matmul`] share.
+///
+/// # Safety
+/// As [`tile`] for each tile: `a` holds the full tiles' rows, `a_tail` MR rows, `bp` `kc`
+/// rows of [`NR`] values, `c` `rows` rows of `cols <= NR` values `ldc` apart.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn panel_rows(
+    kernel: Kernel,
+    kc: usize,
+    (a, lda): (*const f32, usize),
+    rows: usize,
+    (a_tail, tail_lda): (*const f32, usize),
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    store: Store,
+) {
+    let full = rows / MR;
+    for block in 0..full {
+        // SAFETY: the block's MR rows lie in A, its rows in C and the residual (the caller's
+        // contract).
+        unsafe {
+            tile(
+                kernel,
+                kc,
+                a.add(block * MR * lda),
+                lda,
+                bp,
+                c.add(block * MR * ldc),
+                ldc,
+                MR,
+                cols,
+                store.down(block * MR, ldc),
+            )
+        };
+    }
+    if rows > full * MR {
+        // SAFETY: `a_tail` holds MR rows of kc values; the tail's rows lie in C and the
+        // residual.
+        unsafe {
+            tile(
+                kernel,
+                kc,
+                a_tail,
+                tail_lda,
+                bp,
+                c.add(full * MR * ldc),
+                ldc,
+                rows - full * MR,
+                cols,
+                store.down(full * MR, ldc),
+            )
+        };
+    }
+}
+
+/// `C[r][0..cols] += sum_p A[r][p] * Bp[p][0..cols]` for `r < rows`: the register tile of
+/// `kernel`.
+///
+/// # Safety
+/// `a` valid for reads of [`MR`] rows of `kc` values `lda` apart (the AVX-512 tile reads all
+/// MR; results of rows past `rows` are dropped), `bp` of `kc` rows of [`NR`] values, `c` for
+/// `rows` rows of `cols <= NR` values `ldc` apart.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile(
+    kernel: Kernel,
+    kc: usize,
+    a: *const f32,
+    lda: usize,
+    bp: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    store: Store,
+) {
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the caller's contract; `Kernel::Avx512` only comes from `Kernel::detect`
+        // finding AVX-512.
+        Kernel::Avx512 => unsafe { avx512::tile(kc, a, lda, bp, c, ldc, rows, cols, store) },
+        _ => {
+            // Portable: one row at a time, 32 accumulators the compiler vectorises.
+            for r in 0..rows {
+                let mut acc = [0.0f32; NR];
+                for p in 0..kc {
+                    // SAFETY: row r < rows <= MR and p < kc lie in A; p < kc rows of Bp.
+                    let (av, b) = unsafe { (*a.add(r * lda + p), std::slice::from_raw_parts(bp.add(p * NR), NR)) };
+                    acc.iter_mut().zip(b).for_each(|(acc, b)| *acc += av * b);
+                }
+                // SAFETY: row r < rows and cols <= NR values lie in C, and in the store's bias
+                // and residual (the caller's contract).
+                unsafe {
+                    let row = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
+                    store.row(row, &acc, r, ldc);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx512;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both kernels against the definition, on sizes that leave remainders everywhere.
+    #[test]
+    fn kernels_compute_the_product() {
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (13, 7, 5),
+            (25, 300, 33),
+            (12, 513, 64),
+            (40, 64, 100),
+            (21, 50, 40),
+            (8, 9, 32),
+        ] {
+            let a: Vec<f32> = (0..rows * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0).collect();
+            let mut expected = vec![0.5f32; rows * n];
+            for r in 0..rows {
+                for j in 0..n {
+                    expected[r * n + j] += (0..k).map(|p| a[r * k + p] * b[p * n + j]).sum::<f32>();
+                }
+            }
+            for kernel in [Kernel::detect(), Kernel::Portable] {
+                let packed = PackedB::new(b.clone(), k, n, kernel);
+                assert_eq!(packed.kernel(), kernel);
+                let mut scratch = Vec::new();
+                // The product into `c` in two halves of the panels, as two work items would.
+                let mut product = |c: &mut [f32], epilogue: Option<Epilogue<'_>>| {
+                    assert_eq!(c.len(), rows * n);
+                    let half = packed.panel_count() / 2;
+                    for panels in [0..half, half..packed.panel_count()] {
+                        // SAFETY: a, c and b have the sizes given (c asserted); an epilogue's
+                        // bias has n values, its residual rows * n.
+                        unsafe {
+                            matmul(
+                                a.as_ptr(),
+                                k,
+                                rows,
+                                &packed,
+                                panels,
+                                c.as_mut_ptr(),
+                                n,
+                                &mut scratch,
+                                epilogue,
+                            )
+                        };
+                    }
+                };
+                let mut c = vec![0.5f32; rows * n];
+                product(&mut c, None);
+                let err = c.iter().zip(&expected).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                assert!(err < 1e-3, "{kernel:?} {rows}x{k}x{n}: max error {err}");
+                // With an epilogue: C is not read (NaN before), bias and residual added, ReLU
+                // with NaN kept (a NaN in the residual's first value), over several blocks of k.
+                let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 - 3.0).collect();
+                let mut residual: Vec<f32> = (0..rows * n).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
+                residual[0] = f32::NAN;
+                for relu in [false, true] {
+                    let mut c = vec![f32::NAN; rows * n];
+                    let epilogue = Epilogue {
+                        bias: &bias,
+                        residual: Some(residual.as_ptr()),
+                        relu,
+                    };
+                    product(&mut c, Some(epilogue));
+                    assert!(c[0].is_nan(), "{kernel:?}: the residual's NaN was lost");
+                    for (i, (got, e)) in c.iter().zip(&expected).enumerate().skip(1) {
+                        let mut want = e - 0.5 + bias[i % n] + residual[i];
+                        if relu {
+                            want = want.max(0.0);
+                        }
+                        assert!(
+                            (got - want).abs() < 1e-3,
+                            "{kernel:?} {rows}x{k}x{n}, relu {relu}, at {i}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

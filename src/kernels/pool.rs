@@ -1,0 +1,246 @@
+//! 3-D max pooling on channels-last `[N, D, H, W, C]` `f32` data, forward and gradient: what
+//! the frozen network and [`MaxPool3d`](crate::MaxPool3d) on `flex` run, so that the stem's
+//! output stays channels-last into `layer1`.
+//!
+//! Each output value is the maximum over the in-bounds voxels of its window (padding takes no
+//! part), NaN propagating. The forward pass (the frozen network's and the `flex` operation's)
+//! takes it one axis at a time ([`max_pool_along`]); the gradient goes to the voxel that gave the
+//! maximum, found by scanning the window depth, height, width, where, as in PyTorch, a later
+//! value replaces the maximum when it is larger or NaN.
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use super::buffers::{Buffers, zeros};
+use crate::arch::geometry::PoolShape;
+
+impl PoolShape {
+    /// The in-bounds input positions along axis `a` of the window of output position `o`.
+    fn window(&self, a: usize, o: usize) -> std::ops::Range<usize> {
+        let start = (o * self.stride[a]) as isize - self.padding[a] as isize;
+        let end = (start + self.kernel[a] as isize).min(self.input[a] as isize);
+        start.max(0) as usize..end.max(0) as usize
+    }
+
+    /// For output voxel `(oz, oy, ox)` of a batch item `x` (channels-last), each channel's
+    /// maximum and the input voxel it came from, written into `best` and `at`.
+    fn scan(&self, x: &[f32], [oz, oy, ox]: [usize; 3], best: &mut [f32], at: &mut [u32]) {
+        let c = self.channels;
+        let [_, h, w] = self.input;
+        best.fill(f32::NEG_INFINITY);
+        let mut first = true;
+        for z in self.window(0, oz) {
+            for y in self.window(1, oy) {
+                for xx in self.window(2, ox) {
+                    let voxel = (z * h + y) * w + xx;
+                    let row = &x[voxel * c..][..c];
+                    if first {
+                        // PyTorch's starting index: the window's first in-bounds voxel.
+                        at.fill(voxel as u32);
+                        first = false;
+                    }
+                    for ((b, a), &v) in best.iter_mut().zip(at.iter_mut()).zip(row) {
+                        if v > *b || v.is_nan() {
+                            *b = v;
+                            *a = voxel as u32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The max pool of `x` (channels-last, `s`'s input), channels-last: one axis at a time (width,
+/// height, depth; the maximum over a box is the maximum of the maxima over its rows), nine
+/// comparisons per output value for a 3x3x3 window instead of 27. Intermediate and output
+/// buffers come from `buffers`, and `x` goes back to it if owned. `None` if a buffer cannot be
+/// allocated. The caller checks `x.len() == s.input_len()` (asserted).
+pub(crate) fn forward(x: Cow<'_, [f32]>, s: &PoolShape, buffers: &Buffers) -> Option<Vec<f32>> {
+    assert!(x.len() == s.input_len(), "max pool: length does not fit {s:?}");
+    let [d, h, w] = s.input;
+    let mut dims = [s.batch, d, h, w, s.channels];
+    let mut y = x;
+    for axis in [3, 2, 1] {
+        let a = axis - 1;
+        let window = (s.kernel[a], s.stride[a], s.padding[a]);
+        if window == (1, 1, 0) {
+            continue;
+        }
+        dims[axis] = s.output[a];
+        // Every value is overwritten.
+        let mut out = buffers.take(dims.iter().product())?;
+        let mut from = dims;
+        from[axis] = s.input[a];
+        max_pool_along(&y, from, axis, window, &mut out);
+        if let Cow::Owned(done) = std::mem::replace(&mut y, Cow::Owned(out)) {
+            buffers.give(done);
+        }
+    }
+    Some(y.into_owned())
+}
+
+/// The gradient of [`forward`]'s input for the output gradient `dy` (channels-last): each
+/// output value's gradient added to the voxel that gave its maximum.
+pub(crate) fn backward(x: &[f32], dy: &[f32], p: &PoolShape) -> Vec<f32> {
+    assert!(
+        x.len() == p.input_len() && dy.len() == p.output_len(),
+        "max pool: lengths do not fit {p:?}"
+    );
+    if x.is_empty() {
+        // An empty input (an empty axis padded up to the window): nothing to add a gradient to.
+        return Vec::new();
+    }
+    let c = p.channels;
+    let [od, oh, ow] = p.output;
+    let in_item = p.input.iter().product::<usize>() * c;
+    let out_item = od * oh * ow * c;
+    let mut dx = zeros(x.len());
+    // Windows overlap: work is split by batch item only, so that no two work items add to
+    // one input voxel.
+    dx.par_chunks_mut(in_item).enumerate().for_each(|(b, dxb)| {
+        let xb = &x[b * in_item..][..in_item];
+        let dyb = &dy[b * out_item..][..out_item];
+        let (mut best, mut at) = (vec![0.0f32; c], vec![0u32; c]);
+        for (v, grads) in dyb.chunks_exact(c).enumerate() {
+            let o = [v / (oh * ow), (v / ow) % oh, v % ow];
+            p.scan(xb, o, &mut best, &mut at);
+            for ((ch, &g), &voxel) in grads.iter().enumerate().zip(&at) {
+                dxb[voxel as usize * c + ch] += g;
+            }
+        }
+    });
+    dx
+}
+
+/// The max pool of channels-last `x` (`dims` = `[n, d, h, w, c]`) along one axis (1 = depth, 2
+/// = height, 3 = width) with window `(kernel, stride, padding)`, into `out` (every value
+/// written; its length fixes the output extent): padding takes no part, NaN propagates (the
+/// maximum over a box is the maximum of the maxima over its rows). The caller checks that
+/// the padded axis covers the window.
+pub(crate) fn max_pool_along(
+    x: &[f32],
+    dims: [usize; 5],
+    axis: usize,
+    (k, s, p): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    if out.is_empty() {
+        return;
+    }
+    let len = dims[axis];
+    // Blocks: everything before the axis; inner: everything after it.
+    let inner: usize = dims[axis + 1..].iter().product();
+    if len == 0 || inner == 0 {
+        // Only padding in every window (an empty axis padded to the window): no value.
+        out.fill(f32::NEG_INFINITY);
+        return;
+    }
+    let out_len = out.len() / (dims[..axis].iter().product::<usize>() * inner).max(1);
+    out.par_chunks_mut(out_len * inner)
+        .zip(x.par_chunks(len * inner))
+        .for_each(|(dst, src)| {
+            for (o, row) in dst.chunks_exact_mut(inner).enumerate() {
+                let lo = (o * s).saturating_sub(p);
+                let hi = (o * s + k).saturating_sub(p).min(len);
+                row.fill(f32::NEG_INFINITY);
+                for i in lo..hi {
+                    let line = &src[i * inner..(i + 1) * inner];
+                    row.iter_mut().zip(line).for_each(|(v, x)| *v = max_keeping_nan(*v, *x));
+                }
+            }
+        });
+}
+
+/// `max(m, x)` that propagates NaN from either side, as PyTorch's max pool does.
+#[inline]
+fn max_keeping_nan(m: f32, x: f32) -> f32 {
+    if x > m || x.is_nan() { x } else { m }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::geometry::PoolGeometry;
+
+    fn shape(dims: [usize; 5], kernel: [usize; 3], stride: [usize; 3], padding: [usize; 3]) -> PoolShape {
+        PoolGeometry {
+            kernel,
+            stride,
+            padding,
+        }
+        .on(dims, "test")
+        .unwrap()
+    }
+
+    fn run(x: &[f32], p: &PoolShape) -> Vec<f32> {
+        forward(Cow::Borrowed(x), p, &Buffers::with_budget(0)).unwrap()
+    }
+
+    /// Forward and gradient against the definition on a channels-first copy, with windows
+    /// that overlap, leave the volume and tile it.
+    #[test]
+    fn matches_the_definition() {
+        for (dims, kernel, stride, padding) in [
+            ([2, 3, 7, 9, 8], [3, 3, 3], [2, 2, 2], [1, 1, 1]),
+            ([1, 2, 5, 6, 7], [1, 3, 3], [1, 2, 2], [0, 1, 1]),
+            ([1, 4, 8, 8, 8], [5, 2, 3], [3, 2, 1], [2, 1, 0]),
+            ([1, 2, 4, 4, 4], [2, 2, 2], [2, 2, 2], [0, 0, 0]),
+        ] {
+            let p = shape(dims, kernel, stride, padding);
+            let [n, c, d, h, w] = dims;
+            let x: Vec<f32> = (0..p.input_len())
+                .map(|i| ((i * 7919) % 1013) as f32 / 100.0 - 12.0)
+                .collect();
+            let dy: Vec<f32> = (0..p.output_len()).map(|i| (i % 7) as f32 - 3.0).collect();
+            let (y, dx) = (run(&x, &p), backward(&x, &dy, &p));
+            let [od, oh, ow] = p.output;
+            let mut want_dx = vec![0.0f32; x.len()];
+            for b in 0..n {
+                for ch in 0..c {
+                    for (oz, oy, ox) in (0..od).flat_map(|z| (0..oh).flat_map(move |y| (0..ow).map(move |x| (z, y, x))))
+                    {
+                        let (mut m, mut arg) = (f32::NEG_INFINITY, usize::MAX);
+                        for z in p.window(0, oz) {
+                            for y in p.window(1, oy) {
+                                for xx in p.window(2, ox) {
+                                    let i = (((b * d + z) * h + y) * w + xx) * c + ch;
+                                    if x[i] > m {
+                                        (m, arg) = (x[i], i);
+                                    }
+                                }
+                            }
+                        }
+                        let o = (((b * od + oz) * oh + oy) * ow + ox) * c + ch;
+                        assert_eq!(y[o], m, "{dims:?} {kernel:?}");
+                        want_dx[arg] += dy[o];
+                    }
+                }
+            }
+            assert_eq!(dx, want_dx, "{dims:?} {kernel:?}");
+        }
+    }
+
+    #[test]
+    fn nan_propagates() {
+        let p = shape([1, 2, 2, 2, 2], [2, 2, 2], [2, 2, 2], [0, 0, 0]);
+        let mut x = vec![1.0f32; 16];
+        x[6] = f32::NAN; // voxel 3, channel 0
+        let y = run(&x, &p);
+        assert!(y[0].is_nan() && y[1] == 1.0);
+    }
+
+    /// An empty axis padded up to the window (PyTorch allows padding up to half the window):
+    /// windows of padding only, no value: minus infinity, as the scan gave, not a panic.
+    #[test]
+    fn windows_of_padding_only_give_minus_infinity() {
+        let p = shape([1, 2, 0, 3, 3], [2, 2, 2], [2, 2, 2], [1, 1, 1]);
+        assert_eq!(p.output, [1, 2, 2]);
+        let y = run(&[], &p);
+        assert_eq!(y.len(), p.output_len());
+        assert!(y.iter().all(|v| *v == f32::NEG_INFINITY));
+        // The gradient of an empty input is empty (it used to panic on chunks of 0 values).
+        assert!(backward(&[], &vec![1.0; p.output_len()], &p).is_empty());
+    }
+}
