@@ -6,7 +6,7 @@
     /opt/torch-venv/bin/python benches/compare.py --all [--quick]   # every table below, one run
 
 1. benches/pytorch_reference.py (PyTorch, 2 threads, fp32, eval, inference mode);
-2. `cargo bench --bench forward -- <backend>/` (criterion, release build);
+2. `cargo bench --features bench --bench forward -- <backend>/` (criterion, release build);
 3. a table: PyTorch ms, ours ms, ratio (PyTorch time / ours: >= 1 means we are as fast),
    GFLOP/s of ours, and its share of the sgemm peak PyTorch measured in step 1 (GFLOP/s count
    a direct convolution's multiply-adds; the Winograd products of the 3x3x3 convolutions do

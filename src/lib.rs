@@ -60,6 +60,35 @@
 //! [`depth_padding`](ResNet3dConfig::depth_padding). For thick slices keep depth strides at 1
 //! where the volume has few slices.
 //!
+//! # The network as data
+//!
+//! A network is described once, as a [`Plan`]: the stem's layers, the max pool, four stages
+//! of blocks (each a main chain of layers and a [`ShortcutPlan`]) and the head, where every
+//! layer is a convolution ([`ConvGeometry`]), the BatchNorm after it and what follows
+//! ([`After`]). [`ResNet3dConfig::plan`] makes it from the settings (torchvision's rules,
+//! MedicalNet's and the video nets'); [`ResNet3d::plan`] reads it back from a built network,
+//! public fields edited or not. Building, loading, [`ResNet3d::validate`], parameter counts,
+//! [`feature_info`](ResNet3dConfig::feature_info), `forward`, `features`, Grad-CAM and
+//! [`freeze`](ResNet3d::freeze) all walk that plan.
+//!
+//! ```
+//! use resnet3d::{After, ResNet3dConfig, ShortcutPlan};
+//!
+//! let plan = ResNet3dConfig::resnet18().with_in_channels(1).plan()?;
+//! let block = &plan.stages[1][0]; // layer2.0
+//! assert_eq!(block.main[0].name.conv_path(), "layer2.0.conv1");
+//! assert_eq!(block.main[0].geometry.stride, [2, 2, 2]);
+//! assert_eq!(block.main[1].after, After::AddRelu); // the shortcut is added before its ReLU
+//! assert!(matches!(block.shortcut, ShortcutPlan::Projection(_)));
+//! # Ok::<(), resnet3d::Error>(())
+//! ```
+//!
+//! Every convolution, on every path (the Burn operations and their gradients, the eval-mode
+//! BatchNorm fold, the frozen network, Winograd and bf16 products), is checked by one
+//! function before any kernel runs ([`ConvGeometry::output_dims`]): what PyTorch's `conv3d`
+//! accepts computes PyTorch's numbers, padding beyond the kernel's reach and NaN or infinite
+//! inputs included; anything else is an [`Error`] that names the layer.
+//!
 //! # Inflation rules
 //!
 //! A 2-D kernel `W2[o, i, h, w]` becomes `W3[o, i, t, h, w]` of depth `T`:
@@ -201,6 +230,8 @@ mod arch;
 #[doc(hidden)]
 pub mod bench;
 pub mod data;
+#[cfg(all(test, feature = "flex"))]
+mod differential;
 mod error;
 pub mod explain;
 mod frozen;

@@ -49,7 +49,7 @@ fn count(values: &[usize]) -> Option<usize> {
 }
 
 /// The shape of a 3-D convolution (one group, no values): what every path checks once
-/// ([`on`](Self::on)) before it computes.
+/// ([`output_dims`](Self::output_dims), which every kernel's caller runs) before it computes.
 ///
 /// ```
 /// use resnet3d::{ConvGeometry, DepthPadding};
@@ -185,7 +185,8 @@ impl ConvGeometry {
     /// The output's shape `[n, out_channels, d', h', w']` for an input of shape `[n, c, d, h, w]`.
     ///
     /// # Errors
-    /// As [`on`](Self::on).
+    /// [`Error::InvalidNetwork`] for the fields; [`Error::InvalidInput`] for an input that does
+    /// not fit, saying what the layer (`layer`) takes.
     pub fn output_dims(&self, input: [usize; 5], layer: &str) -> Result<[usize; 5]> {
         self.on(input, &layer).map(|shape| shape.output_dims())
     }
@@ -279,6 +280,8 @@ impl std::ops::Deref for ConvShape {
     }
 }
 
+// The training kernels (feature `flex`) use every method; the frozen network some.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
 impl ConvShape {
     /// Taps of the kernel: `kd * kh * kw`.
     pub(crate) fn taps(&self) -> usize {
@@ -447,7 +450,8 @@ impl PoolGeometry {
     /// The output's shape for an input of shape `[n, c, d, h, w]`.
     ///
     /// # Errors
-    /// As [`on`](Self::on).
+    /// [`Error::InvalidNetwork`] for the fields; [`Error::InvalidInput`] for an axis shorter
+    /// than the window once padded.
     pub fn output_dims(&self, input: [usize; 5], layer: &str) -> Result<[usize; 5]> {
         self.on(input, layer).map(|shape| {
             let [d, h, w] = shape.output;

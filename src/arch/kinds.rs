@@ -150,7 +150,7 @@ impl fmt::Display for Layout {
     }
 }
 
-/// One entry of [`ResNet3dConfig::feature_info`].
+/// One entry of [`ResNet3dConfig::feature_info`](crate::ResNet3dConfig::feature_info).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StageInfo {
     /// `stem`, `layer1` .. `layer4`: the field of [`Features`](crate::Features).

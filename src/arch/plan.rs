@@ -175,7 +175,7 @@ pub struct HeadSpec {
 }
 
 /// The network as data: stem, max pool, four stages of blocks, head. See the
-/// [module docs](self).
+/// [crate docs](crate#the-network-as-data).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan<L = LayerSpec> {
     /// The stem's layers (`conv1`, then a factorised stem's `stem_temporal`), each with ReLU.

@@ -7,7 +7,7 @@
 //! `layer4`, followed by global average pooling and the linear head, `d y^c / d A^k_v =
 //! W[c, k] / Z`, so Grad-CAM there is `ReLU(sum_k W[c, k] A^k) / Z`: the same map up to its
 //! scale, which the scaling below removes. CAM therefore runs on
-//! [`FrozenResNet3d`](crate::FrozenResNet3d) too.
+//! [`FrozenResNet3d`] too.
 //!
 //! Every map is upsampled to the input's size by trilinear interpolation (PyTorch's
 //! `interpolate(mode="trilinear", align_corners=False)`) and scaled per item to `0..1` by its
@@ -33,6 +33,7 @@ pub use picture::{Montage, Picture, Slices};
 #[cfg(feature = "train")]
 use crate::arch::walk::Tap;
 use crate::error::{Error, Result};
+use crate::frozen::network::FrozenResNet3d;
 use crate::model::network::ResNet3d;
 
 /// A stage whose output Grad-CAM explains: the field of [`Features`](crate::Features).
@@ -226,7 +227,7 @@ impl ResNet3d {
     }
 }
 
-impl crate::FrozenResNet3d {
+impl FrozenResNet3d {
     /// [`ResNet3d::cam`] on the frozen network.
     ///
     /// # Errors

@@ -182,9 +182,11 @@ pub(crate) fn zeros(len: usize) -> Vec<f32> {
 /// once it has applied them, for the next step's weight gradients: those are hundreds of MB
 /// per step (46 M values for ResNet3d-50), and fresh pages from the kernel cost a page fault
 /// each. Kept up to 1 GiB; only training with `FusedAdam` fills it.
+#[cfg(feature = "flex")]
 pub(crate) static RECYCLED: std::sync::LazyLock<Buffers> = std::sync::LazyLock::new(|| Buffers::with_budget(1 << 30));
 
 /// `len` zeros, in a recycled buffer where one fits (else [`zeros`]).
+#[cfg(feature = "flex")]
 pub(crate) fn recycled_zeros(len: usize) -> Vec<f32> {
     match RECYCLED.try_take(len) {
         Some(mut v) => {

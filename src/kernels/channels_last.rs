@@ -128,7 +128,7 @@ fn spec(s: &ConvShape, after: After) -> LayerSpec {
 /// input or residual that does not fit, lengths that do not fit the kernel) do not happen: `s`
 /// was checked by `ConvGeometry::on` from the tensors this layer was made of, and the callers
 /// assert the lengths.
-fn run(layer: crate::Result<PackedConv>, x: &[f32], residual: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+fn run(layer: crate::error::Result<PackedConv>, x: &[f32], residual: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
     let [d, h, wd] = s.input;
     let [od, oh, ow] = s.output;
     let view = View {

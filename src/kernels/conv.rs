@@ -54,7 +54,8 @@ pub(crate) enum WinogradUse {
     Kept,
     /// Outputs of at least 64 tiles: a kernel transformed per call, where the transform's work
     /// (64 values per channel pair) is a few percent of the product's savings (152
-    /// multiply-adds per channel pair and tile).
+    /// multiply-adds per channel pair and tile). The `flex` operation's.
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
     PerCall,
 }
 
@@ -199,6 +200,7 @@ impl PackedConv {
     }
 
     /// Whether a Winograd product of this layer's kernel, transformed per call, pays on `s`.
+    #[cfg(feature = "flex")]
     pub(crate) fn winograd_pays(s: &ConvShape) -> bool {
         tiles(s) >= 64
     }

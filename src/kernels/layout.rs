@@ -30,6 +30,7 @@ fn per_item(x: &[f32], n: usize, rows: usize, cols: usize) -> Vec<f32> {
 /// block's reads and its writes are runs of 32 contiguous values. (Writing the transpose
 /// straight from the rows touches 32 lines a row apart, which for power-of-two row lengths all
 /// fall into two L1 sets: 3-4 times slower.)
+#[cfg(feature = "flex")]
 pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = zeros(rows * cols);
     transpose_into(m, rows, cols, &mut t);

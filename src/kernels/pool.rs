@@ -12,9 +12,13 @@ use std::borrow::Cow;
 
 use rayon::prelude::*;
 
-use super::buffers::{Buffers, zeros};
+use super::buffers::Buffers;
+#[cfg(feature = "flex")]
+use super::buffers::zeros;
 use crate::arch::geometry::PoolShape;
 
+// The gradient (the `flex` operation's) only.
+#[cfg(feature = "flex")]
 impl PoolShape {
     /// The in-bounds input positions along axis `a` of the window of output position `o`.
     fn window(&self, a: usize, o: usize) -> std::ops::Range<usize> {
@@ -83,6 +87,7 @@ pub(crate) fn forward(x: Cow<'_, [f32]>, s: &PoolShape, buffers: &Buffers) -> Op
 
 /// The gradient of [`forward`]'s input for the output gradient `dy` (channels-last): each
 /// output value's gradient added to the voxel that gave its maximum.
+#[cfg(feature = "flex")]
 pub(crate) fn backward(x: &[f32], dy: &[f32], p: &PoolShape) -> Vec<f32> {
     assert!(
         x.len() == p.input_len() && dy.len() == p.output_len(),

@@ -9,8 +9,8 @@ use crate::arch::config::ResNet3dConfig;
 use crate::arch::kinds::BlockKind;
 use crate::arch::plan::{BlockPlan, ShortcutPlan};
 use crate::arch::plan::{LayerSpec, Plan};
-use crate::error::Error;
-use crate::error::Result;
+
+use crate::error::{Error, Result};
 use crate::model::block::{BasicBlock3d, Block, Block2Plus1d, Bottleneck3d, Conv2Plus1d, Downsample};
 use crate::model::conv::{Conv, or_panic};
 use crate::model::network::{ResNet3d, TemporalStem};
@@ -178,7 +178,7 @@ impl ResNet3d {
     pub(crate) fn build(plan: &Plan, source: &mut impl ParamSource) -> Result<Self> {
         let mut stem = plan.stem.iter();
         let Some(first) = stem.next() else {
-            return Err(crate::Error::InvalidNetwork {
+            return Err(Error::InvalidNetwork {
                 layer: "conv1".into(),
                 what: "a plan without a stem".into(),
             });

@@ -6,7 +6,9 @@ use burn::tensor::Tensor;
 
 use crate::arch::kinds::STAGE_NAMES;
 use crate::arch::plan::{After, HeadSpec, LayerName, Plan, Site};
-use crate::arch::walk::{self, Tap};
+use crate::arch::walk;
+#[cfg(feature = "train")]
+use crate::arch::walk::Tap;
 use crate::error::{Error, Result};
 use crate::model::block::Block;
 use crate::model::conv::{Conv, or_panic};
@@ -15,7 +17,7 @@ use crate::model::pool::MaxPool3d;
 
 /// A 3-D ResNet in torchvision's layout: field names are torchvision's state-dict keys.
 ///
-/// Build one with [`ResNet3dConfig::init`] (random weights),
+/// Build one with [`ResNet3dConfig::init`](crate::ResNet3dConfig::init) (random weights),
 /// [`ResNet3d::from_imagenet`] (inflated 2-D ImageNet weights) or
 /// [`ResNet3d::from_checkpoint`] (a native 3-D checkpoint).
 #[derive(Module, Debug)]
@@ -52,7 +54,7 @@ pub struct TemporalStem {
 
 /// Every stage's output, for segmentation decoders and feature extraction.
 ///
-/// [`ResNet3dConfig::feature_info`] gives each map's channels and stride per axis. A small
+/// [`ResNet3dConfig::feature_info`](crate::ResNet3dConfig::feature_info) gives each map's channels and stride per axis. A small
 /// U-Net-style decoder on top of the encoder: upsample, concatenate the skip connection,
 /// mix with a 1x1x1 convolution, down to one logit map per class at the input's size.
 ///
@@ -315,6 +317,7 @@ impl ResNet3d {
 
     /// The walk of `x` through the network's plan (checked on `x`) with `tap` at each
     /// [`Tap`], up to `layer4`'s output: what Grad-CAM runs.
+    #[cfg(feature = "train")]
     pub(crate) fn walk(&self, x: Tensor<5>, tap: impl FnMut(Tap, Tensor<5>) -> Result<Tensor<5>>) -> Result<Tensor<5>> {
         let plan = self.checked(x.dims())?;
         walk::run(&plan, &Burn::default(), x, tap)

@@ -3,7 +3,7 @@
 //! renaming of torchvision's video ResNets to this crate's names.
 
 use crate::arch::config::ResNet3dConfig;
-use crate::arch::kinds::{BlockKind, Layout};
+use crate::arch::kinds::{BlockKind, Layout, Shortcut};
 use crate::error::{Error, Result};
 use crate::weights::tensors::Weights;
 use crate::weights::zoo::Zoo;
@@ -15,7 +15,7 @@ impl Weights {
     ///
     /// # Errors
     /// [`Error::Unsupported`] when the names are not those of a torchvision-layout ResNet.
-    pub fn layout(&self) -> Result<(crate::Layout, usize)> {
+    pub fn layout(&self) -> Result<(Layout, usize)> {
         let layout = detect_layout(self)?;
         let width = match self.get("conv1.weight") {
             Some(t) if !t.shape.is_empty() => t.shape[0],
@@ -140,7 +140,7 @@ pub(crate) fn recognise_zoo(weights: &Weights, config: &ResNet3dConfig) -> Resul
     let layout = detect_layout(weights)?;
     let seg_head = weights.names().any(|n| n.starts_with("conv_seg."));
     let zero_pad = zero_padded(weights);
-    if config.shortcut == crate::Shortcut::ZeroPad
+    if config.shortcut == Shortcut::ZeroPad
         && let Some(name) = weights.names().find(|n| n.contains(".downsample.0."))
     {
         return Err(Error::InvalidConfig {
@@ -158,7 +158,7 @@ pub(crate) fn recognise_zoo(weights: &Weights, config: &ResNet3dConfig) -> Resul
         (false, false) => None,
     };
     let medicalnet_config = config.has_medicalnet_stages();
-    let shortcut_fits = (config.shortcut == crate::Shortcut::ZeroPad) == zero_pad;
+    let shortcut_fits = (config.shortcut == Shortcut::ZeroPad) == zero_pad;
     match signature {
         Some(why) if !(medicalnet_config && shortcut_fits) => Err(Error::ZooMismatch {
             zoo: Zoo::MedicalNet,

@@ -16,7 +16,7 @@ pub enum Zoo {
     TorchvisionVideo,
     /// MedicalNet (Tencent's Med3D): one input channel, no `fc`; told apart by its
     /// segmentation head `conv_seg`, by parameter-free shortcuts (depths 18 and 34), or by a
-    /// configuration with MedicalNet's stages ([`ResNet3dConfig::medicalnet`]). A file of
+    /// configuration with MedicalNet's stages ([`ResNet3dConfig::medicalnet`](crate::ResNet3dConfig::medicalnet)). A file of
     /// depth 10 or 50 and more without `conv_seg` has the tensors of a one-channel, headless
     /// torchvision-3-D ResNet: load it with `medicalnet(depth)`.
     MedicalNet,

@@ -12,6 +12,7 @@ mod gradients;
 mod hostile;
 mod invariants;
 mod labels;
+mod layers;
 mod medicalnet;
 mod nifti;
 mod onnx;
