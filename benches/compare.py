@@ -114,7 +114,7 @@ def table(args):
     memory = [json.loads(subprocess.run(ref_cmd[:2] + ["--memory"] + (["--train"] if train else []), check=True,
                                         capture_output=True, text=True).stdout)]
     for mode in (["train"] if train else ["frozen", "flex"]):
-        out = subprocess.run(["cargo", "bench", "--bench", "memory", "--", mode], check=True, cwd=ROOT,
+        out = subprocess.run(["cargo", "bench", "--features", "bench", "--bench", "memory", "--", mode], check=True, cwd=ROOT,
                              capture_output=True, text=True).stdout
         memory.append(json.loads(out.strip().splitlines()[-1]))
     what = "ResNet3d-18 train steps on 2x1x32x96x96" if train else "ResNet3d-50 forward on 1x1x64x128x128"

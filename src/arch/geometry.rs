@@ -40,6 +40,13 @@ pub(crate) fn output_extent(size: usize, reach: usize, stride: usize, padding: u
     Some((padded - reach) / stride + 1)
 }
 
+/// The extent a kernel of `kernel` taps, `dilation` voxels apart, covers along an axis:
+/// `dilation * (kernel - 1) + 1`; `None` for a kernel of no taps or a reach that overflows.
+/// The one place this arithmetic lives.
+fn reach_of(kernel: usize, dilation: usize) -> Option<usize> {
+    dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)
+}
+
 /// The product of `values`, if it is at most [`MAX_COUNT`].
 fn count(values: &[usize]) -> Option<usize> {
     values
@@ -119,11 +126,7 @@ impl ConvGeometry {
     /// The extent the kernel covers per axis, `dilation * (kernel - 1) + 1` (saturating; a
     /// geometry whose reach overflows is refused by [`check`](Self::check)).
     pub fn reach(&self) -> [usize; 3] {
-        [0, 1, 2].map(|a| {
-            self.dilation[a]
-                .saturating_mul(self.kernel[a].saturating_sub(1))
-                .saturating_add(1)
-        })
+        [0, 1, 2].map(|a| reach_of(self.kernel[a], self.dilation[a]).unwrap_or(usize::MAX))
     }
 
     /// The kernel's values, `out * in * depth * height * width`, if countable.
@@ -344,7 +347,7 @@ impl ConvShape {
 
     /// The extent the kernel covers per axis.
     pub(crate) fn reach(&self) -> [usize; 3] {
-        [0, 1, 2].map(|a| self.dilation[a] * (self.kernel[a] - 1) + 1)
+        self.geometry().reach()
     }
 
     /// Whether every padding is smaller than the kernel's reach, so that a padded copy of the

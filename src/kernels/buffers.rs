@@ -168,14 +168,12 @@ impl Act {
 /// that made the pass ten times slower (53 ms instead of 5) whenever the allocator had no
 /// such block to reuse.
 pub(crate) fn zeros(len: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    v.spare_capacity_mut()
-        .par_chunks_mut(1 << 16)
-        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
-    // SAFETY: the capacity is at least `len`, and every one of its first `len` values was
-    // written just above.
-    unsafe { v.set_len(len) };
-    v
+    match try_zeros_written(len) {
+        Some(v) => v,
+        // The sizes here are those of tensors that exist already: what the allocator does
+        // when it cannot, as `Vec::with_capacity` would.
+        None => std::alloc::handle_alloc_error(std::alloc::Layout::new::<f32>()),
+    }
 }
 
 /// Buffers the size of weight gradients, handed back by [`FusedAdam`](crate::train::FusedAdam)
@@ -197,20 +195,44 @@ pub(crate) fn recycled_zeros(len: usize) -> Vec<f32> {
     }
 }
 
+/// Element types whose all-zero bytes are the value zero: what [`try_zeros`] may hand out.
+pub(crate) trait ZeroBits: Copy {}
+impl ZeroBits for f32 {}
+impl ZeroBits for u16 {}
+
 /// `len` zeros, or `None` where the allocation fails (a size an input chose: an error, not an
 /// abort). Zeroed by the allocator (fresh pages are mapped zero on first touch), as
 /// `vec![0.0; len]` is.
-pub(crate) fn try_zeros(len: usize) -> Option<Vec<f32>> {
+pub(crate) fn try_zeros<T: ZeroBits>(len: usize) -> Option<Vec<T>> {
     if len == 0 {
         return Some(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<f32>(len).ok()?;
-    // SAFETY: the layout's size is not zero (len > 0 values of 4 bytes).
-    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    let layout = std::alloc::Layout::array::<T>(len).ok()?;
+    if layout.size() == 0 {
+        return Some(Vec::new());
+    }
+    // SAFETY: the layout's size is not zero (checked above).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
     if ptr.is_null() {
         return None;
     }
-    // SAFETY: `ptr` comes from the global allocator with the layout of `len` f32 values (their
-    // alignment and size), every byte zero (0.0 as f32); length and capacity are `len`.
+    // SAFETY: `ptr` comes from the global allocator with the layout of `len` values of `T`
+    // (their alignment and size), every byte zero, which `ZeroBits` says is a valid `T`;
+    // length and capacity are `len`.
     Some(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
+/// [`zeros`], or `None` where the allocation fails: for buffers a kernel writes whole right
+/// after, where zeroing them on the threads first (rather than a memset on one thread for a
+/// block the allocator reuses) is what [`zeros`] found faster.
+pub(crate) fn try_zeros_written(len: usize) -> Option<Vec<f32>> {
+    let mut v: Vec<f32> = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.spare_capacity_mut()
+        .par_chunks_mut(1 << 16)
+        .for_each(|chunk| chunk.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: the capacity is at least `len`, and every one of its values was written just
+    // above.
+    unsafe { v.set_len(len) };
+    Some(v)
 }

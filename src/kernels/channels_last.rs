@@ -234,7 +234,7 @@ fn taps_major(w: &[f32], s: &ConvShape) -> Vec<f32> {
 /// The input planes `[z0, z1)` that output plane `oz` adds into.
 fn planes_written(s: &ConvShape, oz: usize) -> Range<usize> {
     let d = s.input[0] as isize;
-    let reach = ((s.kernel[0] - 1) * s.dilation[0]) as isize;
+    let reach = (s.reach()[0] - 1) as isize;
     let first = (oz * s.stride[0]) as isize - s.padding[0] as isize;
     let (lo, hi) = (first.clamp(0, d - 1), (first + reach).clamp(0, d - 1));
     if !s.replicate_depth && (first + reach < 0 || first >= d) {
@@ -270,7 +270,7 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
     }
     // Output planes `colors` apart write disjoint input planes (stride times that covers the
     // kernel's reach); planes whose ranges still overlap are put in one work item.
-    let reach = (s.kernel[0] - 1) * s.dilation[0] + 1;
+    let reach = s.reach()[0];
     let colors = reach.div_ceil(s.stride[0]).max(1);
     dx.par_chunks_mut(d * in_plane).enumerate().for_each(|(b, dxb)| {
         for color in 0..colors {

@@ -173,9 +173,11 @@ impl PackedConv {
                 let scale = scale.map_or_else(|| vec![1.0; o], <[f32]>::to_vec);
                 super::bf16::PackedBf16::conv_kernel(weight, [o, i, taps], &scale)
             });
-        // Winograd's transforms: 3x3x3, stride 1, dilation 1, padding within what its padded
-        // tiles hold, few enough channels, and a finite kernel (the transform subtracts taps).
-        let takes = g.kernel == [3, 3, 3]
+        // Winograd's transforms where asked for: 3x3x3, stride 1, dilation 1, padding within
+        // what its padded tiles hold, few enough channels, and a finite kernel (the transform
+        // subtracts taps; checked last, as it reads the whole kernel).
+        let takes = winograd != WinogradUse::Never
+            && g.kernel == [3, 3, 3]
             && g.stride == [1, 1, 1]
             && g.dilation == [1, 1, 1]
             && g.padding.iter().all(|&p| p <= 2)
@@ -189,8 +191,7 @@ impl PackedConv {
             WinogradUse::PerCall => 64,
         };
         Ok(Self {
-            winograd: (takes && winograd != WinogradUse::Never)
-                .then(|| Winograd::new(weight, [o, i], scale, packed.kernel())),
+            winograd: takes.then(|| Winograd::new(weight, [o, i], scale, packed.kernel())),
             winograd_tiles,
             weight: packed,
             weight_bf16,

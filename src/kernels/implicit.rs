@@ -48,9 +48,7 @@ pub(super) fn pad(s: &ConvShape, x: View<'_>, buffers: &Buffers) -> Option<Act> 
 /// [`pad`] in bf16 (rounded to nearest even), with its padded shape.
 pub(super) fn pad_bf16(s: &ConvShape, x: View<'_>) -> Option<(Vec<u16>, [usize; 5])> {
     let (len, dims) = padded_len(s)?;
-    let mut data: Vec<u16> = Vec::new();
-    data.try_reserve_exact(len).ok()?;
-    data.resize(len, 0);
+    let mut data: Vec<u16> = super::buffers::try_zeros(len)?;
     copy_padded(s, x, &mut data, dims, |dst, src| {
         dst.iter_mut().zip(src).for_each(|(d, &v)| *d = super::bf16::to_bf16(v));
         true

@@ -56,12 +56,44 @@ impl PoolShape {
     }
 }
 
+/// Where [`forward`] takes its buffers from and gives them back to.
+pub(crate) trait Memory {
+    /// `len` values, whatever they hold (all of them are written); `None` if they cannot be
+    /// allocated.
+    fn take(&self, len: usize) -> Option<Vec<f32>>;
+    /// A buffer no longer needed.
+    fn give(&self, buffer: Vec<f32>);
+}
+
+impl Memory for Buffers {
+    fn take(&self, len: usize) -> Option<Vec<f32>> {
+        Buffers::take(self, len)
+    }
+
+    fn give(&self, buffer: Vec<f32>) {
+        Buffers::give(self, buffer);
+    }
+}
+
+/// Fresh buffers zeroed on the threads, freed when given back: the `flex` operation's.
+#[cfg(feature = "flex")]
+pub(crate) struct Fresh;
+
+#[cfg(feature = "flex")]
+impl Memory for Fresh {
+    fn take(&self, len: usize) -> Option<Vec<f32>> {
+        super::buffers::try_zeros_written(len)
+    }
+
+    fn give(&self, _buffer: Vec<f32>) {}
+}
+
 /// The max pool of `x` (channels-last, `s`'s input), channels-last: one axis at a time (width,
 /// height, depth; the maximum over a box is the maximum of the maxima over its rows), nine
 /// comparisons per output value for a 3x3x3 window instead of 27. Intermediate and output
-/// buffers come from `buffers`, and `x` goes back to it if owned. `None` if a buffer cannot be
+/// buffers come from `memory`, and `x` goes back to it if owned. `None` if a buffer cannot be
 /// allocated. The caller checks `x.len() == s.input_len()` (asserted).
-pub(crate) fn forward(x: Cow<'_, [f32]>, s: &PoolShape, buffers: &Buffers) -> Option<Vec<f32>> {
+pub(crate) fn forward(x: Cow<'_, [f32]>, s: &PoolShape, memory: &impl Memory) -> Option<Vec<f32>> {
     assert!(x.len() == s.input_len(), "max pool: length does not fit {s:?}");
     let [d, h, w] = s.input;
     let mut dims = [s.batch, d, h, w, s.channels];
@@ -74,12 +106,12 @@ pub(crate) fn forward(x: Cow<'_, [f32]>, s: &PoolShape, buffers: &Buffers) -> Op
         }
         dims[axis] = s.output[a];
         // Every value is overwritten.
-        let mut out = buffers.take(dims.iter().product())?;
+        let mut out = memory.take(dims.iter().product())?;
         let mut from = dims;
         from[axis] = s.input[a];
         max_pool_along(&y, from, axis, window, &mut out);
         if let Cow::Owned(done) = std::mem::replace(&mut y, Cow::Owned(out)) {
-            buffers.give(done);
+            memory.give(done);
         }
     }
     Some(y.into_owned())
@@ -180,7 +212,7 @@ mod tests {
     }
 
     fn run(x: &[f32], p: &PoolShape) -> Vec<f32> {
-        forward(Cow::Borrowed(x), p, &Buffers::with_budget(0)).unwrap()
+        forward(Cow::Borrowed(x), p, &Fresh).unwrap()
     }
 
     /// Forward and gradient against the definition on a channels-first copy, with windows

@@ -7,8 +7,7 @@ use burn::tensor::Tensor;
 
 use super::tensors::{channels_last, channels_last_values};
 use crate::arch::geometry::PoolShape;
-use crate::kernels::buffers::Buffers;
-use crate::kernels::pool;
+use crate::kernels::pool::{self, Fresh};
 
 /// 3-D max pooling as a backend operation.
 #[backend_extension(Flex, Autodiff)]
@@ -27,7 +26,7 @@ impl MaxPoolBackend for Flex {
     fn resnet3d_max_pool3d(x: FlexTensor, p: PoolShape) -> FlexTensor {
         let [od, oh, ow] = p.output;
         // Nothing kept between calls: the output is the op's, intermediates are freed.
-        match pool::forward(channels_last_values(&x), &p, &Buffers::with_budget(0)) {
+        match pool::forward(channels_last_values(&x), &p, &Fresh) {
             Some(y) => channels_last([p.batch, p.channels, od, oh, ow], y),
             None => panic!("max pool: the output of {} values cannot be allocated", p.output_len()),
         }
