@@ -46,19 +46,26 @@ impl ConvGeometry {
 }
 
 impl Conv {
+    /// The kernel's shape `[out, in, depth, height, width]`, read without initialising a
+    /// parameter that Burn has not made yet (a fresh network's kernels are made on first use:
+    /// the checks must not make them all at once).
+    fn weight_shape(&self) -> [usize; 5] {
+        self.weight.lazy_shape().dims::<5>()
+    }
+
     /// Input channels (the kernel's second extent).
     pub fn in_channels(&self) -> usize {
-        self.weight.dims()[1]
+        self.weight_shape()[1]
     }
 
     /// Output channels (the kernel's first extent).
     pub fn out_channels(&self) -> usize {
-        self.weight.dims()[0]
+        self.weight_shape()[0]
     }
 
     /// Kernel extent per axis (depth, height, width).
     pub fn kernel(&self) -> [usize; 3] {
-        let [_, _, d, h, w] = self.weight.dims();
+        let [_, _, d, h, w] = self.weight_shape();
         [d, h, w]
     }
 

@@ -35,8 +35,9 @@ impl<'a> ModelLayer<'a> {
     pub(crate) fn new(name: LayerName, after: After, conv: &'a Conv, bn: &'a BatchNorm) -> Result<Self> {
         let width = conv.out_channels();
         let widths = [
-            bn.gamma.dims()[0],
-            bn.beta.dims()[0],
+            // Shapes read without making a parameter Burn has not made yet.
+            bn.gamma.lazy_shape().dims::<1>()[0],
+            bn.beta.lazy_shape().dims::<1>()[0],
             bn.running_mean.value().dims()[0],
             bn.running_var.value().dims()[0],
         ];

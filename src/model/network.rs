@@ -118,7 +118,7 @@ pub struct Features {
 impl ResNet3d {
     /// Input channels the network takes.
     pub fn in_channels(&self) -> usize {
-        self.conv1.weight.dims()[1]
+        self.conv1.in_channels()
     }
 
     /// The four stages, `layer1` .. `layer4`.
@@ -160,8 +160,8 @@ impl ResNet3d {
         let head = match &self.fc {
             None => None,
             Some(fc) => {
-                let [features, classes] = fc.weight.dims();
-                let bias = fc.bias.as_ref().map_or(classes, |b| b.dims()[0]);
+                let [features, classes] = fc.weight.lazy_shape().dims::<2>();
+                let bias = fc.bias.as_ref().map_or(classes, |b| b.lazy_shape().dims::<1>()[0]);
                 if bias != classes {
                     return Err(Error::InvalidNetwork {
                         layer: "fc".into(),
