@@ -146,8 +146,15 @@ impl ConvGeometry {
             format!("kernel of shape {shape:?} has an extent of 0")
         } else if self.stride.contains(&0) {
             format!("stride {:?} has a 0; strides start at 1", self.stride)
+        } else if self.stride.iter().any(|&s| s > MAX_COUNT) {
+            format!(
+                "stride {:?} is larger than memory can index (PyTorch refuses it too)",
+                self.stride
+            )
         } else if self.dilation.contains(&0) {
             format!("dilation {:?} has a 0; 1 is an ordinary convolution", self.dilation)
+        } else if self.dilation.iter().any(|&d| d > MAX_COUNT) {
+            format!("dilation {:?} is larger than memory can index", self.dilation)
         } else if self.parameters().is_none() {
             format!("kernel of shape {shape:?} has more values than memory can index")
         } else if (0..3).any(|a| {
@@ -436,6 +443,7 @@ impl PoolGeometry {
             self.kernel[a] > 0
                 && self.stride[a] > 0
                 && self.kernel[a] <= MAX_COUNT
+                && self.stride[a] <= MAX_COUNT
                 && self.padding[a].checked_mul(2).is_some_and(|p| p <= self.kernel[a])
         });
         if valid {
@@ -561,10 +569,14 @@ impl ZeroPadShortcut {
     /// The output's shape for an input of shape `dims`; `name` names the block in the error.
     ///
     /// # Errors
-    /// [`Error::InvalidNetwork`] if the input has more channels than the output or a stride
-    /// is 0.
+    /// [`Error::InvalidNetwork`] if the input has more channels than the output, or a stride
+    /// is 0 or larger than memory can index.
     pub fn output_dims(&self, [n, c, d, h, w]: [usize; 5], name: &str) -> Result<[usize; 5]> {
-        let extent = |size: usize, a: usize| output_extent(size, 1, self.stride[a], 0);
+        let extent = |size: usize, a: usize| {
+            (self.stride[a] <= MAX_COUNT)
+                .then(|| output_extent(size, 1, self.stride[a], 0))
+                .flatten()
+        };
         match (extent(d, 0), extent(h, 1), extent(w, 2)) {
             (Some(d), Some(h), Some(w)) if c <= self.out_channels => Ok([n, self.out_channels, d, h, w]),
             _ => Err(Error::InvalidNetwork {
@@ -610,7 +622,10 @@ mod tests {
             on(geometry([3; 3], [1; 3], [0; 3], [2; 3]), [5; 3]).unwrap().output,
             [1, 1, 1]
         );
-        // Sizes that overflow are errors, not wrapped lengths.
+        // Sizes that overflow are errors, not wrapped lengths; so are strides and dilations
+        // past what an index holds (they were cast to isize: a stride of 2^63 computed zeros).
+        assert!(on(geometry([1, 1, 3], [1, 1, 1 << 63], [0, 0, 1], [1; 3]), [1, 1, 4]).is_err());
+        assert!(on(geometry([1; 3], [1; 3], [0; 3], [usize::MAX, 1, 1]), [3; 3]).is_err());
         assert!(on(geometry([1; 3], [1; 3], [usize::MAX / 2; 3], [1; 3]), [3; 3]).is_err());
         assert!(on(geometry([3; 3], [1; 3], [0; 3], [usize::MAX; 3]), [3; 3]).is_err());
         assert!(on(geometry([1; 3], [1; 3], [1 << 21; 3], [1; 3]), [1; 3]).is_err());

@@ -167,12 +167,15 @@ impl Act {
 /// and a TLB flush on every core, per page). On ResNet3d-18's `layer4` weight gradient (28 MB)
 /// that made the pass ten times slower (53 ms instead of 5) whenever the allocator had no
 /// such block to reuse.
+///
+/// # Panics
+/// If the allocation fails (a panic, not the allocator's abort): the sizes here are those of
+/// tensors that exist already, or outputs the model checked it can allocate
+/// (`model::conv::output_fits`).
 pub(crate) fn zeros(len: usize) -> Vec<f32> {
     match try_zeros_written(len) {
         Some(v) => v,
-        // The sizes here are those of tensors that exist already: what the allocator does
-        // when it cannot, as `Vec::with_capacity` would.
-        None => std::alloc::handle_alloc_error(std::alloc::Layout::new::<f32>()),
+        None => panic!("cannot allocate {len} values ({} MiB)", len / (1 << 18)),
     }
 }
 

@@ -507,7 +507,7 @@ mod tests {
     }
 
     /// Every pass against the channels-first passes (themselves checked against the
-    /// definition in `conv.rs`), on shapes with remainders everywhere.
+    /// definition in `channels_first.rs`), on shapes with remainders everywhere.
     #[test]
     fn every_pass_matches_the_channels_first_one() {
         #[allow(clippy::type_complexity)]

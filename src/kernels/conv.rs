@@ -7,8 +7,9 @@
 //! check) and then picks how to compute:
 //! - 3x3x3 convolutions with stride 1, dilation 1, padding of at most 2 and up to 256 channels
 //!   as Winograd F(2x2x2, 3x3x3) products ([`winograd`](super::winograd)), where the output has
-//!   enough tiles and the input is finite (Winograd's transforms subtract inputs, which turns
-//!   an infinity into NaN; a non-finite input runs the direct product, as PyTorch computes it);
+//!   enough tiles and the input's values are finite and below `2^48` (Winograd's transforms
+//!   add and subtract inputs, which turns an infinity into NaN and can overflow near
+//!   `f32::MAX`; such an input runs the direct product, as PyTorch computes it);
 //! - pointwise convolutions with stride 1 and no padding read the activations in place;
 //! - others with 16+ channels, padding within the kernel's reach and dilation 1 read a
 //!   zero-padded copy in place (implicit GEMM); few channels keep their accumulators over all
@@ -27,7 +28,7 @@ use rayon::prelude::*;
 
 use super::buffers::{Act, Buffers, View};
 use super::fold::{BatchNormValues, fold};
-use super::implicit::{self, all_finite};
+use super::implicit::{self, all_moderate};
 use super::matmul::{Epilogue, Kernel, MR, NR, PackedB, matmul};
 use super::parallel::{SendPtr, work_items};
 use super::winograd::Winograd;
@@ -174,8 +175,9 @@ impl PackedConv {
                 super::bf16::PackedBf16::conv_kernel(weight, [o, i, taps], &scale)
             });
         // Winograd's transforms where asked for: 3x3x3, stride 1, dilation 1, padding within
-        // what its padded tiles hold, few enough channels, and a finite kernel (the transform
-        // subtracts taps; checked last, as it reads the whole kernel).
+        // what its padded tiles hold, few enough channels, and a kernel of moderate values (the
+        // transform adds and subtracts taps: `all_moderate`; checked last, as it reads the whole
+        // kernel).
         let takes = winograd != WinogradUse::Never
             && g.kernel == [3, 3, 3]
             && g.stride == [1, 1, 1]
@@ -183,8 +185,8 @@ impl PackedConv {
             && g.padding.iter().all(|&p| p <= 2)
             && i.max(o) <= WINOGRAD_CHANNELS
             && precision == Precision::F32
-            && all_finite(weight)
-            && scale.is_none_or(all_finite);
+            && all_moderate(weight)
+            && scale.is_none_or(all_moderate);
         let winograd_tiles = match winograd {
             WinogradUse::Never => usize::MAX,
             WinogradUse::Kept => WINOGRAD_TILES,
@@ -232,7 +234,7 @@ impl PackedConv {
         let rows = n * od * oh * ow;
         if x.data.len() != s.input_len() {
             return Err(Error::InvalidInput {
-                dims: x.dims.to_vec(),
+                dims: vec![n, c, d, h, w],
                 what: format!("{}: {} values for this shape", self.spec.name, x.data.len()),
             });
         }
@@ -256,7 +258,7 @@ impl PackedConv {
         }
         let k = s.k();
         // Every value is overwritten below (bias first).
-        let mut out = self.output(rows * oc, x.dims, buffers)?;
+        let mut out = self.output(rows * oc, s.input_dims(), buffers)?;
         let pointwise = s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0];
         // Implicit GEMM: the kernel reads a zero-padded copy of the input in place, one
         // (depth tap, height tap) at a time, instead of gathered patches. For 16 channels
@@ -489,7 +491,8 @@ impl PackedConv {
         })
     }
 
-    /// A buffer for the output's `len` values.
+    /// A buffer for `len` values (the output, or a padded copy); `input` is the input's
+    /// `[n, c, d, h, w]`, for the error.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] (naming the layer) if it cannot be allocated: a size an input
@@ -507,8 +510,9 @@ impl PackedConv {
 
     /// [`forward`](Self::forward) as a Winograd product: `x` padded to whole 2x2x2 tiles of
     /// the output (`s`, checked against `x` and `residual` by the caller). `None`, computing
-    /// nothing, where `x` holds an infinity or NaN: the transforms' differences would turn an
-    /// infinity into NaN where the direct product gives the infinity.
+    /// nothing, where `x` holds an infinity, NaN or a value of `2^48` or more: the transforms'
+    /// sums and differences would turn an infinity into NaN, or overflow, where the direct
+    /// product gives PyTorch's numbers.
     fn forward_winograd(
         &self,
         winograd: &Winograd,
@@ -523,19 +527,19 @@ impl PackedConv {
         let oc = s.out_channels;
         let [dp, hp, wp] = Winograd::padded_extent(s.output);
         let padded = [n, dp, hp, wp, s.in_channels];
-        let mut xp = self.output(padded.iter().product(), x.dims, buffers)?;
+        let mut xp = self.output(padded.iter().product(), s.input_dims(), buffers)?;
         xp.fill(0.0);
-        // The copy reads every input value once: whether they are all finite comes with it.
-        let finite = implicit::copy_padded(s, x, &mut xp, padded, |dst, src| {
+        // The copy reads every input value once: whether they are all moderate comes with it.
+        let moderate = implicit::copy_padded(s, x, &mut xp, padded, |dst, src| {
             dst.copy_from_slice(src);
-            all_finite(src)
+            all_moderate(src)
         });
-        if !finite {
+        if !moderate {
             buffers.give(xp);
             return Ok(None);
         }
         // Every value is overwritten.
-        let mut out = self.output(n * od * oh * ow * oc, x.dims, buffers)?;
+        let mut out = self.output(n * od * oh * ow * oc, s.input_dims(), buffers)?;
         let out_dims = [n, od, oh, ow, oc];
         let done = winograd.forward(&xp, out_dims, &self.bias, residual.map(|r| r.data), relu, &mut out);
         buffers.give(xp);
@@ -740,6 +744,37 @@ mod tests {
             a.iter().zip(&b).all(|(a, b)| (a - b).abs() < 1e-4),
             "Winograd and direct agree"
         );
+    }
+
+    /// Finite inputs near `f32::MAX` (the hostile review's probe: +-3e38, kernel 1e-3): the
+    /// Winograd transforms' sums overflowed to infinities and then NaN; the direct product
+    /// (and PyTorch) gives finite outputs. Such inputs run the direct product now.
+    #[test]
+    fn huge_finite_inputs_stay_finite_where_winograd_would_overflow() {
+        let g = geometry([16, 16], 3, 1, 1);
+        let dims = [1, 8, 8, 8, 16];
+        let x: Vec<f32> = (0..8 * 8 * 8 * 16)
+            .map(|i| if (i / 7) % 2 == 0 { 3.0e38 } else { -3.0e38 })
+            .collect();
+        let w = vec![1e-3f32; 16 * 16 * 27];
+        let layer = PackedConv::pack(
+            spec(g),
+            &w,
+            None,
+            vec![0.0; 16],
+            Kernel::detect(),
+            Precision::F32,
+            WinogradUse::Kept,
+        )
+        .unwrap();
+        assert!(layer.winograd.is_some());
+        let got = run(&layer, &x, dims).unwrap().data;
+        let want = naive(&x, dims, &w, &g);
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (a, b) in got.iter().zip(&want) {
+            assert!(a.is_finite(), "{a} where the definition gives {b}");
+            assert!((f64::from(*a) - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+        }
     }
 
     /// An input of other channels than the layer's: refused by the one check before any

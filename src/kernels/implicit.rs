@@ -56,13 +56,19 @@ pub(super) fn pad_bf16(s: &ConvShape, x: View<'_>) -> Option<(Vec<u16>, [usize; 
     Some((data, dims))
 }
 
-/// Whether every value of `values` is finite: an exponent of all ones is infinity or NaN (an
-/// integer reduction, which the compiler vectorises).
-pub(super) fn all_finite(values: &[f32]) -> bool {
-    values
-        .iter()
-        .fold(0u32, |acc, v| acc | u32::from(v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
-        == 0
+/// The smallest biased exponent [`all_moderate`] refuses: values of magnitude `2^48` and more.
+const LARGE_EXPONENT: u32 = 127 + 48;
+
+/// Whether every value of `values` is finite and below `2^48` in magnitude: what Winograd's
+/// transforms may take. They add and subtract inputs (and kernel taps) before the products, so
+/// an infinity becomes NaN and values near `f32::MAX` overflow where the direct product would
+/// not; below `2^48` (inputs and kernels alike) no sum of theirs comes near `f32::MAX` before
+/// the direct product's own would. One comparison of the exponent's bits per value (an integer
+/// reduction, which the compiler vectorises; infinities and NaN have the largest exponent).
+pub(super) fn all_moderate(values: &[f32]) -> bool {
+    values.iter().fold(0u32, |acc, v| {
+        acc | u32::from((v.to_bits() & 0x7f80_0000) >> 23 >= LARGE_EXPONENT)
+    }) == 0
 }
 
 /// Copies `x`'s rows into the zeroed padded buffer `data` of shape `padded` (at least the
@@ -360,14 +366,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn non_finite_values_are_found() {
+    fn non_finite_and_huge_values_are_found() {
         let mut values = vec![1.5f32; 37];
-        assert!(all_finite(&values));
-        for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+        assert!(all_moderate(&values));
+        for bad in [
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MAX,
+            -3.0e38,
+            2f32.powi(48),
+        ] {
             values[29] = bad;
-            assert!(!all_finite(&values), "{bad}");
+            assert!(!all_moderate(&values), "{bad}");
         }
-        values[29] = f32::MAX;
-        assert!(all_finite(&values));
+        for fine in [-1.0e14, 2f32.powi(47) * 1.9, 0.0, -0.0, f32::MIN_POSITIVE, 1e-40] {
+            values[29] = fine;
+            assert!(all_moderate(&values), "{fine}");
+        }
     }
 }

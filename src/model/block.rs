@@ -22,7 +22,12 @@ use crate::model::norm::conv_batch_norm;
 impl ZeroPadShortcut {
     /// # Shapes
     /// `[N, in, D, H, W]` -> `[N, out_channels, ceil(D / sd), ceil(H / sh), ceil(W / sw)]`
+    ///
+    /// # Panics
+    /// Where [`output_dims`](Self::output_dims) refuses the shortcut on `x` (a stride of 0 or
+    /// beyond what an index holds, fewer output channels than input ones), with its message.
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        or_panic(self.output_dims(x.dims(), "zero-padded shortcut"));
         let x = if self.stride == [1, 1, 1] {
             x
         } else {

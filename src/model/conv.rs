@@ -7,7 +7,7 @@ use burn::tensor::ops::{ConvOptions, PadMode};
 
 use crate::arch::geometry::{ConvGeometry, ConvShape};
 use crate::arch::kinds::DepthPadding;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A bias-free 3-D convolution whose depth padding is zeros or copies of the edge slices.
 ///
@@ -103,8 +103,30 @@ impl Conv {
     /// convolution; [`Error::InvalidInput`](crate::Error::InvalidInput) for an input of other
     /// channels, an empty axis, or one smaller than the kernel once padded.
     pub fn try_forward(&self, x: Tensor<5>) -> Result<Tensor<5>> {
-        let shape = self.geometry().on(x.dims(), &"conv")?;
+        let shape = self.checked(&x, &"conv")?;
         Ok(self.run(x, shape))
+    }
+
+    /// This convolution's geometry checked on `x` (`layer` names it in errors), `x` on the
+    /// kernel's device and of its element type, and the output allocatable: what a Burn
+    /// operation, which cannot return an error, needs to hold before it runs.
+    pub(crate) fn checked(&self, x: &Tensor<5>, layer: &dyn std::fmt::Display) -> Result<ConvShape> {
+        let shape = self.geometry().on(x.dims(), layer)?;
+        let weight = self.weight.val();
+        if x.device() != weight.device() || x.dtype() != weight.dtype() {
+            return Err(Error::InvalidInput {
+                dims: x.dims().to_vec(),
+                what: format!(
+                    "{layer}: the input is {:?} on {:?}, the kernel {:?} on {:?}; move the input to the network's device and type",
+                    x.dtype(),
+                    x.device(),
+                    weight.dtype(),
+                    weight.device()
+                ),
+            });
+        }
+        output_fits(shape.output_len(), x.dims(), layer)?;
+        Ok(shape)
     }
 
     /// The convolution of `x`, `shape` being this convolution's checked geometry on `x`.
@@ -129,6 +151,26 @@ impl Conv {
             None,
             ConvOptions::new(self.stride, [pd, ph, pw], self.dilation, 1),
         )
+    }
+}
+
+/// Whether `len` values can be allocated now, as an error naming `layer` if not: a size an
+/// input chose (padding and strides decide an output's size) is refused before a Burn
+/// operation, which cannot return an error, would fail to allocate it.
+///
+/// # Errors
+/// [`Error::InvalidInput`] if the allocation fails.
+pub(crate) fn output_fits(len: usize, input: [usize; 5], layer: &dyn std::fmt::Display) -> Result<()> {
+    let mut probe: Vec<f32> = Vec::new();
+    match probe.try_reserve_exact(len) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(Error::InvalidInput {
+            dims: input.to_vec(),
+            what: format!(
+                "{layer}: its output of {len} values ({} MiB) cannot be allocated",
+                len / (1 << 18)
+            ),
+        }),
     }
 }
 

@@ -38,7 +38,7 @@ pub(crate) fn conv_batch_norm(
     relu: bool,
     residual: Option<Tensor<5>>,
 ) -> Result<Tensor<5>> {
-    let shape = conv.geometry().on(x.dims(), name)?;
+    let shape = conv.checked(&x, name)?;
     #[cfg(feature = "flex")]
     {
         let tensors = crate::ops::norm::NormTensors {

@@ -80,15 +80,13 @@ impl MaxPool3d {
 /// `x` max-pooled by `geometry`, after its check.
 pub(crate) fn pool(geometry: &PoolGeometry, x: Tensor<5>) -> Result<Tensor<5>> {
     let shape = geometry.on(x.dims(), "maxpool")?;
+    crate::model::conv::output_fits(shape.output_len(), x.dims(), &"maxpool")?;
     // On flex, the crate's channels-last pool (with its gradient).
     #[cfg(feature = "flex")]
     if crate::ops::pool::runs_pool(&x) {
         return Ok(crate::ops::pool::max_pool3d(x, shape));
     }
-    let [n, c, d, h, w] = x.dims();
-    let [kd, kh, kw] = geometry.kernel;
-    let [sd, sh, sw] = geometry.stride;
-    let [pd, ph, pw] = geometry.padding;
+    let [n, c, ..] = x.dims();
     if shape.output_len() == 0 || x.dims().contains(&0) {
         // An empty batch or channel axis, or an empty axis padded to the window (windows of
         // padding only: minus infinity, as the crate's kernels give).
@@ -96,6 +94,18 @@ pub(crate) fn pool(geometry: &PoolGeometry, x: Tensor<5>) -> Result<Tensor<5>> {
         let fill = if empty { f32::NEG_INFINITY } else { 0.0 };
         return Ok(Tensor::full(shape.output_dims(), fill, &x.device()));
     }
+    // Burn's max pool skips NaN; PyTorch's (and the crate's kernels) propagate it: the windows
+    // that hold a NaN are found by pooling the NaN mask the same way.
+    let nan = x.clone().is_nan().float();
+    let pooled = separable(x, shape.kernel, shape.stride, shape.padding);
+    let nan = separable(nan, shape.kernel, shape.stride, shape.padding).greater_elem(0.0);
+    Ok(pooled.mask_fill(nan, f32::NAN))
+}
+
+/// The max pool of `x` (`[n, c, d, h, w]`, every axis covering its padded window) as an
+/// in-plane `max_pool2d` followed by one along depth.
+fn separable(x: Tensor<5>, [kd, kh, kw]: [usize; 3], [sd, sh, sw]: [usize; 3], [pd, ph, pw]: [usize; 3]) -> Tensor<5> {
+    let [n, c, d, h, w] = x.dims();
     // In-plane pass: depth rides along as the channel axis.
     let x = max_pool2d(
         x.reshape([n * c, d, h, w]),
@@ -105,7 +115,7 @@ pub(crate) fn pool(geometry: &PoolGeometry, x: Tensor<5>) -> Result<Tensor<5>> {
     );
     let [_, _, h2, w2] = x.dims();
     if kd == 1 && sd == 1 {
-        return Ok(x.reshape([n, c, d, h2, w2]));
+        return x.reshape([n, c, d, h2, w2]);
     }
     // Depth pass: each (height, width) position is a column of a 1-channel image.
     let x = max_pool2d(
@@ -113,7 +123,7 @@ pub(crate) fn pool(geometry: &PoolGeometry, x: Tensor<5>) -> Result<Tensor<5>> {
         MaxPoolOptions::new([kd, 1]).with_stride([sd, 1]).with_padding([pd, 0]),
     );
     let [_, _, d2, _] = x.dims();
-    Ok(x.reshape([n, c, d2, h2, w2]))
+    x.reshape([n, c, d2, h2, w2])
 }
 
 #[cfg(test)]
@@ -195,6 +205,34 @@ mod tests {
     #[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
     fn matches_brute_force_on_ndarray() {
         check_many(&Device::ndarray());
+    }
+
+    /// NaN propagates on every backend, as in PyTorch (Burn's own max pool, which the ndarray
+    /// and wgpu paths run, skips it: a NaN voxel gave the window's other maximum, an all-NaN
+    /// window minus infinity).
+    #[test]
+    #[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
+    fn nan_propagates_on_every_backend() {
+        for device in [Device::flex(), Device::ndarray()] {
+            let dims = [1, 2, 5, 5, 5];
+            let mut x: Vec<f32> = (0..250).map(|i| i as f32).collect();
+            x[31] = f32::NAN; // channel 0, voxel (1, 1, 1)
+            x[125] = f32::NAN; // channel 1, voxel (0, 0, 0)
+            // (1, 1, 1) lies in 2 windows per axis of the first pool (8 outputs), (0, 0, 0) in one.
+            for (kernel, stride, padding, nans) in [([3; 3], [2; 3], [1; 3], 9), ([2; 3], [2; 3], [0; 3], 2)] {
+                let pool = MaxPool3d::new(kernel, stride, padding).unwrap();
+                let y = pool.forward(Tensor::from_data(TensorData::new(x.clone(), dims), &device));
+                let got = y.into_data().try_to_vec::<f32>().unwrap();
+                assert_eq!(got.iter().filter(|v| v.is_nan()).count(), nans, "{device:?} {kernel:?}");
+            }
+            // A window of NaN only is NaN, not minus infinity.
+            let pool = MaxPool3d::new([1, 1, 1], [1, 1, 1], [0, 0, 0]).unwrap();
+            let y = pool.forward(Tensor::from_data(
+                TensorData::new(vec![f32::NAN], [1, 1, 1, 1, 1]),
+                &device,
+            ));
+            assert!(y.into_data().try_to_vec::<f32>().unwrap()[0].is_nan(), "{device:?}");
+        }
     }
 
     #[test]

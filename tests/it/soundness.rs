@@ -488,3 +488,38 @@ fn max_pool_gradient_on_an_empty_axis() {
     let grads = y.sum().backward();
     assert_eq!(x.grad(&grads).map(|g| g.dims()), Some([1, 2, 0, 3, 3]));
 }
+
+/// Outputs no allocator can give (a 1-voxel input padded by 2^19 on each side: 10^18 values)
+/// are errors from every `try_` path, with or without dilation (the dilated path went through
+/// the channels-first kernels, whose allocation aborted the process; the others panicked
+/// inside the Burn operation), and from the frozen network.
+#[test]
+fn outputs_too_large_to_allocate_are_errors() {
+    let device = Device::flex();
+    let x = Tensor::<5>::ones([1, 1, 1, 1, 1], &device);
+    for dilation in [[2, 1, 1], [1, 1, 1]] {
+        let mut conv = positive_conv([1, 1, 1, 1, 1], 1, 1 << 19, &device);
+        conv.dilation = dilation;
+        expect_invalid_input(conv.try_forward(x.clone()), "cannot be allocated");
+    }
+    let mut model = resnet18_w32(&device);
+    model.conv1.padding = [1 << 19; 3];
+    model.maxpool = None;
+    let x = Tensor::<5>::ones([1, 1, 4, 4, 4], &device);
+    expect_invalid_input(model.try_forward(x.clone()), "cannot be allocated");
+    expect_invalid_input(model.freeze().unwrap().forward(x), "cannot be allocated");
+}
+
+/// An input on another device or of another element type than the network's: an error from
+/// `try_forward`, not a panic inside Burn (the frozen network converts any input).
+#[test]
+#[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
+fn inputs_on_another_device_or_type_are_errors() {
+    let device = Device::flex();
+    let model = resnet18_w32(&device);
+    let x = pattern([1, 1, 8, 16, 16], &Device::ndarray());
+    expect_invalid_input(model.try_forward(x.clone()), "move the input");
+    let half = pattern([1, 1, 8, 16, 16], &device).cast(resnet3d::burn::tensor::DType::F16);
+    expect_invalid_input(model.try_forward(half), "move the input");
+    assert!(model.freeze().unwrap().forward(x).is_ok());
+}
