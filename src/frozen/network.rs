@@ -373,19 +373,7 @@ impl FrozenResNet3d {
             Ok(act)
         })?;
         self.buffers.give(act.data);
-        let Ok([stem, layer1, layer2, layer3, layer4]) = <[Tensor<5>; 5]>::try_from(maps) else {
-            return Err(Error::InvalidNetwork {
-                layer: "layer4".into(),
-                what: "the walk did not reach every stage".into(),
-            });
-        };
-        Ok(Features {
-            stem,
-            layer1,
-            layer2,
-            layer3,
-            layer4,
-        })
+        Features::from_taps(maps)
     }
 
     /// The head's weights (`[d_input, classes]` row-major) and its classes, if any.

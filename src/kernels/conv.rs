@@ -640,6 +640,15 @@ mod tests {
             .collect()
     }
 
+    /// `w` packed as the layer of `g` (no bias, the fastest product, f32).
+    fn pack(g: ConvGeometry, w: &[f32], winograd: WinogradUse) -> PackedConv {
+        let bias = vec![0.0; g.out_channels];
+        match PackedConv::pack(spec(g), w, None, bias, Kernel::detect(), Precision::F32, winograd) {
+            Ok(layer) => layer,
+            Err(err) => panic!("{err}"),
+        }
+    }
+
     fn run(layer: &PackedConv, x: &[f32], dims: [usize; 5]) -> Result<Act> {
         layer.forward(View { data: x, dims }, None, &Buffers::with_budget(0))
     }
@@ -652,16 +661,7 @@ mod tests {
         let g = geometry([3, 5], 1, 1, 1);
         let dims = [2, 3, 4, 5, 3];
         let (x, w) = (values(2 * 3 * 4 * 5 * 3, 1), values(15, 2));
-        let layer = PackedConv::pack(
-            spec(g),
-            &w,
-            None,
-            vec![0.0; 5],
-            Kernel::detect(),
-            Precision::F32,
-            WinogradUse::Kept,
-        )
-        .unwrap();
+        let layer = pack(g, &w, WinogradUse::Kept);
         let got = run(&layer, &x, dims).unwrap();
         assert_eq!(got.dims, [2, 5, 6, 7, 5]);
         let want = naive(&x, dims, &w, &g);
@@ -682,16 +682,7 @@ mod tests {
             let dims = [1, 4, 4, 24, 16];
             let (x, w) = (values(4 * 4 * 24 * 16, 3), values(16 * 16 * 27, 4));
             for winograd in [WinogradUse::Kept, WinogradUse::Never] {
-                let layer = PackedConv::pack(
-                    spec(g),
-                    &w,
-                    None,
-                    vec![0.0; 16],
-                    Kernel::detect(),
-                    Precision::F32,
-                    winograd,
-                )
-                .unwrap();
+                let layer = pack(g, &w, winograd);
                 let got = run(&layer, &x, dims).unwrap();
                 let want = naive(&x, dims, &w, &g);
                 assert_eq!(got.data.len(), want.len());
@@ -716,16 +707,7 @@ mod tests {
         let mut x = values(8 * 8 * 8 * 16, 5);
         x[((3 * 8 + 4) * 8 + 5) * 16 + 7] = f32::INFINITY;
         let w: Vec<f32> = values(16 * 16 * 27, 6).iter().map(|v| v.abs() + 0.01).collect();
-        let layer = PackedConv::pack(
-            spec(g),
-            &w,
-            None,
-            vec![0.0; 16],
-            Kernel::detect(),
-            Precision::F32,
-            WinogradUse::Kept,
-        )
-        .unwrap();
+        let layer = pack(g, &w, WinogradUse::Kept);
         assert!(layer.winograd.is_some(), "the layer takes Winograd products");
         let got = run(&layer, &x, dims).unwrap().data;
         let direct = run(&layer.clone().without_winograd(), &x, dims).unwrap().data;
@@ -757,16 +739,7 @@ mod tests {
             .map(|i| if (i / 7) % 2 == 0 { 3.0e38 } else { -3.0e38 })
             .collect();
         let w = vec![1e-3f32; 16 * 16 * 27];
-        let layer = PackedConv::pack(
-            spec(g),
-            &w,
-            None,
-            vec![0.0; 16],
-            Kernel::detect(),
-            Precision::F32,
-            WinogradUse::Kept,
-        )
-        .unwrap();
+        let layer = pack(g, &w, WinogradUse::Kept);
         assert!(layer.winograd.is_some());
         let got = run(&layer, &x, dims).unwrap().data;
         let want = naive(&x, dims, &w, &g);
@@ -782,16 +755,7 @@ mod tests {
     #[test]
     fn an_input_of_other_channels_is_refused() {
         let g = geometry([16, 32], 3, 1, 1);
-        let layer = PackedConv::pack(
-            spec(g),
-            &values(32 * 16 * 27, 1),
-            None,
-            vec![0.0; 32],
-            Kernel::detect(),
-            Precision::F32,
-            WinogradUse::Kept,
-        )
-        .unwrap();
+        let layer = pack(g, &values(32 * 16 * 27, 1), WinogradUse::Kept);
         let x = values(4 * 4 * 24 * 64, 2);
         match run(&layer, &x, [1, 4, 4, 24, 64]) {
             Err(Error::InvalidInput { what, .. }) => {

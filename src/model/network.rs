@@ -115,6 +115,28 @@ pub struct Features {
     pub layer4: Tensor<5>,
 }
 
+impl Features {
+    /// The maps a walk tapped, in its order (the stem's, then each stage's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidNetwork`] if the walk did not reach every stage.
+    pub(crate) fn from_taps(maps: Vec<Tensor<5>>) -> Result<Self> {
+        let Ok([stem, layer1, layer2, layer3, layer4]) = <[Tensor<5>; 5]>::try_from(maps) else {
+            return Err(Error::InvalidNetwork {
+                layer: STAGE_NAMES[3].into(),
+                what: "the walk did not reach every stage".into(),
+            });
+        };
+        Ok(Self {
+            stem,
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+        })
+    }
+}
+
 impl ResNet3d {
     /// Input channels the network takes.
     pub fn in_channels(&self) -> usize {
@@ -262,19 +284,7 @@ impl ResNet3d {
             maps.push(a.clone());
             Ok(a)
         })?;
-        let Ok([stem, layer1, layer2, layer3, layer4]) = <[Tensor<5>; 5]>::try_from(maps) else {
-            return Err(Error::InvalidNetwork {
-                layer: STAGE_NAMES[3].into(),
-                what: "the walk did not reach every stage".into(),
-            });
-        };
-        Ok(Features {
-            stem,
-            layer1,
-            layer2,
-            layer3,
-            layer4,
-        })
+        Features::from_taps(maps)
     }
 
     /// Class logits, or the pooled features when the network has no head.
