@@ -5,10 +5,13 @@
 //! cargo bench --bench memory -- frozen     # FrozenResNet3d (ResNet3d::into_frozen)
 //! cargo bench --bench memory -- flex       # the Burn model on flex
 //! cargo bench --bench memory -- train      # train steps on flex with autodiff, Adam
+//! cargo bench --bench memory -- nifti-bomb # Volume::from_nifti on 1024x1024x512 uint8 zeros, gzipped
+//! cargo bench --bench memory -- nifti-ct   # Volume::from_nifti on a 512x512x300 int16 CT, gzipped
 //! ```
 //!
 //! Prints one JSON object: the peak resident set of the process (`VmHWM`), and that before the
-//! model was built, in MB. Run each in its own process: the peak never goes down.
+//! model was built (the file was read), in MB. Run each in its own process: the peak never
+//! goes down. The NIfTI files are written (streamed through gzip) to a temporary folder first.
 
 use resnet3d::ResNet3dConfig;
 use resnet3d::burn::nn::loss::CrossEntropyLossConfig;
@@ -31,10 +34,13 @@ fn status_mb(field: &str) -> f64 {
 fn main() {
     let mode = std::env::args()
         .skip(1)
-        .find(|a| a == "frozen" || a == "flex" || a == "train")
+        .find(|a| ["frozen", "flex", "train", "nifti-bomb", "nifti-ct"].contains(&a.as_str()))
         .unwrap_or_else(|| "frozen".into());
     if mode == "train" {
         return train();
+    }
+    if let Some(kind) = mode.strip_prefix("nifti-") {
+        return nifti(kind);
     }
     let device = Device::flex();
     let before = status_mb("VmHWM:");
@@ -83,4 +89,66 @@ fn train() {
         "{{\"mode\": \"train\", \"peak_mb\": {:.1}, \"before_model_mb\": {before:.1}}}",
         status_mb("VmHWM:")
     );
+}
+
+/// Reads a NIfTI file written here: the issue's bomb (512 MiB of uint8 zeros in about half a
+/// megabyte) or an honest CT (512 x 512 x 300 int16, HU + 1024 with `scl_inter` -1024).
+fn nifti(kind: &str) {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("resnet3d-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp folder");
+    let path = dir.join(format!("{kind}.nii.gz"));
+    let (dims, datatype, bitpix, inter, level): ([u16; 3], i16, i16, f32, u32) = if kind == "bomb" {
+        ([1024, 1024, 512], 2, 8, 0.0, 9)
+    } else {
+        ([512, 512, 300], 4, 16, -1024.0, 1)
+    };
+    let mut header = vec![0u8; 352];
+    let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
+    put(0, &348i32.to_le_bytes());
+    for (i, d) in [3, dims[0], dims[1], dims[2], 1, 1, 1, 1].iter().enumerate() {
+        put(40 + 2 * i, &d.to_le_bytes());
+    }
+    put(70, &datatype.to_le_bytes());
+    put(72, &bitpix.to_le_bytes());
+    for (i, p) in [1.0f32, 0.8, 0.8, 2.0].iter().enumerate() {
+        put(76 + 4 * i, &p.to_le_bytes());
+    }
+    put(108, &352f32.to_le_bytes());
+    put(112, &1f32.to_le_bytes());
+    put(116, &inter.to_le_bytes());
+    put(344, b"n+1\0");
+    let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("file"));
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::new(level));
+    gz.write_all(&header).expect("write");
+    let [nx, ny, nz] = dims.map(usize::from);
+    for z in 0..nz {
+        let slice: Vec<u8> = if kind == "bomb" {
+            vec![0; nx * ny]
+        } else {
+            (0..nx * ny)
+                .flat_map(|i| {
+                    let (u, v) = ((i % nx) as f32 / nx as f32 - 0.5, (i / nx) as f32 / ny as f32 - 0.5);
+                    let stored: i16 = if u * u + v * v > 0.16 {
+                        24
+                    } else {
+                        1024 + (z % 5) as i16
+                    };
+                    stored.to_le_bytes()
+                })
+                .collect()
+        };
+        gz.write_all(&slice).expect("write");
+    }
+    gz.finish().expect("gzip").flush().expect("flush");
+    let bytes = std::fs::metadata(&path).expect("file").len();
+    let before = status_mb("VmHWM:");
+    let volume = resnet3d::preprocess::Volume::from_nifti(&path).expect("a readable file");
+    let f32_mb = (volume.data.len() * 4) as f64 / (1 << 20) as f64;
+    println!(
+        "{{\"mode\": \"nifti-{kind}\", \"file_mb\": {:.2}, \"volume_f32_mb\": {f32_mb:.1}, \"peak_mb\": {:.1}, \"before_read_mb\": {before:.1}}}",
+        bytes as f64 / (1 << 20) as f64,
+        status_mb("VmHWM:")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,9 +1,10 @@
-//! Any bytes given to the pth reader: a typed error or weights, never a panic.
+//! Any bytes given to the `.pth` reader (`entry.rs`): a typed error or a result, never a panic,
+//! an abort, a hang or an allocation beyond the limits and what the file holds.
 #![no_main]
 
-#[path = "common.rs"]
-mod common;
+#[path = "entry.rs"]
+mod entry;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let _ = common::read(data, "pth");
+    let _ = entry::weight_file(data, "pth");
 });

@@ -28,14 +28,15 @@ use std::path::{Path, PathBuf};
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
-use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_object::DefaultDicomObject;
 use dicom_pixeldata::{ConvertOptions, PixelDecoder};
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 use rayon::prelude::*;
 
 use crate::data::dicom_problem::{DicomProblem, SeriesInfo};
+use crate::data::{dicom_read, dicom_rle};
 use crate::error::{Error, Result};
-use crate::preprocess::Volume;
+use crate::preprocess::{ReadLimits, Volume};
 
 /// Modalities whose series are volumes a 3-D network can read; others (ultrasound,
 /// radiographs, secondary captures, structured reports) are refused by name.
@@ -103,6 +104,15 @@ impl Volume {
         Ok(read_series(dir, None)?.volume)
     }
 
+    /// [`from_dicom`](Self::from_dicom) within `limits` (see [`read_series_with_limits`]).
+    ///
+    /// # Errors
+    /// As [`from_dicom`](Self::from_dicom); [`Error::InvalidVolume`] for a series of more
+    /// voxels than [`ReadLimits::max_voxels`].
+    pub fn from_dicom_with_limits(dir: impl AsRef<Path>, limits: &ReadLimits) -> Result<Volume> {
+        Ok(read_series_with_limits(dir, None, limits)?.volume)
+    }
+
     /// Like [`from_dicom`](Self::from_dicom), for the series `uid` (`SeriesInstanceUID`) of a
     /// folder that holds several.
     ///
@@ -122,7 +132,7 @@ impl Volume {
 /// announces DICOM but cannot be parsed, or a folder without DICOM files.
 pub fn list_series(dir: impl AsRef<Path>) -> Result<Vec<SeriesInfo>> {
     let dir = dir.as_ref();
-    let headers = read_headers(dir)?;
+    let headers = read_headers(dir, &ReadLimits::default())?;
     Ok(group(&headers).into_iter().map(|(info, _)| info).collect())
 }
 
@@ -135,12 +145,23 @@ pub fn list_series(dir: impl AsRef<Path>) -> Result<Vec<SeriesInfo>> {
 /// # Errors
 /// As [`Volume::from_dicom`].
 pub fn read_series(dir: impl AsRef<Path>, uid: Option<&str>) -> Result<DicomVolume> {
+    read_series_with_limits(dir, uid, &ReadLimits::default())
+}
+
+/// [`read_series`] within `limits`: a series of more than [`ReadLimits::max_voxels`] voxels
+/// is refused before its pixel data is read, and a deflated file may inflate to at most
+/// [`ReadLimits::max_inflated_bytes`]. Whatever the limits, no value a file declares is
+/// allocated before the file is seen to hold it.
+///
+/// # Errors
+/// As [`Volume::from_dicom`].
+pub fn read_series_with_limits(dir: impl AsRef<Path>, uid: Option<&str>, limits: &ReadLimits) -> Result<DicomVolume> {
     let dir = dir.as_ref();
     let fail = |problem| Error::Dicom {
         dir: dir.to_path_buf(),
         problem: Box::new(problem),
     };
-    let headers = read_headers(dir)?;
+    let headers = read_headers(dir, limits)?;
     let mut groups = group(&headers);
     let (info, slices) = match uid {
         Some(uid) => {
@@ -170,12 +191,13 @@ pub fn read_series(dir: impl AsRef<Path>, uid: Option<&str>) -> Result<DicomVolu
     let plane = rows * columns;
     let len = plane
         .checked_mul(slices.len())
-        .filter(|&n| n <= crate::preprocess::MAX_VOXELS)
+        .filter(|&n| n <= limits.max_voxels())
         .ok_or_else(|| Error::InvalidVolume {
             what: format!(
-                "{} slices of {rows} x {columns} pixels: more than {} voxels",
+                "{} slices of {rows} x {columns} pixels: more than the limit of {} voxels; raise \
+                 ReadLimits::max_voxels if the series is genuine",
                 slices.len(),
-                crate::preprocess::MAX_VOXELS
+                limits.max_voxels()
             ),
         })?;
     let mut data = Vec::new();
@@ -185,7 +207,7 @@ pub fn read_series(dir: impl AsRef<Path>, uid: Option<&str>) -> Result<DicomVolu
     data.resize(len, 0.0);
     data.par_chunks_mut(plane)
         .zip(geometry.order.par_iter())
-        .try_for_each(|(out, &slice)| decode(&slices[slice].file, out))
+        .try_for_each(|(out, &slice)| decode(&slices[slice].file, limits, out))
         .map_err(fail)?;
     if let Some(at) = data.iter().position(|v| !v.is_finite()) {
         return Err(Error::InvalidVolume {
@@ -220,6 +242,8 @@ struct Header {
     file: PathBuf,
     /// The file's length in bytes.
     bytes: u64,
+    /// The declared length of a native PixelData (`None` when encapsulated or absent).
+    pixel_bytes: Option<u32>,
     series: String,
     number: Option<i64>,
     description: String,
@@ -240,7 +264,7 @@ struct Header {
 
 /// The header of every DICOM file directly in `dir` (in parallel); files without the `DICM`
 /// mark are skipped, files with it that do not parse are errors.
-fn read_headers(dir: &Path) -> Result<Vec<Header>> {
+fn read_headers(dir: &Path, limits: &ReadLimits) -> Result<Vec<Header>> {
     let io = |source| Error::Io {
         path: dir.to_path_buf(),
         source,
@@ -266,7 +290,7 @@ fn read_headers(dir: &Path) -> Result<Vec<Header>> {
         .par_iter()
         .map(|file| {
             if is_dicom(file) {
-                header(file).map(Some)
+                header(file, limits).map(Some)
             } else {
                 Ok(None)
             }
@@ -303,22 +327,12 @@ fn guarded<T>(file: &Path, read: impl FnOnce() -> Result<T, DicomProblem>) -> Re
     })
 }
 
-fn header(file: &Path) -> Result<Header, DicomProblem> {
-    let unreadable = |reason: String| DicomProblem::Unreadable {
-        file: file.to_path_buf(),
-        reason,
-    };
-    // Every declared length backed by bytes before dicom-rs allocates for it.
-    if let Some(why) = super::dicom_lengths::check(file).map_err(|err| unreadable(err.to_string()))? {
-        return Err(unreadable(why));
-    }
+fn header(file: &Path, limits: &ReadLimits) -> Result<Header, DicomProblem> {
     guarded(file, || {
-        let object = OpenFileOptions::new()
-            .read_until(tags::PIXEL_DATA)
-            .open_file(file)
-            .map_err(|err| DicomProblem::Unreadable {
+        let (object, pixel_bytes) =
+            dicom_read::read_header(file, limits).map_err(|reason| DicomProblem::Unreadable {
                 file: file.to_path_buf(),
-                reason: err.to_string(),
+                reason,
             })?;
         let attributes = Attributes { file, object: &object };
         let size = |tag, name| {
@@ -335,6 +349,7 @@ fn header(file: &Path) -> Result<Header, DicomProblem> {
         Ok(Header {
             file: file.to_path_buf(),
             bytes: std::fs::metadata(file).map_or(0, |m| m.len()),
+            pixel_bytes,
             series: attributes.text(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
             number: attributes
                 .optional(tags::SERIES_NUMBER)
@@ -521,6 +536,18 @@ impl Geometry {
                     ),
                 });
             }
+            // Native pixel data must hold every pixel the header declares (8 bits or more each).
+            let needed = pixels * (slice.bits.max(8) as u64 / 8);
+            if let Some(held) = slice.pixel_bytes.filter(|&held| u64::from(held) < needed) {
+                return Err(DicomProblem::MissingAttribute {
+                    file: slice.file.clone(),
+                    attribute: "PixelData",
+                    reason: format!(
+                        "{held} bytes, but {} x {} pixels of {} bits need {needed}",
+                        slice.rows, slice.columns, slice.bits
+                    ),
+                });
+            }
             if [slice.rows, slice.columns] != [first.rows, first.columns] {
                 return Err(DicomProblem::MixedSize {
                     file: slice.file.clone(),
@@ -640,17 +667,13 @@ impl Geometry {
 
 /// Decodes one slice's pixels with the modality LUT (rescale slope and intercept of that
 /// file) into `out` (`Rows * Columns` values, row-major).
-fn decode(file: &Path, out: &mut [f32]) -> Result<(), DicomProblem> {
+fn decode(file: &Path, limits: &ReadLimits, out: &mut [f32]) -> Result<(), DicomProblem> {
     guarded(file, || {
         let unreadable = |reason: String| DicomProblem::Unreadable {
             file: file.to_path_buf(),
             reason,
         };
-        let object = OpenFileOptions::new()
-            .open_file(file)
-            .map_err(|err| unreadable(err.to_string()))?;
-        // RLE frames open with a 64-byte header whose first number counts the segments (at
-        // most 15, PS3.5 G.3.1); dicom-rs allocates that many offsets before checking.
+        let object = dicom_read::read_whole(file, limits).map_err(unreadable)?;
         if object.meta().transfer_syntax().trim_end_matches(['\0', ' ']) == RLE_LOSSLESS {
             let fragments = object
                 .element_opt(tags::PIXEL_DATA)
@@ -658,14 +681,7 @@ fn decode(file: &Path, out: &mut [f32]) -> Result<(), DicomProblem> {
                 .flatten()
                 .and_then(|pixels| pixels.value().fragments());
             for fragment in fragments.unwrap_or_default() {
-                let segments = fragment.get(..4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
-                if fragment.len() < 64 || segments.is_none_or(|n| n > 15) {
-                    let segments = segments.map_or_else(|| "no".to_string(), |n| n.to_string());
-                    return Err(unreadable(format!(
-                        "an RLE frame of {} bytes and {segments} segments (a 64-byte header, at most 15)",
-                        fragment.len()
-                    )));
-                }
+                dicom_rle::check_frame(fragment, out.len()).map_err(unreadable)?;
             }
         }
         let pixels = object.decode_pixel_data().map_err(|err| unreadable(err.to_string()))?;
@@ -708,6 +724,7 @@ mod tests {
         Header {
             file: PathBuf::from(format!("{position:?}")),
             bytes: 1 << 20,
+            pixel_bytes: Some(32),
             series: "1.2".to_string(),
             number: Some(1),
             description: String::new(),

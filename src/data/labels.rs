@@ -186,22 +186,27 @@ impl LabelledScans {
         if scans.is_empty() {
             return Err(invalid(None, "no scans: the file has a header but no rows".into()));
         }
-        let classes = scans.iter().map(|s| s.label).max().unwrap_or(0) + 1;
-        let mut counts = vec![0usize; classes];
-        scans.iter().for_each(|s| counts[s.label] += 1);
+        // Classes from the labels present (sorted, distinct): the first gap is a class
+        // without scans. Nothing is sized by a label's value, which a file chooses (a label
+        // near usize::MAX overflowed `max + 1`, 10^15 asked for 8 PB of counts).
+        let mut present: Vec<usize> = scans.iter().map(|s| s.label).collect();
+        present.sort_unstable();
+        present.dedup();
+        if let Some(empty) = present.iter().enumerate().position(|(i, &label)| label != i) {
+            let top = present[present.len() - 1];
+            return Err(invalid(
+                None,
+                format!(
+                    "no scan has label {empty}, though labels go up to {top}: number the classes 0..{} without gaps",
+                    present.len()
+                ),
+            ));
+        }
+        let classes = present.len();
         if classes < 2 {
             return Err(invalid(
                 None,
                 "every scan has label 0: a classifier needs at least two classes".into(),
-            ));
-        }
-        if let Some(empty) = counts.iter().position(|&n| n == 0) {
-            return Err(invalid(
-                None,
-                format!(
-                    "no scan has label {empty}, though labels go up to {}: number the classes 0..{classes} without gaps",
-                    classes - 1
-                ),
             ));
         }
         if split_col.is_none() {

@@ -20,9 +20,11 @@ mod dataset;
 #[cfg(feature = "dicom")]
 mod dicom;
 #[cfg(feature = "dicom")]
-mod dicom_lengths;
-#[cfg(feature = "dicom")]
 pub(crate) mod dicom_problem;
+#[cfg(feature = "dicom")]
+mod dicom_read;
+#[cfg(feature = "dicom")]
+mod dicom_rle;
 mod labels;
 mod pipeline;
 mod rng;
@@ -32,7 +34,7 @@ pub use cache::{CacheStats, VolumeCache};
 #[cfg(feature = "train")]
 pub use dataset::{ScanBatch, ScanBatcher, ScanDataset, ScanItem, read_scan};
 #[cfg(feature = "dicom")]
-pub use dicom::{DicomVolume, VOLUME_MODALITIES, list_series, read_series};
+pub use dicom::{DicomVolume, VOLUME_MODALITIES, list_series, read_series, read_series_with_limits};
 #[cfg(feature = "dicom")]
 pub use dicom_problem::{DicomProblem, SeriesInfo};
 pub use labels::{LabelledScan, LabelledScans, Split};

@@ -23,9 +23,11 @@
 //! # }
 //! ```
 
+mod limits;
 mod volume;
 
 #[cfg(feature = "nifti")]
 pub use crate::nifti::{Placement, nifti_affine};
-pub(crate) use volume::resampled_grid;
+pub use limits::ReadLimits;
 pub use volume::{IMAGENET_GREY_MEAN, IMAGENET_GREY_STD, MAX_VOXELS, Volume, Window};
+pub(crate) use volume::{check_spacing, resampled_grid};

@@ -334,7 +334,7 @@ fn voxel_count(shape: [usize; 3]) -> Option<usize> {
 }
 
 /// Every spacing must be a positive length in mm.
-fn check_spacing(name: &str, spacing: [f32; 3]) -> Result<()> {
+pub(crate) fn check_spacing(name: &str, spacing: [f32; 3]) -> Result<()> {
     if spacing.iter().all(|&s| s.is_finite() && s > 0.0) {
         Ok(())
     } else {

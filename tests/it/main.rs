@@ -3,6 +3,8 @@
 mod acs;
 mod bf16;
 mod common;
+#[cfg(all(feature = "nifti", feature = "dicom"))]
+mod corpora;
 #[cfg(feature = "dicom")]
 mod dicom;
 mod errors;
@@ -21,6 +23,7 @@ mod optim;
 mod pictures;
 mod properties;
 mod pytorch;
+mod readers;
 mod record;
 mod soundness;
 mod tracking;

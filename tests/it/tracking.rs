@@ -71,3 +71,17 @@ pub fn held_after<T>(f: impl FnOnce() -> T) -> (T, usize) {
     let held = HELD.with(Cell::get) - start;
     (out, held.max(0) as usize)
 }
+
+/// [`peak_during`] with rayon's parallel work counted too: `f` runs in a rayon pool of this
+/// one thread (made once per test thread: rayon keeps a thread in the first pool it joins),
+/// so that every allocation it makes, on any "worker", is this thread's.
+pub fn peak_with_rayon_here<T: Send>(f: impl FnOnce() -> T + Send) -> (T, usize) {
+    thread_local! {
+        static POOL: rayon::ThreadPool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .use_current_thread()
+            .build()
+            .expect("a pool of this thread");
+    }
+    POOL.with(|pool| peak_during(|| pool.install(f)))
+}

@@ -1,71 +1,13 @@
-//! NIfTI-1 volumes (`.nii`, `.nii.gz`) into a [`Volume`] and back out, with their place in
-//! the scanner (the affine), through the `nifti` crate (feature `nifti`, on by default).
+//! Writing a [`Volume`] as a NIfTI-1 file through the `nifti` crate's writer.
 
 use std::path::{Path, PathBuf};
 
+use nifti::NiftiHeader;
 use nifti::writer::WriterOptions;
-use nifti::{Endianness, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
 
+use super::read_header;
 use crate::error::{Error, Result};
 use crate::preprocess::Volume;
-
-impl Volume {
-    /// Reads a 3-D NIfTI-1 file, gzipped or not, with its voxel spacing.
-    ///
-    /// Voxel values are rescaled by the header's `scl_slope` and `scl_inter` (CT files store
-    /// Hounsfield units that way). NIfTI stores `x` fastest, so the file's `(x, y, z)` become
-    /// the volume's `(width, height, depth)`, and `pixdim[1..4]` its spacing. The orientation
-    /// (qform/sform) is not applied: axes stay as stored.
-    ///
-    /// # Errors
-    /// [`Error::FileNotFound`], [`Error::Corrupt`] for a file the reader refuses,
-    /// [`Error::InvalidVolume`] for a volume that is not 3-D (a 4-D file with one time point is
-    /// accepted), of an element type without a real value (complex, RGB), or with a spacing
-    /// that is not positive.
-    pub fn from_nifti(path: impl AsRef<Path>) -> Result<Volume> {
-        let path = path.as_ref();
-        if !path.exists() {
-            return Err(Error::FileNotFound {
-                path: path.to_path_buf(),
-            });
-        }
-        let corrupt = |reason: String| Error::Corrupt {
-            path: path.to_path_buf(),
-            format: "NIfTI",
-            reason,
-        };
-        let object = ReaderOptions::new()
-            .read_file(path)
-            .map_err(|err| corrupt(err.to_string()))?;
-        let header = object.header().clone();
-        let invalid = |what: String| Error::InvalidVolume {
-            what: format!("{}: {what}", path.display()),
-        };
-        let rank = usize::from(header.dim[0]);
-        let extra: usize = header.dim[4..=rank.clamp(3, 7)]
-            .iter()
-            .map(|&d| usize::from(d.max(1)))
-            .product();
-        if !(3..=7).contains(&rank) || extra != 1 {
-            return Err(invalid(format!(
-                "dim {:?} is not a 3-D volume",
-                &header.dim[..=rank.min(7)]
-            )));
-        }
-        let [x, y, z] = [1, 2, 3].map(|a| usize::from(header.dim[a]));
-        let spacing = [header.pixdim[3], header.pixdim[2], header.pixdim[1]].map(f32::abs);
-        let datatype = header.data_type().map_err(|err| corrupt(err.to_string()))?;
-        let raw = object.into_volume().into_raw_data();
-        let mut data = decode(&raw, datatype, header.endianness)
-            .ok_or_else(|| invalid(format!("element type {datatype:?} has no real value per voxel")))?;
-        // NIfTI: a slope of 0 means the values are stored as they are.
-        if header.scl_slope != 0.0 && (header.scl_slope != 1.0 || header.scl_inter != 0.0) {
-            data.iter_mut()
-                .for_each(|v| *v = *v * header.scl_slope + header.scl_inter);
-        }
-        Volume::new(data, [z, y, x], spacing)
-    }
-}
 
 /// Where a volume written by [`Volume::save_nifti`] sits in the scanner.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,7 +32,7 @@ impl Volume {
     /// # Errors
     /// [`Error::InvalidVolume`] if the volume's fields no longer agree or an extent does not
     /// fit NIfTI-1's 16 bits, or the affine is singular or not finite; the reading errors of
-    /// [`nifti_affine`] for a reference file; [`Error::Io`] if the file cannot be written.
+    /// [`nifti_affine`](super::nifti_affine) for a reference file; [`Error::Io`] if the file cannot be written.
     pub fn save_nifti(&self, path: impl AsRef<Path>, placement: &Placement) -> Result<()> {
         let path = path.as_ref();
         let invalid = |what: String| Error::InvalidVolume { what };
@@ -128,76 +70,6 @@ impl Volume {
                 source: std::io::Error::other(err.to_string()),
             })
     }
-}
-
-/// The voxel-to-RAS+ affine of a NIfTI-1 file by the standard's precedence: the sform when
-/// `sform_code > 0`, else the qform (quaternion, voxel size, `qfac = pixdim[0]`) when
-/// `qform_code > 0`, else the voxel size alone (the standard's "method 1"). Voxel `(i, j, k)`
-/// is the file's `(x, y, z)` index, i.e. a [`Volume`]'s (width, height, depth).
-///
-/// # Errors
-/// [`Error::FileNotFound`], [`Error::Corrupt`] for a header the reader refuses.
-pub fn nifti_affine(path: impl AsRef<Path>) -> Result<[[f64; 4]; 4]> {
-    let header = read_header(path.as_ref())?;
-    let pixdim = |a: usize| f64::from(header.pixdim[a]);
-    let mut affine = [[0.0, 0.0, 0.0, 0.0], [0.0; 4], [0.0; 4], [0.0, 0.0, 0.0, 1.0]];
-    if header.sform_code > 0 {
-        for (row, srow) in [header.srow_x, header.srow_y, header.srow_z].iter().enumerate() {
-            affine[row] = srow.map(f64::from);
-        }
-    } else if header.qform_code > 0 {
-        let [b, c, d] = [header.quatern_b, header.quatern_c, header.quatern_d].map(f64::from);
-        let rotation = rotation_of([(1.0 - (b * b + c * c + d * d)).max(0.0).sqrt(), b, c, d]);
-        let qfac = if pixdim(0) < 0.0 { -1.0 } else { 1.0 };
-        let scale = [pixdim(1), pixdim(2), qfac * pixdim(3)];
-        let offset = [header.quatern_x, header.quatern_y, header.quatern_z].map(f64::from);
-        for row in 0..3 {
-            for col in 0..3 {
-                affine[row][col] = rotation[row][col] * scale[col];
-            }
-            affine[row][3] = offset[row];
-        }
-    } else {
-        for (axis, row) in affine.iter_mut().take(3).enumerate() {
-            row[axis] = pixdim(axis + 1);
-        }
-    }
-    Ok(affine)
-}
-
-/// The header of a NIfTI-1 file, without its voxels.
-fn read_header(path: &Path) -> Result<NiftiHeader> {
-    if !path.exists() {
-        return Err(Error::FileNotFound {
-            path: path.to_path_buf(),
-        });
-    }
-    NiftiHeader::from_file(path).map_err(|err| Error::Corrupt {
-        path: path.to_path_buf(),
-        format: "NIfTI",
-        reason: err.to_string(),
-    })
-}
-
-/// The rotation of unit quaternion `[a, b, c, d]` (NIfTI-1's qform formula).
-fn rotation_of([a, b, c, d]: [f64; 4]) -> [[f64; 3]; 3] {
-    [
-        [
-            a * a + b * b - c * c - d * d,
-            2.0 * (b * c - a * d),
-            2.0 * (b * d + a * c),
-        ],
-        [
-            2.0 * (b * c + a * d),
-            a * a + c * c - b * b - d * d,
-            2.0 * (c * d - a * b),
-        ],
-        [
-            2.0 * (b * d - a * c),
-            2.0 * (c * d + a * b),
-            a * a + d * d - c * c - b * b,
-        ],
-    ]
 }
 
 /// A header placing voxels by `affine`: sform as given, qform from its rotation (the
@@ -280,43 +152,10 @@ fn header_for(affine: &[[f64; 4]; 4]) -> Result<NiftiHeader> {
     Ok(header)
 }
 
-/// Voxel bytes of `datatype` to `f32`; `None` for element types without one real value.
-fn decode(raw: &[u8], datatype: NiftiType, endianness: Endianness) -> Option<Vec<f32>> {
-    let little = matches!(endianness, Endianness::Little);
-    macro_rules! read {
-        ($t:ty) => {{
-            const N: usize = std::mem::size_of::<$t>();
-            raw.chunks_exact(N)
-                .map(|c| {
-                    let mut bytes = [0u8; N];
-                    bytes.copy_from_slice(c);
-                    (if little {
-                        <$t>::from_le_bytes(bytes)
-                    } else {
-                        <$t>::from_be_bytes(bytes)
-                    }) as f32
-                })
-                .collect()
-        }};
-    }
-    Some(match datatype {
-        NiftiType::Uint8 => raw.iter().map(|&b| b as f32).collect(),
-        NiftiType::Int8 => raw.iter().map(|&b| b as i8 as f32).collect(),
-        NiftiType::Int16 => read!(i16),
-        NiftiType::Uint16 => read!(u16),
-        NiftiType::Int32 => read!(i32),
-        NiftiType::Uint32 => read!(u32),
-        NiftiType::Int64 => read!(i64),
-        NiftiType::Uint64 => read!(u64),
-        NiftiType::Float32 => read!(f32),
-        NiftiType::Float64 => read!(f64),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nifti::rotation_of;
 
     /// An oblique, left-handed affine survives header_for: the sform as given, and the
     /// qform rebuilt from the stored quaternion gives the same matrix.
