@@ -424,3 +424,40 @@ fn inputs_the_fuzzer_found_are_errors_naming_the_file() {
         assert!(peak < 256 << 10, "{name}: peak {peak} bytes");
     }
 }
+
+/// The caller's limits: a series of more voxels than `max_voxels` is refused before its pixel
+/// data is read (ct: 7 slices of 10 x 12 = 840 voxels), and a deflated file may inflate to at
+/// most `max_inflated_bytes` (ct_deflate's data sets inflate to about 1.1 KB each).
+#[test]
+fn read_limits_bound_the_volume_and_the_inflated_bytes() {
+    use resnet3d::preprocess::ReadLimits;
+    let small = ReadLimits::default().with_max_voxels(839);
+    let (result, peak) = crate::tracking::peak_with_rayon_here(|| Volume::from_dicom_with_limits(dir("ct"), &small));
+    match result.unwrap_err() {
+        Error::InvalidVolume { what } => assert!(
+            what.contains("7 slices of 10 x 12 pixels") && what.contains("limit of 839 voxels"),
+            "{what}"
+        ),
+        other => panic!("{other}"),
+    }
+    // Seven headers read (a buffer and a parsed header each), no pixel data: under 1 MiB.
+    assert!(peak < 1 << 20, "peak {peak}");
+    assert_eq!(
+        Volume::from_dicom_with_limits(dir("ct"), &ReadLimits::default().with_max_voxels(840))
+            .unwrap()
+            .shape,
+        [7, 10, 12]
+    );
+    let tight = ReadLimits::default().with_max_inflated_bytes(200);
+    match problem(Volume::from_dicom_with_limits(dir("ct_deflate"), &tight)) {
+        DicomProblem::Unreadable { reason, .. } => {
+            assert!(reason.contains("the deflated data set inflates to at most"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let roomy = ReadLimits::default().with_max_inflated_bytes(64 << 10);
+    assert_eq!(
+        Volume::from_dicom_with_limits(dir("ct_deflate"), &roomy).unwrap(),
+        Volume::from_dicom(dir("ct")).unwrap()
+    );
+}
