@@ -34,7 +34,7 @@ use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry
 use rayon::prelude::*;
 
 use crate::data::dicom_problem::{DicomProblem, SeriesInfo};
-use crate::data::{dicom_read, dicom_rle};
+use crate::data::{dicom_frames, dicom_read};
 use crate::error::{Error, Result};
 use crate::preprocess::{ReadLimits, Volume};
 
@@ -49,8 +49,6 @@ const GAP_STEP: f64 = 1.5;
 /// Distance off the normal's line allowed per mm along it (tan 0.57 degrees), plus an absolute
 /// 0.01 mm for positions rounded in the header; more is a gantry tilt.
 const TILT_SLOPE: f64 = 0.01;
-/// The RLE Lossless transfer syntax.
-const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// Largest number of rows or columns of a slice (CT and MR have 256 to 1024; larger headers
 /// are damaged, and the decoder would allocate for them).
 const MAX_SIDE: usize = 16384;
@@ -186,6 +184,13 @@ pub fn read_series_with_limits(dir: impl AsRef<Path>, uid: Option<&str>, limits:
         }));
     }
     let geometry = Geometry::of(&slices).map_err(fail)?;
+    // Every compressed frame fits its header before the volume is allocated for them.
+    if let Some((slice, Err(why))) = slices.iter().map(|s| (s, &s.frame)).find(|(_, f)| f.is_err()) {
+        return Err(fail(DicomProblem::Unreadable {
+            file: slice.file.clone(),
+            reason: why.clone(),
+        }));
+    }
 
     let [rows, columns] = geometry.size;
     let plane = rows * columns;
@@ -207,7 +212,7 @@ pub fn read_series_with_limits(dir: impl AsRef<Path>, uid: Option<&str>, limits:
     data.resize(len, 0.0);
     data.par_chunks_mut(plane)
         .zip(geometry.order.par_iter())
-        .try_for_each(|(out, &slice)| decode(&slices[slice].file, limits, out))
+        .try_for_each(|(out, &slice)| decode(&slices[slice], limits, out))
         .map_err(fail)?;
     if let Some(at) = data.iter().position(|v| !v.is_finite()) {
         return Err(Error::InvalidVolume {
@@ -236,6 +241,24 @@ pub fn read_series_with_limits(dir: impl AsRef<Path>, uid: Option<&str>, limits:
     })
 }
 
+/// The attributes the header pass keeps (every other element is read, bounded, and dropped).
+const HEADER_TAGS: [Tag; 14] = [
+    tags::SERIES_INSTANCE_UID,
+    tags::SERIES_NUMBER,
+    tags::SERIES_DESCRIPTION,
+    tags::MODALITY,
+    tags::NUMBER_OF_FRAMES,
+    tags::SAMPLES_PER_PIXEL,
+    tags::PHOTOMETRIC_INTERPRETATION,
+    tags::BITS_ALLOCATED,
+    tags::ROWS,
+    tags::COLUMNS,
+    tags::IMAGE_POSITION_PATIENT,
+    tags::IMAGE_ORIENTATION_PATIENT,
+    tags::PIXEL_SPACING,
+    tags::SLICE_THICKNESS,
+];
+
 /// The attributes of one file that grouping and checking need.
 #[derive(Debug, Clone)]
 struct Header {
@@ -244,6 +267,9 @@ struct Header {
     bytes: u64,
     /// The declared length of a native PixelData (`None` when encapsulated or absent).
     pixel_bytes: Option<u32>,
+    /// Why an encapsulated frame does not fit the header (`dicom_frames`), reported once the
+    /// series' transfer syntax is known to be decodable.
+    frame: Result<(), String>,
     series: String,
     number: Option<i64>,
     description: String,
@@ -330,9 +356,11 @@ fn guarded<T>(file: &Path, read: impl FnOnce() -> Result<T, DicomProblem>) -> Re
 fn header(file: &Path, limits: &ReadLimits) -> Result<Header, DicomProblem> {
     guarded(file, || {
         let (object, pixel_bytes) =
-            dicom_read::read_header(file, limits).map_err(|reason| DicomProblem::Unreadable {
-                file: file.to_path_buf(),
-                reason,
+            dicom_read::read_header(file, limits, |tag| HEADER_TAGS.contains(&tag)).map_err(|reason| {
+                DicomProblem::Unreadable {
+                    file: file.to_path_buf(),
+                    reason,
+                }
             })?;
         let attributes = Attributes { file, object: &object };
         let size = |tag, name| {
@@ -346,10 +374,11 @@ fn header(file: &Path, limits: &ReadLimits) -> Result<Header, DicomProblem> {
         if pixel_spacing.iter().any(|&s| s <= 0.0) {
             return Err(attributes.malformed("PixelSpacing", format!("{pixel_spacing:?} is not positive")));
         }
-        Ok(Header {
+        let mut header = Header {
             file: file.to_path_buf(),
             bytes: std::fs::metadata(file).map_or(0, |m| m.len()),
             pixel_bytes,
+            frame: Ok(()),
             series: attributes.text(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
             number: attributes
                 .optional(tags::SERIES_NUMBER)
@@ -388,8 +417,33 @@ fn header(file: &Path, limits: &ReadLimits) -> Result<Header, DicomProblem> {
                 .optional(tags::SLICE_THICKNESS)
                 .and_then(|e| e.to_float64().ok())
                 .filter(|t| t.is_finite() && *t > 0.0),
-        })
+        };
+        header.frame = fragments(&object).map_or(Ok(()), |fragments| {
+            dicom_frames::check(&header.transfer_syntax, fragments, &header.frame_shape())
+        });
+        Ok(header)
     })
+}
+
+/// The fragments of the object's encapsulated pixel data, if it has one.
+fn fragments(object: &DefaultDicomObject) -> Option<&[Vec<u8>]> {
+    object
+        .element_opt(tags::PIXEL_DATA)
+        .ok()
+        .flatten()
+        .and_then(|pixels| pixels.value().fragments())
+}
+
+impl Header {
+    /// What the header says of its one frame.
+    fn frame_shape(&self) -> dicom_frames::Frame {
+        dicom_frames::Frame {
+            rows: self.rows,
+            columns: self.columns,
+            bits: self.bits,
+            samples: self.samples,
+        }
+    }
 }
 
 /// Typed reads of one object's attributes, with errors naming the file and attribute.
@@ -666,23 +720,21 @@ impl Geometry {
 }
 
 /// Decodes one slice's pixels with the modality LUT (rescale slope and intercept of that
-/// file) into `out` (`Rows * Columns` values, row-major).
-fn decode(file: &Path, limits: &ReadLimits, out: &mut [f32]) -> Result<(), DicomProblem> {
+/// file) into `out` (`Rows * Columns` values, row-major). The compressed frame is checked
+/// against the slice's header first (`dicom_frames`): dicom-rs's decoders size their output
+/// by the frame's own header.
+fn decode(slice: &Header, limits: &ReadLimits, out: &mut [f32]) -> Result<(), DicomProblem> {
+    let file = &slice.file;
     guarded(file, || {
         let unreadable = |reason: String| DicomProblem::Unreadable {
             file: file.to_path_buf(),
             reason,
         };
-        let object = dicom_read::read_whole(file, limits).map_err(unreadable)?;
-        if object.meta().transfer_syntax().trim_end_matches(['\0', ' ']) == RLE_LOSSLESS {
-            let fragments = object
-                .element_opt(tags::PIXEL_DATA)
-                .ok()
-                .flatten()
-                .and_then(|pixels| pixels.value().fragments());
-            for fragment in fragments.unwrap_or_default() {
-                dicom_rle::check_frame(fragment, out.len()).map_err(unreadable)?;
-            }
+        // The image pixel module (group 0028: sizes, bits, rescale, LUTs) and the pixels.
+        let object = dicom_read::read_whole(file, limits, |tag| tag.group() == 0x0028).map_err(unreadable)?;
+        // Checked again: the file may have changed since its header was read.
+        if let Some(fragments) = fragments(&object) {
+            dicom_frames::check(&slice.transfer_syntax, fragments, &slice.frame_shape()).map_err(unreadable)?;
         }
         let pixels = object.decode_pixel_data().map_err(|err| unreadable(err.to_string()))?;
         let values: Vec<f32> = pixels
@@ -725,6 +777,7 @@ mod tests {
             file: PathBuf::from(format!("{position:?}")),
             bytes: 1 << 20,
             pixel_bytes: Some(32),
+            frame: Ok(()),
             series: "1.2".to_string(),
             number: Some(1),
             description: String::new(),

@@ -12,17 +12,23 @@
 //! more than the file holds), its element headers decoded by dicom-rs's decoder and each
 //! length checked against what is left of the group, then given to dicom-rs whole.
 //!
-//! So no allocation made while reading a file exceeds the file's own content (inflated, for
-//! deflated files), whatever the header says; the fuzz target `dicom` runs under a malloc
-//! limit to keep it so.
+//! The data set is read as a flat loop over dicom-rs's tokens ([`collect`]): the top-level
+//! elements a pass needs are kept, sequences are read and dropped (never built into nested
+//! objects, which dicom-object does by recursion), and at most [`MAX_ELEMENTS`] elements and
+//! [`MAX_FRAGMENTS`] pixel fragments are kept. So no allocation made while reading a file
+//! exceeds the file's own content (inflated, for deflated files), whatever the header says,
+//! and what is kept is bounded by the file and those counts; the fuzz targets `dicom` and
+//! `dicom_series` run under a malloc limit to keep it so.
 
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read};
 use std::path::Path;
 
+use dicom_core::VR;
 use dicom_core::header::{DataElementHeader, SequenceItemHeader, Tag};
+use dicom_core::value::PixelFragmentSequence;
 use dicom_core::value::PrimitiveValue;
-use dicom_dictionary_std::{StandardDataDictionary, tags};
+use dicom_dictionary_std::tags;
 use dicom_encoding::Codec;
 use dicom_encoding::decode::Decode;
 use dicom_encoding::decode::explicit_le::ExplicitVRLittleEndianDecoder;
@@ -50,11 +56,43 @@ struct Opened {
     decoder: Bounded<DynStatefulDecoder<Box<dyn Read>>>,
 }
 
-/// The header of the file at `file`: its meta group and the top-level elements before the
-/// pixel data (sequences are read, bounded, and dropped), with the pixel data's declared
-/// length (`None` when it is absent or encapsulated).
-pub(super) fn read_header(file: &Path, limits: &ReadLimits) -> Result<(DefaultDicomObject, Option<u32>), String> {
-    let mut opened = open(file, limits)?;
+/// Top-level elements kept of a file (more is refused: a slice has a few hundred).
+const MAX_ELEMENTS: usize = 10_000;
+/// Fragments kept of an encapsulated pixel data element (one frame is read).
+const MAX_FRAGMENTS: usize = 65_536;
+/// Sequences nested deeper are refused (real data sets nest a few levels).
+const MAX_DEPTH: usize = 64;
+
+/// The header of the file at `file`: its meta group and the top-level elements `keep`
+/// chooses, up to the pixel data, with the pixel data's declared length (`None` when it is
+/// absent or encapsulated). An encapsulated pixel data's fragments are kept too (compressed,
+/// bounded by the file), so that its frame can be checked before a volume is allocated.
+pub(super) fn read_header(
+    file: &Path,
+    limits: &ReadLimits,
+    keep: fn(Tag) -> bool,
+) -> Result<(DefaultDicomObject, Option<u32>), String> {
+    collect(open(file, limits, keep)?, false)
+}
+
+/// The file at `file` with the top-level elements `keep` chooses and its pixel data (native,
+/// or the fragments of an encapsulated one).
+pub(super) fn read_whole(
+    file: &Path,
+    limits: &ReadLimits,
+    keep: fn(Tag) -> bool,
+) -> Result<DefaultDicomObject, String> {
+    collect(open(file, limits, keep)?, true).map(|(object, _)| object)
+}
+
+/// Runs dicom-rs's data set reader over `opened` (bounded) as a flat loop: top-level
+/// primitive elements that the decoder's `keep` chooses are kept; sequences are walked (at
+/// most [`MAX_DEPTH`] deep) and dropped, never built into nested objects (dicom-object builds
+/// them by recursion: 3,000 nested sequences, 109 KB, overflowed the stack; and each item
+/// costs a kilobyte of map). A native pixel data stops the loop unless `pixels` asks for it;
+/// an encapsulated one is kept (its fragments) and ends it.
+fn collect(mut opened: Opened, pixels: bool) -> Result<(DefaultDicomObject, Option<u32>), String> {
+    let keep = opened.decoder.keep;
     let mut elements = Vec::new();
     let mut pixel_bytes = None;
     let mut failed = None;
@@ -62,6 +100,8 @@ pub(super) fn read_header(file: &Path, limits: &ReadLimits) -> Result<(DefaultDi
         let tokens = DataSetReader::new(&mut opened.decoder, DataSetReaderOptions::default());
         let mut depth = 0usize;
         let mut pending: Option<DataElementHeader> = None;
+        // The encapsulated pixel data being read: offset table and fragments.
+        let mut encapsulated: Option<(Vec<u32>, Vec<Vec<u8>>)> = None;
         for token in tokens {
             let token = match token {
                 Ok(token) => token,
@@ -70,21 +110,57 @@ pub(super) fn read_header(file: &Path, limits: &ReadLimits) -> Result<(DefaultDi
                     break;
                 }
             };
-            match token {
-                DataToken::ElementHeader(header) if depth == 0 && header.tag >= tags::PIXEL_DATA => {
-                    if header.tag == tags::PIXEL_DATA {
-                        pixel_bytes = header.len.get();
+            if let Some((table, fragments)) = encapsulated.as_mut() {
+                match token {
+                    DataToken::OffsetTable(offsets) => *table = offsets,
+                    DataToken::ItemValue(bytes) if fragments.len() < MAX_FRAGMENTS => fragments.push(bytes),
+                    DataToken::ItemValue(_) => {
+                        failed = Some(format!("the pixel data has more than {MAX_FRAGMENTS} fragments"));
+                        break;
                     }
-                    break;
+                    DataToken::SequenceEnd => {
+                        let (table, fragments) = encapsulated.take().unwrap_or_default();
+                        let sequence = PixelFragmentSequence::new(table, fragments);
+                        elements.push(InMemElement::new(tags::PIXEL_DATA, VR::OB, sequence));
+                        break;
+                    }
+                    _ => {}
                 }
-                DataToken::PixelSequenceStart if depth == 0 => break,
+                continue;
+            }
+            match token {
+                DataToken::ElementHeader(header) if depth == 0 && header.tag == tags::PIXEL_DATA => {
+                    pixel_bytes = header.len.get();
+                    if !pixels {
+                        break;
+                    }
+                    pending = Some(header);
+                }
+                DataToken::PixelSequenceStart if depth == 0 => encapsulated = Some(Default::default()),
                 DataToken::ElementHeader(header) => pending = Some(header),
                 DataToken::PrimitiveValue(value) => {
-                    if let Some(header) = pending.take().filter(|_| depth == 0) {
+                    let header = pending
+                        .take()
+                        .filter(|h| depth == 0 && (h.tag == tags::PIXEL_DATA || keep(h.tag)));
+                    if let Some(header) = header {
+                        if elements.len() == MAX_ELEMENTS {
+                            failed = Some(format!("the data set has more than {MAX_ELEMENTS} elements"));
+                            break;
+                        }
+                        let last = header.tag == tags::PIXEL_DATA;
                         elements.push(InMemElement::new(header.tag, header.vr, value));
+                        if last {
+                            break;
+                        }
                     }
                 }
-                DataToken::SequenceStart { .. } | DataToken::PixelSequenceStart => depth += 1,
+                DataToken::SequenceStart { .. } | DataToken::PixelSequenceStart => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        failed = Some(format!("sequences nested more than {MAX_DEPTH} deep"));
+                        break;
+                    }
+                }
                 DataToken::SequenceEnd => depth = depth.saturating_sub(1),
                 _ => {}
             }
@@ -97,17 +173,7 @@ pub(super) fn read_header(file: &Path, limits: &ReadLimits) -> Result<(DefaultDi
     Ok((object, pixel_bytes))
 }
 
-/// The whole file at `file`, pixel data included.
-pub(super) fn read_whole(file: &Path, limits: &ReadLimits) -> Result<DefaultDicomObject, String> {
-    let mut opened = open(file, limits)?;
-    let object = InMemDicomObject::read_dataset_with_dict(&mut opened.decoder, StandardDataDictionary);
-    if let Some(why) = opened.decoder.refused.take() {
-        return Err(why);
-    }
-    Ok(object.map_err(|err| err.to_string())?.with_exact_meta(opened.meta))
-}
-
-fn open(file: &Path, limits: &ReadLimits) -> Result<Opened, String> {
+fn open(file: &Path, limits: &ReadLimits, keep: fn(Tag) -> bool) -> Result<Opened, String> {
     let io = |err: std::io::Error| err.to_string();
     let handle = File::open(file).map_err(io)?;
     let size = handle.metadata().map_err(io)?.len();
@@ -150,6 +216,7 @@ fn open(file: &Path, limits: &ReadLimits) -> Result<Opened, String> {
             inner,
             limit,
             deflated: matches!(ts.codec(), Codec::Dataset(Some(_))),
+            keep,
             refused: None,
         },
     })
@@ -240,6 +307,9 @@ struct Bounded<D> {
     /// deflated one).
     limit: u64,
     deflated: bool,
+    /// Top-level elements whose values are wanted; any other value is skipped, not read
+    /// (PixelData and SpecificCharacterSet are always read).
+    keep: fn(Tag) -> bool,
     refused: Option<String>,
 }
 
@@ -260,6 +330,18 @@ impl<D: StatefulDecode> Bounded<D> {
             what()
         ));
         Err(DecodeError::AllocateValueData { len })
+    }
+
+    /// Checks a value's length, and skips the value (`true`) when it is not wanted: nothing
+    /// is allocated for it (4 MB of backslashes in a UC value became 100 MB of strings).
+    fn skipped(&mut self, header: &DataElementHeader) -> DecodeResult<bool> {
+        self.allow_header(header)?;
+        let wanted =
+            (self.keep)(header.tag) || header.tag == tags::PIXEL_DATA || header.tag == tags::SPECIFIC_CHARACTER_SET;
+        match header.len.get() {
+            Some(len) if !wanted => self.inner.skip_bytes(len).map(|()| true),
+            _ => Ok(false),
+        }
     }
 
     fn allow_header(&mut self, header: &DataElementHeader) -> DecodeResult<()> {
@@ -292,17 +374,23 @@ impl<D: StatefulDecode> StatefulDecode for Bounded<D> {
     }
 
     fn read_value(&mut self, header: &DataElementHeader) -> DecodeResult<PrimitiveValue> {
-        self.allow_header(header)?;
+        if self.skipped(header)? {
+            return Ok(PrimitiveValue::Empty);
+        }
         self.inner.read_value(header)
     }
 
     fn read_value_preserved(&mut self, header: &DataElementHeader) -> DecodeResult<PrimitiveValue> {
-        self.allow_header(header)?;
+        if self.skipped(header)? {
+            return Ok(PrimitiveValue::Empty);
+        }
         self.inner.read_value_preserved(header)
     }
 
     fn read_value_bytes(&mut self, header: &DataElementHeader) -> DecodeResult<PrimitiveValue> {
-        self.allow_header(header)?;
+        if self.skipped(header)? {
+            return Ok(PrimitiveValue::Empty);
+        }
         self.inner.read_value_bytes(header)
     }
 

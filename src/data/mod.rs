@@ -20,11 +20,11 @@ mod dataset;
 #[cfg(feature = "dicom")]
 mod dicom;
 #[cfg(feature = "dicom")]
+mod dicom_frames;
+#[cfg(feature = "dicom")]
 pub(crate) mod dicom_problem;
 #[cfg(feature = "dicom")]
 mod dicom_read;
-#[cfg(feature = "dicom")]
-mod dicom_rle;
 mod labels;
 mod pipeline;
 mod rng;

@@ -208,32 +208,26 @@ impl Element {
 }
 
 /// The volume file of the `.hdr` at `path`: `.img` beside it, or `.img.gz` (the `.gz` form
-/// first for a gzipped header).
+/// first for a gzipped header). Names are changed through `Path`, so any path the system
+/// allows works (non-UTF-8 ones included).
 fn image_file(path: &Path) -> Result<PathBuf> {
-    let name = path.to_string_lossy();
-    let (stem, gz_first) = if let Some(stem) = name.strip_suffix(".hdr.gz") {
-        (stem, true)
-    } else if let Some(stem) = name.strip_suffix(".hdr") {
-        (stem, false)
+    let is = |p: &Path, ext: &str| p.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext));
+    let (header, gz_first) = if is(path, "gz") && is(&path.with_extension(""), "hdr") {
+        (path.with_extension(""), true)
+    } else if is(path, "hdr") {
+        (path.to_path_buf(), false)
     } else {
         return Err(corrupt(
             path,
             "the header says its voxels are in a separate .img file (magic ni1), but the file is not named .hdr".into(),
         ));
     };
-    let candidates = [format!("{stem}.img"), format!("{stem}.img.gz")];
-    let order: [&String; 2] = if gz_first {
-        [&candidates[1], &candidates[0]]
-    } else {
-        [&candidates[0], &candidates[1]]
-    };
-    order
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or_else(|| Error::FileNotFound {
-            path: PathBuf::from(&candidates[0]),
-        })
+    let (img, img_gz) = (header.with_extension("img"), header.with_extension("img.gz"));
+    let order = if gz_first { [&img_gz, &img] } else { [&img, &img_gz] };
+    match order.into_iter().find(|p| p.exists()) {
+        Some(found) => Ok(found.clone()),
+        None => Err(Error::FileNotFound { path: img.clone() }),
+    }
 }
 
 fn read(path: &Path, limits: &ReadLimits) -> Result<Volume> {
@@ -266,21 +260,17 @@ fn read(path: &Path, limits: &ReadLimits) -> Result<Volume> {
     let invalid = |what: String| Error::InvalidVolume {
         what: format!("{}: {what}", path.display()),
     };
-    let rank = usize::from(header.dim[0]);
-    let extra: usize = header.dim[4..=rank.clamp(3, 7)]
-        .iter()
-        .map(|&d| usize::from(d.max(1)))
-        .product();
-    if !(3..=7).contains(&rank) || extra != 1 {
+    // The `nifti` crate reads dim as u16; the standard's fields are signed (nibabel refuses
+    // a negative one).
+    let dim = header.dim.map(|d| d as i16);
+    let rank = usize::try_from(dim[0]).unwrap_or(0);
+    if !(3..=7).contains(&rank) || dim[1..=rank].iter().any(|&d| d <= 0) || dim[4..=rank].iter().any(|&d| d != 1) {
         return Err(invalid(format!(
-            "dim {:?} is not a 3-D volume",
-            &header.dim[..=rank.min(7)]
+            "dim {:?} is not a 3-D volume (dim[0] from 3 to 7, every extent at least 1, those past the third 1)",
+            &dim[..=rank.clamp(1, 7)]
         )));
     }
-    let [x, y, z] = [1, 2, 3].map(|a| usize::from(header.dim[a]));
-    if x == 0 || y == 0 || z == 0 {
-        return Err(invalid(format!("dim {:?} has an empty axis", &header.dim[..=rank])));
-    }
+    let [x, y, z] = [1, 2, 3].map(|a| dim[a] as usize);
     let spacing = [header.pixdim[3], header.pixdim[2], header.pixdim[1]].map(f32::abs);
     check_spacing("pixdim", spacing).map_err(|_| {
         invalid(format!(
@@ -310,6 +300,14 @@ fn read(path: &Path, limits: &ReadLimits) -> Result<Volume> {
     // Truncated as the `nifti` crate and nibabel take it; beyond u64 saturates, and is refused
     // below as more than the file holds.
     let offset = offset as u64;
+    // nibabel refuses a single file's data inside its header; 0, which some writers leave,
+    // is taken as "right after it" (byte 352), as the `nifti` crate reads it.
+    if !pair && offset != 0 && offset < FIRST_DATA_BYTE {
+        return Err(corrupt(
+            path,
+            format!("vox_offset {offset} puts the voxels inside the header (a .nii's start at byte 352 or later)"),
+        ));
+    }
     let (mut data_source, data_path, skip) = if pair {
         let image = image_file(path)?;
         (Source::open(&image)?, image, offset)
@@ -371,7 +369,24 @@ fn read(path: &Path, limits: &ReadLimits) -> Result<Volume> {
         }
         held += got;
         let whole = held - held % element.size;
+        let start = data.len();
         element.decode(&buf[..whole], scale, &mut data);
+        if let Some(at) = data[start..].iter().position(|v| !v.is_finite()) {
+            let at = start + at;
+            return Err(invalid(format!(
+                "voxel {at} (x {}, y {}, z {}) is {} after conversion to f32{}: a network cannot use it; \
+                 replace non-finite values (e.g. numpy.nan_to_num) or rescale the file",
+                at % x,
+                at / x % y,
+                at / (x * y),
+                data[at],
+                if scale.is_some() {
+                    " and scl_slope/scl_inter"
+                } else {
+                    ""
+                }
+            )));
+        }
         buf.copy_within(whole..held, 0);
         held -= whole;
     }

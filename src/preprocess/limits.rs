@@ -21,11 +21,12 @@ pub struct ReadLimits {
 }
 
 impl Default for ReadLimits {
-    /// [`MAX_VOXELS`] voxels (4 GiB of `f32`) and 1 GiB inflated per deflated DICOM file.
+    /// [`MAX_VOXELS`] voxels (4 GiB of `f32`) and 64 MiB inflated per deflated DICOM file
+    /// (a 4096 x 4096 slice of 32-bit pixels; a CT slice inflates to about 0.5 MiB).
     fn default() -> Self {
         Self {
             max_voxels: MAX_VOXELS,
-            max_inflated_bytes: 1 << 30,
+            max_inflated_bytes: 64 << 20,
         }
     }
 }
@@ -40,7 +41,7 @@ impl ReadLimits {
     }
 
     /// The most bytes one deflated DICOM file (transfer syntax 1.2.840.10008.1.2.1.99) may
-    /// inflate to, all its elements together (default 1 GiB).
+    /// inflate to, all its elements together (default 64 MiB).
     pub fn with_max_inflated_bytes(mut self, bytes: u64) -> Self {
         self.max_inflated_bytes = bytes;
         self

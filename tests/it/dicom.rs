@@ -461,3 +461,188 @@ fn read_limits_bound_the_volume_and_the_inflated_bytes() {
         Volume::from_dicom(dir("ct")).unwrap()
     );
 }
+
+/// The `single` fixture (one 6 x 6 CT slice, 16 bits, explicit VR little endian) with
+/// `extra` inserted before its PixelData.
+fn single_with(extra: &[u8]) -> Vec<u8> {
+    let file = std::fs::read_dir(dir("single"))
+        .expect("fixture")
+        .next()
+        .expect("a file")
+        .expect("entry")
+        .path();
+    let mut bytes = std::fs::read(file).expect("fixture");
+    let at = find(&bytes, &[0xE0, 0x7F, 0x10, 0x00, b'O', b'W']);
+    bytes.splice(at..at, extra.iter().copied());
+    bytes
+}
+
+/// The `single` fixture in transfer syntax `uid` (even length) with its pixel data replaced by
+/// one encapsulated `fragment` (an empty offset table first).
+fn single_encapsulated(uid: &str, fragment: &[u8]) -> Vec<u8> {
+    let file = std::fs::read_dir(dir("single"))
+        .expect("fixture")
+        .next()
+        .expect("a file")
+        .expect("entry")
+        .path();
+    let mut bytes = std::fs::read(file).expect("fixture");
+    // TransferSyntaxUID (0002,0010) UI: a new value, the group length (0002,0000) adjusted.
+    let at = find(&bytes, &[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+    let old = usize::from(u16::from_le_bytes([bytes[at + 6], bytes[at + 7]]));
+    assert_eq!(uid.len() % 2, 0);
+    bytes.splice(
+        at + 6..at + 8 + old,
+        (uid.len() as u16).to_le_bytes().into_iter().chain(uid.bytes()),
+    );
+    let group = u32::from_le_bytes(bytes[140..144].try_into().expect("4 bytes")) as i64 + uid.len() as i64 - old as i64;
+    bytes[140..144].copy_from_slice(&(group as u32).to_le_bytes());
+    let pixels = find(&bytes, &[0xE0, 0x7F, 0x10, 0x00, b'O', b'W']);
+    bytes.truncate(pixels);
+    let item = |len: usize| [0xFE, 0xFF, 0x00, 0xE0].into_iter().chain((len as u32).to_le_bytes());
+    bytes.extend([0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    bytes.extend(item(0));
+    bytes.extend(item(fragment.len()));
+    bytes.extend_from_slice(fragment);
+    bytes.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    bytes
+}
+
+/// A baseline JPEG whose frame header declares `side` x `side` pixels of 8 bits; its
+/// Huffman tables make every block "DC 0, end of block" (as the hostile review built it).
+fn jpeg(side: u16) -> Vec<u8> {
+    let segment = |marker: u8, body: &[u8]| {
+        let mut s = vec![0xFF, marker];
+        s.extend(((body.len() + 2) as u16).to_be_bytes());
+        s.extend_from_slice(body);
+        s
+    };
+    let mut sof = vec![8];
+    sof.extend(side.to_be_bytes());
+    sof.extend(side.to_be_bytes());
+    sof.extend([1, 1, 0x11, 0]);
+    let mut one = vec![1u8];
+    one.extend([0u8; 15]);
+    one.push(0);
+    let mut dht = vec![0x00];
+    dht.extend(&one);
+    dht.push(0x10);
+    dht.extend(&one);
+    let mut out = vec![0xFF, 0xD8];
+    out.extend(segment(0xDB, &[[0u8].as_slice(), &[1u8; 64]].concat()));
+    out.extend(segment(0xC0, &sof));
+    out.extend(segment(0xC4, &dht));
+    out.extend(segment(0xDA, &[1, 1, 0x00, 0x00, 0x3F, 0x00]));
+    out.extend([0x00, 0xFF, 0xD9]);
+    out
+}
+
+/// Structures a hostile review built against the first bounded reader (before these fixes:
+/// a stack overflow that aborted the process, 2.2 GB from a 1 KB JPEG, 272 MB from a 4 MB
+/// RLE segment, 309 MB from 250,000 empty items, 105 MB from a UC value of backslashes,
+/// 537 MB from a deflated 512 MiB value). Each is now refused, or read, with at most 1 MiB
+/// allocated at once (rayon's work counted).
+#[test]
+fn hostile_structures_are_refused_or_read_within_a_mebibyte() {
+    let sq = |tag: [u8; 4]| [&tag[..], b"SQ", &[0, 0, 0xFF, 0xFF, 0xFF, 0xFF]].concat();
+    let item = [0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF];
+    let ends = [
+        [0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0],
+        [0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0],
+    ]
+    .concat();
+    let level = [sq([0x40, 0x00, 0x75, 0x02]), item.to_vec()].concat();
+    let nested = [level.repeat(3000), ends.repeat(3000)].concat();
+    let empty_item = [0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0];
+    let items = [
+        sq([0x40, 0x00, 0x75, 0x02]),
+        empty_item.repeat(250_000),
+        vec![0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0],
+    ]
+    .concat();
+    let backslashes = [
+        &[0x09, 0x00, 0x10, 0x10, b'U', b'C', 0, 0][..],
+        &4_000_000u32.to_le_bytes(),
+        &[b'\\'; 4_000_000],
+    ]
+    .concat();
+    let mut rle = vec![0u8; 64];
+    rle[0] = 2; // two segments: 16 bits
+    rle[4] = 64;
+    rle[8] = 66;
+    rle.extend([0x81, 0x00].repeat(20_001));
+    // (name, the file, Some(what the refusal says) or None for a volume read)
+    let cases: [(&str, Vec<u8>, Option<&str>); 5] = [
+        (
+            "3000 nested sequences",
+            single_with(&nested),
+            Some("sequences nested more than 64 deep"),
+        ),
+        (
+            "a JPEG frame of 32768 x 32768",
+            single_encapsulated("1.2.840.10008.1.2.4.50", &jpeg(32768)),
+            Some("the JPEG frame declares 32768 x 32768 pixels"),
+        ),
+        (
+            "RLE segments of 40,000 runs",
+            single_encapsulated("1.2.840.10008.1.2.5\0", &rle),
+            Some("RLE segment 0 decodes to more than the frame's 36 pixels"),
+        ),
+        ("250,000 empty items", single_with(&items), None),
+        ("4,000,000 backslashes", single_with(&backslashes), None),
+    ];
+    let want = Volume::from_dicom(dir("single")).expect("the fixture");
+    for (name, bytes, refusal) in cases {
+        let folder = tempfile::tempdir().expect("tempdir");
+        std::fs::write(folder.path().join("slice.dcm"), &bytes).expect("write");
+        let (result, peak) = crate::tracking::peak_with_rayon_here(|| Volume::from_dicom(folder.path()));
+        match refusal {
+            Some(says) => match problem(result) {
+                DicomProblem::Unreadable { reason, .. } => assert!(reason.contains(says), "{name}: {reason}"),
+                other => panic!("{name}: {other:?}"),
+            },
+            None => assert_eq!(result.expect(name), want, "{name}"),
+        }
+        assert!(
+            peak < 1 << 20,
+            "{name}: peak {peak} bytes for a file of {}",
+            bytes.len()
+        );
+    }
+}
+
+/// A deflated data set holding an 80 MiB value (zeros: 80 KB deflated) is refused within
+/// the default 64 MiB of inflated bytes per file, before the value is allocated.
+#[test]
+fn a_deflated_value_beyond_the_inflated_budget_is_refused() {
+    let (folder, victim) = patched_copy("ct_deflate", |b| {
+        let group = u32::from_le_bytes(b[140..144].try_into().expect("4 bytes")) as usize;
+        let data = 144 + group;
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::DeflateDecoder::new(&b[data..]), &mut plain)
+            .expect("a deflated data set");
+        let at = find(&plain, &[0xE0, 0x7F, 0x10, 0x00, b'O', b'W']);
+        let len = 80u32 << 20;
+        let mut blob = vec![0x09, 0x00, 0x10, 0x10, b'O', b'B', 0, 0];
+        blob.extend(len.to_le_bytes());
+        blob.resize(blob.len() + len as usize, 0);
+        plain.splice(at..at, blob);
+        let mut deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut deflate, &plain).expect("deflate");
+        b.truncate(data);
+        b.extend(deflate.finish().expect("deflate"));
+    });
+    let (result, peak) = crate::tracking::peak_with_rayon_here(|| Volume::from_dicom(folder.path()));
+    match problem(result) {
+        DicomProblem::Unreadable { file, reason } => {
+            assert_eq!(file, victim);
+            assert!(
+                reason.contains("element (0009,1010) (OB) declares 83886080 bytes")
+                    && reason.contains("inflates to at most"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(peak < 4 << 20, "peak {peak}");
+}

@@ -293,3 +293,84 @@ fn a_label_beyond_the_scans_is_refused_without_allocating_for_it() {
         assert!(peak < 1 << 20, "peak {peak}");
     }
 }
+
+/// What a hostile review found the first streaming reader accepted or refused wrongly, each
+/// now as nibabel reads it or a typed error: a negative extent (read as 65535 through the
+/// `nifti` crate's u16), an empty fourth axis, values that are not finite after conversion
+/// (float64 1e39, NaN, an int16 scaled past f32), a single file's data inside its header
+/// (vox_offset 348; 0 is taken as 352), and a `.hdr`/`.img` pair under a non-UTF-8 path.
+#[test]
+fn headers_and_values_nibabel_refuses_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, header: Vec<u8>, data: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, [header, data.to_vec()].concat()).unwrap();
+        path
+    };
+    let invalid = |path: &Path, says: &str| match Volume::from_nifti(path).unwrap_err() {
+        Error::InvalidVolume { what } => assert!(what.contains(says), "{}: {what}", path.display()),
+        other => panic!("{}: {other}", path.display()),
+    };
+    // dim = [3, 1, 1, -1].
+    let mut negative = header([1, 1, 1], UINT8, 1.0, 0.0);
+    negative[46..48].copy_from_slice(&(-1i16).to_le_bytes());
+    invalid(
+        &file("negative.nii", negative, &[0; 64]),
+        "dim [3, 1, 1, -1] is not a 3-D volume",
+    );
+    // dim = [4, 2, 2, 2, 0].
+    let mut empty_t = header([2, 2, 2], UINT8, 1.0, 0.0);
+    empty_t[40..42].copy_from_slice(&4i16.to_le_bytes());
+    empty_t[48..50].copy_from_slice(&0i16.to_le_bytes());
+    invalid(
+        &file("empty_t.nii", empty_t, &[1; 8]),
+        "dim [4, 2, 2, 2, 0] is not a 3-D volume",
+    );
+    // float64 1e39 (beyond f32), then NaN.
+    let float64 = (64i16, 64i16);
+    let values: Vec<u8> = [0.5f64, 1e39].iter().flat_map(|v| v.to_le_bytes()).collect();
+    invalid(
+        &file("big.nii", header([2, 1, 1], float64, 1.0, 0.0), &values),
+        "voxel 1 (x 1, y 0, z 0) is inf",
+    );
+    let values: Vec<u8> = [f64::NAN, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+    invalid(
+        &file("nan.nii", header([2, 1, 1], float64, 1.0, 0.0), &values),
+        "voxel 0 (x 0, y 0, z 0) is NaN",
+    );
+    invalid(
+        &file(
+            "scaled.nii",
+            header([1, 1, 1], INT16, 1e36, 0.0),
+            &1000i16.to_le_bytes(),
+        ),
+        "is inf after conversion to f32 and scl_slope/scl_inter",
+    );
+    // vox_offset 348: inside the header; 0: right after it.
+    let mut inside = header([2, 1, 1], UINT8, 1.0, 0.0);
+    inside[108..112].copy_from_slice(&348f32.to_le_bytes());
+    let path = file("inside.nii", inside, &[7, 9]);
+    assert!(
+        matches!(Volume::from_nifti(&path).unwrap_err(), Error::Corrupt { reason, .. } if reason.contains("vox_offset 348"))
+    );
+    let mut zero = header([2, 1, 1], UINT8, 1.0, 0.0);
+    zero[108..112].copy_from_slice(&0f32.to_le_bytes());
+    assert_eq!(
+        Volume::from_nifti(file("zero.nii", zero, &[7, 9])).unwrap().data,
+        [7.0, 9.0]
+    );
+    // A pair in a folder whose name is not UTF-8.
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let folder = dir.path().join(std::ffi::OsStr::from_bytes(b"scan\xff"));
+        std::fs::create_dir(&folder).unwrap();
+        let mut hdr = header([2, 1, 1], UINT8, 1.0, 0.0);
+        hdr.truncate(348);
+        hdr[108..112].copy_from_slice(&0f32.to_le_bytes());
+        hdr[344..348].copy_from_slice(b"ni1\0");
+        std::fs::write(folder.join("a.hdr"), hdr).unwrap();
+        std::fs::write(folder.join("a.img"), [3u8, 4]).unwrap();
+        assert_eq!(Volume::from_nifti(folder.join("a.hdr")).unwrap().data, [3.0, 4.0]);
+    }
+}
