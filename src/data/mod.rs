@@ -22,6 +22,8 @@ mod dicom;
 #[cfg(feature = "dicom")]
 mod dicom_frames;
 #[cfg(feature = "dicom")]
+mod dicom_header;
+#[cfg(feature = "dicom")]
 pub(crate) mod dicom_problem;
 #[cfg(feature = "dicom")]
 mod dicom_read;
