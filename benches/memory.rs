@@ -13,6 +13,10 @@
 //! model was built (the file was read), in MB. Run each in its own process: the peak never
 //! goes down. The NIfTI files are written (streamed through gzip) to a temporary folder first.
 
+#[path = "../examples/make_nodules.rs"]
+#[allow(dead_code)]
+mod make_nodules;
+
 use resnet3d::ResNet3dConfig;
 use resnet3d::burn::nn::loss::CrossEntropyLossConfig;
 use resnet3d::burn::optim::GradientsParams;
@@ -103,21 +107,7 @@ fn nifti(kind: &str) {
     } else {
         ([512, 512, 300], 4, 16, -1024.0, 1)
     };
-    let mut header = vec![0u8; 352];
-    let mut put = |at: usize, bytes: &[u8]| header[at..at + bytes.len()].copy_from_slice(bytes);
-    put(0, &348i32.to_le_bytes());
-    for (i, d) in [3, dims[0], dims[1], dims[2], 1, 1, 1, 1].iter().enumerate() {
-        put(40 + 2 * i, &d.to_le_bytes());
-    }
-    put(70, &datatype.to_le_bytes());
-    put(72, &bitpix.to_le_bytes());
-    for (i, p) in [1.0f32, 0.8, 0.8, 2.0].iter().enumerate() {
-        put(76 + 4 * i, &p.to_le_bytes());
-    }
-    put(108, &352f32.to_le_bytes());
-    put(112, &1f32.to_le_bytes());
-    put(116, &inter.to_le_bytes());
-    put(344, b"n+1\0");
+    let header = make_nodules::nifti_header(dims.map(usize::from), (datatype, bitpix), [0.8, 0.8, 2.0], 1.0, inter);
     let file = std::io::BufWriter::new(std::fs::File::create(&path).expect("file"));
     let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::new(level));
     gz.write_all(&header).expect("write");

@@ -143,6 +143,35 @@ pub fn write_nifti(path: &Path, dims: [usize; 3], pixdim: [f32; 3], hu: &[f32]) 
     write_nifti_i16(path, dims, pixdim, 1.0, -1024.0, &stored)
 }
 
+/// A little-endian NIfTI-1 single-file header (`n+1`, data at byte 352, no extensions) for
+/// `dims` = (x, y, z) voxels of `(datatype, bitpix)` (nifti1.h codes: (2, 8) uint8, (4, 16)
+/// int16, (16, 32) float32, (64, 64) float64), `pixdim` mm, scaled by `slope`, `inter`.
+pub fn nifti_header(
+    dims: [usize; 3],
+    (datatype, bitpix): (i16, i16),
+    pixdim: [f32; 3],
+    slope: f32,
+    inter: f32,
+) -> Vec<u8> {
+    let mut h = vec![0u8; 352];
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    let dim = [3, dims[0], dims[1], dims[2], 1, 1, 1, 1];
+    for (i, d) in dim.iter().enumerate() {
+        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&(*d as i16).to_le_bytes());
+    }
+    h[70..72].copy_from_slice(&datatype.to_le_bytes());
+    h[72..74].copy_from_slice(&bitpix.to_le_bytes());
+    let pix = [1.0, pixdim[0], pixdim[1], pixdim[2], 0.0, 0.0, 0.0, 0.0];
+    for (i, p) in pix.iter().enumerate() {
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&p.to_le_bytes());
+    }
+    h[108..112].copy_from_slice(&352f32.to_le_bytes()); // vox_offset
+    h[112..116].copy_from_slice(&slope.to_le_bytes()); // scl_slope
+    h[116..120].copy_from_slice(&inter.to_le_bytes()); // scl_inter
+    h[344..348].copy_from_slice(b"n+1\0");
+    h
+}
+
 /// A NIfTI-1 file of int16 `stored` values (`x` fastest) read back as
 /// `stored * slope + inter`; gzipped when the name ends in `.gz`.
 pub fn write_nifti_i16(
@@ -153,22 +182,7 @@ pub fn write_nifti_i16(
     inter: f32,
     stored: &[i16],
 ) -> std::io::Result<()> {
-    let mut h = vec![0u8; 352];
-    h[0..4].copy_from_slice(&348i32.to_le_bytes());
-    let dim = [3, dims[0], dims[1], dims[2], 1, 1, 1, 1];
-    for (i, d) in dim.iter().enumerate() {
-        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&(*d as i16).to_le_bytes());
-    }
-    h[70..72].copy_from_slice(&4i16.to_le_bytes()); // datatype: int16
-    h[72..74].copy_from_slice(&16i16.to_le_bytes()); // bitpix
-    let pix = [1.0, pixdim[0], pixdim[1], pixdim[2], 0.0, 0.0, 0.0, 0.0];
-    for (i, p) in pix.iter().enumerate() {
-        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&p.to_le_bytes());
-    }
-    h[108..112].copy_from_slice(&352f32.to_le_bytes()); // vox_offset
-    h[112..116].copy_from_slice(&slope.to_le_bytes()); // scl_slope
-    h[116..120].copy_from_slice(&inter.to_le_bytes()); // scl_inter
-    h[344..348].copy_from_slice(b"n+1\0");
+    let mut h = nifti_header(dims, (4, 16), pixdim, slope, inter); // int16
     for v in stored {
         h.extend_from_slice(&v.to_le_bytes());
     }

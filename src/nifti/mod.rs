@@ -18,7 +18,7 @@ pub use write::Placement;
 /// The voxel-to-RAS+ affine of a NIfTI-1 file by the standard's precedence: the sform when
 /// `sform_code > 0`, else the qform (quaternion, voxel size, `qfac = pixdim[0]`) when
 /// `qform_code > 0`, else the voxel size alone (the standard's "method 1"). Voxel `(i, j, k)`
-/// is the file's `(x, y, z)` index, i.e. a [`Volume`]'s (width, height, depth).
+/// is the file's `(x, y, z)` index, i.e. a [`Volume`](crate::preprocess::Volume)'s (width, height, depth).
 ///
 /// # Errors
 /// [`Error::FileNotFound`], [`Error::Corrupt`] for a header the reader refuses.

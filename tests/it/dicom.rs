@@ -462,16 +462,20 @@ fn read_limits_bound_the_volume_and_the_inflated_bytes() {
     );
 }
 
-/// The `single` fixture (one 6 x 6 CT slice, 16 bits, explicit VR little endian) with
-/// `extra` inserted before its PixelData.
-fn single_with(extra: &[u8]) -> Vec<u8> {
+/// The bytes of the `single` fixture: one 6 x 6 CT slice, 16 bits, explicit VR little endian.
+fn single() -> Vec<u8> {
     let file = std::fs::read_dir(dir("single"))
         .expect("fixture")
         .next()
         .expect("a file")
         .expect("entry")
         .path();
-    let mut bytes = std::fs::read(file).expect("fixture");
+    std::fs::read(file).expect("fixture")
+}
+
+/// The `single` fixture with `extra` inserted before its PixelData.
+fn single_with(extra: &[u8]) -> Vec<u8> {
+    let mut bytes = single();
     let at = find(&bytes, &[0xE0, 0x7F, 0x10, 0x00, b'O', b'W']);
     bytes.splice(at..at, extra.iter().copied());
     bytes
@@ -480,13 +484,7 @@ fn single_with(extra: &[u8]) -> Vec<u8> {
 /// The `single` fixture in transfer syntax `uid` (even length) with its pixel data replaced by
 /// one encapsulated `fragment` (an empty offset table first).
 fn single_encapsulated(uid: &str, fragment: &[u8]) -> Vec<u8> {
-    let file = std::fs::read_dir(dir("single"))
-        .expect("fixture")
-        .next()
-        .expect("a file")
-        .expect("entry")
-        .path();
-    let mut bytes = std::fs::read(file).expect("fixture");
+    let mut bytes = single();
     // TransferSyntaxUID (0002,0010) UI: a new value, the group length (0002,0000) adjusted.
     let at = find(&bytes, &[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
     let old = usize::from(u16::from_le_bytes([bytes[at + 6], bytes[at + 7]]));

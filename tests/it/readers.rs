@@ -13,26 +13,10 @@ use crate::tracking::peak_during;
 const UINT8: (i16, i16) = (2, 8);
 const INT16: (i16, i16) = (4, 16);
 
-/// A little-endian NIfTI-1 single-file header (`n+1`, data at byte 352) for `dims` = (x, y, z)
-/// voxels of `datatype`, 0.8 x 0.8 x 2.0 mm, scaled by `slope`, `inter`.
-fn header(dims: [u16; 3], (datatype, bitpix): (i16, i16), slope: f32, inter: f32) -> Vec<u8> {
-    let mut h = vec![0u8; 352];
-    let mut put = |at: usize, bytes: &[u8]| h[at..at + bytes.len()].copy_from_slice(bytes);
-    put(0, &348i32.to_le_bytes());
-    let dim = [3, dims[0], dims[1], dims[2], 1, 1, 1, 1];
-    for (i, d) in dim.iter().enumerate() {
-        put(40 + 2 * i, &d.to_le_bytes());
-    }
-    put(70, &datatype.to_le_bytes());
-    put(72, &bitpix.to_le_bytes());
-    for (i, p) in [1.0f32, 0.8, 0.8, 2.0].iter().enumerate() {
-        put(76 + 4 * i, &p.to_le_bytes());
-    }
-    put(108, &352f32.to_le_bytes());
-    put(112, &slope.to_le_bytes());
-    put(116, &inter.to_le_bytes());
-    put(344, b"n+1\0");
-    h
+/// A NIfTI-1 header for `dims` = (x, y, z) voxels of `datatype`, 0.8 x 0.8 x 2.0 mm, scaled by
+/// `slope`, `inter` (the phantom example's writer).
+fn header(dims: [u16; 3], datatype: (i16, i16), slope: f32, inter: f32) -> Vec<u8> {
+    crate::nifti::make_nodules::nifti_header(dims.map(usize::from), datatype, [0.8, 0.8, 2.0], slope, inter)
 }
 
 /// Writes `header` then `voxels` bytes given slice by slice (`slice(z)` for z in 0..depth)
