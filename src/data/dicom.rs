@@ -279,6 +279,16 @@ impl Geometry {
                     reason: format!("{}: a greyscale volume has 8, 16, 32 or 64 bits per pixel", slice.bits),
                 });
             }
+            // dicom-rs's modality LUT has 2^BitsStored entries: the standard's bound
+            // (BitsStored <= BitsAllocated) keeps it at most 2^16 for the 16-bit pixels it
+            // uses one for (a header's 27 asked for 512 MiB).
+            if let Some(stored) = slice.stored_bits.filter(|&b| !(1..=slice.bits).contains(&b)) {
+                return Err(DicomProblem::MissingAttribute {
+                    file: slice.file.clone(),
+                    attribute: "BitsStored",
+                    reason: format!("{stored}: it must be 1 to BitsAllocated ({})", slice.bits),
+                });
+            }
             if slice.samples != 1 {
                 return Err(DicomProblem::NotGreyscale {
                     file: slice.file.clone(),
@@ -499,6 +509,7 @@ mod tests {
             samples: 1,
             photometric: "MONOCHROME2".to_string(),
             bits: 16,
+            stored_bits: Some(12),
             rows: 4,
             columns: 4,
             position,

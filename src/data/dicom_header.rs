@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::preprocess::ReadLimits;
 
 /// The attributes the header pass keeps (every other element is read, bounded, and dropped).
-const HEADER_TAGS: [Tag; 14] = [
+const HEADER_TAGS: [Tag; 15] = [
     tags::SERIES_INSTANCE_UID,
     tags::SERIES_NUMBER,
     tags::SERIES_DESCRIPTION,
@@ -25,6 +25,7 @@ const HEADER_TAGS: [Tag; 14] = [
     tags::SAMPLES_PER_PIXEL,
     tags::PHOTOMETRIC_INTERPRETATION,
     tags::BITS_ALLOCATED,
+    tags::BITS_STORED,
     tags::ROWS,
     tags::COLUMNS,
     tags::IMAGE_POSITION_PATIENT,
@@ -54,6 +55,8 @@ pub(super) struct Header {
     pub(super) photometric: String,
     /// `BitsAllocated` (16 when absent: the decoder then reports what it finds).
     pub(super) bits: i64,
+    /// `BitsStored`, when present.
+    pub(super) stored_bits: Option<i64>,
     pub(super) rows: usize,
     pub(super) columns: usize,
     pub(super) position: [f64; 3],
@@ -182,6 +185,10 @@ fn header(file: &Path, limits: &ReadLimits) -> Result<Header, DicomProblem> {
             bits: attributes
                 .optional(tags::BITS_ALLOCATED)
                 .map_or(Ok(16), |_| attributes.int(tags::BITS_ALLOCATED, "BitsAllocated"))?,
+            stored_bits: attributes
+                .optional(tags::BITS_STORED)
+                .map(|_| attributes.int(tags::BITS_STORED, "BitsStored"))
+                .transpose()?,
             rows: size(tags::ROWS, "Rows")?,
             columns: size(tags::COLUMNS, "Columns")?,
             position,

@@ -13,8 +13,8 @@
 //! length checked against what is left of the group, then given to dicom-rs whole.
 //!
 //! The data set is read as a flat loop over dicom-rs's tokens ([`collect`]): the top-level
-//! elements a pass needs are kept, sequences are read and dropped (never built into nested
-//! objects, which dicom-object does by recursion), and at most [`MAX_ELEMENTS`] elements and
+//! elements a pass needs are kept, sequences are walked and dropped (never built into nested
+//! objects, which dicom-object does by recursion), values not kept are skipped unread, and at most [`MAX_ELEMENTS`] elements and
 //! [`MAX_FRAGMENTS`] pixel fragments are kept. So no allocation made while reading a file
 //! exceeds the file's own content (inflated, for deflated files), whatever the header says,
 //! and what is kept is bounded by the file and those counts; the fuzz targets `dicom` and
@@ -41,12 +41,10 @@ use dicom_parser::stateful::decode::{CharacterSetOverride, Error as DecodeError,
 use dicom_parser::{DataSetReader, DynStatefulDecoder, StatefulDecode};
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
 
-use crate::preprocess::ReadLimits;
+use crate::preprocess::{MAX_DEFLATE_RATIO, ReadLimits};
 
 /// Largest file meta group read (real ones have a few hundred bytes).
 pub(super) const MAX_META: u32 = 1 << 20;
-/// The most bytes a deflate stream inflates to per byte of it (a 258-byte match in 2 bits).
-const MAX_DEFLATE_RATIO: u64 = 1032;
 /// Preamble (128 bytes) and `DICM`.
 const PREAMBLE: u64 = 132;
 
@@ -185,12 +183,12 @@ fn open(file: &Path, limits: &ReadLimits, keep: fn(Tag) -> bool) -> Result<Opene
     if &preamble[128..] != b"DICM" {
         return Err("no DICM mark after the 128-byte preamble".to_string());
     }
-    let (meta, meta_bytes) = read_meta(&mut reader, size - PREAMBLE)?;
+    let (meta, meta_bytes) = read_meta(&mut reader, size.saturating_sub(PREAMBLE))?;
     let uid = meta.transfer_syntax().trim_end_matches(['\0', ' ']).to_string();
     let ts = TransferSyntaxRegistry
         .get(&uid)
         .ok_or_else(|| format!("transfer syntax {uid} is not one dicom-rs knows"))?;
-    let left = size - PREAMBLE - meta_bytes;
+    let left = size.saturating_sub(PREAMBLE + meta_bytes);
     let source: Box<dyn Read> = Box::new(reader);
     let (source, limit) = match ts.codec() {
         Codec::Dataset(Some(adapter)) => (

@@ -24,13 +24,10 @@ use flate2::read::MultiGzDecoder;
 use nifti::{Endianness, NiftiHeader, NiftiType};
 
 use crate::error::{Error, Result};
-use crate::preprocess::{ReadLimits, Volume, check_spacing};
+use crate::preprocess::{MAX_DEFLATE_RATIO, ReadLimits, Volume, check_spacing};
 
 /// Bytes read from the stream at a time (a multiple of every element size).
 const CHUNK: usize = 64 << 10;
-/// The most bytes a deflate stream can inflate to per byte of it (258 bytes from a 2-bit
-/// length-and-distance pair).
-const MAX_DEFLATE_RATIO: u64 = 1032;
 /// Bytes of a NIfTI-1 header.
 const HEADER_BYTES: u64 = 348;
 /// Where a single-file (`n+1`) volume's data starts at the earliest: the header and the

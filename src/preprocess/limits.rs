@@ -2,6 +2,11 @@
 
 use crate::preprocess::MAX_VOXELS;
 
+/// The most bytes a deflate stream (gzip, zlib, DICOM's deflated syntax) inflates to per
+/// byte of it: a 258-byte match coded in two bits. A compressed file can therefore back at
+/// most this many times its size.
+pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
+
 /// Bounds on what reading a scan from a file may allocate. A reader checks what a header
 /// declares against them before it allocates or inflates anything, and bounds every other
 /// allocation by the bytes the file actually holds; the defaults let any real CT or MRI

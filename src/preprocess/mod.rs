@@ -28,6 +28,7 @@ mod volume;
 
 #[cfg(feature = "nifti")]
 pub use crate::nifti::{Placement, nifti_affine};
+pub(crate) use limits::MAX_DEFLATE_RATIO;
 pub use limits::ReadLimits;
 pub use volume::{IMAGENET_GREY_MEAN, IMAGENET_GREY_STD, MAX_VOXELS, Volume, Window};
 pub(crate) use volume::{check_spacing, resampled_grid};

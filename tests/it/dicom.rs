@@ -644,3 +644,34 @@ fn a_deflated_value_beyond_the_inflated_budget_is_refused() {
     }
     assert!(peak < 4 << 20, "peak {peak}");
 }
+
+/// Found by the `dicom_series` fuzz target (2026-12-05, after 11 minutes): a BitsStored of 27
+/// in a 16-bit slice made dicom-rs build a modality LUT of 2^27 entries (512 MiB) before the
+/// malloc limit stopped it. BitsStored must now be 1 to BitsAllocated. The fuzzer's input
+/// (a folder of slices cut at `RESNET3D-SLICE`, replayed through the target's own entry
+/// point) and the `single` fixture with BitsStored 27 are refused before any pixel is
+/// decoded.
+#[test]
+fn bits_stored_beyond_bits_allocated_is_refused() {
+    #[path = "../../fuzz/fuzz_targets/entry.rs"]
+    mod entry;
+    let input = std::fs::read(fixtures().join("hostile/dicom_series_bits_stored.bin")).expect("fixture");
+    let (result, peak) = crate::tracking::peak_with_rayon_here(|| entry::dicom_series(&input));
+    assert!(result.is_err());
+    assert!(peak < 1 << 20, "peak {peak}");
+    let mut bytes = single();
+    // BitsStored (0028,0101) US of 2 bytes.
+    let at = find(&bytes, &[0x28, 0x00, 0x01, 0x01, b'U', b'S', 0x02, 0x00]) + 8;
+    bytes[at..at + 2].copy_from_slice(&27u16.to_le_bytes());
+    let folder = tempfile::tempdir().expect("tempdir");
+    std::fs::write(folder.path().join("slice.dcm"), &bytes).expect("write");
+    let (result, peak) = crate::tracking::peak_with_rayon_here(|| Volume::from_dicom(folder.path()));
+    match problem(result) {
+        DicomProblem::MissingAttribute { attribute, reason, .. } => {
+            assert_eq!(attribute, "BitsStored");
+            assert_eq!(reason, "27: it must be 1 to BitsAllocated (16)");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(peak < 1 << 20, "peak {peak}");
+}
