@@ -7,10 +7,8 @@ use std::path::PathBuf;
 
 use resnet3d::Error;
 
+use crate::fuzz_entry as entry;
 use crate::tracking::peak_with_rayon_here;
-
-#[path = "../../fuzz/fuzz_targets/entry.rs"]
-mod entry;
 
 type Target = fn(&[u8]) -> Result<(), Error>;
 

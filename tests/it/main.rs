@@ -10,6 +10,10 @@ mod dicom;
 mod errors;
 mod explain;
 mod full_width;
+/// What each fuzz target does with its input (shared with the fuzz binaries).
+#[cfg(all(feature = "nifti", feature = "dicom"))]
+#[path = "../../fuzz/fuzz_targets/entry.rs"]
+mod fuzz_entry;
 mod gradients;
 mod hostile;
 mod invariants;
