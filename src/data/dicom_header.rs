@@ -172,23 +172,20 @@ fn header(file: &Path, limits: &ReadLimits) -> Result<Header, DicomProblem> {
                 .trim_end_matches(['\0', ' '])
                 .to_string(),
             frames: attributes
-                .optional(tags::NUMBER_OF_FRAMES)
-                .map_or(Ok(1), |_| attributes.int(tags::NUMBER_OF_FRAMES, "NumberOfFrames"))?,
+                .optional_int(tags::NUMBER_OF_FRAMES, "NumberOfFrames")?
+                .unwrap_or(1),
             samples: attributes
-                .optional(tags::SAMPLES_PER_PIXEL)
-                .map_or(Ok(1), |_| attributes.int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel"))?,
+                .optional_int(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?
+                .unwrap_or(1),
             photometric: attributes
                 .optional(tags::PHOTOMETRIC_INTERPRETATION)
                 .and_then(|e| e.to_str().ok())
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
             bits: attributes
-                .optional(tags::BITS_ALLOCATED)
-                .map_or(Ok(16), |_| attributes.int(tags::BITS_ALLOCATED, "BitsAllocated"))?,
-            stored_bits: attributes
-                .optional(tags::BITS_STORED)
-                .map(|_| attributes.int(tags::BITS_STORED, "BitsStored"))
-                .transpose()?,
+                .optional_int(tags::BITS_ALLOCATED, "BitsAllocated")?
+                .unwrap_or(16),
+            stored_bits: attributes.optional_int(tags::BITS_STORED, "BitsStored")?,
             rows: size(tags::ROWS, "Rows")?,
             columns: size(tags::COLUMNS, "Columns")?,
             position,
@@ -267,6 +264,11 @@ impl Attributes<'_> {
         self.required(tag, name)?
             .to_int::<i64>()
             .map_err(|err| self.malformed(name, err.to_string()))
+    }
+
+    /// An integer attribute that may be absent (`None`), an error when present but not one.
+    fn optional_int(&self, tag: Tag, name: &'static str) -> Result<Option<i64>, DicomProblem> {
+        self.optional(tag).map(|_| self.int(tag, name)).transpose()
     }
 
     fn floats<const N: usize>(&self, tag: Tag, name: &'static str) -> Result<[f64; N], DicomProblem> {
