@@ -1,10 +1,10 @@
-//! Writes a small labelled CT dataset to try `examples/train.rs` on: chest-like phantoms as
+//! Writes a small labelled CT dataset to try `resnet3d train` on: chest-like phantoms as
 //! NIfTI files (int16 with `scl_inter = -1024`, like scanner exports), half of them with a
 //! small dense nodule in a lung, and `labels.csv` (`path,label`; 1 = nodule).
 //!
 //! ```text
 //! cargo run --release --example make_nodules -- scans/ --count 48
-//! cargo run --release --example train -- --labels scans/labels.csv --out runs/nodules
+//! resnet3d train --labels scans/labels.csv --out runs/nodules
 //! ```
 //!
 //! Every scan has its own grid (18-26 slices of 2.0-3.0 mm, 44-60 rows and columns of
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(about = "Write a phantom CT dataset with nodules for the train example")]
+#[command(about = "Write a phantom CT dataset with nodules for `resnet3d train`")]
 pub struct Args {
     /// Folder to write the scans and labels.csv into (created).
     pub dir: PathBuf,

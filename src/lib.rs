@@ -158,9 +158,14 @@
 //! - [`ResNet3d::features`] returns every stage for segmentation decoders, and
 //!   [`ResNet3dConfig::feature_info`] their channels and strides (see [`Features`] for a
 //!   U-Net-style decoder).
-//! - The examples: `inflate` (command line: inflate, report, save, check), `classify_ct`
-//!   (NIfTI in, class scores out), `train` (fine-tune on a CSV of labelled scans) and
-//!   `make_nodules` (phantom CTs to try it on).
+//! - [`infer`]: a trained run read back ([`infer::TrainedRun`]), and whole scans through a
+//!   network trained on patches by sliding windows ([`infer::SlidingWindow`], MONAI's
+//!   positions and blending), giving per-class probability maps and scan-level scores.
+//! - [`Inspection`]: what a checkpoint file is and the exact call that loads it, from its
+//!   names and shapes, without building a network.
+//! - The command `resnet3d` (the `cli/` package: `inflate`, `inspect`, `train`, `predict` over
+//!   folders and archives with shards for job arrays, `explain`) is built on these; the
+//!   examples are `quickstart` and `make_nodules` (phantom CTs to try it on).
 //!
 //! # Backends
 //!
@@ -235,6 +240,7 @@ mod differential;
 mod error;
 pub mod explain;
 mod frozen;
+pub mod infer;
 mod kernels;
 mod model;
 #[cfg(feature = "nifti")]
@@ -259,6 +265,7 @@ pub use model::network::{Features, ResNet3d, TemporalStem};
 pub use model::pool::MaxPool3d;
 pub use weights::format::{Format, WeightTensor};
 pub use weights::inflate::{adapt_in_channels, inflate_kernel};
+pub use weights::inspect::Inspection;
 pub use weights::load::{Head, LoadReport, LoadedKernel, inflate_from_2d, inflate_from_2d_with_report, load_3d};
 pub use weights::tensors::Weights;
 pub use weights::zoo::Zoo;

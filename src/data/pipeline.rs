@@ -61,12 +61,51 @@ impl Preprocessing {
     /// [`Error::InvalidVolume`] from resampling or cropping (a spacing that is not positive,
     /// a size of 0, a result too large for memory).
     pub fn apply(&self, volume: Volume, margin: [usize; 3]) -> Result<Volume> {
-        let volume = match self.spacing {
-            Some(spacing) => volume.resample(spacing)?,
-            None => volume,
-        };
+        let volume = self.resample(volume)?;
         let size = [0, 1, 2].map(|a| self.size[a] + 2 * margin[a]);
-        let mut volume = volume.crop_or_pad(size, self.fill)?;
+        self.finish(volume.crop_or_pad(size, self.fill)?)
+    }
+
+    /// The pipeline for a whole scan, as sliding-window inference
+    /// ([`crate::infer`]) needs it: resampled, windowed and normalised like
+    /// [`apply`](Self::apply), but not cropped; an axis shorter than [`size`](Self::size)
+    /// is padded (centred, with [`fill`](Self::fill)) up to it, so that one window fits.
+    ///
+    /// # Errors
+    /// As [`apply`](Self::apply).
+    pub fn apply_whole(&self, volume: Volume) -> Result<Volume> {
+        let volume = self.resample(volume)?;
+        let size = [0, 1, 2].map(|a| volume.shape[a].max(self.size[a]));
+        self.finish(volume.crop_or_pad(size, self.fill)?)
+    }
+
+    /// The grid [`apply_whole`](Self::apply_whole) gives a scan of `scan_shape` voxels of
+    /// `scan_spacing` mm, and the part of it that holds the scan (the resampled scan
+    /// before any padding), both `[depth, height, width]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidVolume`] for a spacing that is not positive and finite or a grid too
+    /// large for memory.
+    pub fn whole_grid(&self, scan_shape: [usize; 3], scan_spacing: [f32; 3]) -> Result<([usize; 3], [usize; 3])> {
+        let resampled = match self.spacing {
+            Some(target) => {
+                crate::preprocess::check_spacing("scan spacing", scan_spacing)?;
+                crate::preprocess::resampled_grid(scan_shape, scan_spacing, target)?.0
+            }
+            None => scan_shape,
+        };
+        Ok(([0, 1, 2].map(|a| resampled[a].max(self.size[a])), resampled))
+    }
+
+    fn resample(&self, volume: Volume) -> Result<Volume> {
+        match self.spacing {
+            Some(spacing) => volume.resample(spacing),
+            None => Ok(volume),
+        }
+    }
+
+    /// Window and normalisation, after the grid is settled.
+    fn finish(&self, mut volume: Volume) -> Result<Volume> {
         if let Some(window) = self.window {
             volume = volume.window(window);
         }
@@ -80,7 +119,8 @@ impl Preprocessing {
 
 impl Preprocessing {
     /// Brings `map`, a volume on the network's grid (what [`apply`](Self::apply) made of a
-    /// scan of `scan_shape` voxels of `scan_spacing` mm, e.g. a heat map), back onto the scan's
+    /// scan of `scan_shape` voxels of `scan_spacing` mm, e.g. a heat map) or on the whole
+    /// scan's ([`apply_whole`](Self::apply_whole), e.g. a sliding-window map), back onto the scan's
     /// own grid: the crop or pad undone (voxels the network did not see are 0), then the
     /// resampling undone by resampling to `scan_shape`. Written with the scan's affine, the
     /// result overlays the scan in a viewer.
@@ -89,19 +129,16 @@ impl Preprocessing {
     /// [`Error::InvalidVolume`] if `map` is not of this pipeline's [`size`](Self::size), or
     /// the scan's shape or spacing is not one `apply` accepts.
     pub fn to_scan_grid(&self, map: &Volume, scan_shape: [usize; 3], scan_spacing: [f32; 3]) -> Result<Volume> {
-        if map.shape != self.size {
+        // The resampled grid `apply` cropped from, and the one `apply_whole` padded it to.
+        let (whole, resampled) = self.whole_grid(scan_shape, scan_spacing)?;
+        if map.shape != self.size && map.shape != whole {
             return Err(Error::InvalidVolume {
                 what: format!(
-                    "a map of {:?} voxels is not on this pipeline's grid of {:?}",
+                    "a map of {:?} voxels is neither on this pipeline's grid of {:?} nor on the whole scan's {whole:?}",
                     map.shape, self.size
                 ),
             });
         }
-        // The resampled grid `apply` cropped from.
-        let resampled = match self.spacing {
-            Some(target) => crate::preprocess::resampled_grid(scan_shape, scan_spacing, target)?.0,
-            None => scan_shape,
-        };
         let mut back = map.crop_or_pad(resampled, 0.0)?.resize(scan_shape)?;
         back.spacing = scan_spacing;
         Ok(back)

@@ -54,6 +54,22 @@ pub(crate) enum Elem {
 }
 
 impl Elem {
+    /// PyTorch's short name of the type.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Elem::F64 => "f64",
+            Elem::F32 => "f32",
+            Elem::F16 => "f16",
+            Elem::BF16 => "bf16",
+            Elem::I64 => "i64",
+            Elem::I32 => "i32",
+            Elem::I16 => "i16",
+            Elem::I8 => "i8",
+            Elem::U8 => "u8",
+            Elem::Bool => "bool",
+        }
+    }
+
     fn size(self) -> usize {
         match self {
             Elem::F64 | Elem::I64 => 8,

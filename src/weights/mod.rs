@@ -5,6 +5,7 @@
 
 pub(crate) mod format;
 pub(crate) mod inflate;
+pub(crate) mod inspect;
 pub(crate) mod load;
 pub(crate) mod names;
 mod onnx;

@@ -10,7 +10,7 @@ use burn::store::pytorch_reader::{DType, PickleValue, PytorchError, PytorchReade
 use super::format::{Elem, WeightTensor, decode, io_error};
 use crate::error::{Error, Result};
 
-pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
+pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor, Elem)>> {
     let corrupt = |reason: String| Error::Corrupt {
         path: path.to_path_buf(),
         format: "PyTorch",
@@ -77,6 +77,7 @@ pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
                 shape,
                 values: decode(elem, &bytes),
             },
+            elem,
         ));
     }
     Ok(out)

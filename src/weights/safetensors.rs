@@ -7,7 +7,7 @@ use safetensors::{Dtype, SafeTensors};
 use super::format::{Elem, WeightTensor, decode, io_error};
 use crate::error::{Error, Result};
 
-pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
+pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor, Elem)>> {
     let bytes = std::fs::read(path).map_err(|source| io_error(path, source))?;
     let file = SafeTensors::deserialize(&bytes).map_err(|err| Error::Corrupt {
         path: path.to_path_buf(),
@@ -41,6 +41,7 @@ pub(super) fn read(path: &Path) -> Result<Vec<(String, WeightTensor)>> {
                 shape,
                 values: decode(elem, view.data()),
             },
+            elem,
         ));
     }
     Ok(out)

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::format::{Format, WeightTensor, detect_format};
+use super::format::{Elem, Format, WeightTensor, detect_format};
 use super::{onnx, pytorch, safetensors};
 use crate::error::{Error, Result};
 
@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 pub struct Weights {
     tensors: BTreeMap<String, WeightTensor>,
     set_aside: Vec<(String, String)>,
+    element_types: BTreeMap<&'static str, usize>,
     fused_batch_norms: usize,
     stride_in_1x1: Option<bool>,
 }
@@ -60,6 +61,14 @@ impl Weights {
         Ok(Self::from_state_dict(raw))
     }
 
+    /// How many of the state dict's tensors the file stores in each element type (`f32`,
+    /// `f16`, `bf16`, `i64` for BatchNorm's counters, ...), before they were read as `f32`;
+    /// empty for ONNX files (whose initializers are converted by the graph reader) and for
+    /// sets made with [`insert`](Self::insert).
+    pub fn element_types(&self) -> &BTreeMap<&'static str, usize> {
+        &self.element_types
+    }
+
     /// Adds a tensor, replacing one of the same name.
     ///
     /// # Errors
@@ -84,6 +93,7 @@ impl Weights {
         Self {
             tensors: self.tensors.iter().map(|(k, v)| (rename(k), v.clone())).collect(),
             set_aside: self.set_aside.clone(),
+            element_types: self.element_types.clone(),
             fused_batch_norms: self.fused_batch_norms,
             stride_in_1x1: self.stride_in_1x1,
         }
@@ -141,8 +151,8 @@ impl Weights {
 
     /// Finds the state dict among a file's tensors: the prefix `p` of the shortest
     /// `p + "conv1.weight"` that has a `p + "bn1.weight"` beside it and is not inside a stage.
-    fn from_state_dict(raw: Vec<(String, WeightTensor)>) -> Self {
-        let names: std::collections::BTreeSet<&str> = raw.iter().map(|(n, _)| n.as_str()).collect();
+    fn from_state_dict(raw: Vec<(String, WeightTensor, Elem)>) -> Self {
+        let names: std::collections::BTreeSet<&str> = raw.iter().map(|(n, _, _)| n.as_str()).collect();
         let prefix = names
             .iter()
             .filter_map(|n| n.strip_suffix("conv1.weight"))
@@ -152,10 +162,11 @@ impl Weights {
             .unwrap_or("")
             .to_string();
         let mut weights = Self::default();
-        for (name, tensor) in raw {
+        for (name, tensor, elem) in raw {
             match name.strip_prefix(&prefix) {
                 Some(inner) => {
                     weights.tensors.insert(inner.to_string(), tensor);
+                    *weights.element_types.entry(elem.name()).or_default() += 1;
                 }
                 None => weights.set_aside.push((
                     name,
@@ -178,32 +189,39 @@ mod tests {
         }
     }
 
+    fn raw(tensors: &[(&str, f32)]) -> Vec<(String, WeightTensor, Elem)> {
+        tensors
+            .iter()
+            .map(|&(n, v)| (n.to_string(), t(&[v]), Elem::F16))
+            .collect()
+    }
+
     #[test]
     fn finds_a_nested_state_dict_and_sets_the_rest_aside() {
-        let raw = vec![
-            ("state_dict.module.conv1.weight".to_string(), t(&[1.0])),
-            ("state_dict.module.bn1.weight".to_string(), t(&[2.0])),
-            ("state_dict.module.layer1.0.conv1.weight".to_string(), t(&[3.0])),
-            ("optimizer.state.0.exp_avg".to_string(), t(&[4.0])),
-        ];
-        let w = Weights::from_state_dict(raw);
+        let w = Weights::from_state_dict(raw(&[
+            ("state_dict.module.conv1.weight", 1.0),
+            ("state_dict.module.bn1.weight", 2.0),
+            ("state_dict.module.layer1.0.conv1.weight", 3.0),
+            ("optimizer.state.0.exp_avg", 4.0),
+        ]));
         assert_eq!(
             w.names().collect::<Vec<_>>(),
             ["bn1.weight", "conv1.weight", "layer1.0.conv1.weight"]
         );
         assert_eq!(w.set_aside().len(), 1);
         assert_eq!(w.set_aside()[0].0, "optimizer.state.0.exp_avg");
+        // The state dict's element types only.
+        assert_eq!(w.element_types().get("f16"), Some(&3));
     }
 
     #[test]
     fn keeps_a_bare_state_dict_as_it_is() {
-        let raw = vec![
-            ("conv1.weight".to_string(), t(&[1.0])),
-            ("bn1.weight".to_string(), t(&[2.0])),
-            ("layer1.0.conv1.weight".to_string(), t(&[3.0])),
-            ("layer1.0.bn1.weight".to_string(), t(&[3.0])),
-        ];
-        let w = Weights::from_state_dict(raw);
+        let w = Weights::from_state_dict(raw(&[
+            ("conv1.weight", 1.0),
+            ("bn1.weight", 2.0),
+            ("layer1.0.conv1.weight", 3.0),
+            ("layer1.0.bn1.weight", 3.0),
+        ]));
         assert_eq!(w.len(), 4);
         assert!(w.set_aside().is_empty());
     }

@@ -6,8 +6,15 @@ use resnet3d::burn::tensor::{Device, Tensor, TensorData};
 use resnet3d::{BlockKind, DepthPadding, Features, FrozenResNet3d, Inflation, ResNet3d, ResNet3dConfig};
 use serde_json::Value;
 
+/// The repository's fixtures, from the library's tests or the command's (cli/).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = if manifest.ends_with("cli") {
+        manifest.parent().unwrap_or(manifest)
+    } else {
+        manifest
+    };
+    root.join("tests/fixtures")
 }
 
 pub fn manifest() -> Value {

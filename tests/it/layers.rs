@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("data", &["preprocess", "error"]),
     ("explain", &["frozen", "model", "preprocess", "data", "arch", "error"]),
     ("train", &["model", "ops", "kernels", "data", "arch", "error"]),
+    ("infer", &["frozen", "model", "preprocess", "data", "arch", "error"]),
     ("bench", &["model", "kernels", "arch", "error"]),
 ];
 

@@ -16,6 +16,7 @@ mod full_width;
 mod fuzz_entry;
 mod gradients;
 mod hostile;
+mod inspect;
 mod invariants;
 mod labels;
 mod layers;
@@ -23,16 +24,13 @@ mod medicalnet;
 mod nifti;
 mod onnx;
 mod optim;
-#[cfg(all(feature = "pictures", feature = "nifti", feature = "dicom"))]
-mod pictures;
 mod properties;
 mod pytorch;
 mod readers;
 mod record;
+mod sliding;
 mod soundness;
 mod tracking;
-#[cfg(feature = "train")]
-mod train;
 mod video;
 #[cfg(feature = "wgpu")]
 mod wgpu;

@@ -1,44 +1,17 @@
-//! NIfTI reading and the classify_ct example's whole path on a synthetic phantom.
+//! NIfTI reading on synthetic phantoms.
 
 use std::path::Path;
 
 use resnet3d::Error;
-use resnet3d::burn::tensor::Device;
 use resnet3d::preprocess::Volume;
 
 #[path = "../../examples/make_nodules.rs"]
 #[allow(dead_code)]
 pub(crate) mod make_nodules;
 
-#[path = "../../examples/classify_ct.rs"]
-#[allow(dead_code)]
-pub(crate) mod example;
-
 /// A NIfTI-1 file written by hand (the phantom example's writer), `x` fastest.
 fn write_nifti(path: &Path, dims: [u16; 3], pixdim: [f32; 3], slope: f32, inter: f32, voxels: &[i16]) {
     make_nodules::write_nifti_i16(path, dims.map(usize::from), pixdim, slope, inter, voxels).unwrap();
-}
-
-/// A chest-like phantom in stored units (HU + 1024): air around a water body with a lung.
-fn phantom(dims: [u16; 3]) -> Vec<i16> {
-    let [nx, ny, nz] = dims.map(usize::from);
-    let mut out = Vec::with_capacity(nx * ny * nz);
-    for z in 0..nz {
-        for y in 0..ny {
-            for x in 0..nx {
-                let (u, v) = (x as f32 / nx as f32 - 0.5, y as f32 / ny as f32 - 0.5);
-                let hu = if u * u + v * v > 0.16 {
-                    -1000
-                } else if (u - 0.15).powi(2) + v * v < 0.01 {
-                    -800
-                } else {
-                    40 + (z % 3) as i16
-                };
-                out.push(hu + 1024);
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -61,51 +34,6 @@ fn nifti_volumes_are_read_with_spacing_and_rescaling() {
     std::fs::write(&junk, b"not a nifti file at all").unwrap();
     let err = Volume::from_nifti(&junk).unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-}
-
-#[test]
-fn classify_ct_runs_on_a_phantom() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("phantom.nii.gz");
-    let dims = [48, 40, 12];
-    write_nifti(&path, dims, [0.9, 0.9, 3.0], 1.0, -1024.0, &phantom(dims));
-    let args = example::Args {
-        volume: path,
-        weights: None,
-        window: "lung".into(),
-        spacing: 1.5,
-        shape: vec![16, 32, 32],
-        classes: 3,
-        model: None,
-        series: None,
-        cam: None,
-        cam_nifti: None,
-        class: None,
-        stage: "layer4".into(),
-        around_max: false,
-    };
-    let scores = example::classify(&args, &Device::flex()).unwrap();
-    assert_eq!(scores.len(), 3);
-    // The same settings from a command line (`--shape d,h,w` is one comma-separated value).
-    let path = args.volume.to_str().unwrap();
-    let argv = [
-        "classify_ct",
-        path,
-        "--shape",
-        "16,32,32",
-        "--spacing",
-        "1.5",
-        "--classes",
-        "3",
-    ];
-    let parsed = <example::Args as clap::Parser>::parse_from(argv);
-    assert_eq!(
-        (&parsed.shape, parsed.spacing, parsed.classes),
-        (&args.shape, args.spacing, args.classes)
-    );
-    assert_eq!(example::classify(&parsed, &Device::flex()).unwrap().len(), 3);
-    assert!(scores.iter().all(|s| s.is_finite() && *s > 0.0));
-    assert!((scores.iter().sum::<f32>() - 1.0).abs() < 1e-5);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The training pipeline end to end: phantom scans on disk, `examples/train.rs` (Burn's
+//! The training pipeline end to end: phantom scans on disk, `resnet3d train` (Burn's
 //! Learner through `resnet3d::train::fit`), the files it writes, resuming; the dataset's
 //! cache, seeding and augmentation; bad scans.
 
@@ -15,16 +15,12 @@ use resnet3d::preprocess::{Volume, Window};
 use resnet3d::train::ScanClassifier;
 use resnet3d::{Error, ResNet3d, ResNet3dConfig};
 
-#[path = "../../examples/train.rs"]
-#[allow(dead_code)]
-mod train_example;
-
 use clap::Parser;
+use resnet3d_cli::{explain, train};
 
-use crate::nifti::example as classify_ct;
-use crate::nifti::make_nodules;
+use crate::make_nodules;
 
-fn args(labels: &Path, out: &Path, extra: &[&str]) -> train_example::Args {
+fn args(labels: &Path, out: &Path, extra: &[&str]) -> train::Args {
     let mut argv = vec![
         "train".to_string(),
         "--labels".into(),
@@ -37,7 +33,7 @@ fn args(labels: &Path, out: &Path, extra: &[&str]) -> train_example::Args {
         "2".into(),
     ];
     argv.extend(extra.iter().map(|s| s.to_string()));
-    train_example::Args::parse_from(argv)
+    train::Args::parse_from(argv)
 }
 
 /// Binary AUROC of `scores` for the positive class: the share of (positive, negative) pairs
@@ -87,7 +83,7 @@ fn training_reaches_auroc_095_and_exports_the_best_network() {
         "--workers",
         "0",
     ];
-    let summary = train_example::run(&args(&labels, &out, &extra)).unwrap();
+    let summary = train::run(&args(&labels, &out, &extra)).unwrap();
     let curve: Vec<f64> = summary.epochs.iter().map(|e| e.valid_auroc).collect();
     println!("validation AUROC per epoch: {curve:.1?}; {:.1} s", summary.seconds);
     assert!(
@@ -131,19 +127,14 @@ fn training_reaches_auroc_095_and_exports_the_best_network() {
         "evaluate: {measured:?}, here {ours}"
     );
 
-    // classify_ct --model reads the same network and pipeline back.
+    // explain --model reads the same network and pipeline back.
     let first = scans.split(Split::Valid).next().unwrap().path.clone();
     let model = out.join("model.bpk");
-    let argv = [
-        "classify_ct",
-        first.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-    ];
-    let p = classify_ct::classify(&classify_ct::Args::parse_from(argv), &device).unwrap();
+    let argv = ["explain", first.to_str().unwrap(), "--model", model.to_str().unwrap()];
+    let p = explain::classify(&explain::Args::parse_from(argv), &device).unwrap();
     assert!(
         (p[1] - scores[0]).abs() < 1e-6,
-        "classify_ct --model: {p:?}, here {}",
+        "explain --model: {p:?}, here {}",
         scores[0]
     );
     assert!(
@@ -168,7 +159,7 @@ fn resuming_continues_as_the_uninterrupted_run() {
         if resume {
             extra.push("--resume");
         }
-        train_example::run(&args(&labels, &out, &extra)).unwrap()
+        train::run(&args(&labels, &out, &extra)).unwrap()
     };
     let device = Device::flex();
     let output = || {
@@ -201,7 +192,7 @@ fn resuming_continues_as_the_uninterrupted_run() {
     assert_eq!(output(), whole_output, "the networks after epoch 3");
 
     // A new run into a folder that holds one is refused rather than mixing their logs.
-    let again = train_example::run(&args(&labels, &out, &["--epochs", "3"]));
+    let again = train::run(&args(&labels, &out, &["--epochs", "3"]));
     assert!(again.unwrap_err().to_string().contains("earlier run"));
 }
 
@@ -268,7 +259,7 @@ fn an_unreadable_scan_is_named_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let labels = make_nodules::make_dataset(&dir.path().join("scans"), 8, 4, [6.0, 9.0]).unwrap();
     std::fs::write(dir.path().join("scans/scan_005.nii.gz"), b"not a volume").unwrap();
-    let err = train_example::run(&args(&labels, &dir.path().join("run"), &["--epochs", "1"])).unwrap_err();
+    let err = train::run(&args(&labels, &dir.path().join("run"), &["--epochs", "1"])).unwrap_err();
     match err.downcast_ref::<Error>() {
         Some(Error::InvalidLabels { row: Some(7), what, .. }) => assert!(what.contains("scan_005"), "{what}"),
         other => panic!("expected InvalidLabels at line 7, got {other:?} ({err})"),
@@ -295,9 +286,9 @@ fn freeze_early_keeps_the_stem_and_layer1() {
         "1e-2",
     ];
     let args = args(&labels, &out, &extra);
-    train_example::run(&args).unwrap();
+    train::run(&args).unwrap();
     let device = Device::flex();
-    let (start, config) = train_example::network(&args, 2, &device).unwrap();
+    let (start, config) = train::network(&args, 2, &device).unwrap();
     let trained = ResNet3d::load(out.join("model.bpk"), &config, &device).unwrap();
     let v = |t: resnet3d::burn::tensor::Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
     let flat = |t: resnet3d::burn::tensor::Tensor<5>| v(t.flatten(0, 4));
@@ -327,7 +318,7 @@ fn resuming_from_a_bad_checkpoint_is_an_error() {
     let common = ["--batch", "4", "--patience", "0", "--workers", "0"];
     let run = |extra: &[&str]| {
         let extra: Vec<&str> = common.iter().chain(extra).copied().collect();
-        train_example::run(&args(&labels, &out, &extra))
+        train::run(&args(&labels, &out, &extra))
     };
     run(&["--epochs", "2"]).unwrap();
 
@@ -352,7 +343,7 @@ fn resuming_from_a_bad_checkpoint_is_an_error() {
 #[test]
 fn a_missing_label_file_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = train_example::run(&args(&dir.path().join("none.csv"), &dir.path().join("run"), &[])).unwrap_err();
+    let err = train::run(&args(&dir.path().join("none.csv"), &dir.path().join("run"), &[])).unwrap_err();
     assert!(
         matches!(err.downcast_ref::<Error>(), Some(Error::FileNotFound { .. })),
         "{err}"
@@ -375,7 +366,7 @@ fn several_devices_train() {
         "--devices",
         "cpu,cpu",
     ];
-    let summary = train_example::run(&args(&labels, &dir.path().join("run"), &extra)).unwrap();
+    let summary = train::run(&args(&labels, &dir.path().join("run"), &extra)).unwrap();
     assert_eq!(summary.epochs.len(), 2);
     assert!(
         summary
@@ -411,7 +402,7 @@ fn three_classes_macro_auroc() {
         "--valid-share",
         "0.34",
     ];
-    let summary = train_example::run(&args(&labels, &out, &extra)).unwrap();
+    let summary = train::run(&args(&labels, &out, &extra)).unwrap();
     assert!(summary.epochs.iter().all(|e| (0.0..=100.0).contains(&e.valid_auroc)));
     let test = summary.test.as_ref().expect("the test scans are measured");
     assert_eq!(test.scans, 3);

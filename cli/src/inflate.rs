@@ -1,9 +1,4 @@
-//! Inflate a 2-D ImageNet ResNet into a 3-D one from the command line.
-//!
-//! ```text
-//! cargo run --release --example inflate -- --weights resnet50.pth --in-channels 1 \
-//!     --inflation center --stem-depth-kernel 3 --stem-depth-stride 1 --out resnet3d-50 --check
-//! ```
+//! `resnet3d inflate`: a 2-D ImageNet ResNet inflated into a 3-D one.
 //!
 //! Prints the load report (tensors used, inflated shapes, what happened to the head and to
 //! BatchNorm). `--out NAME` writes `NAME.bpk` (Burn's record format) and `NAME.json` (the
@@ -11,7 +6,6 @@
 //! `ResNet3d::load`). `--check` runs the 2-D equivalence check.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
@@ -19,64 +13,74 @@ use resnet3d::burn::config::Config;
 use resnet3d::burn::tensor::{Device, Tensor, TensorData};
 use resnet3d::{DepthPadding, Inflation, Layout, ResNet3dConfig, Weights, inflate_from_2d_with_report};
 
+/// `resnet3d inflate --help`'s examples.
+const EXAMPLES: &str = "\
+Examples:
+  resnet3d inflate --weights resnet50.pth --out resnet3d-50 --check
+  resnet3d inflate --weights resnet50.pth --in-channels 1 --inflation center \\
+      --stem-depth-kernel 3 --stem-depth-stride 1 --no-head --out resnet3d-50-encoder";
+
 #[derive(Parser, Debug)]
-#[command(about = "Inflate a 2-D ImageNet ResNet (.pth, .safetensors, .onnx) into a 3-D ResNet")]
-struct Args {
+#[command(
+    about = "Inflate a 2-D ImageNet ResNet (.pth, .safetensors, .onnx) into a 3-D ResNet",
+    after_help = EXAMPLES
+)]
+pub struct Args {
     /// The 2-D checkpoint: .pth/.pt, .safetensors or .onnx.
     #[arg(long)]
-    weights: PathBuf,
+    pub weights: PathBuf,
     /// ResNet depth; by default the checkpoint's (an error if they differ).
     #[arg(long, value_parser = ["18", "34", "50", "101", "152"])]
-    depth: Option<String>,
+    pub depth: Option<String>,
     /// Channels of the input volumes.
     #[arg(long, default_value_t = 1)]
-    in_channels: usize,
+    pub in_channels: usize,
     /// How 2-D kernels are spread over depth.
     #[arg(long, value_enum, default_value_t = Rule::Average)]
-    inflation: Rule,
+    pub inflation: Rule,
     /// Classes of a new head; by default the checkpoint's head is kept.
     #[arg(long, conflicts_with = "no_head")]
-    num_classes: Option<usize>,
+    pub num_classes: Option<usize>,
     /// Leave the head out: the network returns pooled features.
     #[arg(long)]
-    no_head: bool,
+    pub no_head: bool,
     /// Depth of the stem kernel (odd).
     #[arg(long, default_value_t = 7)]
-    stem_depth_kernel: usize,
+    pub stem_depth_kernel: usize,
     /// Depth stride of the stem.
     #[arg(long, default_value_t = 2)]
-    stem_depth_stride: usize,
+    pub stem_depth_stride: usize,
     /// Leave out the max pool after the stem.
     #[arg(long)]
-    no_max_pool: bool,
+    pub no_max_pool: bool,
     /// Depth of the max-pool window (odd).
     #[arg(long, default_value_t = 3)]
-    max_pool_depth_kernel: usize,
+    pub max_pool_depth_kernel: usize,
     /// Depth stride of the max pool.
     #[arg(long, default_value_t = 2)]
-    max_pool_depth_stride: usize,
+    pub max_pool_depth_stride: usize,
     /// Depth of the 3x3 kernels in the blocks (odd; 1 = 2.5-D).
     #[arg(long, default_value_t = 3)]
-    block_depth_kernel: usize,
+    pub block_depth_kernel: usize,
     /// Depth strides of layer1..layer4, comma-separated.
     #[arg(long, default_value = "1,2,2,2", value_delimiter = ',')]
-    stage_depth_strides: Vec<usize>,
+    pub stage_depth_strides: Vec<usize>,
     /// Padding of the depth axis.
     #[arg(long, value_enum, default_value_t = Padding::Zeros)]
-    depth_padding: Padding,
+    pub depth_padding: Padding,
     /// Bottlenecks stride their first 1x1 (ResNet v1); ONNX files say which they are.
     #[arg(long)]
-    stride_in_1x1: bool,
+    pub stride_in_1x1: bool,
     /// Write NAME.bpk (the weights, Burn's record format) and NAME.json (the configuration).
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Check that a volume constant along depth gives the 2-D network's output.
     #[arg(long)]
-    check: bool,
+    pub check: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum Rule {
+pub enum Rule {
     Average,
     Center,
     /// ACS convolutions: output channels split over the axial, coronal and sagittal planes.
@@ -84,22 +88,14 @@ enum Rule {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum Padding {
+pub enum Padding {
     Zeros,
     Replicate,
 }
 
-fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+/// Inflates, prints the report, saves what `--out` asks for; `Ok(false)` when `--check`
+/// finds the 3-D network does not reproduce the 2-D one.
+pub fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let device = Device::flex();
     let start = Instant::now();
     let weights = Weights::from_file(&args.weights)?;
@@ -151,10 +147,7 @@ fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         config.save(&json)?;
         println!("saved {} and {}", record.display(), json.display());
     }
-    if args.check && !check(&weights, &config, &device)? {
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(!args.check || check(&weights, &config, &device)?)
 }
 
 /// The 2-D equivalence check: with Replicate depth padding the inflated network gives the

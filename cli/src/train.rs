@@ -1,19 +1,13 @@
-//! Fine-tune a 3-D ResNet on a folder of labelled scans with Burn's training loop.
-//!
-//! ```text
-//! cargo run --release --example make_nodules -- scans/            # a demo dataset
-//! cargo run --release --features train --example train -- \
-//!     --labels scans/labels.csv --depth 18 [--weights resnet18.pth] [--in-channels 1] \
-//!     [--spacing 1.5] [--size 64,128,128] [--window lung] [--epochs 20] [--batch 4] [--lr 1e-3] \
-//!     [--devices cpu] [--resume] --out runs/nodules
-//! ```
+//! `resnet3d train`: fine-tune a 3-D ResNet on a folder of labelled scans with Burn's
+//! training loop.
 //!
 //! Reads `--labels` (a CSV `path,label[,split]`, paths relative to it; without a split
 //! column a seeded, class-stratified `--valid-share` goes to validation), checks every row
 //! and reads every scan before training, then trains with loss, accuracy and AUROC per epoch
 //! on both splits, a warm-up + cosine schedule, class-balanced loss, checkpoints, early
 //! stopping on validation AUROC. Writes `--out/summary.json` and the best network as
-//! `model.bpk` + `config.json` (+ `preprocessing.json`), which `classify_ct --model` reads.
+//! `model.bpk` + `config.json` (+ `preprocessing.json`), which `resnet3d predict` and
+//! `resnet3d explain --model` read.
 //!
 //! Without `--weights` the network is inflated from the bundled small ResNet-18 checkpoint
 //! (width 4, for trying things out); `--scratch` starts from random weights instead.
@@ -29,8 +23,20 @@ use resnet3d::preprocess::Window;
 use resnet3d::train::{FitConfig, FitSummary, evaluate, fit};
 use resnet3d::{Layout, ResNet3dConfig, Weights};
 
+/// `resnet3d train --help`'s examples.
+const EXAMPLES: &str = "\
+Examples:
+  cargo run --release --example make_nodules -- scans/      # a demo dataset
+  resnet3d train --labels scans/labels.csv --out runs/nodules
+  resnet3d train --labels scans/labels.csv --depth 50 --weights resnet50.pth \\
+      --spacing 1.5 --size 64,128,128 --window lung --epochs 20 --batch 4 --out runs/r50
+  resnet3d train --labels scans/labels.csv --out runs/nodules --resume   # after an interruption";
+
 #[derive(Parser, Debug, Clone)]
-#[command(about = "Fine-tune an inflated 3-D ResNet on labelled NIfTI scans")]
+#[command(
+    about = "Fine-tune an inflated 3-D ResNet on labelled scans (NIfTI files, DICOM folders)",
+    after_help = EXAMPLES
+)]
 pub struct Args {
     /// The label file: CSV with header `path,label` and optionally `split`.
     #[arg(long)]
@@ -105,24 +111,6 @@ pub struct Args {
     /// Memory for cached preprocessed volumes, in MiB (the rest goes to --out/cache).
     #[arg(long, default_value_t = 4096)]
     pub cache_mb: usize,
-}
-
-#[allow(dead_code)]
-fn main() {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(summary) => println!(
-            "best epoch {}: validation AUROC {:.1}%, accuracy {:.1}%; model in {}",
-            summary.best_epoch,
-            summary.best_valid_auroc,
-            summary.best_valid_accuracy,
-            summary.model.display()
-        ),
-        Err(err) => {
-            eprintln!("error: {err}");
-            std::process::exit(1);
-        }
-    }
 }
 
 /// The whole run: labels, pipeline, network, Burn's training loop.
@@ -267,6 +255,7 @@ fn device(name: &str) -> Result<Device, String> {
     }
 }
 
-fn bundled_checkpoint() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoints/r18_w4.pth")
+/// The small ResNet-18 (width 4) of the crate's repository, for trying things out.
+pub fn bundled_checkpoint() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/checkpoints/r18_w4.pth")
 }

@@ -1,18 +1,10 @@
-//! Classify a CT scan (NIfTI file or DICOM folder) with an inflated ResNet, and show where it
-//! looked.
-//!
-//! ```text
-//! cargo run --release --example classify_ct -- scan.nii.gz
-//! cargo run --release --example classify_ct -- dicom/series/ --series 1.2.840.113619...
-//! cargo run --release --example classify_ct -- scan.nii.gz --weights resnet18.pth --window mediastinum
-//! cargo run --release --example classify_ct -- scan.nii.gz --model runs/nodules/model.bpk \
-//!     --cam cam.png --cam-nifti cam.nii.gz
-//! ```
+//! `resnet3d explain`: classify one CT scan (NIfTI file or DICOM folder) and show where the
+//! network looked.
 //!
 //! Reads the volume and its voxel spacing, resamples to `--spacing` mm, crops or pads to
 //! `--shape`, applies a Hounsfield window and the ImageNet-grey normalisation, runs the
 //! network and prints the class scores. With `--model`, a network trained by
-//! `examples/train.rs`: its `config.json` and `preprocessing.json` (beside `model.bpk`) give
+//! `resnet3d train`: its `config.json` and `preprocessing.json` (beside `model.bpk`) give
 //! the network and the whole pipeline, and the other settings are ignored. Without it the
 //! head of the inflated network is fresh, so the scores only show that the pipeline runs.
 //!
@@ -29,11 +21,23 @@ use resnet3d::burn::tensor::Device;
 use resnet3d::burn::tensor::activation::softmax;
 use resnet3d::data::{Normalization, Preprocessing};
 use resnet3d::explain::{Montage, Slices, Stage};
-use resnet3d::preprocess::{Placement, Volume, Window};
+use resnet3d::infer::{PlacedScan, TrainedRun};
+use resnet3d::preprocess::Window;
 use resnet3d::{ResNet3d, ResNet3dConfig, Weights};
 
+/// `resnet3d explain --help`'s examples.
+const EXAMPLES: &str = "\
+Examples:
+  resnet3d explain scan.nii.gz --model runs/nodules --cam cam.png --cam-nifti cam.nii.gz
+  resnet3d explain dicom/series/ --series 1.2.840.113619... --model runs/nodules --cam cam.png
+  resnet3d explain scan.nii.gz --model runs/nodules --stage layer3 --class 1 --around-max --cam cam.png
+  resnet3d explain scan.nii.gz --weights resnet18.pth --window mediastinum   # a fresh head: the pipeline only";
+
 #[derive(Parser, Debug)]
-#[command(about = "Classify a CT scan (NIfTI or DICOM folder) with an inflated 3-D ResNet")]
+#[command(
+    about = "Classify one scan (NIfTI or DICOM folder) and map where the network looked (CAM, Grad-CAM)",
+    after_help = EXAMPLES
+)]
 pub struct Args {
     /// The scan: a .nii/.nii.gz file or a folder of DICOM slices, in Hounsfield units.
     pub volume: PathBuf,
@@ -55,8 +59,8 @@ pub struct Args {
     /// Number of classes of the (fresh) head.
     #[arg(long, default_value_t = 2)]
     pub classes: usize,
-    /// A trained network (`model.bpk` written by the train example, with its `config.json`
-    /// and `preprocessing.json` in the same folder).
+    /// A trained network: the folder `resnet3d train` wrote, or its `model.bpk` (with
+    /// `config.json` and `preprocessing.json` beside it).
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Write a PNG montage of the class activation map over axial slices.
@@ -77,17 +81,13 @@ pub struct Args {
     pub around_max: bool,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let scores = classify(&Args::parse(), &Device::flex())?;
-    for (class, score) in scores.iter().enumerate() {
-        println!("class {class}: {score:.4}");
-    }
-    Ok(())
-}
-
 /// The whole path from file to class probabilities (and the maps asked for).
 pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::error::Error>> {
-    let (volume, placement) = read(&args.volume, args.series.as_deref())?;
+    let scan = PlacedScan::read(&args.volume, args.series.as_deref())?;
+    if let Some(uid) = &scan.series {
+        println!("DICOM series {uid}");
+    }
+    let (volume, placement) = (scan.volume, scan.placement);
     println!(
         "{}: {:?} voxels of {:?} mm, HU range {:.0} .. {:.0}",
         args.volume.display(),
@@ -164,21 +164,6 @@ pub fn classify(args: &Args, device: &Device) -> Result<Vec<f32>, Box<dyn std::e
     Ok(probabilities)
 }
 
-/// The scan and where it sits in the scanner: a NIfTI file's header, or a DICOM series'
-/// geometry.
-fn read(path: &Path, series: Option<&str>) -> Result<(Volume, Placement), Box<dyn std::error::Error>> {
-    if path.is_dir() {
-        let dicom = resnet3d::data::read_series(path, series)?;
-        println!(
-            "DICOM series {} ({} files, modality {})",
-            dicom.series.uid, dicom.series.files, dicom.series.modality
-        );
-        let placement = Placement::Affine(dicom.nifti_affine());
-        return Ok((dicom.volume, placement));
-    }
-    Ok((Volume::from_nifti(path)?, Placement::LikeFile(path.to_path_buf())))
-}
-
 /// A network, its input pipeline and its number of input channels.
 type Setup = (ResNet3d, Preprocessing, usize);
 
@@ -187,7 +172,7 @@ fn inflated(args: &Args, device: &Device) -> Result<Setup, Box<dyn std::error::E
     let window = Window::preset(&args.window)
         .ok_or_else(|| format!("--window {}: use lung, mediastinum, bone or brain", args.window))?;
     let shape = <[usize; 3]>::try_from(args.shape.as_slice()).map_err(|_| "--shape takes depth,height,width")?;
-    let path = args.weights.clone().unwrap_or_else(bundled_checkpoint);
+    let path = args.weights.clone().unwrap_or_else(crate::train::bundled_checkpoint);
     let weights = Weights::from_file(&path)?;
     let (layout, width) = weights.layout()?;
     let config = ResNet3dConfig::from_layout(layout)
@@ -202,21 +187,8 @@ fn inflated(args: &Args, device: &Device) -> Result<Setup, Box<dyn std::error::E
     ))
 }
 
-/// The network and pipeline a training run saved next to `model`.
+/// The network and pipeline a training run saved.
 fn trained(model: &Path, device: &Device) -> Result<Setup, Box<dyn std::error::Error>> {
-    use resnet3d::burn::config::Config;
-    let dir = model.parent().unwrap_or(Path::new("."));
-    let config = ResNet3dConfig::load(dir.join("config.json"))
-        .map_err(|e| format!("{}: {e}", dir.join("config.json").display()))?;
-    let preprocessing = Preprocessing::load(dir.join("preprocessing.json"))
-        .map_err(|e| format!("{}: {e}", dir.join("preprocessing.json").display()))?;
-    Ok((
-        ResNet3d::load(model, &config, device)?,
-        preprocessing,
-        config.in_channels,
-    ))
-}
-
-fn bundled_checkpoint() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoints/r18_w4.pth")
+    let run = TrainedRun::load(model, device)?;
+    Ok((run.net, run.preprocessing, run.config.in_channels))
 }

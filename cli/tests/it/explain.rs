@@ -1,4 +1,4 @@
-//! `classify_ct --cam` and `--cam-nifti`: the PNG montage decodes, has the size the layout
+//! `resnet3d explain` on a phantom; `--cam` and `--cam-nifti`: the PNG montage decodes, has the size the layout
 //! gives and shows a map; the NIfTI map lies on the scan's grid with the scan's affine, for
 //! a NIfTI input (its header copied) and a DICOM series (its position and orientation).
 
@@ -10,15 +10,17 @@ use resnet3d::data::{Preprocessing, read_series};
 use resnet3d::preprocess::{Placement, Volume, Window, nifti_affine};
 
 use crate::common::{blob_detector, fixtures};
-use crate::nifti::example;
+use resnet3d_cli::explain as example;
 
-/// classify_ct's settings from its command line: the bundled checkpoint with a fresh
+use crate::make_nodules;
+
+/// explain's settings from its command line: the bundled checkpoint with a fresh
 /// 3-class head, 1.5 mm, 16 x 32 x 32 voxels (unless `extra` names a `--model`), both maps
 /// into `out`.
 fn args(volume: &Path, out: &Path, extra: &[&str]) -> example::Args {
     let (png, nifti) = (out.join("cam.png"), out.join("cam.nii.gz"));
     let mut argv = vec![
-        "classify_ct",
+        "explain",
         volume.to_str().unwrap(),
         "--shape=16,32,32",
         "--classes",
@@ -175,4 +177,32 @@ fn cam_nifti_of_a_dicom_series_has_the_series_affine() {
         (info.width, info.height),
         (4 + 4 * (256 + 4) + 16 + 24, 4 + 4 * (256 + 4))
     );
+}
+
+#[test]
+fn explain_scores_a_phantom_from_its_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("phantom.nii.gz");
+    let (dims, spacing, hu) = make_nodules::phantom(3, true, [6.0, 9.0]);
+    make_nodules::write_nifti(&path, dims, spacing, &hu).unwrap();
+    // `--shape d,h,w` is one comma-separated value.
+    let argv = [
+        "explain",
+        path.to_str().unwrap(),
+        "--shape",
+        "16,32,32",
+        "--spacing",
+        "1.5",
+        "--classes",
+        "3",
+    ];
+    let parsed = <example::Args as clap::Parser>::parse_from(argv);
+    assert_eq!(
+        (&parsed.shape, parsed.spacing, parsed.classes),
+        (&vec![16, 32, 32], 1.5, 3)
+    );
+    let scores = example::classify(&parsed, &Device::flex()).unwrap();
+    assert_eq!(scores.len(), 3);
+    assert!(scores.iter().all(|s| s.is_finite() && *s > 0.0));
+    assert!((scores.iter().sum::<f32>() - 1.0).abs() < 1e-5);
 }

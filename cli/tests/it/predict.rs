@@ -1,0 +1,286 @@
+//! `resnet3d predict` in process: folders, label CSVs and DICOM series found and scored;
+//! sliding windows over a whole scan; unreadable scans reported; shards that partition the
+//! inputs whatever the folder's order; `--resume` from every state an interruption can leave.
+
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use resnet3d::burn::config::Config;
+use resnet3d::burn::tensor::Device;
+use resnet3d::data::Preprocessing;
+use resnet3d::preprocess::{Placement, Volume, Window};
+use resnet3d_cli::predict;
+
+use crate::common::{blob_detector, fixtures};
+
+/// A run folder as `resnet3d train` writes one, holding a network that, by construction,
+/// answers class 1 for bright voxels (tests/it/common.rs), on 16 x 32 x 32 inputs at 1.5 mm.
+pub fn detector_run(dir: &Path) -> PathBuf {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let (detector, config) = blob_detector(&Device::flex());
+    detector.save(run.join("model.bpk")).unwrap();
+    config.save(run.join("config.json")).unwrap();
+    Preprocessing::ct(1.5, [16, 32, 32], Window::LUNG)
+        .save(run.join("preprocessing.json"))
+        .unwrap();
+    run
+}
+
+/// A body of -850 HU in air, `shape` voxels of 1.5 mm, with a 300 HU ball of radius 4 voxels
+/// at `ball` (if any), written as NIfTI.
+pub fn scan(path: &Path, shape: [usize; 3], ball: Option<[f32; 3]>) {
+    let [d, h, w] = shape;
+    let mut hu = vec![-850.0f32; d * h * w];
+    if let Some([bz, by, bx]) = ball {
+        for (i, v) in hu.iter_mut().enumerate() {
+            let (z, y, x) = ((i / (h * w)) as f32, (i / w % h) as f32, (i % w) as f32);
+            if (z - bz).powi(2) + (y - by).powi(2) + (x - bx).powi(2) < 16.0 {
+                *v = 300.0;
+            }
+        }
+    }
+    let affine = [
+        [1.5, 0.0, 0.0, 0.0],
+        [0.0, 1.5, 0.0, 0.0],
+        [0.0, 0.0, 1.5, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    Volume::new(hu, shape, [1.5; 3])
+        .unwrap()
+        .save_nifti(path, &Placement::Affine(affine))
+        .unwrap();
+}
+
+fn args(input: &Path, run: &Path, out: &Path, extra: &[&str]) -> predict::Args {
+    let mut argv = vec![
+        "predict".to_string(),
+        input.display().to_string(),
+        "--model".into(),
+        run.display().to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    predict::Args::parse_from(argv)
+}
+
+/// The CSV's rows as (path, the other fields).
+fn rows(out: &Path) -> Vec<Vec<String>> {
+    let mut reader = csv::Reader::from_path(out).unwrap();
+    reader
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_string).collect())
+        .collect()
+}
+
+/// A folder of scans: three with a ball, three without, one in a subfolder, a DICOM series.
+fn archive(dir: &Path) -> PathBuf {
+    let root = dir.join("archive");
+    for i in 0..6 {
+        let ball = (i % 2 == 1).then_some([8.0, 16.0, 16.0]);
+        let name = if i == 5 {
+            format!("sub/deeper/scan{i}.nii.gz")
+        } else {
+            format!("scan{i}.nii")
+        };
+        scan(&root.join(name), [16, 32, 32], ball);
+    }
+    let series = root.join("patient7/ct");
+    std::fs::create_dir_all(&series).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("dicom/ct")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), series.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(root.join("notes.txt"), "not a scan").unwrap();
+    root
+}
+
+#[test]
+fn a_folder_and_a_label_file_are_scored_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = archive(dir.path());
+    let out = dir.path().join("scores.csv");
+    let summary = predict::run(&args(&root, &run, &out, &[])).unwrap();
+    assert_eq!((summary.scored, summary.failed, summary.skipped), (7, 0, 0));
+    let header = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(header, "path,p0,p1,predicted,error");
+    let rows = rows(&out);
+    let keys: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    // Sorted bytewise by the path below the folder; the DICOM series is one scan.
+    assert_eq!(
+        keys,
+        [
+            "patient7/ct",
+            "scan0.nii",
+            "scan1.nii",
+            "scan2.nii",
+            "scan3.nii",
+            "scan4.nii",
+            "sub/deeper/scan5.nii.gz"
+        ]
+    );
+    for row in &rows[1..] {
+        let ball = ["scan1.nii", "scan3.nii", "sub/deeper/scan5.nii.gz"].contains(&row[0].as_str());
+        let (p0, p1): (f32, f32) = (row[1].parse().unwrap(), row[2].parse().unwrap());
+        assert!((p0 + p1 - 1.0).abs() < 1e-5, "{row:?}");
+        assert_eq!(row[3], if ball { "1" } else { "0" }, "{row:?}");
+        assert!(row[4].is_empty());
+    }
+
+    // The same scans through a label CSV (paths relative to it, other columns ignored).
+    let labels = root.join("labels.csv");
+    let listed: Vec<String> = rows.iter().map(|r| format!("1,{}", r[0])).collect();
+    std::fs::write(&labels, format!("label,path\n{}\n", listed.join("\n"))).unwrap();
+    let again = dir.path().join("again.csv");
+    predict::run(&args(&labels, &run, &again, &[])).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&again).unwrap(),
+        std::fs::read_to_string(&out).unwrap()
+    );
+}
+
+#[test]
+fn an_unreadable_scan_gets_its_error_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    std::fs::write(root.join("b.nii.gz"), b"this is not gzip").unwrap();
+    scan(&root.join("c.nii"), [16, 32, 32], Some([8.0, 16.0, 16.0]));
+    let out = dir.path().join("scores.csv");
+    let summary = predict::run(&args(&root, &run, &out, &["--readers", "2"])).unwrap();
+    assert_eq!((summary.scored, summary.failed), (2, 1));
+    let rows = rows(&out);
+    assert_eq!(rows[1][0], "b.nii.gz");
+    assert!(rows[1][1..4].iter().all(String::is_empty), "{:?}", rows[1]);
+    assert!(
+        rows[1][4].contains("b.nii.gz"),
+        "the error names the file: {}",
+        rows[1][4]
+    );
+    assert_eq!((rows[0][3].as_str(), rows[2][3].as_str()), ("0", "1"));
+}
+
+#[test]
+fn sliding_windows_find_what_the_centre_crop_misses_and_map_it_on_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    // 40 x 80 x 80 voxels; the ball far from the centre 16 x 32 x 32 crop.
+    let ball = [30.0, 12.0, 66.0];
+    scan(&root.join("big.nii.gz"), [40, 80, 80], Some(ball));
+    let out = dir.path().join("crop.csv");
+    predict::run(&args(&root, &run, &out, &[])).unwrap();
+    assert_eq!(rows(&out)[0][3], "0", "the centre crop does not see the ball");
+
+    let maps = dir.path().join("maps");
+    let out = dir.path().join("sliding.csv");
+    let extra = [
+        "--sliding-window",
+        "--overlap",
+        "0.5",
+        "--aggregate",
+        "max",
+        "--maps",
+        maps.to_str().unwrap(),
+    ];
+    predict::run(&args(&root, &run, &out, &extra)).unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.starts_with("path,p0,p1,predicted,aggregate,error\n"), "{text}");
+    let row = &rows(&out)[0];
+    assert_eq!((row[3].as_str(), row[4].as_str()), ("1", "max"), "{row:?}");
+    // The map of class 1 on the scan's grid, with its affine, hottest at the ball.
+    let map = Volume::from_nifti(maps.join("big.p1.nii.gz")).unwrap();
+    assert_eq!((map.shape, map.spacing), ([40, 80, 80], [1.5; 3]));
+    let hottest = (0..map.data.len()).fold(0, |b, i| if map.data[i] > map.data[b] { i } else { b });
+    let at = [hottest / 6400, hottest / 80 % 80, hottest % 80].map(|v| v as f32);
+    let distance = (0..3).map(|a| (at[a] - ball[a]).powi(2)).sum::<f32>().sqrt();
+    assert!(distance < 20.0, "hottest voxel {at:?}, ball at {ball:?}");
+    // The maps of the classes sum to 1 at every voxel.
+    let other = Volume::from_nifti(maps.join("big.p0.nii.gz")).unwrap();
+    assert!(
+        map.data
+            .iter()
+            .zip(&other.data)
+            .all(|(a, b)| (a + b - 1.0).abs() < 1e-4)
+    );
+}
+
+#[test]
+fn shards_partition_the_inputs_whatever_the_folder_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    // The same twelve scans written in two different orders into two folders.
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let names: Vec<String> = (0..12).map(|i| format!("p{:02}/scan.nii", (i * 7) % 12)).collect();
+    for name in &names {
+        scan(&first.join(name), [16, 32, 32], None);
+    }
+    for name in names.iter().rev() {
+        scan(&second.join(name), [16, 32, 32], Some([8.0, 16.0, 16.0]));
+    }
+    let whole = dir.path().join("whole.csv");
+    predict::run(&args(&first, &run, &whole, &[])).unwrap();
+    let whole_rows = rows(&whole);
+    let mut union = Vec::new();
+    for i in 0..3 {
+        let part = dir.path().join(format!("part{i}.csv"));
+        let summary = predict::run(&args(&first, &run, &part, &["--shard", &format!("{i}/3")])).unwrap();
+        assert_eq!(summary.scored + summary.other_shards, 12);
+        let other = dir.path().join(format!("other{i}.csv"));
+        predict::run(&args(&second, &run, &other, &["--shard", &format!("{i}/3")])).unwrap();
+        // The same scans in the same shard, whichever order the folder was written in.
+        let keys = |rows: Vec<Vec<String>>| rows.into_iter().map(|r| r[0].clone()).collect::<Vec<_>>();
+        assert_eq!(keys(rows(&part)), keys(rows(&other)));
+        union.extend(rows(&part));
+    }
+    // Concatenated, the shards are the whole run's rows: each once.
+    union.sort();
+    assert_eq!(union, whole_rows);
+}
+
+#[test]
+fn resuming_from_any_interruption_gives_the_uninterrupted_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    for i in 0..4 {
+        scan(
+            &root.join(format!("s{i}.nii")),
+            [16, 32, 32],
+            (i == 2).then_some([8.0, 16.0, 16.0]),
+        );
+    }
+    let whole = dir.path().join("whole.csv");
+    predict::run(&args(&root, &run, &whole, &[])).unwrap();
+    let full = std::fs::read(&whole).unwrap();
+    // A killed run leaves a prefix of the file (each row is written at once); resume from
+    // prefixes ending at every line boundary, and inside lines.
+    let mut cuts: Vec<usize> = (0..full.len()).step_by(17).collect();
+    cuts.extend(
+        full.iter()
+            .enumerate()
+            .filter(|(_, b)| **b == b'\n')
+            .map(|(i, _)| i + 1),
+    );
+    for cut in cuts {
+        let out = dir.path().join(format!("cut{cut}.csv"));
+        std::fs::write(&out, &full[..cut]).unwrap();
+        let summary = predict::run(&args(&root, &run, &out, &["--resume"])).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), full, "resumed from {cut} bytes");
+        assert_eq!(summary.scored + summary.skipped, 4);
+    }
+    // Without --resume an existing output is never overwritten.
+    let err = predict::run(&args(&root, &run, &whole, &[])).unwrap_err();
+    assert!(err.to_string().contains("--resume"), "{err}");
+}

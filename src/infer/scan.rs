@@ -1,0 +1,43 @@
+//! [`PlacedScan`]: a scan and where it sits in the scanner.
+
+use std::path::Path;
+
+use crate::error::Result;
+use crate::preprocess::{Placement, Volume};
+
+/// A scan read from a NIfTI file or a DICOM folder, with where it sits in the scanner, so
+/// that a map on its grid can be written to overlay it.
+#[derive(Debug, Clone)]
+pub struct PlacedScan {
+    /// The voxels (Hounsfield units for CT) and their spacing.
+    pub volume: Volume,
+    /// A NIfTI input's header, or a DICOM series' position and orientation.
+    pub placement: Placement,
+    /// The DICOM series' UID, `None` for a NIfTI file.
+    pub series: Option<String>,
+}
+
+impl PlacedScan {
+    /// Reads `path`: a folder is a DICOM series (`series` picks one of several by its
+    /// SeriesInstanceUID), a `.nii`/`.nii.gz` file a NIfTI volume.
+    ///
+    /// # Errors
+    /// Those of [`data::read_series`](crate::data::read_series) and
+    /// [`data::read_scan`](crate::data::read_scan).
+    pub fn read(path: impl AsRef<Path>, series: Option<&str>) -> Result<Self> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let dicom = crate::data::read_series(path, series)?;
+            return Ok(Self {
+                placement: Placement::Affine(dicom.nifti_affine()),
+                series: Some(dicom.series.uid),
+                volume: dicom.volume,
+            });
+        }
+        Ok(Self {
+            volume: crate::data::read_scan(path)?,
+            placement: Placement::LikeFile(path.to_path_buf()),
+            series: None,
+        })
+    }
+}
