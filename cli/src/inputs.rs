@@ -54,8 +54,23 @@ pub fn list(input: &Path) -> Result<Vec<Input>, String> {
             input.display()
         ));
     };
+    // Every row is one line of the output: line breaks in a key are written as spaces, so
+    // they are spaces in the key that resuming compares too.
+    for input in &mut inputs {
+        input.key = input.key.replace(['\n', '\r'], " ");
+    }
     inputs.sort();
-    inputs.dedup_by(|a, b| a.key == b.key);
+    // The same scan listed twice is scored once; two scans under one key (names that are
+    // not UTF-8, or differ only in line breaks) cannot be told apart in the output.
+    inputs.dedup_by(|a, b| a.key == b.key && a.path == b.path);
+    if let Some(pair) = inputs.windows(2).find(|p| p[0].key == p[1].key) {
+        return Err(format!(
+            "{} and {} would both be written as `{}`; rename one (names must be UTF-8 without line breaks to be told apart)",
+            pair[0].path.display(),
+            pair[1].path.display(),
+            pair[0].key
+        ));
+    }
     if inputs.is_empty() {
         return Err(format!(
             "{}: no scans found (NIfTI files .nii/.nii.gz, or folders of DICOM files)",
@@ -173,6 +188,11 @@ impl Shard {
     pub fn contains(&self, key: &str) -> bool {
         fnv1a(key.as_bytes()) % self.count == self.index
     }
+}
+
+/// The hash shards and map names use: FNV-1a of the key's UTF-8 bytes.
+pub fn key_hash(key: &str) -> u64 {
+    fnv1a(key.as_bytes())
 }
 
 /// FNV-1a, 64 bits: offset basis 0xcbf29ce484222325, prime 0x100000001b3.

@@ -24,8 +24,11 @@ pub struct Args {
 
 /// Prints the inspection.
 pub fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
     let inspection = Inspection::of_file(&args.file)?;
-    println!("{}", args.file.display());
-    print!("{inspection}");
+    // Written, not printed: a closed pipe (`| head`) is an error, not a panic.
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}\n{inspection}", args.file.display())?;
+    out.flush()?;
     Ok(())
 }

@@ -77,22 +77,23 @@ pub struct Args {
     #[arg(long, default_value = "gaussian")]
     pub blend: Blend,
     /// Windows per network call.
-    #[arg(long, default_value_t = 2)]
-    pub window_batch: usize,
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub window_batch: u16,
     /// The scan's score per class from its map: max, mean or topK (the mean of the K
     /// largest voxels).
     #[arg(long, default_value = "max")]
     pub aggregate: Aggregate,
     /// Write each scan's class maps into this folder as NIfTI on the scan's grid, with its
-    /// affine (`<path>.p<class>.nii.gz`; needs --sliding-window).
+    /// affine (`<path>.<hash>.p<class>.nii.gz`, the path's folders joined by `__`; needs
+    /// --sliding-window).
     #[arg(long, requires = "sliding_window")]
     pub maps: Option<PathBuf>,
-    /// Threads reading and preprocessing scans while the network runs.
-    #[arg(long, default_value_t = 1)]
-    pub readers: usize,
-    /// Scans each reader prepares ahead of the network.
-    #[arg(long, default_value_t = 1)]
-    pub read_ahead: usize,
+    /// Threads reading and preprocessing scans while the network runs (1 to 64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub readers: u16,
+    /// Scans each reader prepares ahead of the network (1 to 64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub read_ahead: u16,
     /// Products in bf16 (f32 sums): faster on CPUs with AVX512_BF16, logits within about 1e-2.
     #[arg(long)]
     pub bf16: bool,
@@ -143,13 +144,13 @@ pub fn run(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
         SlidingWindow::new(trained.preprocessing.size)
             .with_overlap(args.overlap)
             .with_blend(args.blend)
-            .with_batch(args.window_batch)
+            .with_batch(usize::from(args.window_batch))
     });
     if let Some(sliding) = &sliding {
         sliding.validate()?;
     }
-    if args.readers == 0 || args.read_ahead == 0 {
-        return Err("--readers and --read-ahead take at least 1".into());
+    if args.readers == 0 || args.read_ahead == 0 || args.window_batch == 0 {
+        return Err("--readers, --read-ahead and --window-batch take at least 1".into());
     }
     let all = inputs::list(&args.input)?;
     let mut summary = Summary::default();
@@ -181,12 +182,12 @@ pub fn run(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
         ));
     }
     let preprocessing = &trained.preprocessing;
-    let readers = args.readers;
+    let readers = usize::from(args.readers);
     std::thread::scope(|scope| -> Result<(), Box<dyn std::error::Error>> {
         // Reader r prepares inputs r, r + readers, ...; the network takes them in order.
         let mut channels = Vec::with_capacity(readers);
         for r in 0..readers {
-            let (send, receive) = sync_channel(args.read_ahead);
+            let (send, receive) = sync_channel(usize::from(args.read_ahead));
             channels.push(receive);
             let todo = &todo;
             let whole = sliding.is_some();
@@ -212,20 +213,22 @@ pub fn run(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
             summary.network += network_time;
             let mut row = vec![input.key.clone()];
             let line = match scored {
-                Ok((scores, aggregate)) => {
+                Ok((scores, aggregate, map_error)) => {
                     summary.scored += 1;
+                    summary.failed += usize::from(map_error.is_some());
                     let top = argmax(&scores);
                     row.extend(scores.iter().map(|s| s.to_string()));
                     row.push(top.to_string());
                     row.extend(aggregate);
-                    row.push(String::new());
+                    row.push(map_error.clone().unwrap_or_default());
                     let shown: Vec<String> = scores.iter().map(|s| format!("{s:.3}")).collect();
                     format!(
-                        "{}: [{}] class {top} (read {:.2} s, network {:.2} s)",
+                        "{}: [{}] class {top} (read {:.2} s, network {:.2} s){}",
                         input.key,
                         shown.join(", "),
                         reading.as_secs_f64(),
-                        network_time.as_secs_f64()
+                        network_time.as_secs_f64(),
+                        map_error.map(|e| format!("; {e}")).unwrap_or_default()
                     )
                 }
                 Err(err) => {
@@ -283,7 +286,11 @@ fn prepare(input: &Input, preprocessing: &Preprocessing, whole: bool) -> Result<
     })
 }
 
-/// The scan's class scores, and the aggregate's name for sliding windows.
+/// The scan's class scores, the aggregate's name for sliding windows, and why its maps could
+/// not be written (the scores are kept).
+type Scored = (Vec<f32>, Option<String>, Option<String>);
+
+/// Scores one prepared scan; see [`Scored`].
 fn score(
     prepared: &Prepared,
     network: &FrozenResNet3d,
@@ -292,12 +299,12 @@ fn score(
     args: &Args,
     input: &Input,
     preprocessing: &Preprocessing,
-) -> Result<(Vec<f32>, Option<String>), String> {
+) -> Result<Scored, String> {
     let text = |e: resnet3d::Error| e.to_string();
     let Some(sliding) = sliding else {
         let [d, h, w] = prepared.volume.shape;
         let p = probabilities(network, &prepared.volume.data, [1, 1, d, h, w], in_channels).map_err(text)?;
-        return Ok((p, None));
+        return Ok((p, None, None));
     };
     let [d, h, w] = sliding.roi;
     let map = sliding
@@ -309,14 +316,17 @@ fn score(
     let (_, resampled) = preprocessing
         .whole_grid(prepared.scan_shape, prepared.scan_spacing)
         .map_err(text)?;
-    let scores = map
-        .cropped(resampled)
-        .and_then(|m| m.aggregate(args.aggregate))
-        .map_err(text)?;
-    if let Some(folder) = &args.maps {
-        write_maps(&map, prepared, preprocessing, &folder.join(map_name(&input.key))).map_err(text)?;
+    let scores = match resampled == map.shape() {
+        true => map.aggregate(args.aggregate),
+        false => map.cropped(resampled).and_then(|m| m.aggregate(args.aggregate)),
     }
-    Ok((scores, Some(args.aggregate.to_string())))
+    .map_err(text)?;
+    let map_error = args.maps.as_ref().and_then(|folder| {
+        write_maps(&map, prepared, preprocessing, &folder.join(map_name(&input.key)))
+            .err()
+            .map(|e| format!("scored, but its maps were not written: {e}"))
+    });
+    Ok((scores, Some(args.aggregate.to_string()), map_error))
 }
 
 /// Softmax of the network's logits for `dims` = `[n, 1, d, h, w]` one-channel inputs
@@ -361,18 +371,50 @@ fn write_maps(
     Ok(())
 }
 
-/// A map's file name from a scan's key: folders joined by `__`, the NIfTI extension dropped.
-fn map_name(key: &str) -> String {
+/// A map's file name (before `.p<class>.nii.gz`) from a scan's key: folders joined by `__`,
+/// the NIfTI extension dropped, at most 120 bytes, then the key's hash (8 hex digits).
+pub fn map_name(key: &str) -> String {
     let flat = key.replace(['/', '\\'], "__");
     let lower = flat.to_ascii_lowercase();
     let cut = [".nii.gz", ".nii"]
         .iter()
         .find(|e| lower.ends_with(*e))
         .map_or(0, |e| e.len());
-    flat[..flat.len() - cut].to_string()
+    let mut stem = &flat[..flat.len() - cut];
+    // At most 120 bytes of the name (file systems allow 255), cut at a character boundary.
+    while stem.len() > 120 {
+        let mut end = 120;
+        while !stem.is_char_boundary(end) {
+            end -= 1;
+        }
+        stem = &stem[..end];
+    }
+    // The key's hash keeps names apart that flattening or cutting made equal
+    // (`a/b.nii`, `a__b.nii.gz`), across runs and shards alike.
+    format!("{stem}.{:08x}", inputs::key_hash(key) as u32)
 }
 
 /// The first class with the highest score.
 fn argmax(scores: &[f32]) -> usize {
     (0..scores.len()).fold(0, |best, c| if scores[c] > scores[best] { c } else { best })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_names_keep_scans_apart() {
+        let names = ["a/b.nii", "a__b.nii", "a__b.nii.gz", "x.nii", "x.nii.gz"].map(map_name);
+        for (i, a) in names.iter().enumerate() {
+            assert!(names[i + 1..].iter().all(|b| a != b), "{names:?}");
+        }
+        assert!(
+            names[0].starts_with("a__b.") && names[0].len() == "a__b.".len() + 8,
+            "{}",
+            names[0]
+        );
+        let long = format!("{}/{}.nii", "é".repeat(100), "b".repeat(200));
+        assert!(map_name(&long).len() <= 120 + 9);
+    }
 }

@@ -60,6 +60,16 @@ impl Blend {
                 weights.extend(gw.iter().map(|&w| d * h * w));
             }
         }
+        // A scale so small that sigma^2 underflows gives 0/0 at the centre: refused, never
+        // blended (MONAI computes NaN weights there).
+        if weights.iter().any(|w| !w.is_finite()) {
+            return Err(Error::InvalidConfig {
+                field: "blend",
+                reason: format!(
+                    "a Gaussian's sigma_scale of {sigma_scale} is too small for a window of {roi:?} voxels (its weights are not finite); use 0.125 or a value near it"
+                ),
+            });
+        }
         let floor = weights.iter().copied().fold(f32::INFINITY, f32::min).max(1e-3);
         for w in &mut weights {
             *w = w.max(floor);
@@ -127,6 +137,8 @@ mod tests {
         for blend in [Blend::Constant, Blend::GAUSSIAN, Blend::Gaussian { sigma_scale: 0.25 }] {
             assert_eq!(blend.to_string().parse::<Blend>().unwrap(), blend);
         }
+        // sigma^2 underflows in f32: 0/0 at a window's centre.
+        assert!(Blend::Gaussian { sigma_scale: 1e-30 }.weights([1, 32, 32]).is_err());
         for bad in ["gauss", "gaussian:0", "gaussian:-1", "gaussian:nan", "gaussian:"] {
             assert!(
                 matches!(bad.parse::<Blend>(), Err(Error::InvalidConfig { field: "blend", .. })),

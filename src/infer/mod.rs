@@ -13,8 +13,9 @@
 //!
 //! Window positions, padding and blending weights are MONAI's (1.x): the tests compare the
 //! map with MONAI's own on the same windows and weights within 1e-5. Memory is the map
-//! (`classes + 1` floats per voxel of the preprocessed scan) and one batch of windows, never
-//! a copy of the scan per window.
+//! (`classes + 1` floats per voxel of the volume, padded up to the window where it is
+//! smaller) and one batch of windows: never a copy of the scan per window, never a list of
+//! every window.
 //!
 //! ```
 //! use resnet3d::infer::{Aggregate, Blend, SlidingWindow};

@@ -57,6 +57,21 @@ impl TrainedRun {
         config.validate()?;
         let preprocessing =
             Preprocessing::load(dir.join("preprocessing.json")).map_err(|e| corrupt("preprocessing.json", e))?;
+        if preprocessing.size.contains(&0)
+            || preprocessing
+                .spacing
+                .is_some_and(|s| s.iter().any(|&v| !(v.is_finite() && v > 0.0)))
+        {
+            return Err(Error::InvalidConfig {
+                field: "preprocessing",
+                reason: format!(
+                    "{}: size {:?} and spacing {:?} must be positive (and finite); it should be the file `resnet3d train` wrote",
+                    dir.join("preprocessing.json").display(),
+                    preprocessing.size,
+                    preprocessing.spacing
+                ),
+            });
+        }
         let net = ResNet3d::load(&model, &config, device)?;
         Ok(Self {
             net,

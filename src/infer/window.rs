@@ -111,16 +111,27 @@ impl SlidingWindow {
     /// # Errors
     /// As [`validate`](Self::validate).
     pub fn starts(&self, shape: [usize; 3]) -> Result<Vec<[usize; 3]>> {
+        let grid = self.grid(shape)?;
+        let too_many = || Error::InvalidConfig {
+            field: "overlap",
+            reason: format!(
+                "{} windows over {shape:?} voxels do not fit in memory as a list",
+                grid.len()
+            ),
+        };
+        let mut starts = Vec::new();
+        starts.try_reserve_exact(grid.len()).map_err(|_| too_many())?;
+        starts.extend((0..grid.len()).map(|i| grid.start(i)));
+        Ok(starts)
+    }
+
+    /// The window starts along each axis of the padded grid (each at most the axis long).
+    fn grid(&self, shape: [usize; 3]) -> Result<WindowGrid> {
         self.validate()?;
         let padded = self.padded_shape(shape);
-        let [d, h, w] = [0, 1, 2].map(|a| axis_starts(padded[a], self.roi[a], self.overlap));
-        let mut starts = Vec::with_capacity(d.len() * h.len() * w.len());
-        for &z in &d {
-            for &y in &h {
-                starts.extend(w.iter().map(|&x| [z, y, x]));
-            }
-        }
-        Ok(starts)
+        Ok(WindowGrid {
+            axes: [0, 1, 2].map(|a| axis_starts(padded[a], self.roi[a], self.overlap)),
+        })
     }
 
     /// Runs `predict` over every window of `volume` and blends its class probabilities into
@@ -147,13 +158,20 @@ impl SlidingWindow {
         let padded = self.padded_shape(shape);
         // Where the volume sits in the padded grid: half the padding before.
         let before = [0, 1, 2].map(|a| (padded[a] - shape[a]) / 2);
-        let starts = self.starts(shape)?;
+        // Windows are made batch by batch from their index: never a list of every window
+        // (an overlap near 1 gives a window per voxel).
+        let grid = self.grid(shape)?;
         let roi_len: usize = self.roi.iter().product();
+        let batch_len = roi_len.checked_mul(self.batch).ok_or_else(|| batch_too_large(self))?;
         let mut batch = Vec::new();
+        batch.try_reserve_exact(batch_len).map_err(|_| batch_too_large(self))?;
         let mut blended: Option<Blender> = None;
-        for chunk in starts.chunks(self.batch) {
+        let mut chunk = Vec::with_capacity(self.batch);
+        for first in (0..grid.len()).step_by(self.batch) {
+            chunk.clear();
+            chunk.extend((first..grid.len().min(first + self.batch)).map(|i| grid.start(i)));
             batch.clear();
-            for &start in chunk {
+            for &start in &chunk {
                 gather(volume, start, before, self.roi, self.pad_value, &mut batch);
             }
             let probabilities = predict(&batch, chunk.len())?;
@@ -195,6 +213,35 @@ impl SlidingWindow {
             what: format!("no window fits a volume of {shape:?} voxels"),
         })?;
         blender.finish(shape, before, volume.spacing)
+    }
+}
+
+/// The windows of a pass: the starts along each axis, visited depth-major, width fastest.
+struct WindowGrid {
+    axes: [Vec<usize>; 3],
+}
+
+impl WindowGrid {
+    /// The number of windows (each axis holds at most its length of starts, and the
+    /// padded grid's voxels were counted without overflow, so the product cannot overflow).
+    fn len(&self) -> usize {
+        self.axes.iter().fold(1usize, |n, a| n.saturating_mul(a.len()))
+    }
+
+    /// Window `i` in visiting order.
+    fn start(&self, i: usize) -> [usize; 3] {
+        let [d, h, w] = &self.axes;
+        [d[i / (w.len() * h.len())], h[i / w.len() % h.len()], w[i % w.len()]]
+    }
+}
+
+fn batch_too_large(sliding: &SlidingWindow) -> Error {
+    Error::InvalidConfig {
+        field: "batch",
+        reason: format!(
+            "{} windows of {:?} voxels do not fit in memory; use fewer windows per batch",
+            sliding.batch, sliding.roi
+        ),
     }
 }
 
@@ -295,20 +342,33 @@ impl Blender {
 
     /// The blended map, the padding cut off.
     fn finish(self, shape: [usize; 3], before: [usize; 3], spacing: [f32; 3]) -> Result<ProbabilityMap> {
-        let [_, h, w] = self.shape;
-        let voxels: usize = self.shape.iter().product();
-        let mut data = Vec::with_capacity(self.classes * shape.iter().product::<usize>());
-        for c in 0..self.classes {
+        let Self {
+            classes,
+            shape: padded,
+            mut sums,
+            weight,
+        } = self;
+        let [_, h, w] = padded;
+        let voxels: usize = padded.iter().product();
+        // In place: the kept voxels, class by class, move to the front of the sums. Each
+        // is written at or before where it is read, in reading order, so no value is
+        // overwritten before it is read, and no second map is allocated.
+        let mut out = 0;
+        for c in 0..classes {
             for z in before[0]..before[0] + shape[0] {
                 for y in before[1]..before[1] + shape[1] {
                     let at = (z * h + y) * w + before[2];
-                    let sums = &self.sums[c * voxels + at..][..shape[2]];
-                    let weight = &self.weight[at..][..shape[2]];
-                    data.extend(sums.iter().zip(weight).map(|(s, w)| s / w));
+                    for x in 0..shape[2] {
+                        sums[out] = sums[c * voxels + at + x] / weight[at + x];
+                        out += 1;
+                    }
                 }
             }
         }
-        ProbabilityMap::new(self.classes, shape, spacing, data)
+        drop(weight);
+        sums.truncate(out);
+        sums.shrink_to_fit();
+        ProbabilityMap::new(classes, shape, spacing, sums)
     }
 }
 

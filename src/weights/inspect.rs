@@ -157,7 +157,12 @@ impl Inspection {
             ));
             (Zoo::ImageNet, config, rust)
         } else {
-            let medicalnet = named.names().any(|n| n.starts_with("conv_seg.")) || zero_padded(named);
+            // MedicalNet's files: one channel, no classifier, and its segmentation head or its
+            // parameter-free shortcuts. Other files with such shortcuts are torchvision-3-D
+            // networks built with them.
+            let medicalnet = in_channels == 1
+                && classes.is_none()
+                && (named.names().any(|n| n.starts_with("conv_seg.")) || zero_padded(named));
             match medicalnet_depth(layout).filter(|_| medicalnet) {
                 Some(depth) => {
                     let config = ResNet3dConfig::medicalnet(depth)?.with_width(width);
@@ -177,17 +182,21 @@ impl Inspection {
                         _ => "layer1.0.conv1.weight",
                     };
                     let block_depth = named.get(block_conv).and_then(|t| t.shape.get(2).copied()).unwrap_or(3);
-                    let config = ResNet3dConfig::from_layout(layout)
+                    let mut config = ResNet3dConfig::from_layout(layout)
                         .with_width(width)
                         .with_in_channels(in_channels)
                         .with_num_classes(classes)
                         .with_stem_depth_kernel(stem_depth)
                         .with_block_depth_kernel(block_depth);
-                    let rust = format!(
+                    let mut rust = format!(
                         "{}.with_in_channels({in_channels}){}.with_stem_depth_kernel({stem_depth}).with_block_depth_kernel({block_depth})",
                         preset_call(layout, width),
                         classes_call(classes, None)
                     );
+                    if zero_padded(named) {
+                        config = config.with_shortcut(Shortcut::ZeroPad);
+                        rust.push_str(".with_shortcut(Shortcut::ZeroPad)");
+                    }
                     notes.push(
                         "kernel shapes are in the file, strides and paddings are not: check stem_depth_stride, max_pool and stage_depth_strides against the code that trained it".into(),
                     );
@@ -348,7 +357,14 @@ impl fmt::Display for Inspection {
             };
             writeln!(f, "  not used:    {}{more}", shown.join(", "))?;
         }
-        writeln!(f, "load with:   {}", self.rust)?;
+        match self.matched == self.expected {
+            true => writeln!(f, "load with:   {}", self.rust)?,
+            false => writeln!(
+                f,
+                "load with:   no configuration found that takes every tensor (the nearest: {}); the loader's error names what differs",
+                self.rust
+            )?,
+        }
         for note in &self.notes {
             writeln!(f, "note:        {note}")?;
         }

@@ -123,7 +123,7 @@ fn wrong_uses_are_typed_errors() {
         .init(&device);
     says(headless.cam(x.clone(), 0), "no head");
     says(model.cam(pattern([1, 3, 8, 32, 32], &device), 0), "channel");
-    // Stages by name, as classify_ct --stage takes them.
+    // Stages by name, as `resnet3d explain --stage` takes them.
     assert_eq!("layer3".parse::<Stage>().unwrap(), Stage::Layer3);
     assert!(matches!(
         "layer5".parse::<Stage>(),

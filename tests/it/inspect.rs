@@ -116,3 +116,25 @@ fn element_types_and_shape_mismatches_are_reported() {
     );
     assert!(Inspection::of_file(fixtures().join("onnx/neg_vgg.onnx")).is_err());
 }
+
+#[test]
+fn a_3d_file_with_a_head_is_not_taken_for_medicalnet() {
+    // MedicalNet-18's tensors (parameter-free shortcuts) with a classifier added: a
+    // torchvision-3-D network built with zero-pad shortcuts, not a MedicalNet file.
+    let mut weights = resnet3d::Weights::from_file(fixtures().join("medicalnet/medicalnet18_w4.pth")).unwrap();
+    weights.insert("fc.weight", vec![7, 32], vec![0.01; 7 * 32]).unwrap();
+    weights.insert("fc.bias", vec![7], vec![0.0; 7]).unwrap();
+    let inspection = Inspection::of_weights(&weights, resnet3d::Format::Pytorch).unwrap();
+    assert_eq!((inspection.zoo, inspection.classes), (Zoo::Torchvision3d, Some(7)));
+    assert!(
+        inspection.rust.contains(".with_shortcut(Shortcut::ZeroPad)"),
+        "{}",
+        inspection.rust
+    );
+    assert_eq!(inspection.config.shortcut, resnet3d::Shortcut::ZeroPad);
+    assert!(
+        !inspection.unused.iter().any(|n| n.starts_with("fc.")),
+        "{:?}",
+        inspection.unused
+    );
+}

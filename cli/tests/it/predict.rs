@@ -200,14 +200,15 @@ fn sliding_windows_find_what_the_centre_crop_misses_and_map_it_on_the_scan() {
     let row = &rows(&out)[0];
     assert_eq!((row[3].as_str(), row[4].as_str()), ("1", "max"), "{row:?}");
     // The map of class 1 on the scan's grid, with its affine, hottest at the ball.
-    let map = Volume::from_nifti(maps.join("big.p1.nii.gz")).unwrap();
+    let name = predict::map_name("big.nii.gz");
+    let map = Volume::from_nifti(maps.join(format!("{name}.p1.nii.gz"))).unwrap();
     assert_eq!((map.shape, map.spacing), ([40, 80, 80], [1.5; 3]));
     let hottest = (0..map.data.len()).fold(0, |b, i| if map.data[i] > map.data[b] { i } else { b });
     let at = [hottest / 6400, hottest / 80 % 80, hottest % 80].map(|v| v as f32);
     let distance = (0..3).map(|a| (at[a] - ball[a]).powi(2)).sum::<f32>().sqrt();
     assert!(distance < 20.0, "hottest voxel {at:?}, ball at {ball:?}");
     // The maps of the classes sum to 1 at every voxel.
-    let other = Volume::from_nifti(maps.join("big.p0.nii.gz")).unwrap();
+    let other = Volume::from_nifti(maps.join(format!("{name}.p0.nii.gz"))).unwrap();
     assert!(
         map.data
             .iter()
@@ -283,4 +284,43 @@ fn resuming_from_any_interruption_gives_the_uninterrupted_file() {
     // Without --resume an existing output is never overwritten.
     let err = predict::run(&args(&root, &run, &whole, &[])).unwrap_err();
     assert!(err.to_string().contains("--resume"), "{err}");
+}
+
+#[test]
+fn resume_scores_again_the_scans_that_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    std::fs::write(root.join("b.nii"), b"not yet copied").unwrap();
+    let out = dir.path().join("scores.csv");
+    let first = predict::run(&args(&root, &run, &out, &[])).unwrap();
+    assert_eq!((first.scored, first.failed), (1, 1));
+    // The scan arrives; a resumed run scores it and keeps a's row.
+    scan(&root.join("b.nii"), [16, 32, 32], Some([8.0, 16.0, 16.0]));
+    let second = predict::run(&args(&root, &run, &out, &["--resume"])).unwrap();
+    assert_eq!((second.scored, second.failed, second.skipped), (1, 0, 1));
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0][0].as_str(), rows[1][0].as_str(), rows[1][3].as_str()),
+        ("a.nii", "b.nii", "1")
+    );
+    assert!(rows.iter().all(|r| r[4].is_empty()), "{rows:?}");
+}
+
+#[test]
+fn keys_that_cannot_be_told_apart_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("scans");
+    std::fs::create_dir_all(&root).unwrap();
+    // Two rows naming the same file: one scan. Line breaks in a key: written as spaces.
+    std::fs::write(root.join("labels.csv"), "path\na.nii\na.nii\n\"b\nc.nii\"\n").unwrap();
+    let listed = resnet3d_cli::inputs::list(&root.join("labels.csv")).unwrap();
+    let keys: Vec<&str> = listed.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["a.nii", "b c.nii"]);
+    // Two different files under one key: refused, both named.
+    std::fs::write(root.join("labels.csv"), "path\n\"x\ny.nii\"\n\"x\ry.nii\"\n").unwrap();
+    let err = resnet3d_cli::inputs::list(&root.join("labels.csv")).unwrap_err();
+    assert!(err.contains("would both be written as `x y.nii`"), "{err}");
 }
