@@ -14,6 +14,9 @@ pub struct Input {
     pub key: String,
     /// Where it is read from.
     pub path: PathBuf,
+    /// The DICOM series to read from the folder `path` (a label CSV's `series` column);
+    /// `None`: the folder's one series, or a NIfTI file.
+    pub series: Option<String>,
 }
 
 /// Folders below the input that are searched at most.
@@ -21,8 +24,10 @@ const MAX_DEPTH: usize = 32;
 
 /// The scans of `input`, sorted by [`key`](Input::key) (bytewise), each once.
 ///
-/// - a `.csv` file: the rows of its `path` column, relative to the file's folder (other
-///   columns, e.g. `label` and `split`, are ignored);
+/// - a `.csv` file: the rows of its `path` column, relative to the file's folder, and of its
+///   `series` column if it has one (a `SeriesInstanceUID` picking one series of a folder
+///   that holds several; the key is then `path#UID`); other columns, e.g. `label` and
+///   `split`, are ignored;
 /// - a `.nii`/`.nii.gz` file: that scan;
 /// - a folder: every `.nii`/`.nii.gz` file below it, and every folder below it (or itself)
 ///   whose files include a DICOM file (`DICM` at byte 128, or a `.dcm` name), as one series.
@@ -45,6 +50,7 @@ pub fn list(input: &Path) -> Result<Vec<Input>, String> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             path: input.to_path_buf(),
+            series: None,
         }]
     } else if !input.exists() {
         return Err(format!("{}: no such file or folder", input.display()));
@@ -94,17 +100,27 @@ fn from_csv(path: &Path) -> Result<Vec<Input>, String> {
             headers.iter().collect::<Vec<_>>().join(",")
         ))
     })?;
+    let series_column = headers.iter().position(|h| h.trim() == "series");
     let base = path.parent().unwrap_or(Path::new("."));
     let mut inputs = Vec::new();
     for (row, record) in reader.records().enumerate() {
         let record = record.map_err(|e| fail(format!("line {}: {e}", row + 2)))?;
-        let key = record.get(column).unwrap_or("").trim();
-        if key.is_empty() {
+        let file = record.get(column).unwrap_or("").trim();
+        if file.is_empty() {
             return Err(fail(format!("line {}: the path is empty", row + 2)));
         }
+        let series = series_column
+            .and_then(|c| record.get(c))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string);
         inputs.push(Input {
-            key: key.to_string(),
-            path: base.join(key),
+            key: match &series {
+                Some(uid) => format!("{file}#{uid}"),
+                None => file.to_string(),
+            },
+            path: base.join(file),
+            series,
         });
     }
     Ok(inputs)
@@ -147,7 +163,11 @@ fn walk(root: &Path, dir: &Path, depth: usize, found: &mut Vec<Input>) -> Result
         if kind.is_dir() {
             walk(root, &path, depth + 1, found)?;
         } else if is_nifti(&name) && path.is_file() {
-            found.push(Input { key: key(&path), path });
+            found.push(Input {
+                key: key(&path),
+                path,
+                series: None,
+            });
         } else if !series && path.is_file() && (name.ends_with(".dcm") || has_dicom_magic(&path)) {
             series = true;
         }
@@ -156,6 +176,7 @@ fn walk(root: &Path, dir: &Path, depth: usize, found: &mut Vec<Input>) -> Result
         found.push(Input {
             key: key(dir),
             path: dir.to_path_buf(),
+            series: None,
         });
     }
     Ok(())
@@ -195,11 +216,19 @@ pub fn key_hash(key: &str) -> u64 {
     fnv1a(key.as_bytes())
 }
 
+/// FNV-1a's 64-bit offset basis.
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// FNV-1a, 64 bits: offset basis 0xcbf29ce484222325, prime 0x100000001b3.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    fnv1a_from(FNV_OFFSET, bytes)
+}
+
+/// FNV-1a continued from `hash` over `bytes` (a file hashed in pieces).
+pub(crate) fn fnv1a_from(hash: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 impl FromStr for Shard {

@@ -12,5 +12,6 @@ pub mod inputs;
 pub mod inspect;
 pub mod predict;
 mod progress;
+mod settings;
 mod table;
 pub mod train;

@@ -21,11 +21,14 @@ use resnet3d::FrozenResNet3d;
 use resnet3d::burn::tensor::activation::softmax;
 use resnet3d::burn::tensor::{Device, Tensor, TensorData};
 use resnet3d::data::Preprocessing;
-use resnet3d::infer::{Aggregate, Blend, PlacedScan, ProbabilityMap, SlidingWindow, TrainedRun};
+use resnet3d::infer::{Aggregate, Blend, PlacedScan, PreparedScan, ProbabilityMap, SlidingWindow, TrainedRun};
 use resnet3d::preprocess::{Placement, Volume};
+
+use serde_json::{Map, Value};
 
 use crate::inputs::{self, Input, Shard};
 use crate::progress::Progress;
+use crate::settings::{Sidecar, file_hash};
 use crate::table::Table;
 
 /// `resnet3d predict --help`'s examples.
@@ -49,7 +52,8 @@ why the scan could not be scored). Exit status 3: finished, but some rows carry 
     after_help = EXAMPLES
 )]
 pub struct Args {
-    /// What to score: a label CSV (its `path` column, relative to the file), a folder
+    /// What to score: a label CSV (its `path` column, relative to the file; an optional
+    /// `series` column names one DICOM series of a folder that holds several), a folder
     /// (every .nii/.nii.gz file and DICOM series folder below it), or one .nii/.nii.gz file.
     pub input: PathBuf,
     /// The trained network: the folder `resnet3d train` wrote, or its model.bpk (with
@@ -167,7 +171,21 @@ pub fn run(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
         header.push("aggregate".into());
     }
     header.push("error".into());
-    let (mut table, done) = Table::open(&args.out, &header, args.resume)?;
+    // The sidecar is locked first: while another run writes --out, this one touches nothing.
+    let mut sidecar = Sidecar::lock(&args.out)?;
+    let now = settings(args, &trained)?;
+    let had_rows = std::fs::metadata(&args.out).is_ok_and(|m| m.len() > 0);
+    if had_rows && args.resume {
+        sidecar.check_resume(&args.out, &now)?;
+    }
+    let (mut table, done) = match Table::open(&args.out, &header, args.resume) {
+        Ok(opened) => opened,
+        Err(refused) => {
+            sidecar.abandon();
+            return Err(refused.into());
+        }
+    };
+    sidecar.write(&now)?;
     let todo: Vec<Input> = mine.iter().filter(|i| !done.contains(&i.key)).cloned().collect();
     summary.skipped = mine.len() - todo.len();
     if let Some(maps) = &args.maps {
@@ -269,15 +287,51 @@ pub fn run(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
     Ok(summary)
 }
 
-/// Reads a scan and applies the pipeline (whole, for sliding windows).
+/// What the output is made with (see [`Sidecar`]): the network's record by its hash, its
+/// pipeline and classes, and the settings that change the numbers.
+fn settings(args: &Args, trained: &TrainedRun) -> Result<Map<String, Value>, String> {
+    let mut now = Map::new();
+    now.insert(
+        "written_by".into(),
+        format!("resnet3d {}", env!("CARGO_PKG_VERSION")).into(),
+    );
+    now.insert("model".into(), trained.model.display().to_string().into());
+    now.insert("model_fnv1a".into(), file_hash(&trained.model)?.into());
+    let classes = trained.classes().map_err(|e| e.to_string())?;
+    now.insert("classes".into(), classes.into());
+    let preprocessing = serde_json::to_value(&trained.preprocessing).map_err(|e| e.to_string())?;
+    now.insert("preprocessing".into(), preprocessing);
+    let scoring: Value = match args.sliding_window {
+        false => "centre crop".into(),
+        true => serde_json::json!({
+            "sliding_window": {
+                "overlap": args.overlap,
+                "blend": args.blend.to_string(),
+                "aggregate": args.aggregate.to_string(),
+            }
+        }),
+    };
+    now.insert("scoring".into(), scoring);
+    now.insert("precision".into(), (if args.bf16 { "bf16" } else { "f32" }).into());
+    Ok(now)
+}
+
+/// Reads a scan and applies the pipeline: a centre crop decodes only the slices it takes;
+/// sliding windows need the whole scan.
 fn prepare(input: &Input, preprocessing: &Preprocessing, whole: bool) -> Result<Prepared, String> {
-    let scan = PlacedScan::read(&input.path, None).map_err(|e| e.to_string())?;
-    let (scan_shape, scan_spacing) = (scan.volume.shape, scan.volume.spacing);
-    let volume = match whole {
-        true => preprocessing.apply_whole(scan.volume),
-        false => preprocessing.apply(scan.volume, [0; 3]),
+    if !whole {
+        let scan =
+            PreparedScan::read(&input.path, input.series.as_deref(), preprocessing).map_err(|e| e.to_string())?;
+        return Ok(Prepared {
+            volume: scan.input,
+            scan_shape: scan.scan_shape,
+            scan_spacing: scan.scan_spacing,
+            placement: scan.placement,
+        });
     }
-    .map_err(|e| e.to_string())?;
+    let scan = PlacedScan::read(&input.path, input.series.as_deref()).map_err(|e| e.to_string())?;
+    let (scan_shape, scan_spacing) = (scan.volume.shape, scan.volume.spacing);
+    let volume = preprocessing.apply_whole(scan.volume).map_err(|e| e.to_string())?;
     Ok(Prepared {
         volume,
         scan_shape,

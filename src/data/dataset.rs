@@ -162,10 +162,8 @@ impl ScanDataset {
         let scan = &self.scans[i];
         let margin = self.augmentation.as_ref().map_or([0; 3], |a| a.crop_margin);
         let key = cache_key(&scan.path, &self.preprocessing, margin)?;
-        self.cache.get_or_make(&key, || {
-            let volume = read_scan(&scan.path)?;
-            self.preprocessing.apply(volume, margin)
-        })
+        self.cache
+            .get_or_make(&key, || self.preprocessing.read(&scan.path, margin))
     }
 
     fn row_error(&self, i: usize, err: Error) -> Error {
@@ -186,48 +184,6 @@ impl Dataset<ScanItem> for ScanDataset {
     fn len(&self) -> usize {
         self.scans.len()
     }
-}
-
-/// Reads a scan: a NIfTI file (`.nii`, `.nii.gz`) or a folder holding one DICOM series.
-///
-/// # Errors
-/// [`Error::FileNotFound`], the reader's errors, [`Error::Unsupported`] for another kind of
-/// file or when the crate was built without the reader.
-pub fn read_scan(path: &Path) -> Result<Volume> {
-    if path.is_dir() {
-        #[cfg(feature = "dicom")]
-        return Volume::from_dicom(path);
-        #[cfg(not(feature = "dicom"))]
-        return Err(Error::Unsupported {
-            what: format!(
-                "{}: a folder is read as a DICOM series, which needs the crate's `dicom` feature",
-                path.display()
-            ),
-        });
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
-        #[cfg(feature = "nifti")]
-        return Volume::from_nifti(path);
-        #[cfg(not(feature = "nifti"))]
-        return Err(Error::Unsupported {
-            what: format!("{}: NIfTI needs the crate's `nifti` feature", path.display()),
-        });
-    }
-    if !path.exists() {
-        return Err(Error::FileNotFound {
-            path: path.to_path_buf(),
-        });
-    }
-    Err(Error::Unsupported {
-        what: format!(
-            "{}: scans are read from .nii or .nii.gz files, or folders of DICOM slices",
-            path.display()
-        ),
-    })
 }
 
 /// The scan's identity (canonical path, length, modification time) and the whole pipeline.

@@ -150,7 +150,21 @@ pub fn read_series(dir: impl AsRef<Path>, uid: Option<&str>) -> Result<DicomVolu
 /// # Errors
 /// As [`Volume::from_dicom`].
 pub fn read_series_with_limits(dir: impl AsRef<Path>, uid: Option<&str>, limits: &ReadLimits) -> Result<DicomVolume> {
-    let dir = dir.as_ref();
+    Ok(read_series_slices(dir.as_ref(), uid, limits, |shape, _| Ok(0..shape[0]))?.0)
+}
+
+/// Reads slices `pick(shape, spacing)` of the series (`shape` and `spacing` are the whole
+/// series', `[depth, height, width]`, depth in the order of positions along the normal):
+/// every header is read and the whole series checked, but only the picked slices' pixel
+/// data is decoded. Returns them as the volume of a [`DicomVolume`] whose placement is the
+/// whole series' (its origin is slice 0's), with the first picked slice's index and the
+/// whole series' shape.
+pub(crate) fn read_series_slices(
+    dir: &Path,
+    uid: Option<&str>,
+    limits: &ReadLimits,
+    pick: impl FnOnce([usize; 3], [f32; 3]) -> Result<std::ops::Range<usize>>,
+) -> Result<(DicomVolume, usize, [usize; 3])> {
     let fail = |problem| Error::Dicom {
         dir: dir.to_path_buf(),
         problem: Box::new(problem),
@@ -190,7 +204,8 @@ pub fn read_series_with_limits(dir: impl AsRef<Path>, uid: Option<&str>, limits:
 
     let [rows, columns] = geometry.size;
     let plane = rows * columns;
-    let len = plane
+    // The whole series within the limit, whichever slices are decoded.
+    plane
         .checked_mul(slices.len())
         .filter(|&n| n <= limits.max_voxels())
         .ok_or_else(|| Error::InvalidVolume {
@@ -201,40 +216,48 @@ pub fn read_series_with_limits(dir: impl AsRef<Path>, uid: Option<&str>, limits:
                 limits.max_voxels()
             ),
         })?;
+    let spacing = [
+        geometry.depth_spacing as f32,
+        geometry.pixel_spacing[0] as f32,
+        geometry.pixel_spacing[1] as f32,
+    ];
+    let shape = [slices.len(), rows, columns];
+    let picked = pick(shape, spacing)?;
+    let Some(order) = geometry.order.get(picked.clone()).filter(|o| !o.is_empty()) else {
+        return Err(Error::InvalidVolume {
+            what: format!(
+                "slices {picked:?} of a series of {} slices were asked for",
+                slices.len()
+            ),
+        });
+    };
     let mut data = Vec::new();
-    data.try_reserve_exact(len).map_err(|err| Error::InvalidVolume {
-        what: format!("{} slices of {rows} x {columns} pixels: {err}", slices.len()),
-    })?;
-    data.resize(len, 0.0);
+    data.try_reserve_exact(plane * order.len())
+        .map_err(|err| Error::InvalidVolume {
+            what: format!("{} slices of {rows} x {columns} pixels: {err}", order.len()),
+        })?;
+    data.resize(plane * order.len(), 0.0);
     data.par_chunks_mut(plane)
-        .zip(geometry.order.par_iter())
+        .zip(order.par_iter())
         .try_for_each(|(out, &slice)| decode(&slices[slice], limits, out))
         .map_err(fail)?;
     if let Some(at) = data.iter().position(|v| !v.is_finite()) {
         return Err(Error::InvalidVolume {
             what: format!(
                 "{}: slice {} holds a non-finite value after the rescale (slope/intercept)",
-                slices[geometry.order[at / plane]].file.display(),
-                at / plane
+                slices[order[at / plane]].file.display(),
+                picked.start + at / plane
             ),
         });
     }
-    let first = &slices[geometry.order[0]];
-    let volume = Volume::new(
-        data,
-        [slices.len(), rows, columns],
-        [
-            geometry.depth_spacing as f32,
-            geometry.pixel_spacing[0] as f32,
-            geometry.pixel_spacing[1] as f32,
-        ],
-    )?;
-    Ok(DicomVolume {
+    let volume = Volume::new(data, [order.len(), rows, columns], spacing)?;
+    let dicom = DicomVolume {
         volume,
         series: info,
-        origin: first.position,
+        origin: slices[geometry.order[0]].position,
         directions: [geometry.row, geometry.column, geometry.normal],
-    })
+    };
+    Ok((dicom, picked.start, shape))
 }
 
 /// A checked series' grid: slice order, spacing and directions.

@@ -62,7 +62,7 @@ pub enum DicomProblem {
     },
 
     /// The folder holds more than one series and none was named.
-    #[error("the folder holds {} series: {}; name one with Volume::from_dicom_series (resnet3d explain: --series UID; resnet3d predict scores one series per folder)", series.len(), list(series))]
+    #[error("the folder holds {} series: {}; name one with Volume::from_dicom_series (resnet3d explain: --series UID; resnet3d predict: a label CSV whose `series` column names one per row)", series.len(), list(series))]
     SeveralSeries {
         /// The series found, by `SeriesNumber`.
         series: Vec<SeriesInfo>,

@@ -30,14 +30,16 @@ mod dicom_read;
 mod labels;
 mod pipeline;
 mod rng;
+mod scan;
 
 #[cfg(feature = "train")]
 pub use cache::{CacheStats, VolumeCache};
 #[cfg(feature = "train")]
-pub use dataset::{ScanBatch, ScanBatcher, ScanDataset, ScanItem, read_scan};
+pub use dataset::{ScanBatch, ScanBatcher, ScanDataset, ScanItem};
 #[cfg(feature = "dicom")]
 pub use dicom::{DicomVolume, VOLUME_MODALITIES, list_series, read_series, read_series_with_limits};
 #[cfg(feature = "dicom")]
 pub use dicom_problem::{DicomProblem, SeriesInfo};
 pub use labels::{LabelledScan, LabelledScans, Split};
 pub use pipeline::{Augmentation, Normalization, Preprocessing};
+pub use scan::read_scan;

@@ -49,5 +49,5 @@ pub use blend::Blend;
 pub use map::{Aggregate, ProbabilityMap};
 pub use run::TrainedRun;
 #[cfg(all(feature = "nifti", feature = "dicom"))]
-pub use scan::PlacedScan;
+pub use scan::{PlacedScan, PreparedScan};
 pub use window::SlidingWindow;

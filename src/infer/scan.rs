@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::data::Preprocessing;
 use crate::error::Result;
 use crate::preprocess::{Placement, Volume};
 
@@ -38,6 +39,46 @@ impl PlacedScan {
             volume: crate::data::read_scan(path)?,
             placement: Placement::LikeFile(path.to_path_buf()),
             series: None,
+        })
+    }
+}
+
+/// A scan read for a network: the input [`Preprocessing::read`] makes of it, and what is
+/// needed to bring a map on that input back onto the scan and write it over the scan.
+#[derive(Debug, Clone)]
+pub struct PreparedScan {
+    /// The network's input: the scan resampled, centre-cropped, windowed and normalised.
+    pub input: Volume,
+    /// The scan's `[depth, height, width]` voxels.
+    pub scan_shape: [usize; 3],
+    /// The scan's spacing in mm, `[depth, height, width]`.
+    pub scan_spacing: [f32; 3],
+    /// A NIfTI input's header, or a DICOM series' position and orientation.
+    pub placement: Placement,
+    /// The DICOM series' UID, `None` for a NIfTI file.
+    pub series: Option<String>,
+}
+
+impl PreparedScan {
+    /// Reads `path` (a NIfTI file, or a DICOM folder with `series` picking one of several)
+    /// through `preprocessing`, decoding only the slices its centre crop takes (see
+    /// [`Preprocessing::read`]).
+    ///
+    /// # Errors
+    /// As [`PlacedScan::read`] and [`Preprocessing::apply`].
+    pub fn read(path: impl AsRef<Path>, series: Option<&str>, preprocessing: &Preprocessing) -> Result<Self> {
+        let path = path.as_ref();
+        let (input, slices) = preprocessing.read_centre(path, series, [0; 3])?;
+        let (placement, series) = match slices.dicom {
+            Some((uid, affine)) => (Placement::Affine(affine), Some(uid)),
+            None => (Placement::LikeFile(path.to_path_buf()), None),
+        };
+        Ok(Self {
+            input,
+            scan_shape: slices.scan_shape,
+            scan_spacing: slices.volume.spacing,
+            placement,
+            series,
         })
     }
 }

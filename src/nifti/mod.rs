@@ -5,6 +5,7 @@
 //! `nifti` crate, which also writes ([`write`]).
 
 mod read;
+pub(crate) use read::read_slices;
 mod write;
 
 use std::path::Path;

@@ -228,6 +228,19 @@ fn image_file(path: &Path) -> Result<PathBuf> {
 }
 
 fn read(path: &Path, limits: &ReadLimits) -> Result<Volume> {
+    Ok(read_slices(path, limits, |shape, _| Ok(0..shape[0]))?.0)
+}
+
+/// Reads slices `pick(shape, spacing)` of the volume at `path` (`shape` and `spacing` are the
+/// whole volume's, `[depth, height, width]`): the slices before them are inflated and
+/// dropped, those after them not read at all. Returns the slices as a volume, the first
+/// one's index and the whole volume's shape. Every check of [`read`] on the header and on the
+/// file's size applies; only the picked slices are checked for non-finite values.
+pub(crate) fn read_slices(
+    path: &Path,
+    limits: &ReadLimits,
+    pick: impl FnOnce([usize; 3], [f32; 3]) -> Result<std::ops::Range<usize>>,
+) -> Result<(Volume, usize, [usize; 3])> {
     let mut source = Source::open(path)?;
     let header = NiftiHeader::from_reader(&mut source.stream).map_err(|err| corrupt(path, err.to_string()))?;
     source.left = source.left.saturating_sub(HEADER_BYTES);
@@ -346,9 +359,18 @@ fn read(path: &Path, limits: &ReadLimits) -> Result<Volume> {
             io_error(&data_path, err)
         }
     };
+    let slices = pick([z, y, x], spacing)?;
+    if slices.is_empty() || slices.end > z {
+        return Err(invalid(format!(
+            "slices {slices:?} of a volume of {z} slices were asked for"
+        )));
+    }
+    let plane = x * y;
+    let skip = skip.saturating_add((slices.start * plane * element.size) as u64);
     if !data_source.skip(skip).map_err(|err| failed(err, 0))? {
         return Err(truncated(0));
     }
+    let (first, count) = (slices.start, slices.len() * plane);
 
     let mut data = Vec::new();
     data.try_reserve_exact(count).map_err(|err| {
@@ -360,23 +382,25 @@ fn read(path: &Path, limits: &ReadLimits) -> Result<Volume> {
     let mut held = 0; // bytes of a partial element carried to the next read
     while data.len() < count {
         let want = ((count - data.len()) * element.size).min(CHUNK);
-        let got = read_full(&mut data_source.stream, &mut buf[held..want]).map_err(|err| failed(err, data.len()))?;
+        let got = read_full(&mut data_source.stream, &mut buf[held..want])
+            .map_err(|err| failed(err, first * plane + data.len()))?;
         if got == 0 {
-            return Err(truncated(data.len()));
+            return Err(truncated(first * plane + data.len()));
         }
         held += got;
         let whole = held - held % element.size;
         let start = data.len();
         element.decode(&buf[..whole], scale, &mut data);
         if let Some(at) = data[start..].iter().position(|v| !v.is_finite()) {
-            let at = start + at;
+            let value = data[start + at];
+            let at = first * plane + start + at;
             return Err(invalid(format!(
                 "voxel {at} (x {}, y {}, z {}) is {} after conversion to f32{}: a network cannot use it; \
                  replace non-finite values (e.g. numpy.nan_to_num) or rescale the file",
                 at % x,
                 at / x % y,
-                at / (x * y),
-                data[at],
+                at / plane,
+                value,
                 if scale.is_some() {
                     " and scl_slope/scl_inter"
                 } else {
@@ -387,7 +411,7 @@ fn read(path: &Path, limits: &ReadLimits) -> Result<Volume> {
         buf.copy_within(whole..held, 0);
         held -= whole;
     }
-    Volume::new(data, [z, y, x], spacing)
+    Ok((Volume::new(data, [slices.len(), y, x], spacing)?, first, [z, y, x]))
 }
 
 /// `(scl_slope, scl_inter)` to apply, `None` when the values are stored as they are: a slope

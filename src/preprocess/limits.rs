@@ -5,6 +5,7 @@ use crate::preprocess::MAX_VOXELS;
 /// The most bytes a deflate stream (gzip, zlib, DICOM's deflated syntax) inflates to per
 /// byte of it: a 258-byte match coded in two bits. A compressed file can therefore back at
 /// most this many times its size.
+#[cfg(any(feature = "nifti", feature = "dicom"))]
 pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
 
 /// Bounds on what reading a scan from a file may allocate. A reader checks what a header

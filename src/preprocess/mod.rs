@@ -26,9 +26,13 @@
 mod limits;
 mod volume;
 
+/// The NIfTI reader of a slab of slices, for the scan readers of `data`.
+#[cfg(feature = "nifti")]
+pub(crate) use crate::nifti::read_slices as read_nifti_slices;
 #[cfg(feature = "nifti")]
 pub use crate::nifti::{Placement, nifti_affine};
+#[cfg(any(feature = "nifti", feature = "dicom"))]
 pub(crate) use limits::MAX_DEFLATE_RATIO;
 pub use limits::ReadLimits;
 pub use volume::{IMAGENET_GREY_MEAN, IMAGENET_GREY_STD, MAX_VOXELS, Volume, Window};
-pub(crate) use volume::{check_spacing, resampled_grid};
+pub(crate) use volume::{check_spacing, resampled_grid, slices_for_window};

@@ -28,6 +28,8 @@ mod properties;
 mod pytorch;
 mod readers;
 mod record;
+#[cfg(all(feature = "nifti", feature = "dicom"))]
+mod slices;
 mod sliding;
 mod soundness;
 mod tracking;

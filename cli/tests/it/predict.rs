@@ -324,3 +324,117 @@ fn keys_that_cannot_be_told_apart_are_refused() {
     let err = resnet3d_cli::inputs::list(&root.join("labels.csv")).unwrap_err();
     assert!(err.contains("would both be written as `x y.nii`"), "{err}");
 }
+
+#[test]
+fn resuming_with_other_settings_is_refused_and_the_settings_are_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    let out = dir.path().join("scores.csv");
+    let sliding = ["--sliding-window", "--aggregate", "max"];
+    predict::run(&args(&root, &run, &out, &sliding)).unwrap();
+    let sidecar = dir.path().join("scores.csv.json");
+    let recorded: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sidecar).unwrap()).unwrap();
+    assert_eq!(recorded["classes"], 2);
+    assert_eq!(recorded["precision"], "f32");
+    assert_eq!(recorded["scoring"]["sliding_window"]["aggregate"], "max");
+    assert_eq!(recorded["model_fnv1a"].as_str().map(str::len), Some(16));
+    assert_eq!(recorded["preprocessing"]["size"], serde_json::json!([16, 32, 32]));
+    // Same columns, other numbers: refused, each difference named, nothing written.
+    let before = std::fs::read(&out).unwrap();
+    let other = [
+        "--sliding-window",
+        "--aggregate",
+        "mean",
+        "--overlap",
+        "0.5",
+        "--resume",
+    ];
+    let err = predict::run(&args(&root, &run, &out, &other)).unwrap_err().to_string();
+    assert!(
+        err.contains("scoring:") && err.contains("\"mean\"") && err.contains("other settings"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    // The same settings from a moved run folder: resumed.
+    let moved = dir.path().join("moved");
+    std::fs::rename(&run, &moved).unwrap();
+    let resumed = predict::run(&args(&root, &moved, &out, &["--sliding-window", "--resume"])).unwrap();
+    assert_eq!((resumed.scored, resumed.skipped), (0, 1));
+    // The record is named by its FNV-1a hash; an output made by another record is refused.
+    let bytes = std::fs::read(moved.join("model.bpk")).unwrap();
+    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    assert_eq!(recorded["model_fnv1a"], format!("{fnv:016x}"));
+    let mut edited = recorded.clone();
+    edited["model_fnv1a"] = "0123456789abcdef".into();
+    std::fs::write(&sidecar, edited.to_string()).unwrap();
+    let err = predict::run(&args(&root, &moved, &out, &["--sliding-window", "--resume"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model_fnv1a: \"0123456789abcdef\" then"), "{err}");
+}
+
+#[test]
+fn an_output_another_run_is_writing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    let out = dir.path().join("scores.csv");
+    // The lock another `resnet3d predict` would hold on the sidecar.
+    let held = std::fs::File::create(dir.path().join("scores.csv.json")).unwrap();
+    held.lock().unwrap();
+    let err = predict::run(&args(&root, &run, &out, &["--resume"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another resnet3d predict is writing it"), "{err}");
+    assert!(!out.exists());
+    drop(held);
+    let summary = predict::run(&args(&root, &run, &out, &["--resume"])).unwrap();
+    assert_eq!(summary.scored, 1);
+    // A run refused for an existing output leaves no sidecar it made.
+    let fresh = dir.path().join("other.csv");
+    std::fs::copy(&out, &fresh).unwrap();
+    assert!(predict::run(&args(&root, &run, &fresh, &[])).is_err());
+    assert!(!dir.path().join("other.csv.json").exists());
+}
+
+#[test]
+fn a_series_column_scores_each_series_of_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let study = dir.path().join("study");
+    std::fs::create_dir_all(&study).unwrap();
+    for entry in std::fs::read_dir(fixtures().join("dicom/two_series")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), study.join(entry.file_name())).unwrap();
+    }
+    let uids: Vec<String> = resnet3d::data::list_series(&study)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.uid)
+        .collect();
+    assert_eq!(uids.len(), 2);
+    // The folder alone: one row, an error that lists the series and says what to do.
+    let out = dir.path().join("folder.csv");
+    let summary = predict::run(&args(&study, &run, &out, &[])).unwrap();
+    assert_eq!((summary.scored, summary.failed), (0, 1));
+    let error = rows(&out)[0].last().unwrap().clone();
+    assert!(
+        error.contains("2 series") && error.contains("`series` column"),
+        "{error}"
+    );
+    // A label CSV naming each series: a row for each, keyed `path#UID`.
+    let labels = dir.path().join("labels.csv");
+    std::fs::write(&labels, format!("path,series\nstudy,{}\nstudy,{}\n", uids[1], uids[0])).unwrap();
+    let out = dir.path().join("series.csv");
+    let summary = predict::run(&args(&labels, &run, &out, &[])).unwrap();
+    assert_eq!((summary.scored, summary.failed), (2, 0));
+    let keys: Vec<String> = rows(&out).into_iter().map(|r| r[0].clone()).collect();
+    let mut expected: Vec<String> = uids.iter().map(|u| format!("study#{u}")).collect();
+    expected.sort();
+    assert_eq!(keys, expected);
+}
