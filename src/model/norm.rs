@@ -116,3 +116,122 @@ fn update_running(bn: &BatchNorm, mean: Tensor<1>, variance: Tensor<1>, [n, _, d
     bn.running_var
         .update((running_var.mul_scalar(1.0 - momentum) + variance.detach().mul_scalar(momentum * unbiased)).detach());
 }
+
+#[cfg(test)]
+mod tests {
+    //! The running statistics against PyTorch's `BatchNorm3d` on 2 or 3 values per channel,
+    //! where the unbiased variance PyTorch keeps is 1.5 or 2 times the biased one
+    //! (`tests/fixtures/make_norm.py`, torch 2.15.0).
+
+    use burn::module::{Module, Param};
+    use burn::nn::BatchNormConfig;
+    use burn::tensor::{Device, TensorData};
+
+    use super::*;
+
+    struct Fixture(Vec<u8>);
+
+    impl Fixture {
+        fn load() -> Fixture {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/norm/batch_norm.safetensors"
+            );
+            Fixture(std::fs::read(path).expect("tests/fixtures/norm/batch_norm.safetensors"))
+        }
+
+        /// `name`'s values and shape.
+        fn get(&self, name: &str) -> (Vec<f32>, Vec<usize>) {
+            let file = safetensors::SafeTensors::deserialize(&self.0).expect("a safetensors file");
+            let view = file.tensor(name).unwrap_or_else(|_| panic!("{name} in the fixture"));
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            (values, view.shape().to_vec())
+        }
+
+        fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Tensor<D> {
+            let (values, shape) = self.get(name);
+            Tensor::from_data(TensorData::new(values, shape), device)
+        }
+    }
+
+    fn assert_close(got: Tensor<1>, expected: &[f32], tolerance: f32, what: &str) {
+        let got = got.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(got.len(), expected.len(), "{what}");
+        for (g, e) in got.iter().zip(expected) {
+            assert!(
+                (g - e).abs() <= tolerance,
+                "{what}: {got:?} against PyTorch's {expected:?}"
+            );
+        }
+    }
+
+    fn flat<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+        let n: usize = t.dims().iter().product();
+        t.reshape([n])
+    }
+
+    /// Three train steps then eval, on `device` (autodiff), for both layers of the fixture:
+    /// the output alone (`relu = false`) or `relu(y + r)` (the fused path on flex).
+    fn check(device: &Device) {
+        let fixture = Fixture::load();
+        for (layer, momentum) in [("m01", 0.1), ("m03", 0.3)] {
+            for fused in [false, true] {
+                let mut bn = BatchNormConfig::new(2)
+                    .with_momentum(momentum)
+                    .with_epsilon(1e-5)
+                    .init(device);
+                bn.gamma = Param::from_tensor(fixture.tensor(&format!("{layer}.gamma"), device));
+                bn.beta = Param::from_tensor(fixture.tensor(&format!("{layer}.beta"), device));
+                for k in 1..=3 {
+                    let x = fixture.tensor::<5>(&format!("{layer}.x{k}"), device);
+                    let (y, expected) = if fused {
+                        let r = fixture.tensor::<5>(&format!("{layer}.r{k}"), device);
+                        (forward(&bn, x, true, Some(r)), format!("{layer}.z{k}"))
+                    } else {
+                        (forward(&bn, x, false, None), format!("{layer}.y{k}"))
+                    };
+                    let what = format!("{layer} step {k} fused {fused} on {device:?}");
+                    assert_close(flat(y), &fixture.get(&expected).0, 1e-5, &format!("{what}: output"));
+                    let mean = bn.running_mean.value_sync();
+                    assert_close(
+                        mean,
+                        &fixture.get(&format!("{layer}.mean{k}")).0,
+                        1e-6,
+                        &format!("{what}: mean"),
+                    );
+                    let var = bn.running_var.value_sync();
+                    assert_close(
+                        var,
+                        &fixture.get(&format!("{layer}.var{k}")).0,
+                        1e-6,
+                        &format!("{what}: var"),
+                    );
+                }
+                // Eval after train: the running statistics, on the plain device.
+                let bn = bn.valid();
+                let x = fixture.tensor::<5>(&format!("{layer}.x_eval"), &device.clone().without_autodiff());
+                let y = forward(&bn, x, false, None);
+                let expected = fixture.get(&format!("{layer}.y_eval")).0;
+                assert_close(flat(y), &expected, 1e-5, &format!("{layer} eval on {device:?}"));
+            }
+        }
+    }
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn running_statistics_are_pytorchs_on_flex() {
+        check(&Device::flex().autodiff());
+    }
+
+    /// Burn's own batch statistics, with the crate's running update (the path every backend
+    /// but flex takes). Burn's ndarray backend is a dev-dependency of the tests.
+    #[test]
+    #[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped
+    fn running_statistics_are_pytorchs_on_ndarray() {
+        check(&Device::ndarray().autodiff());
+    }
+}
