@@ -3,6 +3,7 @@
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Int, Tensor};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 
 use crate::data::ScanBatch;
@@ -63,11 +64,16 @@ impl ScanClassifier {
     pub fn forward_classification(&self, batch: ScanBatch) -> ClassificationOutput {
         let device = batch.volumes.device();
         let logits = self.net.forward(batch.volumes);
-        let loss = CrossEntropyLossConfig::new()
-            .with_weights(self.class_weights.clone())
-            .init(&device)
-            .forward(logits.clone(), batch.targets.clone());
+        let loss = self.loss(logits.clone(), batch.targets.clone(), &device);
         ClassificationOutput::new(loss, softmax(logits, 1), batch.targets)
+    }
+
+    /// The (class-weighted) cross-entropy of `logits` `[N, classes]` for `targets` `[N]`.
+    fn loss(&self, logits: Tensor<2>, targets: Tensor<1, Int>, device: &Device) -> Tensor<1> {
+        CrossEntropyLossConfig::new()
+            .with_weights(self.class_weights.clone())
+            .init(device)
+            .forward(logits, targets)
     }
 }
 
@@ -115,5 +121,57 @@ mod tests {
             );
         }
         assert!(model().with_class_weights(vec![0.5, 2.0]).is_ok());
+    }
+
+    /// The loss with class-balanced weights and its gradient against PyTorch's
+    /// `CrossEntropyLoss(weight=...)` (`tests/fixtures/make_training.py`): the weights are
+    /// those `FitConfig::balance_classes` gives the fixture's training labels.
+    #[test]
+    fn balanced_cross_entropy_is_pytorchs() {
+        use burn::tensor::TensorData;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/train/training.json");
+        let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let case = &fixture["cross_entropy"];
+        let numbers = |v: &serde_json::Value| -> Vec<f64> {
+            let flat = v
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|x| x.as_array().cloned().unwrap_or_else(|| vec![x.clone()]));
+            flat.map(|x| x.as_f64().unwrap()).collect()
+        };
+        let classes = case["classes"].as_u64().unwrap() as usize;
+        let labels: Vec<usize> = numbers(&case["labels"]).iter().map(|&l| l as usize).collect();
+        let weights = crate::train::fit::balanced_weights_of(&labels, classes);
+        let expected_weights = numbers(&case["weights"]);
+        for (w, e) in weights.iter().zip(&expected_weights) {
+            assert!(
+                (f64::from(*w) - e).abs() < 1e-6,
+                "{weights:?} against {expected_weights:?}"
+            );
+        }
+
+        let device = burn::tensor::Device::flex().autodiff();
+        let config = ResNet3dConfig::resnet18().with_width(4).with_num_classes(Some(classes));
+        let model = ScanClassifier::new(config.init(&device))
+            .with_class_weights(weights)
+            .unwrap();
+        let logits: Vec<f32> = numbers(&case["logits"]).iter().map(|&v| v as f32).collect();
+        let n = logits.len() / classes;
+        let logits = Tensor::<2>::from_data(TensorData::new(logits, [n, classes]), &device).require_grad();
+        let targets: Vec<i64> = numbers(&case["targets"]).iter().map(|&t| t as i64).collect();
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [n]), &device);
+        let loss = model.loss(logits.clone(), targets, &device);
+        let value = f64::from(loss.clone().into_scalar::<f32>());
+        let expected = case["loss"].as_f64().unwrap();
+        assert!(
+            (value - expected).abs() < 1e-6,
+            "loss {value} against PyTorch's {expected}"
+        );
+        let grads = loss.backward();
+        let grad = logits.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        for (g, e) in grad.iter().zip(numbers(&case["grad"])) {
+            assert!((f64::from(*g) - e).abs() < 1e-6, "gradient {grad:?} against PyTorch's");
+        }
     }
 }

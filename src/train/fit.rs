@@ -10,12 +10,8 @@ use burn::data::dataloader::{DataLoaderBuilder, Dataset};
 use burn::module::Module;
 use burn::optim::OptimizerRecord;
 use burn::optim::decay::WeightDecayConfig;
-use burn::optim::lr_scheduler::LrSchedulerConfig;
 use burn::optim::lr_scheduler::LrSchedulerRecord;
-use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
-use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
 use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
-use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
 use burn::store::{BurnpackStore, ModuleSnapshot};
 use burn::tensor::Device;
 use burn::train::checkpoint::{Checkpointer, FileCheckpointer};
@@ -25,6 +21,7 @@ use burn::train::{ExecutionStrategy, Learner, LearnerSummary, MultiDeviceOptim, 
 use super::FusedAdamConfig;
 use super::classifier::ScanClassifier;
 use super::lines::EpochLines;
+use super::schedule::WarmupCosine;
 use super::select::{KeepBestAndLast, Names, StopWithoutImprovement};
 use crate::arch::config::ResNet3dConfig;
 use crate::data::{ScanBatcher, ScanDataset};
@@ -220,7 +217,7 @@ pub fn fit(
     let train_loader = loader(train, device.clone());
     let valid_loader = loader(valid, device.clone().without_autodiff());
 
-    let schedule = schedule(settings, steps_per_epoch)?;
+    let schedule = schedule(settings, steps_per_epoch);
     let optimizer = FusedAdamConfig::new()
         .with_weight_decay((settings.weight_decay > 0.0).then(|| WeightDecayConfig::new(settings.weight_decay)))
         .init();
@@ -362,35 +359,29 @@ fn check(
 }
 
 /// Linear warm-up from `lr / 100` to `lr` over the warm-up steps, then cosine to 0 over the
-/// remaining steps (Burn's sequential, linear and cosine schedules; one step per batch).
-fn schedule(settings: &FitConfig, steps_per_epoch: usize) -> Result<ModuleLrScheduler> {
-    let lr = settings.learning_rate;
+/// remaining steps, one step per batch: PyTorch's `LinearLR` then `CosineAnnealingLR` at every
+/// step ([`WarmupCosine`]).
+fn schedule(settings: &FitConfig, steps_per_epoch: usize) -> ModuleLrScheduler {
     let total = settings.epochs * steps_per_epoch;
-    let warmup = (settings.warmup_epochs * steps_per_epoch).min(total.saturating_sub(1));
-    let cosine = CosineAnnealingLrSchedulerConfig::new(lr, total - warmup);
-    let schedule = if warmup == 0 {
-        cosine.init()
-    } else {
-        SequentialLrSchedulerConfig::new(
-            vec![
-                LrSchedulerConfig::Linear(LinearLrSchedulerConfig::new(lr / 100.0, lr, warmup)),
-                LrSchedulerConfig::Cosine(cosine),
-            ],
-            vec![warmup],
-        )
-        .init()
-    };
-    schedule.map_err(|reason| Error::InvalidConfig {
-        field: "FitConfig.learning_rate",
-        reason,
-    })
+    ModuleLrScheduler::new(WarmupCosine::new(
+        settings.learning_rate,
+        settings.warmup_epochs * steps_per_epoch,
+        total,
+    ))
 }
 
 /// `n / (classes * n_c)` per class of the training split (1 for a class without scans).
 fn balanced_weights(train: &ScanDataset, classes: usize) -> Vec<f32> {
+    let labels: Vec<usize> = train.scans().iter().map(|s| s.label).collect();
+    balanced_weights_of(&labels, classes)
+}
+
+/// `n / (classes * n_c)` per class of `labels` (1 for a class without any), scikit-learn's
+/// "balanced" class weights.
+pub(crate) fn balanced_weights_of(labels: &[usize], classes: usize) -> Vec<f32> {
     let mut counts = vec![0usize; classes];
-    train.scans().iter().for_each(|s| counts[s.label] += 1);
-    let n = train.len() as f32;
+    labels.iter().filter(|&&l| l < classes).for_each(|&l| counts[l] += 1);
+    let n = labels.len() as f32;
     counts
         .iter()
         .map(|&c| if c == 0 { 1.0 } else { n / (classes as f32 * c as f32) })

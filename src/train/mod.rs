@@ -13,6 +13,7 @@ pub use classifier::ScanClassifier;
 mod evaluate;
 mod fit;
 mod lines;
+mod schedule;
 mod select;
 
 pub use evaluate::{TestMetrics, evaluate};

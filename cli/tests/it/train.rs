@@ -445,3 +445,82 @@ fn three_classes_macro_auroc() {
         100.0 * macro_auroc
     );
 }
+
+/// The epoch at which early stopping with `patience` ends a run of at most `epochs` epochs
+/// whose validation metrics are `metrics` (AUROC, accuracy) per epoch from `first`: the first
+/// epoch at least `patience` epochs after the best one so far (highest AUROC, then accuracy,
+/// then the earlier epoch), counting from `first` (the count restarts when a run resumes).
+fn expected_stop(metrics: &[(f64, f64)], first: usize, patience: usize, epochs: usize) -> usize {
+    let mut best: Option<(usize, (f64, f64))> = None;
+    for (i, &m) in metrics.iter().enumerate() {
+        let epoch = first + i;
+        if best.is_none_or(|(_, b)| m.partial_cmp(&b) == Some(std::cmp::Ordering::Greater)) {
+            best = Some((epoch, m));
+        }
+        if best.is_some_and(|(b, _)| epoch >= b + patience) {
+            return epoch;
+        }
+    }
+    epochs
+}
+
+/// Early stopping ends a run at the epoch its rule says (from the logged metrics), and
+/// `summary.json` says it stopped early; a resumed run continues from the last epoch, counts
+/// patience again from there, and stops by the same rule.
+#[test]
+fn early_stopping_ends_the_run_where_it_should_and_a_resumed_run_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 24, 9, [6.0, 9.0]).unwrap();
+    let out = dir.path().join("run");
+    let common = [
+        "--batch",
+        "4",
+        "--patience",
+        "2",
+        "--workers",
+        "0",
+        "--no-augment",
+        "--lr",
+        "3e-3",
+    ];
+    let run = |epochs: &str, resume: bool| {
+        let mut extra: Vec<&str> = common.to_vec();
+        extra.extend(["--epochs", epochs]);
+        if resume {
+            extra.push("--resume");
+        }
+        train::run(&args(&labels, &out, &extra)).unwrap()
+    };
+    let metrics = |s: &resnet3d::train::FitSummary, from: usize| -> Vec<(f64, f64)> {
+        s.epochs
+            .iter()
+            .filter(|e| e.epoch >= from)
+            .map(|e| (e.valid_auroc, e.valid_accuracy))
+            .collect()
+    };
+    let first = run("12", false);
+    let stop = expected_stop(&metrics(&first, 1), 1, 2, 12);
+    let ran: Vec<usize> = first.epochs.iter().map(|e| e.epoch).collect();
+    assert_eq!(ran, (1..=stop).collect::<Vec<_>>(), "{:?}", metrics(&first, 1));
+    assert!(stop < 12, "the run was meant to stop early: {:?}", metrics(&first, 1));
+    assert!(first.stopped_early);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(json["stopped_early"], true);
+    assert_eq!(json["epochs"].as_array().map(Vec::len), Some(stop));
+
+    // Resumed with more epochs: from the epoch after the last, patience counted afresh.
+    let second = run("30", true);
+    println!(
+        "first run: {:?}; resumed: {:?}",
+        metrics(&first, 1),
+        metrics(&second, stop + 1)
+    );
+    assert_eq!(second.first_epoch, stop + 1);
+    let later = metrics(&second, stop + 1);
+    let again = expected_stop(&later, stop + 1, 2, 30);
+    let last = second.epochs.last().unwrap().epoch;
+    assert_eq!(last, again, "{later:?}");
+    assert!(last >= stop + 2, "at least patience epochs after resuming");
+    assert_eq!(second.stopped_early, last < 30);
+}
