@@ -88,7 +88,7 @@ pub struct Args {
     /// Seed of the split, the training order, the augmentation and the new head.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Loader threads.
+    /// Loader threads (reading ahead; the run is the same whatever their number).
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// Devices to train on, comma-separated: `cpu` (flex), `gpu` (wgpu's default) or `gpu:N`

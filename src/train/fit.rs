@@ -3,10 +3,11 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::config::Config;
-use burn::data::dataloader::{DataLoaderBuilder, Dataset};
+use burn::data::dataloader::{DataLoader, Dataset};
 use burn::module::Module;
 use burn::optim::OptimizerRecord;
 use burn::optim::decay::WeightDecayConfig;
@@ -21,10 +22,11 @@ use burn::train::{ExecutionStrategy, Learner, LearnerSummary, MultiDeviceOptim, 
 use super::FusedAdamConfig;
 use super::classifier::ScanClassifier;
 use super::lines::EpochLines;
+use super::loader::OrderedLoader;
 use super::schedule::WarmupCosine;
 use super::select::{KeepBestAndLast, Names, StopWithoutImprovement};
 use crate::arch::config::ResNet3dConfig;
-use crate::data::{ScanBatcher, ScanDataset};
+use crate::data::{ScanBatch, ScanBatcher, ScanDataset};
 use crate::error::{Error, Result};
 use crate::model::network::ResNet3d;
 
@@ -54,7 +56,8 @@ pub struct FitConfig {
     /// Stop when the validation AUROC has not improved for this many epochs.
     #[config(default = "Some(5)")]
     pub patience: Option<usize>,
-    /// Loader threads reading and augmenting scans while the network trains.
+    /// Loader threads reading and augmenting scans while the network trains (0: on the
+    /// training thread); the batches, and so the run, are the same whatever their number.
     #[config(default = 2)]
     pub workers: usize,
     /// Seed of the training order and of the new head's initialisation.
@@ -205,14 +208,16 @@ pub fn fit(
     let channels = config.in_channels;
     let steps_per_epoch = train.len().div_ceil(settings.batch_size);
     let train = train.with_shuffle(settings.seed).starting_at_epoch(start);
-    let loader = |dataset: ScanDataset, device: Device| {
-        let mut builder = DataLoaderBuilder::new(ScanBatcher { channels })
-            .batch_size(settings.batch_size)
-            .set_device(device);
-        if settings.workers > 0 {
-            builder = builder.num_workers(settings.workers);
-        }
-        builder.build(dataset)
+    // The same batches in the same order whatever the number of loader threads.
+    let loader = |dataset: ScanDataset, device: Device| -> Arc<dyn DataLoader<ScanBatch>> {
+        let batcher = ScanBatcher { channels };
+        Arc::new(OrderedLoader::new(
+            dataset,
+            batcher,
+            settings.batch_size,
+            settings.workers,
+            device,
+        ))
     };
     let train_loader = loader(train, device.clone());
     let valid_loader = loader(valid, device.clone().without_autodiff());
@@ -240,6 +245,7 @@ pub fn fit(
         training = training.early_stopping(StopWithoutImprovement {
             names: names.clone(),
             patience,
+            first: start + 1,
         });
     }
     if let Some(epoch) = resumed {

@@ -13,6 +13,7 @@ pub use classifier::ScanClassifier;
 mod evaluate;
 mod fit;
 mod lines;
+mod loader;
 mod schedule;
 mod select;
 

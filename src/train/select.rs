@@ -85,16 +85,21 @@ fn keeps(e: usize, epoch: usize, best: Option<usize>, known: bool) -> bool {
     e + 2 > epoch || Some(e) == best || !known
 }
 
-/// Stops when the best known epoch is `patience` or more epochs before the last known one.
+/// Stops when the best known epoch of this run is `patience` or more epochs before the last
+/// known one. Only epochs from `first` count: a resumed run restarts the count, whether or
+/// not the store has read the earlier epochs' logs back (it sometimes does, sometimes not;
+/// counting them made a resumed run's length depend on that).
 #[derive(Clone)]
 pub(crate) struct StopWithoutImprovement {
     pub(crate) names: Names,
     pub(crate) patience: usize,
+    pub(crate) first: usize,
 }
 
 impl EarlyStoppingStrategy for StopWithoutImprovement {
     fn should_stop(&mut self, epoch: usize, store: &EventStoreClient) -> bool {
-        best_known(epoch, |e| score(store, &self.names, e))
+        let first = self.first;
+        best_known(epoch, |e| (e >= first).then(|| score(store, &self.names, e)).flatten())
             .is_some_and(|(best, latest)| stops(best, latest, self.patience))
     }
 }
@@ -138,6 +143,9 @@ mod tests {
         let stop = |last: usize| best_known(last, |e| scores[e - 1]).is_some_and(|(b, l)| stops(b, l, 2));
         assert!(!stop(4));
         assert!(stop(5));
+        // Counting from epoch 4 (a resumed run), epoch 5 is the best so far: no stop.
+        let from4 = |e: usize| (e >= 4).then(|| scores[e - 1]).flatten();
+        assert!(!best_known(5, from4).is_some_and(|(b, l)| stops(b, l, 2)));
     }
 
     /// The last two, the best and the not-yet-known stay; an old, known, worse one goes.
