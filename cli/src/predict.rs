@@ -173,12 +173,13 @@ pub fn run(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
     header.push("error".into());
     // The sidecar is locked first: while another run writes --out, this one touches nothing.
     let mut sidecar = Sidecar::lock(&args.out)?;
-    let now = settings(args, &trained)?;
-    let had_rows = std::fs::metadata(&args.out).is_ok_and(|m| m.len() > 0);
-    if had_rows && args.resume {
-        sidecar.check_resume(&args.out, &now)?;
-    }
-    let (mut table, done) = match Table::open(&args.out, &header, args.resume) {
+    let opened = settings(args, &trained).and_then(|now| {
+        if args.resume {
+            sidecar.check_resume(&args.out, &now)?;
+        }
+        Ok((now, Table::open(&args.out, &header, args.resume)?))
+    });
+    let (now, (mut table, done)) = match opened {
         Ok(opened) => opened,
         Err(refused) => {
             sidecar.abandon();
@@ -288,7 +289,7 @@ pub fn run(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
 }
 
 /// What the output is made with (see [`Sidecar`]): the network's record by its hash, its
-/// pipeline and classes, and the settings that change the numbers.
+/// configuration, pipeline and classes, and the settings that change the numbers.
 fn settings(args: &Args, trained: &TrainedRun) -> Result<Map<String, Value>, String> {
     let mut now = Map::new();
     now.insert(
@@ -299,6 +300,8 @@ fn settings(args: &Args, trained: &TrainedRun) -> Result<Map<String, Value>, Str
     now.insert("model_fnv1a".into(), file_hash(&trained.model)?.into());
     let classes = trained.classes().map_err(|e| e.to_string())?;
     now.insert("classes".into(), classes.into());
+    let config = serde_json::to_value(&trained.config).map_err(|e| e.to_string())?;
+    now.insert("config".into(), config);
     let preprocessing = serde_json::to_value(&trained.preprocessing).map_err(|e| e.to_string())?;
     now.insert("preprocessing".into(), preprocessing);
     let scoring: Value = match args.sliding_window {

@@ -1,5 +1,6 @@
 //! What a `predict` output was made with, kept beside it in `<out>.json`: the network (a hash
-//! of its record), the pipeline, the class count and the settings that change the numbers.
+//! of its record, and its configuration), the pipeline, the class count and the settings
+//! that change the numbers.
 //! `--resume` continues only an output made the same way, and the sidecar is locked while a
 //! run writes, so that two runs (a job resubmitted while the first still runs) never write
 //! one file.
@@ -20,19 +21,22 @@ const INFORMATIVE: [&str; 2] = ["model", "written_by"];
 pub(crate) struct Sidecar {
     file: File,
     path: PathBuf,
-    /// What it held when it was locked (`None`: nothing readable).
+    /// The record it holds (`None`: the file was empty), as read when locked or last written.
     before: Option<Map<String, Value>>,
     /// Whether this run made the file (removed again if the run is refused).
     created: bool,
 }
 
 impl Sidecar {
-    /// Opens and locks `<out>.json`.
+    /// Opens and locks `<out>.json`, `out` taken with its links resolved (so that one CSV
+    /// reached under two names has one lock). An existing sidecar must be one this command
+    /// wrote: any other file of that name is left alone and the run refused.
     ///
     /// # Errors
-    /// When another process holds the lock (it is writing `out`), or the file cannot be
-    /// opened.
+    /// When another process holds the lock (it is writing `out`), the file cannot be opened,
+    /// or it exists and is not a record written by `resnet3d predict`.
     pub(crate) fn lock(out: &Path) -> Result<Sidecar, String> {
+        let out = resolved(out)?;
         let mut name = out.as_os_str().to_owned();
         name.push(".json");
         let path = PathBuf::from(name);
@@ -53,13 +57,19 @@ impl Sidecar {
             ),
             std::fs::TryLockError::Error(e) => fail(format!("cannot be locked: {e}")),
         })?;
-        let mut text = String::new();
-        // Unreadable or not JSON: as if absent (the output is then checked by its columns).
-        let before = file
-            .read_to_string(&mut text)
-            .ok()
-            .and_then(|_| serde_json::from_str::<Value>(&text).ok())
-            .and_then(|v| v.as_object().cloned());
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
+        // Empty: made by this command (by this run, or by one that ended before it wrote).
+        let before = match bytes.is_empty() {
+            true => None,
+            false => Some(ours(&bytes).ok_or_else(|| {
+                fail(
+                    "exists and is not a record written by resnet3d predict (the settings an output was made with); \
+                     it is left as it is: move it, or give another --out (a damaged record cannot be resumed from)"
+                        .into(),
+                )
+            })?),
+        };
         Ok(Sidecar {
             file,
             path,
@@ -68,10 +78,22 @@ impl Sidecar {
         })
     }
 
-    /// Refuses to resume an output whose recorded settings differ from `now` in a field
-    /// that changes the numbers, naming each such field.
+    /// Refuses to resume an output that holds scores (`out` has a row below its header)
+    /// unless its record says it was made as `now` would make it, naming each field that
+    /// differs; an output with scores and no record is refused too.
     pub(crate) fn check_resume(&self, out: &Path, now: &Map<String, Value>) -> Result<(), String> {
-        let Some(before) = &self.before else { return Ok(()) };
+        if !has_rows(out)? {
+            return Ok(());
+        }
+        let Some(before) = &self.before else {
+            return Err(format!(
+                "{} holds scores but no record of what made them ({} is missing or empty), so it cannot be resumed; \
+                 give another --out, or remove it to start again",
+                out.display(),
+                self.path.display()
+            ));
+        };
+        let now = canonical(now)?;
         let differ: Vec<String> = now
             .iter()
             .filter(|(key, _)| !INFORMATIVE.contains(&key.as_str()))
@@ -92,15 +114,23 @@ impl Sidecar {
         ))
     }
 
-    /// Records `now` as the output's settings.
+    /// Records `now` as the output's settings. The file is overwritten in place (never
+    /// emptied first: its lock is on this file, which a rename would replace), and not
+    /// at all when it already holds the same record.
     pub(crate) fn write(&mut self, now: &Map<String, Value>) -> Result<(), String> {
         let fail = |e: std::io::Error| format!("{}: {e}", self.path.display());
-        let text = serde_json::to_string_pretty(now).map_err(|e| e.to_string())?;
-        self.file.set_len(0).map_err(fail)?;
+        let now = canonical(now)?;
+        if self.before.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        let mut text = serde_json::to_string_pretty(&now).map_err(|e| e.to_string())?;
+        text.push('\n');
         self.file.rewind().map_err(fail)?;
         self.file.write_all(text.as_bytes()).map_err(fail)?;
-        self.file.write_all(b"\n").map_err(fail)?;
-        self.file.sync_data().map_err(fail)
+        self.file.set_len(text.len() as u64).map_err(fail)?;
+        self.file.sync_data().map_err(fail)?;
+        self.before = Some(now);
+        Ok(())
     }
 
     /// Called when the run is refused before it wrote anything: a sidecar this run made is
@@ -109,6 +139,52 @@ impl Sidecar {
         if self.created {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// `out` with its links resolved: the file's own path if it exists, else its folder's
+/// resolved path and its name.
+fn resolved(out: &Path) -> Result<PathBuf, String> {
+    let fail = |e: std::io::Error| format!("{}: {e}", out.display());
+    if out.exists() {
+        return std::fs::canonicalize(out).map_err(fail);
+    }
+    let name = out
+        .file_name()
+        .ok_or_else(|| format!("{}: give a file path for the CSV", out.display()))?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    Ok(std::fs::canonicalize(parent).map_err(fail)?.join(name))
+}
+
+/// The record in `bytes` if it is one this command wrote: a JSON object whose `written_by`
+/// names resnet3d.
+fn ours(bytes: &[u8]) -> Option<Map<String, Value>> {
+    let record = serde_json::from_slice::<Value>(bytes).ok()?.as_object()?.clone();
+    let by = record.get("written_by")?.as_str()?;
+    by.starts_with("resnet3d ").then_some(record)
+}
+
+/// `now` as it reads back from its own text: the record is compared in that form, since a
+/// JSON number does not always parse back to the bits it was printed from (an `f32`
+/// setting such as 0.98 became another `f64` and a run could not resume itself).
+fn canonical(now: &Map<String, Value>) -> Result<Map<String, Value>, String> {
+    let text = serde_json::to_string(now).map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// Whether the CSV `out` holds a line below its header (an empty or header-only output,
+/// as a run that stopped before its first scan leaves, holds no scores).
+fn has_rows(out: &Path) -> Result<bool, String> {
+    match std::fs::read(out) {
+        Ok(bytes) => Ok(bytes
+            .iter()
+            .position(|&c| c == b'\n')
+            .is_some_and(|end| bytes[end + 1..].iter().any(|c| !c.is_ascii_whitespace()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("{}: {e}", out.display())),
     }
 }
 

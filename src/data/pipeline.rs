@@ -62,8 +62,23 @@ impl Preprocessing {
     /// [`Error::InvalidVolume`] from resampling or cropping (a spacing that is not positive,
     /// a size of 0, a result too large for memory).
     pub fn apply(&self, volume: Volume, margin: [usize; 3]) -> Result<Volume> {
-        let size = [0, 1, 2].map(|a| self.size[a] + 2 * margin[a]);
+        let size = self.with_margin(margin)?;
         self.finish(self.resample_crop_or_pad(&volume, size)?)
+    }
+
+    /// [`size`](Self::size) with `margin` voxels more on each side of each axis; an extent
+    /// past `usize` is refused (the voxel count is checked where it is allocated).
+    fn with_margin(&self, margin: [usize; 3]) -> Result<[usize; 3]> {
+        let mut size = [0; 3];
+        for a in 0..3 {
+            size[a] = margin[a]
+                .checked_mul(2)
+                .and_then(|m| m.checked_add(self.size[a]))
+                .ok_or_else(|| Error::InvalidVolume {
+                    what: format!("size {:?} with a margin of {margin:?} voxels is too large", self.size),
+                })?;
+        }
+        Ok(size)
     }
 
     /// Reads the scan at `path` (a NIfTI file or a DICOM folder, as
@@ -88,7 +103,7 @@ impl Preprocessing {
         series: Option<&str>,
         margin: [usize; 3],
     ) -> Result<(Volume, ScanSlices)> {
-        let size = [0, 1, 2].map(|a| self.size[a] + 2 * margin[a]);
+        let size = self.with_margin(margin)?;
         let slices = read_scan_slices(path, series, |shape, spacing| {
             slices_for_window(shape, spacing, self.spacing, size)
         })?;
@@ -320,6 +335,18 @@ impl Augmentation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A margin whose size overflows is an error, not a wrapped size or a panic.
+    #[test]
+    fn an_overflowing_margin_is_refused() {
+        let pipeline = Preprocessing::new([4, 4, 4]);
+        let volume = Volume::new(vec![0.0; 64], [4, 4, 4], [1.0; 3]).unwrap();
+        for margin in [[usize::MAX / 2, 0, 0], [0, usize::MAX, 0]] {
+            let err = pipeline.apply(volume.clone(), margin).unwrap_err();
+            assert!(err.to_string().contains("too large"), "{err}");
+        }
+        assert_eq!(pipeline.apply(volume, [1, 0, 2]).unwrap().shape, [6, 4, 8]);
+    }
 
     #[test]
     fn a_map_goes_back_onto_the_scans_grid() {

@@ -38,9 +38,24 @@ pub(crate) struct ScanSlices {
 ///
 /// # Errors
 /// As [`read_scan`]; [`Error::InvalidVolume`] when `pick` names no slice or one past the end.
+/// A series UID picks one DICOM series of a folder: given with a file, it is refused rather
+/// than ignored (a label CSV naming the same file under two UIDs would score it twice).
+pub(crate) fn no_series_for_a_file(path: &Path, series: Option<&str>) -> Result<()> {
+    match series {
+        Some(uid) if !path.is_dir() => Err(Error::InvalidConfig {
+            field: "series",
+            reason: format!(
+                "is {uid}, but {} is a file, not a folder of DICOM series; leave the series empty for it",
+                path.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn read_scan_slices(
     path: &Path,
-    #[cfg_attr(not(feature = "dicom"), allow(unused_variables))] series: Option<&str>,
+    series: Option<&str>,
     #[cfg_attr(not(any(feature = "dicom", feature = "nifti")), allow(unused_variables))] pick: impl FnOnce(
         [usize; 3],
         [f32; 3],
@@ -68,6 +83,7 @@ pub(crate) fn read_scan_slices(
             ),
         });
     }
+    no_series_for_a_file(path, series)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())

@@ -35,6 +35,7 @@ impl PlacedScan {
                 volume: dicom.volume,
             });
         }
+        crate::data::no_series_for_a_file(path, series)?;
         Ok(Self {
             volume: crate::data::read_scan(path)?,
             placement: Placement::LikeFile(path.to_path_buf()),

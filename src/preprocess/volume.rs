@@ -258,7 +258,7 @@ impl Volume {
             });
         }
         let axis = |a: usize| window_taps(slab.scan_shape[a], grid[a], offset[a], shape[a]);
-        let mut taps_d = axis(0);
+        let mut taps_d = axis(0)?;
         // Depth taps index the slab's slices; each one the window needs must be there.
         for tap in taps_d.iter_mut().flatten() {
             let inside = |i: usize| i.checked_sub(slab.first).filter(|&i| i < self.shape[0]);
@@ -277,7 +277,7 @@ impl Volume {
                 }
             }
         }
-        let (taps_h, taps_w) = (axis(1), axis(2));
+        let (taps_h, taps_w) = (axis(1)?, axis(2)?);
         // The window positions inside the grid along width: one contiguous run.
         let w_first = taps_w.iter().position(Option::is_some).unwrap_or(0);
         let run: Vec<(usize, usize, f32)> = taps_w[w_first..].iter().map_while(|t| *t).collect();
@@ -446,22 +446,20 @@ fn too_large(target_spacing: [f32; 3]) -> Error {
     }
 }
 
-/// For each of `n_out` output positions along an axis of `n_in` inputs: the two input indices
+/// For output position `i` of `n_out` along an axis of `n_in` inputs: the two input indices
 /// around it and the weight of the second, with `x = (i + 0.5) * n_in / n_out - 0.5` clamped
-/// to `[0, n_in - 1]`, `i0 = floor(x)`, `i1 = min(i0 + 1, n_in - 1)`, `t = x - i0`.
-fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+/// to `[0, n_in - 1]`, `i0 = floor(x)`, `i1 = min(i0 + 1, n_in - 1)`, `t = x - i0`. Computed
+/// per index (never a table of the whole grid, which a hostile spacing makes huge);
+/// `i0` and `i1` do not decrease as `i` grows.
+fn tap(n_in: usize, n_out: usize, i: usize) -> (usize, usize, f32) {
     let scale = n_in as f64 / n_out as f64;
     let last = (n_in - 1) as f64;
-    (0..n_out)
-        .map(|i| {
-            let x = ((i as f64 + 0.5) * scale - 0.5).clamp(0.0, last);
-            let i0 = x.floor() as usize;
-            // An exact hit reads one voxel (the blend is the same: `lerp(a, b, 0) = a`), so
-            // a window of slices need not hold the next one.
-            let i1 = if x == i0 as f64 { i0 } else { (i0 + 1).min(n_in - 1) };
-            (i0, i1, (x - i0 as f64) as f32)
-        })
-        .collect()
+    let x = ((i as f64 + 0.5) * scale - 0.5).clamp(0.0, last);
+    let i0 = x.floor() as usize;
+    // An exact hit reads one voxel (the blend is the same: `lerp(a, b, 0) = a`), so a window
+    // of slices need not hold the next one.
+    let i1 = if x == i0 as f64 { i0 } else { (i0 + 1).min(n_in - 1) };
+    (i0, i1, (x - i0 as f64) as f32)
 }
 
 /// Slices `first ..` of a scan of `scan_shape` voxels, as [`Volume::window_of_slices`] reads
@@ -473,15 +471,21 @@ struct Slab {
 }
 
 /// Per window index along an axis of `n_in` voxels resampled to `grid`: the taps of grid
-/// voxel `i + offset`, `None` where that is outside the grid.
-fn window_taps(n_in: usize, grid: usize, offset: isize, len: usize) -> Vec<Option<(usize, usize, f32)>> {
-    let taps = taps(n_in, grid);
-    (0..len)
-        .map(|i| {
-            let j = i as isize + offset;
-            usize::try_from(j).ok().and_then(|j| taps.get(j).copied())
-        })
-        .collect()
+/// voxel `i + offset`, `None` where that is outside the grid. The list is as long as the
+/// window (`len`, at most [`MAX_VOXELS`]); memory that cannot be had is an error.
+fn window_taps(n_in: usize, grid: usize, offset: isize, len: usize) -> Result<Vec<Option<(usize, usize, f32)>>> {
+    let mut taps = Vec::new();
+    taps.try_reserve_exact(len).map_err(|err| Error::InvalidVolume {
+        what: format!("a window of {len} voxels along an axis does not fit in memory ({err})"),
+    })?;
+    taps.extend((0..len).map(|i| grid_index(i, offset, grid).map(|j| tap(n_in, grid, j))));
+    Ok(taps)
+}
+
+/// Grid index `i + offset` if it lies in `0..grid`.
+fn grid_index(i: usize, offset: isize, grid: usize) -> Option<usize> {
+    let j = isize::try_from(i).ok()?.checked_add(offset)?;
+    usize::try_from(j).ok().filter(|&j| j < grid)
 }
 
 /// The grid (the scan resampled to `target`, or its own for `None`), the offset of a
@@ -493,6 +497,10 @@ fn centre_window(
     target: Option<[f32; 3]>,
     shape: [usize; 3],
 ) -> Result<([usize; 3], [isize; 3], [f32; 3])> {
+    // The window, the scan and the grid hold at least 1 and at most MAX_VOXELS (2^30)
+    // voxels, so each extent and their differences fit an isize, and no axis is empty.
+    checked_total(shape, "crop/pad target shape")?;
+    checked_total(scan_shape, "scan shape")?;
     let (grid, spacing) = match target {
         Some(target) => resampled_grid(scan_shape, scan_spacing, target)?,
         None => (scan_shape, scan_spacing),
@@ -517,14 +525,18 @@ pub(crate) fn slices_for_window(
     check_spacing("scan spacing", scan_spacing)?;
     checked_total(shape, "crop/pad target shape")?;
     let (grid, offset, _) = centre_window(scan_shape, scan_spacing, target, shape)?;
-    let taps = window_taps(scan_shape[0], grid[0], offset[0], shape[0]);
-    let used = || taps.iter().flatten();
-    match (used().map(|t| t.0).min(), used().map(|t| t.1).max()) {
-        (Some(first), Some(last)) => Ok(first..last + 1),
-        _ => Err(Error::InvalidVolume {
+    // The window's grid indices inside the grid are one run; taps do not decrease along it,
+    // so its first and last index give the first and last slice.
+    let (len, grid_d) = (shape[0] as isize, grid[0] as isize);
+    let (lo, hi) = (offset[0].max(0), (offset[0] + len).min(grid_d) - 1);
+    if lo > hi {
+        return Err(Error::InvalidVolume {
             what: format!("a scan of {scan_shape:?} voxels has no slice in a window of {shape:?}"),
-        }),
+        });
     }
+    let first = tap(scan_shape[0], grid[0], lo as usize).0;
+    let last = tap(scan_shape[0], grid[0], hi as usize).1;
+    Ok(first..last + 1)
 }
 
 /// The extents and spacing [`Volume::resample`] gives `shape` voxels of `spacing` mm at
@@ -560,6 +572,37 @@ mod tests {
 
     fn volume(data: Vec<f32>, shape: [usize; 3]) -> Volume {
         Volume::new(data, shape, [1.0; 3]).unwrap()
+    }
+
+    /// A spacing that makes one axis of the grid 2^30 voxels long while the window takes 4
+    /// of them: only the window's taps are computed (a table of the grid's, 24 GiB, aborted
+    /// the process), and the values are those of the input's middle.
+    #[test]
+    fn a_huge_grid_costs_only_its_window() {
+        let scan = volume(vec![0.0, 10.0, 20.0, 30.0], [1, 1, 4]);
+        let fine = 4.0 / (1u64 << 30) as f32;
+        let out = scan.resample_crop_or_pad([1.0, 1.0, fine], [1, 1, 4], -1.0).unwrap();
+        assert_eq!(out.shape, [1, 1, 4]);
+        for v in &out.data {
+            assert!((14.99..=15.01).contains(v), "{:?}", out.data);
+        }
+        assert_eq!(
+            slices_for_window([4, 1, 1], [1.0; 3], Some([fine, 1.0, 1.0]), [2, 1, 1]).unwrap(),
+            1..3
+        );
+    }
+
+    /// Window and scan extents past what a volume may hold are errors, not overflows.
+    #[test]
+    fn huge_window_extents_are_refused() {
+        for shape in [[usize::MAX, 1, 1], [1, usize::MAX / 2, 3], [1 << 31, 1, 1]] {
+            let err = slices_for_window([4, 4, 4], [1.0; 3], None, shape).unwrap_err();
+            assert!(err.to_string().contains("at most"), "{err}");
+            let err = slices_for_window(shape, [1.0; 3], None, [2, 2, 2]).unwrap_err();
+            assert!(err.to_string().contains("at most"), "{err}");
+        }
+        let scan = volume(vec![0.0; 8], [2, 2, 2]);
+        assert!(scan.resample_crop_or_pad([1.0; 3], [usize::MAX, 1, 1], 0.0).is_err());
     }
 
     #[test]

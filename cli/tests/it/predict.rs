@@ -265,8 +265,8 @@ fn resuming_from_any_interruption_gives_the_uninterrupted_file() {
     let whole = dir.path().join("whole.csv");
     predict::run(&args(&root, &run, &whole, &[])).unwrap();
     let full = std::fs::read(&whole).unwrap();
-    // A killed run leaves a prefix of the file (each row is written at once); resume from
-    // prefixes ending at every line boundary, and inside lines.
+    // A killed run leaves a prefix of the file (each row is written at once) and its record;
+    // resume from prefixes ending at every line boundary, and inside lines.
     let mut cuts: Vec<usize> = (0..full.len()).step_by(17).collect();
     cuts.extend(
         full.iter()
@@ -277,6 +277,12 @@ fn resuming_from_any_interruption_gives_the_uninterrupted_file() {
     for cut in cuts {
         let out = dir.path().join(format!("cut{cut}.csv"));
         std::fs::write(&out, &full[..cut]).unwrap();
+        // ... and the record of its settings, written before its first row.
+        std::fs::copy(
+            dir.path().join("whole.csv.json"),
+            dir.path().join(format!("cut{cut}.csv.json")),
+        )
+        .unwrap();
         let summary = predict::run(&args(&root, &run, &out, &["--resume"])).unwrap();
         assert_eq!(std::fs::read(&out).unwrap(), full, "resumed from {cut} bytes");
         assert_eq!(summary.scored + summary.skipped, 4);
@@ -437,4 +443,132 @@ fn a_series_column_scores_each_series_of_a_folder() {
     let mut expected: Vec<String> = uids.iter().map(|u| format!("study#{u}")).collect();
     expected.sort();
     assert_eq!(keys, expected);
+}
+
+/// The record is compared as it reads back: a spacing of 0.98 mm (an `f32` that does not
+/// survive JSON as the same `f64`) resumes its own output; the record holds the network's
+/// configuration, so a run folder whose config.json changed is refused.
+#[test]
+fn an_output_resumes_with_its_own_settings_and_not_with_another_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    Preprocessing::ct(1.5, [16, 32, 32], Window::LUNG)
+        .with_spacing(Some([1.5, 0.98, 0.98]))
+        .save(run.join("preprocessing.json"))
+        .unwrap();
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    let out = dir.path().join("scores.csv");
+    predict::run(&args(&root, &run, &out, &[])).unwrap();
+    scan(&root.join("b.nii"), [16, 32, 32], None);
+    let resumed = predict::run(&args(&root, &run, &out, &["--resume"])).unwrap();
+    assert_eq!((resumed.scored, resumed.skipped), (1, 1));
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("scores.csv.json")).unwrap()).unwrap();
+    assert_eq!(recorded["config"]["max_pool"], false);
+
+    let config = resnet3d::ResNet3dConfig::load(run.join("config.json")).unwrap();
+    config.with_max_pool(true).save(run.join("config.json")).unwrap();
+    scan(&root.join("c.nii"), [16, 32, 32], None);
+    let before = std::fs::read(&out).unwrap();
+    let err = predict::run(&args(&root, &run, &out, &["--resume"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("config:") && err.contains("other settings"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}
+
+/// `<out>.json` that this command did not write (notes, another output named `x.csv.json`)
+/// is left as it is and the run refused; an output with scores and no record (missing or
+/// empty) cannot be resumed; a header-only output with an empty record (a run stopped before
+/// its first scan) can.
+#[test]
+fn a_record_name_taken_by_another_file_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    let at = |name: &str| dir.path().join(name);
+
+    std::fs::write(at("scores.json"), "{\"my\": \"notes\"}\n").unwrap();
+    let err = predict::run(&args(&root, &run, &at("scores"), &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a record written by resnet3d predict"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(at("scores.json")).unwrap(),
+        "{\"my\": \"notes\"}\n"
+    );
+    assert!(!at("scores").exists());
+
+    predict::run(&args(&root, &run, &at("x.csv.json"), &[])).unwrap();
+    let other = std::fs::read(at("x.csv.json")).unwrap();
+    assert!(predict::run(&args(&root, &run, &at("x.csv"), &[])).is_err());
+    assert_eq!(std::fs::read(at("x.csv.json")).unwrap(), other);
+
+    predict::run(&args(&root, &run, &at("s.csv"), &[])).unwrap();
+    for record in [Some(""), None] {
+        match record {
+            Some(text) => std::fs::write(at("s.csv.json"), text).unwrap(),
+            None => std::fs::remove_file(at("s.csv.json")).unwrap(),
+        }
+        let err = predict::run(&args(&root, &run, &at("s.csv"), &["--resume"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no record of what made them"), "{record:?}: {err}");
+    }
+
+    let header = std::fs::read_to_string(at("s.csv"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(at("h.csv"), format!("{header}\n")).unwrap();
+    std::fs::write(at("h.csv.json"), "").unwrap();
+    let resumed = predict::run(&args(&root, &run, &at("h.csv"), &["--resume"])).unwrap();
+    assert_eq!(resumed.scored, 1);
+}
+
+/// The lock belongs to the file, not to the name it is given: an output another run is
+/// writing is refused when reached through a symbolic link too.
+#[test]
+fn an_output_reached_through_a_link_is_locked_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    let out = dir.path().join("scores.csv");
+    std::fs::write(&out, "").unwrap();
+    let link = dir.path().join("link.csv");
+    std::os::unix::fs::symlink(&out, &link).unwrap();
+    let held = std::fs::File::create(dir.path().join("scores.csv.json")).unwrap();
+    held.lock().unwrap();
+    let err = predict::run(&args(&root, &run, &link, &["--resume"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another resnet3d predict is writing it"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"");
+    assert!(!dir.path().join("link.csv.json").exists());
+}
+
+/// A series UID names one series of a DICOM folder: on a row naming a NIfTI file it is that
+/// row's error, not ignored.
+#[test]
+fn a_series_uid_on_a_file_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    scan(&dir.path().join("a.nii"), [16, 32, 32], None);
+    scan(&dir.path().join("b.nii"), [16, 32, 32], None);
+    let labels = dir.path().join("labels.csv");
+    std::fs::write(&labels, "path,series\na.nii,1.2.3\nb.nii,\n").unwrap();
+    let out = dir.path().join("scores.csv");
+    for extra in [&[][..], &["--sliding-window"][..]] {
+        let _ = std::fs::remove_file(&out);
+        let summary = predict::run(&args(&labels, &run, &out, extra)).unwrap();
+        assert_eq!((summary.scored, summary.failed), (1, 1), "{extra:?}");
+        let rows = rows(&out);
+        assert_eq!(rows[0][0], "a.nii#1.2.3");
+        assert!(rows[0].last().unwrap().contains("is a file"), "{:?}", rows[0]);
+    }
 }
