@@ -1,6 +1,7 @@
 //! DICOM series against the volumes `tests/fixtures/make_dicom.py` (pydicom 3.0.2) wrote:
 //! shuffled random file names, InstanceNumber disagreeing with position, per-slice rescale,
-//! anisotropic spacing, an oblique MR, RLE and deflated copies, and one folder per error.
+//! anisotropic spacing, an oblique MR, RLE and deflated copies, and one folder per error;
+//! and the files `make_dicom_codecs.py` had DCMTK encode (JPEG lossless, baseline, JPEG-LS).
 
 use std::path::PathBuf;
 
@@ -99,6 +100,83 @@ fn rle_and_deflated_series_decode_to_the_same_volume() {
         let spec = case(name);
         let volume = Volume::from_dicom(dir(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         check(&volume, "ct", &spec["spacing"]);
+    }
+}
+
+fn codecs() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("dicom/codecs.json")).expect("codecs.json");
+    serde_json::from_str(&text).expect("codecs.json is JSON")
+}
+
+/// JPEG Lossless (process 14, SV1) encoded by DCMTK 3.6.7's `dcmcjpeg`, not by the crate's
+/// own tooling (make_dicom_codecs.py): the volume of the uncompressed series, exactly.
+#[test]
+fn a_jpeg_lossless_series_from_dcmtk_is_the_uncompressed_volume() {
+    let spec = codecs();
+    assert_eq!(spec["ct_jpeg_lossless"]["transfer_syntax_uid"], "1.2.840.10008.1.2.4.70");
+    let volume = Volume::from_dicom(dir("ct_jpeg_lossless")).expect("ct_jpeg_lossless");
+    check(&volume, "ct", &case("ct")["spacing"]);
+}
+
+/// JPEG Baseline (8 bit, quality 90) from `dcmcjpeg +eb`: within DCMTK's own round-trip
+/// error of the uncompressed 8-bit voxels (9 grey levels on this noisy series), and within
+/// 1 level of DCMTK's own decoder (dicom-rs decodes with the jpeg-decoder crate, whose
+/// inverse DCT and upsampling round differently from libijg's).
+#[test]
+fn a_jpeg_baseline_series_from_dcmtk_is_within_its_stated_error() {
+    let spec = codecs();
+    let baseline = &spec["mr8_jpeg_baseline"];
+    assert_eq!(baseline["transfer_syntax_uid"], "1.2.840.10008.1.2.4.50");
+    let stated = baseline["dcmtk_max_abs_error"].as_f64().expect("error") as f32;
+    let tensors = fixtures().join("dicom/codecs.safetensors");
+    let (shape, original) = reference(&tensors, "mr8");
+    let (_, dcmtk) = reference(&tensors, "mr8_baseline_dcmtk");
+
+    let plain = Volume::from_dicom(dir("mr8")).expect("mr8");
+    assert_eq!(plain.shape.to_vec(), shape);
+    assert_eq!(plain.data, original, "the uncompressed 8-bit series");
+    for (axis, want) in floats(&spec["mr8"]["spacing"]).into_iter().enumerate() {
+        assert!((f64::from(plain.spacing[axis]) - want).abs() < 1e-5, "{:?}", plain.spacing);
+    }
+
+    let lossy = Volume::from_dicom(dir("mr8_jpeg_baseline")).expect("mr8_jpeg_baseline");
+    assert_eq!(lossy.shape, plain.shape);
+    assert_eq!(lossy.spacing, plain.spacing);
+    let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let to_original = worst(&lossy.data, &original);
+    let to_dcmtk = worst(&lossy.data, &dcmtk);
+    println!("baseline: largest error {to_original} against the original, {to_dcmtk} against DCMTK's decoding");
+    assert!(to_original > 0.0, "a lossy file decoded to the original: not baseline-decoded?");
+    assert!(to_original <= stated + 1.0, "{to_original} > {stated} + 1");
+    assert!(to_dcmtk <= 1.0, "{to_dcmtk} grey levels from DCMTK's own decoding");
+}
+
+/// Third-party files the reader must refuse, each with its variant: JPEG-LS from DCMTK's
+/// `dcmcjpls` (no pure-Rust decoder in dicom-rs), a two-frame Enhanced CT object, an RGB
+/// series.
+#[test]
+fn jpeg_ls_multi_frame_and_rgb_are_refused_with_their_variants() {
+    let spec = codecs();
+    match problem(Volume::from_dicom(dir("ct_jpegls"))) {
+        DicomProblem::UnsupportedTransferSyntax { uid, name, .. } => {
+            assert_eq!(uid, spec["ct_jpegls"]["transfer_syntax_uid"].as_str().expect("uid"));
+            assert!(name.contains("JPEG-LS"), "{name}");
+        }
+        other => panic!("ct_jpegls: {other:?}"),
+    }
+    match problem(Volume::from_dicom(dir("enhanced_ct"))) {
+        DicomProblem::MultiFrame { frames, file } => {
+            assert_eq!(frames, 2);
+            assert!(file.ends_with("enhanced.dcm"), "{}", file.display());
+        }
+        other => panic!("enhanced_ct: {other:?}"),
+    }
+    match problem(Volume::from_dicom(dir("rgb"))) {
+        DicomProblem::NotGreyscale { samples, photometric, .. } => {
+            assert_eq!(samples, 3);
+            assert_eq!(photometric, "RGB");
+        }
+        other => panic!("rgb: {other:?}"),
     }
 }
 
