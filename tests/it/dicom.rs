@@ -113,7 +113,10 @@ fn codecs() -> Value {
 #[test]
 fn a_jpeg_lossless_series_from_dcmtk_is_the_uncompressed_volume() {
     let spec = codecs();
-    assert_eq!(spec["ct_jpeg_lossless"]["transfer_syntax_uid"], "1.2.840.10008.1.2.4.70");
+    assert_eq!(
+        spec["ct_jpeg_lossless"]["transfer_syntax_uid"],
+        "1.2.840.10008.1.2.4.70"
+    );
     let volume = Volume::from_dicom(dir("ct_jpeg_lossless")).expect("ct_jpeg_lossless");
     check(&volume, "ct", &case("ct")["spacing"]);
 }
@@ -136,7 +139,11 @@ fn a_jpeg_baseline_series_from_dcmtk_is_within_its_stated_error() {
     assert_eq!(plain.shape.to_vec(), shape);
     assert_eq!(plain.data, original, "the uncompressed 8-bit series");
     for (axis, want) in floats(&spec["mr8"]["spacing"]).into_iter().enumerate() {
-        assert!((f64::from(plain.spacing[axis]) - want).abs() < 1e-5, "{:?}", plain.spacing);
+        assert!(
+            (f64::from(plain.spacing[axis]) - want).abs() < 1e-5,
+            "{:?}",
+            plain.spacing
+        );
     }
 
     let lossy = Volume::from_dicom(dir("mr8_jpeg_baseline")).expect("mr8_jpeg_baseline");
@@ -146,7 +153,10 @@ fn a_jpeg_baseline_series_from_dcmtk_is_within_its_stated_error() {
     let to_original = worst(&lossy.data, &original);
     let to_dcmtk = worst(&lossy.data, &dcmtk);
     println!("baseline: largest error {to_original} against the original, {to_dcmtk} against DCMTK's decoding");
-    assert!(to_original > 0.0, "a lossy file decoded to the original: not baseline-decoded?");
+    assert!(
+        to_original > 0.0,
+        "a lossy file decoded to the original: not baseline-decoded?"
+    );
     assert!(to_original <= stated + 1.0, "{to_original} > {stated} + 1");
     assert!(to_dcmtk <= 1.0, "{to_dcmtk} grey levels from DCMTK's own decoding");
 }
@@ -172,7 +182,9 @@ fn jpeg_ls_multi_frame_and_rgb_are_refused_with_their_variants() {
         other => panic!("enhanced_ct: {other:?}"),
     }
     match problem(Volume::from_dicom(dir("rgb"))) {
-        DicomProblem::NotGreyscale { samples, photometric, .. } => {
+        DicomProblem::NotGreyscale {
+            samples, photometric, ..
+        } => {
             assert_eq!(samples, 3);
             assert_eq!(photometric, "RGB");
         }
