@@ -107,6 +107,18 @@ pub fn cpu_devices() -> Vec<(&'static str, Device)> {
 /// The tolerance of every comparison with PyTorch: max abs error / max abs reference.
 pub const TOLERANCE: f32 = 1e-4;
 
+/// Burn's ndarray backend: its `conv3d` is Burn's own, an implementation independent of the
+/// crate's kernels (which the flex model and the frozen network share).
+#[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
+pub fn ndarray() -> Device {
+    Device::ndarray()
+}
+
+/// `model` moved to [`ndarray`]: the same weights, run by Burn's own operations.
+pub fn on_ndarray(model: &resnet3d::ResNet3d) -> resnet3d::ResNet3d {
+    resnet3d::burn::module::Module::to_device(model.clone(), &ndarray())
+}
+
 pub fn input_shape(case: &Value) -> [usize; 5] {
     let v: Vec<usize> = case["input_shape"]
         .as_array()

@@ -119,30 +119,43 @@ fn full_width(depth: usize, config: ResNet3dConfig) {
     assert_eq!(shape, [1, 2]);
     assert!(logits.iter().all(|v| v.is_finite()));
 
-    // The frozen CPU engine at full width, against the Burn model (itself checked against
-    // PyTorch): 128 voxels wide, so that layer1's 32-voxel lines take the implicit-GEMM path
-    // and the later stages the gathered one. Tolerance: 1e-4 of each output's scale.
+    // The frozen CPU engine and the Burn model on flex (which share the crate's kernels) at
+    // full width, against the same model on ndarray, whose convolution is Burn's own `conv3d`:
+    // 128 voxels wide, so that layer1's 32-voxel lines take the implicit-GEMM path and the
+    // later stages the gathered one. Tolerance: 1e-4 of each output's scale.
     let frozen = model.freeze().unwrap();
     let x = pattern([1, 1, 8, 64, 128], &device);
-    let (want, got) = (model.features(x.clone()), frozen.features(x.clone()).unwrap());
-    for (name, a, b) in [
-        ("stem", want.stem, got.stem),
-        ("layer1", want.layer1, got.layer1),
-        ("layer2", want.layer2, got.layer2),
-        ("layer3", want.layer3, got.layer3),
-        ("layer4", want.layer4, got.layer4),
-    ] {
-        let ((sa, a), (sb, b)) = (values(a), values(b));
-        assert_eq!(sa, sb, "{name}");
-        let err = rel_error(&b, &a);
-        assert!(err <= TOLERANCE, "frozen {name}: rel. error {err:e}");
+    let reference = on_ndarray(&model);
+    let want = reference.features(x.clone().to_device(&ndarray()));
+    let paths = [
+        ("flex", model.features(x.clone())),
+        ("frozen", frozen.features(x.clone()).unwrap()),
+    ];
+    for (path, got) in paths {
+        for (name, a, b) in [
+            ("stem", &want.stem, got.stem),
+            ("layer1", &want.layer1, got.layer1),
+            ("layer2", &want.layer2, got.layer2),
+            ("layer3", &want.layer3, got.layer3),
+            ("layer4", &want.layer4, got.layer4),
+        ] {
+            let ((sa, a), (sb, b)) = (values(a.clone()), values(b));
+            assert_eq!(sa, sb, "{path} {name}");
+            let err = rel_error(&b, &a);
+            assert!(err <= TOLERANCE, "{path} {name}: rel. error {err:e} against ndarray");
+        }
     }
-    let err = rel_error(
-        &values(frozen.forward(x.clone()).unwrap()).1,
-        &values(model.forward(x)).1,
+    let logits = values(reference.forward(x.clone().to_device(&ndarray()))).1;
+    let flex_err = rel_error(&values(model.forward(x.clone())).1, &logits);
+    let err = rel_error(&values(frozen.forward(x).unwrap()).1, &logits);
+    assert!(
+        flex_err <= TOLERANCE,
+        "flex logits: rel. error {flex_err:e} against ndarray"
     );
-    assert!(err <= TOLERANCE, "frozen logits: rel. error {err:e}");
-    println!("frozen full-width resnet{depth}: logits rel. error {err:.2e}");
+    assert!(err <= TOLERANCE, "frozen logits: rel. error {err:e} against ndarray");
+    println!(
+        "full-width resnet{depth} against ndarray's conv3d: logits rel. error flex {flex_err:.2e}, frozen {err:.2e}"
+    );
 }
 
 #[test]
@@ -153,4 +166,60 @@ fn full_width_resnet18() {
 #[test]
 fn full_width_resnet50() {
     full_width(50, ResNet3dConfig::resnet50());
+}
+
+/// Every zoo preset at full width (weights made here: kaiming convolutions, BatchNorm
+/// statistics away from the identity), each stage and the pooled features of the frozen
+/// network and of the model on flex against the same model on ndarray (Burn's own `conv3d`,
+/// not the crate's kernels): MedicalNet's zero-padding and projection shortcuts with dilated
+/// stages, torchvision's R3D, MC3 and R(2+1)D. Tolerance: 1e-4 of each output's scale.
+#[test]
+fn every_zoo_preset_at_full_width_computes_what_burns_conv3d_computes() {
+    let device = Device::flex();
+    for (name, config, shape) in [
+        (
+            "medicalnet10",
+            ResNet3dConfig::medicalnet(10).unwrap(),
+            [1, 1, 4, 16, 16],
+        ),
+        (
+            "medicalnet18",
+            ResNet3dConfig::medicalnet(18).unwrap(),
+            [1, 1, 4, 16, 16],
+        ),
+        (
+            "medicalnet50",
+            ResNet3dConfig::medicalnet(50).unwrap(),
+            [1, 1, 4, 16, 16],
+        ),
+        ("r3d_18", ResNet3dConfig::r3d_18(), [1, 3, 4, 16, 16]),
+        ("mc3_18", ResNet3dConfig::mc3_18(), [1, 3, 4, 16, 16]),
+        ("r2plus1d_18", ResNet3dConfig::r2plus1d_18(), [1, 3, 4, 16, 16]),
+    ] {
+        let mut model = config.init(&device);
+        crate::properties::randomise_all(&mut model, &device);
+        let frozen = model.freeze().unwrap();
+        let x = pattern(shape, &device);
+        let reference = on_ndarray(&model);
+        let want = reference.features(x.clone().to_device(&ndarray()));
+        let stages = |f: resnet3d::Features| [f.stem, f.layer1, f.layer2, f.layer3, f.layer4];
+        let want = stages(want);
+        for (path, got) in [
+            ("flex", stages(model.features(x.clone()))),
+            ("frozen", stages(frozen.features(x.clone()).unwrap())),
+        ] {
+            let mut worst = 0f32;
+            for (stage, (a, b)) in want.iter().zip(got).enumerate() {
+                let ((sa, a), (sb, b)) = (values(a.clone()), values(b));
+                assert_eq!(sa, sb, "{name} {path} stage {stage}");
+                let err = rel_error(&b, &a);
+                assert!(
+                    err <= TOLERANCE,
+                    "{name} {path} stage {stage}: rel. error {err:e} against ndarray"
+                );
+                worst = worst.max(err);
+            }
+            println!("{name} at full width, {path} against ndarray's conv3d: worst stage rel. error {worst:.2e}");
+        }
+    }
 }

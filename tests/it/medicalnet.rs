@@ -1,5 +1,6 @@
 //! MedicalNet (Tencent's Med3D) checkpoints: networks built by MedicalNet's own model code
-//! (`tests/fixtures/make_medicalnet.py`, width 4), saved as MedicalNet releases them
+//! (`tests/fixtures/make_medicalnet.py`, width 4, or 2 for MedicalNet-34 and the deepest,
+//! MedicalNet-200), saved as MedicalNet releases them
 //! (`{'state_dict': {'module.' + name: tensor}}`), compared stage by stage with PyTorch's
 //! outputs; and the full-width presets against the parameter counts of MedicalNet's code.
 
@@ -10,10 +11,12 @@ use serde_json::Value;
 use crate::common::*;
 
 /// (file stem, depth, whether the file holds MedicalNet's `conv_seg` head).
-const CASES: [(&str, usize, bool); 3] = [
+const CASES: [(&str, usize, bool); 5] = [
     ("medicalnet18_w4", 18, false),
     ("medicalnet50_w4", 50, false),
     ("medicalnet10_w4", 10, true),
+    ("medicalnet34_w2", 34, false),
+    ("medicalnet200_w2", 200, false),
 ];
 
 fn folder() -> std::path::PathBuf {
@@ -22,6 +25,12 @@ fn folder() -> std::path::PathBuf {
 
 fn config(depth: usize) -> ResNet3dConfig {
     ResNet3dConfig::medicalnet(depth).unwrap().with_width(4)
+}
+
+/// The configuration of the fixture `name` (`medicalnet<depth>_w<width>`).
+fn config_of(name: &str, depth: usize) -> ResNet3dConfig {
+    let width = name.rsplit_once("_w").and_then(|(_, w)| w.parse().ok()).expect(name);
+    ResNet3dConfig::medicalnet(depth).unwrap().with_width(width)
 }
 
 /// The stem, the four stages and the pooled features against PyTorch; the largest error.
@@ -33,7 +42,7 @@ fn compare(name: &str, features: resnet3d::Features, pooled: Tensor<2>) -> f32 {
 /// One case on `device`: the Burn model against PyTorch, its largest error.
 pub fn check_on(device: &Device, name: &str, depth: usize) -> f32 {
     let path = folder().join(format!("{name}.pth"));
-    let model = ResNet3d::from_checkpoint(&path, &config(depth), device).unwrap();
+    let model = ResNet3d::from_checkpoint(&path, &config_of(name, depth), device).unwrap();
     let x = fixture_tensor(&folder().join(format!("{name}.safetensors")), "input", device);
     compare(name, model.features(x.clone()), model.forward(x))
 }
@@ -43,7 +52,8 @@ fn medicalnet_checkpoints_match_medicalnets_code() {
     for (label, device) in cpu_devices() {
         for (name, depth, seg_head) in CASES {
             let path = folder().join(format!("{name}.pth"));
-            let (model, report) = ResNet3d::from_checkpoint_with_report(&path, &config(depth), &device).unwrap();
+            let (model, report) =
+                ResNet3d::from_checkpoint_with_report(&path, &config_of(name, depth), &device).unwrap();
             assert_eq!(report.zoo, Zoo::MedicalNet, "{name}");
             let ignored: Vec<&str> = report.ignored.iter().map(|(n, _)| n.as_str()).collect();
             // conv_seg: ConvTranspose3d (weight, bias), BatchNorm (5), Conv3d, BatchNorm (5), Conv3d.

@@ -66,7 +66,8 @@ fn a_nifti_bomb_is_refused_from_its_header_within_a_callers_limit() {
 }
 
 /// The same bomb scaled to 256^3 voxels and read within the default limits: the peak is the
-/// f32 volume plus a bounded buffer (the old reader held the raw bytes and the f32 copy at
+/// f32 volume plus a bounded buffer (207 KiB on 2026-12-06: the 64 KiB read buffer and the
+/// inflater's state; the README states the bound asserted here, 512 KiB) (the old reader held the raw bytes and the f32 copy at
 /// once: 1.25x the volume for uint8, 2.5 GiB for the full-size bomb).
 #[test]
 fn a_bomb_within_the_limits_reads_within_its_f32_volume_and_a_buffer() {
@@ -78,6 +79,10 @@ fn a_bomb_within_the_limits_reads_within_its_f32_volume_and_a_buffer() {
     let f32_bytes = 256 * 256 * 256 * 4;
     assert_eq!(volume.shape, [256, 256, 256]);
     assert!(volume.data.iter().all(|&v| v == 0.0));
+    println!(
+        "256^3 bomb: peak {} bytes above the f32 volume",
+        peak as isize - f32_bytes as isize
+    );
     assert!(
         peak <= f32_bytes + (512 << 10),
         "peak {peak} bytes for a {f32_bytes}-byte volume"
@@ -85,10 +90,10 @@ fn a_bomb_within_the_limits_reads_within_its_f32_volume_and_a_buffer() {
 }
 
 /// An honest CT: 512 x 512 x 300 int16 (the stored values + 1024, scl_inter -1024), gzipped.
-/// The peak of reading it is at most 1.2x its f32 volume (the old reader: the int16 bytes
-/// and the f32 volume at once, 1.5x).
+/// The peak of reading it is at most 1.01x its f32 volume, as the README says (1.0007x on
+/// 2026-12-06; the old reader: the int16 bytes and the f32 volume at once, 1.5x).
 #[test]
-fn an_honest_ct_reads_within_1_2x_its_f32_volume() {
+fn an_honest_ct_reads_within_1_01x_its_f32_volume() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ct.nii.gz");
     let [nx, ny, nz] = [512usize, 512, 300];
@@ -127,7 +132,8 @@ fn an_honest_ct_reads_within_1_2x_its_f32_volume() {
         assert_eq!(volume.data[(z * ny + y) * nx + x], want, "voxel ({x}, {y}, {z})");
     }
     let ratio = peak as f64 / f32_bytes as f64;
-    assert!(ratio <= 1.2, "peak {peak} bytes = {ratio:.4}x the f32 volume");
+    println!("512 x 512 x 300 CT: peak {peak} bytes = {ratio:.4}x the f32 volume");
+    assert!(ratio <= 1.01, "peak {peak} bytes = {ratio:.4}x the f32 volume");
 }
 
 /// Headers that declare more data than their file holds are refused before anything is

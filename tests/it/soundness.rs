@@ -492,22 +492,35 @@ fn max_pool_gradient_on_an_empty_axis() {
 /// Outputs no allocator can give (a 1-voxel input padded by 2^19 on each side: 10^18 values)
 /// are errors from every `try_` path, with or without dilation (the dilated path went through
 /// the channels-first kernels, whose allocation aborted the process; the others panicked
-/// inside the Burn operation), and from the frozen network.
+/// inside the Burn operation), and from the frozen network: refused before the output is
+/// allocated (under 1 MiB allocated by each call, rayon's work counted).
 #[test]
 fn outputs_too_large_to_allocate_are_errors() {
+    use crate::tracking::peak_with_rayon_here;
     let device = Device::flex();
     let x = Tensor::<5>::ones([1, 1, 1, 1, 1], &device);
     for dilation in [[2, 1, 1], [1, 1, 1]] {
         let mut conv = positive_conv([1, 1, 1, 1, 1], 1, 1 << 19, &device);
         conv.dilation = dilation;
-        expect_invalid_input(conv.try_forward(x.clone()), "cannot be allocated");
+        let _ = conv.weight.val(); // made before the measurement
+        let (result, peak) = peak_with_rayon_here(|| conv.try_forward(x.clone()));
+        expect_invalid_input(result, "cannot be allocated");
+        assert!(
+            peak < 1 << 20,
+            "convolution, dilation {dilation:?}: {peak} bytes allocated"
+        );
     }
     let mut model = resnet18_w32(&device);
     model.conv1.padding = [1 << 19; 3];
     model.maxpool = None;
+    let frozen = model.clone().freeze().unwrap();
     let x = Tensor::<5>::ones([1, 1, 4, 4, 4], &device);
-    expect_invalid_input(model.try_forward(x.clone()), "cannot be allocated");
-    expect_invalid_input(model.freeze().unwrap().forward(x), "cannot be allocated");
+    let (result, peak) = peak_with_rayon_here(|| model.try_forward(x.clone()));
+    expect_invalid_input(result, "cannot be allocated");
+    assert!(peak < 1 << 20, "model: {peak} bytes allocated");
+    let (result, peak) = peak_with_rayon_here(|| frozen.forward(x));
+    expect_invalid_input(result, "cannot be allocated");
+    assert!(peak < 1 << 20, "frozen network: {peak} bytes allocated");
 }
 
 /// An input on another device or of another element type than the network's: an error from

@@ -97,11 +97,34 @@ fn full_width_video_presets_have_torchvisions_parameter_counts() {
     for (name, config) in [
         ("r3d_18", ResNet3dConfig::r3d_18()),
         ("mc3_18", ResNet3dConfig::mc3_18()),
+        ("r2plus1d_18", ResNet3dConfig::r2plus1d_18()),
     ] {
         let expected = json[name]["parameters"].as_u64().unwrap() as usize;
         assert_eq!(config.parameter_count(), Some(expected), "{name}");
         // Full width, weights generated here: the stage shapes of torchvision's forward.
-        let frozen = config.init(&Device::flex()).freeze().unwrap();
+        let model = config.init(&Device::flex());
+        if let Some(mids) = json[name]["mid_channels"].as_object() {
+            // R(2+1)D's factorised convolutions: torchvision's middle widths, each of them.
+            assert_eq!(model.conv1.weight.dims()[0] as u64, mids["stem"].as_u64().unwrap());
+            let mut seen = 1;
+            for (stage, blocks) in [&model.layer1, &model.layer2, &model.layer3, &model.layer4]
+                .into_iter()
+                .enumerate()
+            {
+                for (i, block) in blocks.iter().enumerate() {
+                    let resnet3d::Block::Factorised(b) = block else {
+                        panic!("{name}: not factorised")
+                    };
+                    for (conv, spatial) in [("conv1", &b.conv1.spatial), ("conv2", &b.conv2.spatial)] {
+                        let key = format!("layer{}.{i}.{conv}.0", stage + 1);
+                        assert_eq!(spatial.weight.dims()[0] as u64, mids[&key].as_u64().unwrap(), "{key}");
+                        seen += 1;
+                    }
+                }
+            }
+            assert_eq!(seen, mids.len(), "{name}: every middle width checked");
+        }
+        let frozen = model.freeze().unwrap();
         let x = resnet3d::burn::tensor::Tensor::zeros([1, 3, 8, 32, 32], &Device::flex());
         let f = frozen.features(x.clone()).unwrap();
         let shapes = &json[name]["stage_shapes"];
