@@ -7,8 +7,8 @@
 //! cargo bench --bench import
 //! ```
 //!
-//! Peak memory is measured outside criterion, on one run of the `inflate` example:
-//! `/usr/bin/time -v target/release/examples/inflate --weights target/bench-data/resnet50.onnx`.
+//! Peak memory is measured outside criterion, on one run of the `resnet3d inflate` command:
+//! `/usr/bin/time -v target/release/resnet3d inflate --weights target/bench-data/resnet50.onnx --out /tmp/r50`.
 
 use std::path::PathBuf;
 

@@ -16,6 +16,7 @@ mod full_width;
 mod fuzz_entry;
 mod gradients;
 mod hostile;
+mod i3resnet;
 mod inspect;
 mod invariants;
 mod labels;
