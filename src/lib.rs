@@ -263,6 +263,7 @@ pub use model::block::{BasicBlock3d, Block, Block2Plus1d, Bottleneck3d, Conv2Plu
 pub use model::conv::Conv;
 pub use model::network::{Features, ResNet3d, TemporalStem};
 pub use model::pool::MaxPool3d;
+pub use weights::export::{ONNX_OPSET, OnnxOptions};
 pub use weights::format::{Format, WeightTensor};
 pub use weights::inflate::{adapt_in_channels, inflate_kernel};
 pub use weights::inspect::Inspection;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use resnet3d::burn::tensor::Device;
-use resnet3d_cli::{explain, inflate, inspect, predict, train};
+use resnet3d_cli::{explain, export, inflate, inspect, predict, train};
 
 /// `resnet3d --help`'s examples.
 const EXAMPLES: &str = "\
@@ -16,6 +16,7 @@ Examples:
   resnet3d predict archive/ --model runs/nodules --sliding-window --maps maps/ --out scores.csv
   resnet3d predict archive/ --model runs/nodules --shard $SLURM_ARRAY_TASK_ID/$N --out part-$SLURM_ARRAY_TASK_ID.csv --resume
   resnet3d explain scan.nii.gz --model runs/nodules --cam cam.png --cam-nifti cam.nii.gz
+  resnet3d export --model runs/nodules --out nodules.onnx
 
 Exit status: 0 done; 1 an error (the message says what to change); 2 a bad command line;
 3 predict finished but some scans could not be scored (their rows carry the error).";
@@ -39,6 +40,8 @@ enum Command {
     Predict(predict::Args),
     /// Classify one scan and map where the network looked (CAM, Grad-CAM).
     Explain(explain::Args),
+    /// Write a trained network as an ONNX model.
+    Export(export::Args),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,10 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(args).map(|summary| match summary.failed {
             0 => ExitCode::SUCCESS,
             _ => ExitCode::from(3),
+        }),
+        Command::Export(args) => export::run(args).map(|what| {
+            println!("{what}");
+            ExitCode::SUCCESS
         }),
         Command::Explain(args) => explain::classify(args, &Device::flex()).map(|scores| {
             for (class, score) in scores.iter().enumerate() {

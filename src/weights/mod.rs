@@ -3,12 +3,14 @@
 //! `inflate` (the arithmetic of 2-D to 3-D); `load` (the strict mapping onto a network's
 //! plan). Every call into burn-store's and onnx-ir's readers stays in this folder.
 
+pub(crate) mod export;
 pub(crate) mod format;
 pub(crate) mod inflate;
 pub(crate) mod inspect;
 pub(crate) mod load;
 pub(crate) mod names;
 mod onnx;
+mod onnx_native;
 mod pytorch;
 mod safetensors;
 pub(crate) mod tensors;

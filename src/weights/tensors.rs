@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::format::{Elem, Format, WeightTensor, detect_format};
-use super::{onnx, pytorch, safetensors};
+use super::{onnx, onnx_native, pytorch, safetensors};
 use crate::error::{Error, Result};
 
 /// Named tensors in torchvision naming (`conv1.weight`, `layer1.0.bn1.running_mean`, `fc.bias`),
@@ -34,8 +34,9 @@ impl Weights {
     /// prefix: the state dict is found by its `conv1.weight`/`bn1.weight` pair, and every
     /// tensor outside it is listed by [`set_aside`](Self::set_aside).
     ///
-    /// An ONNX graph is mapped onto torchvision's names by its structure, never by its
-    /// initializer names or node order; BatchNorm fused into convolutions by the exporter
+    /// An ONNX model written by [`ResNet3d::save_onnx`](crate::ResNet3d::save_onnx) is read
+    /// by its initializer names, which are the state dict's. Any other ONNX graph is mapped
+    /// onto torchvision's names by its structure, never by its initializer names or node order; BatchNorm fused into convolutions by the exporter
     /// becomes an identity BatchNorm (see [`fused_batch_norms`](Self::fused_batch_norms)).
     /// External data files (`model.onnx.data`) are read from beside the model.
     ///
@@ -47,6 +48,7 @@ impl Weights {
         let raw = match detect_format(path)? {
             Format::Pytorch => pytorch::read(path)?,
             Format::Safetensors => safetensors::read(path)?,
+            Format::Onnx if onnx_native::written_here(path) => onnx_native::read(path)?,
             Format::Onnx => {
                 let (raw, facts) = onnx::read(path)?;
                 let mut weights = Self {

@@ -9,6 +9,7 @@ mod corpora;
 mod dicom;
 mod errors;
 mod explain;
+mod export;
 mod full_width;
 /// What each fuzz target does with its input (shared with the fuzz binaries).
 #[cfg(all(feature = "nifti", feature = "dicom"))]

@@ -10,5 +10,6 @@ mod make_nodules;
 
 mod commands;
 mod explain;
+mod export;
 mod predict;
 mod train;
