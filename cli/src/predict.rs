@@ -175,9 +175,9 @@ pub fn run(args: &Args) -> Result<Summary, Box<dyn std::error::Error>> {
     let mut sidecar = Sidecar::lock(&args.out)?;
     let opened = settings(args, &trained).and_then(|now| {
         if args.resume {
-            sidecar.check_resume(&args.out, &now)?;
+            sidecar.check_resume(&now)?;
         }
-        Ok((now, Table::open(&args.out, &header, args.resume)?))
+        Ok((now, Table::open(sidecar.out(), &header, args.resume)?))
     });
     let (now, (mut table, done)) = match opened {
         Ok(opened) => opened,

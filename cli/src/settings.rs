@@ -21,6 +21,8 @@ const INFORMATIVE: [&str; 2] = ["model", "written_by"];
 pub(crate) struct Sidecar {
     file: File,
     path: PathBuf,
+    /// The output CSV, its links resolved: where the rows go.
+    out: PathBuf,
     /// The record it holds (`None`: the file was empty), as read when locked or last written.
     before: Option<Map<String, Value>>,
     /// Whether this run made the file (removed again if the run is refused).
@@ -33,22 +35,41 @@ impl Sidecar {
     /// wrote: any other file of that name is left alone and the run refused.
     ///
     /// # Errors
-    /// When another process holds the lock (it is writing `out`), the file cannot be opened,
-    /// or it exists and is not a record written by `resnet3d predict`.
+    /// When another process holds the lock (it is writing `out`), `out` is a link to nothing,
+    /// the sidecar is not a regular file (a link, a pipe, a device) or cannot be opened, or it
+    /// exists and is not a record written by `resnet3d predict`.
     pub(crate) fn lock(out: &Path) -> Result<Sidecar, String> {
         let out = resolved(out)?;
         let mut name = out.as_os_str().to_owned();
         name.push(".json");
         let path = PathBuf::from(name);
         let fail = |what: String| format!("{}: {what}", path.display());
-        let created = !path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| fail(e.to_string()))?;
+        let not_regular = || {
+            fail(
+                "is not a regular file (a link, a pipe, a folder or a device); it is left as it is: move it, or give another --out"
+                    .into(),
+            )
+        };
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if !meta.is_file() => return Err(not_regular()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        // Made here only if it does not exist (never a file another run made meanwhile).
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        let (mut file, created) = match options.clone().create_new(true).open(&path) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                (options.open(&path).map_err(|e| fail(e.to_string()))?, false)
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        // What was opened, not what the name showed a moment before.
+        if !file.metadata().map_err(|e| fail(e.to_string()))?.is_file() {
+            return Err(not_regular());
+        }
         file.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => format!(
                 "{}: another resnet3d predict is writing it (it holds {}); wait for that run to end, or give another --out",
@@ -58,31 +79,46 @@ impl Sidecar {
             std::fs::TryLockError::Error(e) => fail(format!("cannot be locked: {e}")),
         })?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| fail(e.to_string()))?;
+        (&mut file)
+            .take(MAX_RECORD + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(e.to_string()))?;
         // Empty: made by this command (by this run, or by one that ended before it wrote).
         let before = match bytes.is_empty() {
             true => None,
-            false => Some(ours(&bytes).ok_or_else(|| {
-                fail(
+            false => Some(
+                ours(&bytes)
+                    .filter(|_| bytes.len() as u64 <= MAX_RECORD)
+                    .ok_or_else(|| {
+                        fail(
                     "exists and is not a record written by resnet3d predict (the settings an output was made with); \
                      it is left as it is: move it, or give another --out (a damaged record cannot be resumed from)"
                         .into(),
                 )
-            })?),
+                    })?,
+            ),
         };
         Ok(Sidecar {
             file,
             path,
+            out,
             before,
             created,
         })
     }
 
-    /// Refuses to resume an output that holds scores (`out` has a row below its header)
-    /// unless its record says it was made as `now` would make it, naming each field that
-    /// differs; an output with scores and no record is refused too.
-    pub(crate) fn check_resume(&self, out: &Path, now: &Map<String, Value>) -> Result<(), String> {
-        if !has_rows(out)? {
+    /// The output CSV with its links resolved: the path every later step writes.
+    pub(crate) fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// Refuses to resume an output that holds scores (a row below its header, as the CSV
+    /// reader that resumes it reads it) unless its record says it was made as `now` would
+    /// make it, naming each field that differs; an output with scores and no record is
+    /// refused too.
+    pub(crate) fn check_resume(&self, now: &Map<String, Value>) -> Result<(), String> {
+        let out = self.out.as_path();
+        if !crate::table::has_rows(out)? {
             return Ok(());
         }
         let Some(before) = &self.before else {
@@ -142,12 +178,22 @@ impl Sidecar {
     }
 }
 
+/// The most bytes a record takes (a few kB are written); anything longer is not one.
+const MAX_RECORD: u64 = 1 << 20;
+
 /// `out` with its links resolved: the file's own path if it exists, else its folder's
-/// resolved path and its name.
+/// resolved path and its name. A link to nothing is refused: writing through it would put
+/// the rows at its target and the record beside the link.
 fn resolved(out: &Path) -> Result<PathBuf, String> {
     let fail = |e: std::io::Error| format!("{}: {e}", out.display());
     if out.exists() {
         return std::fs::canonicalize(out).map_err(fail);
+    }
+    if std::fs::symlink_metadata(out).is_ok() {
+        return Err(format!(
+            "{} is a link to a file that does not exist; give the path of the CSV itself",
+            out.display()
+        ));
     }
     let name = out
         .file_name()
@@ -173,19 +219,6 @@ fn ours(bytes: &[u8]) -> Option<Map<String, Value>> {
 fn canonical(now: &Map<String, Value>) -> Result<Map<String, Value>, String> {
     let text = serde_json::to_string(now).map_err(|e| e.to_string())?;
     serde_json::from_str(&text).map_err(|e| e.to_string())
-}
-
-/// Whether the CSV `out` holds a line below its header (an empty or header-only output,
-/// as a run that stopped before its first scan leaves, holds no scores).
-fn has_rows(out: &Path) -> Result<bool, String> {
-    match std::fs::read(out) {
-        Ok(bytes) => Ok(bytes
-            .iter()
-            .position(|&c| c == b'\n')
-            .is_some_and(|end| bytes[end + 1..].iter().any(|c| !c.is_ascii_whitespace()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(format!("{}: {e}", out.display())),
-    }
 }
 
 /// FNV-1a (64 bits) of a file's bytes, as 16 hex digits: which record a run used.

@@ -22,23 +22,24 @@ impl Table {
     /// regular file where it exists (not a pipe or a device).
     pub(crate) fn open(path: &Path, header: &[String], resume: bool) -> Result<(Table, BTreeSet<String>), String> {
         let fail = |what: String| format!("{}: {what}", path.display());
-        let existing = match std::fs::metadata(path) {
-            Ok(meta) if !meta.is_file() => {
-                return Err(fail("is not a regular file; give a file path for the CSV".into()));
-            }
-            Ok(meta) if meta.len() == 0 => None,
-            Ok(_) if !resume => {
+        let bytes = match existing(path)? {
+            Some(_) if !resume => {
                 return Err(fail(
                     "exists; pass --resume to continue it, or give another --out".into(),
                 ));
             }
-            Ok(_) => Some(std::fs::read(path).map_err(|e| fail(e.to_string()))?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(fail(e.to_string())),
+            Some(bytes) => bytes,
+            None => Vec::new(),
         };
         // Whole lines only: an interrupted write leaves at most one partial line at the end.
-        let bytes = existing.unwrap_or_default();
-        let complete = bytes.iter().rposition(|&c| c == b'\n').map_or(0, |last| last + 1);
+        let complete = complete_lines(&bytes).len();
+        if complete == 0 && !bytes.is_empty() && !header_line(header).starts_with(&bytes) {
+            // Not a header cut short: some other file, which resuming would empty.
+            return Err(fail(
+                "does not start with this run's header line, so it is not an output of this command; it is left as it is: give another --out"
+                    .into(),
+            ));
+        }
         let mut done = BTreeSet::new();
         let mut kept: Vec<csv::StringRecord> = Vec::new();
         let mut retried = 0;
@@ -79,16 +80,20 @@ impl Table {
             // The rows as they are: cut the partial line, if any, and append.
             file.set_len(complete as u64).map_err(|e| fail(e.to_string()))?;
         } else {
-            // Rows with an error are dropped: the file is rewritten beside itself, then renamed.
-            let temporary = path.with_extension("resume-tmp");
-            let mut writer = csv::Writer::from_path(&temporary).map_err(|e| fail(e.to_string()))?;
+            // Rows with an error are dropped: the file is rewritten beside itself under a
+            // name no other file has, then renamed over it.
+            let (temporary, made) = temporary_beside(path).map_err(|e| fail(e.to_string()))?;
+            let mut writer = csv::Writer::from_writer(made);
             writer.write_record(header).map_err(|e| fail(e.to_string()))?;
             for record in &kept {
                 writer.write_record(record).map_err(|e| fail(e.to_string()))?;
             }
             writer.flush().map_err(|e| fail(e.to_string()))?;
             drop(writer);
-            std::fs::rename(&temporary, path).map_err(|e| fail(e.to_string()))?;
+            if let Err(e) = std::fs::rename(&temporary, path) {
+                let _ = std::fs::remove_file(&temporary);
+                return Err(fail(e.to_string()));
+            }
         }
         drop(file);
         let file = OpenOptions::new()
@@ -111,6 +116,60 @@ impl Table {
         let row = row.iter().map(|field| field.replace(['\n', '\r'], " "));
         self.writer.write_record(row).map_err(|e| e.to_string())?;
         self.writer.flush().map_err(|e| e.to_string())
+    }
+}
+
+/// The bytes of the output `path` if it exists and is not empty; an error if it is not a
+/// regular file (a pipe or a device would block or never end).
+fn existing(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let fail = |what: String| format!("{}: {what}", path.display());
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(fail("is not a regular file; give a file path for the CSV".into())),
+        Ok(meta) if meta.len() == 0 => Ok(None),
+        Ok(_) => Ok(Some(std::fs::read(path).map_err(|e| fail(e.to_string()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// `bytes` up to the end of its last line.
+fn complete_lines(bytes: &[u8]) -> &[u8] {
+    &bytes[..bytes.iter().rposition(|&c| c == b'\n').map_or(0, |last| last + 1)]
+}
+
+/// The header as the writer writes it.
+fn header_line(header: &[String]) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let _ = writer.write_record(header);
+    writer.into_inner().unwrap_or_default()
+}
+
+/// Whether the output `path` holds a row below its header, read as [`Table::open`] reads it
+/// to resume (complete lines, the CSV reader's line ends).
+pub(crate) fn has_rows(path: &Path) -> Result<bool, String> {
+    let Some(bytes) = existing(path)? else {
+        return Ok(false);
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(complete_lines(&bytes));
+    Ok(reader.records().next().is_some())
+}
+
+/// A new file beside `path`, named after it and this process, created here (never one that
+/// exists).
+fn temporary_beside(path: &Path) -> std::io::Result<(std::path::PathBuf, File)> {
+    let mut n = 0u32;
+    loop {
+        let mut name = path.file_name().unwrap_or_default().to_owned();
+        name.push(format!(".resume-{}-{n}.tmp", std::process::id()));
+        let candidate = path.with_file_name(name);
+        match OpenOptions::new().write(true).create_new(true).open(&candidate) {
+            Ok(file) => return Ok((candidate, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -26,6 +26,24 @@ const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// this prefix: 1.2.840.10008.1.2.4.50 to .70.
 const JPEG_PREFIX: &str = "1.2.840.10008.1.2.4.";
 
+/// The values a slice's header allows after its rescale `(slope, intercept)`: stored values
+/// of `bits_stored` bits (two's complement if `signed`), with a margin for the `f32` they
+/// are delivered in.
+pub(super) fn value_range(
+    bits_stored: u16,
+    signed: bool,
+    (slope, intercept): (f64, f64),
+) -> std::ops::RangeInclusive<f64> {
+    let bits = i32::from(bits_stored.clamp(1, 32));
+    let (lo, hi) = match signed {
+        true => (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0),
+        false => (0.0, 2f64.powi(bits) - 1.0),
+    };
+    let (a, b) = (lo * slope + intercept, hi * slope + intercept);
+    let margin = 1e-6 * a.abs().max(b.abs()) + 1e-3;
+    a.min(b) - margin..=a.max(b) + margin
+}
+
 /// Checks the fragments of a frame in transfer syntax `uid` against `frame`.
 pub(super) fn check(uid: &str, fragments: &[Vec<u8>], frame: &Frame) -> Result<(), String> {
     let pixels = frame.rows * frame.columns;
@@ -117,7 +135,7 @@ fn packbits_len(segment: &[u8], cap: usize) -> usize {
 /// 16-bit pixel otherwise).
 fn check_jpeg(stream: &[u8], frame: &Frame) -> Result<(), String> {
     let sof = jpeg_frame_header(stream).ok_or("the JPEG frame has no frame header (SOF) before its first scan")?;
-    let (precision, height, width, components) = sof;
+    let (precision, height, width, components, _) = sof;
     let bits_fit = match frame.bits {
         8 => precision <= 8,
         16 => (9..=16).contains(&precision),
@@ -130,12 +148,58 @@ fn check_jpeg(stream: &[u8], frame: &Frame) -> Result<(), String> {
             frame.rows, frame.columns, frame.samples, frame.bits
         ));
     }
+    // The decoder fills a stream that ends early with zero bits, silently. Every sample of a
+    // lossless scan is coded with at least one bit (a Huffman code), every 8 x 8 block of a
+    // DCT scan too (its DC difference): a shorter stream was cut.
+    let lossless = matches!(sof.4, 0xC3 | 0xC7 | 0xCB | 0xCF);
+    let units = match lossless {
+        true => height.saturating_mul(width),
+        false => height.div_ceil(8).saturating_mul(width.div_ceil(8)),
+    };
+    let coded = jpeg_scan_bytes(stream).unwrap_or(0);
+    if coded.saturating_mul(8) < units {
+        return Err(format!(
+            "the JPEG frame holds {coded} bytes of coded data for {units} {}, at least one bit each: a truncated frame",
+            if lossless { "samples" } else { "blocks" }
+        ));
+    }
     Ok(())
 }
 
-/// `(precision, height, width, components)` of the first SOF marker segment of `stream`,
-/// walking marker segments from SOI; `None` if a scan (SOS) or the end comes first.
-fn jpeg_frame_header(stream: &[u8]) -> Option<(u8, usize, usize, u8)> {
+/// The bytes of `stream` after its first scan header (SOS), up to its end marker (EOI) if
+/// any: the coded data; `None` without a scan.
+fn jpeg_scan_bytes(stream: &[u8]) -> Option<usize> {
+    let mut at = 2;
+    loop {
+        while stream.get(at) == Some(&0xFF) && stream.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let (&mark, &code) = (stream.get(at)?, stream.get(at + 1)?);
+        if mark != 0xFF {
+            return None;
+        }
+        at += 2;
+        match code {
+            0x01 | 0xD0..=0xD8 => continue,
+            0xD9 => return None,
+            _ => {}
+        }
+        let length = usize::from(u16::from_be_bytes([*stream.get(at)?, *stream.get(at + 1)?]));
+        if length < 2 {
+            return None;
+        }
+        at = at.checked_add(length)?;
+        if code == 0xDA {
+            let rest = stream.get(at..)?;
+            let end = rest.windows(2).rposition(|w| w == [0xFF, 0xD9]).unwrap_or(rest.len());
+            return Some(end);
+        }
+    }
+}
+
+/// `(precision, height, width, components, marker)` of the first SOF marker segment of
+/// `stream`, walking marker segments from SOI; `None` if a scan (SOS) or the end comes first.
+fn jpeg_frame_header(stream: &[u8]) -> Option<(u8, usize, usize, u8, u8)> {
     if stream.get(..2) != Some(&[0xFF, 0xD8]) {
         return None;
     }
@@ -169,7 +233,7 @@ fn jpeg_frame_header(stream: &[u8]) -> Option<(u8, usize, usize, u8)> {
             }
             let height = usize::from(u16::from_be_bytes([body[1], body[2]]));
             let width = usize::from(u16::from_be_bytes([body[3], body[4]]));
-            return Some((body[0], height, width, body[5]));
+            return Some((body[0], height, width, body[5], code));
         }
         at += length;
     }
@@ -178,6 +242,16 @@ fn jpeg_frame_header(stream: &[u8]) -> Option<(u8, usize, usize, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn value_ranges_follow_bits_and_rescale() {
+        let r = value_range(12, false, (1.0, -1024.0));
+        assert!(r.contains(&-1024.0) && r.contains(&3071.0) && !r.contains(&3072.5) && !r.contains(&-1025.0));
+        let r = value_range(16, true, (1.0, -1024.0));
+        assert!(r.contains(&-33792.0) && !r.contains(&-39482.0));
+        let r = value_range(8, false, (-2.0, 0.0));
+        assert!(r.contains(&-510.0) && r.contains(&0.0) && !r.contains(&1.0));
+    }
 
     #[test]
     fn packbits_lengths() {
@@ -213,7 +287,10 @@ mod tests {
         let mut stream = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 1, 2, 0xFF];
         stream.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x0B, 8, 0, 6, 0, 5, 1, 1, 0x11, 0]);
         stream.extend_from_slice(&[0xFF, 0xDA, 0, 2]);
-        assert_eq!(jpeg_frame_header(&stream), Some((8, 6, 5, 1)));
+        // One byte of coded data (one 8 x 8 block), then EOI.
+        stream.extend_from_slice(&[0x5A, 0xFF, 0xD9]);
+        assert_eq!(jpeg_frame_header(&stream), Some((8, 6, 5, 1, 0xC0)));
+        assert_eq!(jpeg_scan_bytes(&stream), Some(1));
         let slice = |rows, columns, bits| Frame {
             rows,
             columns,
@@ -236,6 +313,14 @@ mod tests {
         // Checked by syntax: RLE and JPEG only.
         assert!(check("1.2.840.10008.1.2.1", &[vec![1, 2, 3]], &slice(6, 5, 8)).is_ok());
         assert!(check("1.2.840.10008.1.2.4.57", &[stream.clone()], &slice(6, 5, 16)).is_err());
-        assert!(check("1.2.840.10008.1.2.4.50", &[stream], &slice(6, 5, 8)).is_ok());
+        assert!(check("1.2.840.10008.1.2.4.50", &[stream.clone()], &slice(6, 5, 8)).is_ok());
+        // The same frame as lossless (SOF3): 30 samples need at least 4 bytes, not 1.
+        let at = stream.iter().position(|&b| b == 0xC0).unwrap();
+        stream[at] = 0xC3;
+        assert!(
+            check_jpeg(&stream, &slice(6, 5, 8))
+                .unwrap_err()
+                .contains("truncated frame")
+        );
     }
 }

@@ -41,7 +41,7 @@ pub use dicom::{DicomVolume, VOLUME_MODALITIES, list_series, read_series, read_s
 #[cfg(feature = "dicom")]
 pub use dicom_problem::{DicomProblem, SeriesInfo};
 pub use labels::{LabelledScan, LabelledScans, Split};
-pub use pipeline::{Augmentation, Normalization, Preprocessing};
+pub use pipeline::{Augmentation, MAX_WHOLE_VOXELS, Normalization, Preprocessing};
 #[cfg(all(feature = "nifti", feature = "dicom"))]
 pub(crate) use scan::no_series_for_a_file;
 pub use scan::read_scan;

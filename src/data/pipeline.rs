@@ -8,6 +8,10 @@ use super::scan::{ScanSlices, read_scan_slices};
 use crate::error::{Error, Result};
 use crate::preprocess::{Volume, Window, slices_for_window};
 
+/// The most voxels of a whole-scan grid ([`Preprocessing::whole_grid`]): 2^28, 1 GiB as
+/// `f32` (a 512 x 512 x 2000 whole-body CT of 0.7 mm resampled to 1 mm has 1.8 x 10^8).
+pub const MAX_WHOLE_VOXELS: usize = 1 << 28;
+
 /// How voxel values are scaled after windowing.
 #[derive(Config, Debug, Copy, PartialEq)]
 pub enum Normalization {
@@ -130,8 +134,9 @@ impl Preprocessing {
     /// before any padding), both `[depth, height, width]`.
     ///
     /// # Errors
-    /// [`Error::InvalidVolume`] for a spacing that is not positive and finite or a grid too
-    /// large for memory.
+    /// [`Error::InvalidVolume`] for a spacing that is not positive and finite, or a grid of
+    /// more than [`MAX_WHOLE_VOXELS`] (a whole-body CT at 1 mm has about 2^27; a larger grid
+    /// comes from a header's spacing, and its map would take gigabytes per class).
     pub fn whole_grid(&self, scan_shape: [usize; 3], scan_spacing: [f32; 3]) -> Result<([usize; 3], [usize; 3])> {
         let resampled = match self.spacing {
             Some(target) => {
@@ -140,7 +145,16 @@ impl Preprocessing {
             }
             None => scan_shape,
         };
-        Ok(([0, 1, 2].map(|a| resampled[a].max(self.size[a])), resampled))
+        let whole = [0, 1, 2].map(|a| resampled[a].max(self.size[a]));
+        let voxels = whole.iter().try_fold(1usize, |acc, &n| acc.checked_mul(n));
+        if voxels.is_none_or(|v| v > MAX_WHOLE_VOXELS) {
+            return Err(Error::InvalidVolume {
+                what: format!(
+                    "a scan of {scan_shape:?} voxels of {scan_spacing:?} mm makes a whole-scan grid of {whole:?} voxels, more than {MAX_WHOLE_VOXELS} (2^28): check the file's voxel spacing, or score it with a coarser spacing"
+                ),
+            });
+        }
+        Ok((whole, resampled))
     }
 
     /// Resampling and the crop or pad to `size`, in one pass where there is a resampling
@@ -262,6 +276,12 @@ impl Augmentation {
                 })
             }
         };
+        if self.crop_margin.iter().any(|&m| m > crate::preprocess::MAX_VOXELS) {
+            return Err(Error::InvalidConfig {
+                field: "Augmentation.crop_margin",
+                reason: format!("{:?} voxels: more than a volume holds", self.crop_margin),
+            });
+        }
         check("Augmentation.intensity_scale", self.intensity_scale, 1.0)?;
         check("Augmentation.intensity_shift", self.intensity_shift, f32::INFINITY)?;
         check("Augmentation.noise_std", self.noise_std, f32::INFINITY)
@@ -273,8 +293,17 @@ impl Augmentation {
     /// # Errors
     /// [`Error::InvalidVolume`] if `cached` does not have that shape.
     pub fn apply(&self, cached: &Volume, size: [usize; 3], epoch: u64, item: u64) -> Result<Volume> {
-        let expected = [0, 1, 2].map(|a| size[a] + 2 * self.crop_margin[a]);
-        if cached.shape != expected || cached.data.len() != expected.iter().product::<usize>() {
+        let expected = [0, 1, 2].map(|a| self.crop_margin[a].checked_mul(2).and_then(|m| m.checked_add(size[a])));
+        let [Some(e0), Some(e1), Some(e2)] = expected else {
+            return Err(Error::InvalidConfig {
+                field: "Augmentation.crop_margin",
+                reason: format!("{:?} around {size:?} voxels is too large", self.crop_margin),
+            });
+        };
+        let expected = [e0, e1, e2];
+        if cached.shape != expected
+            || Some(cached.data.len()) != expected.iter().try_fold(1usize, |a, &n| a.checked_mul(n))
+        {
             return Err(Error::InvalidVolume {
                 what: format!(
                     "augmentation expects a cached volume of {expected:?} voxels (size plus twice the crop margin), got {:?}",
@@ -335,6 +364,38 @@ impl Augmentation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An augmentation margin that overflows is refused by `validate` and by `apply`.
+    #[test]
+    fn an_overflowing_augmentation_margin_is_refused() {
+        let aug = Augmentation {
+            crop_margin: [usize::MAX, 0, 0],
+            ..Augmentation::new()
+        };
+        assert!(aug.validate().is_err());
+        let cached = Volume::new(vec![0.0; 8], [2, 2, 2], [1.0; 3]).unwrap();
+        match aug.apply(&cached, [2, 2, 2], 0, 0) {
+            Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "Augmentation.crop_margin"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A whole-scan grid that a header's spacing blows up is refused before anything is
+    /// resampled (a 1-voxel scan of 1.5 x 2^20 mm made 2^30 voxels at 1.5 mm).
+    #[test]
+    fn a_whole_grid_beyond_the_limit_is_refused() {
+        let pipeline = Preprocessing::new([16, 32, 32]).with_spacing(Some([1.5; 3]));
+        let err = pipeline
+            .whole_grid([1, 1, 1], [1.5 * (1u32 << 20) as f32, 1.5, 1.5])
+            .unwrap_err();
+        assert!(err.to_string().contains("whole-scan grid"), "{err}");
+        let (whole, _) = pipeline.whole_grid([300, 512, 512], [1.0, 0.7, 0.7]).unwrap();
+        assert_eq!(
+            whole,
+            [200, 239, 239],
+            "a whole CT of 300 x 512 x 512 at 1 x 0.7 x 0.7 mm"
+        );
+    }
 
     /// A margin whose size overflows is an error, not a wrapped size or a panic.
     #[test]

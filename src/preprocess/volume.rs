@@ -260,7 +260,7 @@ impl Volume {
         let axis = |a: usize| window_taps(slab.scan_shape[a], grid[a], offset[a], shape[a]);
         let mut taps_d = axis(0)?;
         // Depth taps index the slab's slices; each one the window needs must be there.
-        for tap in taps_d.iter_mut().flatten() {
+        for tap in taps_d.taps.iter_mut() {
             let inside = |i: usize| i.checked_sub(slab.first).filter(|&i| i < self.shape[0]);
             match (inside(tap.0), inside(tap.1)) {
                 (Some(d0), Some(d1)) => (tap.0, tap.1) = (d0, d1),
@@ -278,22 +278,18 @@ impl Volume {
             }
         }
         let (taps_h, taps_w) = (axis(1)?, axis(2)?);
-        // The window positions inside the grid along width: one contiguous run.
-        let w_first = taps_w.iter().position(Option::is_some).unwrap_or(0);
-        let run: Vec<(usize, usize, f32)> = taps_w[w_first..].iter().map_while(|t| *t).collect();
+        let (w_first, run) = (taps_w.first, &taps_w.taps);
         let [_, h_in, w_in] = self.shape;
         let [_, h_out, w_out] = shape;
         let mut data = reserve(total)?;
         data.resize(total, fill);
-        for (d, tap_d) in taps_d.iter().enumerate() {
-            let Some((d0, d1, td)) = *tap_d else { continue };
-            for (h, tap_h) in taps_h.iter().enumerate() {
-                let Some((h0, h1, th)) = *tap_h else { continue };
+        for (d, &(d0, d1, td)) in (taps_d.first..).zip(&taps_d.taps) {
+            for (h, &(h0, h1, th)) in (taps_h.first..).zip(&taps_h.taps) {
                 // The four input rows around (d, h); the inner loop blends along width.
                 let row = |d: usize, h: usize| &self.data[(d * h_in + h) * w_in..][..w_in];
                 let (r00, r01, r10, r11) = (row(d0, h0), row(d0, h1), row(d1, h0), row(d1, h1));
                 let out = &mut data[(d * h_out + h) * w_out + w_first..][..run.len()];
-                for (value, &(w0, w1, tw)) in out.iter_mut().zip(&run) {
+                for (value, &(w0, w1, tw)) in out.iter_mut().zip(run) {
                     let c00 = lerp(r00[w0], r00[w1], tw);
                     let c01 = lerp(r01[w0], r01[w1], tw);
                     let c10 = lerp(r10[w0], r10[w1], tw);
@@ -470,22 +466,30 @@ struct Slab {
     scan_shape: [usize; 3],
 }
 
-/// Per window index along an axis of `n_in` voxels resampled to `grid`: the taps of grid
-/// voxel `i + offset`, `None` where that is outside the grid. The list is as long as the
-/// window (`len`, at most [`MAX_VOXELS`]); memory that cannot be had is an error.
-fn window_taps(n_in: usize, grid: usize, offset: isize, len: usize) -> Result<Vec<Option<(usize, usize, f32)>>> {
-    let mut taps = Vec::new();
-    taps.try_reserve_exact(len).map_err(|err| Error::InvalidVolume {
-        what: format!("a window of {len} voxels along an axis does not fit in memory ({err})"),
-    })?;
-    taps.extend((0..len).map(|i| grid_index(i, offset, grid).map(|j| tap(n_in, grid, j))));
-    Ok(taps)
+/// The taps of the window indices `first .. first + taps.len()` along an axis: those whose
+/// grid voxel `i + offset` lies inside the grid (one contiguous run); the others are fill.
+struct AxisTaps {
+    first: usize,
+    taps: Vec<(usize, usize, f32)>,
 }
 
-/// Grid index `i + offset` if it lies in `0..grid`.
-fn grid_index(i: usize, offset: isize, grid: usize) -> Option<usize> {
-    let j = isize::try_from(i).ok()?.checked_add(offset)?;
-    usize::try_from(j).ok().filter(|&j| j < grid)
+/// Along an axis of `n_in` voxels resampled to `grid`, seen through a window of `len` voxels
+/// whose index `i` is grid index `i + offset`: the taps of the window voxels inside the grid.
+/// As many entries as the window and the grid overlap (not one per window voxel: a huge
+/// window over a small grid costs its output, not 24 bytes a voxel more); memory that cannot
+/// be had is an error.
+fn window_taps(n_in: usize, grid: usize, offset: isize, len: usize) -> Result<AxisTaps> {
+    // Window indices i with 0 <= i + offset < grid, within 0..len (extents are at most
+    // MAX_VOXELS, so these fit an isize).
+    let first = (-offset).clamp(0, len as isize) as usize;
+    let end = (grid as isize - offset).clamp(first as isize, len as isize) as usize;
+    let mut taps = Vec::new();
+    taps.try_reserve_exact(end - first)
+        .map_err(|err| Error::InvalidVolume {
+            what: format!("{} taps along an axis do not fit in memory ({err})", end - first),
+        })?;
+    taps.extend((first..end).map(|i| tap(n_in, grid, (i as isize + offset) as usize)));
+    Ok(AxisTaps { first, taps })
 }
 
 /// The grid (the scan resampled to `target`, or its own for `None`), the offset of a

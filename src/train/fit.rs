@@ -22,7 +22,7 @@ use burn::train::{ExecutionStrategy, Learner, LearnerSummary, MultiDeviceOptim, 
 use super::FusedAdamConfig;
 use super::classifier::ScanClassifier;
 use super::lines::EpochLines;
-use super::loader::OrderedLoader;
+use super::loader::{MAX_WORKERS, OrderedLoader};
 use super::schedule::WarmupCosine;
 use super::select::{KeepBestAndLast, Names, StopWithoutImprovement};
 use crate::arch::config::ResNet3dConfig;
@@ -57,7 +57,8 @@ pub struct FitConfig {
     #[config(default = "Some(5)")]
     pub patience: Option<usize>,
     /// Loader threads reading and augmenting scans while the network trains (0: on the
-    /// training thread); the batches, and so the run, are the same whatever their number.
+    /// training thread; at most 256); the batches, and so the run, are the same whatever
+    /// their number.
     #[config(default = 2)]
     pub workers: usize,
     /// Seed of the training order and of the new head's initialisation.
@@ -333,6 +334,15 @@ fn check(
             format!(
                 "is {classes}, but the labels need {}: set it to the number of classes",
                 labels.max(2)
+            ),
+        );
+    }
+    if settings.workers > MAX_WORKERS {
+        return invalid(
+            "workers",
+            format!(
+                "is {}: at most {MAX_WORKERS} loader threads (each reads scans ahead; a few per core is plenty)",
+                settings.workers
             ),
         );
     }

@@ -24,6 +24,8 @@ use crate::data::{ScanBatch, ScanBatcher, ScanDataset, ScanItem};
 
 /// Batches in flight per thread: read ahead of the training thread, at most.
 const AHEAD_PER_WORKER: usize = 2;
+/// The most reading threads (`fit` refuses more; a loader made with more uses this many).
+pub(crate) const MAX_WORKERS: usize = 256;
 
 /// See [the module](self).
 #[derive(Clone)]
@@ -129,8 +131,9 @@ impl<'a> OrderedIter<'a> {
     fn start(loader: &'a OrderedLoader) -> Self {
         let shared = Arc::new(Shared::default());
         let batches = loader.batches();
-        let ahead = AHEAD_PER_WORKER * loader.workers;
-        let threads = (0..loader.workers.min(batches))
+        let workers = loader.workers.min(MAX_WORKERS);
+        let ahead = AHEAD_PER_WORKER * workers;
+        let threads = (0..workers.min(batches))
             .map(|_| {
                 let (shared, loader) = (shared.clone(), loader.clone());
                 std::thread::spawn(move || read_ahead(&loader, &shared, batches, ahead))
@@ -151,7 +154,7 @@ fn read_ahead(loader: &OrderedLoader, shared: &Shared, batches: usize, ahead: us
     loop {
         let k = {
             let mut state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-            while !state.stop && state.taken < batches && state.taken >= state.delivered + ahead {
+            while !state.stop && state.taken < batches && state.taken >= state.delivered.saturating_add(ahead) {
                 state = shared.changed.wait(state).unwrap_or_else(PoisonError::into_inner);
             }
             if state.stop || state.taken >= batches {

@@ -37,6 +37,8 @@ const IR_VERSION: i64 = 8;
 /// such a file's initializers by name.
 pub(crate) const PRODUCER: &str = "resnet3d";
 
+/// The most parameter bytes a file holds: protobuf's 2 GiB, less room for the graph.
+const MAX_INLINE: usize = (2 << 30) - (16 << 20);
 /// ONNX element types.
 const FLOAT: i32 = 1;
 const INT64: i32 = 7;
@@ -74,7 +76,8 @@ impl ResNet3d {
     ///
     /// # Errors
     /// [`Error::InvalidNetwork`] for a network that [`validate`](Self::validate) refuses;
-    /// [`Error::Unsupported`] for a model larger than protobuf's 2 GiB.
+    /// [`Error::Unsupported`] for parameters beyond protobuf's 2 GiB (no ResNet preset comes
+    /// near: a full-width 3-D ResNet-152 holds about 470 MB).
     pub fn to_onnx(&self, options: OnnxOptions) -> Result<Vec<u8>> {
         let plan = self.layers()?;
         let writer = Writer::default();
@@ -124,6 +127,16 @@ impl ResNet3d {
             }
         };
         let mut graph = writer.finish();
+        // Protobuf messages stop at 2 GiB (ONNX's external data is not written here).
+        let bytes: usize = graph.initializer.iter().map(|t| t.raw_data.len()).sum();
+        if bytes > MAX_INLINE {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "an ONNX file of {} MB of parameters: protobuf holds at most 2 GiB, and external data is not written",
+                    bytes >> 20
+                ),
+            });
+        }
         graph.name = "resnet3d".into();
         graph.input.push(value_info(
             "input",

@@ -765,3 +765,48 @@ fn bits_stored_beyond_bits_allocated_is_refused() {
     }
     assert!(peak < 1 << 20, "peak {peak}");
 }
+
+/// A JPEG Lossless frame cut short after its scan header (2 bytes of coded data, then EOI):
+/// dicom-rs's decoder fills the rest with zero bits and reports nothing, so the frame is
+/// refused before decoding, by its length (every sample takes at least one bit; a cut that
+/// leaves more than that is only caught if its values leave what the header allows).
+#[test]
+fn a_truncated_jpeg_lossless_frame_is_unreadable() {
+    let source = dir("ct_jpeg_lossless");
+    let folder = tempfile::tempdir().expect("tempdir");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&source).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    for path in &names {
+        std::fs::copy(path, folder.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let victim = folder.path().join(names[1].file_name().unwrap());
+    let bytes = std::fs::read(&victim).unwrap();
+    // The fragment: its item length, then the JPEG stream from SOI.
+    let pixel_data = find(&bytes, &[0xE0, 0x7F, 0x10, 0x00]);
+    let soi = pixel_data + find(&bytes[pixel_data..], &[0xFF, 0xD8, 0xFF]);
+    assert_eq!(
+        bytes[soi - 8..soi - 4],
+        [0xFE, 0xFF, 0x00, 0xE0],
+        "an item before the stream"
+    );
+    let old_len = u32::from_le_bytes(bytes[soi - 4..soi].try_into().unwrap()) as usize;
+    let sos = soi + find(&bytes[soi..], &[0xFF, 0xDA]);
+    let header = u16::from_be_bytes([bytes[sos + 2], bytes[sos + 3]]) as usize;
+    let mut fragment = bytes[soi..sos + 2 + header + 2].to_vec();
+    fragment.extend_from_slice(&[0xFF, 0xD9]);
+    if fragment.len() % 2 == 1 {
+        fragment.push(0);
+    }
+    let mut cut = bytes[..soi - 4].to_vec();
+    cut.extend_from_slice(&(fragment.len() as u32).to_le_bytes());
+    cut.extend_from_slice(&fragment);
+    cut.extend_from_slice(&bytes[soi + old_len..]);
+    std::fs::write(&victim, &cut).unwrap();
+    match problem(Volume::from_dicom(folder.path())) {
+        DicomProblem::Unreadable { file, reason } => {
+            assert_eq!(file, victim);
+            assert!(reason.contains("truncated frame"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -364,3 +364,27 @@ fn headers_and_values_nibabel_refuses_are_errors() {
         assert_eq!(Volume::from_nifti(folder.join("a.hdr")).unwrap().data, [3.0, 4.0]);
     }
 }
+
+/// A window far larger than the resampled scan costs its output, not more: the taps are
+/// kept only where the window and the grid overlap (a window of 2^26 voxels along depth
+/// over a 2-voxel scan held 24 bytes of taps per window voxel, 1.5 GiB beside a 256 MiB
+/// output).
+#[test]
+fn a_huge_window_over_a_small_scan_costs_its_output() {
+    let scan = Volume {
+        data: vec![1.0, 3.0],
+        shape: [2, 1, 1],
+        spacing: [1.0; 3],
+    };
+    let len = 1usize << 26;
+    let (out, peak) = peak_during(|| scan.resample_crop_or_pad([1.0; 3], [len, 1, 1], -5.0).unwrap());
+    assert_eq!(out.shape, [len, 1, 1]);
+    let middle = len / 2 - 1;
+    assert_eq!(&out.data[middle..middle + 2], &[1.0, 3.0]);
+    assert_eq!((out.data[0], out.data[len - 1]), (-5.0, -5.0));
+    let output = len * 4;
+    assert!(
+        peak <= output + (1 << 20),
+        "peak {peak} bytes for a {output}-byte output"
+    );
+}

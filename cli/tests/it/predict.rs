@@ -572,3 +572,123 @@ fn a_series_uid_on_a_file_is_an_error() {
         assert!(rows[0].last().unwrap().contains("is a file"), "{:?}", rows[0]);
     }
 }
+
+/// Names that are not plain files are never written through: an `--out` link to nothing (the
+/// rows would go to its target, the record beside the link, and a later resume of the target
+/// would mix two settings), a record name that is a link, a folder or a device, and an
+/// output that is a pipe (which would block).
+#[test]
+fn links_pipes_and_devices_are_refused_and_left_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    let at = |name: &str| dir.path().join(name);
+
+    std::os::unix::fs::symlink(at("target.csv"), at("latest.csv")).unwrap();
+    let err = predict::run(&args(&root, &run, &at("latest.csv"), &[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a link to a file that does not exist"), "{err}");
+    assert!(!at("target.csv").exists() && !at("latest.csv.json").exists());
+
+    std::fs::create_dir(at("elsewhere")).unwrap();
+    std::os::unix::fs::symlink(at("elsewhere/target.json"), at("d.csv.json")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", at("z.csv.json")).unwrap();
+    std::fs::create_dir(at("f.csv.json")).unwrap();
+    for out in ["d.csv", "z.csv", "f.csv"] {
+        let err = predict::run(&args(&root, &run, &at(out), &["--resume"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not a regular file"), "{out}: {err}");
+        assert!(!at(out).exists(), "{out}");
+    }
+    assert!(
+        std::fs::symlink_metadata(at("d.csv.json"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(!at("elsewhere/target.json").exists());
+
+    let fifo = at("p.csv");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let err = predict::run(&args(&root, &run, &fifo, &["--resume"]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a regular file"), "{err}");
+}
+
+/// `--resume` never empties a file that is not an output of this command: one without a
+/// line end (a header cut short is the only such output), or one whose first line is not
+/// the header.
+#[test]
+fn resume_leaves_a_file_that_is_not_an_output_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    let notes = dir.path().join("notes.txt");
+    for text in ["my thesis notes, no line end", "my thesis notes\nsecond line\n"] {
+        std::fs::write(&notes, text).unwrap();
+        let err = predict::run(&args(&root, &run, &notes, &["--resume"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("header") || err.contains("no record"), "{text:?}: {err}");
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), text);
+    }
+    // A header cut short by an interruption is resumed.
+    let cut = dir.path().join("cut.csv");
+    std::fs::write(&cut, "path,p").unwrap();
+    let resumed = predict::run(&args(&root, &run, &cut, &["--resume"])).unwrap();
+    assert_eq!(resumed.scored, 1);
+    assert_eq!(rows(&cut).len(), 1);
+}
+
+/// An output whose lines end in CR alone holds rows for the CSV reader that resumes it: its
+/// record is checked like any other's, so other settings are refused.
+#[test]
+fn an_output_with_other_line_ends_is_checked_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    let out = dir.path().join("cr.csv");
+    predict::run(&args(&root, &run, &out, &["--sliding-window", "--aggregate", "max"])).unwrap();
+    let text = std::fs::read_to_string(&out).unwrap().replace('\n', "\r") + "\n";
+    std::fs::write(&out, &text).unwrap();
+    let other = ["--sliding-window", "--aggregate", "mean", "--resume"];
+    let err = predict::run(&args(&root, &run, &out, &other)).unwrap_err().to_string();
+    assert!(err.contains("other settings"), "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
+}
+
+/// Rows with errors are dropped on resume by rewriting the file under a name of its own: a
+/// file of the old fixed name (`<out>.resume-tmp`) beside it is not touched, and none is left.
+#[test]
+fn a_resume_rewrite_touches_no_other_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = detector_run(dir.path());
+    let root = dir.path().join("scans");
+    scan(&root.join("a.nii"), [16, 32, 32], None);
+    std::fs::write(root.join("b.nii"), b"not a scan").unwrap();
+    let out = dir.path().join("r.csv");
+    predict::run(&args(&root, &run, &out, &[])).unwrap();
+    assert!(rows(&out).iter().any(|r| !r.last().unwrap().is_empty()), "b.nii fails");
+    let mine = dir.path().join("r.resume-tmp");
+    std::fs::write(&mine, "my own data").unwrap();
+    predict::run(&args(&root, &run, &out, &["--resume"])).unwrap();
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "my own data");
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}

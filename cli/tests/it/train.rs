@@ -299,6 +299,22 @@ fn an_unreadable_scan_is_named_before_training() {
     assert!(!dir.path().join("run/checkpoint").exists(), "nothing was trained");
 }
 
+/// A number of loader threads no machine has is refused before training (it overflowed the
+/// read-ahead bound: a panic in debug builds, a run waiting forever in release builds).
+#[test]
+fn an_absurd_number_of_loader_threads_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 8, 4, [6.0, 9.0]).unwrap();
+    for workers in ["257", "9223372036854775808"] {
+        let extra = ["--epochs", "1", "--workers", workers];
+        let err = train::run(&args(&labels, &dir.path().join("run"), &extra)).unwrap_err();
+        match err.downcast_ref::<Error>() {
+            Some(Error::InvalidConfig { field: "workers", .. }) => {}
+            other => panic!("{workers}: {other:?} ({err})"),
+        }
+    }
+}
+
 /// `--freeze-early`: after training, the stem's and `layer1`'s weights and BatchNorm
 /// statistics are those of the inflated network it started from; `layer2` has changed.
 #[test]
