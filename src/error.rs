@@ -191,6 +191,19 @@ pub enum Error {
         problem: Box<crate::data::dicom_problem::DicomProblem>,
     },
 
+    /// Published weights could not be had ([`ResNet3d::from_pretrained`](crate::ResNet3d::from_pretrained)).
+    #[error("pretrained weights {name} from {url}: {reason}; without a network, download that address by hand and put the file at {}", place.display())]
+    Pretrained {
+        /// The registry name.
+        name: String,
+        /// Where the file is fetched from.
+        url: String,
+        /// What went wrong.
+        reason: String,
+        /// Where the cache expects the file.
+        place: PathBuf,
+    },
+
     /// Saving or loading Burn's own record format failed.
     #[error("{}: Burn record: {reason}", path.display())]
     Record {

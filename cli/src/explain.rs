@@ -44,7 +44,8 @@ pub struct Args {
     /// The SeriesInstanceUID to read when the DICOM folder holds several series.
     #[arg(long)]
     pub series: Option<String>,
-    /// A 2-D ResNet checkpoint; default: the bundled small one.
+    /// A 2-D ResNet checkpoint, or the name of published weights (resnet50.tv2_in1k, ...);
+    /// default: the bundled small one.
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Hounsfield window: lung, mediastinum, bone or brain.
@@ -172,7 +173,10 @@ fn inflated(args: &Args, device: &Device) -> Result<Setup, Box<dyn std::error::E
     let window = Window::preset(&args.window)
         .ok_or_else(|| format!("--window {}: use lung, mediastinum, bone or brain", args.window))?;
     let shape = <[usize; 3]>::try_from(args.shape.as_slice()).map_err(|_| "--shape takes depth,height,width")?;
-    let path = args.weights.clone().unwrap_or_else(crate::train::bundled_checkpoint);
+    let path = match &args.weights {
+        Some(path) => crate::weights_file(path)?,
+        None => crate::train::bundled_checkpoint(),
+    };
     let weights = Weights::from_file(&path)?;
     let (layout, width) = weights.layout()?;
     let config = ResNet3dConfig::from_layout(layout)

@@ -16,6 +16,7 @@ use resnet3d::infer::TrainedRun;
 const EXAMPLES: &str = "\
 Examples:
   resnet3d export --model runs/nodules --out nodules.onnx
+  resnet3d export --model runs/nodules --out nodules.onnx --force   # replace an earlier export
   resnet3d export --model runs/nodules/model.bpk --out nodules.onnx --stages   # also the stem and layer1..layer4";
 
 #[derive(Parser, Debug)]
@@ -31,6 +32,9 @@ pub struct Args {
     /// Also output the stem and every stage (`stem`, `layer1`..`layer4`) after the logits.
     #[arg(long)]
     pub stages: bool,
+    /// Replace an existing --out (never the run's own files).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Writes the file; what was written, for the caller to print.
@@ -39,6 +43,26 @@ pub struct Args {
 /// Those of reading the run and of writing the file.
 pub fn run(args: &Args) -> Result<String, Box<dyn std::error::Error>> {
     let run = TrainedRun::load(&args.model, &Device::flex())?;
+    if std::fs::symlink_metadata(&args.out).is_ok() {
+        let same = |p: &std::path::Path| {
+            std::fs::canonicalize(p)
+                .ok()
+                .is_some_and(|p| Some(p) == std::fs::canonicalize(&args.out).ok())
+        };
+        let folder = run.model.parent().unwrap_or(std::path::Path::new("."));
+        let own = ["model.bpk", "config.json", "preprocessing.json"]
+            .iter()
+            .any(|f| same(&folder.join(f)));
+        if own || !args.force {
+            return Err(format!(
+                "{} exists{}; give another --out{}",
+                args.out.display(),
+                if own { " and is one of the run's own files" } else { "" },
+                if own { "" } else { ", or --force to replace it" }
+            )
+            .into());
+        }
+    }
     let options = OnnxOptions {
         stage_outputs: args.stages,
     };

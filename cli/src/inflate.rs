@@ -17,6 +17,7 @@ use resnet3d::{DepthPadding, Inflation, Layout, ResNet3dConfig, Weights, inflate
 const EXAMPLES: &str = "\
 Examples:
   resnet3d inflate --weights resnet50.pth --out resnet3d-50 --check
+  resnet3d inflate --weights resnet50.tv2_in1k --out resnet3d-50   # torchvision's weights, by name
   resnet3d inflate --weights resnet50.pth --in-channels 1 --inflation center \\
       --stem-depth-kernel 3 --stem-depth-stride 1 --no-head --out resnet3d-50-encoder";
 
@@ -26,7 +27,8 @@ Examples:
     after_help = EXAMPLES
 )]
 pub struct Args {
-    /// The 2-D checkpoint: .pth/.pt, .safetensors or .onnx.
+    /// The 2-D checkpoint: .pth/.pt, .safetensors or .onnx, or the name of published
+    /// weights (resnet50.tv2_in1k, ...), downloaded once into a verified cache.
     #[arg(long)]
     pub weights: PathBuf,
     /// ResNet depth; by default the checkpoint's (an error if they differ).
@@ -98,7 +100,7 @@ pub enum Padding {
 pub fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let device = Device::flex();
     let start = Instant::now();
-    let weights = Weights::from_file(&args.weights)?;
+    let weights = Weights::from_file(crate::weights_file(&args.weights)?)?;
     let (found, width) = weights.layout()?;
     let layout = match &args.depth {
         Some(depth) => Layout::preset(depth.parse()?).ok_or("unknown depth")?,

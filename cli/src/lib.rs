@@ -16,3 +16,19 @@ mod progress;
 mod settings;
 mod table;
 pub mod train;
+
+/// The file a `--weights` argument names: the path itself when it exists, else the published
+/// weights of that name (`resnet50.tv2_in1k`, ...: `resnet3d::PRETRAINED`), fetched into the
+/// verified cache (`$RESNET3D_CACHE`, offline with `HF_HUB_OFFLINE=1`).
+///
+/// # Errors
+/// Those of [`resnet3d::Fetcher::fetch`] for a name.
+pub fn weights_file(arg: &std::path::Path) -> resnet3d::Result<std::path::PathBuf> {
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    match arg.to_str().and_then(|name| resnet3d::pretrained(name).ok()) {
+        Some(entry) => resnet3d::Fetcher::from_env().fetch(entry),
+        None => Ok(arg.to_path_buf()),
+    }
+}

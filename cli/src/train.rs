@@ -47,8 +47,9 @@ pub struct Args {
     /// ResNet depth: 18, 34, 50, 101 or 152.
     #[arg(long, default_value_t = 18)]
     pub depth: usize,
-    /// A 2-D ImageNet checkpoint (.pth, .safetensors, .onnx) to inflate; default: the bundled
-    /// small ResNet-18 (depth 18 only).
+    /// A 2-D ImageNet checkpoint (.pth, .safetensors, .onnx) to inflate, or the name of
+    /// published weights (resnet50.tv2_in1k, ...); default: the bundled small ResNet-18
+    /// (depth 18 only).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Start from random weights instead of inflating a checkpoint.
@@ -195,7 +196,7 @@ pub fn network(
         return Ok((config.init(device), config));
     }
     let path = match &args.weights {
-        Some(path) => path.clone(),
+        Some(path) => crate::weights_file(path)?,
         None if args.depth == 18 => bundled_checkpoint(),
         None => return Err(format!("--depth {} needs --weights (or --scratch)", args.depth).into()),
     };

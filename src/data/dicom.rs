@@ -476,7 +476,6 @@ fn decode(slice: &Header, limits: &ReadLimits, out: &mut [f32]) -> Result<(), Di
         // The image pixel module (group 0028: sizes, bits, rescale, LUTs) and the pixels.
         let object = dicom_read::read_whole(file, limits, |tag| tag.group() == 0x0028).map_err(unreadable)?;
         // Checked again: the file may have changed since its header was read.
-        let compressed = fragments(&object).is_some();
         if let Some(fragments) = fragments(&object) {
             dicom_frames::check(&slice.transfer_syntax, fragments, &slice.frame_shape()).map_err(unreadable)?;
         }
@@ -484,30 +483,6 @@ fn decode(slice: &Header, limits: &ReadLimits, out: &mut [f32]) -> Result<(), Di
         let values: Vec<f32> = pixels
             .to_vec_with_options(&ConvertOptions::new())
             .map_err(|err| unreadable(err.to_string()))?;
-        if compressed {
-            // A decoder fills what a damaged frame lacks: values its header cannot hold
-            // show it (a truncated JPEG lossless frame decoded to -39482 HU).
-            let rescale = pixels
-                .rescale()
-                .ok()
-                .and_then(|r| r.first())
-                .map_or((1.0, 0.0), |r| (r.slope, r.intercept));
-            let signed = pixels.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
-            let range = dicom_frames::value_range(pixels.bits_stored(), signed, rescale);
-            if let Some(v) = values
-                .iter()
-                .find(|v| v.is_finite() && !range.contains(&f64::from(**v)))
-            {
-                return Err(unreadable(format!(
-                    "the compressed frame decodes to {v}, outside the {:.0}..={:.0} its header allows (BitsStored {}, rescale {} x + {}): a damaged or truncated frame",
-                    range.start(),
-                    range.end(),
-                    pixels.bits_stored(),
-                    rescale.0,
-                    rescale.1
-                )));
-            }
-        }
         if values.len() != out.len() {
             return Err(unreadable(format!(
                 "{} pixel values decoded, Rows x Columns is {}",

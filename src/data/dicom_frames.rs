@@ -26,24 +26,6 @@ const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 /// this prefix: 1.2.840.10008.1.2.4.50 to .70.
 const JPEG_PREFIX: &str = "1.2.840.10008.1.2.4.";
 
-/// The values a slice's header allows after its rescale `(slope, intercept)`: stored values
-/// of `bits_stored` bits (two's complement if `signed`), with a margin for the `f32` they
-/// are delivered in.
-pub(super) fn value_range(
-    bits_stored: u16,
-    signed: bool,
-    (slope, intercept): (f64, f64),
-) -> std::ops::RangeInclusive<f64> {
-    let bits = i32::from(bits_stored.clamp(1, 32));
-    let (lo, hi) = match signed {
-        true => (-(2f64.powi(bits - 1)), 2f64.powi(bits - 1) - 1.0),
-        false => (0.0, 2f64.powi(bits) - 1.0),
-    };
-    let (a, b) = (lo * slope + intercept, hi * slope + intercept);
-    let margin = 1e-6 * a.abs().max(b.abs()) + 1e-3;
-    a.min(b) - margin..=a.max(b) + margin
-}
-
 /// Checks the fragments of a frame in transfer syntax `uid` against `frame`.
 pub(super) fn check(uid: &str, fragments: &[Vec<u8>], frame: &Frame) -> Result<(), String> {
     let pixels = frame.rows * frame.columns;
@@ -56,7 +38,10 @@ pub(super) fn check(uid: &str, fragments: &[Vec<u8>], frame: &Frame) -> Result<(
         .is_some_and(|n| (50..=70).contains(&n));
     if jpeg {
         let first = fragments.first().map_or(&[][..], Vec::as_slice);
-        return check_jpeg(first, frame);
+        // A frame may span several fragments (DCMTK's `+fs`, some vendors): the coded data
+        // goes on in the fragments after the first.
+        let more: usize = fragments.iter().skip(1).map(Vec::len).sum();
+        return check_jpeg(first, more, frame);
     }
     Ok(())
 }
@@ -133,7 +118,7 @@ fn packbits_len(segment: &[u8], cap: usize) -> usize {
 /// scan must declare the slice's rows, columns and samples, and a sample precision of 8 bits
 /// in an 8-bit slice, 9 to 16 in a 16-bit one (dicom-rs joins two 8-bit samples into one
 /// 16-bit pixel otherwise).
-fn check_jpeg(stream: &[u8], frame: &Frame) -> Result<(), String> {
+fn check_jpeg(stream: &[u8], more: usize, frame: &Frame) -> Result<(), String> {
     let sof = jpeg_frame_header(stream).ok_or("the JPEG frame has no frame header (SOF) before its first scan")?;
     let (precision, height, width, components, _) = sof;
     let bits_fit = match frame.bits {
@@ -156,7 +141,7 @@ fn check_jpeg(stream: &[u8], frame: &Frame) -> Result<(), String> {
         true => height.saturating_mul(width),
         false => height.div_ceil(8).saturating_mul(width.div_ceil(8)),
     };
-    let coded = jpeg_scan_bytes(stream).unwrap_or(0);
+    let coded = jpeg_scan_bytes(stream).unwrap_or(0).saturating_add(more);
     if coded.saturating_mul(8) < units {
         return Err(format!(
             "the JPEG frame holds {coded} bytes of coded data for {units} {}, at least one bit each: a truncated frame",
@@ -244,16 +229,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn value_ranges_follow_bits_and_rescale() {
-        let r = value_range(12, false, (1.0, -1024.0));
-        assert!(r.contains(&-1024.0) && r.contains(&3071.0) && !r.contains(&3072.5) && !r.contains(&-1025.0));
-        let r = value_range(16, true, (1.0, -1024.0));
-        assert!(r.contains(&-33792.0) && !r.contains(&-39482.0));
-        let r = value_range(8, false, (-2.0, 0.0));
-        assert!(r.contains(&-510.0) && r.contains(&0.0) && !r.contains(&1.0));
-    }
-
-    #[test]
     fn packbits_lengths() {
         // 3 literals, a run of 4, a no-op, a literal of 1.
         assert_eq!(packbits_len(&[2, 9, 8, 7, 253, 5, 128, 0, 1], 100), 3 + 4 + 1);
@@ -297,19 +272,19 @@ mod tests {
             bits,
             samples: 1,
         };
-        assert!(check_jpeg(&stream, &slice(6, 5, 8)).is_ok());
+        assert!(check_jpeg(&stream, 0, &slice(6, 5, 8)).is_ok());
         assert!(
-            check_jpeg(&stream, &slice(5, 6, 8))
+            check_jpeg(&stream, 0, &slice(5, 6, 8))
                 .unwrap_err()
                 .contains("6 x 5 pixels")
         );
         assert!(
-            check_jpeg(&stream, &slice(6, 5, 16)).is_err(),
+            check_jpeg(&stream, 0, &slice(6, 5, 16)).is_err(),
             "8-bit samples in a 16-bit slice"
         );
         // A scan before any frame header, and no SOI.
-        assert!(check_jpeg(&[0xFF, 0xD8, 0xFF, 0xDA, 0, 2], &slice(6, 5, 8)).is_err());
-        assert!(check_jpeg(&[0, 1, 2], &slice(6, 5, 8)).is_err());
+        assert!(check_jpeg(&[0xFF, 0xD8, 0xFF, 0xDA, 0, 2], 0, &slice(6, 5, 8)).is_err());
+        assert!(check_jpeg(&[0, 1, 2], 0, &slice(6, 5, 8)).is_err());
         // Checked by syntax: RLE and JPEG only.
         assert!(check("1.2.840.10008.1.2.1", &[vec![1, 2, 3]], &slice(6, 5, 8)).is_ok());
         assert!(check("1.2.840.10008.1.2.4.57", &[stream.clone()], &slice(6, 5, 16)).is_err());
@@ -318,7 +293,7 @@ mod tests {
         let at = stream.iter().position(|&b| b == 0xC0).unwrap();
         stream[at] = 0xC3;
         assert!(
-            check_jpeg(&stream, &slice(6, 5, 8))
+            check_jpeg(&stream, 0, &slice(6, 5, 8))
                 .unwrap_err()
                 .contains("truncated frame")
         );

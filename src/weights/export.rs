@@ -175,17 +175,31 @@ impl ResNet3d {
         })
     }
 
-    /// [`to_onnx`](Self::to_onnx) written to `path`.
+    /// [`to_onnx`](Self::to_onnx) written to `path` (replacing a file there, whole: the
+    /// bytes go to a new file beside it, renamed over it when complete).
     ///
     /// # Errors
     /// Those of [`to_onnx`](Self::to_onnx), and [`Error::Io`] naming the path.
     pub fn save_onnx(&self, path: impl AsRef<Path>, options: OnnxOptions) -> Result<()> {
         let path = path.as_ref();
         let bytes = self.to_onnx(options)?;
-        std::fs::write(path, bytes).map_err(|source| Error::Io {
+        // Written beside the target under a new name, then renamed over it: a reader never
+        // sees half a file, and an interrupted write leaves the old one.
+        let mut name = path.file_name().unwrap_or_default().to_owned();
+        name.push(format!(".{}.tmp", std::process::id()));
+        let temporary = path.with_file_name(name);
+        let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
-        })
+        };
+        let written = std::fs::File::create_new(&temporary)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&temporary, path));
+        if let Err(source) = written {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(io(source));
+        }
+        Ok(())
     }
 }
 

@@ -11,6 +11,8 @@ pub(crate) mod load;
 pub(crate) mod names;
 mod onnx;
 mod onnx_native;
+#[cfg(feature = "pretrained")]
+pub(crate) mod pretrained;
 mod pytorch;
 mod safetensors;
 pub(crate) mod tensors;

@@ -160,7 +160,11 @@ pub(crate) fn recognise_zoo(weights: &Weights, config: &ResNet3dConfig) -> Resul
     let medicalnet_config = config.has_medicalnet_stages();
     let shortcut_fits = (config.shortcut == Shortcut::ZeroPad) == zero_pad;
     match signature {
-        Some(why) if !(medicalnet_config && shortcut_fits) => Err(Error::ZooMismatch {
+        Some(_) if medicalnet_config && shortcut_fits => Ok(Zoo::MedicalNet),
+        // Zero-padded shortcuts asked for by the configuration, with other stages: a network
+        // of this crate's own (an ONNX export, a saved state dict), not MedicalNet's.
+        Some(_) if !seg_head && zero_pad && config.shortcut == Shortcut::ZeroPad => Ok(Zoo::Torchvision3d),
+        Some(why) => Err(Error::ZooMismatch {
             zoo: Zoo::MedicalNet,
             why: why.to_string(),
             preset: match medicalnet_depth(layout) {
@@ -171,7 +175,6 @@ pub(crate) fn recognise_zoo(weights: &Weights, config: &ResNet3dConfig) -> Resul
                 ),
             },
         }),
-        Some(_) => Ok(Zoo::MedicalNet),
         None if medicalnet_config && one_channel_3d && !has("fc.weight") => Ok(Zoo::MedicalNet),
         None => Ok(Zoo::Torchvision3d),
     }

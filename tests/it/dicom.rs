@@ -769,7 +769,8 @@ fn bits_stored_beyond_bits_allocated_is_refused() {
 /// A JPEG Lossless frame cut short after its scan header (2 bytes of coded data, then EOI):
 /// dicom-rs's decoder fills the rest with zero bits and reports nothing, so the frame is
 /// refused before decoding, by its length (every sample takes at least one bit; a cut that
-/// leaves more than that is only caught if its values leave what the header allows).
+/// leaves more than that decodes as the decoder fills it). The same frame split over
+/// several fragments, as DCMTK's `+fs` writes it, is read.
 #[test]
 fn a_truncated_jpeg_lossless_frame_is_unreadable() {
     let source = dir("ct_jpeg_lossless");
@@ -809,4 +810,18 @@ fn a_truncated_jpeg_lossless_frame_is_unreadable() {
         }
         other => panic!("{other:?}"),
     }
+
+    // The whole frame in two fragments: the coded data goes on in the second.
+    let whole = &bytes[soi..soi + old_len];
+    let split = (sos + 2 + header + 2 - soi) & !1;
+    let mut two = bytes[..soi - 8].to_vec();
+    for part in [&whole[..split], &whole[split..]] {
+        two.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        two.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        two.extend_from_slice(part);
+    }
+    two.extend_from_slice(&bytes[soi + old_len..]);
+    std::fs::write(&victim, &two).unwrap();
+    let read = Volume::from_dicom(folder.path()).expect("a frame in two fragments");
+    assert_eq!(read.data, Volume::from_dicom(&source).unwrap().data);
 }

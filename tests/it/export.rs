@@ -104,3 +104,109 @@ fn an_export_with_another_configuration_or_damaged_is_an_error() {
         }
     }
 }
+
+/// Protobuf by hand, for files the exporter would never write.
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn field(number: u64, body: &[u8], out: &mut Vec<u8>) {
+    varint(number << 3 | 2, out);
+    varint(body.len() as u64, out);
+    out.extend_from_slice(body);
+}
+
+/// A float32 TensorProto: dims (1), data_type (2), name (8), raw_data (9), float_data (4).
+fn tensor_proto(name: &str, values: &[f32], float_data: bool) -> Vec<u8> {
+    let mut t = Vec::new();
+    varint(1 << 3, &mut t);
+    varint(values.len() as u64, &mut t);
+    varint(2 << 3, &mut t);
+    varint(1, &mut t);
+    field(8, name.as_bytes(), &mut t);
+    let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    field(9, &raw, &mut t);
+    if float_data {
+        field(4, &raw, &mut t);
+    }
+    t
+}
+
+/// `basic.onnx` with a second graph message appended (protobuf merges it into the first).
+fn with_graph(graph: &[u8]) -> Vec<u8> {
+    let mut bytes = std::fs::read(folder().join("basic.onnx")).unwrap();
+    field(7, graph, &mut bytes);
+    bytes
+}
+
+/// Files that claim to be the exporter's and are not: two initializers of one name (ONNX
+/// Runtime takes the first, a map the last), raw and float data at once, an initializer of
+/// another type: typed errors. Half a million empty nodes: read within twice the file.
+#[test]
+fn hostile_exports_are_refused_or_read_within_the_file_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ResNet3dConfig::load(folder().join("basic.json")).unwrap();
+    let device = Device::flex();
+    let mut duplicate = Vec::new();
+    field(
+        5,
+        &tensor_proto("bn1.running_var", &[1000.0, 1000.0], false),
+        &mut duplicate,
+    );
+    let mut both = Vec::new();
+    field(5, &tensor_proto("extra", &[1.0], true), &mut both);
+    let mut double = Vec::new();
+    let mut t = tensor_proto("extra", &[1.0], false);
+    t.extend_from_slice(&[2 << 3, 11]); // data_type again: DOUBLE (the last one counts)
+    field(5, &t, &mut double);
+    for (what, graph, want) in [
+        ("duplicate", duplicate, "two initializers"),
+        ("both", both, "both raw and float"),
+        ("double", double, "element type 11"),
+    ] {
+        let path = dir.path().join(format!("{what}.onnx"));
+        std::fs::write(&path, with_graph(&graph)).unwrap();
+        let err = ResNet3d::from_checkpoint(&path, &config, &device).unwrap_err();
+        assert!(err.to_string().contains(want), "{what}: {err}");
+    }
+
+    let mut nodes = Vec::new();
+    for _ in 0..500_000 {
+        field(1, &[], &mut nodes);
+    }
+    let path = dir.path().join("nodes.onnx");
+    let bytes = with_graph(&nodes);
+    std::fs::write(&path, &bytes).unwrap();
+    let (weights, peak) = crate::tracking::peak_during(|| resnet3d::Weights::from_file(&path));
+    assert!(weights.unwrap().get("conv1.weight").is_some());
+    assert!(
+        peak <= 2 * bytes.len() + (2 << 20),
+        "{peak} bytes to read a {}-byte file",
+        bytes.len()
+    );
+}
+
+/// Zero-padded shortcuts with torchvision's stages (not MedicalNet's): the export reads back
+/// with its own configuration (it was taken for a MedicalNet file of the wrong preset).
+#[test]
+fn a_zero_padded_network_of_other_stages_reads_back() {
+    let device = Device::flex();
+    let config = ResNet3dConfig::resnet18()
+        .with_width(2)
+        .with_in_channels(1)
+        .with_num_classes(Some(2))
+        .with_shortcut(resnet3d::Shortcut::ZeroPad);
+    let model = config.init(&device);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zero_pad.onnx");
+    model.save_onnx(&path, OnnxOptions::default()).unwrap();
+    let again = ResNet3d::from_checkpoint(&path, &config, &device).unwrap();
+    assert!(again.to_onnx(OnnxOptions::default()).unwrap() == std::fs::read(&path).unwrap());
+    // With projection shortcuts asked for, the file's missing projections are named.
+    let projection = config.with_shortcut(resnet3d::Shortcut::Projection);
+    assert!(ResNet3d::from_checkpoint(&path, &projection, &device).is_err());
+}

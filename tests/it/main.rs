@@ -26,6 +26,7 @@ mod medicalnet;
 mod nifti;
 mod onnx;
 mod optim;
+mod pretrained;
 mod properties;
 mod pytorch;
 mod readers;

@@ -27,7 +27,7 @@ fn every_subcommand_has_help_with_examples() {
     let top = resnet3d(&["--help"]);
     assert_eq!(top.status.code(), Some(0));
     let (out, _) = text(&top);
-    for sub in ["inflate", "inspect", "train", "predict", "explain"] {
+    for sub in ["inflate", "inspect", "train", "predict", "explain", "export"] {
         assert!(out.contains(sub), "--help lists {sub}");
         let help = resnet3d(&[sub, "--help"]);
         let (out, err) = text(&help);
@@ -248,4 +248,41 @@ fn a_killed_predict_resumes_to_the_uninterrupted_file() {
     ]);
     assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed).1);
     assert_eq!(std::fs::read(&killed).unwrap(), full);
+}
+
+/// `--weights NAME`: published weights by name, from the cache (placed by hand here, as the
+/// error says to do without a network) with the network off; without them, the error names
+/// the address and the place.
+#[test]
+fn weights_by_name_come_from_the_cache_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let run = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_resnet3d"))
+            .args(["inflate", "--weights", "resnet18.tv_in1k", "--out"])
+            .arg(dir.path().join(out))
+            .env("RESNET3D_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let missing = run("a");
+    let (_, err) = text(&missing);
+    assert_eq!(missing.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("https://download.pytorch.org/models/resnet18-f37072fd.pth")
+            && err.contains("offline")
+            && err.contains(&cache.join("resnet18-f37072fd.pth").display().to_string()),
+        "{err}"
+    );
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::copy(
+        fixtures().join("checkpoints/r18_w4.pth"),
+        cache.join("resnet18-f37072fd.pth"),
+    )
+    .unwrap();
+    let placed = run("b");
+    let (out, err) = text(&placed);
+    assert_eq!(placed.status.code(), Some(0), "{err}");
+    assert!(dir.path().join("b.bpk").exists(), "{out}");
 }

@@ -16,6 +16,7 @@ fn an_exported_run_reads_back_as_the_same_network() {
         model: run.clone(),
         out: out.clone(),
         stages: false,
+        force: false,
     })
     .unwrap();
     assert!(
@@ -35,8 +36,34 @@ fn an_exported_run_reads_back_as_the_same_network() {
         model: dir.path().join("nowhere"),
         out: dir.path().join("x.onnx"),
         stages: false,
+        force: false,
     })
     .unwrap_err();
     assert!(err.to_string().contains("nowhere"), "{err}");
     assert!(!dir.path().join("x.onnx").exists());
+
+    // An existing file is replaced only with --force, and the run's own files never.
+    let model = std::fs::read(run.join("model.bpk")).unwrap();
+    for (target, force, want) in [
+        (out.clone(), false, "--force"),
+        (run.join("model.bpk"), true, "run's own files"),
+    ] {
+        let err = export::run(&export::Args {
+            model: run.clone(),
+            out: target,
+            stages: false,
+            force,
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    assert_eq!(std::fs::read(run.join("model.bpk")).unwrap(), model);
+    export::run(&export::Args {
+        model: run.clone(),
+        out: out.clone(),
+        stages: true,
+        force: true,
+    })
+    .unwrap();
+    assert!(ResNet3d::from_checkpoint(&out, &trained.config, &device).is_ok());
 }
