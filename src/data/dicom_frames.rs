@@ -151,77 +151,66 @@ fn check_jpeg(stream: &[u8], more: usize, frame: &Frame) -> Result<(), String> {
     Ok(())
 }
 
+/// The marker segments of `stream` from SOI up to its first scan header (SOS) included:
+/// `(marker, body)`, the body being the segment's bytes after its length field (for SOS,
+/// its header; the coded data follows it). Ends early at EOI or at bytes that are not a
+/// marker segment.
+fn jpeg_segments(stream: &[u8]) -> impl Iterator<Item = (u8, std::ops::Range<usize>)> + '_ {
+    let mut at = if stream.get(..2) == Some(&[0xFF, 0xD8]) {
+        2
+    } else {
+        usize::MAX
+    };
+    std::iter::from_fn(move || {
+        loop {
+            // Fill bytes (0xFF) may precede a marker.
+            while stream.get(at) == Some(&0xFF) && stream.get(at.checked_add(1)?) == Some(&0xFF) {
+                at += 1;
+            }
+            let (&mark, &code) = (stream.get(at)?, stream.get(at + 1)?);
+            if mark != 0xFF || code == 0xD9 {
+                at = usize::MAX;
+                return None;
+            }
+            at += 2;
+            // Markers without a length: TEM, RST0-7, SOI.
+            if matches!(code, 0x01 | 0xD0..=0xD8) {
+                continue;
+            }
+            let length = usize::from(u16::from_be_bytes([*stream.get(at)?, *stream.get(at + 1)?]));
+            let body = at + 2..at.checked_add(length)?;
+            if length < 2 || body.end > stream.len() {
+                at = usize::MAX;
+                return None;
+            }
+            // Nothing after the first scan's header is a segment of the frame's header.
+            at = if code == 0xDA { usize::MAX } else { body.end };
+            return Some((code, body));
+        }
+    })
+}
+
 /// The bytes of `stream` after its first scan header (SOS), up to its end marker (EOI) if
 /// any: the coded data; `None` without a scan.
 fn jpeg_scan_bytes(stream: &[u8]) -> Option<usize> {
-    let mut at = 2;
-    loop {
-        while stream.get(at) == Some(&0xFF) && stream.get(at + 1) == Some(&0xFF) {
-            at += 1;
-        }
-        let (&mark, &code) = (stream.get(at)?, stream.get(at + 1)?);
-        if mark != 0xFF {
-            return None;
-        }
-        at += 2;
-        match code {
-            0x01 | 0xD0..=0xD8 => continue,
-            0xD9 => return None,
-            _ => {}
-        }
-        let length = usize::from(u16::from_be_bytes([*stream.get(at)?, *stream.get(at + 1)?]));
-        if length < 2 {
-            return None;
-        }
-        at = at.checked_add(length)?;
-        if code == 0xDA {
-            let rest = stream.get(at..)?;
-            let end = rest.windows(2).rposition(|w| w == [0xFF, 0xD9]).unwrap_or(rest.len());
-            return Some(end);
-        }
-    }
+    let (_, sos) = jpeg_segments(stream).find(|(code, _)| *code == 0xDA)?;
+    let rest = &stream[sos.end..];
+    Some(rest.windows(2).rposition(|w| w == [0xFF, 0xD9]).unwrap_or(rest.len()))
 }
 
 /// `(precision, height, width, components, marker)` of the first SOF marker segment of
-/// `stream`, walking marker segments from SOI; `None` if a scan (SOS) or the end comes first.
+/// `stream` (SOF0-SOF15 but DHT, JPG and DAC); `None` if a scan (SOS) or the end comes first.
 fn jpeg_frame_header(stream: &[u8]) -> Option<(u8, usize, usize, u8, u8)> {
-    if stream.get(..2) != Some(&[0xFF, 0xD8]) {
+    let (code, body) = jpeg_segments(stream)
+        .take_while(|(code, _)| *code != 0xDA)
+        .find(|(code, _)| matches!(code, 0xC0..=0xCF) && !matches!(code, 0xC4 | 0xC8 | 0xCC))?;
+    let body = &stream[body];
+    if body.len() < 6 {
         return None;
     }
-    let mut at = 2;
-    loop {
-        // Fill bytes (0xFF) may precede a marker.
-        while stream.get(at) == Some(&0xFF) && stream.get(at + 1) == Some(&0xFF) {
-            at += 1;
-        }
-        let (&mark, &code) = (stream.get(at)?, stream.get(at + 1)?);
-        if mark != 0xFF {
-            return None;
-        }
-        at += 2;
-        match code {
-            // Markers without a length: TEM, RST0-7, SOI.
-            0x01 | 0xD0..=0xD8 => continue,
-            // SOS or EOI before a frame header.
-            0xDA | 0xD9 => return None,
-            _ => {}
-        }
-        let length = usize::from(u16::from_be_bytes([*stream.get(at)?, *stream.get(at + 1)?]));
-        if length < 2 {
-            return None;
-        }
-        let is_sof = matches!(code, 0xC0..=0xCF) && !matches!(code, 0xC4 | 0xC8 | 0xCC);
-        if is_sof {
-            let body = stream.get(at + 2..at + length)?;
-            if body.len() < 6 {
-                return None;
-            }
-            let height = usize::from(u16::from_be_bytes([body[1], body[2]]));
-            let width = usize::from(u16::from_be_bytes([body[3], body[4]]));
-            return Some((body[0], height, width, body[5], code));
-        }
-        at += length;
-    }
+    let height = usize::from(u16::from_be_bytes([body[1], body[2]]));
+    let width = usize::from(u16::from_be_bytes([body[3], body[4]]));
+    Some((body[0], height, width, body[5], code))
 }
 
 #[cfg(test)]

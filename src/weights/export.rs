@@ -229,20 +229,21 @@ impl Writer<'_> {
     }
 
     fn initializer(&self, name: &str, dims: &[usize], values: Vec<f32>) {
-        let mut t = TensorProto::new();
-        t.name = name.into();
-        t.data_type = FLOAT;
-        t.dims = dims.iter().map(|&d| d as i64).collect();
-        t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into();
-        self.graph.borrow_mut().initializer.push(t);
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensor(name, dims.iter().map(|&d| d as i64).collect(), FLOAT, raw);
     }
 
     fn int64s(&self, name: &str, values: &[i64]) {
+        let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensor(name, vec![values.len() as i64], INT64, raw);
+    }
+
+    fn tensor(&self, name: &str, dims: Vec<i64>, data_type: i32, raw: Vec<u8>) {
         let mut t = TensorProto::new();
         t.name = name.into();
-        t.data_type = INT64;
-        t.dims = vec![values.len() as i64];
-        t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into();
+        t.data_type = data_type;
+        t.dims = dims;
+        t.raw_data = raw.into();
         self.graph.borrow_mut().initializer.push(t);
     }
 
