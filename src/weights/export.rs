@@ -40,8 +40,8 @@ pub(crate) const PRODUCER: &str = "resnet3d";
 /// The most parameter bytes a file holds: protobuf's 2 GiB, less room for the graph.
 const MAX_INLINE: usize = (2 << 30) - (16 << 20);
 /// ONNX element types.
-const FLOAT: i32 = 1;
-const INT64: i32 = 7;
+pub(super) const FLOAT: i32 = 1;
+pub(super) const INT64: i32 = 7;
 
 /// What [`ResNet3d::to_onnx`] writes besides the network's output.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -11,15 +11,12 @@ use std::path::Path;
 use onnx_ir::TensorProto;
 use protobuf::{CodedInputStream, Message};
 
-use super::export::PRODUCER;
+use super::export::{FLOAT, INT64, PRODUCER};
 use super::format::{Elem, WeightTensor, io_error};
 use crate::error::{Error, Result};
 
 /// How much of a file [`written_here`] reads to find the producer's name.
 const HEAD: u64 = 64 << 10;
-/// ONNX element types read here.
-const FLOAT: i32 = 1;
-const INT64: i32 = 7;
 
 /// Whether `path` is an ONNX model written by this crate. A file that cannot be read that far
 /// is not (the graph reader then says what is wrong with it).
