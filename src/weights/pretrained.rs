@@ -1,22 +1,16 @@
 //! Weights by name: a registry of published checkpoints (torchvision's ImageNet ResNets, V1
-//! and V2, and its Kinetics video ResNets; timm's ResNets on the Hugging Face Hub), fetched
-//! into a cache once and verified by their SHA-256 before they are used.
+//! and V2, and its Kinetics video ResNets) with their SHA-256 checksums, fetched into a
+//! cache once and verified before they are used.
 //!
-//! Plain addresses: a download goes to a temporary file beside its cache entry
-//! (`<file>.<pid>.part`) and is renamed into place only after its checksum matched, so the
-//! cache never holds a partial or wrong file under the expected name; an interrupted download
-//! starts again. torchvision names its files after the first hex digits of their SHA-256
-//! (`resnet50-11ad3fa6.pth`) and checks those digits only; so does this registry. A
-//! [`Pretrained`] entry of your own may give the whole digest.
+//! A download goes to a temporary file of its own beside its cache entry and is renamed into
+//! place only after its checksum matched, so the cache never holds a partial or wrong file
+//! under the expected name; an interrupted download starts again. A cached file is hashed
+//! again at every use. Offline (`HF_HUB_OFFLINE=1` or `RESNET3D_OFFLINE=1`), only the cache
+//! is read.
 //!
-//! Hub files go through `hf-hub` into the Hugging Face cache (`$HF_HUB_CACHE`, else
-//! `$HF_HOME/hub`, else `~/.cache/huggingface/hub`; endpoint `$HF_ENDPOINT`), shared with
-//! Python's `huggingface_hub`. The Hub names each large file's blob by its SHA-256 (its
-//! etag); every time such a file is used, cached or just downloaded, its bytes are hashed and
-//! compared with that name, and a file that differs is removed. (No digest is pinned here for
-//! Hub files: none could be read from this registry's build machine, which has no network.)
-//!
-//! Offline (`HF_HUB_OFFLINE=1` or `RESNET3D_OFFLINE=1`), only the caches are read.
+//! torchvision names its files after the first hex digits of their SHA-256
+//! (`resnet50-11ad3fa6.pth`) and checks those digits only; so does this registry for its
+//! files. A [`Pretrained`] entry of your own may give the whole digest.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -40,33 +34,16 @@ pub enum PretrainedKind {
     Native3d,
 }
 
-/// Where a published checkpoint is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// A plain address (`https://...`) and lower-case hex of the file's SHA-256, or its first
-    /// digits (at least 8).
-    Url {
-        /// The address.
-        url: &'static str,
-        /// The digest or its first digits.
-        sha256: &'static str,
-    },
-    /// A file of a model repository on the Hugging Face Hub, at its `main` revision.
-    Hub {
-        /// `owner/name`, e.g. `timm/resnet50.a1_in1k`.
-        repo: &'static str,
-        /// The file, e.g. `model.safetensors`.
-        file: &'static str,
-    },
-}
-
-/// One published checkpoint: its name, where it is, and how it loads.
+/// One published checkpoint: its name, where it is, and its SHA-256 (the whole digest or its
+/// first hex digits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pretrained {
     /// The name [`ResNet3d::from_pretrained`] takes, e.g. `resnet50.tv2_in1k`.
     pub name: &'static str,
-    /// Where it is.
-    pub source: Source,
+    /// The file's address (`https://...`).
+    pub url: &'static str,
+    /// Lower-case hex of the file's SHA-256, or its first digits (at least 8).
+    pub sha256: &'static str,
     /// How it loads.
     pub kind: PretrainedKind,
 }
@@ -77,32 +54,16 @@ macro_rules! tv {
     ($name:literal, $file:literal, $sha:literal, $kind:ident) => {
         Pretrained {
             name: $name,
-            source: Source::Url {
-                url: concat!("https://download.pytorch.org/models/", $file),
-                sha256: $sha,
-            },
+            url: concat!("https://download.pytorch.org/models/", $file),
+            sha256: $sha,
             kind: PretrainedKind::$kind,
         }
     };
 }
 
-macro_rules! timm {
-    ($name:literal) => {
-        Pretrained {
-            name: $name,
-            source: Source::Hub {
-                repo: concat!("timm/", $name),
-                file: "model.safetensors",
-            },
-            kind: PretrainedKind::ImageNet,
-        }
-    };
-}
-
 /// The registry: torchvision's weights (`torchvision.models.ResNet*_Weights` and
-/// `torchvision.models.video.*_Weights`, the SHA-256 prefix from each file's name), and
-/// timm's torchvision-layout ResNets on the Hub (`timm/<name>`, `model.safetensors`).
-pub const PRETRAINED: [Pretrained; 21] = [
+/// `torchvision.models.video.*_Weights`), the SHA-256 prefix from each file's name.
+pub const PRETRAINED: [Pretrained; 11] = [
     tv!("resnet18.tv_in1k", "resnet18-f37072fd.pth", "f37072fd", ImageNet),
     tv!("resnet34.tv_in1k", "resnet34-b627a593.pth", "b627a593", ImageNet),
     tv!("resnet50.tv_in1k", "resnet50-0676ba61.pth", "0676ba61", ImageNet),
@@ -119,95 +80,62 @@ pub const PRETRAINED: [Pretrained; 21] = [
         "91a641e6",
         Native3d
     ),
-    timm!("resnet18.a1_in1k"),
-    timm!("resnet34.a1_in1k"),
-    timm!("resnet50.a1_in1k"),
-    timm!("resnet50.a1h_in1k"),
-    timm!("resnet50.b1k_in1k"),
-    timm!("resnet50.c1_in1k"),
-    timm!("resnet50.ram_in1k"),
-    timm!("resnet101.a1h_in1k"),
-    timm!("resnet152.a1h_in1k"),
-    timm!("resnet50.fb_ssl_yfcc100m_ft_in1k"),
 ];
 
 /// Where downloads go and whether the network may be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetcher {
-    /// The cache folder of plain addresses.
+    /// The cache folder.
     pub cache: PathBuf,
-    /// Read only the caches.
+    /// Read only the cache.
     pub offline: bool,
     /// Replaces `https://download.pytorch.org` in the registry's addresses (a mirror, or a
     /// test's server), if set.
     pub endpoint: Option<String>,
-    /// The Hugging Face cache (`hub` folder).
-    pub hub_cache: PathBuf,
-    /// The Hub's address.
-    pub hub_endpoint: String,
 }
 
 impl Fetcher {
     /// The cache `$RESNET3D_CACHE`, else `$XDG_CACHE_HOME/resnet3d`, else
     /// `~/.cache/resnet3d`; offline when `HF_HUB_OFFLINE` or `RESNET3D_OFFLINE` is `1` (or
-    /// `true`); the endpoint `$RESNET3D_ENDPOINT` if set; the Hub's cache and address as
-    /// Python's `huggingface_hub` takes them (`HF_HUB_CACHE`, `HF_HOME`, `HF_ENDPOINT`).
+    /// `true`); the endpoint `$RESNET3D_ENDPOINT` if set.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        let home_cache = || {
+        let cache = var("RESNET3D_CACHE").map(PathBuf::from).unwrap_or_else(|| {
             var("XDG_CACHE_HOME")
                 .map(PathBuf::from)
                 .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
                 .unwrap_or_else(|| PathBuf::from(".cache"))
-        };
-        let cache = var("RESNET3D_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home_cache().join("resnet3d"));
-        let hub_cache = var("HF_HUB_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            var("HF_HOME")
-                .map(|h| PathBuf::from(h).join("hub"))
-                .unwrap_or_else(|| home_cache().join("huggingface").join("hub"))
+                .join("resnet3d")
         });
         let on = |k: &str| var(k).is_some_and(|v| matches!(v.to_str(), Some("1" | "true" | "TRUE" | "yes")));
         Self {
             cache,
             offline: on("HF_HUB_OFFLINE") || on("RESNET3D_OFFLINE"),
             endpoint: var("RESNET3D_ENDPOINT").and_then(|v| v.into_string().ok()),
-            hub_cache,
-            hub_endpoint: var("HF_ENDPOINT")
-                .and_then(|v| v.into_string().ok())
-                .unwrap_or_else(|| "https://huggingface.co".into()),
         }
     }
 
     /// The address `entry` is fetched from (the endpoint applied).
     pub fn url(&self, entry: &Pretrained) -> String {
-        match entry.source {
-            Source::Url { url, .. } => match (&self.endpoint, url.strip_prefix(TV.trim_end_matches("models/"))) {
-                (Some(endpoint), Some(rest)) => format!("{}/{rest}", endpoint.trim_end_matches('/')),
-                _ => url.to_string(),
-            },
-            Source::Hub { repo, file } => {
-                format!("{}/{repo}/resolve/main/{file}", self.hub_endpoint.trim_end_matches('/'))
-            }
+        match (&self.endpoint, entry.url.strip_prefix(TV.trim_end_matches("models/"))) {
+            (Some(endpoint), Some(rest)) => format!("{}/{rest}", endpoint.trim_end_matches('/')),
+            _ => entry.url.to_string(),
         }
     }
 
-    /// Where `entry` is cached: for a plain address the cache folder and the address's file
-    /// name; for a Hub file its repository's folder in the Hugging Face cache.
+    /// Where `entry` is cached: the cache folder and the address's file name.
     pub fn path(&self, entry: &Pretrained) -> PathBuf {
-        match entry.source {
-            Source::Url { url, .. } => self.cache.join(url.rsplit('/').next().unwrap_or(entry.name)),
-            Source::Hub { repo, .. } => self.hub_cache.join(format!("models--{}", repo.replace('/', "--"))),
-        }
+        self.cache.join(entry.url.rsplit('/').next().unwrap_or(entry.name))
     }
 
-    /// The cached file of `entry`, downloaded and verified first if it is not there.
+    /// The cached file of `entry`, verified by its SHA-256, downloaded first if it is not
+    /// there (or does not match).
     ///
     /// # Errors
     /// [`Error::Pretrained`] naming the entry, its address and where to put the file by hand:
-    /// offline without a cached copy, a download that failed (the status or the broken
-    /// connection), or a file whose SHA-256 is not the entry's (nothing is cached then).
+    /// offline without a matching cached copy, a download that failed (the status, the broken
+    /// connection, a body longer than it said), or a file whose SHA-256 is not the entry's
+    /// (nothing is cached then).
     pub fn fetch(&self, entry: &Pretrained) -> Result<PathBuf> {
         let path = self.path(entry);
         let url = self.url(entry);
@@ -217,12 +145,22 @@ impl Fetcher {
             reason,
             place: path.clone(),
         };
-        let sha256 = match entry.source {
-            Source::Url { sha256, .. } => sha256,
-            Source::Hub { repo, file } => return self.fetch_hub(repo, file).map_err(fail),
-        };
+        let verified = |digest: &str| digest.starts_with(entry.sha256) && entry.sha256.len() >= 8;
+        // A cached file (downloaded, or put there by hand) is hashed at every use; one that
+        // does not match is removed and fetched again.
         if path.is_file() {
-            return Ok(path);
+            let digest = sha256_of(&path).map_err(&fail)?;
+            if verified(&digest) {
+                return Ok(path);
+            }
+            std::fs::remove_file(&path)
+                .map_err(|e| fail(format!("a cached file of SHA-256 {digest} could not be removed: {e}")))?;
+            if self.offline {
+                return Err(fail(format!(
+                    "the cached file's SHA-256 is {digest}, not {}...: removed; offline, it is not fetched again",
+                    entry.sha256
+                )));
+            }
         }
         if self.offline {
             return Err(fail(
@@ -230,17 +168,21 @@ impl Fetcher {
             ));
         }
         std::fs::create_dir_all(&self.cache).map_err(|e| fail(format!("cannot make the cache folder: {e}")))?;
+        // A name no other download has (this process, this call, this instant).
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
         let mut part = path.as_os_str().to_owned();
-        part.push(format!(".{}.part", std::process::id()));
+        part.push(format!(".{}-{call}-{nanos}.part", std::process::id()));
         let part = PathBuf::from(part);
-        let result = download(&url, &part).and_then(|digest| {
-            if digest.starts_with(sha256) && sha256.len() >= 8 {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the file's SHA-256 is {digest}, not {sha256}...: a damaged or different file"
-                ))
-            }
+        let result = download(&url, &part).and_then(|digest| match verified(&digest) {
+            true => Ok(()),
+            false => Err(format!(
+                "the file's SHA-256 is {digest}, not {}...: a damaged or different file",
+                entry.sha256
+            )),
         });
         match result.and_then(|()| std::fs::rename(&part, &path).map_err(|e| e.to_string())) {
             Ok(()) => Ok(path),
@@ -250,48 +192,52 @@ impl Fetcher {
             }
         }
     }
+}
 
-    /// A Hub file through hf-hub's cache (downloaded unless cached or offline), its bytes
-    /// hashed against the SHA-256 the Hub named its blob by; a file that differs is removed.
-    fn fetch_hub(&self, repo: &str, file: &str) -> std::result::Result<PathBuf, String> {
-        let cached = hf_hub::Cache::new(self.hub_cache.clone())
-            .model(repo.to_string())
-            .get(file);
-        let pointer = match cached {
-            Some(pointer) => pointer,
-            None if self.offline => {
-                return Err("offline (HF_HUB_OFFLINE or RESNET3D_OFFLINE), and not in the Hugging Face cache".into());
-            }
-            None => hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(self.hub_cache.clone()))
-                .with_endpoint(self.hub_endpoint.clone())
-                .with_progress(false)
-                .build()
-                .map_err(|e| format!("the Hub client could not start: {e}"))?
-                .model(repo.to_string())
-                .download(file)
-                .map_err(|e| format!("the download failed: {e}"))?,
-        };
-        let blob = std::fs::canonicalize(&pointer).map_err(|e| format!("{}: {e}", pointer.display()))?;
-        let named = blob
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_string();
-        if named.len() != 64 || !named.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "the Hub gave no SHA-256 for it (its blob is {named:?}), so it cannot be verified"
-            ));
+/// The most bytes a download may write (the largest registry file is about 240 MB).
+const MAX_DOWNLOAD: u64 = 4 << 30;
+
+/// Downloads `url` into `part` (created here), returning the SHA-256 of what was written:
+/// no content encoding (a compressed body would hide its length), 30 s to connect and 60 s
+/// for the response and for each read, at most its declared length and [`MAX_DOWNLOAD`].
+fn download(url: &str, part: &Path) -> std::result::Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(std::time::Duration::from_secs(30)))
+        .timeout_recv_response(Some(std::time::Duration::from_secs(60)))
+        .timeout_per_read(Some(std::time::Duration::from_secs(60)))
+        .accept_encoding("identity")
+        .build()
+        .into();
+    let response = agent.get(url).call().map_err(|e| format!("the download failed: {e}"))?;
+    let expected = response
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let limit = expected.unwrap_or(MAX_DOWNLOAD).min(MAX_DOWNLOAD);
+    let mut body = response.into_body().into_reader();
+    let mut file = std::fs::File::create_new(part).map_err(|e| format!("{}: {e}", part.display()))?;
+    let (mut hasher, mut buf, mut written) = (Sha256::new(), vec![0u8; 1 << 16], 0u64);
+    loop {
+        let n = body
+            .read(&mut buf)
+            .map_err(|e| format!("the connection broke after {written} bytes: {e}"))?;
+        if n == 0 {
+            break;
         }
-        let digest = sha256_of(&blob)?;
-        if digest != named.to_ascii_lowercase() {
-            let _ = std::fs::remove_file(&pointer);
-            let _ = std::fs::remove_file(&blob);
-            return Err(format!(
-                "the file's SHA-256 is {digest}, not the Hub's {named}: a damaged or cut download (removed from the cache)"
-            ));
+        if written + n as u64 > limit {
+            return Err(format!("the server sent more than the {limit} bytes it may"));
         }
-        Ok(pointer)
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .map_err(|e| format!("{}: {e}", part.display()))?;
+        written += n as u64;
     }
+    if let Some(expected) = expected.filter(|&e| e != written) {
+        return Err(format!("the connection ended after {written} of {expected} bytes"));
+    }
+    file.sync_all().map_err(|e| format!("{}: {e}", part.display()))?;
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The SHA-256 of a file's bytes, as lower-case hex.
@@ -305,36 +251,6 @@ fn sha256_of(path: &Path) -> std::result::Result<String, String> {
         }
         hasher.update(&buf[..n]);
     }
-}
-
-/// Downloads `url` into `part` (created here), returning the SHA-256 of what was written.
-fn download(url: &str, part: &Path) -> std::result::Result<String, String> {
-    let response = ureq::get(url).call().map_err(|e| format!("the download failed: {e}"))?;
-    let expected = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut body = response.into_body().into_reader();
-    let mut file = std::fs::File::create_new(part).map_err(|e| format!("{}: {e}", part.display()))?;
-    let (mut hasher, mut buf, mut written) = (Sha256::new(), vec![0u8; 1 << 16], 0u64);
-    loop {
-        let n = body
-            .read(&mut buf)
-            .map_err(|e| format!("the connection broke after {written} bytes: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n])
-            .map_err(|e| format!("{}: {e}", part.display()))?;
-        written += n as u64;
-    }
-    if let Some(expected) = expected.filter(|&e| e != written) {
-        return Err(format!("the connection ended after {written} of {expected} bytes"));
-    }
-    file.sync_all().map_err(|e| format!("{}: {e}", part.display()))?;
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The registry entry called `name`.

@@ -250,11 +250,11 @@ fn a_killed_predict_resumes_to_the_uninterrupted_file() {
     assert_eq!(std::fs::read(&killed).unwrap(), full);
 }
 
-/// `--weights NAME`: published weights by name, from the cache (placed by hand here, as the
-/// error says to do without a network) with the network off; without them, the error names
-/// the address and the place.
+/// `--weights NAME`: published weights by name. Offline without them, the error names the
+/// address and the place to put the file; a file put there that is not the published one
+/// (its SHA-256 does not start with the digits in torchvision's name) is refused and removed.
 #[test]
-fn weights_by_name_come_from_the_cache_offline() {
+fn weights_by_name_come_only_from_a_verified_cache_offline() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let run = |out: &str| {
@@ -269,20 +269,18 @@ fn weights_by_name_come_from_the_cache_offline() {
     let missing = run("a");
     let (_, err) = text(&missing);
     assert_eq!(missing.status.code(), Some(1), "{err}");
+    let place = cache.join("resnet18-f37072fd.pth");
     assert!(
         err.contains("https://download.pytorch.org/models/resnet18-f37072fd.pth")
             && err.contains("offline")
-            && err.contains(&cache.join("resnet18-f37072fd.pth").display().to_string()),
+            && err.contains(&place.display().to_string()),
         "{err}"
     );
     std::fs::create_dir_all(&cache).unwrap();
-    std::fs::copy(
-        fixtures().join("checkpoints/r18_w4.pth"),
-        cache.join("resnet18-f37072fd.pth"),
-    )
-    .unwrap();
-    let placed = run("b");
-    let (out, err) = text(&placed);
-    assert_eq!(placed.status.code(), Some(0), "{err}");
-    assert!(dir.path().join("b.bpk").exists(), "{out}");
+    std::fs::copy(fixtures().join("checkpoints/r18_w4.pth"), &place).unwrap();
+    let wrong = run("b");
+    let (_, err) = text(&wrong);
+    assert_eq!(wrong.status.code(), Some(1), "{err}");
+    assert!(err.contains("SHA-256") && err.contains("removed"), "{err}");
+    assert!(!place.exists() && !dir.path().join("b.bpk").exists());
 }
