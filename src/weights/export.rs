@@ -238,6 +238,19 @@ impl Writer<'_> {
         self.tensor(name, vec![values.len() as i64], INT64, raw);
     }
 
+    /// A `Pad` node `output` of `input`, its pads (begins, then ends, per axis) the int64
+    /// initializer `pads_name`.
+    fn pad(&self, output: &str, input: String, pads_name: &str, pads: [i64; 10], mode: &str) {
+        self.int64s(pads_name, &pads);
+        self.node(
+            "Pad",
+            output,
+            vec![input, pads_name.to_string()],
+            output,
+            vec![string_attr("mode", mode)],
+        );
+    }
+
     fn tensor(&self, name: &str, dims: Vec<i64>, data_type: i32, raw: Vec<u8>) {
         let mut t = TensorProto::new();
         t.name = name.into();
@@ -264,16 +277,14 @@ impl<'a> Engine for Writer<'a> {
         let mut input = x.name.clone();
         if g.depth_padding == DepthPadding::Replicate && padding[0] > 0 {
             // PyTorch's F.pad(mode="replicate") on depth, then the convolution without it.
-            let pads = format!("{conv}.depth_pads");
             let p = padding[0] as i64;
-            self.int64s(&pads, &[0, 0, p, 0, 0, 0, 0, p, 0, 0]);
             let padded = format!("{conv}.depth_padded");
-            self.node(
-                "Pad",
+            self.pad(
                 &padded,
-                vec![input, pads],
-                &padded,
-                vec![string_attr("mode", "edge")],
+                input,
+                &format!("{conv}.depth_pads"),
+                [0, 0, p, 0, 0, 0, 0, p, 0, 0],
+                "edge",
             );
             input = padded;
             padding[0] = 0;
@@ -391,14 +402,12 @@ impl<'a> Engine for Writer<'a> {
                     x.channels, shortcut.out_channels
                 ),
             })?;
-        let pads = format!("{base}.pads");
-        self.int64s(&pads, &[0, 0, 0, 0, 0, 0, extra as i64, 0, 0, 0]);
-        self.node(
-            "Pad",
+        self.pad(
             &base,
-            vec![strided, pads],
-            &base,
-            vec![string_attr("mode", "constant")],
+            strided,
+            &format!("{base}.pads"),
+            [0, 0, 0, 0, 0, 0, extra as i64, 0, 0, 0],
+            "constant",
         );
         Ok(Value {
             name: base,
