@@ -269,6 +269,8 @@ pub use weights::inflate::{adapt_in_channels, inflate_kernel};
 pub use weights::inspect::Inspection;
 pub use weights::load::{Head, LoadReport, LoadedKernel, inflate_from_2d, inflate_from_2d_with_report, load_3d};
 #[cfg(feature = "pretrained")]
-pub use weights::pretrained::{Fetcher, PRETRAINED, Pretrained, PretrainedKind, pretrained};
+pub use weights::pretrained::{Fetcher, MAX_HOPS, pretrained};
+#[cfg(feature = "pretrained")]
+pub use weights::registry::{PRETRAINED, Pretrained, PretrainedKind, Source};
 pub use weights::tensors::Weights;
 pub use weights::zoo::Zoo;

@@ -18,8 +18,9 @@ mod table;
 pub mod train;
 
 /// The file a `--weights` argument names: the path itself when it exists, else the published
-/// weights of that name (`resnet50.tv2_in1k`, ...: `resnet3d::PRETRAINED`), fetched into the
-/// verified cache (`$RESNET3D_CACHE`, offline with `HF_HUB_OFFLINE=1`).
+/// weights of that name (`resnet50.tv2_in1k`, `timm/resnet50.a1_in1k`, `medicalnet/resnet_50`,
+/// ...: `resnet3d::PRETRAINED`), fetched into the verified caches (`$RESNET3D_CACHE`, the
+/// Hugging Face cache for Hub files; offline with `HF_HUB_OFFLINE=1`).
 ///
 /// # Errors
 /// Those of [`resnet3d::Fetcher::fetch`] for a name.

@@ -14,6 +14,8 @@ mod onnx_native;
 #[cfg(feature = "pretrained")]
 pub(crate) mod pretrained;
 mod pytorch;
+#[cfg(feature = "pretrained")]
+pub(crate) mod registry;
 mod safetensors;
 pub(crate) mod tensors;
 pub(crate) mod zoo;
