@@ -284,3 +284,51 @@ fn weights_by_name_come_only_from_a_verified_cache_offline() {
     assert!(err.contains("SHA-256") && err.contains("removed"), "{err}");
     assert!(!place.exists() && !dir.path().join("b.bpk").exists());
 }
+
+/// `--weights timm/NAME`: a Hub file found in the Hugging Face cache as `hf download` leaves it
+/// (blob named by its SHA-256, a relative link from the snapshot, the branch's ref) is used
+/// offline; the same layout with a blob that does not hash to its name is refused.
+#[test]
+fn hub_weights_by_name_come_from_the_hugging_face_cache_offline() {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = dir.path().join("hub");
+    let bytes = std::fs::read(fixtures().join("checkpoints/r18_w4.safetensors")).unwrap();
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    let folder = hub.join("models--timm--resnet18.a1_in1k");
+    std::fs::create_dir_all(folder.join("blobs")).unwrap();
+    std::fs::create_dir_all(folder.join("refs")).unwrap();
+    std::fs::create_dir_all(folder.join("snapshots").join(commit)).unwrap();
+    std::fs::write(folder.join("blobs").join(&sha), &bytes).unwrap();
+    std::fs::write(folder.join("refs/main"), commit).unwrap();
+    let link = folder.join("snapshots").join(commit).join("model.safetensors");
+    std::os::unix::fs::symlink(std::path::Path::new("../../blobs").join(&sha), &link).unwrap();
+    let run = |out: &str| {
+        Command::new(env!("CARGO_BIN_EXE_resnet3d"))
+            .args(["inflate", "--weights", "timm/resnet18.a1_in1k", "--out"])
+            .arg(dir.path().join(out))
+            .env("HF_HUB_CACHE", &hub)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let good = run("a");
+    let (_, err) = text(&good);
+    assert_eq!(good.status.code(), Some(0), "{err}");
+    assert!(dir.path().join("a.bpk").is_file());
+    let mut changed = bytes.clone();
+    changed[bytes.len() / 2] ^= 1;
+    std::fs::write(folder.join("blobs").join(&sha), &changed).unwrap();
+    let wrong = run("b");
+    let (_, err) = text(&wrong);
+    assert_eq!(wrong.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("SHA-256") && err.contains("removed") && err.contains("timm/resnet18.a1_in1k"),
+        "{err}"
+    );
+    assert!(link.symlink_metadata().is_err() && !dir.path().join("b.bpk").exists());
+}
