@@ -192,7 +192,7 @@ pub enum Error {
     },
 
     /// Published weights could not be had ([`ResNet3d::from_pretrained`](crate::ResNet3d::from_pretrained)).
-    #[error("pretrained weights {name} from {url}: {reason}; without a network, download that address by hand and put the file at {}", place.display())]
+    #[error("pretrained weights {name} from {url}: {reason}; {hint}")]
     Pretrained {
         /// The registry name.
         name: String,
@@ -200,8 +200,9 @@ pub enum Error {
         url: String,
         /// What went wrong.
         reason: String,
-        /// Where the cache expects the file.
-        place: PathBuf,
+        /// How to place the file by hand (the path the cache expects, or the command that
+        /// fills the Hub cache).
+        hint: String,
     },
 
     /// Saving or loading Burn's own record format failed.

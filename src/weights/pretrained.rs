@@ -33,6 +33,9 @@ const HUB: &str = "https://huggingface.co";
 /// The most redirects a request follows.
 pub const MAX_HOPS: u32 = 5;
 
+/// The slowest average a download may keep after its first minute, in bytes per second.
+const MIN_RATE: u64 = 10 * 1024;
+
 /// The most bytes a download may write (the largest registry file is about 500 MB).
 const MAX_DOWNLOAD: u64 = 4 << 30;
 
@@ -68,13 +71,18 @@ impl Fetcher {
     ///   `~/.cache/resnet3d`; `$RESNET3D_ENDPOINT` replaces `https://download.pytorch.org`;
     /// - the Hub, as its own clients read them: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
     ///   `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`; `$HF_ENDPOINT`;
-    /// - offline when `HF_HUB_OFFLINE` or `RESNET3D_OFFLINE` is `1` (or `true`, `yes`).
+    /// - offline when `HF_HUB_OFFLINE` or `RESNET3D_OFFLINE` is `1`, `on`, `yes` or `true` (in
+    ///   any case, as huggingface_hub reads it).
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let cache_home = var("XDG_CACHE_HOME")
             .or_else(|| var("HOME").map(|h| h.join(".cache")))
             .unwrap_or_else(|| PathBuf::from(".cache"));
-        let on = |k: &str| var(k).is_some_and(|v| matches!(v.to_str(), Some("1" | "true" | "TRUE" | "yes")));
+        let on = |k: &str| {
+            var(k)
+                .and_then(|v| v.to_str().map(str::to_ascii_uppercase))
+                .is_some_and(|v| matches!(v.trim(), "1" | "ON" | "YES" | "TRUE"))
+        };
         let text = |k: &str| var(k).and_then(|v| v.into_os_string().into_string().ok());
         Self {
             cache: var("RESNET3D_CACHE").unwrap_or_else(|| cache_home.join("resnet3d")),
@@ -112,6 +120,23 @@ impl Fetcher {
         }
     }
 
+    /// How to place `entry`'s file by hand, without a network here.
+    fn hint(&self, entry: &Pretrained) -> String {
+        match entry.source {
+            Source::Url { .. } => format!(
+                "without a network, download that address by hand and put the file at {}",
+                self.path(entry).display()
+            ),
+            Source::Hub {
+                repo, file, revision, ..
+            } => format!(
+                "without a network, `HF_HUB_CACHE={} hf download {repo} {file} --revision {revision}` \
+                 (huggingface_hub) on a machine that has one fills the Hub cache to copy here",
+                self.hub_cache.display()
+            ),
+        }
+    }
+
     /// The cached file of `entry`, verified by its SHA-256, downloaded first if it is not
     /// there (or does not match).
     ///
@@ -126,7 +151,7 @@ impl Fetcher {
             name: entry.name.to_string(),
             url: self.url(entry),
             reason,
-            place: self.path(entry),
+            hint: self.hint(entry),
         };
         match entry.source {
             Source::Url { sha256, .. } => self.fetch_url(entry, sha256).map_err(fail),
@@ -161,13 +186,15 @@ impl Fetcher {
             return Err("offline (HF_HUB_OFFLINE or RESNET3D_OFFLINE), and not in the cache".into());
         }
         std::fs::create_dir_all(&self.cache).map_err(|e| format!("cannot make the cache folder: {e}"))?;
+        remove_stale_parts(&path);
         let part = part_name(&path);
-        let result = download(&self.url(entry), &part, MAX_DOWNLOAD).and_then(|digest| match verified(&digest) {
-            true => Ok(()),
-            false => Err(format!(
-                "the file's SHA-256 is {digest}, not {sha256}...: a damaged or different file"
-            )),
-        });
+        let result =
+            download(&self.url(entry), &part, MAX_DOWNLOAD, MAX_HOPS).and_then(|digest| match verified(&digest) {
+                true => Ok(()),
+                false => Err(format!(
+                    "the file's SHA-256 is {digest}, not {sha256}...: a damaged or different file"
+                )),
+            });
         finish(result, &part, &path).map(|()| path)
     }
 
@@ -196,13 +223,18 @@ impl Fetcher {
         if self.offline {
             return Err(match removed {
                 Some(what) => format!("{what}; offline, it is not fetched again"),
-                None => format!(
-                    "offline (HF_HUB_OFFLINE or RESNET3D_OFFLINE), and not in the Hub cache; \
-                     `hf download {repo} {file}` (huggingface_hub) fills that cache, or pass the file's own path"
-                ),
+                None => "offline (HF_HUB_OFFLINE or RESNET3D_OFFLINE), and not in the Hub cache \
+                         (or pass the file's own path)"
+                    .to_string(),
             });
         }
         let meta = hub_metadata(&self.url(entry))?;
+        if is_hex(revision, 40) && meta.commit != revision {
+            return Err(format!(
+                "the Hub answered for commit {}, not the commit {revision} asked for",
+                meta.commit
+            ));
+        }
         if let Some(p) = pinned.filter(|&p| p != meta.sha256) {
             return Err(format!(
                 "the Hub names the file by SHA-256 {}, the registry by {p}: a different file",
@@ -214,7 +246,8 @@ impl Fetcher {
         let blob = blobs.join(&meta.sha256);
         if !(blob.is_file() && sha256_of(&blob)? == meta.sha256) {
             let part = part_name(&blob);
-            let result = download(&meta.url, &part, meta.size.min(MAX_DOWNLOAD)).and_then(|digest| {
+            remove_stale_parts(&blob);
+            let result = download(&meta.url, &part, meta.size.min(MAX_DOWNLOAD), meta.hops_left).and_then(|digest| {
                 match digest == meta.sha256 {
                     true => Ok(()),
                     false => Err(format!(
@@ -254,6 +287,34 @@ fn part_name(path: &Path) -> PathBuf {
     PathBuf::from(part)
 }
 
+/// Removes the temporary files of downloads of `path` that were cut off (a killed process):
+/// those untouched for 10 minutes (a live download writes at least every minute or fails).
+fn remove_stale_parts(path: &Path) {
+    let (Some(folder), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let ours = file
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('.') && rest.ends_with(".part"));
+        let stale = entry
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() >= 600);
+        if ours && stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Renames `part` to `path` when `result` is good; removes `part` otherwise.
 fn finish(result: std::result::Result<(), String>, part: &Path, path: &Path) -> std::result::Result<(), String> {
     match result.and_then(|()| std::fs::rename(part, path).map_err(|e| format!("{}: {e}", path.display()))) {
@@ -271,8 +332,10 @@ fn is_hex(text: &str, len: usize) -> bool {
 }
 
 /// Repository, file and revision names that stay inside the cache as path parts: an
-/// `owner/name` of letters, digits, `-`, `_` and `.` (no `..`), a file name and a revision
-/// of the same letters.
+/// `owner/name` of letters, digits, `-`, `_` and `.` (no `..`), each part at most 96 long,
+/// without `--` (the cache's separator: `a--b/c` and `a/b--c` would share a folder) and not
+/// starting or ending with `-` or `.`, as the Hub's own clients require; a file name and a
+/// revision of the same letters.
 fn check_hub_names(repo: &str, file: &str, revision: &str) -> std::result::Result<(), String> {
     let plain = |part: &str| {
         !part.is_empty()
@@ -282,11 +345,18 @@ fn check_hub_names(repo: &str, file: &str, revision: &str) -> std::result::Resul
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     };
+    let repo_part = |part: &str| {
+        plain(part)
+            && part.len() <= 96
+            && !part.contains("--")
+            && !part.starts_with(['-', '.'])
+            && !part.ends_with(['-', '.'])
+    };
     match repo.split_once('/') {
-        Some((owner, name)) if plain(owner) && plain(name) && plain(file) && plain(revision) => Ok(()),
+        Some((owner, name)) if repo_part(owner) && repo_part(name) && plain(file) && plain(revision) => Ok(()),
         _ => Err(format!(
             "the repository {repo:?}, file {file:?} or revision {revision:?} is not a plain name \
-             (owner/name, a file without folders; letters, digits, '-', '_', '.')"
+             (owner/name, a file without folders; letters, digits, '-', '_', '.'; no '--')"
         )),
     }
 }
@@ -298,7 +368,7 @@ fn cached_hub(folder: &Path, file: &str, revision: &str, pinned: Option<&str>) -
         revision.to_string()
     } else {
         let mut text = String::new();
-        let Ok(reference) = std::fs::File::open(folder.join("refs").join(revision)) else {
+        let Some(reference) = open_regular(&folder.join("refs").join(revision)) else {
             return Ok(Cached::Missing);
         };
         if reference.take(128).read_to_string(&mut text).is_err() {
@@ -322,10 +392,7 @@ fn cached_hub(folder: &Path, file: &str, revision: &str, pinned: Option<&str>) -
         .and_then(|n| n.to_str())
         .filter(|n| is_hex(n, 64));
     // Only a plain file is read (a link to a pipe or a device would never end).
-    let digest = match std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-        true => sha256_of(&path).ok(),
-        false => None,
-    };
+    let digest = sha256_of(&path).ok();
     let copied = digest
         .clone()
         .filter(|d| !meta.is_symlink() && folder.join("blobs").join(d).is_file());
@@ -338,8 +405,10 @@ fn cached_hub(folder: &Path, file: &str, revision: &str, pinned: Option<&str>) -
         // Changed since it was stored: the link and its blob removed.
         (Some(own), Some(digest)) => {
             let _ = std::fs::remove_file(&path);
+            // The blob too, where the link is the cache's own (not one to a file elsewhere
+            // that happens to carry a blob's name).
             let blob = folder.join("blobs").join(&own);
-            if named == Some(own.as_str()) && blob.is_file() {
+            if target.as_deref() == Some(Path::new("../../blobs").join(&own).as_path()) && blob.is_file() {
                 let _ = std::fs::remove_file(&blob);
             }
             Ok(Cached::Removed(format!(
@@ -378,13 +447,17 @@ struct HubFile {
     size: u64,
     /// Where its bytes are (the Hub's redirect to its storage, or the address itself).
     url: String,
+    /// Redirects the download may still follow ([`MAX_HOPS`] in all).
+    hops_left: u32,
 }
 
-/// An HTTP agent: 30 s to connect, 60 s for the response and for each read, no content
-/// encoding (a compressed body would hide its length), statuses as answers, at most `hops`
-/// redirects followed.
-fn agent(hops: u32) -> ureq::Agent {
+/// An HTTP agent: 30 s to connect, 60 s for the response and for each read (and `whole` for
+/// everything), asking for no content encoding (a compressed body would hide its length; one
+/// a server compresses anyway is decoded, and the download's limit bounds what it decodes
+/// to), statuses as answers, at most `hops` redirects followed.
+fn agent(hops: u32, whole: Option<std::time::Duration>) -> ureq::Agent {
     ureq::Agent::config_builder()
+        .timeout_global(whole)
         .timeout_connect(Some(std::time::Duration::from_secs(30)))
         .timeout_recv_response(Some(std::time::Duration::from_secs(60)))
         .timeout_per_read(Some(std::time::Duration::from_secs(60)))
@@ -396,11 +469,12 @@ fn agent(hops: u32) -> ureq::Agent {
 }
 
 /// Asks the Hub about the file at `url` (one byte of it, as the Hub's clients do), following
-/// redirects until an answer names the commit and the file's SHA-256.
+/// redirects until an answer names the commit and the file's SHA-256; each request within
+/// 90 s.
 fn hub_metadata(url: &str) -> std::result::Result<HubFile, String> {
-    let agent = agent(0);
+    let agent = agent(0, Some(std::time::Duration::from_secs(90)));
     let mut url = url.to_string();
-    for _ in 0..=MAX_HOPS {
+    for hops in 0..=MAX_HOPS {
         let response = agent
             .get(&url)
             .header("Range", "bytes=0-0")
@@ -434,6 +508,9 @@ fn hub_metadata(url: &str) -> std::result::Result<HubFile, String> {
                 sha256: sha256.to_string(),
                 size,
                 url,
+                hops_left: MAX_HOPS
+                    .checked_sub(hops + u32::from(redirect))
+                    .ok_or_else(|| format!("more than {MAX_HOPS} redirects"))?,
             });
         }
         url = match (status, location) {
@@ -469,9 +546,12 @@ fn resolve(base: &str, location: &str) -> std::result::Result<String, String> {
 }
 
 /// Downloads `url` into `part` (created here), returning the SHA-256 of what was written:
-/// at most its declared length and `limit`, [`MAX_HOPS`] redirects, the timeouts of [`agent`].
-fn download(url: &str, part: &Path, limit: u64) -> std::result::Result<String, String> {
-    let response = agent(MAX_HOPS)
+/// at most its declared length and `limit`, `hops` redirects, the timeouts of [`agent`], and
+/// after its first minute no slower than [`MIN_RATE`] on average (a server trickling a byte
+/// a minute would otherwise hold the call for ever).
+fn download(url: &str, part: &Path, limit: u64, hops: u32) -> std::result::Result<String, String> {
+    let start = std::time::Instant::now();
+    let response = agent(hops, None)
         .get(url)
         .call()
         .map_err(|e| format!("the download failed: {e}"))?;
@@ -502,6 +582,13 @@ fn download(url: &str, part: &Path, limit: u64) -> std::result::Result<String, S
         file.write_all(&buf[..n])
             .map_err(|e| format!("{}: {e}", part.display()))?;
         written += n as u64;
+        let seconds = start.elapsed().as_secs();
+        if seconds >= 60 && written < seconds * MIN_RATE {
+            return Err(format!(
+                "the download slowed below {} KiB/s ({written} bytes in {seconds} s)",
+                MIN_RATE / 1024
+            ));
+        }
     }
     if let Some(expected) = expected.filter(|&e| e != written) {
         return Err(format!("the connection ended after {written} of {expected} bytes"));
@@ -510,9 +597,23 @@ fn download(url: &str, part: &Path, limit: u64) -> std::result::Result<String, S
     Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// The SHA-256 of a file's bytes, as lower-case hex.
+/// `path` opened for reading when it is a plain file (links followed); `None` for nothing
+/// there, a folder, a pipe or a device. Opened without waiting (opening a pipe would wait for
+/// a writer), and its type checked on the open file: nothing swapped in between is read.
+fn open_regular(path: &Path) -> Option<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).ok()?;
+    file.metadata().ok().filter(std::fs::Metadata::is_file)?;
+    Some(file)
+}
+
+/// The SHA-256 of a plain file's bytes, as lower-case hex.
 fn sha256_of(path: &Path) -> std::result::Result<String, String> {
-    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut file =
+        open_regular(path).ok_or_else(|| format!("{}: not a plain file that can be read", path.display()))?;
     let (mut hasher, mut buf) = (Sha256::new(), vec![0u8; 1 << 16]);
     loop {
         let n = file.read(&mut buf).map_err(|e| format!("{}: {e}", path.display()))?;

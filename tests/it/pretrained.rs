@@ -328,6 +328,18 @@ fn hub_files_are_fetched_into_the_hub_cache_layout_verified_and_hostile_answers_
                 0,
             ),
             "/timm/nolocation/resolve/main/model.safetensors" => (300, vec![], vec![], 0),
+            // Three redirects before the answer with the metadata, its own, three after: seven.
+            "/timm/hops/resolve/main/model.safetensors" => (307, vec![("location", "/h1".into())], vec![], 0),
+            "/h1" => (307, vec![("location", "/h2".into())], vec![], 0),
+            "/h2" => (307, vec![("location", "/h3".into())], vec![], 0),
+            "/h3" => lfs(&d, b.len(), "/s1"),
+            "/s1" => (307, vec![("location", "/s2".into())], vec![], 0),
+            "/s2" => (307, vec![("location", "/s3".into())], vec![], 0),
+            "/s3" => (307, vec![("location", "/storage/good".into())], vec![], 0),
+            // Asked for one commit, answered for another.
+            "/timm/good/resolve/1111111111111111111111111111111111111111/model.safetensors" => {
+                lfs(&d, b.len(), "/storage/good")
+            }
             "/timm/loop/resolve/main/model.safetensors" => (
                 307,
                 vec![("location", "/timm/loop/resolve/main/model.safetensors".into())],
@@ -367,7 +379,23 @@ fn hub_files_are_fetched_into_the_hub_cache_layout_verified_and_hostile_answers_
     )
     .1;
 
-    // Good: loaded as from_imagenet loads the file; the cache is the Hub's layout.
+    // A download of the good file cut off an hour ago (its process killed) left its part.
+    let stale = cache
+        .path()
+        .join("hub/models--timm--good/blobs")
+        .join(format!("{digest}.1-0-0.part"));
+    std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+    std::fs::write(&stale, &bytes[..10]).unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+
+    // Good: loaded as from_imagenet loads the file; the cache is the Hub's layout (the stale
+    // part gone).
     let good = hub_entry(
         "timm/good",
         "timm/good",
@@ -386,6 +414,7 @@ fn hub_files_are_fetched_into_the_hub_cache_layout_verified_and_hostile_answers_
         std::path::Path::new("../../blobs").join(&digest)
     );
     assert_eq!(std::fs::read_to_string(folder.join("refs/main")).unwrap(), commit);
+    assert!(!stale.exists());
 
     // A MedicalNet-like file answered directly (no redirect), its whole digest pinned: a 3-D
     // checkpoint read as from_checkpoint reads it.
@@ -413,6 +442,8 @@ fn hub_files_are_fetched_into_the_hub_cache_layout_verified_and_hostile_answers_
         Some(mn_digest.clone()),
         PretrainedKind::ImageNet,
     );
+    let hub =
+        |name: &'static str, repo: &str| hub_entry(name, repo, "model.safetensors", None, PretrainedKind::ImageNet);
     let bad = [
         (
             hub_entry(
@@ -514,6 +545,23 @@ fn hub_files_are_fetched_into_the_hub_cache_layout_verified_and_hostile_answers_
             ),
             "plain name",
         ),
+        (hub("timm/hops", "timm/hops"), "redirects"),
+        // `a--b/c` and `a/b--c` would share the cache folder `models--a--b--c`.
+        (hub("timm/dashes", "timm--good/x"), "plain name"),
+        (hub("timm/dash", "-timm/x"), "plain name"),
+        (
+            Pretrained {
+                name: "timm/commit-asked",
+                source: Source::Hub {
+                    repo: "timm/good",
+                    file: "model.safetensors",
+                    revision: "1111111111111111111111111111111111111111",
+                    sha256: None,
+                },
+                kind: PretrainedKind::ImageNet,
+            },
+            "not the commit",
+        ),
     ];
     for (entry, want) in bad.iter().chain([(pinned_wrong, "different file")].iter()) {
         let before = asked.lock().unwrap().len();
@@ -530,7 +578,7 @@ fn hub_files_are_fetched_into_the_hub_cache_layout_verified_and_hostile_answers_
             "{}: {requests} requests",
             entry.name
         );
-        if entry.name != "timm/pinned" {
+        if !["timm/pinned", "timm/commit-asked"].contains(&entry.name) {
             let folder = fetcher.path(entry);
             let kept: Vec<_> = walk(&folder).into_iter().filter(|p| !p.is_dir()).collect();
             assert!(kept.is_empty(), "{}: {kept:?}", entry.name);
@@ -576,6 +624,24 @@ fn hub_files_are_fetched_into_the_hub_cache_layout_verified_and_hostile_answers_
         .to_string();
     assert!(err.contains("another one") && err.contains(&mn_digest), "{err}");
     assert_eq!(std::fs::read(&link).unwrap(), bytes);
+    // A ref that is a pipe is not waited on: not cached.
+    let piped = hub("timm/pipe", "timm/pipe");
+    let refs = fetcher.path(&piped).join("refs");
+    std::fs::create_dir_all(&refs).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(refs.join("main"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let off = offline.clone();
+    std::thread::spawn(move || tx.send(off.fetch(&piped).map_err(|e| e.to_string())));
+    let answer = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("a pipe in the cache was waited on");
+    assert!(answer.is_err_and(|e| e.contains("not in the Hub cache")));
     // Not cached, offline: the error says how to fill the cache.
     let other = hub_entry(
         "timm/other",
@@ -588,7 +654,7 @@ fn hub_files_are_fetched_into_the_hub_cache_layout_verified_and_hostile_answers_
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("offline") && err.contains("hf download timm/other model.safetensors"),
+        err.contains("offline") && err.contains("hf download timm/other model.safetensors --revision main"),
         "{err}"
     );
     // A blob changed in the cache is hashed at use: refused, and the link and blob removed.

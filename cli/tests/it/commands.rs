@@ -287,7 +287,8 @@ fn weights_by_name_come_only_from_a_verified_cache_offline() {
 
 /// `--weights timm/NAME`: a Hub file found in the Hugging Face cache as `hf download` leaves it
 /// (blob named by its SHA-256, a relative link from the snapshot, the branch's ref) is used
-/// offline; the same layout with a blob that does not hash to its name is refused.
+/// offline (`HF_HUB_OFFLINE=On`: nothing is asked of a network); the same layout with a
+/// blob that does not hash to its name is refused.
 #[test]
 fn hub_weights_by_name_come_from_the_hugging_face_cache_offline() {
     use sha2::Digest;
@@ -312,7 +313,8 @@ fn hub_weights_by_name_come_from_the_hugging_face_cache_offline() {
             .args(["inflate", "--weights", "timm/resnet18.a1_in1k", "--out"])
             .arg(dir.path().join(out))
             .env("HF_HUB_CACHE", &hub)
-            .env("HF_HUB_OFFLINE", "1")
+            // As huggingface_hub reads it: any case of 1, on, yes, true.
+            .env("HF_HUB_OFFLINE", "On")
             .output()
             .unwrap()
     };
