@@ -14,6 +14,9 @@
 4. the peak resident set of one ResNet3d-50 forward on 1x1x64x128x128, each side in a
    process of its own (`pytorch_reference.py --memory`, `cargo bench --bench memory`).
 
+The frozen backends' tables also hold a batch of crops (4x1x32x96x96) and a whole CT scan
+(1x1x192x320x320).
+
 `--backend frozen_bf16`: `ResNet3d::freeze_bf16` (bf16 products where the CPU has AVX512_BF16)
 against PyTorch's networks in bfloat16 (eager and TorchScript-frozen).
 
@@ -83,6 +86,8 @@ def table(args):
         ref_cmd += ["--train"]
     if args.backend == "frozen_bf16":
         ref_cmd += ["--bf16"]
+    if args.backend in ("frozen", "frozen_bf16") and not train:
+        ref_cmd += ["--shapes", "all"]
     torch_side = json.loads(subprocess.run(ref_cmd, check=True, capture_output=True, text=True).stdout)
     features = ["--features", "bench,wgpu" if args.backend == "wgpu" else "bench"]
     bench = "train" if train else "forward"

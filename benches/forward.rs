@@ -19,6 +19,18 @@ use resnet3d::{ConvGeometry, DepthPadding, MaxPool3d, ResNet3dConfig};
 /// The shapes of the issue: a CT crop and a small case, batch 1, one channel.
 const LARGE: [usize; 5] = [1, 1, 64, 128, 128];
 const SMALL: [usize; 5] = [1, 1, 16, 64, 64];
+/// A batch of crops, and a whole CT scan (the frozen networks only: the Burn model takes
+/// minutes there).
+const BATCH: [usize; 5] = [4, 1, 32, 96, 96];
+const WHOLE: [usize; 5] = [1, 1, 192, 320, 320];
+
+/// The frozen networks' shapes (`pytorch_reference.py --shapes all`).
+const FROZEN_SHAPES: [(&str, [usize; 5]); 4] = [
+    ("64x128x128", LARGE),
+    ("16x64x64", SMALL),
+    ("4x32x96x96", BATCH),
+    ("192x320x320", WHOLE),
+];
 
 fn input<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
     let len: usize = shape.iter().product();
@@ -60,7 +72,7 @@ fn frozen(c: &mut Criterion) {
     group.sample_size(10);
     for (name, model) in models(&device) {
         let frozen = model.freeze().expect("f32 model");
-        for (size, shape) in [("64x128x128", LARGE), ("16x64x64", SMALL)] {
+        for (size, shape) in FROZEN_SHAPES {
             let x = input(shape, &device);
             group.bench_function(BenchmarkId::new(name, size), |b| {
                 b.iter(|| sync(frozen.forward(x.clone()).expect("valid input")))
@@ -76,7 +88,7 @@ fn frozen(c: &mut Criterion) {
             eprintln!("frozen_bf16: this CPU has no AVX512_BF16, nothing to time");
             break;
         };
-        for (size, shape) in [("64x128x128", LARGE), ("16x64x64", SMALL)] {
+        for (size, shape) in FROZEN_SHAPES {
             let x = input(shape, &device);
             group.bench_function(BenchmarkId::new(name, size), |b| {
                 b.iter(|| sync(frozen.forward(x.clone()).expect("valid input")))
@@ -108,6 +120,21 @@ fn frozen(c: &mut Criterion) {
         group.bench_function(format!("conv3d_{i}x{o}x1x1x1_16x32x32"), |b| {
             b.iter(|| bench.run().expect("checked input"))
         });
+    }
+    // The same layers in bf16 (`freeze_bf16`'s products), where the CPU has AVX512_BF16.
+    if LayerBench::conv_bf16(&conv_of(64, 64, [3, 3, 3], &device), input([1, 64, 4, 8, 8], &device)).is_ok() {
+        let (conv, x) = layer1_conv(&device);
+        let bench = LayerBench::conv_bf16(&conv, x).expect("bf16");
+        group.bench_function("conv3d_64x64x3x3x3_16x56x56_bf16", |b| {
+            b.iter(|| bench.run().expect("checked input"))
+        });
+        for (i, o) in [(64, 256), (256, 64)] {
+            let conv = conv_of(i, o, [1, 1, 1], &device);
+            let bench = LayerBench::conv_bf16(&conv, input([1, i, 16, 32, 32], &device)).expect("bf16");
+            group.bench_function(format!("conv3d_{i}x{o}x1x1x1_16x32x32_bf16"), |b| {
+                b.iter(|| bench.run().expect("checked input"))
+            });
+        }
     }
     // The one-channel stem: 7x7x7, stride 2, 1 -> 64 channels on the large input.
     let (conv, x) = stem_conv(&device);

@@ -36,6 +36,8 @@ import make_fixtures as mf  # noqa: E402
 assert torch.__version__.split("+")[0] == "2.15.0", f"pinned torch 2.15.0, found {torch.__version__}"
 
 SHAPES = {"64x128x128": (1, 1, 64, 128, 128), "16x64x64": (1, 1, 16, 64, 64)}
+# `--shapes all` (the frozen networks' tables): a batch of crops and a whole CT scan too.
+MORE_SHAPES = {"4x32x96x96": (4, 1, 32, 96, 96), "192x320x320": (1, 1, 192, 320, 320)}
 
 
 def pattern(shape):
@@ -189,6 +191,8 @@ def main():
     parser.add_argument("--memory", action="store_true", help="only the peak memory of a ResNet3d-50 forward")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison (benches/gpu.sh)")
     parser.add_argument("--train", action="store_true", help="the fine-tuning step instead of inference")
+    parser.add_argument("--shapes", choices=["two", "all"], default="two",
+                        help="all: the batched and whole-scan inputs too (benches/forward.rs's frozen groups)")
     parser.add_argument("--bf16", action="store_true",
                         help="the networks in bfloat16 (eager and TorchScript-frozen; no ONNX Runtime), for "
                              "FrozenResNet3d's bf16 inference")
@@ -225,7 +229,8 @@ def main():
         kind, layers = mf.LAYOUTS[depth]
         cfg = dict(mf.DEFAULT_CFG, block=kind, layers=layers, width=64, in_channels=1, num_classes=2)
         model = mf.ResNet3dRef(cfg).eval().to(dev)
-        for size, shape in SHAPES.items():
+        shapes = {**SHAPES, **MORE_SHAPES} if args.shapes == "all" else SHAPES
+        for size, shape in shapes.items():
             x = pattern(shape).to(dev)
             entry = {"gflop": conv_flops(model, x)}
             model_t, x_t = model.to(dtype), x.to(dtype)

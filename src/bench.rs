@@ -56,6 +56,23 @@ impl LayerBench {
     /// [`Error::InvalidInput`] if `x` does not fit the convolution or cannot be read as `f32`.
     pub fn conv(conv: &Conv, x: Tensor<5>, portable: bool) -> Result<Self> {
         let kernel = if portable { Kernel::Portable } else { Kernel::detect() };
+        Self::conv_in(conv, x, kernel, Precision::F32)
+    }
+
+    /// [`conv`](Self::conv) with `freeze_bf16`'s products.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] on a CPU without AVX512_BF16; otherwise as [`conv`](Self::conv).
+    pub fn conv_bf16(conv: &Conv, x: Tensor<5>) -> Result<Self> {
+        if !(crate::kernels::bf16::available() && Kernel::detect() == Kernel::Avx512) {
+            return Err(Error::Unsupported {
+                what: "bf16 products need AVX512_BF16".into(),
+            });
+        }
+        Self::conv_in(conv, x, Kernel::Avx512, Precision::Bf16)
+    }
+
+    fn conv_in(conv: &Conv, x: Tensor<5>, kernel: Kernel, precision: Precision) -> Result<Self> {
         let spec = LayerSpec {
             name: LayerName {
                 site: Site::Detached,
@@ -76,7 +93,7 @@ impl LayerBench {
                 what: format!("the kernel could not be read as f32: {err:?}"),
             })?;
         let bias = vec![0.0; spec.geometry.out_channels];
-        let layer = PackedConv::pack(spec, &weight, None, bias, kernel, Precision::F32, WinogradUse::Kept)?;
+        let layer = PackedConv::pack(spec, &weight, None, bias, kernel, precision, WinogradUse::Kept)?;
         let input = channels_last_act(x)?;
         let [n, d, h, w, c] = input.dims;
         spec.geometry.output_dims([n, c, d, h, w], "conv")?;

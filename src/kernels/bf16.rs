@@ -31,6 +31,19 @@ pub(crate) fn to_bf16(v: f32) -> u16 {
     half::bf16::from_f32(v).to_bits()
 }
 
+/// `src` rounded to bf16 (nearest even) into `dst`, over the shorter of the two: 16 values
+/// per instruction (`vcvtneps2bf16`) where the CPU has AVX512_BF16. (That instruction flushes
+/// subnormal inputs to zero, which the scalar rounding keeps: a difference below 2^-126.)
+pub(crate) fn round_into(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: `available` found avx512f and avx512bf16.
+        unsafe { avx512::round_into(src, dst) };
+        return;
+    }
+    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = to_bf16(v));
+}
+
 /// `B` (`k x n`) as bf16 pairs in panels of [`NR`] columns, `k` rounded up to even with a zero
 /// row.
 #[derive(Debug, Clone)]
@@ -67,6 +80,26 @@ impl PackedBf16 {
             }
         });
         Self { panels, k, n: o }
+    }
+
+    /// The `k x n` matrix whose row `p` is `m[p * ld..][..n]` (an even `k`: pairs of rows),
+    /// in bf16 pairs: the bf16 twin of [`PackedB::from_rows`](super::matmul::PackedB::from_rows).
+    pub(crate) fn from_rows(m: &[f32], ld: usize, k: usize, n: usize) -> Self {
+        assert!(
+            k.is_multiple_of(2) && n <= ld && (k == 0 || m.len() >= (k - 1) * ld + n),
+            "PackedBf16::from_rows: lengths"
+        );
+        let count = n.div_ceil(NR);
+        let mut panels = vec![0u16; count * k * NR];
+        panels.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {
+            let cols = (n - j * NR).min(NR);
+            for p in 0..k {
+                for (c, &v) in m[p * ld + j * NR..][..cols].iter().enumerate() {
+                    panel[((p / 2) * NR + c) * 2 + p % 2] = to_bf16(v);
+                }
+            }
+        });
+        Self { panels, k, n }
     }
 
     /// Panels of [`NR`] columns.
@@ -129,6 +162,26 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     use super::{MR, NR};
+
+    /// [`round_into`](super::round_into) with AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn round_into(src: &[f32], dst: &mut [u16]) {
+        let n = src.len().min(dst.len());
+        let mut i = 0;
+        while i + 16 <= n {
+            // SAFETY: i + 16 <= n, within both slices; the 32-byte types are bit-for-bit the
+            // same.
+            unsafe {
+                let v = _mm512_loadu_ps(src.as_ptr().add(i));
+                let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), b);
+            }
+            i += 16;
+        }
+        for k in i..n {
+            dst[k] = super::to_bf16(src[k]);
+        }
+    }
 
     /// `C[r][0..cols] += sum_p A[r][2p..2p + 2] . Bp[p][0..cols]` for `r < rows`, `kp` pairs;
     /// 8 rows in registers where `rows` fits them (as the f32 tile), else MR.
@@ -202,6 +255,17 @@ mod tests {
             return;
         }
         let round = |v: f32| half::bf16::from_bits(to_bf16(v)).to_f32();
+        // The vector rounding is the scalar one (off the subnormals).
+        let probe: Vec<f32> = (0..1000)
+            .map(|x| ((x * 7919) as f32).sin() * 10f32.powi(x % 9 - 4))
+            .chain([f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.0 + f32::EPSILON, 65504.5])
+            .collect();
+        let mut fast = vec![0u16; probe.len()];
+        round_into(&probe, &mut fast);
+        assert!(probe.iter().zip(&fast).all(|(&v, &b)| to_bf16(v) == b));
+        let mut nan = [0u16];
+        round_into(&[f32::NAN], &mut nan);
+        assert!(half::bf16::from_bits(nan[0]).is_nan());
         // An even channel count (pairs within a tap), and one channel with an odd K (the
         // stem's case: K padded with a zero row).
         for (o, i, taps) in [(40usize, 6usize, 3usize), (8, 1, 7)] {

@@ -167,9 +167,9 @@ impl PackedConv {
         // layout: no intermediate copy of the weights.
         let packed = PackedB::conv_kernel(weight, [o, i, taps], scale, kernel);
         // bf16 for the implicit product (16 channels and more, an even count, so that pairs of
-        // rows are pairs of channels of one tap) and for gathered patches (fewer channels: the
-        // stem); not for pointwise convolutions.
-        let weight_bf16 = (precision == Precision::Bf16 && (i < 16 || i.is_multiple_of(2)) && g.kernel != [1, 1, 1])
+        // rows are pairs of channels of one tap), for gathered patches (fewer channels: the
+        // stem) and for pointwise convolutions (an even count).
+        let weight_bf16 = (precision == Precision::Bf16 && (i.is_multiple_of(2) || (i < 16 && g.kernel != [1, 1, 1])))
             .then(|| {
                 let scale = scale.map_or_else(|| vec![1.0; o], <[f32]>::to_vec);
                 super::bf16::PackedBf16::conv_kernel(weight, [o, i, taps], &scale)
@@ -184,7 +184,8 @@ impl PackedConv {
             && g.dilation == [1, 1, 1]
             && g.padding.iter().all(|&p| p <= 2)
             && i.max(o) <= WINOGRAD_CHANNELS
-            && precision == Precision::F32
+            && (precision == Precision::F32
+                || (i.is_multiple_of(2) && packed.kernel() == Kernel::Avx512 && super::bf16::available()))
             && all_moderate(weight)
             && scale.is_none_or(all_moderate);
         let winograd_tiles = match winograd {
@@ -193,7 +194,8 @@ impl PackedConv {
             WinogradUse::PerCall => 64,
         };
         Ok(Self {
-            winograd: takes.then(|| Winograd::new(weight, [o, i], scale, packed.kernel())),
+            winograd: takes
+                .then(|| Winograd::new(weight, [o, i], scale, packed.kernel(), precision == Precision::Bf16)),
             winograd_tiles,
             weight: packed,
             weight_bf16,
@@ -334,7 +336,7 @@ impl PackedConv {
             // The prepacked product (pointwise convolutions and gathered f32 patches) applies
             // bias, residual and ReLU as it stores its tiles (k > 0: it stores nothing else);
             // the others add to rows that hold them first and take the ReLU after.
-            let fused = padded_bf16.is_none() && padded.is_none() && (self.weight_bf16.is_none() || pointwise);
+            let fused = padded_bf16.is_none() && padded.is_none() && self.weight_bf16.is_none();
             if !fused {
                 for r in 0..count {
                     row(r).copy_from_slice(&self.bias[c0..c1]);
@@ -408,15 +410,22 @@ impl PackedConv {
                         product,
                     )
                 };
-            } else if let (Some(w), false) = (&self.weight_bf16, pointwise) {
+            } else if let Some(w) = &self.weight_bf16 {
                 SCRATCH.with_borrow_mut(|(patches, _)| {
-                    implicit::gather(s, x, out_dims, first, count, patches);
+                    // A pointwise convolution's patches are its input rows (one per output
+                    // row, k = in_channels values each: checked above).
+                    let patches: &[f32] = if pointwise {
+                        &x.data[first * k..(first + count) * k]
+                    } else {
+                        implicit::gather(s, x, out_dims, first, count, patches);
+                        patches
+                    };
                     // The patches in bf16, rows padded to the kernel's even K, and rows to a
                     // whole number of register tiles (zeros, results never stored).
                     let kp = w.k();
                     let mut a = vec![0u16; count.div_ceil(MR) * MR * kp];
                     for (dst, src) in a.chunks_exact_mut(kp).zip(patches[..count * k].chunks_exact(k)) {
-                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = super::bf16::to_bf16(v));
+                        super::bf16::round_into(src, dst);
                     }
                     for r0 in (0..count).step_by(MR) {
                         for j in panel_range.clone() {

@@ -50,7 +50,7 @@ pub(super) fn pad_bf16(s: &ConvShape, x: View<'_>) -> Option<(Vec<u16>, [usize; 
     let (len, dims) = padded_len(s)?;
     let mut data: Vec<u16> = super::buffers::try_zeros(len)?;
     copy_padded(s, x, &mut data, dims, |dst, src| {
-        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = super::bf16::to_bf16(v));
+        super::bf16::round_into(src, dst);
         true
     });
     Some((data, dims))

@@ -34,7 +34,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::matmul::{Kernel, NR, PackedB, matmul};
+use super::bf16::{PackedBf16, round_into};
+use super::matmul::{Kernel, MR, NR, PackedB, matmul};
 use super::parallel::{SendPtr, work_items};
 
 /// Points of a transformed tile: 4 x 4 x 4.
@@ -47,7 +48,12 @@ const STEP: usize = 2;
 /// `[in, out]` matrix `U[p] = (G g G^T)[p]`, packed for the product.
 #[derive(Debug, Clone)]
 pub(crate) struct Winograd {
+    /// f32 products: `U[p]` per point (empty where `u_bf16` is used).
     u: Vec<PackedB>,
+    /// bf16 products (`freeze_bf16`): `U[p]` per point in bf16 pairs of input channels; the
+    /// transformed input is rounded to bf16 before each point's product, which accumulates in
+    /// f32 (empty in f32 layers).
+    u_bf16: Vec<PackedBf16>,
     in_channels: usize,
     out_channels: usize,
     /// The product `u` is packed for.
@@ -63,6 +69,9 @@ thread_local! {
 #[derive(Debug, Default)]
 struct Scratch {
     v: Vec<f32>,
+    /// `v` in bf16 (bf16 layers), with [`MR`] rows to spare: the bf16 product reads whole
+    /// register tiles of rows.
+    v_bf16: Vec<u16>,
     m: Vec<f32>,
     first: Vec<f32>,
     second: Vec<f32>,
@@ -141,9 +150,13 @@ impl Winograd {
     /// The transform of `w` (`[o, i, 3, 3, 3]`, PyTorch's layout), each output channel
     /// multiplied by `scale[oc]` if given (a folded BatchNorm), packed for `kernel`.
     ///
+    /// With `bf16`, the transformed kernel is kept in bf16 for AVX512_BF16 products: the
+    /// caller checks that this CPU has them ([`bf16::available`](super::bf16::available)), that
+    /// `kernel` is [`Kernel::Avx512`] and that `i` is even (pairs of input channels).
+    ///
     /// The caller checks that `w` holds `o * i * 27` values and `scale` `o` (asserted when
     /// packing).
-    pub(crate) fn new(w: &[f32], [o, i]: [usize; 2], scale: Option<&[f32]>, kernel: Kernel) -> Self {
+    pub(crate) fn new(w: &[f32], [o, i]: [usize; 2], scale: Option<&[f32]>, kernel: Kernel, bf16: bool) -> Self {
         // u[ic][p][oc]: per input channel, the 64 points' rows of output channels; point p's
         // [in, out] matrix is then rows 64 * o apart.
         let mut u = vec![0.0f32; i * POINTS * o];
@@ -156,12 +169,26 @@ impl Winograd {
             }
             transform_kernels(w, [o, i], scale, ic, block);
         });
-        let u = (0..POINTS)
-            .into_par_iter()
-            .map(|p| PackedB::from_rows(&u[p * o..], POINTS * o, i, o, kernel))
-            .collect();
+        let (u, u_bf16) = if bf16 {
+            assert!(
+                i.is_multiple_of(2) && kernel == Kernel::Avx512,
+                "Winograd::new: bf16 needs pairs and AVX-512"
+            );
+            let packed = (0..POINTS)
+                .into_par_iter()
+                .map(|p| PackedBf16::from_rows(&u[p * o..], POINTS * o, i, o))
+                .collect();
+            (Vec::new(), packed)
+        } else {
+            let packed = (0..POINTS)
+                .into_par_iter()
+                .map(|p| PackedB::from_rows(&u[p * o..], POINTS * o, i, o, kernel))
+                .collect();
+            (packed, Vec::new())
+        };
         Self {
             u,
+            u_bf16,
             in_channels: i,
             out_channels: o,
             kernel,
@@ -227,7 +254,10 @@ impl Winograd {
                 for row in s.m.chunks_exact_mut(oc) {
                     row[c0..c1].fill(0.0);
                 }
-                for p in 0..POINTS {
+                if !self.u_bf16.is_empty() {
+                    self.products_bf16(rows, panels.clone(), s);
+                }
+                for p in (0..POINTS).filter(|_| self.u_bf16.is_empty()) {
                     // SAFETY: V[p] holds `rows` rows of ic values (resized above), M[p] `rows`
                     // rows of oc values, of which this item alone uses the columns of `panels`;
                     // U[p] is ic x oc, packed for a kernel this CPU runs (made with the
@@ -255,6 +285,42 @@ impl Winograd {
             });
         });
         true
+    }
+}
+
+impl Winograd {
+    /// The 64 products `M[p] += V[p] x U[p]` of a chunk of `rows` tiles in bf16, over the
+    /// output columns of `panels`: `V` rounded to bf16 (nearest even), f32 accumulation.
+    fn products_bf16(&self, rows: usize, panels: Range<usize>, s: &mut Scratch) {
+        let (ic, oc) = (self.in_channels, self.out_channels);
+        // MR rows to spare past the last point's rows: the register tile reads whole tiles.
+        s.v_bf16.resize(POINTS * rows * ic + MR * ic, 0);
+        round_into(&s.v[..POINTS * rows * ic], &mut s.v_bf16);
+        for (p, u) in self.u_bf16.iter().enumerate() {
+            for j in panels.clone() {
+                for r0 in (0..rows).step_by(MR) {
+                    let block = MR.min(rows - r0);
+                    // SAFETY: `u_bf16` exists only where the constructor's caller found
+                    // AVX512_BF16 (`Winograd::new`); 0..ic is even (asserted there) and U[p]'s
+                    // row count; `j` one of its panels (`panels` within `oc.div_ceil(NR)`);
+                    // A reads MR rows of ic values from row r0 of V[p], within `v_bf16` with
+                    // its MR spare rows; C is `block` rows of M[p] (`rows * oc` values from
+                    // `p * rows * oc`, resized by the caller), this item's columns alone.
+                    unsafe {
+                        super::bf16::accumulate(
+                            s.v_bf16.as_ptr().add((p * rows + r0) * ic),
+                            ic,
+                            block,
+                            u,
+                            0..ic,
+                            j,
+                            s.m.as_mut_ptr().add((p * rows + r0) * oc),
+                            oc,
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -624,7 +690,7 @@ mod tests {
             let out_dims = [n, od, oh, ow, oc];
             let residual = values(out_dims.iter().product(), 4);
             let want = direct(&xp, pdims, &folded, out_dims);
-            let wg = Winograd::new(&w, [oc, ic], Some(&scale), kernel);
+            let wg = Winograd::new(&w, [oc, ic], Some(&scale), kernel, false);
             for relu in [false, true] {
                 let mut got = vec![f32::NAN; want.len()];
                 assert!(wg.forward(&xp, out_dims, &bias, Some(&residual), relu, &mut got));
@@ -643,6 +709,46 @@ mod tests {
         }
     }
 
+    /// The bf16 products: within bf16's rounding of the direct f32 convolution (the transformed
+    /// input and kernel keep 8 significant bits; over 27 x ic taps the error measured here is
+    /// about 5e-3 of the output's largest magnitude, the tolerance 2e-2), and not equal to
+    /// the f32 path (the bf16 product ran). Partial tiles, a partial panel, a row count off
+    /// the register tile, an output channel split.
+    #[test]
+    fn bf16_tiles_stay_close_to_the_direct_convolution() {
+        if !(super::super::bf16::available() && Kernel::detect() == Kernel::Avx512) {
+            eprintln!("skipped: this CPU has no AVX512_BF16");
+            return;
+        }
+        for ([n, od, oh, ow], [ic, oc]) in [([2, 3, 5, 7], [6, 37]), ([1, 6, 9, 8], [64, 64])] {
+            let [dp, hp, wp] = Winograd::padded_extent([od, oh, ow]);
+            let pdims = [n, dp, hp, wp, ic];
+            let xp = values(pdims.iter().product(), 1);
+            let w = values(oc * ic * 27, 2);
+            let out_dims = [n, od, oh, ow, oc];
+            let want = direct(&xp, pdims, &w, out_dims);
+            let scale_of = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let wg = Winograd::new(&w, [oc, ic], None, Kernel::Avx512, true);
+            let mut got = vec![f32::NAN; want.len()];
+            assert!(wg.forward(&xp, out_dims, &vec![0.0; oc], None, false, &mut got));
+            let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max) / scale_of;
+            println!("bf16 Winograd {ic}->{oc}: max error {err:.2e} of the largest output");
+            assert!((1e-5..=2e-2).contains(&err), "{ic}->{oc}: error {err:e}");
+        }
+        // NaN still reaches exactly the outputs whose window holds it.
+        let (od, c) = (4, 16);
+        let [dp, ..] = Winograd::padded_extent([od; 3]);
+        let mut xp = values(dp * dp * dp * c, 5);
+        xp[((3 * dp + 3) * dp + 3) * c] = f32::NAN;
+        let wg = Winograd::new(&values(c * c * 27, 6), [c, c], None, Kernel::Avx512, true);
+        let mut out = vec![0.0; od * od * od * c];
+        assert!(wg.forward(&xp, [1, od, od, od, c], &vec![0.0; c], None, true, &mut out));
+        for (v, voxel) in out.chunks_exact(c).enumerate() {
+            let inside = [v / 16, (v / 4) % 4, v % 4].iter().all(|a| (1..=3).contains(a));
+            assert!(voxel.iter().all(|x| x.is_nan() == inside), "output {v}");
+        }
+    }
+
     #[test]
     fn nan_reaches_only_the_outputs_whose_window_holds_it() {
         let (od, oh, ow, c) = (4, 4, 4, 16);
@@ -651,7 +757,7 @@ mod tests {
         // A NaN at padded voxel (3, 3, 3), channel 0: the window of output (z, y, x) covers it
         // when z, y, x are each 1, 2 or 3.
         xp[((3 * hp + 3) * wp + 3) * c] = f32::NAN;
-        let wg = Winograd::new(&values(c * c * 27, 6), [c, c], None, Kernel::detect());
+        let wg = Winograd::new(&values(c * c * 27, 6), [c, c], None, Kernel::detect(), false);
         let mut out = vec![0.0; od * oh * ow * c];
         assert!(wg.forward(&xp, [1, od, oh, ow, c], &vec![0.0; c], None, true, &mut out));
         for z in 0..od {
