@@ -18,7 +18,10 @@ use super::matmul::{MR, NR};
 pub(crate) fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -163,8 +166,9 @@ mod avx512 {
 
     use super::{MR, NR};
 
-    /// [`round_into`](super::round_into) with AVX512_BF16.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    /// [`round_into`](super::round_into) with AVX512_BF16 (and AVX512BW/VL for the tail's
+    /// masked store).
+    #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
     pub(super) unsafe fn round_into(src: &[f32], dst: &mut [u16]) {
         let n = src.len().min(dst.len());
         let mut i = 0;
@@ -178,8 +182,16 @@ mod avx512 {
             }
             i += 16;
         }
-        for k in i..n {
-            dst[k] = super::to_bf16(src[k]);
+        if i < n {
+            // The last n - i < 16 values under a mask: lanes outside it are neither read nor
+            // written.
+            let mask = (1u16 << (n - i)) - 1;
+            // SAFETY: the mask's lanes are i..n, within both slices.
+            unsafe {
+                let v = _mm512_maskz_loadu_ps(mask, src.as_ptr().add(i));
+                let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                _mm256_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), mask, b);
+            }
         }
     }
 

@@ -93,6 +93,8 @@ const TILE_ROWS: usize = 16 * MR;
 thread_local! {
     /// Per thread: the gathered patches of a tile, and the matrix product's packed block.
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per thread: the bf16 rows of a tile (gathered patches, or a pointwise layer's input).
+    static SCRATCH_BF16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
 impl PlanLayer for PackedConv {
@@ -411,21 +413,23 @@ impl PackedConv {
                     )
                 };
             } else if let Some(w) = &self.weight_bf16 {
-                SCRATCH.with_borrow_mut(|(patches, _)| {
-                    // A pointwise convolution's patches are its input rows (one per output
-                    // row, k = in_channels values each: checked above).
-                    let patches: &[f32] = if pointwise {
-                        &x.data[first * k..(first + count) * k]
-                    } else {
-                        implicit::gather(s, x, out_dims, first, count, patches);
-                        patches
-                    };
-                    // The patches in bf16, rows padded to the kernel's even K, and rows to a
-                    // whole number of register tiles (zeros, results never stored).
+                SCRATCH_BF16.with_borrow_mut(|a| {
+                    // The patches in bf16, rows padded to the kernel's even K (zeros), and rows
+                    // to a whole number of register tiles (values of earlier tiles, results
+                    // never stored). A pointwise convolution's patches are its input rows (one
+                    // per output row, k = in_channels values each: checked above).
                     let kp = w.k();
-                    let mut a = vec![0u16; count.div_ceil(MR) * MR * kp];
-                    for (dst, src) in a.chunks_exact_mut(kp).zip(patches[..count * k].chunks_exact(k)) {
-                        super::bf16::round_into(src, dst);
+                    if pointwise {
+                        a.resize(a.len().max(count.div_ceil(MR) * MR * kp), 0);
+                        for (dst, src) in a
+                            .chunks_exact_mut(kp)
+                            .zip(x.data[first * k..(first + count) * k].chunks_exact(k))
+                        {
+                            super::bf16::round_into(src, dst);
+                        }
+                    } else {
+                        implicit::gather_bf16(s, x, out_dims, (first, count), kp, a);
+                        a.resize(a.len().max(count.div_ceil(MR) * MR * kp), 0);
                     }
                     for r0 in (0..count).step_by(MR) {
                         for j in panel_range.clone() {

@@ -3,10 +3,9 @@
 //! product's inputs, so the logits move: on a full-width ResNet3d-18 and -50 (the model's own
 //! random initialisation, one channel, 16 x 96 x 96: the 3x3x3 convolutions of stride 1 run
 //! Winograd products in bf16, the strided ones the implicit or gathered bf16 product, the
-//! pointwise ones bf16 products of their rows) the error was 3.8e-3 (r18) and 2.3e-3 (r50)
-//! of the largest logit with bf16 Winograd products alone, 6.6e-3 and 4.7e-3 with the
-//! pointwise ones in bf16 too; the tolerance is 2e-2, PyTorch's bf16 path is within about
-//! 1e-2. On a CPU without AVX512_BF16 the call must be the typed error instead.
+//! pointwise ones bf16 products of their rows) the error was 2.3e-3 to 6.6e-3 of the largest
+//! logit over four runs (the initialisation is random); the tolerance is 2e-2, PyTorch's bf16
+//! path is within about 1e-2. On a CPU without AVX512_BF16 the call must be the typed error instead.
 
 use resnet3d::burn::tensor::Device;
 use resnet3d::{Error, ResNet3dConfig};
