@@ -428,8 +428,16 @@ impl PackedConv {
                             super::bf16::round_into(src, dst);
                         }
                     } else {
-                        implicit::gather_bf16(s, x, out_dims, (first, count), kp, a);
+                        // Gathered in f32 (runs of a few values: the stem's are 7), then
+                        // rounded a whole row at a time.
                         a.resize(a.len().max(count.div_ceil(MR) * MR * kp), 0);
+                        SCRATCH.with_borrow_mut(|(patches, _)| {
+                            implicit::gather(s, x, out_dims, first, count, patches);
+                            for (dst, src) in a.chunks_exact_mut(kp).zip(patches[..count * k].chunks_exact(k)) {
+                                super::bf16::round_into(src, &mut dst[..k]);
+                                dst[k..].fill(0);
+                            }
+                        });
                     }
                     for r0 in (0..count).step_by(MR) {
                         for j in panel_range.clone() {

@@ -277,34 +277,7 @@ pub(super) fn gather(
     count: usize,
     patches: &mut Vec<f32>,
 ) {
-    gather_into(s, x, out_dims, (first, count), s.k(), patches, copy_run);
-}
-
-/// [`gather`] in bf16 (rounded to nearest even as it is copied), rows `ld >= k` values apart
-/// (the values past `k` zero): the bf16 product's even row length, without an f32 copy.
-pub(super) fn gather_bf16(
-    s: &ConvShape,
-    x: View<'_>,
-    out_dims: [usize; 5],
-    (first, count): (usize, usize),
-    ld: usize,
-    patches: &mut Vec<u16>,
-) {
-    gather_into(s, x, out_dims, (first, count), ld, patches, super::bf16::round_into);
-}
-
-/// [`gather`] into rows `ld` apart of any element, `copy` converting a run of the volume.
-fn gather_into<T: Copy + Default>(
-    s: &ConvShape,
-    x: View<'_>,
-    out_dims: [usize; 5],
-    (first, count): (usize, usize),
-    ld: usize,
-    patches: &mut Vec<T>,
-    copy: impl Fn(&[f32], &mut [T]),
-) {
     let k = s.k();
-    debug_assert!(ld >= k);
     let [_, d, h, w, c] = x.dims;
     let [_, od, oh, ow, _] = out_dims;
     let [_, kh, kw] = s.kernel;
@@ -312,16 +285,13 @@ fn gather_into<T: Copy + Default>(
     let [pd, ph, pw] = s.padding;
     let [dd, dh, dw] = s.dilation;
     let run = kw * c;
-    let zero = T::default();
-    if patches.len() < count * ld {
-        patches.resize(count * ld, zero);
+    if patches.len() < count * k {
+        patches.resize(count * k, 0.0);
     }
     // Every value is written: copied from the volume, or zero where the kernel reaches into the
     // padding (the buffer is reused between tiles). Coordinates are `isize`: `on` checked that
     // every padded extent is.
-    for (r, row) in patches[..count * ld].chunks_exact_mut(ld).enumerate() {
-        let (patch, rest) = row.split_at_mut(k);
-        rest.fill(zero);
+    for (r, patch) in patches[..count * k].chunks_exact_mut(k).enumerate() {
         let mut p = first + r;
         let ox = p % ow;
         p /= ow;
@@ -338,7 +308,7 @@ fn gather_into<T: Copy + Default>(
             let z = if s.replicate_depth {
                 z.clamp(0, d as isize - 1)
             } else if z < 0 || z >= d as isize {
-                depth_taps.fill(zero);
+                depth_taps.fill(0.0);
                 continue;
             } else {
                 z
@@ -346,7 +316,7 @@ fn gather_into<T: Copy + Default>(
             for (i, dst) in depth_taps.chunks_exact_mut(run).enumerate() {
                 let y = (oy * sh + i * dh) as isize - ph as isize;
                 if y < 0 || y >= h as isize {
-                    dst.fill(zero);
+                    dst.fill(0.0);
                     continue;
                 }
                 let line = ((b * d + z) * h + y as usize) * w;
@@ -354,23 +324,23 @@ fn gather_into<T: Copy + Default>(
                     for (j, tap) in dst.chunks_exact_mut(c).enumerate() {
                         let xj = x0 + (j * dw) as isize;
                         if xj < 0 || xj >= w as isize {
-                            tap.fill(zero);
+                            tap.fill(0.0);
                         } else {
                             let src = (line + xj as usize) * c;
-                            copy(&x.data[src..src + c], tap);
+                            tap.copy_from_slice(&x.data[src..src + c]);
                         }
                     }
                     continue;
                 }
                 if j_lo == j_hi {
-                    dst.fill(zero);
+                    dst.fill(0.0);
                     continue;
                 }
                 let src = (line as isize + x0 + j_lo as isize) as usize * c;
                 let len = (j_hi - j_lo) * c;
-                dst[..j_lo * c].fill(zero);
-                copy(&x.data[src..src + len], &mut dst[j_lo * c..j_hi * c]);
-                dst[j_hi * c..].fill(zero);
+                dst[..j_lo * c].fill(0.0);
+                copy_run(&mut dst[j_lo * c..j_hi * c], &x.data[src..src + len]);
+                dst[j_hi * c..].fill(0.0);
             }
         }
     }
@@ -379,7 +349,7 @@ fn gather_into<T: Copy + Default>(
 /// `dst.copy_from_slice(src)`, without a call to `memcpy` for the short runs of the stem (7
 /// values for a 1-channel 7x7 kernel row), where the call costs more than the copy.
 #[inline]
-fn copy_run(src: &[f32], dst: &mut [f32]) {
+fn copy_run(dst: &mut [f32], src: &[f32]) {
     macro_rules! fixed {
         ($($n:literal)*) => {
             match dst.len().min(src.len()) {
