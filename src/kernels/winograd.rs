@@ -300,12 +300,12 @@ impl Winograd {
             for j in panels.clone() {
                 for r0 in (0..rows).step_by(MR) {
                     let block = MR.min(rows - r0);
-                    // SAFETY: `u_bf16` exists only where the constructor's caller found
-                    // AVX512_BF16 (`Winograd::new`); 0..ic is even (asserted there) and U[p]'s
-                    // row count; `j` one of its panels (`panels` within `oc.div_ceil(NR)`);
-                    // A reads MR rows of ic values from row r0 of V[p], within `v_bf16` with
-                    // its MR spare rows; C is `block` rows of M[p] (`rows * oc` values from
-                    // `p * rows * oc`, resized by the caller), this item's columns alone.
+                    // `u_bf16` exists only where `Winograd::new`'s caller found AVX512_BF16;
+                    // `panels` lies within `oc.div_ceil(NR)`.
+                    // SAFETY: as just said; 0..ic is even (asserted in `new`) and U[p]'s rows;
+                    // A: MR rows of ic values from row r0 of V[p], within `v_bf16` and its MR
+                    // spare rows; C: `block` rows of M[p] (resized by the caller), this item's
+                    // columns alone.
                     unsafe {
                         super::bf16::accumulate(
                             s.v_bf16.as_ptr().add((p * rows + r0) * ic),
