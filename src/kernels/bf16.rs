@@ -40,7 +40,7 @@ pub(crate) fn to_bf16(v: f32) -> u16 {
 pub(crate) fn round_into(src: &[f32], dst: &mut [u16]) {
     #[cfg(target_arch = "x86_64")]
     if available() {
-        // SAFETY: `available` found avx512f and avx512bf16.
+        // SAFETY: `available` found avx512f, avx512bf16, avx512bw and avx512vl.
         unsafe { avx512::round_into(src, dst) };
         return;
     }

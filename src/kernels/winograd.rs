@@ -171,8 +171,8 @@ impl Winograd {
         });
         let (u, u_bf16) = if bf16 {
             assert!(
-                i.is_multiple_of(2) && kernel == Kernel::Avx512,
-                "Winograd::new: bf16 needs pairs and AVX-512"
+                i.is_multiple_of(2) && kernel == Kernel::Avx512 && super::bf16::available(),
+                "Winograd::new: bf16 needs pairs and AVX512_BF16"
             );
             let packed = (0..POINTS)
                 .into_par_iter()
