@@ -419,24 +419,21 @@ impl PackedConv {
                     // never stored). A pointwise convolution's patches are its input rows (one
                     // per output row, k = in_channels values each: checked above).
                     let kp = w.k();
-                    if pointwise {
-                        a.resize(a.len().max(count.div_ceil(MR) * MR * kp), 0);
-                        for (dst, src) in a
-                            .chunks_exact_mut(kp)
-                            .zip(x.data[first * k..(first + count) * k].chunks_exact(k))
-                        {
-                            super::bf16::round_into(src, dst);
+                    a.resize(a.len().max(count.div_ceil(MR) * MR * kp), 0);
+                    let round_rows = |a: &mut [u16], rows: &[f32]| {
+                        for (dst, src) in a.chunks_exact_mut(kp).zip(rows.chunks_exact(k)) {
+                            super::bf16::round_into(src, &mut dst[..k]);
+                            dst[k..].fill(0);
                         }
+                    };
+                    if pointwise {
+                        round_rows(a, &x.data[first * k..(first + count) * k]);
                     } else {
                         // Gathered in f32 (runs of a few values: the stem's are 7), then
                         // rounded a whole row at a time.
-                        a.resize(a.len().max(count.div_ceil(MR) * MR * kp), 0);
                         SCRATCH.with_borrow_mut(|(patches, _)| {
                             implicit::gather(s, x, out_dims, first, count, patches);
-                            for (dst, src) in a.chunks_exact_mut(kp).zip(patches[..count * k].chunks_exact(k)) {
-                                super::bf16::round_into(src, &mut dst[..k]);
-                                dst[k..].fill(0);
-                            }
+                            round_rows(a, &patches[..count * k]);
                         });
                     }
                     for r0 in (0..count).step_by(MR) {

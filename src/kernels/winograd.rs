@@ -254,10 +254,11 @@ impl Winograd {
                 for row in s.m.chunks_exact_mut(oc) {
                     row[c0..c1].fill(0.0);
                 }
+                // One of `u` and `u_bf16` is empty: f32 or bf16 products.
                 if !self.u_bf16.is_empty() {
                     self.products_bf16(rows, panels.clone(), s);
                 }
-                for p in (0..POINTS).filter(|_| self.u_bf16.is_empty()) {
+                for (p, u) in self.u.iter().enumerate() {
                     // SAFETY: V[p] holds `rows` rows of ic values (resized above), M[p] `rows`
                     // rows of oc values, of which this item alone uses the columns of `panels`;
                     // U[p] is ic x oc, packed for a kernel this CPU runs (made with the
@@ -267,7 +268,7 @@ impl Winograd {
                             s.v.as_ptr().add(p * rows * ic),
                             ic,
                             rows,
-                            &self.u[p],
+                            u,
                             panels.clone(),
                             s.m.as_mut_ptr().add(p * rows * oc),
                             oc,

@@ -445,96 +445,15 @@ fn hub_files_are_fetched_into_the_hub_cache_layout_verified_and_hostile_answers_
     let hub =
         |name: &'static str, repo: &str| hub_entry(name, repo, "model.safetensors", None, PretrainedKind::ImageNet);
     let bad = [
-        (
-            hub_entry(
-                "timm/damaged",
-                "timm/damaged",
-                "model.safetensors",
-                None,
-                PretrainedKind::ImageNet,
-            ),
-            "SHA-256",
-        ),
-        (
-            hub_entry(
-                "timm/missing",
-                "timm/missing",
-                "model.safetensors",
-                None,
-                PretrainedKind::ImageNet,
-            ),
-            "404",
-        ),
-        (
-            hub_entry(
-                "timm/cut",
-                "timm/cut",
-                "model.safetensors",
-                None,
-                PretrainedKind::ImageNet,
-            ),
-            "bytes",
-        ),
-        (
-            hub_entry(
-                "timm/escape",
-                "timm/escape",
-                "model.safetensors",
-                None,
-                PretrainedKind::ImageNet,
-            ),
-            "etag",
-        ),
-        (
-            hub_entry(
-                "timm/commit",
-                "timm/commit",
-                "model.safetensors",
-                None,
-                PretrainedKind::ImageNet,
-            ),
-            "x-repo-commit",
-        ),
-        (
-            hub_entry(
-                "timm/nolocation",
-                "timm/nolocation",
-                "model.safetensors",
-                None,
-                PretrainedKind::ImageNet,
-            ),
-            "Location",
-        ),
-        (
-            hub_entry(
-                "timm/loop",
-                "timm/loop",
-                "model.safetensors",
-                None,
-                PretrainedKind::ImageNet,
-            ),
-            "redirects",
-        ),
-        (
-            hub_entry(
-                "timm/gitfile",
-                "timm/gitfile",
-                "model.safetensors",
-                None,
-                PretrainedKind::ImageNet,
-            ),
-            "Git LFS",
-        ),
-        (
-            hub_entry(
-                "timm/dots",
-                "timm/..",
-                "model.safetensors",
-                None,
-                PretrainedKind::ImageNet,
-            ),
-            "plain name",
-        ),
+        (hub("timm/damaged", "timm/damaged"), "SHA-256"),
+        (hub("timm/missing", "timm/missing"), "404"),
+        (hub("timm/cut", "timm/cut"), "bytes"),
+        (hub("timm/escape", "timm/escape"), "etag"),
+        (hub("timm/commit", "timm/commit"), "x-repo-commit"),
+        (hub("timm/nolocation", "timm/nolocation"), "Location"),
+        (hub("timm/loop", "timm/loop"), "redirects"),
+        (hub("timm/gitfile", "timm/gitfile"), "Git LFS"),
+        (hub("timm/dots", "timm/.."), "plain name"),
         (
             hub_entry(
                 "timm/folder",
