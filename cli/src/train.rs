@@ -147,8 +147,11 @@ pub fn run(args: &Args) -> Result<FitSummary, Box<dyn std::error::Error>> {
         labels.class_counts(Split::Valid)
     );
 
-    devices[0].seed(args.seed); // the new head's initialisation
+    devices[0].seed(args.seed); // a --scratch network's convolutions
     let (net, config) = network(args, labels.classes(), &devices[0])?;
+    // The new head from the run's seed, not from Burn's process-wide generator (which other
+    // threads may draw from between a seeding and the head's initialisation).
+    let net = net.with_seeded_head(args.seed);
     let settings = FitConfig::new()
         .with_epochs(args.epochs)
         .with_batch_size(args.batch)

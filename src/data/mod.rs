@@ -29,7 +29,7 @@ pub(crate) mod dicom_problem;
 mod dicom_read;
 mod labels;
 mod pipeline;
-mod rng;
+pub(crate) mod rng;
 mod scan;
 
 #[cfg(feature = "train")]

@@ -210,6 +210,34 @@ fn head_of_another_class_count_is_replaced_and_reported() {
     );
 }
 
+/// A seeded head is the same for the same seed whatever Burn's process-wide generator did
+/// in between, differs for another seed, and keeps PyTorch's `nn.Linear` bound
+/// `1/sqrt(features)` (32 features at width 4).
+#[test]
+fn a_seeded_head_depends_on_its_seed_only() {
+    let device = Device::flex();
+    let config = r18().with_num_classes(Some(3));
+    let head = |seed: u64, burn_seed: u64| {
+        device.seed(burn_seed);
+        let net = inflate_from_2d(&r18_weights(), &config, &device)
+            .unwrap()
+            .with_seeded_head(seed);
+        let fc = net.fc.unwrap();
+        let w = fc.weight.val().into_data().try_to_vec::<f32>().unwrap();
+        let b = fc.bias.unwrap().val().into_data().try_to_vec::<f32>().unwrap();
+        (fc.weight.dims(), w, b)
+    };
+    let (dims, w, b) = head(7, 1);
+    let (_, w2, b2) = head(7, 2);
+    assert_eq!((&w, &b), (&w2, &b2), "same seed, another Burn seed");
+    let (_, w3, _) = head(8, 1);
+    assert!(w.iter().zip(&w3).filter(|(a, b)| a != b).count() > w.len() / 2);
+    let bound = 1.0 / (dims[0] as f32).sqrt();
+    let largest = w.iter().chain(&b).fold(0f32, |m, v| m.max(v.abs()));
+    assert!(largest < bound && largest > 0.8 * bound, "{largest} vs bound {bound}");
+    assert_eq!(dims, [32, 3]);
+}
+
 #[test]
 fn nan_and_inf_in_weights_are_reported() {
     let mut weights = r18_weights();
