@@ -5,6 +5,7 @@
 //! cargo bench --bench memory -- frozen     # FrozenResNet3d (ResNet3d::into_frozen)
 //! cargo bench --bench memory -- flex       # the Burn model on flex
 //! cargo bench --bench memory -- train      # train steps on flex with autodiff, Adam
+//! cargo bench --bench memory -- train-large [checkpointing]  # ResNet3d-50, 2x1x128x192x192
 //! cargo bench --bench memory -- nifti-bomb # Volume::from_nifti on 1024x1024x512 uint8 zeros, gzipped
 //! cargo bench --bench memory -- nifti-ct   # Volume::from_nifti on a 512x512x300 int16 CT, gzipped
 //! ```
@@ -38,10 +39,13 @@ fn status_mb(field: &str) -> f64 {
 fn main() {
     let mode = std::env::args()
         .skip(1)
-        .find(|a| ["frozen", "flex", "train", "nifti-bomb", "nifti-ct"].contains(&a.as_str()))
+        .find(|a| ["frozen", "flex", "train", "train-large", "nifti-bomb", "nifti-ct"].contains(&a.as_str()))
         .unwrap_or_else(|| "frozen".into());
     if mode == "train" {
         return train();
+    }
+    if mode == "train-large" {
+        return train_large(std::env::args().any(|a| a == "checkpointing"));
     }
     if let Some(kind) = mode.strip_prefix("nifti-") {
         return nifti(kind);
@@ -92,6 +96,46 @@ fn train() {
     println!(
         "{{\"mode\": \"train\", \"peak_mb\": {:.1}, \"before_model_mb\": {before:.1}}}",
         status_mb("VmHWM:")
+    );
+}
+
+/// Peak resident set and time of ResNet3d-50 steps (Adam) on a whole-scan batch,
+/// 2x1x128x192x192: one warm-up step, then the median of two, as `pytorch_reference.py
+/// --large-train`. `checkpointing`: on a device with Burn's gradient checkpointing, where the
+/// crate's BatchNorm ops recompute their outputs in the backward pass instead of keeping them.
+fn train_large(checkpointing: bool) {
+    let device = if checkpointing {
+        Device::flex().autodiff().gradient_checkpointing()
+    } else {
+        Device::flex().autodiff()
+    };
+    let before = status_mb("VmHWM:");
+    let mut model = ResNet3dConfig::resnet50()
+        .with_in_channels(1)
+        .with_num_classes(Some(2))
+        .init(&device);
+    let shape = [2, 1, 128, 192, 192];
+    let len: usize = shape.iter().product();
+    let values: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin()).collect();
+    let x = Tensor::<5>::from_data(TensorData::new(values, shape), &device);
+    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
+    let mut optimizer = FusedAdamConfig::new().init();
+    let loss = CrossEntropyLossConfig::new().init(&device);
+    let mut seconds = Vec::new();
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let l = loss.forward(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        model = optimizer.step(1e-4, model, grads);
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    let mut timed = seconds[1..].to_vec();
+    timed.sort_by(f64::total_cmp);
+    println!(
+        "{{\"mode\": \"train-large{}\", \"batch\": {shape:?}, \"peak_mb\": {:.1}, \"before_model_mb\": {before:.1}, \"step_s\": {:.3}}}",
+        if checkpointing { "-checkpointing" } else { "" },
+        status_mb("VmHWM:"),
+        (timed[0] + timed[timed.len() - 1]) / 2.0
     );
 }
 

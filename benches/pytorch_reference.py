@@ -11,6 +11,11 @@ benches/forward.rs, fp32, eval, inference mode. Prints one JSON object on stdout
 2x1x32x96x96, as benches/train.rs; keys `train/<model>/2x1x32x96x96`, and `--memory
 --train` the peak resident set of ResNet3d-18 steps.
 
+`--large-train [--checkpoint]`: the peak resident set and the time of a ResNet3d-50 step on a
+whole-scan batch, 2x1x128x192x192 (one warm-up step, then the median of two), eager or with
+`torch.utils.checkpoint` around each of the four stages (`use_reentrant=False`): one JSON line
+as benches/memory.rs's `train-large` prints.
+
 Each forward result also holds `jit_ms` (TorchScript `jit.freeze` + `optimize_for_inference`:
 oneDNN, convolution + BatchNorm + ReLU fused, PyTorch's fastest CPU path) and `ort_ms` (ONNX
 Runtime on the same network exported to ONNX, 2 intra-op threads), for CPU runs.
@@ -28,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
@@ -184,6 +190,56 @@ def train_peak_memory():
     print(json.dumps({"mode": "pytorch", "peak_mb": peak, "before_model_mb": before}))
 
 
+LARGE_BATCH = (2, 1, 128, 192, 192)
+
+
+def large_train(checkpoint):
+    """Peak resident set (MB) and time (s) of ResNet3d-50 steps on LARGE_BATCH (own process)."""
+    import resource
+
+    from torch.utils.checkpoint import checkpoint as recompute
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kind, layers = mf.LAYOUTS[50]
+    cfg = dict(mf.DEFAULT_CFG, block=kind, layers=layers, width=64, in_channels=1, num_classes=2)
+    model = mf.ResNet3dRef(cfg).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = pattern(LARGE_BATCH)
+    y = torch.tensor([0, 1])
+    loss_fn = nn.CrossEntropyLoss()
+
+    def stage(blocks):
+        def run(h):
+            for blk in blocks:
+                h = model.block(blk, h)
+            return h
+
+        return run
+
+    def logits(x):
+        h = model.pool(F.relu(model.bn1(model.conv1(x))))
+        for blocks in model.stages:
+            h = recompute(stage(blocks), h, use_reentrant=False) if checkpoint else stage(blocks)(h)
+        return model.fc(h.mean((2, 3, 4)))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(logits(x), y)
+        loss.backward()
+        opt.step()
+
+    step()
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": "pytorch-checkpoint" if checkpoint else "pytorch", "batch": list(LARGE_BATCH),
+                      "peak_mb": peak, "before_model_mb": before, "step_s": statistics.median(seconds),
+                      "torch": torch.__version__, "threads": torch.get_num_threads()}))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=2)
@@ -191,6 +247,10 @@ def main():
     parser.add_argument("--memory", action="store_true", help="only the peak memory of a ResNet3d-50 forward")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison (benches/gpu.sh)")
     parser.add_argument("--train", action="store_true", help="the fine-tuning step instead of inference")
+    parser.add_argument("--large-train", action="store_true",
+                        help="peak memory and time of a ResNet3d-50 step on 2x1x128x192x192")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="with --large-train: torch.utils.checkpoint around each stage")
     parser.add_argument("--shapes", choices=["two", "all"], default="two",
                         help="all: the batched and whole-scan inputs too (benches/forward.rs's frozen groups)")
     parser.add_argument("--bf16", action="store_true",
@@ -200,6 +260,9 @@ def main():
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.set_num_threads(args.threads)
+    if args.large_train:
+        large_train(args.checkpoint)
+        return
     if args.memory:
         train_peak_memory() if args.train else peak_memory()
         return

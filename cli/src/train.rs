@@ -102,6 +102,10 @@ pub struct Args {
     /// Keep the stem and layer1 as loaded (weights and BatchNorm statistics).
     #[arg(long)]
     pub freeze_early: bool,
+    /// Recompute the BatchNorm outputs in the backward pass instead of keeping them (Burn's
+    /// gradient checkpointing): the same run in less memory, steps about 8% longer.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Train without augmentation.
     #[arg(long)]
     pub no_augment: bool,
@@ -161,6 +165,7 @@ pub fn run(args: &Args) -> Result<FitSummary, Box<dyn std::error::Error>> {
         .with_workers(args.workers)
         .with_seed(args.seed)
         .with_freeze_early(args.freeze_early)
+        .with_gradient_checkpointing(args.gradient_checkpointing)
         .with_resume(args.resume);
     let mut summary = fit(net, &config, train, valid, &settings, &devices, &args.out)?;
     // The held-out scans, once, with the best network.

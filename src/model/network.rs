@@ -325,34 +325,6 @@ impl ResNet3d {
         }
     }
 
-    /// The head `fc` drawn anew from `seed`, with the distribution of PyTorch's `nn.Linear`
-    /// (weight and bias uniform in `±1/sqrt(features)`), from the crate's own seeded
-    /// generator rather than Burn's process-wide one: the same seed gives the same head
-    /// whatever else the process draws meanwhile (other threads, other networks). Without a
-    /// head the network is returned as it is.
-    pub fn with_seeded_head(mut self, seed: u64) -> Self {
-        if let Some(fc) = &mut self.fc {
-            let device = fc.weight.device();
-            let [features, classes] = fc.weight.dims();
-            let mut rng = crate::data::rng::SplitMix64::keyed(&[seed, 0x4845_4144]);
-            let bound = 1.0 / (features.max(1) as f64).sqrt();
-            let mut draw = |n: usize| (0..n).map(|_| rng.symmetric(bound) as f32).collect::<Vec<f32>>();
-            let weight = draw(features * classes);
-            let bias = draw(classes);
-            fc.weight = burn::module::Param::from_tensor(Tensor::from_data(
-                burn::tensor::TensorData::new(weight, [features, classes]),
-                &device,
-            ));
-            if fc.bias.is_some() {
-                fc.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
-                    burn::tensor::TensorData::new(bias, [classes]),
-                    &device,
-                )));
-            }
-        }
-        self
-    }
-
     /// The walk of `x` through the network's plan (checked on `x`) with `tap` at each
     /// [`Tap`], up to `layer4`'s output: what Grad-CAM runs.
     #[cfg(feature = "train")]

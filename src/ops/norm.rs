@@ -371,6 +371,8 @@ pub(crate) fn batch_norm_eval(
 mod autodiff {
     use burn::backend::Backend;
     use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::retro_forward::RetroForward;
+    use burn::backend::autodiff::checkpoint::state::BackwardStates;
     use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
     use burn::backend::autodiff::grads::Gradients;
     use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
@@ -440,6 +442,40 @@ mod autodiff {
         }
     }
 
+    /// How many times a retro forward ran (the tests' proof that it does).
+    #[cfg(test)]
+    pub(super) static RETRO_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// The op's forward again, in the backward pass of a checkpointing device: its inputs
+    /// from the checkpointed states, the moments as the forward computed them.
+    #[derive(Debug)]
+    struct RetroBatchNorm<B: Backend> {
+        x: NodeId,
+        gamma: NodeId,
+        beta: NodeId,
+        residual: Option<NodeId>,
+        relu: bool,
+        moments: B::FloatTensorPrimitive,
+        epsilon: f64,
+    }
+
+    impl<B: Backend + BatchNormBackend> RetroForward for RetroBatchNorm<B> {
+        fn forward(&self, states: &mut BackwardStates, out_node: NodeId) {
+            let x = states.get_state::<B::FloatTensorPrimitive>(&self.x);
+            let gamma = states.get_state::<B::FloatTensorPrimitive>(&self.gamma);
+            let beta = states.get_state::<B::FloatTensorPrimitive>(&self.beta);
+            let after = match self.residual {
+                Some(r) => After::AddRelu(states.get_state::<B::FloatTensorPrimitive>(&r)),
+                None if self.relu => After::Relu,
+                None => After::Nothing,
+            };
+            let out = B::resnet3d_batch_norm_train(x, gamma, beta, self.moments.clone(), after, self.epsilon);
+            #[cfg(test)]
+            RETRO_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            states.save(out_node, out);
+        }
+    }
+
     impl<B: Backend + BatchNormBackend + BatchNormGradients, C: CheckpointStrategy> BatchNormBackend for Autodiff<B, C> {
         fn resnet3d_batch_norm_train(
             x: FloatTensor<Self>,
@@ -465,11 +501,38 @@ mod autodiff {
                     epsilon,
                 )
             };
-            match after {
-                After::AddRelu(residual) => {
+            // Under a checkpointing device (`Device::gradient_checkpointing`, Burn's balanced
+            // strategy) the op is memory-bound: its output (the next convolution's input) is
+            // not kept for the backward pass but recomputed from `x` (the convolution's
+            // output, kept), the parameters, the residual and the moments, which the retro
+            // forward holds itself (`[2, c]`). Without checkpointing, or with an untracked
+            // parameter (a frozen layer), Burn keeps the output as for a compute-bound op.
+            let residual = match &after {
+                After::AddRelu(residual) => Some(residual.clone()),
+                _ => None,
+            };
+            let relu = !matches!(after, After::Nothing);
+            let retro = RetroBatchNorm::<B> {
+                x: x.node().id(),
+                gamma: gamma.node().id(),
+                beta: beta.node().id(),
+                residual: residual.as_ref().map(|r| r.node().id()),
+                relu,
+                moments: moments.primitive().clone(),
+                epsilon,
+            };
+            let after = |residual: Option<FloatTensor<Self>>| match residual {
+                Some(r) => After::AddRelu(r.into_primitive()),
+                None if relu => After::Relu,
+                None => After::Nothing,
+            };
+            match residual {
+                Some(residual) => {
                     match BatchNormAddRelu
                         .prepare::<C>([x.node(), gamma.node(), beta.node(), residual.node()])
-                        .compute_bound()
+                        .memory_bound()
+                        .retro_forward(retro)
+                        .parents([&x, &gamma, &beta, &residual])
                         .stateful()
                     {
                         OpsKind::Tracked(mut prep) => {
@@ -482,22 +545,17 @@ mod autodiff {
                                 true,
                                 epsilon,
                             );
-                            prep.finish(
-                                state,
-                                run(x, gamma, beta, moments, After::AddRelu(residual.into_primitive())),
-                            )
+                            prep.finish(state, run(x, gamma, beta, moments, after(Some(residual))))
                         }
-                        OpsKind::UnTracked(prep) => {
-                            prep.finish(run(x, gamma, beta, moments, After::AddRelu(residual.into_primitive())))
-                        }
+                        OpsKind::UnTracked(prep) => prep.finish(run(x, gamma, beta, moments, after(Some(residual)))),
                     }
                 }
-                plain => {
-                    let relu = matches!(plain, After::Relu);
-                    let after = || if relu { After::Relu } else { After::Nothing };
+                None => {
                     match BatchNormTrain
                         .prepare::<C>([x.node(), gamma.node(), beta.node()])
-                        .compute_bound()
+                        .memory_bound()
+                        .retro_forward(retro)
+                        .parents([&x, &gamma, &beta])
                         .stateful()
                     {
                         OpsKind::Tracked(mut prep) => {
@@ -510,9 +568,9 @@ mod autodiff {
                                 relu,
                                 epsilon,
                             );
-                            prep.finish(state, run(x, gamma, beta, moments, after()))
+                            prep.finish(state, run(x, gamma, beta, moments, after(None)))
                         }
-                        OpsKind::UnTracked(prep) => prep.finish(run(x, gamma, beta, moments, after())),
+                        OpsKind::UnTracked(prep) => prep.finish(run(x, gamma, beta, moments, after(None))),
                     }
                 }
             }
@@ -522,5 +580,53 @@ mod autodiff {
             // A leaf outside the graph: statistics, not a differentiable output.
             FloatTensor::<Self>::new(B::resnet3d_channel_moments(x.into_primitive()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+
+    fn tensor<const D: usize>(shape: [usize; D], seed: usize, device: &Device) -> Tensor<D> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| ((i * 7 + seed * 13) as f32 * 0.37).sin()).collect();
+        Tensor::from_data(TensorData::new(v, shape), device).require_grad()
+    }
+
+    /// On a checkpointing device the op's output is recomputed for the backward pass of the
+    /// op after it (a product here), and every gradient is bit for bit the one of a device
+    /// that keeps the output.
+    #[test]
+    fn a_checkpointing_device_recomputes_the_output_to_the_same_gradients() {
+        let grads = |device: Device| {
+            let [x, residual] = [0, 1].map(|seed| tensor([2, 3, 2, 3, 4], seed, &device));
+            let [gamma, beta] = [2, 3].map(|seed| tensor([3], seed, &device));
+            let (y, _, _) = batch_norm_train(
+                x.clone() * 1.5,
+                gamma.clone(),
+                beta.clone(),
+                1e-5,
+                true,
+                Some(residual.clone()),
+            );
+            let (z, _, _) = batch_norm_train(y.clone() * y, gamma.clone(), beta.clone(), 1e-5, false, None);
+            let g = (z.clone() * z).sum().backward();
+            [x.grad(&g).unwrap(), residual.grad(&g).unwrap()]
+                .into_iter()
+                .chain([
+                    gamma.grad(&g).unwrap().reshape([1, 1, 1, 1, 3]),
+                    beta.grad(&g).unwrap().reshape([1, 1, 1, 1, 3]),
+                ])
+                .map(|t| t.into_data().try_to_vec::<f32>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        let kept = grads(Device::flex().autodiff());
+        let runs = autodiff::RETRO_RUNS.load(std::sync::atomic::Ordering::Relaxed);
+        let recomputed = grads(Device::flex().autodiff().gradient_checkpointing());
+        assert!(autodiff::RETRO_RUNS.load(std::sync::atomic::Ordering::Relaxed) > runs);
+        assert_eq!(kept, recomputed);
+        assert!(kept.iter().flatten().all(|v| v.is_finite()) && kept[0].iter().any(|v| *v != 0.0));
     }
 }

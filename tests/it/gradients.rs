@@ -1,6 +1,7 @@
 //! One training step against PyTorch: the loss and the gradients of inflated networks in train
 //! mode (BatchNorm on batch statistics), through the crate's convolution and BatchNorm and
-//! their backward passes on `Device::flex().autodiff()` (and Burn's own on ndarray), and the
+//! their backward passes on `Device::flex().autodiff()` (also with gradient checkpointing, and
+//! Burn's own on ndarray), and the
 //! running statistics after the step. References: `tests/fixtures/grads/*.safetensors`,
 //! written by `make_fixtures.py grads` (torch 2.15.0, computed in float64).
 //!
@@ -78,6 +79,9 @@ fn gradient(model: &ResNet3d, name: &str, grads: &resnet3d::burn::tensor::Gradie
 fn a_training_step_gives_pytorchs_loss_and_gradients() {
     for (backend, device) in [
         ("flex", Device::flex().autodiff()),
+        // Burn's gradient checkpointing: the crate's BatchNorm outputs are recomputed in the
+        // backward pass instead of kept (src/ops/norm.rs), to the same gradients.
+        ("flex checkpointing", Device::flex().autodiff().gradient_checkpointing()),
         ("ndarray", Device::ndarray().autodiff()),
     ] {
         for (ckpt, config) in [

@@ -196,14 +196,18 @@ fn resuming_continues_as_the_uninterrupted_run() {
 
 /// The loader's threads only read ahead: the same run with 0, 1 and 2 loader threads (and
 /// with 2 again) has the same metrics in every epoch and ends with the same weights, bit for
-/// bit, augmentation on (batch `k` is always the same items, delivered in order).
+/// bit, augmentation on (batch `k` is always the same items, delivered in order). So does the
+/// run with `--gradient-checkpointing` (BatchNorm outputs recomputed, not kept).
 #[test]
 fn a_run_repeats_whatever_the_number_of_loader_threads() {
     let dir = tempfile::tempdir().unwrap();
     let labels = make_nodules::make_dataset(&dir.path().join("scans"), 20, 3, [6.0, 9.0]).unwrap();
     let run = |name: &str, workers: &str| {
         let out = dir.path().join(name);
-        let extra = ["--epochs", "2", "--batch", "3", "--patience", "0", "--workers", workers];
+        let mut extra = vec!["--epochs", "2", "--batch", "3", "--patience", "0", "--workers", workers];
+        if name == "checkpointing" {
+            extra.push("--gradient-checkpointing");
+        }
         let summary = train::run(&args(&labels, &out, &extra)).unwrap();
         // Every tensor's bytes, by name (the file's header also holds Burn's parameter ids,
         // which are drawn anew in every run).
@@ -218,7 +222,7 @@ fn a_run_repeats_whatever_the_number_of_loader_threads() {
         (summary.epochs, weights)
     };
     let (metrics, weights) = run("w0", "0");
-    for (name, workers) in [("w1", "1"), ("w2", "2"), ("w2again", "2")] {
+    for (name, workers) in [("w1", "1"), ("w2", "2"), ("w2again", "2"), ("checkpointing", "2")] {
         let (m, w) = run(name, workers);
         assert_eq!(m, metrics, "metrics with {workers} loader threads ({name})");
         assert!(
