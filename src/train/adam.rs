@@ -71,7 +71,10 @@ impl FusedAdamConfig {
 /// load into the other). On a `flex` device each parameter's update (weight decay, both
 /// moments, bias corrections, the step) is one pass over its values on every thread,
 /// instead of a dozen element-wise operations on one: on ResNet3d-18's 33 M parameters,
-/// 140 ms of Burn's Adam become 15 to 30 (`benches/train.rs`). Elsewhere it is Burn's Adam.
+/// 109 ms of Burn's Adam become 22, and a whole fine-tuning step on 2x1x32x96x96 506 ms
+/// become 364 (`cargo bench --bench adam`, 2026-12-06; README, "Speed"). Use it (or
+/// [`fit`](super::fit), which does) rather than Burn's `AdamConfig` on flex. Elsewhere it is
+/// Burn's Adam.
 ///
 /// On flex it hands each gradient's buffer, once applied, to the crate's convolution op for
 /// the next step's weight gradients, so that those do not come from fresh pages every step; at
