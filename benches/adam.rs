@@ -16,7 +16,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use resnet3d::ResNet3dConfig;
 use resnet3d::burn::module::{Module, ModuleVisitor, Param, ParamId};
 use resnet3d::burn::nn::loss::CrossEntropyLossConfig;
-use resnet3d::burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use resnet3d::burn::optim::{AdamConfig, GradientsParams};
 use resnet3d::burn::tensor::{Device, Int, Tensor, TensorData};
 use resnet3d::train::FusedAdamConfig;
 
