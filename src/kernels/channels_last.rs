@@ -30,9 +30,11 @@ use super::buffers::{Buffers, RECYCLED, View, recycled_zeros, zeros};
 use super::channels_first as conv;
 use super::conv::{PackedConv, Precision, WINOGRAD_CHANNELS, WinogradUse};
 use super::fold::BatchNormValues;
+use super::implicit;
 use super::layout::{to_channels_first, to_channels_last, transpose};
 use super::matmul::{Kernel, MR, NR, PackedB, Scratch, matmul, product};
 use super::parallel::SendPtr;
+use super::winograd::{self, Winograd};
 use crate::arch::geometry::ConvShape;
 use crate::arch::plan::{After, LayerName, LayerSpec, Site};
 
@@ -406,6 +408,11 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
     let [d, h, wd] = s.input;
     let [od, oh, ow] = s.output;
     let ov = od * oh * ow;
+    if !few(s)
+        && let Some(dw) = winograd_weight_grad(kernel, x, dy, s)
+    {
+        return dw;
+    }
     if ic % NR != 0 || few(s) {
         // Panels would straddle taps, or the voxels are too few for the kernel's layout to
         // pay: the channels-first pass.
@@ -460,6 +467,48 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
         }
     });
     RECYCLED.give(dwr);
+    dw
+}
+
+/// The kernel's gradient of a 3x3x3 convolution of stride 1 by Winograd's transforms
+/// ([`winograd::weight_grad`]), where the forward pass takes them (they pay: 64 tiles or
+/// more) and the channels fit. `None` elsewhere, and where `x` or `dy` holds an infinity, NaN
+/// or a value of `2^48` or more: the transforms' sums would turn an infinity into NaN where
+/// the direct product gives PyTorch's numbers (the same rule as the forward pass).
+fn winograd_weight_grad(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) -> Option<Vec<f32>> {
+    if s.kernel != [3, 3, 3]
+        || s.stride != [1, 1, 1]
+        || s.dilation != [1, 1, 1]
+        || s.out_channels.max(s.in_channels) > WINOGRAD_CHANNELS
+        || !PackedConv::winograd_pays(s)
+    {
+        return None;
+    }
+    let (n, ic) = (s.batch, s.in_channels);
+    let [d, h, w] = s.input;
+    let [od, oh, ow] = s.output;
+    let [dp, hp, wp] = Winograd::padded_extent(s.output);
+    let [pd, ph, pw] = s.padding;
+    // The padded input holds the padding on both sides (always, for stride 1 and a 3-tap
+    // kernel: the output is the input plus twice the padding less 2).
+    if dp < d + 2 * pd || hp < h + 2 * ph || wp < w + 2 * pw || !implicit::all_moderate(dy) {
+        return None;
+    }
+    let padded = [n, dp, hp, wp, ic];
+    let mut xp = PADDED.take(padded.iter().product())?;
+    xp.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+    let view = View {
+        data: x,
+        dims: [n, d, h, w, ic],
+    };
+    let moderate = implicit::copy_padded(s, view, &mut xp, padded, |dst, src| {
+        dst.copy_from_slice(src);
+        implicit::all_moderate(src)
+    });
+    let dw = moderate
+        .then(|| winograd::weight_grad(kernel, &xp, dy, [n, od, oh, ow, s.out_channels], ic))
+        .flatten();
+    PADDED.give(xp);
     dw
 }
 
