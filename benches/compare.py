@@ -81,7 +81,7 @@ def table(args):
     train = args.mode == "train"
     ref_cmd = [sys.executable, str(ROOT / "benches" / "pytorch_reference.py")] + (["--quick"] if args.quick else [])
     if args.gpu:
-        ref_cmd += ["--device", "cuda"]
+        ref_cmd += ["--device", "cuda", "--compile"]
     if train:
         ref_cmd += ["--train"]
     if args.backend == "frozen_bf16":
@@ -113,6 +113,10 @@ def table(args):
         fmt = lambda t: f"{t:>8.1f}" if t is not None else f"{'-':>8}"
         print(f"{key:<44} {ref['ms']:>10.1f} {mine:>9.1f} {ref['ms'] / mine:>6.2f} {gflops:>8.1f} {share:>7}"
               f" {fmt(jit)} {fmt(ort)} {best / mine:>7.2f}")
+        if args.gpu:
+            compiled = ref.get("compile_ms")
+            print(f"{'':<44} torch.compile ms {fmt(compiled)}; PyTorch peak GPU memory "
+                  f"{fmt(ref.get('peak_gpu_mb'))} MB")
 
     if args.gpu:
         return

@@ -20,6 +20,10 @@ Each forward result also holds `jit_ms` (TorchScript `jit.freeze` + `optimize_fo
 oneDNN, convolution + BatchNorm + ReLU fused, PyTorch's fastest CPU path) and `ort_ms` (ONNX
 Runtime on the same network exported to ONNX, 2 intra-op threads), for CPU runs.
 
+On CUDA (`--device cuda`, benches/gpu.sh) every result also holds `peak_gpu_mb`
+(`torch.cuda.max_memory_allocated` over one run), and with `--compile` `compile_ms` (the same
+network under `torch.compile`; null where it cannot compile).
+
 Pinned: torch 2.15.0 (CPU execution; the CUDA wheel runs fine without a GPU), onnx 1.23.2 and
 onnxruntime 1.32.0 for the ONNX Runtime anchor (skipped, with `ort_ms` null, without them).
 """
@@ -161,6 +165,28 @@ def train_step_fn(depth, dev):
     return model, step
 
 
+def cuda_peak_mb(dev, fn):
+    """Peak GPU memory PyTorch's allocator held while `fn` ran, in MB (None on the CPU)."""
+    if dev.type != "cuda":
+        fn()
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def compiled_ms(make, runs):
+    """The time of `make()`'s step under `torch.compile`, or None where it cannot compile here
+    (no compiler, no Triton on the machine)."""
+    try:
+        return timed(make(), runs)
+    except Exception as err:  # noqa: BLE001 (any backend failure: report and go on)
+        print(f"torch.compile unavailable: {type(err).__name__}: {err}", file=sys.stderr)
+        return None
+
+
 def train(args, dev, sync, runs):
     results = {}
     for depth in [18, 50]:
@@ -171,10 +197,27 @@ def train(args, dev, sync, runs):
             sync()
 
         ms = timed(synced, runs)
+        entry = {"ms": ms, "peak_gpu_mb": cuda_peak_mb(dev, synced)}
+        if args.compile:
+            def make():
+                m, _ = train_step_fn(depth, dev)
+                opt = torch.optim.Adam(m.parameters(), lr=1e-4)
+                fwd = torch.compile(m)
+                x, y = pattern(TRAIN_BATCH).to(dev), torch.tensor([0, 1], device=dev)
+
+                def step_compiled():
+                    opt.zero_grad(set_to_none=True)
+                    nn.functional.cross_entropy(fwd(x)["logits"], y).backward()
+                    opt.step()
+                    sync()
+
+                return step_compiled
+
+            entry["compile_ms"] = compiled_ms(make, runs)
         # Forward 1x, backward 2x the forward's multiply-adds (input and weight gradients).
         model.eval()
-        gflop = 3 * conv_flops(model, pattern(TRAIN_BATCH).to(dev))
-        results[f"train/resnet{depth}/2x1x32x96x96"] = {"ms": ms, "gflop": gflop}
+        entry["gflop"] = 3 * conv_flops(model, pattern(TRAIN_BATCH).to(dev))
+        results[f"train/resnet{depth}/2x1x32x96x96"] = entry
     return results
 
 
@@ -247,6 +290,8 @@ def main():
     parser.add_argument("--memory", action="store_true", help="only the peak memory of a ResNet3d-50 forward")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison (benches/gpu.sh)")
     parser.add_argument("--train", action="store_true", help="the fine-tuning step instead of inference")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the network under torch.compile (`compile_ms`; null where it cannot compile)")
     parser.add_argument("--large-train", action="store_true",
                         help="peak memory and time of a ResNet3d-50 step on 2x1x128x192x192")
     parser.add_argument("--checkpoint", action="store_true",
@@ -299,6 +344,19 @@ def main():
             model_t, x_t = model.to(dtype), x.to(dtype)
             with torch.inference_mode():
                 entry["ms"] = timed(synced(lambda: model_t(x_t)), runs)
+                entry["peak_gpu_mb"] = cuda_peak_mb(dev, lambda: model_t(x_t))
+            if args.compile:
+                def make():
+                    compiled = torch.compile(model_t)
+
+                    def run():
+                        with torch.inference_mode():
+                            compiled(x_t)
+                        sync()
+
+                    return run
+
+                entry["compile_ms"] = compiled_ms(make, runs)
             if dev.type == "cpu":
                 entry["jit_ms"] = jit_frozen_ms(model_t, x_t, runs)
                 entry["ort_ms"] = None if args.bf16 else ort_ms(model, x, runs, args.threads)

@@ -7,6 +7,7 @@
 //! ```text
 //! cargo bench --bench train                      # flex (and ndarray)
 //! cargo bench --bench train -- flex/             # one backend
+//! cargo bench --features wgpu --bench train -- wgpu/   # the GPU (benches/gpu.sh)
 //! cargo bench --bench train -- --profile-time 20 flex/train/resnet18   # for perf
 //! ```
 //!
@@ -30,7 +31,16 @@ fn input(shape: [usize; 5], device: &Device) -> Tensor<5> {
 
 #[allow(deprecated)] // burn-ndarray is deprecated in Burn 0.22 but still shipped; we support it
 fn devices() -> Vec<(&'static str, Device)> {
-    vec![("flex", Device::flex().autodiff())]
+    #[allow(unused_mut)]
+    let mut devices = vec![("flex", Device::flex().autodiff())];
+    // With `--features wgpu`: the default adapter (benches/gpu.sh; Burn's Adam there, as
+    // `FusedAdam` falls back to it off flex).
+    #[cfg(feature = "wgpu")]
+    devices.push((
+        "wgpu",
+        Device::wgpu(resnet3d::burn::tensor::DeviceKind::DefaultDevice).autodiff(),
+    ));
+    devices
 }
 
 fn train(c: &mut Criterion) {
