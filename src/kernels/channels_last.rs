@@ -470,9 +470,17 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
     dw
 }
 
+/// Output tiles (2x2x2 voxels) from which the weight gradient by Winograd's transforms beats
+/// the direct product here, and channels (input and output) from which it does: below, the
+/// transforms cost more than the products they save (a hostile review timed 128-channel layers
+/// of 144 tiles and 256-channel ones of 64 tiles 1.1-1.2x slower by Winograd, width-4 and
+/// width-8 layers 1.2-1.4x, a 3 -> 64 layer 4.3x; width-64 layers of 1152 tiles 2x faster).
+const WINOGRAD_GRAD_TILES: usize = 512;
+const WINOGRAD_GRAD_CHANNELS: usize = 16;
+
 /// The kernel's gradient of a 3x3x3 convolution of stride 1 by Winograd's transforms
-/// ([`winograd::weight_grad`]), where the forward pass takes them (they pay: 64 tiles or
-/// more) and the channels fit. `None` elsewhere, and where `x` or `dy` holds an infinity, NaN
+/// ([`winograd::weight_grad`]), where they pay ([`WINOGRAD_GRAD_TILES`],
+/// [`WINOGRAD_GRAD_CHANNELS`]) and the channels fit. `None` elsewhere, and where `x` or `dy` holds an infinity, NaN
 /// or a value of `2^48` or more: the transforms' sums would turn an infinity into NaN where
 /// the direct product gives PyTorch's numbers (the same rule as the forward pass).
 fn winograd_weight_grad(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) -> Option<Vec<f32>> {
@@ -480,7 +488,8 @@ fn winograd_weight_grad(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) ->
         || s.stride != [1, 1, 1]
         || s.dilation != [1, 1, 1]
         || s.out_channels.max(s.in_channels) > WINOGRAD_CHANNELS
-        || !PackedConv::winograd_pays(s)
+        || s.out_channels.min(s.in_channels) < WINOGRAD_GRAD_CHANNELS
+        || s.batch * s.output.iter().map(|o| o.div_ceil(2)).product::<usize>() < WINOGRAD_GRAD_TILES
     {
         return None;
     }
@@ -505,11 +514,17 @@ fn winograd_weight_grad(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) ->
         dst.copy_from_slice(src);
         implicit::all_moderate(src)
     });
-    let dw = moderate
-        .then(|| winograd::weight_grad(kernel, &xp, dy, [n, od, oh, ow, s.out_channels], ic))
-        .flatten();
+    // Every value is written; the buffer comes back from `FusedAdam` once applied.
+    let mut dw = recycled_zeros(s.weight_len());
+    let done =
+        moderate && winograd::weight_grad(kernel, &xp, dy, [n, od, oh, ow, s.out_channels], ic, &PADDED, &mut dw);
     PADDED.give(xp);
-    dw
+    if done {
+        Some(dw)
+    } else {
+        RECYCLED.give(dw);
+        None
+    }
 }
 
 /// The gradient of the bias: channels-last `dy` (`channels` values per row) summed over its
@@ -569,7 +584,7 @@ mod tests {
             [usize; 3],
             [usize; 3],
             bool,
-        ); 12] = [
+        ); 15] = [
             (2, 64, 16, [4, 8, 8], [1, 1, 1], [1, 1, 1], [0, 0, 0], false),
             // Winograd forward and input gradient with paddings 0, 2 and 1 (the gradient's
             // product padded by 2, 0 and 1).
@@ -586,6 +601,11 @@ mod tests {
             (2, 1, 40, [9, 12, 48], [7, 7, 7], [2, 2, 2], [3, 3, 3], false),
             (1, 3, 16, [4, 5, 24], [3, 3, 3], [1, 1, 1], [1, 1, 1], true),
             (2, 64, 64, [1, 3, 3], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
+            // Winograd weight gradients (512 tiles or more, 16 channels or more): paddings 1,
+            // then 0, 2 and 1, then replicate depth padding.
+            (2, 16, 24, [14, 16, 17], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
+            (2, 20, 18, [15, 14, 18], [3, 3, 3], [1, 1, 1], [0, 2, 1], false),
+            (1, 16, 16, [16, 16, 16], [3, 3, 3], [1, 1, 1], [1, 1, 1], true),
         ];
         for (n, ic, oc, input, kernel, stride, padding, replicate) in cases {
             let s = ConvShape::for_test(n, ic, oc, input, kernel, stride, padding, [1; 3], replicate);
@@ -613,8 +633,15 @@ mod tests {
                 assert!(e < 1e-5, "{k:?} weight gradient {s:?}: {e}");
             }
             let ov: usize = s.output.iter().product();
+            // Summed in f64, as `backward_bias` does (an f32 sum of the larger cases' 7616 values
+            // is itself off by 2e-5).
             let sums: Vec<f32> = (0..oc)
-                .map(|o| (0..n).flat_map(|b| &dy[(b * oc + o) * ov..][..ov]).sum())
+                .map(|o| {
+                    (0..n)
+                        .flat_map(|b| &dy[(b * oc + o) * ov..][..ov])
+                        .map(|&v| f64::from(v))
+                        .sum::<f64>() as f32
+                })
                 .collect();
             let e = max_error(&backward_bias(&dyl, oc), &sums);
             assert!(e < 1e-5, "bias gradient {s:?}: {e}");

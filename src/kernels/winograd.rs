@@ -332,17 +332,37 @@ impl Winograd {
 /// 64 products of `oc x ic` over the tiles instead of 27 over the voxels, a third of the
 /// multiply-adds. `xp` is the padded input as [`Winograd::forward`] takes it (`[n, d', h', w',
 /// ic]`, [`Winograd::padded_extent`] of the output, the layer's padding applied) and `dy` the
-/// output gradient, channels-last `[n, od, oh, ow, oc]`. Returns `dW` in PyTorch's layout
-/// `[oc, ic, 27]`, or `None`, computing nothing, if the lengths do not fit these shapes. The
-/// caller checks that `xp` and `dy` are moderate (the transforms' sums would turn an
-/// infinity into NaN).
+/// output gradient, channels-last `[n, od, oh, ow, oc]`; `dw` receives the gradient in
+/// PyTorch's layout `[oc, ic, 27]` (every value written). The caller checks that `xp` and
+/// `dy` are moderate (the transforms' sums would turn an infinity into NaN).
+///
+/// The tiles go in chunks (their `V` and `dM` within 16 MiB, from `buffers`), transformed in
+/// blocks of [`GRAD_BLOCK`] tiles on every thread, then each point's product on one thread
+/// over the blocks in order: the sums, and so the result, are the same bit for bit whatever
+/// the number of threads, and the memory is one `dU` (`64 x oc x ic`) and one chunk.
+///
+/// Returns `false`, computing nothing, if the lengths do not fit these shapes or a buffer
+/// cannot be allocated.
 // Used by the training ops, which need the flex backend.
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
-pub(crate) fn weight_grad(kernel: Kernel, xp: &[f32], dy: &[f32], out_dims: [usize; 5], ic: usize) -> Option<Vec<f32>> {
+pub(crate) fn weight_grad(
+    kernel: Kernel,
+    xp: &[f32],
+    dy: &[f32],
+    out_dims: [usize; 5],
+    ic: usize,
+    buffers: &super::buffers::Buffers,
+    dw: &mut [f32],
+) -> bool {
     let [n, od, oh, ow, oc] = out_dims;
     let [dp, hp, wp] = Winograd::padded_extent([od, oh, ow]);
-    if xp.len() != n * dp * hp * wp * ic || dy.len() != n * od * oh * ow * oc || ic == 0 || oc == 0 {
-        return None;
+    if xp.len() != n * dp * hp * wp * ic
+        || dy.len() != n * od * oh * ow * oc
+        || dw.len() != oc * ic * 27
+        || ic == 0
+        || oc == 0
+    {
+        return false;
     }
     let tiles = [od, oh, ow].map(|o| o.div_ceil(STEP));
     let count = n * tiles.iter().product::<usize>();
@@ -353,70 +373,82 @@ pub(crate) fn weight_grad(kernel: Kernel, xp: &[f32], dy: &[f32], out_dims: [usi
         ic,
         oc,
     };
-    // A chunk's V and dM (64 rows per tile of ic, of oc values) within about 2 MiB.
-    let chunk = ((2 << 20) / (4 * POINTS * (ic + oc))).clamp(8, 256);
-    let chunks = count.div_ceil(chunk);
-    // One accumulator of the 64 points' oc x ic sums per part (a thread's run of chunks).
-    let parts = rayon::current_num_threads().clamp(1, chunks.max(1));
-    let per_part = chunks.div_ceil(parts);
-    let sums: Vec<Vec<f32>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let mut acc = vec![0.0f32; POINTS * oc * ic];
-            let mut product_scratch = super::matmul::Scratch::default();
-            for c in part * per_part..((part + 1) * per_part).min(chunks) {
-                let first = c * chunk;
-                let rows = chunk.min(count - first);
+    let per_tile = POINTS * (ic + oc);
+    let chunk = ((16 << 20) / (4 * per_tile) / GRAD_BLOCK).max(1) * GRAD_BLOCK;
+    let most = chunk.min(count);
+    let (Some(mut du), Some(mut vbuf), Some(mut mbuf)) = (
+        buffers.take(POINTS * oc * ic),
+        buffers.take(POINTS * most * ic),
+        buffers.take(POINTS * most * oc),
+    ) else {
+        return false;
+    };
+    du.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+    for first in (0..count).step_by(chunk.max(1)) {
+        let rows = chunk.min(count - first);
+        let (v, m) = (&mut vbuf[..POINTS * rows * ic], &mut mbuf[..POINTS * rows * oc]);
+        // Each block's V ([p][block rows][ic]) and dM^T ([p][oc][block rows]), in its own
+        // part of the chunk's buffers.
+        v.par_chunks_mut(POINTS * GRAD_BLOCK * ic)
+            .zip(m.par_chunks_mut(POINTS * GRAD_BLOCK * oc))
+            .enumerate()
+            .for_each(|(b, (vb, mb))| {
+                let (start, block) = (first + b * GRAD_BLOCK, vb.len() / (POINTS * ic));
                 SCRATCH.with_borrow_mut(|s| {
-                    s.v.resize(POINTS * rows * ic, 0.0);
-                    s.m.resize(POINTS * oc * rows, 0.0);
+                    s.v.resize(POINTS * block * ic, 0.0);
+                    s.m.resize(POINTS * oc * block, 0.0);
                     s.first.resize(POINTS * ic.max(oc), 0.0);
                     s.second.resize(POINTS * ic.max(oc), 0.0);
-                    input_tiles(kernel, &geometry, xp, first, rows, s);
-                    for r in 0..rows {
-                        grad_tile(&geometry, dy, first + r, r, rows, s);
+                    input_tiles(kernel, &geometry, xp, start, block, s);
+                    for r in 0..block {
+                        grad_tile(&geometry, dy, start + r, r, block, s);
                     }
-                    let (v, m) = (&s.v, &s.m);
-                    for p in 0..POINTS {
-                        // B = V[p]: `rows` rows of ic values, packed a panel of NR columns at a time.
-                        let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
-                            let cols = NR.min(ic - j * NR);
-                            for (dst, t) in buf.chunks_exact_mut(NR).zip(ks) {
-                                dst[..cols].copy_from_slice(&v[(p * rows + t) * ic + j * NR..][..cols]);
-                                dst[cols..].fill(0.0);
-                            }
-                        };
-                        // SAFETY: A = dM[p]^T, oc rows of `rows` values from `p * oc * rows`
-                        // (`m` holds POINTS * oc * rows, resized above); C = acc's point p, oc
-                        // rows of ic values, this part's own buffer; the panels are ic's;
-                        // `kernel` is `Kernel::detect`'s answer (the caller's).
-                        unsafe {
-                            super::matmul::product(
-                                kernel,
-                                m.as_ptr().add(p * oc * rows),
-                                rows,
-                                oc,
-                                rows,
-                                ic,
-                                0..ic.div_ceil(NR),
-                                pack,
-                                acc.as_mut_ptr().add(p * oc * ic),
-                                ic,
-                                &mut product_scratch,
-                            );
-                        }
-                    }
+                    vb.copy_from_slice(&s.v[..vb.len()]);
+                    mb.copy_from_slice(&s.m[..mb.len()]);
                 });
-            }
-            acc
-        })
-        .collect();
-    let du = sums.into_iter().reduce(|mut a, b| {
-        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-        a
-    })?;
+            });
+        let (v, m) = (&*v, &*m);
+        du.par_chunks_mut(oc * ic)
+            .enumerate()
+            .for_each_init(super::matmul::Scratch::default, |scratch, (p, dup)| {
+                for (b, start) in (0..rows).step_by(GRAD_BLOCK).enumerate() {
+                    let block = GRAD_BLOCK.min(rows - start);
+                    let vb = &v[b * POINTS * GRAD_BLOCK * ic..][..POINTS * block * ic];
+                    let mb = &m[b * POINTS * GRAD_BLOCK * oc..][..POINTS * oc * block];
+                    // B = V[p] of the block: `block` rows of ic values, a panel of NR columns
+                    // at a time.
+                    let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
+                        let cols = NR.min(ic - j * NR);
+                        for (dst, t) in buf.chunks_exact_mut(NR).zip(ks) {
+                            dst[..cols].copy_from_slice(&vb[(p * block + t) * ic + j * NR..][..cols]);
+                            dst[cols..].fill(0.0);
+                        }
+                    };
+                    // SAFETY: A = the block's dM[p]^T, oc rows of `block` values from
+                    // `p * oc * block` within `mb` (POINTS * oc * block values); C = `dup`,
+                    // point p's oc rows of ic values, this task's alone; the panels are ic's;
+                    // `kernel` is `Kernel::detect`'s answer (the caller's).
+                    unsafe {
+                        super::matmul::product(
+                            kernel,
+                            mb.as_ptr().add(p * oc * block),
+                            block,
+                            oc,
+                            block,
+                            ic,
+                            0..ic.div_ceil(NR),
+                            pack,
+                            dup.as_mut_ptr(),
+                            ic,
+                            scratch,
+                        );
+                    }
+                }
+            });
+    }
+    buffers.give(vbuf);
+    buffers.give(mbuf);
     // dW[oc][ic][(kd * 3 + kh) * 3 + kw] = (G^T dU G) per axis, point (pz * 4 + py) * 4 + px.
-    let mut dw = vec![0.0f32; oc * ic * 27];
     let plane = oc * ic;
     dw.par_chunks_mut(ic * 27).enumerate().for_each(|(o, dst)| {
         for i in 0..ic {
@@ -447,8 +479,15 @@ pub(crate) fn weight_grad(kernel: Kernel, xp: &[f32], dy: &[f32], out_dims: [usi
             }
         }
     });
-    Some(dw)
+    buffers.give(du);
+    true
 }
+
+/// Tiles per block of [`weight_grad`]: the unit of its transforms' work split, fixed so that
+/// its sums do not depend on the number of threads.
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+const GRAD_BLOCK: usize = 64;
 
 /// `G^T` along one axis: four points back to three taps (`G` maps `g` to `g_0, (g_0 + g_1 +
 /// g_2) / 2, (g_0 - g_1 + g_2) / 2, g_2`).
@@ -871,6 +910,8 @@ mod tests {
             (2, [1, 4, 4, 4], [16, 33]),
             (3, [3, 5, 2, 7], [40, 7]),
             (4, [1, 1, 1, 1], [1, 1]),
+            // 2 x 5 x 5 x 5 = 250 tiles: four blocks, the last partial.
+            (5, [2, 9, 10, 9], [4, 6]),
         ] {
             let [dp, hp, wp] = Winograd::padded_extent([od, oh, ow]);
             let mut xp = values(n * dp * hp * wp * ic, seed);
@@ -903,8 +944,18 @@ mod tests {
                 }
             }
             let largest = scale.iter().fold(0.0f64, |m, v| m.max(*v)).max(1e-30);
+            let buffers = crate::kernels::buffers::Buffers::with_budget(1 << 26);
             for kernel in [Kernel::Portable, Kernel::detect()] {
-                let got = weight_grad(kernel, &xp, &dy, [n, od, oh, ow, oc], ic).expect("lengths fit");
+                let mut got = vec![f32::NAN; oc * ic * 27];
+                assert!(weight_grad(
+                    kernel,
+                    &xp,
+                    &dy,
+                    [n, od, oh, ow, oc],
+                    ic,
+                    &buffers,
+                    &mut got
+                ));
                 let worst = got
                     .iter()
                     .zip(&direct)
@@ -914,9 +965,66 @@ mod tests {
                     "{kernel:?} {n}x{od}x{oh}x{ow} {ic}->{oc}: {worst:e} of {largest:e}"
                 );
             }
-            assert!(weight_grad(Kernel::Portable, &xp[1..], &dy, [n, od, oh, ow, oc], ic).is_none());
-            assert!(weight_grad(Kernel::Portable, &xp, &dy[1..], [n, od, oh, ow, oc], ic).is_none());
+            let mut dw = vec![0.0f32; oc * ic * 27];
+            assert!(!weight_grad(
+                Kernel::Portable,
+                &xp[1..],
+                &dy,
+                [n, od, oh, ow, oc],
+                ic,
+                &buffers,
+                &mut dw
+            ));
+            assert!(!weight_grad(
+                Kernel::Portable,
+                &xp,
+                &dy[1..],
+                [n, od, oh, ow, oc],
+                ic,
+                &buffers,
+                &mut dw
+            ));
+            assert!(!weight_grad(
+                Kernel::Portable,
+                &xp,
+                &dy,
+                [n, od, oh, ow, oc],
+                ic,
+                &buffers,
+                &mut dw[1..]
+            ));
         }
+    }
+
+    /// The weight gradient is the same bit for bit on 1, 2 and 3 threads (fixed blocks, each
+    /// point's sum on one thread), over several blocks.
+    #[test]
+    fn weight_grad_does_not_depend_on_the_thread_count() {
+        let ([n, od, oh, ow], [ic, oc]) = ([2, 17, 18, 16], [20, 24]);
+        let [dp, hp, wp] = Winograd::padded_extent([od, oh, ow]);
+        let xp = values(n * dp * hp * wp * ic, 7);
+        let dy = values(n * od * oh * ow * oc, 8);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let buffers = crate::kernels::buffers::Buffers::with_budget(1 << 28);
+                let mut dw = vec![0.0f32; oc * ic * 27];
+                assert!(weight_grad(
+                    Kernel::detect(),
+                    &xp,
+                    &dy,
+                    [n, od, oh, ow, oc],
+                    ic,
+                    &buffers,
+                    &mut dw
+                ));
+                dw
+            })
+        };
+        let one = run(1);
+        assert!(one.iter().all(|v| v.is_finite()) && one.iter().any(|v| *v != 0.0));
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(3));
     }
 
     #[test]

@@ -72,8 +72,8 @@ pub struct FitConfig {
     pub resume: bool,
     /// Burn's gradient checkpointing: the BatchNorm(+ReLU, +residual) outputs are recomputed
     /// in the backward pass instead of kept, the same gradients for less memory. ResNet3d-50
-    /// on 2x1x128x192x192: peak 3.4 GB instead of 4.2 GB, steps 8% longer (README, "Training
-    /// memory").
+    /// on 2x1x128x192x192: peak 3.4 GB instead of 4.2 GB, steps 10% longer (README, "Training
+    /// memory at whole-scan sizes").
     #[config(default = false)]
     pub gradient_checkpointing: bool,
 }
@@ -427,26 +427,37 @@ impl ResNet3d {
     /// The head `fc` drawn anew from `seed`, with the distribution of PyTorch's `nn.Linear`
     /// (weight and bias uniform in `±1/sqrt(features)`), from the crate's own seeded
     /// generator rather than Burn's process-wide one: the same seed gives the same head
-    /// whatever else the process draws meanwhile (other threads, other networks). Without a
-    /// head the network is returned as it is.
+    /// whatever else the process draws meanwhile (other threads, other networks). Whether the
+    /// head trains is kept (a frozen head stays frozen). Without a head the network is
+    /// returned as it is.
     pub fn with_seeded_head(mut self, seed: u64) -> Self {
         if let Some(fc) = &mut self.fc {
             let device = fc.weight.device();
             let [features, classes] = fc.weight.dims();
             let mut rng = crate::data::rng::SplitMix64::keyed(&[seed, 0x4845_4144]);
-            let bound = 1.0 / (features.max(1) as f64).sqrt();
+            // PyTorch's bound; 0 without features (its `nn.Linear(0, k)` has a zero bias).
+            let bound = if features == 0 {
+                0.0
+            } else {
+                1.0 / (features as f64).sqrt()
+            };
             let mut draw = |n: usize| (0..n).map(|_| rng.symmetric(bound) as f32).collect::<Vec<f32>>();
             let weight = draw(features * classes);
             let bias = draw(classes);
-            fc.weight = burn::module::Param::from_tensor(Tensor::from_data(
-                burn::tensor::TensorData::new(weight, [features, classes]),
-                &device,
-            ));
-            if fc.bias.is_some() {
-                fc.bias = Some(burn::module::Param::from_tensor(Tensor::from_data(
-                    burn::tensor::TensorData::new(bias, [classes]),
-                    &device,
-                )));
+            // `Param::map` keeps the parameter's training state (a frozen head stays frozen, a
+            // head on a plain device trains once the network does); on an autodiff device the
+            // new values track gradients where the old ones did.
+            let renew = |old: Tensor<2>, values: Vec<f32>| {
+                let t = Tensor::from_data(burn::tensor::TensorData::new(values, [features, classes]), &device);
+                if old.is_require_grad() { t.require_grad() } else { t }
+            };
+            fc.weight = fc.weight.clone().map(|old| renew(old, weight));
+            if let Some(b) = fc.bias.take() {
+                fc.bias = Some(b.map(|old| {
+                    let grad = old.is_require_grad();
+                    let t = Tensor::<1>::from_data(burn::tensor::TensorData::new(bias, [classes]), &device);
+                    if grad { t.require_grad() } else { t }
+                }));
             }
         }
         self

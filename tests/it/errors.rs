@@ -236,6 +236,20 @@ fn a_seeded_head_depends_on_its_seed_only() {
     let largest = w.iter().chain(&b).fold(0f32, |m, v| m.max(v.abs()));
     assert!(largest < bound && largest > 0.8 * bound, "{largest} vs bound {bound}");
     assert_eq!(dims, [32, 3]);
+    // A frozen head stays frozen; a trainable one trains.
+    let autodiff = Device::flex().autodiff();
+    let trains = |frozen: bool| {
+        let mut net = inflate_from_2d(&r18_weights(), &config, &autodiff).unwrap();
+        if frozen {
+            net.fc = net.fc.map(resnet3d::burn::module::Module::no_grad);
+        }
+        let fc = net.with_seeded_head(7).fc.unwrap();
+        (
+            fc.weight.val().is_require_grad(),
+            fc.bias.unwrap().val().is_require_grad(),
+        )
+    };
+    assert_eq!((trains(false), trains(true)), ((true, true), (false, false)));
 }
 
 #[test]

@@ -576,3 +576,49 @@ fn early_stopping_ends_the_run_where_it_should_and_a_resumed_run_continues() {
     assert!(last >= stop + 2, "at least patience epochs after resuming");
     assert_eq!(second.stopped_early, last < 30);
 }
+
+/// A head the checkpoint gives (as many classes as the labels: the bundled ResNet-18 has 10)
+/// is kept, not drawn anew: after one epoch at a learning rate of 1e-12 the exported head is
+/// the checkpoint's.
+#[test]
+fn a_head_the_checkpoint_gives_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = make_nodules::make_dataset(&dir.path().join("scans"), 40, 4, [6.0, 9.0]).unwrap();
+    // The same scans, labelled 0..9.
+    let csv = std::fs::read_to_string(&labels).unwrap();
+    let mut ten = String::from("path,label\n");
+    for (i, line) in csv.lines().skip(1).enumerate() {
+        ten.push_str(&format!("{},{}\n", line.split(',').next().unwrap(), i % 10));
+    }
+    let labels10 = labels.with_file_name("labels10.csv");
+    std::fs::write(&labels10, ten).unwrap();
+    let out = dir.path().join("run");
+    let extra = [
+        "--epochs",
+        "1",
+        "--batch",
+        "4",
+        "--patience",
+        "0",
+        "--workers",
+        "0",
+        "--lr",
+        "1e-12",
+        "--no-augment",
+    ];
+    train::run(&args(&labels10, &out, &extra)).unwrap();
+    let config = resnet3d::ResNet3dConfig::load(out.join("config.json")).unwrap();
+    let device = Device::flex();
+    let checkpoint = resnet3d::Weights::from_file(train::bundled_checkpoint()).unwrap();
+    let (loaded, report) = resnet3d::inflate_from_2d_with_report(&checkpoint, &config, &device).unwrap();
+    assert_eq!(report.head, resnet3d::Head::Copied { classes: 10 });
+    let trained = ResNet3d::load(out.join("model.bpk"), &config, &device).unwrap();
+    let head = |m: ResNet3d| m.fc.unwrap().weight.val().into_data().try_to_vec::<f32>().unwrap();
+    let (before, after) = (head(loaded), head(trained));
+    let scale = before.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = before.iter().zip(&after).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        scale > 0.0 && diff <= 1e-6 * scale,
+        "head moved by {diff:e} (largest weight {scale:e})"
+    );
+}
