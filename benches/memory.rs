@@ -73,26 +73,33 @@ fn main() {
     );
 }
 
+/// `count` Adam steps (FusedAdam, cross-entropy, train mode) of `config` (one input channel,
+/// two classes) on a patterned input of `shape` on `device`: each step's seconds.
+fn steps(config: ResNet3dConfig, shape: [usize; 5], device: &Device, count: usize) -> Vec<f64> {
+    let mut model = config.with_in_channels(1).with_num_classes(Some(2)).init(device);
+    let len: usize = shape.iter().product();
+    let values: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin()).collect();
+    let x = Tensor::<5>::from_data(TensorData::new(values, shape), device);
+    let labels: Vec<i64> = (0..shape[0] as i64).map(|i| i % 2).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [shape[0]]), device);
+    let mut optimizer = FusedAdamConfig::new().init();
+    let loss = CrossEntropyLossConfig::new().init(device);
+    let mut seconds = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = std::time::Instant::now();
+        let l = loss.forward(model.forward(x.clone()), y.clone());
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        model = optimizer.step(1e-4, model, grads);
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    seconds
+}
+
 /// Three Adam steps of a ResNet3d-18 in train mode, as `pytorch_reference.py --memory --train`.
 fn train() {
     let device = Device::flex().autodiff();
     let before = status_mb("VmHWM:");
-    let mut model = ResNet3dConfig::resnet18()
-        .with_in_channels(1)
-        .with_num_classes(Some(2))
-        .init(&device);
-    let shape = [2, 1, 32, 96, 96];
-    let len: usize = shape.iter().product();
-    let values: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin()).collect();
-    let x = Tensor::<5>::from_data(TensorData::new(values, shape), &device);
-    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
-    let mut optimizer = FusedAdamConfig::new().init();
-    let loss = CrossEntropyLossConfig::new().init(&device);
-    for _ in 0..3 {
-        let l = loss.forward(model.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(l.backward(), &model);
-        model = optimizer.step(1e-4, model, grads);
-    }
+    steps(ResNet3dConfig::resnet18(), [2, 1, 32, 96, 96], &device, 3);
     println!(
         "{{\"mode\": \"train\", \"peak_mb\": {:.1}, \"before_model_mb\": {before:.1}}}",
         status_mb("VmHWM:")
@@ -110,25 +117,8 @@ fn train_large(checkpointing: bool) {
         Device::flex().autodiff()
     };
     let before = status_mb("VmHWM:");
-    let mut model = ResNet3dConfig::resnet50()
-        .with_in_channels(1)
-        .with_num_classes(Some(2))
-        .init(&device);
     let shape = [2, 1, 128, 192, 192];
-    let len: usize = shape.iter().product();
-    let values: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin()).collect();
-    let x = Tensor::<5>::from_data(TensorData::new(values, shape), &device);
-    let y = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
-    let mut optimizer = FusedAdamConfig::new().init();
-    let loss = CrossEntropyLossConfig::new().init(&device);
-    let mut seconds = Vec::new();
-    for _ in 0..3 {
-        let start = std::time::Instant::now();
-        let l = loss.forward(model.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(l.backward(), &model);
-        model = optimizer.step(1e-4, model, grads);
-        seconds.push(start.elapsed().as_secs_f64());
-    }
+    let seconds = steps(ResNet3dConfig::resnet50(), shape, &device, 3);
     let mut timed = seconds[1..].to_vec();
     timed.sort_by(f64::total_cmp);
     println!(

@@ -34,7 +34,8 @@ use super::implicit;
 use super::layout::{to_channels_first, to_channels_last, transpose};
 use super::matmul::{Kernel, MR, NR, PackedB, Scratch, matmul, product};
 use super::parallel::SendPtr;
-use super::winograd::{self, Winograd};
+use super::winograd::Winograd;
+use super::winograd_grad;
 use crate::arch::geometry::ConvShape;
 use crate::arch::plan::{After, LayerName, LayerSpec, Site};
 
@@ -479,7 +480,7 @@ const WINOGRAD_GRAD_TILES: usize = 512;
 const WINOGRAD_GRAD_CHANNELS: usize = 16;
 
 /// The kernel's gradient of a 3x3x3 convolution of stride 1 by Winograd's transforms
-/// ([`winograd::weight_grad`]), where they pay ([`WINOGRAD_GRAD_TILES`],
+/// ([`winograd_grad::weight_grad`]), where they pay ([`WINOGRAD_GRAD_TILES`],
 /// [`WINOGRAD_GRAD_CHANNELS`]) and the channels fit. `None` elsewhere, and where `x` or `dy` holds an infinity, NaN
 /// or a value of `2^48` or more: the transforms' sums would turn an infinity into NaN where
 /// the direct product gives PyTorch's numbers (the same rule as the forward pass).
@@ -517,7 +518,7 @@ fn winograd_weight_grad(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) ->
     // Every value is written; the buffer comes back from `FusedAdam` once applied.
     let mut dw = recycled_zeros(s.weight_len());
     let done =
-        moderate && winograd::weight_grad(kernel, &xp, dy, [n, od, oh, ow, s.out_channels], ic, &PADDED, &mut dw);
+        moderate && winograd_grad::weight_grad(kernel, &xp, dy, [n, od, oh, ow, s.out_channels], ic, &PADDED, &mut dw);
     PADDED.give(xp);
     if done {
         Some(dw)

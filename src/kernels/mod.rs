@@ -36,3 +36,4 @@ pub(crate) mod norm;
 pub(crate) mod parallel;
 pub(crate) mod pool;
 pub(crate) mod winograd;
+pub(crate) mod winograd_grad;
