@@ -226,20 +226,13 @@ impl Winograd {
         {
             return false;
         }
-        let tiles = [od, oh, ow].map(|o| o.div_ceil(STEP));
-        let count = n * tiles.iter().product::<usize>();
+        let geometry = Geometry::new([od, oh, ow], ic, oc);
+        let count = n * geometry.tiles.iter().product::<usize>();
         let chunk = chunk_tiles(ic, oc);
         let chunks = count.div_ceil(chunk);
         // Few chunks (a late stage): the output channels are split between threads too, each
         // transforming its chunk's input again.
         let items = work_items(chunks, oc.div_ceil(NR));
-        let geometry = Geometry {
-            tiles,
-            padded: [dp, hp, wp],
-            out: [od, oh, ow],
-            ic,
-            oc,
-        };
         let out_ptr = SendPtr(out.as_mut_ptr());
         items.into_par_iter().for_each(|(t, panels)| {
             let first = t * chunk;
@@ -455,6 +448,18 @@ pub(super) struct Geometry {
 }
 
 impl Geometry {
+    /// The tile grid of an output of `out` voxels per batch item, its padded input
+    /// ([`Winograd::padded_extent`]), `ic` and `oc` channels.
+    pub(super) fn new(out: [usize; 3], ic: usize, oc: usize) -> Self {
+        Self {
+            tiles: out.map(|o| o.div_ceil(STEP)),
+            padded: Winograd::padded_extent(out),
+            out,
+            ic,
+            oc,
+        }
+    }
+
     /// The tile's `[item, z, y, x]` in the tile grid.
     pub(super) fn coordinates(&self, tile: usize) -> [usize; 4] {
         let [td, th, tw] = self.tiles;

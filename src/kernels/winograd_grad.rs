@@ -48,15 +48,8 @@ pub(crate) fn weight_grad(
     {
         return false;
     }
-    let tiles = [od, oh, ow].map(|o| o.div_ceil(STEP));
-    let count = n * tiles.iter().product::<usize>();
-    let geometry = Geometry {
-        tiles,
-        padded: [dp, hp, wp],
-        out: [od, oh, ow],
-        ic,
-        oc,
-    };
+    let geometry = Geometry::new([od, oh, ow], ic, oc);
+    let count = n * geometry.tiles.iter().product::<usize>();
     let per_tile = POINTS * (ic + oc);
     let chunk = ((16 << 20) / (4 * per_tile) / GRAD_BLOCK).max(1) * GRAD_BLOCK;
     let most = chunk.min(count);

@@ -431,8 +431,7 @@ impl ResNet3d {
     /// head trains is kept (a frozen head stays frozen). Without a head the network is
     /// returned as it is.
     pub fn with_seeded_head(mut self, seed: u64) -> Self {
-        if let Some(fc) = &mut self.fc {
-            let device = fc.weight.device();
+        if let Some(fc) = self.fc.take() {
             let [features, classes] = fc.weight.dims();
             let mut rng = crate::data::rng::SplitMix64::keyed(&[seed, 0x4845_4144]);
             // PyTorch's bound; 0 without features (its `nn.Linear(0, k)` has a zero bias).
@@ -442,26 +441,22 @@ impl ResNet3d {
                 1.0 / (features as f64).sqrt()
             };
             let mut draw = |n: usize| (0..n).map(|_| rng.symmetric(bound) as f32).collect::<Vec<f32>>();
-            let weight = draw(features * classes);
-            let bias = draw(classes);
+            let (weight, bias) = (draw(features * classes), draw(classes));
             // `Param::map` keeps the parameter's training state (a frozen head stays frozen, a
-            // head on a plain device trains once the network does); on an autodiff device the
-            // new values track gradients where the old ones did.
-            let renew = |old: Tensor<2>, values: Vec<f32>| {
-                let t = Tensor::from_data(burn::tensor::TensorData::new(values, [features, classes]), &device);
-                if old.is_require_grad() { t.require_grad() } else { t }
-            };
-            fc.weight = fc.weight.clone().map(|old| renew(old, weight));
-            if let Some(b) = fc.bias.take() {
-                fc.bias = Some(b.map(|old| {
-                    let grad = old.is_require_grad();
-                    let t = Tensor::<1>::from_data(burn::tensor::TensorData::new(bias, [classes]), &device);
-                    if grad { t.require_grad() } else { t }
-                }));
-            }
+            // head on a plain device trains once the network does).
+            self.fc = Some(burn::nn::Linear {
+                weight: fc.weight.map(|old| renewed(old, weight)),
+                bias: fc.bias.map(|b| b.map(|old| renewed(old, bias))),
+            });
         }
         self
     }
+}
+
+/// `values` in `old`'s shape and on its device, tracking gradients where `old` did.
+fn renewed<const D: usize>(old: Tensor<D>, values: Vec<f32>) -> Tensor<D> {
+    let t = Tensor::from_data(burn::tensor::TensorData::new(values, old.shape()), &old.device());
+    if old.is_require_grad() { t.require_grad() } else { t }
 }
 
 /// Gives every float parameter Burn's balanced gradient checkpointing, keeping whether it
