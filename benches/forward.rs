@@ -142,6 +142,12 @@ fn frozen(c: &mut Criterion) {
     group.bench_function("conv3d_1x64x7x7x7s2_64x128x128", |b| {
         b.iter(|| bench.run().expect("checked input"))
     });
+    let (conv, x) = stem_conv(&device);
+    if let Ok(bench) = LayerBench::conv_bf16(&conv, x) {
+        group.bench_function("conv3d_1x64x7x7x7s2_64x128x128_bf16", |b| {
+            b.iter(|| bench.run().expect("checked input"))
+        });
+    }
     let pool = MaxPool3d::new([3, 3, 3], [2, 2, 2], [1, 1, 1]).expect("valid pool");
     let bench = LayerBench::pool(&pool, input([1, 64, 32, 56, 56], &device)).expect("f32");
     group.bench_function("maxpool3d_3x3x3s2_64x32x56x56", |b| {

@@ -301,6 +301,17 @@ impl PackedConv {
         let padded = (implicit && padded_bf16.is_none())
             .then(|| implicit::pad(&s, x, buffers))
             .flatten();
+        // The bf16 network's gathered patches come from its input rounded once (rounding
+        // commutes with the copy): half the bytes gathered, and no pass rounding them.
+        let x_bf16 = match &self.weight_bf16 {
+            Some(_) if !pointwise && padded_bf16.is_none() && padded.is_none() => {
+                Some(implicit::rounded(x.data).ok_or_else(|| Error::InvalidInput {
+                    dims: s.input_dims().to_vec(),
+                    what: format!("{}: its input in bf16 cannot be allocated", self.spec.name),
+                })?)
+            }
+            _ => None,
+        };
 
         // Work items: tiles of output voxels, each split into groups of column panels when
         // there are too few tiles to keep every thread busy.
@@ -426,15 +437,10 @@ impl PackedConv {
                             dst[k..].fill(0);
                         }
                     };
-                    if pointwise {
-                        round_rows(a, &x.data[first * k..(first + count) * k]);
-                    } else {
-                        // Gathered in f32 (runs of a few values: the stem's are 7), then
-                        // rounded a whole row at a time.
-                        SCRATCH.with_borrow_mut(|(patches, _)| {
-                            implicit::gather(s, x, out_dims, first, count, patches);
-                            round_rows(a, &patches[..count * k]);
-                        });
+                    match &x_bf16 {
+                        Some(xb) => implicit::gather_rows_bf16(s, xb, x.dims, out_dims, first, count, kp, a),
+                        // A pointwise convolution (the only bf16 layer without `x_bf16`).
+                        None => round_rows(a, &x.data[first * k..(first + count) * k]),
                     }
                     for r0 in (0..count).step_by(MR) {
                         for j in panel_range.clone() {

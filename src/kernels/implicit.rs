@@ -56,6 +56,16 @@ pub(super) fn pad_bf16(s: &ConvShape, x: View<'_>) -> Option<(Vec<u16>, [usize; 
     Some((data, dims))
 }
 
+/// `x` rounded to bf16 (nearest even); `None` where it cannot be allocated.
+pub(super) fn rounded(x: &[f32]) -> Option<Vec<u16>> {
+    let mut rounded: Vec<u16> = super::buffers::try_zeros(x.len())?;
+    rounded
+        .par_chunks_mut(1 << 16)
+        .zip(x.par_chunks(1 << 16))
+        .for_each(|(dst, src)| super::bf16::round_into(src, dst));
+    Some(rounded)
+}
+
 /// The smallest biased exponent [`all_moderate`] refuses: values of magnitude `2^48` and more.
 const LARGE_EXPONENT: u32 = 127 + 48;
 
@@ -278,20 +288,169 @@ pub(super) fn gather(
     patches: &mut Vec<f32>,
 ) {
     let k = s.k();
-    let [_, d, h, w, c] = x.dims;
+    if patches.len() < count * k {
+        patches.resize(count * k, 0.0);
+    }
+    gather_rows(
+        s,
+        x.data,
+        x.dims,
+        out_dims,
+        first,
+        count,
+        k,
+        &mut patches[..count * k],
+        &Clipped,
+    );
+}
+
+/// [`gather_rows`] in bf16: masked AVX-512 copies of whole kernel rows where a row is at most
+/// 32 values (the stem's 7), [`Clipped`] copies otherwise. `x_bf16` is the input rounded, of
+/// shape `dims`; `dst` holds `count * ld` values.
+#[allow(clippy::too_many_arguments)] // as `gather_rows`
+pub(super) fn gather_rows_bf16(
+    s: &ConvShape,
+    x_bf16: &[u16],
+    dims: [usize; 5],
+    out_dims: [usize; 5],
+    first: usize,
+    count: usize,
+    ld: usize,
+    dst: &mut [u16],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if s.kernel[2] * s.in_channels <= 32 && s.dilation[2] == 1 && super::bf16::available() {
+        // SAFETY: `available` found avx512f, avx512bw and avx512vl; kernel rows of at most 32 values
+        // with adjacent taps, as `avx512::gather_rows` requires.
+        unsafe { avx512::gather_rows(s, x_bf16, dims, out_dims, first, count, ld, dst) };
+        return;
+    }
+    gather_rows(s, x_bf16, dims, out_dims, first, count, ld, dst, &Clipped);
+}
+
+/// How [`gather_rows`] copies one kernel row of adjacent taps (dilation 1 along the width):
+/// `dst` (`kw * c` values) from the input line `line` (`w * c` values) at taps
+/// `x0..x0 + kw`, zero where a tap is outside `0..w`.
+pub(super) trait Window<T> {
+    fn copy(&self, dst: &mut [T], line: &[T], x0: isize, c: usize);
+}
+
+/// [`Window`] by slices: zeros, the taps inside the line, zeros.
+pub(super) struct Clipped;
+
+impl<T: Copy + Default> Window<T> for Clipped {
+    #[inline(always)]
+    fn copy(&self, dst: &mut [T], line: &[T], x0: isize, c: usize) {
+        let (kw, w) = (dst.len() / c, line.len() / c);
+        let j_lo = ((-x0).max(0) as usize).min(kw);
+        let j_hi = ((w as isize - x0).max(0) as usize).clamp(j_lo, kw);
+        if j_lo == j_hi {
+            fill_run(dst, T::default());
+            return;
+        }
+        let src = (x0 + j_lo as isize) as usize * c;
+        fill_run(&mut dst[..j_lo * c], T::default());
+        copy_run(&mut dst[j_lo * c..j_hi * c], &line[src..src + (j_hi - j_lo) * c]);
+        fill_run(&mut dst[j_hi * c..], T::default());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{ConvShape, Window};
+
+    /// [`Window`] as one masked load and one masked store of at most 32 bf16 values.
+    struct Masked;
+
+    impl Window<u16> for Masked {
+        #[inline(always)]
+        fn copy(&self, dst: &mut [u16], line: &[u16], x0: isize, c: usize) {
+            let (run, len) = (dst.len(), line.len());
+            debug_assert!(run <= 32);
+            // The row's lanes lo..hi are the line's values x0 * c + lo .. x0 * c + hi.
+            let start = x0 * c as isize;
+            let lo = ((-start).max(0) as usize).min(run);
+            let hi = ((len as isize - start).max(0) as usize).clamp(lo, run);
+            let below = |n: usize| if n >= 32 { u32::MAX } else { (1u32 << n) - 1 };
+            let (load, store) = (below(hi) & !below(lo), below(run));
+            let src = line.as_ptr().wrapping_offset(start);
+            // SAFETY: only the lanes of `load` are read (masked lanes are not accessed and do
+            // not fault): lo..hi, which are within `line` as said above (start + lo >= 0,
+            // start + hi <= len); `store`'s lanes are 0..run, `dst`'s values. Called only from
+            // `gather_rows` below, which has avx512f, avx512bw and avx512vl. Rows of up to 8
+            // values (the stem's 7) move in 128-bit registers: the masked 512-bit store is
+            // several times slower.
+            unsafe {
+                if run <= 8 {
+                    let v = _mm_maskz_loadu_epi16(load as u8, src.cast());
+                    _mm_mask_storeu_epi16(dst.as_mut_ptr().cast(), store as u8, v);
+                } else if run <= 16 {
+                    let v = _mm256_maskz_loadu_epi16(load as u16, src.cast());
+                    _mm256_mask_storeu_epi16(dst.as_mut_ptr().cast(), store as u16, v);
+                } else {
+                    let v = _mm512_maskz_loadu_epi16(load, src.cast());
+                    _mm512_mask_storeu_epi16(dst.as_mut_ptr().cast(), store, v);
+                }
+            }
+        }
+    }
+
+    /// [`super::gather_rows`] with [`Masked`] copies.
+    ///
+    /// # Safety
+    /// The CPU has avx512f, avx512bw and avx512vl; `s`'s kernel rows are at most 32 values
+    /// (`kernel[2] * in_channels <= 32`) with dilation 1 along the width.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn gather_rows(
+        s: &ConvShape,
+        x: &[u16],
+        dims: [usize; 5],
+        out_dims: [usize; 5],
+        first: usize,
+        count: usize,
+        ld: usize,
+        dst: &mut [u16],
+    ) {
+        super::gather_rows(s, x, dims, out_dims, first, count, ld, dst, &Masked);
+    }
+}
+
+/// [`gather`] for any element (f32, or the bf16 network's rounded input: rounding commutes
+/// with the copy), kernel rows of adjacent taps copied by `window`, into rows `ld >= k` apart
+/// whose last `ld - k` values are zeroed (the bf16 kernel's even K). `x` is the input of shape `dims` (checked against `s` by `on`), `dst`
+/// holds `count * ld` values.
+#[allow(clippy::too_many_arguments)] // the gathered product's operands, as `gather`'s
+#[inline(always)]
+pub(super) fn gather_rows<T: Copy + Default>(
+    s: &ConvShape,
+    x: &[T],
+    dims: [usize; 5],
+    out_dims: [usize; 5],
+    first: usize,
+    count: usize,
+    ld: usize,
+    dst: &mut [T],
+    window: &impl Window<T>,
+) {
+    let k = s.k();
+    let zero = T::default();
+    let [_, d, h, w, c] = dims;
     let [_, od, oh, ow, _] = out_dims;
     let [_, kh, kw] = s.kernel;
     let [sd, sh, sw] = s.stride;
     let [pd, ph, pw] = s.padding;
     let [dd, dh, dw] = s.dilation;
     let run = kw * c;
-    if patches.len() < count * k {
-        patches.resize(count * k, 0.0);
-    }
+    debug_assert!(ld >= k && dst.len() >= count * ld);
     // Every value is written: copied from the volume, or zero where the kernel reaches into the
     // padding (the buffer is reused between tiles). Coordinates are `isize`: `on` checked that
     // every padded extent is.
-    for (r, patch) in patches[..count * k].chunks_exact_mut(k).enumerate() {
+    for (r, row) in dst.chunks_exact_mut(ld).take(count).enumerate() {
+        let (patch, rest) = row.split_at_mut(k);
+        fill_run(rest, zero);
         let mut p = first + r;
         let ox = p % ow;
         p /= ow;
@@ -300,15 +459,12 @@ pub(super) fn gather(
         let oz = p % od;
         let b = p / od;
         let x0 = (ox * sw) as isize - pw as isize;
-        // The width taps that land inside the volume (adjacent taps: dilation 1).
-        let j_lo = ((-x0).max(0) as usize).min(kw);
-        let j_hi = ((w as isize - x0).max(0) as usize).clamp(j_lo, kw);
         for (t, depth_taps) in patch.chunks_exact_mut(kh * run).enumerate() {
             let z = (oz * sd + t * dd) as isize - pd as isize;
             let z = if s.replicate_depth {
                 z.clamp(0, d as isize - 1)
             } else if z < 0 || z >= d as isize {
-                depth_taps.fill(0.0);
+                fill_run(depth_taps, zero);
                 continue;
             } else {
                 z
@@ -316,7 +472,7 @@ pub(super) fn gather(
             for (i, dst) in depth_taps.chunks_exact_mut(run).enumerate() {
                 let y = (oy * sh + i * dh) as isize - ph as isize;
                 if y < 0 || y >= h as isize {
-                    dst.fill(0.0);
+                    fill_run(dst, zero);
                     continue;
                 }
                 let line = ((b * d + z) * h + y as usize) * w;
@@ -324,23 +480,15 @@ pub(super) fn gather(
                     for (j, tap) in dst.chunks_exact_mut(c).enumerate() {
                         let xj = x0 + (j * dw) as isize;
                         if xj < 0 || xj >= w as isize {
-                            tap.fill(0.0);
+                            fill_run(tap, zero);
                         } else {
                             let src = (line + xj as usize) * c;
-                            tap.copy_from_slice(&x.data[src..src + c]);
+                            tap.copy_from_slice(&x[src..src + c]);
                         }
                     }
                     continue;
                 }
-                if j_lo == j_hi {
-                    dst.fill(0.0);
-                    continue;
-                }
-                let src = (line as isize + x0 + j_lo as isize) as usize * c;
-                let len = (j_hi - j_lo) * c;
-                dst[..j_lo * c].fill(0.0);
-                copy_run(&mut dst[j_lo * c..j_hi * c], &x.data[src..src + len]);
-                dst[j_hi * c..].fill(0.0);
+                window.copy(dst, &x[line * c..(line + w) * c], x0, c);
             }
         }
     }
@@ -349,7 +497,7 @@ pub(super) fn gather(
 /// `dst.copy_from_slice(src)`, without a call to `memcpy` for the short runs of the stem (7
 /// values for a 1-channel 7x7 kernel row), where the call costs more than the copy.
 #[inline]
-fn copy_run(dst: &mut [f32], src: &[f32]) {
+fn copy_run<T: Copy>(dst: &mut [T], src: &[T]) {
     macro_rules! fixed {
         ($($n:literal)*) => {
             match dst.len().min(src.len()) {
@@ -361,9 +509,67 @@ fn copy_run(dst: &mut [f32], src: &[f32]) {
     fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
 }
 
+/// `dst.fill(value)`, without a call to `memset` for the short runs of the stem (the edges of
+/// a 7-value kernel row, the bf16 rows' one-value tail).
+#[inline]
+fn fill_run<T: Copy>(dst: &mut [T], value: T) {
+    macro_rules! fixed {
+        ($($n:literal)*) => {
+            match dst.len() {
+                0 => {}
+                $($n => dst[..$n].fill(value),)*
+                _ => dst.fill(value),
+            }
+        };
+    }
+    fixed!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bf16 network gathers from its input rounded once: the same rows as gathering in
+    /// f32 and rounding them, with the rows' tails (the kernel's even K) zero.
+    #[test]
+    fn gathering_the_rounded_input_rounds_the_gathered_patches() {
+        let cases = [
+            // A one-channel stem (runs of 7, the clipped edges), replicate depth padding, a
+            // dilation, three channels.
+            (2, 1, [9, 12, 20], [7, 7, 7], [2, 2, 2], [3, 3, 3], [1, 1, 1], false),
+            (1, 1, [5, 6, 7], [3, 3, 3], [1, 2, 1], [1, 1, 1], [1, 1, 1], true),
+            (1, 2, [6, 7, 9], [3, 3, 3], [1, 1, 2], [2, 2, 2], [2, 1, 2], false),
+            (1, 3, [4, 5, 6], [1, 3, 3], [1, 1, 1], [0, 1, 1], [1, 1, 1], false),
+        ];
+        for (n, c, input, kernel, stride, padding, dilation, replicate) in cases {
+            let s = ConvShape::for_test(n, c, 4, input, kernel, stride, padding, dilation, replicate);
+            let [d, h, w] = s.input;
+            let dims = [n, d, h, w, c];
+            let [od, oh, ow] = s.output;
+            let out_dims = [n, od, oh, ow, 4];
+            let x: Vec<f32> = (0..s.input_len()).map(|i| (i as f32 * 0.731).sin() * 3.1).collect();
+            let rounded: Vec<u16> = x.iter().map(|&v| super::super::bf16::to_bf16(v)).collect();
+            let (k, ld) = (s.k(), s.k() + 3);
+            let rows = n * od * oh * ow;
+            let (first, count) = (rows / 3, rows - rows / 3);
+            let mut patches = Vec::new();
+            gather(&s, View { data: &x, dims }, out_dims, first, count, &mut patches);
+            let mut gathered = vec![7u16; count * ld];
+            gather_rows_bf16(&s, &rounded, dims, out_dims, first, count, ld, &mut gathered);
+            let mut clipped = vec![9u16; count * ld];
+            gather_rows(&s, &rounded, dims, out_dims, first, count, ld, &mut clipped, &Clipped);
+            assert_eq!(gathered, clipped, "{s:?}");
+            for (r, row) in gathered.chunks_exact(ld).enumerate() {
+                let want: Vec<u16> = patches[r * k..(r + 1) * k]
+                    .iter()
+                    .map(|&v| super::super::bf16::to_bf16(v))
+                    .collect();
+                assert_eq!(&row[..k], &want[..], "{s:?}, row {r}");
+                assert!(row[k..].iter().all(|&v| v == 0), "{s:?}, row {r}");
+            }
+            assert!(patches[..count * k].contains(&0.0) && patches.iter().any(|&v| v != 0.0));
+        }
+    }
 
     #[test]
     fn non_finite_and_huge_values_are_found() {
