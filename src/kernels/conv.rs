@@ -22,7 +22,6 @@
 //! [`ConvGeometry::on`]: crate::arch::geometry::ConvGeometry::on
 
 use std::cell::RefCell;
-use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -174,7 +173,7 @@ impl PackedConv {
         let weight_bf16 = (precision == Precision::Bf16 && (i.is_multiple_of(2) || (i < 16 && g.kernel != [1, 1, 1])))
             .then(|| {
                 let scale = scale.map_or_else(|| vec![1.0; o], <[f32]>::to_vec);
-                super::bf16::PackedBf16::conv_kernel(weight, [o, i, taps], &scale)
+                super::bf16::PackedBf16::conv_kernel(weight, [o, i, taps], g.kernel[2], &scale)
             });
         // Winograd's transforms where asked for: 3x3x3, stride 1, dilation 1, padding within
         // what its padded tiles hold, few enough channels, and a kernel of moderate values (the
@@ -285,18 +284,19 @@ impl PackedConv {
         // With fewer channels a kernel row is short (a one-channel stem: 7 values), so the
         // product keeps its accumulators over all rows of the kernel instead (`implicit_runs`);
         // the bf16 network keeps its gathered bf16 patches there.
-        let implicit = !pointwise
+        let in_place = !pointwise
             && s.dilation == [1, 1, 1]
             && s.padding_within_reach()
             && self.weight.kernel() == Kernel::Avx512
-            && full_blocks
-            && (s.in_channels >= 16 || self.weight_bf16.is_none());
-        // bf16 activations for the bf16 kernel, else f32 ones for the f32 kernel; gathered
-        // patches where the padded copy cannot be made.
+            && full_blocks;
+        let implicit = in_place && (s.in_channels >= 16 || self.weight_bf16.is_none());
+        // bf16 activations for the bf16 kernel (with fewer channels, its kernel rows padded to
+        // even: any count), else f32 ones for the f32 kernel; gathered patches where the
+        // padded copy cannot be made.
         let padded_bf16 = self
             .weight_bf16
             .as_ref()
-            .filter(|_| implicit && s.in_channels.is_multiple_of(2))
+            .filter(|_| in_place && (s.in_channels < 16 || s.in_channels.is_multiple_of(2)))
             .and_then(|w| Some((w, implicit::pad_bf16(&s, x)?)));
         let padded = (implicit && padded_bf16.is_none())
             .then(|| implicit::pad(&s, x, buffers))
@@ -362,67 +362,18 @@ impl PackedConv {
                     }
                 }
             }
-            if let Some((w, (xp, dims))) = &padded_bf16 {
-                let product = |a: usize, lda: usize, rows: usize, ks: Range<usize>, j: usize, c: *mut f32| {
-                    // SAFETY: A and C as `implicit` states; `w` is this layer's kernel in bf16
-                    // pairs (the f32 kernel's rows), ks a tap row of kw * C values, C even, so
-                    // even bounds; `padded_bf16` exists only where `freeze_bf16` found the
-                    // bf16 product available.
-                    unsafe { super::bf16::accumulate(xp.as_ptr().add(a), lda, rows, w, ks, j, c, oc) }
-                };
-                // SAFETY: `dims` is `pad_bf16`'s padded shape of `x`, whose shape `on` checked
-                // above; `out` holds `out_dims`, and this item alone touches rows
-                // first..first + count, columns of `panel_range`.
-                unsafe {
-                    implicit::implicit(
-                        s,
-                        *dims,
-                        xp.len(),
-                        out_dims,
-                        first,
-                        count,
-                        panel_range.clone(),
-                        out_ptr.0,
-                        product,
-                    )
-                };
-            } else if let Some(xp) = padded.as_ref().filter(|_| s.in_channels < 16) {
-                // SAFETY: `xp` is `pad`'s copy of `x`, whose shape `on` checked against this
-                // layer above; `out` holds `out_dims`, and this item alone touches rows
-                // first..first + count, columns of `panel_range`.
-                unsafe {
-                    implicit::implicit_runs(
-                        s,
-                        &self.weight,
-                        xp,
-                        out_dims,
-                        first,
-                        count,
-                        panel_range.clone(),
-                        out_ptr.0,
-                    )
-                };
-            } else if let Some(xp) = &padded {
-                let product = |a: usize, lda: usize, rows: usize, ks: Range<usize>, j: usize, c: *mut f32| {
-                    // SAFETY: as `implicit` states for its calls; the f32 kernel's rows ks.
-                    unsafe { super::matmul::accumulate(xp.data.as_ptr().add(a), lda, rows, &self.weight, ks, j, c, oc) }
-                };
-                // SAFETY: `xp` is `pad`'s copy of `x`, whose shape `on` checked against this
-                // layer above; `out` holds `out_dims`, and this item alone touches rows
-                // first..first + count, columns of `panel_range`.
-                unsafe {
-                    implicit::implicit(
-                        s,
-                        xp.dims,
-                        xp.data.len(),
-                        out_dims,
-                        first,
-                        count,
-                        panel_range.clone(),
-                        out_ptr.0,
-                        product,
-                    )
-                };
+            let in_place = match (&padded_bf16, &padded) {
+                (Some((w, (xp, dims))), _) => Some(implicit::Padded::Bf16(xp, *dims, w)),
+                (None, Some(xp)) => Some(implicit::Padded::F32(xp, &self.weight)),
+                (None, None) => None,
+            };
+            if let Some(padded) = in_place {
+                // SAFETY: the padded copy is `pad`'s or `pad_bf16`'s of `x`, whose shape `on`
+                // checked against this layer above, with this layer's kernel (in bf16 only
+                // where `freeze_bf16` found the bf16 product available); `out` holds
+                // `out_dims`, and this item alone touches rows first..first + count, columns of
+                // `panel_range`.
+                unsafe { implicit::in_place(s, padded, out_dims, first, count, panel_range.clone(), out_ptr.0) };
             } else if let Some(w) = &self.weight_bf16 {
                 SCRATCH_BF16.with_borrow_mut(|a| {
                     // The patches in bf16, rows padded to the kernel's even K (zeros), and rows
@@ -438,7 +389,7 @@ impl PackedConv {
                         }
                     };
                     match &x_bf16 {
-                        Some(xb) => implicit::gather_rows_bf16(s, xb, x.dims, out_dims, first, count, kp, a),
+                        Some(xb) => implicit::gather_rows_bf16(s, xb, x.dims, out_dims, first, count, kp, w.run(), a),
                         // A pointwise convolution (the only bf16 layer without `x_bf16`).
                         None => round_rows(a, &x.data[first * k..(first + count) * k]),
                     }

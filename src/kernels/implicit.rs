@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::prelude::*;
 
+use super::bf16::PackedBf16;
 use super::buffers::{Act, Buffers, View};
 use super::matmul::{MR, PackedB};
 use crate::arch::geometry::ConvShape;
@@ -157,57 +158,143 @@ pub(super) fn blocks(
     blocks
 }
 
-/// [`implicit`] for few input channels: per block of output voxels and panel, one product
-/// over every (depth, height) tap's row of `kw * C` values, the accumulators kept in registers
-/// throughout (the f32 kernel only).
+/// A padded copy of a convolution's input ([`pad`], [`pad_bf16`] with its shape) and the
+/// layer's kernel in the same precision.
+pub(super) enum Padded<'a> {
+    F32(&'a Act, &'a PackedB),
+    Bf16(&'a [u16], [usize; 5], &'a PackedBf16),
+}
+
+/// Output rows `first..first + count`, columns of `panels`, `+=` the convolution read in place
+/// from `padded`: [`implicit_runs`] for fewer than 16 input channels, [`implicit`] otherwise.
 ///
 /// # Safety
-/// As [`implicit`], `xp` being [`pad`]'s copy of `s`'s input and `weight` `s`'s kernel.
+/// `padded` must be [`pad`]'s (or [`pad_bf16`]'s) copy of `s`'s input with the layer's kernel
+/// (a bf16 one only where [`bf16::available`](super::bf16::available)); `out` the output
+/// (rows of `out_channels`), this call alone touching those rows and columns.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn implicit_runs(
+pub(super) unsafe fn in_place(
     s: &ConvShape,
-    weight: &PackedB,
-    xp: &Act,
+    padded: Padded<'_>,
     out_dims: [usize; 5],
     first: usize,
     count: usize,
     panels: Range<usize>,
     out: *mut f32,
 ) {
-    let [_, _, hp, wp, c] = xp.dims;
+    let oc = out_dims[4];
+    let runs = s.in_channels < 16;
+    // SAFETY (every call below): as the caller promises, and as `implicit` and
+    // `implicit_runs` state for the products they call: A within the padded copy, the kernel
+    // rows within K (the bf16 kernel's rows `run()` apart, even, its implicit product's tap
+    // rows of kw * C values with C even: `pad_bf16` is made for 16 channels and more only with
+    // an even count), C the caller's rows and columns.
+    unsafe {
+        match padded {
+            Padded::Bf16(xp, dims, w) if runs => implicit_runs(
+                s,
+                dims,
+                xp.len(),
+                w.run(),
+                out_dims,
+                first,
+                count,
+                panels,
+                out,
+                |a, lda, rows, runs, len, j, c| {
+                    super::bf16::accumulate_runs(xp.as_ptr().add(a), lda, rows, w, runs, len, j, c, oc)
+                },
+            ),
+            Padded::Bf16(xp, dims, w) => implicit(
+                s,
+                dims,
+                xp.len(),
+                out_dims,
+                first,
+                count,
+                panels,
+                out,
+                |a, lda, rows, ks, j, c| super::bf16::accumulate(xp.as_ptr().add(a), lda, rows, w, ks, j, c, oc),
+            ),
+            Padded::F32(xp, w) if runs => {
+                let run = s.kernel[2] * s.in_channels;
+                implicit_runs(
+                    s,
+                    xp.dims,
+                    xp.data.len(),
+                    run,
+                    out_dims,
+                    first,
+                    count,
+                    panels,
+                    out,
+                    |a, lda, rows, runs, len, j, c| {
+                        super::matmul::accumulate_runs(xp.data.as_ptr().add(a), lda, rows, w, runs, len, j, c, oc)
+                    },
+                )
+            }
+            Padded::F32(xp, w) => implicit(
+                s,
+                xp.dims,
+                xp.data.len(),
+                out_dims,
+                first,
+                count,
+                panels,
+                out,
+                |a, lda, rows, ks, j, c| super::matmul::accumulate(xp.data.as_ptr().add(a), lda, rows, w, ks, j, c, oc),
+            ),
+        }
+    }
+}
+
+/// [`implicit`] for few input channels: per block of output voxels and panel, one product
+/// over every (depth, height) tap's row of `kw * C` values, the accumulators kept in registers
+/// throughout: `product(at, lda, rows, runs, len, j, c)` is
+/// [`matmul::accumulate_runs`](super::matmul::accumulate_runs) or its bf16 twin, `runs` the
+/// (offset from `at`, first kernel row) of each (depth, height) tap, the kernel's rows being
+/// `run_ld >= kw * C` apart (the bf16 kernel's even runs).
+///
+/// # Safety
+/// As [`implicit`]: `padded` and `len` describe [`pad`]'s (or [`pad_bf16`]'s) copy of `s`'s
+/// input that `product` reads.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn implicit_runs(
+    s: &ConvShape,
+    padded: [usize; 5],
+    len: usize,
+    run_ld: usize,
+    out_dims: [usize; 5],
+    first: usize,
+    count: usize,
+    panels: Range<usize>,
+    out: *mut f32,
+    product: impl Fn(usize, usize, usize, &[(usize, usize)], usize, usize, *mut f32),
+) {
+    let [_, _, hp, wp, c] = padded;
     let oc = out_dims[4];
     let [kd, kh, kw] = s.kernel;
     let sw = s.stride[2];
     let run = kw * c;
+    debug_assert!(run_ld >= run);
     // (offset in the padded input from a voxel's first tap, first kernel row) per
     // (depth, height) tap.
     let runs: Vec<(usize, usize)> = (0..kd)
-        .flat_map(|t| (0..kh).map(move |i| ((t * hp + i) * wp * c, (t * kh + i) * run)))
+        .flat_map(|t| (0..kh).map(move |i| ((t * hp + i) * wp * c, (t * kh + i) * run_ld)))
         .collect();
     let reach = runs.last().map_or(0, |&(o, _)| o) + (MR - 1) * sw * c + run;
-    for (r, rows, at) in blocks(s, xp.dims, out_dims, first, count) {
+    for (r, rows, at) in blocks(s, padded, out_dims, first, count) {
         debug_assert!(
-            at + reach <= xp.data.len(),
+            at + reach <= len,
             "the implicit product would read past the padded input"
         );
         for j in panels.clone() {
-            // SAFETY: as in `implicit`: the padded extents cover the kernel at every output
+            // Bounds as in `implicit`: the padded extents cover the kernel at every output
             // voxel (`ConvGeometry::on`), rows past a line's end read the slack `pad` appends
             // (asserted above in debug builds); the kernel rows of every run lie in
-            // K = kd * kh * kw * C; C: rows r..r + rows of the output, this item's panels.
-            unsafe {
-                super::matmul::accumulate_runs(
-                    xp.data.as_ptr().add(at),
-                    sw * c,
-                    rows,
-                    weight,
-                    &runs,
-                    run,
-                    j,
-                    out.add(r * oc),
-                    oc,
-                )
-            };
+            // K = kd * kh * run_ld; C: rows r..r + rows of the output, this item's panels
+            // (`out.add(r * oc)`: r < first + count <= the output's rows).
+            product(at, sw * c, rows, &runs, run, j, out.wrapping_add(r * oc));
         }
     }
 }
@@ -299,14 +386,16 @@ pub(super) fn gather(
         first,
         count,
         k,
+        s.kernel[2] * s.in_channels,
         &mut patches[..count * k],
         &Clipped,
     );
 }
 
-/// [`gather_rows`] in bf16: masked AVX-512 copies of whole kernel rows where a row is at most
-/// 32 values (the stem's 7), [`Clipped`] copies otherwise. `x_bf16` is the input rounded, of
-/// shape `dims`; `dst` holds `count * ld` values.
+/// [`gather_rows`] in bf16: masked AVX-512 copies of whole kernel rows where a row (`run_ld`
+/// values, even, padded with zeros) is at most 32 values (the stem's 8), [`Clipped`] copies
+/// otherwise. `x_bf16` is the input rounded, of shape `dims`; `dst` holds `count * ld`
+/// values.
 #[allow(clippy::too_many_arguments)] // as `gather_rows`
 pub(super) fn gather_rows_bf16(
     s: &ConvShape,
@@ -316,23 +405,33 @@ pub(super) fn gather_rows_bf16(
     first: usize,
     count: usize,
     ld: usize,
+    run_ld: usize,
     dst: &mut [u16],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if s.kernel[2] * s.in_channels <= 32 && s.dilation[2] == 1 && super::bf16::available() {
-        // SAFETY: `available` found avx512f, avx512bw and avx512vl; kernel rows of at most 32 values
-        // with adjacent taps, as `avx512::gather_rows` requires.
-        unsafe { avx512::gather_rows(s, x_bf16, dims, out_dims, first, count, ld, dst) };
+    if run_ld <= 32 && s.dilation[2] == 1 && super::bf16::available() {
+        // SAFETY: `available` found avx512f, avx512bw and avx512vl; kernel rows of at most 32
+        // values with adjacent taps, as `avx512::gather_rows` requires.
+        unsafe { avx512::gather_rows(s, x_bf16, dims, out_dims, first, count, ld, run_ld, dst) };
         return;
     }
-    gather_rows(s, x_bf16, dims, out_dims, first, count, ld, dst, &Clipped);
+    gather_rows(s, x_bf16, dims, out_dims, first, count, ld, run_ld, dst, &Clipped);
 }
 
 /// How [`gather_rows`] copies one kernel row of adjacent taps (dilation 1 along the width):
-/// `dst` (`kw * c` values) from the input line `line` (`w * c` values) at taps
-/// `x0..x0 + kw`, zero where a tap is outside `0..w`.
+/// `dst[..run]` (`run = kw * c`) from the input line `line` (`w * c` values) at taps
+/// `x0..x0 + kw`, zero where a tap is outside `0..w`, and zeros in `dst[run..]`.
 pub(super) trait Window<T> {
-    fn copy(&self, dst: &mut [T], line: &[T], x0: isize, c: usize);
+    fn copy(&self, dst: &mut [T], run: usize, line: &[T], x0: isize, c: usize);
+}
+
+/// The taps `j_lo..j_hi` of `0..kw` from `x0` that land inside a line of `w` voxels (empty
+/// where none does).
+#[inline(always)]
+fn inside(x0: isize, kw: usize, w: usize) -> (usize, usize) {
+    let j_lo = ((-x0).max(0) as usize).min(kw);
+    let j_hi = ((w as isize - x0).max(0) as usize).clamp(j_lo, kw);
+    (j_lo, j_hi)
 }
 
 /// [`Window`] by slices: zeros, the taps inside the line, zeros.
@@ -340,10 +439,10 @@ pub(super) struct Clipped;
 
 impl<T: Copy + Default> Window<T> for Clipped {
     #[inline(always)]
-    fn copy(&self, dst: &mut [T], line: &[T], x0: isize, c: usize) {
-        let (kw, w) = (dst.len() / c, line.len() / c);
-        let j_lo = ((-x0).max(0) as usize).min(kw);
-        let j_hi = ((w as isize - x0).max(0) as usize).clamp(j_lo, kw);
+    fn copy(&self, dst: &mut [T], run: usize, line: &[T], x0: isize, c: usize) {
+        let (dst, pad) = dst.split_at_mut(run);
+        fill_run(pad, T::default());
+        let (j_lo, j_hi) = inside(x0, run / c, line.len() / c);
         if j_lo == j_hi {
             fill_run(dst, T::default());
             return;
@@ -359,34 +458,42 @@ impl<T: Copy + Default> Window<T> for Clipped {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{ConvShape, Window};
+    use super::{ConvShape, Window, inside};
 
     /// [`Window`] as one masked load and one masked store of at most 32 bf16 values.
     struct Masked;
 
     impl Window<u16> for Masked {
         #[inline(always)]
-        fn copy(&self, dst: &mut [u16], line: &[u16], x0: isize, c: usize) {
-            let (run, len) = (dst.len(), line.len());
-            debug_assert!(run <= 32);
-            // The row's lanes lo..hi are the line's values x0 * c + lo .. x0 * c + hi.
-            let start = x0 * c as isize;
-            let lo = ((-start).max(0) as usize).min(run);
-            let hi = ((len as isize - start).max(0) as usize).clamp(lo, run);
+        fn copy(&self, dst: &mut [u16], run: usize, line: &[u16], x0: isize, c: usize) {
+            let lanes = dst.len();
+            debug_assert!(run <= lanes && lanes <= 32);
+            // Taps j_lo..j_hi are inside the line (in taps, as `Clipped`: no product of a
+            // padding and the channels, which could overflow); lanes lo..hi are the line's
+            // values (x0 + j_lo) * c.. (x0 + j_hi) * c.
+            let (j_lo, j_hi) = inside(x0, run / c, line.len() / c);
+            let (lo, hi) = (j_lo * c, j_hi * c);
             let below = |n: usize| if n >= 32 { u32::MAX } else { (1u32 << n) - 1 };
-            let (load, store) = (below(hi) & !below(lo), below(run));
-            let src = line.as_ptr().wrapping_offset(start);
+            let (load, store) = (below(hi) & !below(lo), below(lanes));
+            // Lane l reads src + l: the line's value (x0 + j_lo) * c + l - lo for l in lo..hi.
+            let src = if j_lo < j_hi {
+                line[(x0 + j_lo as isize) as usize * c..].as_ptr().wrapping_sub(lo)
+            } else {
+                line.as_ptr()
+            };
             // SAFETY: only the lanes of `load` are read (masked lanes are not accessed and do
-            // not fault): lo..hi, which are within `line` as said above (start + lo >= 0,
-            // start + hi <= len); `store`'s lanes are 0..run, `dst`'s values. Called only from
-            // `gather_rows` below, which has avx512f, avx512bw and avx512vl. Rows of up to 8
-            // values (the stem's 7) move in 128-bit registers: the masked 512-bit store is
-            // several times slower.
+            // not fault): lo..hi, the line's values from (x0 + j_lo) * c (indexed above) to
+            // (x0 + j_hi) * c <= w * c, hi <= run; none where the mask is empty; `store`'s
+            // lanes are 0..lanes, `dst`'s values (those from `run` on stored as the load's
+            // zeros). `Masked` is private to this module and used only by `gather_rows` below,
+            // which has avx512f, avx512bw and avx512vl. Rows of up to 8 values (the stem's 7,
+            // padded to 8) move in 128-bit registers: the masked 512-bit store is several
+            // times slower.
             unsafe {
-                if run <= 8 {
+                if lanes <= 8 {
                     let v = _mm_maskz_loadu_epi16(load as u8, src.cast());
                     _mm_mask_storeu_epi16(dst.as_mut_ptr().cast(), store as u8, v);
-                } else if run <= 16 {
+                } else if lanes <= 16 {
                     let v = _mm256_maskz_loadu_epi16(load as u16, src.cast());
                     _mm256_mask_storeu_epi16(dst.as_mut_ptr().cast(), store as u16, v);
                 } else {
@@ -401,7 +508,7 @@ mod avx512 {
     ///
     /// # Safety
     /// The CPU has avx512f, avx512bw and avx512vl; `s`'s kernel rows are at most 32 values
-    /// (`kernel[2] * in_channels <= 32`) with dilation 1 along the width.
+    /// with their padding (`run_ld <= 32`), with dilation 1 along the width.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn gather_rows(
@@ -412,16 +519,18 @@ mod avx512 {
         first: usize,
         count: usize,
         ld: usize,
+        run_ld: usize,
         dst: &mut [u16],
     ) {
-        super::gather_rows(s, x, dims, out_dims, first, count, ld, dst, &Masked);
+        super::gather_rows(s, x, dims, out_dims, first, count, ld, run_ld, dst, &Masked);
     }
 }
 
 /// [`gather`] for any element (f32, or the bf16 network's rounded input: rounding commutes
-/// with the copy), kernel rows of adjacent taps copied by `window`, into rows `ld >= k` apart
-/// whose last `ld - k` values are zeroed (the bf16 kernel's even K). `x` is the input of shape `dims` (checked against `s` by `on`), `dst`
-/// holds `count * ld` values.
+/// with the copy), kernel rows of adjacent taps copied by `window`, into rows `ld` apart,
+/// each kernel row of `kw * c` values padded with zeros to `run_ld` (the bf16 kernel's even
+/// rows) and the row's last `ld - kd * kh * run_ld` values zeros. `x` is the input of shape
+/// `dims` (checked against `s` by `on`), `dst` holds `count * ld` values.
 #[allow(clippy::too_many_arguments)] // the gathered product's operands, as `gather`'s
 #[inline(always)]
 pub(super) fn gather_rows<T: Copy + Default>(
@@ -432,10 +541,10 @@ pub(super) fn gather_rows<T: Copy + Default>(
     first: usize,
     count: usize,
     ld: usize,
+    run_ld: usize,
     dst: &mut [T],
     window: &impl Window<T>,
 ) {
-    let k = s.k();
     let zero = T::default();
     let [_, d, h, w, c] = dims;
     let [_, od, oh, ow, _] = out_dims;
@@ -444,7 +553,8 @@ pub(super) fn gather_rows<T: Copy + Default>(
     let [pd, ph, pw] = s.padding;
     let [dd, dh, dw] = s.dilation;
     let run = kw * c;
-    debug_assert!(ld >= k && dst.len() >= count * ld);
+    let k = s.kernel[0] * kh * run_ld;
+    debug_assert!(run_ld >= run && ld >= k && dst.len() >= count * ld);
     // Every value is written: copied from the volume, or zero where the kernel reaches into the
     // padding (the buffer is reused between tiles). Coordinates are `isize`: `on` checked that
     // every padded extent is.
@@ -459,7 +569,7 @@ pub(super) fn gather_rows<T: Copy + Default>(
         let oz = p % od;
         let b = p / od;
         let x0 = (ox * sw) as isize - pw as isize;
-        for (t, depth_taps) in patch.chunks_exact_mut(kh * run).enumerate() {
+        for (t, depth_taps) in patch.chunks_exact_mut(kh * run_ld).enumerate() {
             let z = (oz * sd + t * dd) as isize - pd as isize;
             let z = if s.replicate_depth {
                 z.clamp(0, d as isize - 1)
@@ -469,7 +579,7 @@ pub(super) fn gather_rows<T: Copy + Default>(
             } else {
                 z
             } as usize;
-            for (i, dst) in depth_taps.chunks_exact_mut(run).enumerate() {
+            for (i, dst) in depth_taps.chunks_exact_mut(run_ld).enumerate() {
                 let y = (oy * sh + i * dh) as isize - ph as isize;
                 if y < 0 || y >= h as isize {
                     fill_run(dst, zero);
@@ -477,6 +587,8 @@ pub(super) fn gather_rows<T: Copy + Default>(
                 }
                 let line = ((b * d + z) * h + y as usize) * w;
                 if dw != 1 {
+                    let (dst, pad) = dst.split_at_mut(run);
+                    fill_run(pad, zero);
                     for (j, tap) in dst.chunks_exact_mut(c).enumerate() {
                         let xj = x0 + (j * dw) as isize;
                         if xj < 0 || xj >= w as isize {
@@ -488,7 +600,7 @@ pub(super) fn gather_rows<T: Copy + Default>(
                     }
                     continue;
                 }
-                window.copy(dst, &x[line * c..(line + w) * c], x0, c);
+                window.copy(dst, run, &x[line * c..(line + w) * c], x0, c);
             }
         }
     }
@@ -530,17 +642,22 @@ mod tests {
     use super::*;
 
     /// The bf16 network gathers from its input rounded once: the same rows as gathering in
-    /// f32 and rounding them, with the rows' tails (the kernel's even K) zero.
+    /// f32 and rounding them, each kernel row padded with zeros to the bf16 kernel's even
+    /// rows, the rows' tails zero; the masked copies and the clipped ones agree.
     #[test]
     fn gathering_the_rounded_input_rounds_the_gathered_patches() {
         let cases = [
-            // A one-channel stem (runs of 7, the clipped edges), replicate depth padding, a
-            // dilation, three channels.
+            // A one-channel stem (runs of 7 padded to 8, the clipped edges), replicate depth
+            // padding, a dilation, three channels (runs of 9 padded to 10), 16 channels of a
+            // 3-wide kernel (48: the clipped copies), a 32-value run.
             (2, 1, [9, 12, 20], [7, 7, 7], [2, 2, 2], [3, 3, 3], [1, 1, 1], false),
             (1, 1, [5, 6, 7], [3, 3, 3], [1, 2, 1], [1, 1, 1], [1, 1, 1], true),
             (1, 2, [6, 7, 9], [3, 3, 3], [1, 1, 2], [2, 2, 2], [2, 1, 2], false),
             (1, 3, [4, 5, 6], [1, 3, 3], [1, 1, 1], [0, 1, 1], [1, 1, 1], false),
+            (1, 16, [3, 4, 5], [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false),
+            (1, 4, [3, 4, 11], [1, 1, 8], [1, 1, 3], [0, 0, 5], [1, 1, 1], false),
         ];
+        let bf16 = super::super::bf16::to_bf16;
         for (n, c, input, kernel, stride, padding, dilation, replicate) in cases {
             let s = ConvShape::for_test(n, c, 4, input, kernel, stride, padding, dilation, replicate);
             let [d, h, w] = s.input;
@@ -548,27 +665,66 @@ mod tests {
             let [od, oh, ow] = s.output;
             let out_dims = [n, od, oh, ow, 4];
             let x: Vec<f32> = (0..s.input_len()).map(|i| (i as f32 * 0.731).sin() * 3.1).collect();
-            let rounded: Vec<u16> = x.iter().map(|&v| super::super::bf16::to_bf16(v)).collect();
-            let (k, ld) = (s.k(), s.k() + 3);
+            let rounded: Vec<u16> = x.iter().map(|&v| bf16(v)).collect();
+            let (k, run) = (s.k(), kernel[2] * c);
+            let run_ld = run.div_ceil(2) * 2;
+            let rows_of_kernel = kernel[0] * kernel[1];
+            let ld = rows_of_kernel * run_ld + 3;
             let rows = n * od * oh * ow;
             let (first, count) = (rows / 3, rows - rows / 3);
             let mut patches = Vec::new();
             gather(&s, View { data: &x, dims }, out_dims, first, count, &mut patches);
             let mut gathered = vec![7u16; count * ld];
-            gather_rows_bf16(&s, &rounded, dims, out_dims, first, count, ld, &mut gathered);
+            gather_rows_bf16(&s, &rounded, dims, out_dims, first, count, ld, run_ld, &mut gathered);
             let mut clipped = vec![9u16; count * ld];
-            gather_rows(&s, &rounded, dims, out_dims, first, count, ld, &mut clipped, &Clipped);
+            gather_rows(
+                &s,
+                &rounded,
+                dims,
+                out_dims,
+                first,
+                count,
+                ld,
+                run_ld,
+                &mut clipped,
+                &Clipped,
+            );
             assert_eq!(gathered, clipped, "{s:?}");
             for (r, row) in gathered.chunks_exact(ld).enumerate() {
-                let want: Vec<u16> = patches[r * k..(r + 1) * k]
-                    .iter()
-                    .map(|&v| super::super::bf16::to_bf16(v))
-                    .collect();
-                assert_eq!(&row[..k], &want[..], "{s:?}, row {r}");
-                assert!(row[k..].iter().all(|&v| v == 0), "{s:?}, row {r}");
+                let patch = &patches[r * k..(r + 1) * k];
+                for (q, kernel_row) in row[..rows_of_kernel * run_ld].chunks_exact(run_ld).enumerate() {
+                    let want: Vec<u16> = patch[q * run..(q + 1) * run].iter().map(|&v| bf16(v)).collect();
+                    assert_eq!(&kernel_row[..run], &want[..], "{s:?}, row {r}");
+                    assert!(kernel_row[run..].iter().all(|&v| v == 0), "{s:?}, row {r}");
+                }
+                assert!(row[rows_of_kernel * run_ld..].iter().all(|&v| v == 0), "{s:?}, row {r}");
             }
             assert!(patches[..count * k].contains(&0.0) && patches.iter().any(|&v| v != 0.0));
         }
+    }
+
+    /// A padding of 2^61 with 8 channels (a hostile review's case): the taps outside the line
+    /// are found in taps, not as a product of padding and channels that wraps around, so the
+    /// masked copy gathers zeros as the clipped one does.
+    #[test]
+    fn a_huge_padding_gathers_zeros() {
+        let s = ConvShape::for_test(
+            1,
+            8,
+            4,
+            [1, 1, 1],
+            [1, 1, 1],
+            [1, 1, 1 << 62],
+            [0, 0, 1 << 61],
+            [1; 3],
+            false,
+        );
+        assert_eq!(s.output, [1, 1, 2]);
+        let dims = [1, 1, 1, 1, 8];
+        let x = vec![super::super::bf16::to_bf16(1.0); 8];
+        let mut gathered = vec![7u16; 2 * 8];
+        gather_rows_bf16(&s, &x, dims, [1, 1, 1, 2, 4], 0, 2, 8, 8, &mut gathered);
+        assert_eq!(gathered, vec![0u16; 16]);
     }
 
     #[test]
