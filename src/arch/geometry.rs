@@ -365,6 +365,32 @@ impl ConvShape {
         (0..3).all(|a| self.padding[a] < reach[a])
     }
 
+    /// The depth taps that some output voxel reads from the volume, as the range from the first
+    /// to the last of them; the others read zero padding at every output voxel (a volume a
+    /// slice deep under a 3-deep kernel: only the middle tap), so a product may skip them.
+    /// Every tap with replicate depth padding (it reads edge slices) or where no tap reads the
+    /// volume.
+    pub(crate) fn depth_taps_read(&self) -> std::ops::Range<usize> {
+        let (k, s, p, d) = (self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]);
+        let (n, out) = (self.input[0], self.output[0]);
+        // Tap t reads slice o * s + t * d - p; the first output o with o * s >= p - t * d, if
+        // any, is the one that reads the volume if any does. (Every extent and padded extent
+        // is countable in isize: `on` checked.)
+        let reads = |t: usize| {
+            let offset = (t * d) as isize - p as isize;
+            let o = if offset >= 0 {
+                0
+            } else {
+                offset.unsigned_abs().div_ceil(s)
+            };
+            o < out && ((o * s) as isize + offset) < n as isize
+        };
+        match ((0..k).find(|&t| reads(t)), (0..k).rev().find(|&t| reads(t))) {
+            (Some(first), Some(last)) if !self.replicate_depth => first..last + 1,
+            _ => 0..k,
+        }
+    }
+
     /// The same convolution with its input and output channels swapped and `padding`, on the
     /// output's extents: the convolution whose forward pass is this one's input gradient (for
     /// a flipped kernel, stride 1, zero padding). `None` where that does not compute.
@@ -604,6 +630,56 @@ mod tests {
             dilation,
             depth_padding: DepthPadding::Zeros,
         }
+    }
+
+    /// The depth taps read against the definition (every output slice, every tap), over
+    /// kernels, strides, paddings (beyond the reach too) and dilations up to 5 on 1 to 7
+    /// slices: the hull of the taps that read a slice; every tap where none does or with
+    /// replicate padding. The three-deep kernel on one slice reads its middle tap only.
+    #[test]
+    fn the_depth_taps_read_are_those_that_reach_the_volume() {
+        let mut cropped = 0;
+        for (k, s, p, d, n) in small_geometries() {
+            let g = geometry([k, 1, 1], [s, 1, 1], [p, 0, 0], [d, 1, 1]);
+            let Ok(shape) = g.on([1, 1, n, 1, 1], &"conv") else {
+                continue;
+            };
+            let read: Vec<usize> = (0..k)
+                .filter(|&t| {
+                    (0..shape.output[0]).any(|o| {
+                        let z = (o * s + t * d) as isize - p as isize;
+                        (0..n as isize).contains(&z)
+                    })
+                })
+                .collect();
+            let want = match (read.first(), read.last()) {
+                (Some(&a), Some(&b)) => a..b + 1,
+                _ => 0..k,
+            };
+            assert_eq!(shape.depth_taps_read(), want, "k {k} s {s} p {p} d {d} n {n}");
+            cropped += usize::from(want != (0..k));
+            let replicate = ConvGeometry {
+                depth_padding: DepthPadding::Replicate,
+                ..g
+            };
+            if let Ok(shape) = replicate.on([1, 1, n, 1, 1], &"conv") {
+                assert_eq!(shape.depth_taps_read(), 0..k);
+            }
+        }
+        assert!(cropped > 100, "{cropped}");
+        let middle = geometry([3, 3, 3], [1; 3], [1; 3], [1; 3])
+            .on([1, 1, 1, 4, 4], &"conv")
+            .unwrap();
+        assert_eq!(middle.depth_taps_read(), 1..2);
+    }
+
+    /// (kernel, stride, padding, dilation, slices) over small values.
+    fn small_geometries() -> impl Iterator<Item = (usize, usize, usize, usize, usize)> {
+        (1..=5).flat_map(|k| {
+            (1..=5).flat_map(move |s| {
+                (0..=5).flat_map(move |p| (1..=3).flat_map(move |d| (1..=7).map(move |n| (k, s, p, d, n))))
+            })
+        })
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub(crate) struct PackedConv {
     winograd: Option<Winograd>,
     /// The fewest 2x2x2 output tiles for which `winograd` runs.
     winograd_tiles: usize,
+    /// Whether every kernel value is finite: only then may a product skip taps that read
+    /// padding only (a NaN or infinity there makes the output NaN, as in Burn's `conv3d`).
+    finite: bool,
     bias: Vec<f32>,
 }
 
@@ -198,6 +201,7 @@ impl PackedConv {
             winograd: takes
                 .then(|| Winograd::new(weight, [o, i], scale, packed.kernel(), precision == Precision::Bf16)),
             winograd_tiles,
+            finite: weight.iter().chain(scale.unwrap_or_default()).all(|v| v.is_finite()),
             weight: packed,
             weight_bf16,
             spec,
@@ -313,6 +317,19 @@ impl PackedConv {
             _ => None,
         };
 
+        // Gathered f32 patches skip the depth taps that read only zero padding at every output
+        // voxel: the last stages on a small input (one slice deep under 3-deep kernels) read a
+        // third of their kernel.
+        let depth = s.depth_taps_read();
+        let cropped = (depth.len() < s.kernel[0]
+            && !pointwise
+            && padded.is_none()
+            && padded_bf16.is_none()
+            && self.weight_bf16.is_none()
+            && self.weight.kernel() == Kernel::Avx512
+            && self.finite)
+            .then_some(depth);
+
         // Work items: tiles of output voxels, each split into groups of column panels when
         // there are too few tiles to keep every thread busy.
         let threads = rayon::current_num_threads().max(1);
@@ -349,7 +366,7 @@ impl PackedConv {
             // The prepacked product (pointwise convolutions and gathered f32 patches) applies
             // bias, residual and ReLU as it stores its tiles (k > 0: it stores nothing else);
             // the others add to rows that hold them first and take the ReLU after.
-            let fused = padded_bf16.is_none() && padded.is_none() && self.weight_bf16.is_none();
+            let fused = padded_bf16.is_none() && padded.is_none() && self.weight_bf16.is_none() && cropped.is_none();
             if !fused {
                 for r in 0..count {
                     row(r).copy_from_slice(&self.bias[c0..c1]);
@@ -416,10 +433,36 @@ impl PackedConv {
                 });
             } else {
                 SCRATCH.with_borrow_mut(|(patches, packed)| {
+                    if let Some(depth) = &cropped {
+                        let per_tap = s.kernel[1] * s.kernel[2] * s.in_channels;
+                        let kept = depth.len() * per_tap;
+                        implicit::gather(s, x, out_dims, first, count, depth.clone(), patches);
+                        for r0 in (0..count).step_by(MR) {
+                            for j in panel_range.clone() {
+                                // SAFETY: `patches` holds whole register tiles of rows of `kept`
+                                // values (`gather`); the kernel's rows of these depth taps lie
+                                // within K (taps lead its rows); C: this item's rows and panel
+                                // j; `cropped` exists only for an AVX-512 kernel.
+                                unsafe {
+                                    super::matmul::accumulate(
+                                        patches.as_ptr().add(r0 * kept),
+                                        kept,
+                                        MR.min(count - r0),
+                                        &self.weight,
+                                        depth.start * per_tap..depth.end * per_tap,
+                                        j,
+                                        out_ptr.0.add((first + r0) * oc),
+                                        oc,
+                                    )
+                                };
+                            }
+                        }
+                        return;
+                    }
                     let lhs = if pointwise {
                         x.data[first * k..(first + count) * k].as_ptr()
                     } else {
-                        implicit::gather(s, x, out_dims, first, count, patches);
+                        implicit::gather(s, x, out_dims, first, count, 0..s.kernel[0], patches);
                         patches.as_ptr()
                     };
                     // The residual has the output's shape (checked above): its rows from
@@ -668,6 +711,33 @@ mod tests {
                         "padding {padding}: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Inputs one slice deep under 3-deep kernels on short lines (gathered patches): the
+    /// product skips the depth taps that read padding only and computes the definition; a
+    /// NaN in such a tap of the kernel still makes its output channel NaN (nothing skipped).
+    #[test]
+    fn depth_taps_on_padding_only_are_skipped_unless_the_kernel_is_not_finite() {
+        for (stride, dims) in [(1, [2, 1, 2, 2, 16]), (2, [1, 1, 3, 3, 16]), (1, [1, 2, 3, 1, 16])] {
+            let g = geometry([16, 24], 3, stride, 1);
+            let (x, mut w) = (values(dims.iter().product(), 7), values(24 * 16 * 27, 8));
+            let layer = pack(g, &w, WinogradUse::Never);
+            let got = run(&layer, &x, dims).unwrap();
+            let want = naive(&x, dims, &w, &g);
+            let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (a, b) in got.data.iter().zip(&want) {
+                assert!((f64::from(*a) - b).abs() < 1e-5 * scale, "{dims:?}: {a} vs {b}");
+            }
+            // Tap (0, 1, 1) of output channel 0, input channel 0: it reads the slice before
+            // the first (at the first output slice); output channel 0 is NaN everywhere, the
+            // others are finite.
+            w[4] = f32::NAN;
+            let layer = pack(g, &w, WinogradUse::Never);
+            let got = run(&layer, &x, dims).unwrap().data;
+            for (i, v) in got.iter().enumerate() {
+                assert_eq!(v.is_nan(), i % 24 == 0, "{dims:?}, value {i}: {v}");
             }
         }
     }

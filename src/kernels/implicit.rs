@@ -364,19 +364,24 @@ pub(super) unsafe fn implicit(
 }
 
 /// The patches of output voxels `first..first + count` (in `[n, d, h, w]` order), one row of
-/// `k` values each, zeros where the kernel reaches into the padding. Any padding: windows are
-/// cut to the volume by index, nothing is padded.
+/// `k` values each, zeros where the kernel reaches into the padding; only the depth taps
+/// `depth` (all, or [`ConvShape::depth_taps_read`]: rows of `depth.len() * kh * kw * C`
+/// values). Any padding: windows are cut to the volume by index, nothing is padded. `patches`
+/// holds whole register tiles of rows ([`MR`]) after the call, for products that read them.
 pub(super) fn gather(
     s: &ConvShape,
     x: View<'_>,
     out_dims: [usize; 5],
     first: usize,
     count: usize,
+    depth: Range<usize>,
     patches: &mut Vec<f32>,
 ) {
-    let k = s.k();
-    if patches.len() < count * k {
-        patches.resize(count * k, 0.0);
+    let run = s.kernel[2] * s.in_channels;
+    let k = depth.len() * s.kernel[1] * run;
+    let len = count.div_ceil(MR) * MR * k;
+    if patches.len() < len {
+        patches.resize(len, 0.0);
     }
     gather_rows(
         s,
@@ -386,7 +391,8 @@ pub(super) fn gather(
         first,
         count,
         k,
-        s.kernel[2] * s.in_channels,
+        run,
+        depth,
         &mut patches[..count * k],
         &Clipped,
     );
@@ -412,10 +418,22 @@ pub(super) fn gather_rows_bf16(
     if run_ld <= 32 && s.dilation[2] == 1 && super::bf16::available() {
         // SAFETY: `available` found avx512f, avx512bw and avx512vl; kernel rows of at most 32
         // values with adjacent taps, as `avx512::gather_rows` requires.
-        unsafe { avx512::gather_rows(s, x_bf16, dims, out_dims, first, count, ld, run_ld, dst) };
+        unsafe { avx512::gather_rows(s, x_bf16, dims, out_dims, first, count, ld, run_ld, 0..s.kernel[0], dst) };
         return;
     }
-    gather_rows(s, x_bf16, dims, out_dims, first, count, ld, run_ld, dst, &Clipped);
+    gather_rows(
+        s,
+        x_bf16,
+        dims,
+        out_dims,
+        first,
+        count,
+        ld,
+        run_ld,
+        0..s.kernel[0],
+        dst,
+        &Clipped,
+    );
 }
 
 /// How [`gather_rows`] copies one kernel row of adjacent taps (dilation 1 along the width):
@@ -457,6 +475,8 @@ impl<T: Copy + Default> Window<T> for Clipped {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
+
+    use std::ops::Range;
 
     use super::{ConvShape, Window, inside};
 
@@ -520,16 +540,18 @@ mod avx512 {
         count: usize,
         ld: usize,
         run_ld: usize,
+        depth: Range<usize>,
         dst: &mut [u16],
     ) {
-        super::gather_rows(s, x, dims, out_dims, first, count, ld, run_ld, dst, &Masked);
+        super::gather_rows(s, x, dims, out_dims, first, count, ld, run_ld, depth, dst, &Masked);
     }
 }
 
 /// [`gather`] for any element (f32, or the bf16 network's rounded input: rounding commutes
 /// with the copy), kernel rows of adjacent taps copied by `window`, into rows `ld` apart,
 /// each kernel row of `kw * c` values padded with zeros to `run_ld` (the bf16 kernel's even
-/// rows) and the row's last `ld - kd * kh * run_ld` values zeros. `x` is the input of shape
+/// rows) and the row's last `ld - depth.len() * kh * run_ld` values zeros; the depth taps
+/// `depth` only. `x` is the input of shape
 /// `dims` (checked against `s` by `on`), `dst` holds `count * ld` values.
 #[allow(clippy::too_many_arguments)] // the gathered product's operands, as `gather`'s
 #[inline(always)]
@@ -542,6 +564,7 @@ pub(super) fn gather_rows<T: Copy + Default>(
     count: usize,
     ld: usize,
     run_ld: usize,
+    depth: Range<usize>,
     dst: &mut [T],
     window: &impl Window<T>,
 ) {
@@ -553,7 +576,7 @@ pub(super) fn gather_rows<T: Copy + Default>(
     let [pd, ph, pw] = s.padding;
     let [dd, dh, dw] = s.dilation;
     let run = kw * c;
-    let k = s.kernel[0] * kh * run_ld;
+    let k = depth.len() * kh * run_ld;
     debug_assert!(run_ld >= run && ld >= k && dst.len() >= count * ld);
     // Every value is written: copied from the volume, or zero where the kernel reaches into the
     // padding (the buffer is reused between tiles). Coordinates are `isize`: `on` checked that
@@ -569,7 +592,7 @@ pub(super) fn gather_rows<T: Copy + Default>(
         let oz = p % od;
         let b = p / od;
         let x0 = (ox * sw) as isize - pw as isize;
-        for (t, depth_taps) in patch.chunks_exact_mut(kh * run_ld).enumerate() {
+        for (t, depth_taps) in depth.clone().zip(patch.chunks_exact_mut(kh * run_ld)) {
             let z = (oz * sd + t * dd) as isize - pd as isize;
             let z = if s.replicate_depth {
                 z.clamp(0, d as isize - 1)
@@ -673,7 +696,15 @@ mod tests {
             let rows = n * od * oh * ow;
             let (first, count) = (rows / 3, rows - rows / 3);
             let mut patches = Vec::new();
-            gather(&s, View { data: &x, dims }, out_dims, first, count, &mut patches);
+            gather(
+                &s,
+                View { data: &x, dims },
+                out_dims,
+                first,
+                count,
+                0..kernel[0],
+                &mut patches,
+            );
             let mut gathered = vec![7u16; count * ld];
             gather_rows_bf16(&s, &rounded, dims, out_dims, first, count, ld, run_ld, &mut gathered);
             let mut clipped = vec![9u16; count * ld];
@@ -686,6 +717,7 @@ mod tests {
                 count,
                 ld,
                 run_ld,
+                0..kernel[0],
                 &mut clipped,
                 &Clipped,
             );
@@ -700,6 +732,63 @@ mod tests {
                 assert!(row[rows_of_kernel * run_ld..].iter().all(|&v| v == 0), "{s:?}, row {r}");
             }
             assert!(patches[..count * k].contains(&0.0) && patches.iter().any(|&v| v != 0.0));
+        }
+    }
+
+    /// Gathering only some depth taps gives those taps' columns of the whole patches.
+    #[test]
+    fn the_depth_taps_gathered_are_columns_of_the_whole_patches() {
+        for (input, kernel, stride, padding) in [
+            ([1, 4, 5], [3, 3, 3], [1, 1, 1], [1, 1, 1]),
+            ([2, 5, 4], [3, 3, 3], [2, 2, 2], [1, 1, 1]),
+            ([1, 6, 6], [5, 3, 3], [3, 1, 1], [4, 1, 1]),
+        ] {
+            let c = 3;
+            let s = ConvShape::for_test(2, c, 4, input, kernel, stride, padding, [1; 3], false);
+            let [d, h, w] = s.input;
+            let dims = [2, d, h, w, c];
+            let [od, oh, ow] = s.output;
+            let out_dims = [2, od, oh, ow, 4];
+            let x: Vec<f32> = (0..s.input_len()).map(|i| (i as f32 * 0.37).cos()).collect();
+            let rows = 2 * od * oh * ow;
+            let depth = s.depth_taps_read();
+            assert!(depth.len() < kernel[0], "{s:?}");
+            let (mut whole, mut cropped) = (Vec::new(), Vec::new());
+            gather(
+                &s,
+                View { data: &x, dims },
+                out_dims,
+                1,
+                rows - 1,
+                0..kernel[0],
+                &mut whole,
+            );
+            gather(
+                &s,
+                View { data: &x, dims },
+                out_dims,
+                1,
+                rows - 1,
+                depth.clone(),
+                &mut cropped,
+            );
+            let per_tap = kernel[1] * kernel[2] * c;
+            let (k, kept) = (s.k(), depth.len() * per_tap);
+            assert!(cropped.len() >= (rows - 1).div_ceil(MR) * MR * kept);
+            for r in 0..rows - 1 {
+                let row = &whole[r * k..(r + 1) * k];
+                assert_eq!(
+                    &cropped[r * kept..(r + 1) * kept],
+                    &row[depth.start * per_tap..depth.end * per_tap]
+                );
+                // The taps left out read only padding.
+                assert!(
+                    row[..depth.start * per_tap]
+                        .iter()
+                        .chain(&row[depth.end * per_tap..])
+                        .all(|&v| v == 0.0)
+                );
+            }
         }
     }
 
