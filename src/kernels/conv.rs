@@ -27,6 +27,7 @@ use rayon::prelude::*;
 
 use super::buffers::{Act, Buffers, View};
 use super::fold::{BatchNormValues, fold};
+use super::gather;
 use super::implicit::{self, all_moderate};
 use super::matmul::{Epilogue, Kernel, MR, NR, PackedB, matmul};
 use super::parallel::{SendPtr, work_items};
@@ -95,8 +96,6 @@ const TILE_ROWS: usize = 16 * MR;
 thread_local! {
     /// Per thread: the gathered patches of a tile, and the matrix product's packed block.
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-    /// Per thread: the bf16 rows of a tile (gathered patches, or a pointwise layer's input).
-    static SCRATCH_BF16: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
 impl PlanLayer for PackedConv {
@@ -309,7 +308,7 @@ impl PackedConv {
         // commutes with the copy): half the bytes gathered, and no pass rounding them.
         let x_bf16 = match &self.weight_bf16 {
             Some(_) if !pointwise && padded_bf16.is_none() && padded.is_none() => {
-                Some(implicit::rounded(x.data).ok_or_else(|| Error::InvalidInput {
+                Some(gather::rounded(x.data).ok_or_else(|| Error::InvalidInput {
                     dims: s.input_dims().to_vec(),
                     what: format!("{}: its input in bf16 cannot be allocated", self.spec.name),
                 })?)
@@ -320,15 +319,17 @@ impl PackedConv {
         // Gathered f32 patches skip the depth taps that read only zero padding at every output
         // voxel: the last stages on a small input (one slice deep under 3-deep kernels) read a
         // third of their kernel.
-        let depth = s.depth_taps_read();
+        let depth = if self.finite && !pointwise {
+            s.depth_taps_read()
+        } else {
+            0..s.kernel[0]
+        };
         let cropped = (depth.len() < s.kernel[0]
-            && !pointwise
             && padded.is_none()
             && padded_bf16.is_none()
             && self.weight_bf16.is_none()
-            && self.weight.kernel() == Kernel::Avx512
-            && self.finite)
-            .then_some(depth);
+            && self.weight.kernel() == Kernel::Avx512)
+            .then(|| depth.clone());
 
         // Work items: tiles of output voxels, each split into groups of column panels when
         // there are too few tiles to keep every thread busy.
@@ -392,77 +393,50 @@ impl PackedConv {
                 // `panel_range`.
                 unsafe { implicit::in_place(s, padded, out_dims, first, count, panel_range.clone(), out_ptr.0) };
             } else if let Some(w) = &self.weight_bf16 {
-                SCRATCH_BF16.with_borrow_mut(|a| {
-                    // The patches in bf16, rows padded to the kernel's even K (zeros), and rows
-                    // to a whole number of register tiles (values of earlier tiles, results
-                    // never stored). A pointwise convolution's patches are its input rows (one
-                    // per output row, k = in_channels values each: checked above).
-                    let kp = w.k();
-                    a.resize(a.len().max(count.div_ceil(MR) * MR * kp), 0);
-                    let round_rows = |a: &mut [u16], rows: &[f32]| {
-                        for (dst, src) in a.chunks_exact_mut(kp).zip(rows.chunks_exact(k)) {
-                            super::bf16::round_into(src, &mut dst[..k]);
-                            dst[k..].fill(0);
-                        }
-                    };
-                    match &x_bf16 {
-                        Some(xb) => implicit::gather_rows_bf16(s, xb, x.dims, out_dims, first, count, kp, w.run(), a),
-                        // A pointwise convolution (the only bf16 layer without `x_bf16`).
-                        None => round_rows(a, &x.data[first * k..(first + count) * k]),
-                    }
-                    for r0 in (0..count).step_by(MR) {
-                        for j in panel_range.clone() {
-                            // SAFETY: `a` holds MR rows of kp values from row r0 (whole tiles);
-                            // 0..kp is `w`'s even row count; C: this item's rows and panel j;
-                            // `weight_bf16` exists only where `freeze_bf16` found the bf16
-                            // product available.
-                            unsafe {
-                                super::bf16::accumulate(
-                                    a.as_ptr().add(r0 * kp),
-                                    kp,
-                                    MR.min(count - r0),
-                                    w,
-                                    0..kp,
-                                    j,
-                                    out_ptr.0.add((first + r0) * oc),
-                                    oc,
-                                )
-                            };
-                        }
-                    }
-                });
+                // SAFETY: `w` is this layer's kernel, which exists only where `freeze_bf16`
+                // found the bf16 product available; `x_bf16` is `x` rounded (or none for a
+                // pointwise convolution, whose rows are its input's: checked above); `depth`
+                // is the whole kernel depth or `depth_taps_read`'s; `out` holds `out_dims`, and
+                // this item alone touches rows first..first + count, columns of `panel_range`.
+                unsafe {
+                    gather::accumulate_bf16(
+                        s,
+                        w,
+                        x,
+                        x_bf16.as_deref(),
+                        depth.clone(),
+                        out_dims,
+                        first,
+                        count,
+                        panel_range.clone(),
+                        out_ptr.0,
+                    )
+                };
             } else {
                 SCRATCH.with_borrow_mut(|(patches, packed)| {
                     if let Some(depth) = &cropped {
-                        let per_tap = s.kernel[1] * s.kernel[2] * s.in_channels;
-                        let kept = depth.len() * per_tap;
-                        implicit::gather(s, x, out_dims, first, count, depth.clone(), patches);
-                        for r0 in (0..count).step_by(MR) {
-                            for j in panel_range.clone() {
-                                // SAFETY: `patches` holds whole register tiles of rows of `kept`
-                                // values (`gather`); the kernel's rows of these depth taps lie
-                                // within K (taps lead its rows); C: this item's rows and panel
-                                // j; `cropped` exists only for an AVX-512 kernel.
-                                unsafe {
-                                    super::matmul::accumulate(
-                                        patches.as_ptr().add(r0 * kept),
-                                        kept,
-                                        MR.min(count - r0),
-                                        &self.weight,
-                                        depth.start * per_tap..depth.end * per_tap,
-                                        j,
-                                        out_ptr.0.add((first + r0) * oc),
-                                        oc,
-                                    )
-                                };
-                            }
-                        }
+                        // SAFETY: `cropped` exists only for an AVX-512 kernel, `depth` is
+                        // `depth_taps_read`'s; `out` as for the bf16 product above.
+                        unsafe {
+                            gather::accumulate_f32(
+                                s,
+                                &self.weight,
+                                x,
+                                depth.clone(),
+                                out_dims,
+                                first,
+                                count,
+                                panel_range.clone(),
+                                out_ptr.0,
+                                patches,
+                            )
+                        };
                         return;
                     }
                     let lhs = if pointwise {
                         x.data[first * k..(first + count) * k].as_ptr()
                     } else {
-                        implicit::gather(s, x, out_dims, first, count, 0..s.kernel[0], patches);
+                        gather::gather(s, x, out_dims, first, count, 0..s.kernel[0], patches);
                         patches.as_ptr()
                     };
                     // The residual has the output's shape (checked above): its rows from
@@ -723,21 +697,35 @@ mod tests {
         for (stride, dims) in [(1, [2, 1, 2, 2, 16]), (2, [1, 1, 3, 3, 16]), (1, [1, 2, 3, 1, 16])] {
             let g = geometry([16, 24], 3, stride, 1);
             let (x, mut w) = (values(dims.iter().product(), 7), values(24 * 16 * 27, 8));
-            let layer = pack(g, &w, WinogradUse::Never);
-            let got = run(&layer, &x, dims).unwrap();
             let want = naive(&x, dims, &w, &g);
             let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            for (a, b) in got.data.iter().zip(&want) {
-                assert!((f64::from(*a) - b).abs() < 1e-5 * scale, "{dims:?}: {a} vs {b}");
+            // f32, and bf16 (within its rounding: 8 bits per product input) where available.
+            let layers = |w: &[f32]| {
+                [(Precision::F32, 1e-5), (Precision::Bf16, 2e-2)]
+                    .into_iter()
+                    .filter(|&(p, _)| p == Precision::F32 || super::super::bf16::available())
+                    .map(|(p, tolerance)| {
+                        let bias = vec![0.0; 24];
+                        let layer = PackedConv::pack(spec(g), w, None, bias, Kernel::detect(), p, WinogradUse::Never);
+                        (layer.unwrap(), p, tolerance)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            for (layer, _, tolerance) in layers(&w) {
+                let got = run(&layer, &x, dims).unwrap();
+                for (a, b) in got.data.iter().zip(&want) {
+                    assert!((f64::from(*a) - b).abs() < tolerance * scale, "{dims:?}: {a} vs {b}");
+                }
             }
             // Tap (0, 1, 1) of output channel 0, input channel 0: it reads the slice before
             // the first (at the first output slice); output channel 0 is NaN everywhere, the
             // others are finite.
             w[4] = f32::NAN;
-            let layer = pack(g, &w, WinogradUse::Never);
-            let got = run(&layer, &x, dims).unwrap().data;
-            for (i, v) in got.iter().enumerate() {
-                assert_eq!(v.is_nan(), i % 24 == 0, "{dims:?}, value {i}: {v}");
+            for (layer, precision, _) in layers(&w) {
+                let got = run(&layer, &x, dims).unwrap().data;
+                for (i, v) in got.iter().enumerate() {
+                    assert_eq!(v.is_nan(), i % 24 == 0, "{precision:?} {dims:?}, value {i}: {v}");
+                }
             }
         }
     }

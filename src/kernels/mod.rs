@@ -7,7 +7,7 @@
 //!   portable fallback (the `gemm` crate); `bf16`: the bf16 product (AVX512_BF16).
 //! - `conv`: [`PackedConv`](conv::PackedConv), the forward convolution on channels-last data
 //!   (the frozen network's layers and the `flex` operation), which reads its input through
-//!   `implicit` (a padded copy read in place, or gathered patches) or as a `winograd`
+//!   `implicit` (a padded copy read in place) or `gather` (patches per tile), or as a `winograd`
 //!   F(2x2x2, 3x3x3) product.
 //! - `channels_last`: the `flex` operation's passes (forward through `PackedConv`, input,
 //!   weight and bias gradients); `channels_first`: the same on `[N, C, D, H, W]` data where
@@ -28,6 +28,7 @@ pub(crate) mod channels_first;
 pub(crate) mod channels_last;
 pub(crate) mod conv;
 pub(crate) mod fold;
+pub(crate) mod gather;
 pub(crate) mod implicit;
 pub(crate) mod layout;
 pub(crate) mod matmul;
