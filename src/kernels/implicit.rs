@@ -160,8 +160,10 @@ pub(super) enum Padded<'a> {
 ///
 /// # Safety
 /// `padded` must be [`pad`]'s (or [`pad_bf16`]'s) copy of `s`'s input with the layer's kernel
-/// (a bf16 one only where [`bf16::available`](super::bf16::available)); `out` the output
-/// (rows of `out_channels`), this call alone touching those rows and columns.
+/// (a bf16 one only where [`bf16::available`](super::bf16::available), and with 16 input
+/// channels or more only for an even count: its tap rows of `kw * C` values must start on
+/// even rows; `PackedConv::forward` makes no other); `out` the output (rows of
+/// `out_channels`), this call alone touching those rows and columns.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn in_place(
     s: &ConvShape,
@@ -247,7 +249,9 @@ pub(super) unsafe fn in_place(
 ///
 /// # Safety
 /// As [`implicit`]: `padded` and `len` describe [`pad`]'s (or [`pad_bf16`]'s) copy of `s`'s
-/// input that `product` reads.
+/// input that `product` reads; `run_ld` is the distance between the kernel's rows that
+/// `product` reads, so that `(kd * kh - 1) * run_ld + kw * C` is within its K (`kw * C` for
+/// the f32 kernel, [`PackedBf16::run`] for the bf16 one, whose K is `kd * kh * run()`).
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn implicit_runs(
     s: &ConvShape,
