@@ -386,18 +386,16 @@ impl PackedConv {
                 (None, None) => None,
             };
             if let Some(padded) = in_place {
-                // SAFETY: the padded copy is `pad`'s or `pad_bf16`'s of `x`, whose shape `on`
-                // checked against this layer above, with this layer's kernel (in bf16 only
-                // where `freeze_bf16` found the bf16 product available); `out` holds
-                // `out_dims`, and this item alone touches rows first..first + count, columns of
-                // `panel_range`.
+                // The padded copy is `pad`'s or `pad_bf16`'s of `x` (shape checked by `on`
+                // above), with this layer's kernel (bf16 only where `freeze_bf16` found it
+                // available). SAFETY: as just said; `out` holds `out_dims`, and this item
+                // alone touches rows first..first + count, columns of `panel_range`.
                 unsafe { implicit::in_place(s, padded, out_dims, first, count, panel_range.clone(), out_ptr.0) };
             } else if let Some(w) = &self.weight_bf16 {
-                // SAFETY: `w` is this layer's kernel, which exists only where `freeze_bf16`
-                // found the bf16 product available; `x_bf16` is `x` rounded (or none for a
-                // pointwise convolution, whose rows are its input's: checked above); `depth`
-                // is the whole kernel depth or `depth_taps_read`'s; `out` holds `out_dims`, and
-                // this item alone touches rows first..first + count, columns of `panel_range`.
+                // `w` exists only where `freeze_bf16` found the bf16 product available;
+                // `x_bf16` is `x` rounded (none for a pointwise convolution: checked above).
+                // SAFETY: as just said; `depth` is the kernel's or `depth_taps_read`'s; `out`
+                // as for the in-place products above.
                 unsafe {
                     gather::accumulate_bf16(
                         s,

@@ -278,14 +278,11 @@ mod avx512 {
             } else {
                 line.as_ptr()
             };
-            // SAFETY: only the lanes of `load` are read (masked lanes are not accessed and do
-            // not fault): lo..hi, the line's values from (x0 + j_lo) * c (indexed above) to
-            // (x0 + j_hi) * c <= w * c, hi <= run; none where the mask is empty; `store`'s
-            // lanes are 0..lanes, `dst`'s values (those from `run` on stored as the load's
-            // zeros). `Masked` is private to this module and used only by `gather_rows` below,
-            // which has avx512f, avx512bw and avx512vl. Rows of up to 8 values (the stem's 7,
-            // padded to 8) move in 128-bit registers: the masked 512-bit store is several
-            // times slower.
+            // Rows of up to 8 values (the stem's 7, padded to 8) move in 128-bit registers: the
+            // masked 512-bit store is several times slower. Masked lanes are neither accessed
+            // nor fault. `Masked` is private, used only by `gather_rows` below (avx512f/bw/vl).
+            // SAFETY: `load` reads lanes lo..hi: the line's values (x0 + j_lo) * c (indexed
+            // above) .. (x0 + j_hi) * c <= w * c; `store` writes dst's lanes 0..lanes.
             unsafe {
                 if lanes <= 8 {
                     let v = _mm_maskz_loadu_epi16(load as u8, src.cast());

@@ -176,11 +176,10 @@ pub(super) unsafe fn in_place(
 ) {
     let oc = out_dims[4];
     let runs = s.in_channels < 16;
-    // SAFETY (every call below): as the caller promises, and as `implicit` and
-    // `implicit_runs` state for the products they call: A within the padded copy, the kernel
-    // rows within K (the bf16 kernel's rows `run()` apart, even, its implicit product's tap
-    // rows of kw * C values with C even: `pad_bf16` is made for 16 channels and more only with
-    // an even count), C the caller's rows and columns.
+    // The bf16 kernel's rows are `run()` apart, even; its implicit product's tap rows of
+    // kw * C values start on even rows (C even from 16 channels on: the caller's contract).
+    // SAFETY (every call below): the caller's contract, and `implicit` and `implicit_runs`
+    // state for their products: A within the padded copy, kernel rows within K, C the caller's.
     unsafe {
         match padded {
             Padded::Bf16(xp, dims, w) if runs => implicit_runs(
