@@ -22,6 +22,7 @@
 //! [`ConvGeometry::on`]: crate::arch::geometry::ConvGeometry::on
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
@@ -76,9 +77,11 @@ pub(crate) struct PackedConv {
     winograd: Option<Winograd>,
     /// The fewest 2x2x2 output tiles for which `winograd` runs.
     winograd_tiles: usize,
-    /// Whether every kernel value is finite: only then may a product skip taps that read
-    /// padding only (a NaN or infinity there makes the output NaN, as in Burn's `conv3d`).
-    finite: bool,
+    /// Whether every kernel value (BatchNorm's scale folded in) is finite: only then may a
+    /// product skip taps that read padding only (a NaN or infinity there makes the output NaN,
+    /// as in Burn's `conv3d`). Found on first need, from the packed kernel: the training
+    /// forward packs every call, and most calls never ask.
+    finite: OnceLock<bool>,
     bias: Vec<f32>,
 }
 
@@ -200,7 +203,7 @@ impl PackedConv {
             winograd: takes
                 .then(|| Winograd::new(weight, [o, i], scale, packed.kernel(), precision == Precision::Bf16)),
             winograd_tiles,
-            finite: weight.iter().chain(scale.unwrap_or_default()).all(|v| v.is_finite()),
+            finite: OnceLock::new(),
             weight: packed,
             weight_bf16,
             spec,
@@ -319,11 +322,9 @@ impl PackedConv {
         // Gathered f32 patches skip the depth taps that read only zero padding at every output
         // voxel: the last stages on a small input (one slice deep under 3-deep kernels) read a
         // third of their kernel.
-        let depth = if self.finite && !pointwise {
-            s.depth_taps_read()
-        } else {
-            0..s.kernel[0]
-        };
+        let depth = Some(s.depth_taps_read())
+            .filter(|d| !pointwise && d.len() < s.kernel[0] && *self.finite.get_or_init(|| self.weight.all_finite()))
+            .unwrap_or(0..s.kernel[0]);
         let cropped = (depth.len() < s.kernel[0]
             && padded.is_none()
             && padded_bf16.is_none()

@@ -55,6 +55,14 @@ pub(crate) struct PackedB {
 }
 
 impl PackedB {
+    /// Whether every value is finite (the padding of the layout is zeros).
+    pub(crate) fn all_finite(&self) -> bool {
+        self.panels
+            .iter()
+            .chain(&self.row_major)
+            .fold(true, |all, v| all & v.is_finite())
+    }
+
     #[cfg(test)]
     pub(crate) fn new(row_major: Vec<f32>, k: usize, n: usize, kernel: Kernel) -> Self {
         Self::from_fn(k, n, kernel, |p, j| row_major[p * n + j])
