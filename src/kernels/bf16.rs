@@ -121,6 +121,11 @@ impl PackedBf16 {
         self.k
     }
 
+    /// Whether every value is finite (a finite f32 value can round to an infinity).
+    pub(crate) fn all_finite(&self) -> bool {
+        self.panels.iter().fold(true, |all, &v| all & (v & 0x7f80 != 0x7f80))
+    }
+
     /// Rows per kernel row, even (see [`conv_kernel`](Self::conv_kernel)).
     pub(crate) fn run(&self) -> usize {
         self.run

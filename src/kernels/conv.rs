@@ -211,6 +211,17 @@ impl PackedConv {
         })
     }
 
+    /// Whether every value of the kernels the products multiply is finite: packed, with
+    /// BatchNorm's scale folded in (which can overflow) and in bf16 (which can round to an
+    /// infinity).
+    fn finite_kernels(&self) -> bool {
+        self.weight.all_finite()
+            && self
+                .weight_bf16
+                .as_ref()
+                .is_none_or(super::bf16::PackedBf16::all_finite)
+    }
+
     /// Whether a Winograd product of this layer's kernel, transformed per call, pays on `s`.
     #[cfg(feature = "flex")]
     pub(crate) fn winograd_pays(s: &ConvShape) -> bool {
@@ -323,7 +334,7 @@ impl PackedConv {
         // voxel: the last stages on a small input (one slice deep under 3-deep kernels) read a
         // third of their kernel.
         let depth = Some(s.depth_taps_read())
-            .filter(|d| !pointwise && d.len() < s.kernel[0] && *self.finite.get_or_init(|| self.weight.all_finite()))
+            .filter(|d| !pointwise && d.len() < s.kernel[0] && *self.finite.get_or_init(|| self.finite_kernels()))
             .unwrap_or(0..s.kernel[0]);
         let cropped = (depth.len() < s.kernel[0]
             && padded.is_none()
@@ -725,6 +736,19 @@ mod tests {
                 for (i, v) in got.iter().enumerate() {
                     assert_eq!(v.is_nan(), i % 24 == 0, "{precision:?} {dims:?}, value {i}: {v}");
                 }
+            }
+            // A finite weight that the product's kernel holds as an infinity (bf16 rounds
+            // f32::MAX up; a hostile review's case): on one slice, 0 x inf = NaN too.
+            w[4] = f32::MAX;
+            for (layer, precision, _) in layers(&w).into_iter().filter(|_| dims[1] == 1) {
+                let got = run(&layer, &x, dims).unwrap().data;
+                let nan = got.iter().step_by(24).filter(|v| v.is_nan()).count();
+                let want = if precision == Precision::Bf16 {
+                    got.len() / 24
+                } else {
+                    0
+                };
+                assert_eq!(nan, want, "{precision:?} {dims:?}");
             }
         }
     }
