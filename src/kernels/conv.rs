@@ -330,9 +330,9 @@ impl PackedConv {
             _ => None,
         };
 
-        // Gathered f32 patches skip the depth taps that read only zero padding at every output
-        // voxel: the last stages on a small input (one slice deep under 3-deep kernels) read a
-        // third of their kernel.
+        // Products skip the depth taps that read only zero padding at every output voxel: the
+        // last stages on a small input (one slice deep under 3-deep kernels) read a third of
+        // their kernel.
         let depth = Some(s.depth_taps_read())
             .filter(|d| !pointwise && d.len() < s.kernel[0] && *self.finite.get_or_init(|| self.finite_kernels()))
             .unwrap_or(0..s.kernel[0]);
@@ -402,7 +402,18 @@ impl PackedConv {
                 // above), with this layer's kernel (bf16 only where `freeze_bf16` found it
                 // available). SAFETY: as just said; `out` holds `out_dims`, and this item
                 // alone touches rows first..first + count, columns of `panel_range`.
-                unsafe { implicit::in_place(s, padded, out_dims, first, count, panel_range.clone(), out_ptr.0) };
+                unsafe {
+                    implicit::in_place(
+                        s,
+                        depth.clone(),
+                        padded,
+                        out_dims,
+                        first,
+                        count,
+                        panel_range.clone(),
+                        out_ptr.0,
+                    )
+                };
             } else if let Some(w) = &self.weight_bf16 {
                 // `w` exists only where `freeze_bf16` found the bf16 product available;
                 // `x_bf16` is `x` rounded (none for a pointwise convolution: checked above).
@@ -704,7 +715,13 @@ mod tests {
     /// NaN in such a tap of the kernel still makes its output channel NaN (nothing skipped).
     #[test]
     fn depth_taps_on_padding_only_are_skipped_unless_the_kernel_is_not_finite() {
-        for (stride, dims) in [(1, [2, 1, 2, 2, 16]), (2, [1, 1, 3, 3, 16]), (1, [1, 2, 3, 1, 16])] {
+        // Gathered patches on short lines; read in place on a line of 24 (two register tiles).
+        for (stride, dims) in [
+            (1, [2, 1, 2, 2, 16]),
+            (2, [1, 1, 3, 3, 16]),
+            (1, [1, 2, 3, 1, 16]),
+            (1, [1, 1, 2, 24, 16]),
+        ] {
             let g = geometry([16, 24], 3, stride, 1);
             let (x, mut w) = (values(dims.iter().product(), 7), values(24 * 16 * 27, 8));
             let want = naive(&x, dims, &w, &g);

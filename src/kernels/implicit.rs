@@ -156,7 +156,8 @@ pub(super) enum Padded<'a> {
 }
 
 /// Output rows `first..first + count`, columns of `panels`, `+=` the convolution read in place
-/// from `padded`: [`implicit_runs`] for fewer than 16 input channels, [`implicit`] otherwise.
+/// from `padded`: [`implicit_runs`] for fewer than 16 input channels, [`implicit`] otherwise;
+/// the depth taps `depth` only (all, or [`ConvShape::depth_taps_read`]'s for a finite kernel).
 ///
 /// # Safety
 /// `padded` must be [`pad`]'s (or [`pad_bf16`]'s) copy of `s`'s input with the layer's kernel
@@ -167,6 +168,7 @@ pub(super) enum Padded<'a> {
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn in_place(
     s: &ConvShape,
+    depth: Range<usize>,
     padded: Padded<'_>,
     out_dims: [usize; 5],
     first: usize,
@@ -184,6 +186,7 @@ pub(super) unsafe fn in_place(
         match padded {
             Padded::Bf16(xp, dims, w) if runs => implicit_runs(
                 s,
+                depth.clone(),
                 dims,
                 xp.len(),
                 w.run(),
@@ -198,6 +201,7 @@ pub(super) unsafe fn in_place(
             ),
             Padded::Bf16(xp, dims, w) => implicit(
                 s,
+                depth.clone(),
                 dims,
                 xp.len(),
                 out_dims,
@@ -211,6 +215,7 @@ pub(super) unsafe fn in_place(
                 let run = s.kernel[2] * s.in_channels;
                 implicit_runs(
                     s,
+                    depth.clone(),
                     xp.dims,
                     xp.data.len(),
                     run,
@@ -226,6 +231,7 @@ pub(super) unsafe fn in_place(
             }
             Padded::F32(xp, w) => implicit(
                 s,
+                depth.clone(),
                 xp.dims,
                 xp.data.len(),
                 out_dims,
@@ -254,6 +260,7 @@ pub(super) unsafe fn in_place(
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn implicit_runs(
     s: &ConvShape,
+    depth: Range<usize>,
     padded: [usize; 5],
     len: usize,
     run_ld: usize,
@@ -266,13 +273,13 @@ pub(super) unsafe fn implicit_runs(
 ) {
     let [_, _, hp, wp, c] = padded;
     let oc = out_dims[4];
-    let [kd, kh, kw] = s.kernel;
+    let [_, kh, kw] = s.kernel;
     let sw = s.stride[2];
     let run = kw * c;
     debug_assert!(run_ld >= run);
     // (offset in the padded input from a voxel's first tap, first kernel row) per
     // (depth, height) tap.
-    let runs: Vec<(usize, usize)> = (0..kd)
+    let runs: Vec<(usize, usize)> = depth
         .flat_map(|t| (0..kh).map(move |i| ((t * hp + i) * wp * c, (t * kh + i) * run_ld)))
         .collect();
     let reach = runs.last().map_or(0, |&(o, _)| o) + (MR - 1) * sw * c + run;
@@ -306,6 +313,7 @@ pub(super) unsafe fn implicit_runs(
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn implicit(
     s: &ConvShape,
+    depth: Range<usize>,
     padded: [usize; 5],
     len: usize,
     out_dims: [usize; 5],
@@ -317,14 +325,14 @@ pub(super) unsafe fn implicit(
 ) {
     let [_, _, hp, wp, c] = padded;
     let oc = out_dims[4];
-    let [kd, kh, kw] = s.kernel;
+    let [_, kh, kw] = s.kernel;
     let sw = s.stride[2];
     let run = kw * c;
     // Per panel and tap, every block of the item: the tap's slice of the panel (kw * C rows of
     // 32) stays in L1 while the blocks stream past it.
     let blocks = blocks(s, padded, out_dims, first, count);
     for j in panels {
-        for t in 0..kd {
+        for t in depth.clone() {
             for i in 0..kh {
                 let tap = (t * hp + i) * wp * c;
                 for &(r, rows, at) in &blocks {
