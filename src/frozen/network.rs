@@ -14,8 +14,10 @@
 //! - runs each convolution as one matrix product per tile of output voxels, reading its input
 //!   in place where it can (see `kernels/conv.rs`); the bias, the residual and the ReLU are
 //!   applied to the tile while it is still in cache;
-//! - runs 3x3x3 convolutions with stride 1 and up to 256 channels as Winograd
-//!   F(2x2x2, 3x3x3) products, their kernels transformed once at freeze;
+//! - runs 3x3x3 convolutions with stride 1 and up to 256 channels as Winograd products,
+//!   their kernels transformed once at freeze: F(4x4x4, 3x3x3) in f32 layers of up to 128
+//!   channels (an eighth of the direct product's multiply-adds), F(2x2x2, 3x3x3) in the
+//!   others and in bf16;
 //! - keeps its activation buffers between layers and calls, so that their pages are not
 //!   faulted in again.
 //!

@@ -34,7 +34,7 @@ use super::implicit;
 use super::layout::{to_channels_first, to_channels_last, transpose};
 use super::matmul::{Kernel, MR, NR, PackedB, Scratch, matmul, product};
 use super::parallel::SendPtr;
-use super::winograd::Winograd;
+use super::winograd_axis::Tile;
 use super::winograd_grad;
 use crate::arch::geometry::ConvShape;
 use crate::arch::plan::{After, LayerName, LayerSpec, Site};
@@ -490,14 +490,14 @@ fn winograd_weight_grad(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) ->
         || s.dilation != [1, 1, 1]
         || s.out_channels.max(s.in_channels) > WINOGRAD_CHANNELS
         || s.out_channels.min(s.in_channels) < WINOGRAD_GRAD_CHANNELS
-        || s.batch * s.output.iter().map(|o| o.div_ceil(2)).product::<usize>() < WINOGRAD_GRAD_TILES
+        || Tile::F2.tiles(s.batch, s.output) < WINOGRAD_GRAD_TILES
     {
         return None;
     }
     let (n, ic) = (s.batch, s.in_channels);
     let [d, h, w] = s.input;
     let [od, oh, ow] = s.output;
-    let [dp, hp, wp] = Winograd::padded_extent(s.output);
+    let [dp, hp, wp] = Tile::F2.padded_extent(s.output);
     let [pd, ph, pw] = s.padding;
     // The padded input holds the padding on both sides (always, for stride 1 and a 3-tap
     // kernel: the output is the input plus twice the padding less 2).

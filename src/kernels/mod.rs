@@ -8,7 +8,7 @@
 //! - `conv`: [`PackedConv`](conv::PackedConv), the forward convolution on channels-last data
 //!   (the frozen network's layers and the `flex` operation), which reads its input through
 //!   `implicit` (a padded copy read in place) or `gather` (patches per tile), or as a `winograd`
-//!   F(2x2x2, 3x3x3) product.
+//!   F(2x2x2, 3x3x3) or F(4x4x4, 3x3x3) product (one-axis transforms: `winograd_axis`).
 //! - `channels_last`: the `flex` operation's passes (forward through `PackedConv`, input,
 //!   weight and bias gradients); `channels_first`: the same on `[N, C, D, H, W]` data where
 //!   that is the better layout (few output voxels, dilation, the one-channel stem's weight
@@ -37,4 +37,5 @@ pub(crate) mod norm;
 pub(crate) mod parallel;
 pub(crate) mod pool;
 pub(crate) mod winograd;
+pub(crate) mod winograd_axis;
 pub(crate) mod winograd_grad;

@@ -7,7 +7,14 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::matmul::{Kernel, NR};
-use super::winograd::{Geometry, POINTS, SCRATCH, STEP, Scratch, Winograd, input_tiles};
+use super::winograd::{Geometry, SCRATCH, Scratch, input_tiles};
+use super::winograd_axis::Tile;
+
+/// Points of the transformed tile, F(2x2x2, 3x3x3).
+const POINTS: usize = Tile::F2.points();
+
+/// Output voxels per tile and axis.
+const STEP: usize = Tile::F2.step();
 
 /// The weight gradient of a 3x3x3 convolution of stride 1 by the same transforms: per point
 /// `p` of the transformed tile, `dU[p] = sum over tiles of dM[p]^T V[p]` (`V`: the input's
@@ -39,7 +46,7 @@ pub(crate) fn weight_grad(
     dw: &mut [f32],
 ) -> bool {
     let [n, od, oh, ow, oc] = out_dims;
-    let [dp, hp, wp] = Winograd::padded_extent([od, oh, ow]);
+    let [dp, hp, wp] = Tile::F2.padded_extent([od, oh, ow]);
     if xp.len() != n * dp * hp * wp * ic
         || dy.len() != n * od * oh * ow * oc
         || dw.len() != oc * ic * 27
@@ -48,7 +55,7 @@ pub(crate) fn weight_grad(
     {
         return false;
     }
-    let geometry = Geometry::new([od, oh, ow], ic, oc);
+    let geometry = Geometry::new(Tile::F2, [od, oh, ow], ic, oc);
     let count = n * geometry.tiles.iter().product::<usize>();
     let per_tile = POINTS * (ic + oc);
     let chunk = ((16 << 20) / (4 * per_tile) / GRAD_BLOCK).max(1) * GRAD_BLOCK;
@@ -248,7 +255,7 @@ mod tests {
             // 2 x 5 x 5 x 5 = 250 tiles: four blocks, the last partial.
             (5, [2, 9, 10, 9], [4, 6]),
         ] {
-            let [dp, hp, wp] = Winograd::padded_extent([od, oh, ow]);
+            let [dp, hp, wp] = Tile::F2.padded_extent([od, oh, ow]);
             let mut xp = values(n * dp * hp * wp * ic, seed);
             // The padding past the last true plane is zero, as `forward_winograd` leaves it.
             for (i, v) in xp.iter_mut().enumerate() {
@@ -319,7 +326,7 @@ mod tests {
     #[test]
     fn weight_grad_does_not_depend_on_the_thread_count() {
         let ([n, od, oh, ow], [ic, oc]) = ([2, 17, 18, 16], [20, 24]);
-        let [dp, hp, wp] = Winograd::padded_extent([od, oh, ow]);
+        let [dp, hp, wp] = Tile::F2.padded_extent([od, oh, ow]);
         let xp = values(n * dp * hp * wp * ic, 7);
         let dy = values(n * od * oh * ow * oc, 8);
         let run = |threads: usize| {
