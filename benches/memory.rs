@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo bench --bench memory -- frozen     # FrozenResNet3d (ResNet3d::into_frozen)
+//! cargo bench --bench memory -- frozen whole  # the same on 1x1x192x320x320, three calls timed
 //! cargo bench --bench memory -- flex       # the Burn model on flex
 //! cargo bench --bench memory -- train      # train steps on flex with autodiff, Adam
 //! cargo bench --bench memory -- train-large [checkpointing]  # ResNet3d-50, 2x1x128x192x192
@@ -56,19 +57,31 @@ fn main() {
         .with_in_channels(1)
         .with_num_classes(Some(2))
         .init(&device);
-    let shape = [1, 1, 64, 128, 128];
+    let whole = std::env::args().any(|a| a == "whole");
+    let shape = if whole {
+        [1, 1, 192, 320, 320]
+    } else {
+        [1, 1, 64, 128, 128]
+    };
     let len: usize = shape.iter().product();
     let values: Vec<f32> = (0..len).map(|i| ((i as f32) * 0.37).sin()).collect();
     let x = Tensor::<5>::from_data(TensorData::new(values, shape), &device);
+    let mut seconds = Vec::new();
     let logits = if mode == "frozen" {
         let frozen = model.into_frozen().expect("f32 model");
+        // A whole scan: three calls, the later ones reusing what the first allocated.
+        for _ in 1..if whole { 3 } else { 1 } {
+            let start = std::time::Instant::now();
+            let _ = frozen.forward(x.clone()).expect("valid input").into_data();
+            seconds.push(start.elapsed().as_secs_f64());
+        }
         frozen.forward(x).expect("valid input")
     } else {
         model.forward(x)
     };
     let _ = logits.into_data();
     println!(
-        "{{\"mode\": \"{mode}\", \"peak_mb\": {:.1}, \"before_model_mb\": {before:.1}}}",
+        "{{\"mode\": \"{mode}\", \"peak_mb\": {:.1}, \"before_model_mb\": {before:.1}, \"seconds\": {seconds:?}}}",
         status_mb("VmHWM:")
     );
 }

@@ -53,8 +53,8 @@ use crate::model::pool::MaxPool3d;
 ///
 /// It is `Send + Sync`: one network (in an `Arc`) serves several threads at once, each call
 /// giving what it gives alone. Each call holds the activations it needs (a few layers'
-/// outputs at a time); between calls the network keeps at most its
-/// [buffer budget](Self::set_buffer_budget) of them for reuse, shared by all callers.
+/// outputs at a time) and reuses them from layer to layer; between calls the network keeps at
+/// most its [buffer budget](Self::set_buffer_budget) of them for the next call.
 ///
 /// A network is checked when it is frozen ([`ResNet3d::validate`]) and every input when it
 /// is run: layers that do not fit together or an input that does not fit give an error,
@@ -297,8 +297,9 @@ impl FrozenResNet3d {
     /// Between calls the network holds its weights, at most the budget in buffers, and per
     /// worker thread one tile of gathered patches (at most 192 x 27 x the widest layer's
     /// input channels values: 10.6 MB for 512 channels). During a call it holds the
-    /// activations that call needs besides; concurrent calls each hold their own, and share
-    /// the kept buffers.
+    /// activations that call needs besides, and up to two of the largest it has freed, for
+    /// its next layers; a call starts with the kept buffers, and calls running meanwhile
+    /// allocate their own.
     pub fn set_buffer_budget(&self, bytes: usize) {
         self.buffers.set_budget(bytes);
     }
@@ -336,8 +337,13 @@ impl FrozenResNet3d {
 
     /// The walk of `x` through the network with `tap` at each [`Tap`], up to `layer4`.
     fn walk(&self, x: Tensor<5>, tap: impl FnMut(Tap, Act) -> Result<Act>) -> Result<Act> {
-        let engine = Frozen { buffers: &self.buffers };
-        walk::run(&self.plan, &engine, self.input(x)?, tap)
+        let x = self.input(x)?;
+        // The call's own pool: its activations are reused from layer to layer whatever the
+        // budget, which then bounds what stays kept after the call.
+        let call = self.buffers.for_call();
+        let result = walk::run(&self.plan, &Frozen { buffers: &call }, x, tap);
+        self.buffers.end_call(call);
+        result
     }
 
     /// Class logits, or the pooled features without a head: what [`ResNet3d::forward`]
