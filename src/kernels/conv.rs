@@ -75,11 +75,10 @@ pub(crate) struct PackedConv {
     /// The same kernel in bf16 pairs, for `freeze_bf16`'s products (see
     /// [`bf16`](super::bf16)); `None` in f32 layers and where that product does not apply.
     weight_bf16: Option<super::bf16::PackedBf16>,
-    /// The kernel transformed for F(2x2x2, 3x3x3) or F(4x4x4, 3x3x3) (see
-    /// [`winograd`](super::winograd)).
-    winograd: Option<Winograd>,
-    /// The fewest output tiles (of `winograd`'s tile) for which `winograd` runs.
-    winograd_tiles: usize,
+    /// The kernel transformed for Winograd products (see [`winograd`](super::winograd)), each
+    /// with the fewest output tiles (its own) for which it runs; the first that has them
+    /// runs: F(4x4x4, 3x3x3), then F(2x2x2, 3x3x3).
+    winograd: Vec<(Winograd, usize)>,
     /// Whether every kernel value (BatchNorm's scale folded in) is finite: only then may a
     /// product skip taps that read padding only (a NaN or infinity there makes the output NaN,
     /// as in Burn's `conv3d`). Found on first need, from the packed kernel: the training
@@ -98,8 +97,13 @@ pub(crate) const WINOGRAD_CHANNELS: usize = 256;
 /// channels in and out), which each chunk of tiles streams through the products.
 pub(crate) const WINOGRAD_F4_CHANNELS: usize = 128;
 
-/// The fewest output tiles for which a kernel transformed once runs as a Winograd product.
+/// The fewest 2x2x2 output tiles for which a kernel transformed once runs as a Winograd product.
 const WINOGRAD_TILES: usize = 8;
+
+/// The fewest 4x4x4 output tiles for which a frozen layer runs F(4x4x4, 3x3x3) rather than
+/// F(2x2x2, 3x3x3): two register tiles of rows (fewer leave most of the product's 12-row tile
+/// empty; ResNet3d-18's layer2 on 1x1x16x64x64 has 4 such tiles and ran 10-20% slower).
+const WINOGRAD_F4_TILES: usize = 2 * MR;
 
 /// Output voxels per work item.
 const TILE_ROWS: usize = 16 * MR;
@@ -200,31 +204,34 @@ impl PackedConv {
             && i.max(o) <= WINOGRAD_CHANNELS
             && (precision == Precision::F32
                 || (i.is_multiple_of(2) && packed.kernel() == Kernel::Avx512 && super::bf16::available()))
-            && all_moderate(weight)
-            && scale.is_none_or(all_moderate);
-        // The larger tile where its kernel is transformed once, in f32, and small enough.
-        let tile = if winograd == WinogradUse::Kept && precision == Precision::F32 && i.max(o) <= WINOGRAD_F4_CHANNELS {
-            Tile::F4
-        } else {
-            Tile::F2
+            && folded_moderate(weight, scale, i * taps);
+        // Where the kernel is transformed once, in f32 layers of few enough channels, also
+        // for the larger tile, which runs where the output has enough of its tiles (the
+        // training ops keep F(2x2x2): no faster there, measured, and closer to the direct
+        // product).
+        let f4 =
+            takes && winograd == WinogradUse::Kept && precision == Precision::F32 && i.max(o) <= WINOGRAD_F4_CHANNELS;
+        let transform = |tile| {
+            Winograd::new(
+                weight,
+                [o, i],
+                scale,
+                packed.kernel(),
+                precision == Precision::Bf16,
+                tile,
+            )
         };
-        let winograd_tiles = match winograd {
-            WinogradUse::Never => usize::MAX,
-            WinogradUse::Kept => WINOGRAD_TILES,
-            WinogradUse::PerCall => 64,
-        };
+        let mut transforms = Vec::new();
+        if f4 {
+            transforms.push((transform(Tile::F4), WINOGRAD_F4_TILES));
+        }
+        match winograd {
+            WinogradUse::Kept if takes => transforms.push((transform(Tile::F2), WINOGRAD_TILES)),
+            WinogradUse::PerCall if takes => transforms.push((transform(Tile::F2), 64)),
+            _ => {}
+        }
         Ok(Self {
-            winograd: takes.then(|| {
-                Winograd::new(
-                    weight,
-                    [o, i],
-                    scale,
-                    packed.kernel(),
-                    precision == Precision::Bf16,
-                    tile,
-                )
-            }),
-            winograd_tiles,
+            winograd: transforms,
             finite: OnceLock::new(),
             weight: packed,
             weight_bf16,
@@ -254,7 +261,7 @@ impl PackedConv {
     /// benches and tests compare the two).
     #[cfg(any(test, feature = "bench"))]
     pub(crate) fn without_winograd(mut self) -> Self {
-        self.winograd = None;
+        self.winograd.clear();
         self
     }
 
@@ -292,8 +299,8 @@ impl PackedConv {
             });
         }
         let relu = self.spec.after.relu();
-        if let Some(winograd) = &self.winograd
-            && winograd.tile().tiles(s.batch, s.output) >= self.winograd_tiles
+        if let Some((winograd, _)) =
+            (self.winograd.iter()).find(|(w, fewest)| w.tile().tiles(s.batch, s.output) >= *fewest)
             && let Some(act) = self.forward_winograd(winograd, &s, x, residual, relu, buffers)?
         {
             return Ok(act);
@@ -543,8 +550,8 @@ impl PackedConv {
         })
     }
 
-    /// [`forward`](Self::forward) as a Winograd product: `x` padded to whole 2x2x2 tiles of
-    /// the output (`s`, checked against `x` and `residual` by the caller). `None`, computing
+    /// [`forward`](Self::forward) as a Winograd product: `x` padded to whole tiles (the
+    /// layer's) of the output (`s`, checked against `x` and `residual` by the caller). `None`, computing
     /// nothing, where `x` holds an infinity, NaN or a value of `2^48` or more: the transforms'
     /// sums and differences would turn an infinity into NaN, or overflow, where the direct
     /// product gives PyTorch's numbers.
@@ -590,6 +597,22 @@ impl PackedConv {
             dims: out_dims,
         }))
     }
+}
+
+/// Whether every value of the kernel the products multiply, `weight` (`[o, per_output]`) with
+/// output channel `oc` times `scale[oc]`, is moderate ([`all_moderate`]): the weight and the
+/// scale each below `2^48` can fold to `2^96`, which Winograd's transforms overflow where the
+/// direct product does not (a hostile review's probe: folded `2^67`, inputs `2^47`).
+fn folded_moderate(weight: &[f32], scale: Option<&[f32]>, per_output: usize) -> bool {
+    let Some(scale) = scale else {
+        return all_moderate(weight);
+    };
+    let mut folded = Vec::with_capacity(per_output);
+    weight.chunks(per_output.max(1)).zip(scale).all(|(row, s)| {
+        folded.clear();
+        folded.extend(row.iter().map(|v| v * s));
+        all_moderate(&folded)
+    })
 }
 
 /// `max(v, 0)` that keeps NaN, as PyTorch's and Burn's ReLU do (`f32::max` would turn NaN
@@ -798,7 +821,7 @@ mod tests {
         x[((3 * 8 + 4) * 8 + 5) * 16 + 7] = f32::INFINITY;
         let w: Vec<f32> = values(16 * 16 * 27, 6).iter().map(|v| v.abs() + 0.01).collect();
         let layer = pack(g, &w, WinogradUse::Kept);
-        assert!(layer.winograd.is_some(), "the layer takes Winograd products");
+        assert!(!layer.winograd.is_empty(), "the layer takes Winograd products");
         let got = run(&layer, &x, dims).unwrap().data;
         let direct = run(&layer.clone().without_winograd(), &x, dims).unwrap().data;
         assert!(got.iter().all(|v| !v.is_nan()), "no NaN");
@@ -822,6 +845,40 @@ mod tests {
         assert!(worst < 1e-5, "Winograd and direct agree: {worst:e}");
     }
 
+    /// A kernel and a BatchNorm scale each moderate whose product is not (2^34 x 2^33: a
+    /// hostile review found F(4x4x4) gave NaN there on inputs of 2^47, where the direct
+    /// product is finite) runs the direct product; the same kernel with a small scale still
+    /// takes Winograd's.
+    #[test]
+    fn a_kernel_that_folds_to_a_huge_one_runs_the_direct_product() {
+        let g = geometry([16, 16], 3, 1, 1);
+        let w = vec![2f32.powi(34); 16 * 16 * 27];
+        let packed = |s: f32| match PackedConv::pack(
+            spec(g),
+            &w,
+            Some(&[s; 16]),
+            vec![0.0; 16],
+            Kernel::detect(),
+            Precision::F32,
+            WinogradUse::Kept,
+        ) {
+            Ok(layer) => layer,
+            Err(err) => panic!("{err}"),
+        };
+        assert!(packed(2f32.powi(33)).winograd.is_empty());
+        let layer = packed(2f32.powi(-30));
+        assert!(!layer.winograd.is_empty());
+        let dims = [1, 8, 8, 8, 16];
+        let x: Vec<f32> = (0..8 * 8 * 8 * 16)
+            .map(|k| if k % 3 == 0 { 2f32.powi(47) } else { -1.0 })
+            .collect();
+        let y = run(&packed(2f32.powi(33)), &x, dims).unwrap().data;
+        assert!(
+            y.iter().all(|v| v.is_finite()),
+            "the direct product's outputs are finite"
+        );
+    }
+
     /// Finite inputs near `f32::MAX` (the hostile review's probe: +-3e38, kernel 1e-3): the
     /// Winograd transforms' sums overflowed to infinities and then NaN; the direct product
     /// (and PyTorch) gives finite outputs. Such inputs run the direct product now.
@@ -834,7 +891,7 @@ mod tests {
             .collect();
         let w = vec![1e-3f32; 16 * 16 * 27];
         let layer = pack(g, &w, WinogradUse::Kept);
-        assert!(layer.winograd.is_some());
+        assert!(!layer.winograd.is_empty());
         let got = run(&layer, &x, dims).unwrap().data;
         let want = naive(&x, dims, &w, &g);
         let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
