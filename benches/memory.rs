@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo bench --bench memory -- frozen     # FrozenResNet3d (ResNet3d::into_frozen)
-//! cargo bench --bench memory -- frozen whole  # the same on 1x1x192x320x320, three calls timed
+//! cargo bench --bench memory -- frozen whole [kept]  # on 1x1x192x320x320, three calls; `kept`:
+//!                                          # a 4 GiB buffer budget (activations kept between calls)
 //! cargo bench --bench memory -- flex       # the Burn model on flex
 //! cargo bench --bench memory -- train      # train steps on flex with autodiff, Adam
 //! cargo bench --bench memory -- train-large [checkpointing]  # ResNet3d-50, 2x1x128x192x192
@@ -69,6 +70,9 @@ fn main() {
     let mut seconds = Vec::new();
     let logits = if mode == "frozen" {
         let frozen = model.into_frozen().expect("f32 model");
+        if std::env::args().any(|a| a == "kept") {
+            frozen.set_buffer_budget(4 << 30);
+        }
         // A whole scan: three calls, the later ones reusing what the first allocated.
         for _ in 1..if whole { 3 } else { 1 } {
             let start = std::time::Instant::now();
