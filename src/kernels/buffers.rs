@@ -1,7 +1,7 @@
 //! Memory for the kernels: activation buffers kept between layers and calls, zeroed
 //! allocations that do not fault pages twice, and channels-last activations.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rayon::prelude::*;
 
@@ -12,7 +12,11 @@ pub(crate) const DEFAULT_BUDGET: usize = 256 << 20;
 /// Activation buffers kept between layers and between calls, so that their pages are not
 /// faulted in (and zeroed by the kernel) again for every layer; at most `budget` bytes are
 /// kept, the least recently returned buffers going first.
-pub(crate) struct Buffers(Mutex<Kept>);
+pub(crate) struct Buffers {
+    kept: Arc<Mutex<Kept>>,
+    /// A call's pool ([`Buffers::for_call`]): the network's pool, which it takes from too.
+    parent: Option<Arc<Mutex<Kept>>>,
+}
 
 #[derive(Debug)]
 struct Kept {
@@ -30,7 +34,12 @@ struct Kept {
 impl Kept {
     /// Frees the least recently returned buffers until the rest fits the budget.
     fn fit_budget(&mut self) {
-        while self.bytes > self.budget {
+        self.free_oldest_until(self.budget);
+    }
+
+    /// Frees the least recently returned buffers until at most `bytes` are kept.
+    fn free_oldest_until(&mut self, bytes: usize) {
+        while self.bytes > bytes {
             let Some(oldest) = (0..self.buffers.len()).min_by_key(|&i| self.buffers[i].0) else {
                 break;
             };
@@ -38,6 +47,26 @@ impl Kept {
             self.bytes -= evicted.capacity() * size_of::<f32>();
         }
     }
+
+    /// Removes and returns the smallest kept buffer of at least `len` values and at most
+    /// twice that (a larger one would pin memory a small request does not need).
+    fn fitting(&mut self, len: usize) -> Option<Vec<f32>> {
+        let best = (0..self.buffers.len())
+            .filter(|&i| {
+                let capacity = self.buffers[i].1.capacity();
+                capacity >= len && capacity <= 2 * len.max(1024)
+            })
+            .min_by_key(|&i| self.buffers[i].1.capacity())?;
+        let (_, buffer) = self.buffers.swap_remove(best);
+        self.bytes -= buffer.capacity() * size_of::<f32>();
+        Some(buffer)
+    }
+}
+
+/// `kept`, locked. A panic while the lock was held leaves the list consistent (every change is
+/// one push or remove), so a poisoned lock is still usable.
+fn lock(kept: &Mutex<Kept>) -> MutexGuard<'_, Kept> {
+    kept.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Default for Buffers {
@@ -48,19 +77,20 @@ impl Default for Buffers {
 
 impl Buffers {
     pub(crate) fn with_budget(budget: usize) -> Self {
-        Self(Mutex::new(Kept {
-            buffers: Vec::new(),
-            clock: 0,
-            bytes: 0,
-            budget,
-            per_call: false,
-        }))
+        Self {
+            kept: Arc::new(Mutex::new(Kept {
+                buffers: Vec::new(),
+                clock: 0,
+                bytes: 0,
+                budget,
+                per_call: false,
+            })),
+            parent: None,
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
-        // A panic while the lock was held leaves the list consistent (every change is one
-        // push or remove), so a poisoned lock is still usable.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Kept> {
+        lock(&self.kept)
     }
 
     /// `len` values, whatever a reused buffer held: the caller writes all of them. A kept
@@ -68,21 +98,24 @@ impl Buffers {
     /// memory a small request does not need); otherwise a new one is allocated.
     /// `None` if a new buffer of `len` values cannot be allocated.
     pub(crate) fn take(&self, len: usize) -> Option<Vec<f32>> {
-        self.try_take(len).or_else(|| try_zeros(len))
+        self.try_take(len).or_else(|| {
+            // A call about to allocate first frees as much of its network's kept memory that no
+            // request of its has fitted (the least recently returned first): the call's memory
+            // then grows no more than if it had been handed every kept buffer at its start.
+            if let Some(parent) = &self.parent {
+                let mut kept = lock(parent);
+                let keep = kept.bytes.saturating_sub(len * size_of::<f32>());
+                kept.free_oldest_until(keep);
+            }
+            try_zeros(len)
+        })
     }
 
-    /// [`take`](Self::take) from the kept buffers only: `None` if none fits.
+    /// [`take`](Self::take) from the kept buffers only (a call's own, then its network's):
+    /// `None` if none fits.
     pub(crate) fn try_take(&self, len: usize) -> Option<Vec<f32>> {
-        let mut kept = self.lock();
-        let best = (0..kept.buffers.len())
-            .filter(|&i| {
-                let capacity = kept.buffers[i].1.capacity();
-                capacity >= len && capacity <= 2 * len.max(1024)
-            })
-            .min_by_key(|&i| kept.buffers[i].1.capacity())?;
-        let (_, mut buffer) = kept.buffers.swap_remove(best);
-        kept.bytes -= buffer.capacity() * size_of::<f32>();
-        drop(kept);
+        let own = self.lock().fitting(len);
+        let mut buffer = own.or_else(|| self.parent.as_deref().and_then(|parent| lock(parent).fitting(len)))?;
         buffer.truncate(len);
         buffer.resize(len, 0.0);
         // The pages past `len` go back to the system (a large block shrinks in place): a
@@ -112,29 +145,33 @@ impl Buffers {
         kept.fit_budget();
     }
 
-    /// A pool for one call: the buffers kept here now, and a budget of at least twice the
-    /// largest buffer the call gives back, so that a call whose activations are larger than
-    /// the budget (a whole scan: 600 MB per layer output) reuses the last two or so from layer
-    /// to layer instead of faulting in fresh pages for each (15% of a ResNet3d-50 forward on
+    /// A pool for one call, which takes from this one as it needs (calls running meanwhile
+    /// share it, as they did before calls had pools; a hostile review found that handing the
+    /// first call everything made the others allocate afresh and the kept memory ratchet up
+    /// to the budget four times faster) and keeps what the call gives back, with a budget of
+    /// at least twice the largest buffer given: a call whose activations are larger than the
+    /// budget (a whole scan: 600 MB per layer output) reuses the last two or so from layer to
+    /// layer instead of faulting in fresh pages for each (15% of a ResNet3d-50 forward on
     /// 192x320x320 was the kernel's page faults). [`end_call`](Self::end_call) hands them
     /// back here within the budget.
     pub(crate) fn for_call(&self) -> Self {
-        let mut kept = self.lock();
-        let buffers = std::mem::take(&mut kept.buffers);
-        let bytes = std::mem::take(&mut kept.bytes);
-        Self(Mutex::new(Kept {
-            buffers,
-            clock: kept.clock,
-            bytes,
-            budget: kept.budget,
-            per_call: true,
-        }))
+        let budget = self.lock().budget;
+        Self {
+            kept: Arc::new(Mutex::new(Kept {
+                buffers: Vec::new(),
+                clock: 0,
+                bytes: 0,
+                budget,
+                per_call: true,
+            })),
+            parent: Some(Arc::clone(&self.kept)),
+        }
     }
 
     /// Takes back the buffers of a call's pool ([`for_call`](Self::for_call)), the most
     /// recently returned last, freeing what does not fit the budget.
     pub(crate) fn end_call(&self, call: Self) {
-        let mut buffers = call.0.into_inner().unwrap_or_else(PoisonError::into_inner).buffers;
+        let mut buffers = std::mem::take(&mut call.lock().buffers);
         buffers.sort_by_key(|(time, _)| *time);
         for (_, buffer) in buffers {
             self.give(buffer);
@@ -285,16 +322,28 @@ pub(crate) fn try_zeros_written(len: usize) -> Option<Vec<f32>> {
 mod tests {
     use super::*;
 
-    /// A call reuses a buffer larger than the shared budget from layer to layer, starts with
-    /// the shared buffers, and hands back only what fits the budget.
+    /// A call reuses a buffer larger than the shared budget from layer to layer, takes the
+    /// shared buffers as it needs them (two calls at once each find theirs), and hands back
+    /// only what fits the budget.
     #[test]
     fn a_call_reuses_buffers_beyond_the_budget_and_keeps_the_budget_after() {
         let shared = Buffers::with_budget(1 << 20);
-        shared.give(vec![0.0; 1000]);
-        let call = shared.for_call();
-        assert_eq!((shared.bytes(), call.bytes()), (0, 4000));
+        let (a, b) = (vec![0.0; 1000], vec![0.0; 2000]);
+        let (at_a, at_b) = (a.as_ptr(), b.as_ptr());
+        shared.give(a);
+        shared.give(b);
+        let (call, other) = (shared.for_call(), shared.for_call());
+        assert_eq!((shared.bytes(), call.bytes()), (12000, 0));
+        let (got_a, got_b) = (call.take(1000).unwrap(), other.take(2000).unwrap());
+        assert_eq!((got_a.as_ptr(), got_b.as_ptr()), (at_a, at_b));
+        assert_eq!(shared.bytes(), 0);
+        call.give(got_a);
+        other.give(got_b);
+        shared.end_call(other);
         // 4 MiB: four times the shared budget.
+        assert_eq!(shared.bytes(), 8000);
         let big = call.take(1 << 20).unwrap();
+        assert_eq!(shared.bytes(), 0, "a fresh allocation first frees the network's unused buffers");
         let at = big.as_ptr();
         call.give(big);
         let again = call.take(1 << 20).unwrap();

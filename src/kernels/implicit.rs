@@ -67,9 +67,19 @@ const LARGE_EXPONENT: u32 = 127 + 48;
 /// the direct product's own would. One comparison of the exponent's bits per value (an integer
 /// reduction, which the compiler vectorises; infinities and NaN have the largest exponent).
 pub(super) fn all_moderate(values: &[f32]) -> bool {
-    values.iter().fold(0u32, |acc, v| {
-        acc | u32::from((v.to_bits() & 0x7f80_0000) >> 23 >= LARGE_EXPONENT)
-    }) == 0
+    values.iter().fold(0u32, |acc, &v| acc | immoderate(v)) == 0
+}
+
+/// [`all_moderate`] of every value times `scale` (in f32, as a kernel is folded), without
+/// making the products.
+pub(super) fn all_moderate_scaled(values: &[f32], scale: f32) -> bool {
+    values.iter().fold(0u32, |acc, &v| acc | immoderate(v * scale)) == 0
+}
+
+/// 1 where `v` is not moderate (an infinity, NaN or `2^48` and more in magnitude), else 0.
+#[inline(always)]
+fn immoderate(v: f32) -> u32 {
+    u32::from((v.to_bits() & 0x7f80_0000) >> 23 >= LARGE_EXPONENT)
 }
 
 /// Copies `x`'s rows into the zeroed padded buffer `data` of shape `padded` (at least the

@@ -4,7 +4,7 @@
 
 use super::{Act, Buffers, ConvShape, Error, Kernel, MR, PackedConv, Precision, Result, View, WinogradUse, implicit};
 use crate::arch::geometry::ConvGeometry;
-use crate::kernels::implicit::all_moderate;
+use crate::kernels::implicit::{all_moderate, all_moderate_scaled};
 use crate::kernels::winograd::Winograd;
 use crate::kernels::winograd_axis::Tile;
 
@@ -75,15 +75,10 @@ pub(super) fn transforms(
 /// scale each below `2^48` can fold to `2^96`, which Winograd's transforms overflow where the
 /// direct product does not (a hostile review's probe: folded `2^67`, inputs `2^47`).
 fn folded_moderate(weight: &[f32], scale: Option<&[f32]>, per_output: usize) -> bool {
-    let Some(scale) = scale else {
-        return all_moderate(weight);
-    };
-    let mut folded = Vec::with_capacity(per_output);
-    weight.chunks(per_output.max(1)).zip(scale).all(|(row, s)| {
-        folded.clear();
-        folded.extend(row.iter().map(|v| v * s));
-        all_moderate(&folded)
-    })
+    match scale {
+        None => all_moderate(weight),
+        Some(scale) => (weight.chunks(per_output.max(1)).zip(scale)).all(|(row, &s)| all_moderate_scaled(row, s)),
+    }
 }
 
 impl PackedConv {
