@@ -298,8 +298,8 @@ impl FrozenResNet3d {
     /// worker thread one tile of gathered patches (at most 192 x 27 x the widest layer's
     /// input channels values: 10.6 MB for 512 channels). During a call it holds the
     /// activations that call needs besides, and up to two of the largest it has freed, for
-    /// its next layers; a call starts with the kept buffers, and calls running meanwhile
-    /// allocate their own.
+    /// its next layers; calls running meanwhile share the kept buffers, each taking what fits
+    /// its requests.
     pub fn set_buffer_budget(&self, bytes: usize) {
         self.buffers.set_budget(bytes);
     }
