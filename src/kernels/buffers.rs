@@ -343,7 +343,11 @@ mod tests {
         // 4 MiB: four times the shared budget.
         assert_eq!(shared.bytes(), 8000);
         let big = call.take(1 << 20).unwrap();
-        assert_eq!(shared.bytes(), 0, "a fresh allocation first frees the network's unused buffers");
+        assert_eq!(
+            shared.bytes(),
+            0,
+            "a fresh allocation first frees the network's unused buffers"
+        );
         let at = big.as_ptr();
         call.give(big);
         let again = call.take(1 << 20).unwrap();
