@@ -39,3 +39,4 @@ pub(crate) mod pool;
 pub(crate) mod winograd;
 pub(crate) mod winograd_axis;
 pub(crate) mod winograd_grad;
+pub(crate) mod winograd_tiles;

@@ -7,8 +7,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::matmul::{Kernel, NR};
-use super::winograd::{Geometry, SCRATCH, Scratch, input_tiles};
 use super::winograd_axis::Tile;
+use super::winograd_tiles::{Geometry, SCRATCH, Scratch, input_tiles};
 
 /// Points of the transformed tile, F(2x2x2, 3x3x3).
 const POINTS: usize = Tile::F2.points();
