@@ -77,15 +77,21 @@ impl Default for Buffers {
 
 impl Buffers {
     pub(crate) fn with_budget(budget: usize) -> Self {
+        Self::pool(budget, None)
+    }
+
+    /// An empty pool of `budget` bytes; a call's pool ([`for_call`](Self::for_call)) if it
+    /// has a `parent`.
+    fn pool(budget: usize, parent: Option<Arc<Mutex<Kept>>>) -> Self {
         Self {
             kept: Arc::new(Mutex::new(Kept {
                 buffers: Vec::new(),
                 clock: 0,
                 bytes: 0,
                 budget,
-                per_call: false,
+                per_call: parent.is_some(),
             })),
-            parent: None,
+            parent,
         }
     }
 
@@ -156,16 +162,7 @@ impl Buffers {
     /// back here within the budget.
     pub(crate) fn for_call(&self) -> Self {
         let budget = self.lock().budget;
-        Self {
-            kept: Arc::new(Mutex::new(Kept {
-                buffers: Vec::new(),
-                clock: 0,
-                bytes: 0,
-                budget,
-                per_call: true,
-            })),
-            parent: Some(Arc::clone(&self.kept)),
-        }
+        Self::pool(budget, Some(Arc::clone(&self.kept)))
     }
 
     /// Takes back the buffers of a call's pool ([`for_call`](Self::for_call)), the most
