@@ -123,10 +123,24 @@ fn transform_kernels<const A: usize>(
     }
 }
 
-/// [`transform_kernels`] for `tile`, compiled for AVX-512 where `kernel` is the AVX-512
-/// product.
+/// [`transform_kernels`] for `tile`.
 fn transform_kernels_for(
     tile: Tile,
+    kernel: Kernel,
+    w: &[f32],
+    dims: [usize; 2],
+    scale: Option<&[f32]>,
+    ic: usize,
+    block: &mut [f32],
+) {
+    match tile {
+        Tile::F2 => transform_kernels_on::<4>(kernel, w, dims, scale, ic, block),
+        Tile::F4 => transform_kernels_on::<6>(kernel, w, dims, scale, ic, block),
+    }
+}
+
+/// [`transform_kernels`], compiled for AVX-512 where `kernel` is the AVX-512 product.
+fn transform_kernels_on<const A: usize>(
     kernel: Kernel,
     w: &[f32],
     dims: [usize; 2],
@@ -137,13 +151,10 @@ fn transform_kernels_for(
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 {
         // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
-        return unsafe { avx512::transform_kernels(tile, w, dims, scale, ic, block) };
+        return unsafe { avx512::transform_kernels::<A>(w, dims, scale, ic, block) };
     }
     let _ = kernel;
-    match tile {
-        Tile::F2 => transform_kernels::<4>(w, dims, scale, ic, block),
-        Tile::F4 => transform_kernels::<6>(w, dims, scale, ic, block),
-    }
+    transform_kernels::<A>(w, dims, scale, ic, block)
 }
 
 impl Winograd {
@@ -325,22 +336,16 @@ impl Winograd {
 /// lanes wide (the crate is built for baseline x86-64).
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::Tile;
-
-    /// [`super::transform_kernels`] for `tile`; needs `avx512f`.
+    /// [`super::transform_kernels`]; needs `avx512f`.
     #[target_feature(enable = "avx512f")]
-    pub(super) fn transform_kernels(
-        tile: Tile,
+    pub(super) fn transform_kernels<const A: usize>(
         w: &[f32],
         dims: [usize; 2],
         scale: Option<&[f32]>,
         ic: usize,
         block: &mut [f32],
     ) {
-        match tile {
-            Tile::F2 => super::transform_kernels::<4>(w, dims, scale, ic, block),
-            Tile::F4 => super::transform_kernels::<6>(w, dims, scale, ic, block),
-        }
+        super::transform_kernels::<A>(w, dims, scale, ic, block)
     }
 }
 
