@@ -31,8 +31,8 @@ use super::channels_first as conv;
 use super::conv::{PackedConv, Precision, WINOGRAD_CHANNELS, WinogradUse};
 use super::fold::BatchNormValues;
 use super::implicit;
-use super::layout::{to_channels_first, to_channels_last, transpose};
-use super::matmul::{Kernel, MR, NR, PackedB, Scratch, matmul, product};
+use super::layout::{to_channels_first, to_channels_last};
+use super::matmul::{Kernel, MR, NR, PackedB, Scratch, matmul, product_transposed};
 use super::parallel::SendPtr;
 use super::winograd_axis::Tile;
 use super::winograd_grad;
@@ -397,11 +397,26 @@ fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usi
     });
 }
 
+/// Columns of a panel of gathered patches (tap-major) that lie side by side in one kernel
+/// row: [`backward_weight`]'s unit of copying.
+#[derive(Debug, Clone, Copy)]
+struct PatchRun {
+    /// The run's first column in its panel.
+    col: usize,
+    /// Its kernel row, `[kd, kh]`.
+    row: [usize; 2],
+    /// Its first value within the kernel row's `kw x ic` values.
+    first: usize,
+    /// Its length.
+    len: usize,
+}
+
 /// The gradient of [`forward`]'s kernel for the input `x` and output gradient `dy` (both
-/// channels-last): `[oc, ic, kd, kh, kw]`, summed over the batch.
+/// channels-last): `[oc, ic, kd, kh, kw]`, summed over the batch. Dilation must be 1 (the
+/// caller's check).
 pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {
     assert!(
-        x.len() == s.input_len() && dy.len() == s.output_len(),
+        x.len() == s.input_len() && dy.len() == s.output_len() && s.dilation == [1, 1, 1],
         "conv3d: lengths do not fit {s:?}"
     );
     let (oc, ic, k) = (s.out_channels, s.in_channels, s.k());
@@ -414,47 +429,103 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
     {
         return dw;
     }
-    if ic % NR != 0 || few(s) {
-        // Panels would straddle taps, or the voxels are too few for the kernel's layout to
-        // pay: the channels-first pass.
+    if few(s) {
+        // The voxels are too few for the kernel's layout to pay: the channels-first pass.
         return conv::backward_weight(kernel, &first(x, s.input_dims()), &first(dy, s.output_dims()), s);
     }
+    // dW (its columns tap-major, `(tap, ic)`) = dY^T B over the voxels, B the input's
+    // gathered patches: dY read in place as the transpose of the product's A, B gathered per
+    // block of voxels and panel of columns.
     let rows = s.batch * ov;
-    let dyt = transpose(dy, rows, oc);
     let mut dwr = recycled_zeros(oc * k);
-    let panels = k / NR;
+    let panels = k.div_ceil(NR);
     let threads = rayon::current_num_threads().max(1);
     let per_item = panels.div_ceil(4 * threads).clamp(1, 4);
     let out = SendPtr(dwr.as_mut_ptr());
-    let in_item = d * h * wd;
+    // A panel's columns, tap-major, are runs along kernel rows: kernel row (kd, kh) holds
+    // `kw x ic` values, which lie side by side in the input (dilation 1), so that a voxel's
+    // values of a run are one copy, clipped where the window crosses the input's edge.
+    let [_, kh_n, kw_n] = s.kernel;
+    let row_len = kw_n * ic;
     (0..panels.div_ceil(per_item)).into_par_iter().for_each(|item| {
         let mine = item * per_item..((item + 1) * per_item).min(panels);
+        let first_panel = mine.start;
         let out = &out;
-        // Per block of voxels (rows of B): each voxel's batch item and output coordinates.
-        let mut block: (usize, Vec<(usize, [usize; 3])>) = (usize::MAX, Vec::new());
+        // This item's runs per panel.
+        let runs: Vec<Vec<PatchRun>> = mine
+            .clone()
+            .map(|j| {
+                let (mut q, end) = (j * NR, ((j + 1) * NR).min(k));
+                let mut panel = Vec::new();
+                while q < end {
+                    let (r, e) = (q / row_len, q % row_len);
+                    let len = (row_len - e).min(end - q);
+                    panel.push(PatchRun {
+                        col: q - j * NR,
+                        row: [r / kh_n, r % kh_n],
+                        first: e,
+                        len,
+                    });
+                    q += len;
+                }
+                panel
+            })
+            .collect();
+        // Per block of voxels (rows of B): each voxel's batch item, its window's first input
+        // coordinates (negative within the padding), and whether the window lies inside the
+        // input (then every run is copied whole, and only the columns past k stay zero).
+        let mut block: (usize, Vec<(usize, [isize; 3], bool)>) = (usize::MAX, Vec::new());
         let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
             if block.0 != ks.start {
                 block.0 = ks.start;
                 block.1.clear();
-                block.1.extend(
-                    ks.clone()
-                        .map(|v| (v / ov, [(v % ov) / (oh * ow), (v / ow) % oh, v % ow])),
-                );
+                block.1.extend(ks.clone().map(|v| {
+                    let o = [(v % ov) / (oh * ow), (v / ow) % oh, v % ow];
+                    let first = [0, 1, 2].map(|a| (o[a] * s.stride[a]) as isize - s.padding[a] as isize);
+                    let inside = (0..3).all(|a| first[a] >= 0 && first[a] as usize + s.kernel[a] <= s.input[a]);
+                    (v / ov, first, inside)
+                }));
             }
-            let (t, c0) = ((j * NR) / ic, (j * NR) % ic);
-            let tap = tap_of(s, t);
-            for (row, &(b, o)) in buf.chunks_exact_mut(NR).zip(&block.1) {
-                match source(s, o, tap) {
-                    Some(src) => row.copy_from_slice(&x[(b * in_item + src) * ic + c0..][..NR]),
-                    None => row.fill(0.0),
+            let filled = ((j + 1) * NR).min(k) - j * NR;
+            for (row, &(b, [z0, y0, x0], inside)) in buf.chunks_exact_mut(NR).zip(&block.1) {
+                row[if inside { filled } else { 0 }..].fill(0.0);
+                for &PatchRun {
+                    col,
+                    row: [kd, kh],
+                    first: e0,
+                    len,
+                } in &runs[j - first_panel]
+                {
+                    let z = z0 + kd as isize;
+                    let z = if s.replicate_depth {
+                        z.clamp(0, d as isize - 1)
+                    } else {
+                        z
+                    };
+                    let y = y0 + kh as isize;
+                    if z < 0 || z >= d as isize || y < 0 || y >= h as isize {
+                        continue;
+                    }
+                    // Values e0..e0 + len of the kernel row: input values x0 * ic + e of
+                    // the input row (z, y), those within it.
+                    let first = x0 * ic as isize;
+                    let lo = (e0 as isize).max(-first);
+                    let hi = ((e0 + len) as isize).min((wd * ic) as isize - first);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let at = ((b * d + z as usize) * h + y as usize) * wd * ic + (first + lo) as usize;
+                    let dst = col + (lo - e0 as isize) as usize;
+                    row[dst..dst + (hi - lo) as usize].copy_from_slice(&x[at..at + (hi - lo) as usize]);
                 }
             }
         };
         SCRATCH.with_borrow_mut(|(scratch, _, _)| {
-            // SAFETY: `dyt` holds oc rows of `rows` values; `dwr` oc rows of k values, of
-            // which this item alone touches the columns of `mine`.
+            // SAFETY: `dy` holds `rows` rows of oc values: A (oc x rows) stored transposed,
+            // `oc` apart; `dwr` oc rows of k values, of which this item alone touches the
+            // columns of `mine` (within k's panels).
             unsafe {
-                product(kernel, dyt.as_ptr(), rows, oc, rows, k, mine, pack, out.0, k, scratch);
+                product_transposed(kernel, dy.as_ptr(), oc, oc, rows, k, mine, pack, out.0, k, scratch);
             }
         });
     });
@@ -473,10 +544,12 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
 
 /// Output tiles (2x2x2 voxels) from which the weight gradient by Winograd's transforms beats
 /// the direct product here, and channels (input and output) from which it does: below, the
-/// transforms cost more than the products they save (a hostile review timed 128-channel layers
-/// of 144 tiles and 256-channel ones of 64 tiles 1.1-1.2x slower by Winograd, width-4 and
-/// width-8 layers 1.2-1.4x, a 3 -> 64 layer 4.3x; width-64 layers of 1152 tiles 2x faster).
-const WINOGRAD_GRAD_TILES: usize = 512;
+/// transforms cost more than the products they save. Timed on the 2-core AVX-512 machine
+/// (direct against Winograd, ms): 64 channels on 1152 tiles 13.9 / 8.5, on 32 tiles 0.60 /
+/// 0.44; 128 channels on 144 tiles 5.8 / 3.2, on 72 tiles 3.0 / 1.9; 256 channels on 144 tiles
+/// 22.0 / 14.8; on 18 tiles it depends (256 -> 256 4.3 / 3.8, 128 -> 256 2.5 / 3.2). An earlier
+/// review timed width-4 and width-8 layers 1.2-1.4x and a 3 -> 64 layer 4.3x slower.
+const WINOGRAD_GRAD_TILES: usize = 32;
 const WINOGRAD_GRAD_CHANNELS: usize = 16;
 
 /// The kernel's gradient of a 3x3x3 convolution of stride 1 by Winograd's transforms
@@ -602,7 +675,7 @@ mod tests {
             (2, 1, 40, [9, 12, 48], [7, 7, 7], [2, 2, 2], [3, 3, 3], false),
             (1, 3, 16, [4, 5, 24], [3, 3, 3], [1, 1, 1], [1, 1, 1], true),
             (2, 64, 64, [1, 3, 3], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
-            // Winograd weight gradients (512 tiles or more, 16 channels or more): paddings 1,
+            // Winograd weight gradients (32 tiles or more, 16 channels or more): paddings 1,
             // then 0, 2 and 1, then replicate depth padding.
             (2, 16, 24, [14, 16, 17], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
             (2, 20, 18, [15, 14, 18], [3, 3, 3], [1, 1, 1], [0, 2, 1], false),

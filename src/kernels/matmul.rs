@@ -497,6 +497,56 @@ pub(crate) unsafe fn product(
     k: usize,
     n: usize,
     panels: Range<usize>,
+    pack: impl FnMut(Range<usize>, usize, &mut [f32]),
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut Scratch,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { product_in::<false>(kernel, a, lda, rows, k, n, panels, pack, c, ldc, scratch) }
+}
+
+/// [`product`] with `A` stored transposed: element `(r, p)` of `A` at `a[p * lda + r]`, so
+/// that `A` is `k` rows of at least `rows` values (`C = X^T B` for a row-major `X`, as in a
+/// weight gradient, summed over voxels, of two channels-last tensors).
+///
+/// # Safety
+/// `a` must be valid for reads of `k` rows of `rows` values, `lda` apart; the rest as
+/// [`product`].
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product_transposed(
+    kernel: Kernel,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    k: usize,
+    n: usize,
+    panels: Range<usize>,
+    pack: impl FnMut(Range<usize>, usize, &mut [f32]),
+    c: *mut f32,
+    ldc: usize,
+    scratch: &mut Scratch,
+) {
+    // SAFETY: the caller's contract.
+    unsafe { product_in::<true>(kernel, a, lda, rows, k, n, panels, pack, c, ldc, scratch) }
+}
+
+/// [`product`] (`AT` false) or [`product_transposed`] (`AT` true).
+///
+/// # Safety
+/// As those.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn product_in<const AT: bool>(
+    kernel: Kernel,
+    a: *const f32,
+    lda: usize,
+    rows: usize,
+    k: usize,
+    n: usize,
+    panels: Range<usize>,
     mut pack: impl FnMut(Range<usize>, usize, &mut [f32]),
     c: *mut f32,
     ldc: usize,
@@ -522,9 +572,17 @@ pub(crate) unsafe fn product(
             // the padding rows' results are never stored.
             scratch.a_tail[..MR * kc].fill(0.0);
             for r in 0..tail {
-                // SAFETY: row full * MR + r < rows, and kb + kc <= k (caller's contract).
-                let src = unsafe { std::slice::from_raw_parts(a.add((full * MR + r) * lda + kb), kc) };
-                scratch.a_tail[r * kc..(r + 1) * kc].copy_from_slice(src);
+                let dst = &mut scratch.a_tail[r * kc..(r + 1) * kc];
+                if AT {
+                    for (p, v) in dst.iter_mut().enumerate() {
+                        // SAFETY: row kb + p < k of the stored A, and its value
+                        // full * MR + r < rows (caller's contract).
+                        *v = unsafe { *a.add((kb + p) * lda + full * MR + r) };
+                    }
+                } else {
+                    // SAFETY: row full * MR + r < rows, and kb + kc <= k (caller's contract).
+                    dst.copy_from_slice(unsafe { std::slice::from_raw_parts(a.add((full * MR + r) * lda + kb), kc) });
+                }
             }
         }
         for (slot, j) in panels.clone().enumerate() {
@@ -532,10 +590,10 @@ pub(crate) unsafe fn product(
             // SAFETY: A's rows from column kb (kb + kc <= k), `a_tail` MR rows of kc values,
             // the packed block kc rows of NR values, C's rows over panel j's columns.
             unsafe {
-                panel_rows(
+                panel_rows::<AT>(
                     kernel,
                     kc,
-                    (a.add(kb), lda),
+                    (a.add(if AT { kb * lda } else { kb }), lda),
                     rows,
                     (scratch.a_tail.as_ptr(), kc),
                     scratch.b[slot * KC * NR..].as_ptr(),
@@ -557,10 +615,11 @@ pub(crate) unsafe fn product(
 ///
 /// # Safety
 /// As [`tile`] for each tile: `a` holds the full tiles' rows, `a_tail` MR rows, `bp` `kc`
-/// rows of [`NR`] values, `c` `rows` rows of `cols <= NR` values `ldc` apart.
+/// rows of [`NR`] values, `c` `rows` rows of `cols <= NR` values `ldc` apart. With `AT`, `a`
+/// is stored transposed (`kc` rows of the full tiles' rows, `lda` apart); `a_tail` never is.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn panel_rows(
+unsafe fn panel_rows<const AT: bool>(
     kernel: Kernel,
     kc: usize,
     (a, lda): (*const f32, usize),
@@ -577,10 +636,10 @@ unsafe fn panel_rows(
         // SAFETY: the block's MR rows lie in A, its rows in C and the residual (the caller's
         // contract).
         unsafe {
-            tile(
+            tile::<AT>(
                 kernel,
                 kc,
-                a.add(block * MR * lda),
+                a.add(if AT { block * MR } else { block * MR * lda }),
                 lda,
                 bp,
                 c.add(block * MR * ldc),
@@ -595,7 +654,7 @@ unsafe fn panel_rows(
         // SAFETY: `a_tail` holds MR rows of kc values; the tail's rows lie in C and the
         // residual.
         unsafe {
-            tile(
+            tile::<false>(
                 kernel,
                 kc,
                 a_tail,
@@ -612,15 +671,15 @@ unsafe fn panel_rows(
 }
 
 /// `C[r][0..cols] += sum_p A[r][p] * Bp[p][0..cols]` for `r < rows`: the register tile of
-/// `kernel`.
+/// `kernel`; `A[r][p]` at `a[r * lda + p]`, or at `a[p * lda + r]` with `AT`.
 ///
 /// # Safety
 /// `a` valid for reads of [`MR`] rows of `kc` values `lda` apart (the AVX-512 tile reads all
-/// MR; results of rows past `rows` are dropped), `bp` of `kc` rows of [`NR`] values, `c` for
-/// `rows` rows of `cols <= NR` values `ldc` apart.
+/// MR; results of rows past `rows` are dropped; with `AT`, `kc` rows of MR values), `bp` of
+/// `kc` rows of [`NR`] values, `c` for `rows` rows of `cols <= NR` values `ldc` apart.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile(
+unsafe fn tile<const AT: bool>(
     kernel: Kernel,
     kc: usize,
     a: *const f32,
@@ -636,14 +695,15 @@ unsafe fn tile(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the caller's contract; `Kernel::Avx512` only comes from `Kernel::detect`
         // finding AVX-512.
-        Kernel::Avx512 => unsafe { avx512::tile(kc, a, lda, bp, c, ldc, rows, cols, store) },
+        Kernel::Avx512 => unsafe { avx512::tile::<AT>(kc, a, lda, bp, c, ldc, rows, cols, store) },
         _ => {
             // Portable: one row at a time, 32 accumulators the compiler vectorises.
             for r in 0..rows {
                 let mut acc = [0.0f32; NR];
                 for p in 0..kc {
                     // SAFETY: row r < rows <= MR and p < kc lie in A; p < kc rows of Bp.
-                    let (av, b) = unsafe { (*a.add(r * lda + p), std::slice::from_raw_parts(bp.add(p * NR), NR)) };
+                    let at = if AT { p * lda + r } else { r * lda + p };
+                    let (av, b) = unsafe { (*a.add(at), std::slice::from_raw_parts(bp.add(p * NR), NR)) };
                     acc.iter_mut().zip(b).for_each(|(acc, b)| *acc += av * b);
                 }
                 // SAFETY: row r < rows and cols <= NR values lie in C, and in the store's bias
@@ -736,6 +796,94 @@ mod tests {
                         assert!(
                             (got - want).abs() < 1e-3,
                             "{kernel:?} {rows}x{k}x{n}, relu {relu}, at {i}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`product`] and [`product_transposed`] (B packed on demand, C accumulated, k over
+    /// several blocks of [`KC`]) against the definition, on sizes that leave remainders of
+    /// rows, columns and k; each panel its own call, as the work items run them.
+    #[test]
+    fn packed_products_compute_the_product() {
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (13, 7, 5),
+            (25, 300, 33),
+            (12, 513, 64),
+            (40, 64, 100),
+            (64, 1152, 64),
+        ] {
+            let a: Vec<f32> = (0..rows * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0).collect();
+            // A stored transposed: k rows of `rows` values, 3 apart more than needed.
+            let lda_t = rows + 3;
+            let mut a_t = vec![f32::NAN; k * lda_t];
+            for r in 0..rows {
+                for p in 0..k {
+                    a_t[p * lda_t + r] = a[r * k + p];
+                }
+            }
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0).collect();
+            let mut expected = vec![0.25f32; rows * n];
+            for r in 0..rows {
+                for j in 0..n {
+                    expected[r * n + j] += (0..k)
+                        .map(|p| f64::from(a[r * k + p]) * f64::from(b[p * n + j]))
+                        .sum::<f64>() as f32;
+                }
+            }
+            let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
+                for (dst, p) in buf.chunks_exact_mut(NR).zip(ks) {
+                    for (col, v) in dst.iter_mut().enumerate() {
+                        *v = if j * NR + col < n { b[p * n + j * NR + col] } else { 0.0 };
+                    }
+                }
+            };
+            for kernel in [Kernel::detect(), Kernel::Portable] {
+                for transposed in [false, true] {
+                    let mut c = vec![0.25f32; rows * n];
+                    let mut scratch = Scratch::default();
+                    for j in 0..n.div_ceil(NR) {
+                        // SAFETY: A holds rows x k values (k x lda_t stored transposed), C rows x
+                        // n, the panels lie within n's.
+                        unsafe {
+                            if transposed {
+                                product_transposed(
+                                    kernel,
+                                    a_t.as_ptr(),
+                                    lda_t,
+                                    rows,
+                                    k,
+                                    n,
+                                    j..j + 1,
+                                    pack,
+                                    c.as_mut_ptr(),
+                                    n,
+                                    &mut scratch,
+                                );
+                            } else {
+                                product(
+                                    kernel,
+                                    a.as_ptr(),
+                                    k,
+                                    rows,
+                                    k,
+                                    n,
+                                    j..j + 1,
+                                    pack,
+                                    c.as_mut_ptr(),
+                                    n,
+                                    &mut scratch,
+                                );
+                            }
+                        }
+                    }
+                    for (i, (got, want)) in c.iter().zip(&expected).enumerate() {
+                        assert!(
+                            (got - want).abs() < 1e-3,
+                            "{kernel:?} {rows}x{k}x{n}, transposed {transposed}, at {i}: {got} vs {want}"
                         );
                     }
                 }

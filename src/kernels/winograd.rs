@@ -256,7 +256,14 @@ impl Winograd {
                 s.m.resize(points * rows * oc, 0.0);
                 s.first.resize(points * ic.max(oc), 0.0);
                 s.second.resize(points * ic.max(oc), 0.0);
-                input_tiles(self.kernel, &geometry, xp, first, rows, s);
+                input_tiles(
+                    self.kernel,
+                    &geometry,
+                    xp,
+                    first,
+                    rows,
+                    (&mut s.v, &mut s.first, &mut s.second),
+                );
                 let (c0, c1) = (panels.start * NR, (panels.end * NR).min(oc));
                 for row in s.m.chunks_exact_mut(oc) {
                     row[c0..c1].fill(0.0);

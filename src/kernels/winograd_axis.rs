@@ -280,6 +280,22 @@ pub(super) fn a_transpose<const A: usize>(src: Rows<'_>, dst: &mut [f32], n: usi
     }
 }
 
+/// `A` of F(2, 3) along one axis over every channel: the output gradient's two rows `y0`,
+/// `y1` (`n` values each) to the four points `y0, y0 + y1, y0 - y1, -y1` (the rows of `dst`):
+/// the output transform taken back, for the weight gradient.
+#[inline(always)]
+pub(super) fn a_expand(y0: &[f32], y1: &[f32], dst: RowsMut<'_>, n: usize) {
+    let [d0, d1, d2, d3, ..] = rows_mut(dst, 4, n);
+    let (y0, y1, d1, d2, d3) = (&y0[..n], &y1[..n], &mut d1[..n], &mut d2[..n], &mut d3[..n]);
+    for i in 0..n {
+        let (a, b) = (y0[i], y1[i]);
+        d0[i] = a;
+        d1[i] = a + b;
+        d2[i] = a - b;
+        d3[i] = -b;
+    }
+}
+
 /// `A` rows of `n` values each from `src`'s rows (the tests' way of applying a point
 /// transform).
 #[cfg(test)]

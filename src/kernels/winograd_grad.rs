@@ -7,8 +7,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::matmul::{Kernel, NR};
-use super::winograd_axis::Tile;
-use super::winograd_tiles::{Geometry, SCRATCH, Scratch, input_tiles};
+use super::winograd_axis::{Tile, a_expand};
+use super::winograd_tiles::{Geometry, SCRATCH, TileWork, input_tiles};
 
 /// Points of the transformed tile, F(2x2x2, 3x3x3).
 const POINTS: usize = Tile::F2.points();
@@ -30,7 +30,11 @@ const STEP: usize = Tile::F2.step();
 /// The tiles go in chunks (their `V` and `dM` within 16 MiB, from `buffers`), transformed in
 /// blocks of [`GRAD_BLOCK`] tiles on every thread, then each point's product on one thread
 /// over the blocks in order: the sums, and so the result, are the same bit for bit whatever
-/// the number of threads, and the memory is one `dU` (`64 x oc x ic`) and one chunk.
+/// the number of threads, and the memory is one `dU` (`64 x oc x ic`) and one chunk. `V` and
+/// `dM` are both laid out as the tiles' rows of each point (`[p][tile][channels]`, written
+/// where they lie, 16 channels at a time); the product reads `dM[p]` as the transpose it
+/// needs ([`product_transposed`](super::matmul::product_transposed)), and `G^T dU G` runs
+/// over rows of input channels.
 ///
 /// Returns `false`, computing nothing, if the lengths do not fit these shapes or a buffer
 /// cannot be allocated.
@@ -71,7 +75,7 @@ pub(crate) fn weight_grad(
     for first in (0..count).step_by(chunk.max(1)) {
         let rows = chunk.min(count - first);
         let (v, m) = (&mut vbuf[..POINTS * rows * ic], &mut mbuf[..POINTS * rows * oc]);
-        // Each block's V ([p][block rows][ic]) and dM^T ([p][oc][block rows]), in its own
+        // Each block's V ([p][block rows][ic]) and dM ([p][block rows][oc]), in its own
         // part of the chunk's buffers.
         v.par_chunks_mut(POINTS * GRAD_BLOCK * ic)
             .zip(m.par_chunks_mut(POINTS * GRAD_BLOCK * oc))
@@ -79,16 +83,10 @@ pub(crate) fn weight_grad(
             .for_each(|(b, (vb, mb))| {
                 let (start, block) = (first + b * GRAD_BLOCK, vb.len() / (POINTS * ic));
                 SCRATCH.with_borrow_mut(|s| {
-                    s.v.resize(POINTS * block * ic, 0.0);
-                    s.m.resize(POINTS * oc * block, 0.0);
                     s.first.resize(POINTS * ic.max(oc), 0.0);
                     s.second.resize(POINTS * ic.max(oc), 0.0);
-                    input_tiles(kernel, &geometry, xp, start, block, s);
-                    for r in 0..block {
-                        grad_tile(&geometry, dy, start + r, r, block, s);
-                    }
-                    vb.copy_from_slice(&s.v[..vb.len()]);
-                    mb.copy_from_slice(&s.m[..mb.len()]);
+                    input_tiles(kernel, &geometry, xp, start, block, (vb, &mut s.first, &mut s.second));
+                    grad_tiles(kernel, &geometry, dy, start, block, (mb, &mut s.first, &mut s.second));
                 });
             });
         let (v, m) = (&*v, &*m);
@@ -98,7 +96,7 @@ pub(crate) fn weight_grad(
                 for (b, start) in (0..rows).step_by(GRAD_BLOCK).enumerate() {
                     let block = GRAD_BLOCK.min(rows - start);
                     let vb = &v[b * POINTS * GRAD_BLOCK * ic..][..POINTS * block * ic];
-                    let mb = &m[b * POINTS * GRAD_BLOCK * oc..][..POINTS * oc * block];
+                    let mb = &m[b * POINTS * GRAD_BLOCK * oc..][..POINTS * block * oc];
                     // B = V[p] of the block: `block` rows of ic values, a panel of NR columns
                     // at a time.
                     let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
@@ -108,15 +106,15 @@ pub(crate) fn weight_grad(
                             dst[cols..].fill(0.0);
                         }
                     };
-                    // SAFETY: A = the block's dM[p]^T, oc rows of `block` values from
-                    // `p * oc * block` within `mb` (POINTS * oc * block values); C = `dup`,
-                    // point p's oc rows of ic values, this task's alone; the panels are ic's;
-                    // `kernel` is `Kernel::detect`'s answer (the caller's).
+                    // SAFETY: A = the block's dM[p]^T, stored as dM[p]: `block` rows of oc
+                    // values from `p * block * oc` within `mb` (POINTS * block * oc values);
+                    // C = `dup`, point p's oc rows of ic values, this task's alone; the panels
+                    // are ic's; `kernel` is `Kernel::detect`'s answer (the caller's).
                     unsafe {
-                        super::matmul::product(
+                        super::matmul::product_transposed(
                             kernel,
-                            mb.as_ptr().add(p * oc * block),
-                            block,
+                            mb.as_ptr().add(p * block * oc),
+                            oc,
                             oc,
                             block,
                             ic,
@@ -134,35 +132,48 @@ pub(crate) fn weight_grad(
     buffers.give(mbuf);
     // dW[oc][ic][(kd * 3 + kh) * 3 + kw] = (G^T dU G) per axis, point (pz * 4 + py) * 4 + px.
     let plane = oc * ic;
-    dw.par_chunks_mut(ic * 27).enumerate().for_each(|(o, dst)| {
-        for i in 0..ic {
-            let u: [f32; POINTS] = std::array::from_fn(|p| du[p * plane + o * ic + i]);
-            let mut along_x = [0.0f32; 48];
+    // Per output channel, over rows of its ic values (point p's row of dU from p * plane + o
+    // * ic): along width, height and depth, then each tap's row into PyTorch's layout.
+    dw.par_chunks_mut(ic * 27).enumerate().for_each_init(
+        || vec![0.0f32; (48 + 36 + 27) * ic],
+        |work, (o, dst)| {
+            let (along_x, rest) = work.split_at_mut(48 * ic);
+            let (along_y, taps) = rest.split_at_mut(36 * ic);
+            let row = |p: usize| &du[p * plane + o * ic..][..ic];
+            // Along width: line (pz * 4 + py) to `along_x[(line * 3 + kw) * ic]`.
             for line in 0..16 {
-                let g = g_transpose([u[line * 4], u[line * 4 + 1], u[line * 4 + 2], u[line * 4 + 3]]);
-                along_x[line * 3..][..3].copy_from_slice(&g);
+                let src = [row(line * 4), row(line * 4 + 1), row(line * 4 + 2), row(line * 4 + 3)];
+                g_transpose_rows(src, (&mut *along_x, line * 3 * ic, ic), ic);
             }
-            let mut along_y = [0.0f32; 36];
+            // Along height: `along_y[((pz * 3 + kh) * 3 + kw) * ic]`.
             for pz in 0..4 {
                 for kw in 0..3 {
-                    let at = |py: usize| along_x[(pz * 4 + py) * 3 + kw];
-                    let g = g_transpose([at(0), at(1), at(2), at(3)]);
-                    for (kh, v) in g.into_iter().enumerate() {
-                        along_y[(pz * 3 + kh) * 3 + kw] = v;
-                    }
+                    let at = |py: usize| &along_x[((pz * 4 + py) * 3 + kw) * ic..][..ic];
+                    g_transpose_rows(
+                        [at(0), at(1), at(2), at(3)],
+                        (&mut *along_y, (pz * 9 + kw) * ic, 3 * ic),
+                        ic,
+                    );
                 }
             }
+            // Along depth: `taps[((kd * 3 + kh) * 3 + kw) * ic]`.
             for kh in 0..3 {
                 for kw in 0..3 {
-                    let at = |pz: usize| along_y[(pz * 3 + kh) * 3 + kw];
-                    let g = g_transpose([at(0), at(1), at(2), at(3)]);
-                    for (kd, v) in g.into_iter().enumerate() {
-                        dst[i * 27 + (kd * 3 + kh) * 3 + kw] = v;
-                    }
+                    let at = |pz: usize| &along_y[((pz * 3 + kh) * 3 + kw) * ic..][..ic];
+                    g_transpose_rows(
+                        [at(0), at(1), at(2), at(3)],
+                        (&mut *taps, (kh * 3 + kw) * ic, 9 * ic),
+                        ic,
+                    );
                 }
             }
-        }
-    });
+            for (t, values) in taps.chunks_exact(ic).enumerate() {
+                for (i, &v) in values.iter().enumerate() {
+                    dst[i * 27 + t] = v;
+                }
+            }
+        },
+    );
     buffers.give(du);
     true
 }
@@ -173,66 +184,109 @@ pub(crate) fn weight_grad(
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
 const GRAD_BLOCK: usize = 64;
 
-/// `G^T` along one axis: four points back to three taps (`G` maps `g` to `g_0, (g_0 + g_1 +
-/// g_2) / 2, (g_0 - g_1 + g_2) / 2, g_2`).
+/// `G^T` along one axis over rows of `n` values: four points back to three taps, the rows
+/// of `dst` (`G` maps `g` to `g_0, (g_0 + g_1 + g_2) / 2, (g_0 - g_1 + g_2) / 2, g_2`).
 #[inline(always)]
 // Used by the training ops, which need the flex backend.
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
-fn g_transpose([u0, u1, u2, u3]: [f32; 4]) -> [f32; 3] {
-    [u0 + 0.5 * (u1 + u2), 0.5 * (u1 - u2), 0.5 * (u1 + u2) + u3]
+fn g_transpose_rows([u0, u1, u2, u3]: [&[f32]; 4], (dst, at, stride): (&mut [f32], usize, usize), n: usize) {
+    let (t0, rest) = dst[at..at + 2 * stride + n].split_at_mut(stride);
+    let (t1, t2) = rest.split_at_mut(stride);
+    let (u0, u1, u2, u3, t0, t1, t2) = (
+        &u0[..n],
+        &u1[..n],
+        &u2[..n],
+        &u3[..n],
+        &mut t0[..n],
+        &mut t1[..n],
+        &mut t2[..n],
+    );
+    for i in 0..n {
+        let (s, d) = (u1[i] + u2[i], u1[i] - u2[i]);
+        t0[i] = u0[i] + 0.5 * s;
+        t1[i] = 0.5 * d;
+        t2[i] = 0.5 * s + u3[i];
+    }
 }
 
-/// Tile `tile`'s output gradient (its 2x2x2 voxels of `dy`, zero past the output) taken back
-/// through the output transform, `A dY A^T` per axis (`A` maps `y_0, y_1` to `y_0, y_0 + y_1,
-/// y_0 - y_1, -y_1`), into column `r` of `s.m` read as `[p][oc][rows]`.
+/// [`grad_tile`] for tiles `first..first + rows`, compiled for AVX-512 where `kernel` is the
+/// AVX-512 product.
+fn grad_tiles(kernel: Kernel, geometry: &Geometry, dy: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx512 {
+        // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
+        return unsafe { grad_tiles_avx512(geometry, dy, first, rows, work) };
+    }
+    let _ = kernel;
+    grad_tiles_here(geometry, dy, first, rows, work)
+}
+
+/// [`grad_tiles_here`]; needs `avx512f`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn grad_tiles_avx512(geometry: &Geometry, dy: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
+    grad_tiles_here(geometry, dy, first, rows, work)
+}
+
 #[inline(always)]
-// Used by the training ops, which need the flex backend.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
-fn grad_tile(geometry: &Geometry, dy: &[f32], tile: usize, r: usize, rows: usize, s: &mut Scratch) {
+fn grad_tiles_here(geometry: &Geometry, dy: &[f32], first: usize, rows: usize, (m, a, b): TileWork<'_>) {
+    let zeros = vec![0.0; geometry.oc];
+    for r in 0..rows {
+        grad_tile(geometry, dy, first + r, r, rows, (&mut *m, &mut *a, &mut *b), &zeros);
+    }
+}
+
+/// Tile `tile`'s output gradient (its 2x2x2 voxels of `dy`, `zeros` past the output) taken
+/// back through the output transform, `A dY A^T` per axis (`A` maps `y_0, y_1` to `y_0, y_0 +
+/// y_1, y_0 - y_1, -y_1`: [`a_expand`]), into row `r` of each point's `dM` (point `p`'s rows
+/// from `p * rows * oc`), as [`input_tiles`] lays out `V`.
+#[inline(always)]
+fn grad_tile(
+    geometry: &Geometry,
+    dy: &[f32],
+    tile: usize,
+    r: usize,
+    rows: usize,
+    (m, along_w, along_h): TileWork<'_>,
+    zeros: &[f32],
+) {
     let [b, tz, ty, tx] = geometry.coordinates(tile);
     let [od, oh, ow] = geometry.out;
     let oc = geometry.oc;
-    let a = |y0: f32, y1: f32| [y0, y0 + y1, y0 - y1, -y1];
-    // The eight voxels (z, y, x), each oc values.
+    // Voxel (z, y, x) of the tile: its oc values, or zeros past the output.
     let voxel = |z: usize, y: usize, x: usize| {
         let (oz, oy, ox) = (STEP * tz + z, STEP * ty + y, STEP * tx + x);
-        (oz < od && oy < oh && ox < ow).then(|| &dy[(((b * od + oz) * oh + oy) * ow + ox) * oc..][..oc])
+        if oz < od && oy < oh && ox < ow {
+            &dy[(((b * od + oz) * oh + oy) * ow + ox) * oc..][..oc]
+        } else {
+            &zeros[..oc]
+        }
     };
-    // Along width: [z][y][px], oc values each, in `s.first`.
+    // Along width: `along_w[((z * 2 + y) * 4 + px) * oc]`.
     for z in 0..2 {
         for y in 0..2 {
-            let (x0, x1) = (voxel(z, y, 0), voxel(z, y, 1));
-            for c in 0..oc {
-                let points = a(x0.map_or(0.0, |v| v[c]), x1.map_or(0.0, |v| v[c]));
-                for (px, v) in points.into_iter().enumerate() {
-                    s.first[((z * 2 + y) * 4 + px) * oc + c] = v;
-                }
-            }
+            a_expand(
+                voxel(z, y, 0),
+                voxel(z, y, 1),
+                (&mut *along_w, (z * 2 + y) * 4 * oc, oc),
+                oc,
+            );
         }
     }
-    // Along height: [z][py][px] in `s.second`.
+    // Along height: `along_h[((z * 4 + py) * 4 + px) * oc]`.
     for z in 0..2 {
         for px in 0..4 {
-            for c in 0..oc {
-                let points = a(
-                    s.first[((z * 2) * 4 + px) * oc + c],
-                    s.first[((z * 2 + 1) * 4 + px) * oc + c],
-                );
-                for (py, v) in points.into_iter().enumerate() {
-                    s.second[((z * 4 + py) * 4 + px) * oc + c] = v;
-                }
-            }
+            let y0 = &along_w[(z * 8 + px) * oc..][..oc];
+            let y1 = &along_w[(z * 8 + 4 + px) * oc..][..oc];
+            a_expand(y0, y1, (&mut *along_h, (z * 16 + px) * oc, 4 * oc), oc);
         }
     }
-    // Along depth, into dM^T: point (pz * 4 + py) * 4 + px, row c, column r.
+    // Along depth, into dM: point (pz * 4 + py) * 4 + px, row r.
     for py in 0..4 {
         for px in 0..4 {
-            for c in 0..oc {
-                let points = a(s.second[(py * 4 + px) * oc + c], s.second[((4 + py) * 4 + px) * oc + c]);
-                for (pz, v) in points.into_iter().enumerate() {
-                    s.m[(((pz * 4 + py) * 4 + px) * oc + c) * rows + r] = v;
-                }
-            }
+            let y0 = &along_h[(py * 4 + px) * oc..][..oc];
+            let y1 = &along_h[(16 + py * 4 + px) * oc..][..oc];
+            a_expand(y0, y1, (&mut *m, ((py * 4 + px) * rows + r) * oc, 16 * rows * oc), oc);
         }
     }
 }

@@ -29,15 +29,26 @@ pub(super) struct Scratch {
     pub(super) tail: Vec<f32>,
 }
 
+/// Where [`input_tiles`] writes: `V` (point `p`'s rows from `p * rows * c`), and two
+/// intermediates of at least `A^3 * c` values each.
+pub(super) type TileWork<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
+
 /// [`input_tiles_here`], compiled for AVX-512 where `kernel` is the AVX-512 product.
-pub(super) fn input_tiles(kernel: Kernel, geometry: &Geometry, xp: &[f32], first: usize, rows: usize, s: &mut Scratch) {
+pub(super) fn input_tiles(
+    kernel: Kernel,
+    geometry: &Geometry,
+    xp: &[f32],
+    first: usize,
+    rows: usize,
+    work: TileWork<'_>,
+) {
     #[cfg(target_arch = "x86_64")]
     if kernel == Kernel::Avx512 {
         // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
-        return unsafe { avx512::input_tiles(geometry, xp, first, rows, s) };
+        return unsafe { avx512::input_tiles(geometry, xp, first, rows, work) };
     }
     let _ = kernel;
-    input_tiles_here(geometry, xp, first, rows, s)
+    input_tiles_here(geometry, xp, first, rows, work)
 }
 
 /// [`Geometry::output_tile`] for tiles `first..first + rows`, compiled for AVX-512 where
@@ -65,16 +76,17 @@ pub(super) unsafe fn output_tiles(
     unsafe { output_tiles_here(geometry, tiles, cols, s, epilogue, out) }
 }
 
-/// The transformed input of tiles `first..first + rows` into `s.v` (rows of each point).
+/// The transformed input of tiles `first..first + rows` into `V` (rows of each point).
 #[inline(always)]
-fn input_tiles_here(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, s: &mut Scratch) {
+fn input_tiles_here(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, (v, a, b): TileWork<'_>) {
     let [_, hp, wp] = geometry.padded;
     let ic = geometry.ic;
     for r in 0..rows {
         let x = &xp[geometry.input_offset(first + r)..];
+        let work = (&mut *v, &mut *a, &mut *b);
         match geometry.tile {
-            Tile::F2 => input_tile::<4>(x, [hp * wp * ic, wp * ic], ic, s, r, rows),
-            Tile::F4 => input_tile::<6>(x, [hp * wp * ic, wp * ic], ic, s, r, rows),
+            Tile::F2 => input_tile::<4>(x, [hp * wp * ic, wp * ic], ic, work, r, rows),
+            Tile::F4 => input_tile::<6>(x, [hp * wp * ic, wp * ic], ic, work, r, rows),
         }
     }
 }
@@ -111,12 +123,12 @@ unsafe fn output_tiles_here(
 mod avx512 {
     use std::ops::Range;
 
-    use super::{Geometry, Scratch, SendPtr};
+    use super::{Geometry, Scratch, SendPtr, TileWork};
 
     /// [`super::input_tiles_here`]; needs `avx512f`.
     #[target_feature(enable = "avx512f")]
-    pub(super) fn input_tiles(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, s: &mut Scratch) {
-        super::input_tiles_here(geometry, xp, first, rows, s)
+    pub(super) fn input_tiles(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
+        super::input_tiles_here(geometry, xp, first, rows, work)
     }
 
     /// [`super::output_tiles_here`]; needs `avx512f`.
@@ -262,14 +274,21 @@ impl Geometry {
 
 /// The tile whose first voxel starts `x` (the padded input from there; `[depth, height]`
 /// strides `[sz, sy]`), transformed (`B^T d B` per axis) into row `r` of each point's `V`
-/// (`s.v`: point `p`'s rows from `p * rows * c`).
+/// (point `p`'s rows from `p * count * c`).
 #[inline(always)]
-fn input_tile<const A: usize>(x: &[f32], [sz, sy]: [usize; 2], c: usize, s: &mut Scratch, r: usize, count: usize) {
+fn input_tile<const A: usize>(
+    x: &[f32],
+    [sz, sy]: [usize; 2],
+    c: usize,
+    (v, first, second): TileWork<'_>,
+    r: usize,
+    count: usize,
+) {
     // Along width: each (depth, height) row's A voxels (A * c contiguous values), into
     // `first[((pz * A + py) * A + px) * c]`.
     for pz in 0..A {
         for py in 0..A {
-            b_transpose::<A>((x, pz * sz + py * sy, c), (&mut s.first, (pz * A + py) * A * c, c), c);
+            b_transpose::<A>((x, pz * sz + py * sy, c), (&mut *first, (pz * A + py) * A * c, c), c);
         }
     }
     // Along height, stored [depth][width point][height point] so that the results are
@@ -277,8 +296,8 @@ fn input_tile<const A: usize>(x: &[f32], [sz, sy]: [usize; 2], c: usize, s: &mut
     for pz in 0..A {
         for px in 0..A {
             b_transpose::<A>(
-                (&s.first, (pz * A * A + px) * c, A * c),
-                (&mut s.second, (pz * A + px) * A * c, c),
+                (&*first, (pz * A * A + px) * c, A * c),
+                (&mut *second, (pz * A + px) * A * c, c),
                 c,
             );
         }
@@ -288,8 +307,8 @@ fn input_tile<const A: usize>(x: &[f32], [sz, sy]: [usize; 2], c: usize, s: &mut
     for py in 0..A {
         for px in 0..A {
             b_transpose::<A>(
-                (&s.second, (px * A + py) * c, A * A * c),
-                (&mut s.v, ((py * A + px) * count + r) * c, A * A * count * c),
+                (&*second, (px * A + py) * c, A * A * c),
+                (&mut *v, ((py * A + px) * count + r) * c, A * A * count * c),
                 c,
             );
         }

@@ -56,7 +56,7 @@ pub(super) unsafe fn matmul(
             // rows from column kb and C's rows over the panel's columns (contract);
             // `scratch` holds MR rows of k values.
             unsafe {
-                super::panel_rows(
+                super::panel_rows::<false>(
                     super::Kernel::Avx512,
                     kc,
                     (a.add(kb), lda),
@@ -93,7 +93,7 @@ pub(super) unsafe fn accumulate(
         let kc = KC.min(ks.end - kb);
         // SAFETY: panel j holds k rows of NR values; A and C as the caller promises.
         unsafe {
-            tile(
+            tile::<false>(
                 kc,
                 a.add(kb - ks.start),
                 lda,
@@ -129,19 +129,20 @@ pub(super) unsafe fn accumulate_runs(
     unsafe {
         let bp = b.panels.as_ptr().add(j * b.k * NR);
         if rows <= SHORT {
-            runs_rows::<SHORT>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols, Store::ADD)
+            runs_rows::<SHORT, false>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols, Store::ADD)
         } else {
-            runs_rows::<MR>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols, Store::ADD)
+            runs_rows::<MR, false>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols, Store::ADD)
         }
     }
 }
 
 /// [`accumulate_runs`] with `R` rows in registers (`rows <= R <= MR`); `bp` is the
-/// panel's first row.
+/// panel's first row. `A[r][p]` at `a[o + r * lda + p]` for a run at `o`, or with `AT` (one
+/// run at 0) at `a[p * lda + r]`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn runs_rows<const R: usize>(
+unsafe fn runs_rows<const R: usize, const AT: bool>(
     a: *const f32,
     lda: usize,
     bp: *const f32,
@@ -157,13 +158,14 @@ unsafe fn runs_rows<const R: usize>(
     let mut hi = [_mm512_setzero_ps(); R];
     for &(o, k0) in runs {
         for p in 0..len {
-            // SAFETY: A holds R <= MR rows of `len` values from `o`, the panel rows
-            // k0..k0 + len (the caller's contract).
+            // SAFETY: A holds R <= MR rows of `len` values from `o` (with `AT`, `len` rows
+            // of R values), the panel rows k0..k0 + len (the caller's contract).
             unsafe {
                 let b0 = _mm512_loadu_ps(bp.add((k0 + p) * NR));
                 let b1 = _mm512_loadu_ps(bp.add((k0 + p) * NR + 16));
                 for r in 0..R {
-                    let av = _mm512_set1_ps(*a.add(o + r * lda + p));
+                    let at = if AT { o + p * lda + r } else { o + r * lda + p };
+                    let av = _mm512_set1_ps(*a.add(at));
                     lo[r] = _mm512_fmadd_ps(av, b0, lo[r]);
                     hi[r] = _mm512_fmadd_ps(av, b1, hi[r]);
                 }
@@ -179,12 +181,12 @@ unsafe fn runs_rows<const R: usize>(
 const SHORT: usize = 8;
 
 /// `C[r][0..cols] += sum_p A[r][p] * Bp[p][0..cols]` for `r < rows`, in registers; `A`
-/// has MR rows `lda` apart, read in place (the first [`SHORT`] only when `rows` fits
-/// them).
+/// has MR rows `lda` apart (with `AT`, `kc` rows of MR values `lda` apart: stored
+/// transposed), read in place (the first [`SHORT`] only when `rows` fits them).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn tile(
+pub(super) unsafe fn tile<const AT: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -198,9 +200,9 @@ pub(super) unsafe fn tile(
     // SAFETY: the caller's contract; each tile reads at most MR rows of A.
     unsafe {
         if rows <= SHORT {
-            tile_rows::<SHORT>(kc, a, lda, bp, c, ldc, rows, cols, store)
+            tile_rows::<SHORT, AT>(kc, a, lda, bp, c, ldc, rows, cols, store)
         } else {
-            tile_rows::<MR>(kc, a, lda, bp, c, ldc, rows, cols, store)
+            tile_rows::<MR, AT>(kc, a, lda, bp, c, ldc, rows, cols, store)
         }
     }
 }
@@ -209,7 +211,7 @@ pub(super) unsafe fn tile(
 #[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_rows<const R: usize>(
+unsafe fn tile_rows<const R: usize, const AT: bool>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -223,7 +225,7 @@ unsafe fn tile_rows<const R: usize>(
     // One run of kc rows: the general tile of `accumulate_runs`.
     // SAFETY: A holds R <= MR rows of kc values, Bp kc x NR; C and the store the caller's
     // contract.
-    unsafe { runs_rows::<R>(a, lda, bp, &[(0, 0)], kc, c, ldc, rows, cols, store) }
+    unsafe { runs_rows::<R, AT>(a, lda, bp, &[(0, 0)], kc, c, ldc, rows, cols, store) }
 }
 
 /// `C[r][0..cols] = store(C[r], (lo[r], hi[r]))` for `r < rows` (see [`Store`]): a register
