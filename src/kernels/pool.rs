@@ -29,6 +29,7 @@ impl PoolShape {
 
     /// For output voxel `(oz, oy, ox)` of a batch item `x` (channels-last), each channel's
     /// maximum and the input voxel it came from, written into `best` and `at`.
+    #[inline(always)]
     fn scan(&self, x: &[f32], [oz, oy, ox]: [usize; 3], best: &mut [f32], at: &mut [u32]) {
         let c = self.channels;
         let [_, h, w] = self.input;
@@ -139,16 +140,38 @@ pub(crate) fn backward(x: &[f32], dy: &[f32], p: &PoolShape) -> Vec<f32> {
     dx.par_chunks_mut(in_item).enumerate().for_each(|(b, dxb)| {
         let xb = &x[b * in_item..][..in_item];
         let dyb = &dy[b * out_item..][..out_item];
-        let (mut best, mut at) = (vec![0.0f32; c], vec![0u32; c]);
-        for (v, grads) in dyb.chunks_exact(c).enumerate() {
-            let o = [v / (oh * ow), (v / ow) % oh, v % ow];
-            p.scan(xb, o, &mut best, &mut at);
-            for ((ch, &g), &voxel) in grads.iter().enumerate().zip(&at) {
-                dxb[voxel as usize * c + ch] += g;
-            }
+        #[cfg(target_arch = "x86_64")]
+        if super::matmul::Kernel::detect() == super::matmul::Kernel::Avx512 {
+            // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
+            return unsafe { backward_item_avx512(p, xb, dyb, dxb) };
         }
+        backward_item(p, xb, dyb, dxb);
     });
     dx
+}
+
+/// [`backward_item`] compiled for AVX-512, so that the window's scan runs 16 channels wide;
+/// needs `avx512f`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn backward_item_avx512(p: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    backward_item(p, x, dy, dx);
+}
+
+/// [`backward`] for one batch item: each output voxel's gradient added to the input voxel of
+/// its window's maximum, per channel.
+#[inline(always)]
+fn backward_item(p: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let c = p.channels;
+    let [_, oh, ow] = p.output;
+    let (mut best, mut at) = (vec![0.0f32; c], vec![0u32; c]);
+    for (v, grads) in dy.chunks_exact(c).enumerate() {
+        let o = [v / (oh * ow), (v / ow) % oh, v % ow];
+        p.scan(x, o, &mut best, &mut at);
+        for ((ch, &g), &voxel) in grads.iter().enumerate().zip(&at) {
+            dx[voxel as usize * c + ch] += g;
+        }
+    }
 }
 
 /// The max pool of channels-last `x` (`dims` = `[n, d, h, w, c]`) along one axis (1 = depth, 2
