@@ -566,17 +566,24 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                     if z < 0 || z >= d as isize || y < 0 || y >= h as isize {
                         continue;
                     }
-                    // Values e0..e0 + len of the kernel row: input values x0 * ic + e of
-                    // the input row (z, y), those within it.
-                    let first = x0 * ic as isize;
-                    let lo = (e0 as isize).max(-first);
-                    let hi = ((e0 + len) as isize).min((wd * ic) as isize - first);
+                    // Values e0..e0 + len of the kernel row (value e: input voxel x0 + e / ic,
+                    // channel e % ic), those whose voxels lie within the input row: the
+                    // kernel row's voxels vlo..vhi, clipped in voxels, not values (x0 * ic
+                    // would overflow for a padding near isize::MAX / 2, which `on` accepts).
+                    let kw_i = kw_n as isize;
+                    let (vlo, vhi) = (
+                        (-x0).clamp(0, kw_i) as usize,
+                        (wd as isize - x0).clamp(0, kw_i) as usize,
+                    );
+                    let (lo, hi) = (e0.max(vlo * ic), (e0 + len).min(vhi * ic));
                     if lo >= hi {
                         continue;
                     }
-                    let at = ((b * d + z as usize) * h + y as usize) * wd * ic + (first + lo) as usize;
-                    let dst = col + (lo - e0 as isize) as usize;
-                    row[dst..dst + (hi - lo) as usize].copy_from_slice(&x[at..at + (hi - lo) as usize]);
+                    // x0 + vlo >= 0: the first voxel of the row within the input.
+                    let voxel = ((b * d + z as usize) * h + y as usize) * wd + (x0 + vlo as isize) as usize;
+                    let at = voxel * ic + (lo - vlo * ic);
+                    let dst = col + (lo - e0);
+                    row[dst..dst + (hi - lo)].copy_from_slice(&x[at..at + (hi - lo)]);
                 }
             }
         };
@@ -603,17 +610,22 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
 }
 
 /// Output tiles (2x2x2 voxels) from which the weight gradient by Winograd's transforms beats
-/// the direct product here, and channels (input and output) from which it does: below, the
-/// transforms cost more than the products they save. Timed on the 2-core AVX-512 machine
-/// (direct against Winograd, ms): 64 channels on 1152 tiles 13.9 / 8.5, on 32 tiles 0.60 /
-/// 0.44; 128 channels on 144 tiles 5.8 / 3.2, on 72 tiles 3.0 / 1.9; 256 channels on 144 tiles
-/// 22.0 / 14.8; on 18 tiles it depends (256 -> 256 4.3 / 3.8, 128 -> 256 2.5 / 3.2). An earlier
-/// review timed width-4 and width-8 layers 1.2-1.4x and a 3 -> 64 layer 4.3x slower.
-const WINOGRAD_GRAD_TILES: usize = 32;
+/// the direct product here, by the narrower of the layer's channel counts, and the channels
+/// (input and output) from which it does at all: below, the transforms cost more than the
+/// products they save. Timed on the 2-core AVX-512 machine (Winograd against direct): 64 and
+/// 128 channels on 32 tiles no clear winner (0.69-1.62 in a review's alternated runs), 128
+/// channels on 72 tiles 1.9 / 3.0 ms, on 108 0.53-0.76x, on 144 3.2 / 5.8 ms; 256 channels on
+/// 144 tiles 14.8 / 22.0 ms; 64 channels on 1152 tiles 8.5 / 13.9 ms; 32 channels on 32 tiles
+/// 1.28-2.37x slower, on 256 0.51-0.62x; 16 channels on 256 tiles 0.76-1.77x (512 tiles and
+/// more pay, as timed before). Width-4 and width-8 layers 1.2-1.4x and a 3 -> 64 layer 4.3x
+/// slower (an earlier review).
+fn winograd_grad_tiles(channels: usize) -> usize {
+    if channels >= 32 { 64 } else { 512 }
+}
 const WINOGRAD_GRAD_CHANNELS: usize = 16;
 
 /// The kernel's gradient of a 3x3x3 convolution of stride 1 by Winograd's transforms
-/// ([`winograd_grad::weight_grad`]), where they pay ([`WINOGRAD_GRAD_TILES`],
+/// ([`winograd_grad::weight_grad`]), where they pay ([`winograd_grad_tiles`],
 /// [`WINOGRAD_GRAD_CHANNELS`]) and the channels fit. `None` elsewhere, and where `x` or `dy` holds an infinity, NaN
 /// or a value of `2^48` or more: the transforms' sums would turn an infinity into NaN where
 /// the direct product gives PyTorch's numbers (the same rule as the forward pass).
@@ -623,7 +635,7 @@ fn winograd_weight_grad(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvShape) ->
         || s.dilation != [1, 1, 1]
         || s.out_channels.max(s.in_channels) > WINOGRAD_CHANNELS
         || s.out_channels.min(s.in_channels) < WINOGRAD_GRAD_CHANNELS
-        || Tile::F2.tiles(s.batch, s.output) < WINOGRAD_GRAD_TILES
+        || Tile::F2.tiles(s.batch, s.output) < winograd_grad_tiles(s.out_channels.min(s.in_channels))
     {
         return None;
     }
@@ -735,7 +747,7 @@ mod tests {
             (2, 1, 40, [9, 12, 48], [7, 7, 7], [2, 2, 2], [3, 3, 3], false),
             (1, 3, 16, [4, 5, 24], [3, 3, 3], [1, 1, 1], [1, 1, 1], true),
             (2, 64, 64, [1, 3, 3], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
-            // Winograd weight gradients (32 tiles or more, 16 channels or more): paddings 1,
+            // Winograd weight gradients (512 tiles or more for 16 to 31 channels): paddings 1,
             // then 0, 2 and 1, then replicate depth padding.
             (2, 16, 24, [14, 16, 17], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
             (2, 20, 18, [15, 14, 18], [3, 3, 3], [1, 1, 1], [0, 2, 1], false),
@@ -839,6 +851,28 @@ mod tests {
                     same(&dw, &conv::backward_weight(k, &x, &dy, &s), "weight gradient");
                 }
             }
+        }
+    }
+
+    /// A padding near `isize::MAX / 2` (which the geometry's check accepts): the weight
+    /// gradient's gather clips each kernel row in voxels, so nothing overflows and the
+    /// windows far into the padding read zeros (a hostile review's probe: the values' offset
+    /// `x0 * ic` wrapped, and every output read the input).
+    #[test]
+    fn a_padding_near_the_limit_reads_only_zeros() {
+        let p = 1usize << 60;
+        let s = ConvShape::for_test(1, 16, 1, [1, 22, 1], [1, 1, 1], [1, 1, p], [0, 0, p], [1; 3], false);
+        assert_eq!(s.output, [1, 22, 3]);
+        let x = values(s.input_len(), 5);
+        let dy = values(s.output_len(), 6);
+        // Only the middle output column reads the input (x = 0): dW[0][c] = sum over y of
+        // dY[y][1] * x[y][c].
+        let expected: Vec<f32> = (0..16)
+            .map(|c| (0..22).map(|y| dy[y * 3 + 1] * x[y * 16 + c]).sum())
+            .collect();
+        for k in [Kernel::detect(), Kernel::Portable] {
+            let e = max_error(&backward_weight(k, &x, &dy, &s), &expected);
+            assert!(e < 1e-5, "{k:?}: {e}");
         }
     }
 }

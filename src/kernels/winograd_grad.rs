@@ -36,6 +36,13 @@ const STEP: usize = Tile::F2.step();
 /// needs ([`product_transposed`](super::matmul::product_transposed)), and `G^T dU G` runs
 /// over rows of input channels.
 ///
+/// Accuracy: the transforms mix the taps of a tile, so the error follows the layer's largest
+/// gradients, not each weight's own terms. On random data it is within 3.2e-7 of the sum of
+/// the terms' magnitudes (direct: 1.1-2.2e-7); with mixed scales (1 value in 17 of `x` times
+/// 1e6, the others times 1e-3) a weight whose own terms are small was off by 25 times their
+/// sum, while the error stayed within 4.1e-7 of the largest gradient at scales 1e3 / 1e-3
+/// (a hostile review's probes).
+///
 /// Returns `false`, computing nothing, if the lengths do not fit these shapes or a buffer
 /// cannot be allocated.
 // Used by the training ops, which need the flex backend.
