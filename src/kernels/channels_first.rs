@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::buffers::{recycled_zeros, zeros};
 use super::layout::transpose;
-use super::matmul::{Kernel, NR, Scratch, product};
+use super::matmul::{A_IN_ROWS, Kernel, NR, Scratch, product};
 use super::parallel::SendPtr;
 use crate::arch::geometry::ConvShape;
 
@@ -210,7 +210,7 @@ pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>
             // SAFETY: `w` holds oc rows of k values; the item's part of `y` is batch item b's
             // oc planes of ov values, voxels `range`: this item alone writes them.
             unsafe {
-                product(
+                product::<A_IN_ROWS>(
                     kernel,
                     w.as_ptr(),
                     k,
@@ -281,7 +281,7 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
                     // SAFETY: `wt` holds k rows of oc values, the group's rows from ic0 * taps;
                     // `cols` rows * n values, this thread's own.
                     unsafe {
-                        product(
+                        product::<A_IN_ROWS>(
                             kernel,
                             wt.as_ptr().add(ic0 * taps * oc),
                             oc,
@@ -350,7 +350,7 @@ fn backward_input_few(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShape) -> V
             // SAFETY: `dyt` holds `rows` rows of oc values; `dpt` `rows` rows of k values, of
             // which this item alone touches the columns of `mine`.
             unsafe {
-                product(kernel, dyt.as_ptr(), oc, rows, oc, k, mine, pack, out.0, k, scratch);
+                product::<A_IN_ROWS>(kernel, dyt.as_ptr(), oc, rows, oc, k, mine, pack, out.0, k, scratch);
             }
         });
     });
@@ -419,7 +419,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                 // SAFETY: dy's batch item b holds oc rows of ov values; `dw` holds oc rows of
                 // k values, and this item alone touches the columns of `mine`.
                 unsafe {
-                    product(
+                    product::<A_IN_ROWS>(
                         kernel,
                         dy.as_ptr().add(b * oc * ov),
                         ov,

@@ -32,7 +32,7 @@ use super::conv::{PackedConv, Precision, WINOGRAD_CHANNELS, WinogradUse};
 use super::fold::BatchNormValues;
 use super::implicit;
 use super::layout::{to_channels_first, to_channels_last};
-use super::matmul::{Kernel, MR, NR, PackedB, Scratch, matmul, product_transposed};
+use super::matmul::{A_TRANSPOSED, Kernel, MR, NR, PackedB, Scratch, matmul, product};
 use super::parallel::SendPtr;
 use super::winograd_axis::Tile;
 use super::winograd_grad;
@@ -592,7 +592,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
             // `oc` apart; `dwr` oc rows of k values, of which this item alone touches the
             // columns of `mine` (within k's panels).
             unsafe {
-                product_transposed(kernel, dy.as_ptr(), oc, oc, rows, k, mine, pack, out.0, k, scratch);
+                product::<A_TRANSPOSED>(kernel, dy.as_ptr(), oc, oc, rows, k, mine, pack, out.0, k, scratch);
             }
         });
     });

@@ -474,72 +474,36 @@ pub(crate) struct Scratch {
     a_tail: Vec<f32>,
 }
 
+/// [`product`]'s `A` read row by row: element `(r, p)` at `a[r * lda + p]`.
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) const A_IN_ROWS: bool = false;
+
+/// [`product`]'s `A` stored transposed: element `(r, p)` at `a[p * lda + r]`, so that `A` is
+/// `k` rows of at least `rows` values (`C = X^T B` for a row-major `X`, as in a weight
+/// gradient, summed over voxels, of two channels-last tensors).
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) const A_TRANSPOSED: bool = true;
+
 /// `C[0..rows, cols] += A[0..rows, 0..k] * B[0..k, cols]` on this thread, `cols` being the
 /// columns of `panels` (32 each, the last clipped to `n`), with `B` never stored whole:
 /// `pack(ks, j, buf)` writes rows `ks` of panel `j` into `buf` (`ks.len()` rows of [`NR`]
 /// values, columns at or past `n` as zeros). `k` is walked in blocks of [`KC`] rows, all
 /// panels of a block packed before they are used, so that the packed block stays in L1/L2
-/// while every row of `A` passes it. `A` is read in place.
+/// while every row of `A` passes it. `A` is read in place, laid out as `AT` says
+/// ([`A_IN_ROWS`] or [`A_TRANSPOSED`]); its last rows, if fewer than a register tile, are
+/// copied row by row.
 ///
 /// # Safety
-/// `a` must be valid for reads of `rows` rows of `k` values, `lda` apart; `c` for reads and
-/// writes of `rows` rows, `ldc` apart, over the columns of `panels` (each below `n`); no
-/// other thread may touch those values meanwhile. `kernel` must be [`Kernel::detect`]'s
-/// answer or [`Kernel::Portable`].
+/// `a` must be valid for reads of `rows` rows of `k` values, `lda` apart ([`A_TRANSPOSED`]:
+/// `k` rows of `rows` values); `c` for reads and writes of `rows` rows, `ldc` apart, over
+/// the columns of `panels` (each below `n`); no other thread may touch those values
+/// meanwhile. `kernel` must be [`Kernel::detect`]'s answer or [`Kernel::Portable`].
 // Used by the training ops, which need the flex backend.
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn product(
-    kernel: Kernel,
-    a: *const f32,
-    lda: usize,
-    rows: usize,
-    k: usize,
-    n: usize,
-    panels: Range<usize>,
-    pack: impl FnMut(Range<usize>, usize, &mut [f32]),
-    c: *mut f32,
-    ldc: usize,
-    scratch: &mut Scratch,
-) {
-    // SAFETY: the caller's contract.
-    unsafe { product_in::<false>(kernel, a, lda, rows, k, n, panels, pack, c, ldc, scratch) }
-}
-
-/// [`product`] with `A` stored transposed: element `(r, p)` of `A` at `a[p * lda + r]`, so
-/// that `A` is `k` rows of at least `rows` values (`C = X^T B` for a row-major `X`, as in a
-/// weight gradient, summed over voxels, of two channels-last tensors).
-///
-/// # Safety
-/// `a` must be valid for reads of `k` rows of `rows` values, `lda` apart; the rest as
-/// [`product`].
-// Used by the training ops, which need the flex backend.
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn product_transposed(
-    kernel: Kernel,
-    a: *const f32,
-    lda: usize,
-    rows: usize,
-    k: usize,
-    n: usize,
-    panels: Range<usize>,
-    pack: impl FnMut(Range<usize>, usize, &mut [f32]),
-    c: *mut f32,
-    ldc: usize,
-    scratch: &mut Scratch,
-) {
-    // SAFETY: the caller's contract.
-    unsafe { product_in::<true>(kernel, a, lda, rows, k, n, panels, pack, c, ldc, scratch) }
-}
-
-/// [`product`] (`AT` false) or [`product_transposed`] (`AT` true).
-///
-/// # Safety
-/// As those.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn product_in<const AT: bool>(
+pub(crate) unsafe fn product<const AT: bool>(
     kernel: Kernel,
     a: *const f32,
     lda: usize,
@@ -803,7 +767,7 @@ mod tests {
         }
     }
 
-    /// [`product`] and [`product_transposed`] (B packed on demand, C accumulated, k over
+    /// [`product`] with A in rows and transposed (B packed on demand, C accumulated, k over
     /// several blocks of [`KC`]) against the definition, on sizes that leave remainders of
     /// rows, columns and k; each panel its own call, as the work items run them.
     #[test]
@@ -850,7 +814,7 @@ mod tests {
                         // n, the panels lie within n's.
                         unsafe {
                             if transposed {
-                                product_transposed(
+                                product::<A_TRANSPOSED>(
                                     kernel,
                                     a_t.as_ptr(),
                                     lda_t,
@@ -864,7 +828,7 @@ mod tests {
                                     &mut scratch,
                                 );
                             } else {
-                                product(
+                                product::<A_IN_ROWS>(
                                     kernel,
                                     a.as_ptr(),
                                     k,

@@ -33,7 +33,7 @@ const STEP: usize = Tile::F2.step();
 /// the number of threads, and the memory is one `dU` (`64 x oc x ic`) and one chunk. `V` and
 /// `dM` are both laid out as the tiles' rows of each point (`[p][tile][channels]`, written
 /// where they lie, 16 channels at a time); the product reads `dM[p]` as the transpose it
-/// needs ([`product_transposed`](super::matmul::product_transposed)), and `G^T dU G` runs
+/// needs ([`A_TRANSPOSED`](super::matmul::A_TRANSPOSED)), and `G^T dU G` runs
 /// over rows of input channels.
 ///
 /// Accuracy: the transforms mix the taps of a tile, so the error follows the layer's largest
@@ -118,7 +118,7 @@ pub(crate) fn weight_grad(
                     // C = `dup`, point p's oc rows of ic values, this task's alone; the panels
                     // are ic's; `kernel` is `Kernel::detect`'s answer (the caller's).
                     unsafe {
-                        super::matmul::product_transposed(
+                        super::matmul::product::<{ super::matmul::A_TRANSPOSED }>(
                             kernel,
                             mb.as_ptr().add(p * block * oc),
                             oc,
