@@ -535,17 +535,21 @@ pub(crate) unsafe fn product<const AT: bool>(
             // The last rows, padded with zero rows so that the register tile reads MR rows;
             // the padding rows' results are never stored.
             scratch.a_tail[..MR * kc].fill(0.0);
-            for r in 0..tail {
-                let dst = &mut scratch.a_tail[r * kc..(r + 1) * kc];
-                if AT {
-                    for (p, v) in dst.iter_mut().enumerate() {
-                        // SAFETY: row kb + p < k of the stored A, and its value
-                        // full * MR + r < rows (caller's contract).
-                        *v = unsafe { *a.add((kb + p) * lda + full * MR + r) };
+            if AT {
+                // One pass over the stored rows (each holds the tail's values side by side).
+                for p in 0..kc {
+                    // SAFETY: row kb + p < k of the stored A, and its values full * MR ..
+                    // rows (caller's contract).
+                    let src = unsafe { std::slice::from_raw_parts(a.add((kb + p) * lda + full * MR), tail) };
+                    for (r, &v) in src.iter().enumerate() {
+                        scratch.a_tail[r * kc + p] = v;
                     }
-                } else {
+                }
+            } else {
+                for r in 0..tail {
                     // SAFETY: row full * MR + r < rows, and kb + kc <= k (caller's contract).
-                    dst.copy_from_slice(unsafe { std::slice::from_raw_parts(a.add((full * MR + r) * lda + kb), kc) });
+                    let src = unsafe { std::slice::from_raw_parts(a.add((full * MR + r) * lda + kb), kc) };
+                    scratch.a_tail[r * kc..(r + 1) * kc].copy_from_slice(src);
                 }
             }
         }
