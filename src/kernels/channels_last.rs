@@ -224,7 +224,9 @@ fn winograd_use(s: &ConvShape) -> WinogradUse {
 /// Winograd product, where that applies and pays: `dX` is the convolution of `dY`, padded by
 /// `2 - p`, with the kernel flipped in every axis and its input and output channels swapped.
 /// `None` elsewhere (replicate depth padding adds the padding's gradient to the edge planes:
-/// not a convolution).
+/// not a convolution), and where the kernel holds an infinity or NaN: the padded `dY` is zero
+/// there, and `0 * inf` would put NaN into edge voxels of `dX` that PyTorch leaves finite (its
+/// gradient never multiplies a tap with a voxel the tap does not reach).
 fn winograd_input_grad(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShape) -> Option<Vec<f32>> {
     if s.kernel != [3, 3, 3]
         || s.stride != [1, 1, 1]
@@ -232,6 +234,7 @@ fn winograd_input_grad(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShape) -> 
         || s.replicate_depth
         || s.padding.iter().any(|&p| p > 2)
         || s.out_channels.max(s.in_channels) > WINOGRAD_CHANNELS
+        || w.iter().any(|v| !v.is_finite())
     {
         return None;
     }
@@ -876,6 +879,41 @@ mod tests {
                     let dw = backward_weight(k, &xl, &dyl, &s);
                     same(&dw, &conv::backward_weight(k, &x, &dy, &s), "weight gradient");
                 }
+            }
+        }
+    }
+
+    /// An infinity in the kernel: the input gradient keeps the Winograd product off (it
+    /// convolves zero-padded `dY`, and `0 * inf` is NaN), so `dX` is NaN exactly where the
+    /// channels-first pass (PyTorch's sum over the taps that reach each voxel) has it: a
+    /// hostile review found NaN at the edge voxels where PyTorch is finite.
+    #[test]
+    fn an_infinite_weight_leaves_the_edges_of_the_input_gradient_finite() {
+        let s = ConvShape::for_test(1, 16, 16, [16, 1, 32], [3, 3, 3], [1; 3], [1, 2, 1], [1; 3], false);
+        let [d, h, w] = s.input;
+        let [od, oh, ow] = s.output;
+        let mut wt = values(s.weight_len(), 2);
+        let dy = values(s.output_len(), 3);
+        let dyl = to_channels_last(&dy, [1, 16, od, oh, ow]);
+        let k = Kernel::detect();
+        assert!(
+            winograd_input_grad(k, &dyl, &wt, &s).is_some(),
+            "with finite weights this shape takes the Winograd input gradient"
+        );
+        // The corner tap (0, 0, 0) of one (output, input) pair: it never reaches the last
+        // voxel of a row, nor the last plane.
+        wt[(3 * 16 + 5) * 27] = f32::INFINITY;
+        let dx = to_channels_first(&backward_input(k, &dyl, &wt, &s), [1, d, h, w, 16]);
+        let want = conv::backward_input(k, &dy, &wt, &s);
+        let nan = |v: &[f32]| v.iter().filter(|x| x.is_nan()).count();
+        assert!(
+            want.iter().any(|v| !v.is_finite()) && nan(&want) < want.len(),
+            "the infinity reaches some voxels, not all"
+        );
+        for (i, (a, b)) in dx.iter().zip(&want).enumerate() {
+            assert_eq!(a.is_finite(), b.is_finite(), "dX at {i}: {a} vs {b}");
+            if b.is_finite() {
+                assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "dX at {i}: {a} vs {b}");
             }
         }
     }
