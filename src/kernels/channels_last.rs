@@ -782,7 +782,7 @@ mod tests {
             (2, 20, 18, [15, 14, 18], [3, 3, 3], [1, 1, 1], [0, 2, 1], false),
             (1, 16, 16, [16, 16, 16], [3, 3, 3], [1, 1, 1], [1, 1, 1], true),
         ];
-        for (n, ic, oc, input, kernel, stride, padding, replicate) in cases {
+        for (case, (n, ic, oc, input, kernel, stride, padding, replicate)) in cases.into_iter().enumerate() {
             let s = ConvShape::for_test(n, ic, oc, input, kernel, stride, padding, [1; 3], replicate);
             let [d, h, w] = s.input;
             let [od, oh, ow] = s.output;
@@ -794,6 +794,11 @@ mod tests {
                 to_channels_last(&x, [n, ic, d, h, w]),
                 to_channels_last(&dy, [n, oc, od, oh, ow]),
             );
+            // The last three cases are there for the Winograd weight gradient: they take it.
+            if case >= 12 {
+                let wg = winograd_weight_grad(Kernel::detect(), &xl, &dyl, &s);
+                assert!(wg.is_some(), "{s:?} takes the Winograd weight gradient");
+            }
             for k in [Kernel::detect(), Kernel::Portable] {
                 let y = to_channels_first(&forward(k, &xl, &wt, Some(&bias), &s), [n, od, oh, ow, oc]);
                 let e = max_error(&y, &conv::forward(k, &x, &wt, Some(&bias), &s));
