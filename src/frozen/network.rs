@@ -39,6 +39,7 @@ use crate::kernels::conv::{PackedConv, Precision, WinogradUse};
 use crate::kernels::fold::BatchNormValues;
 use crate::kernels::layout::{to_channels_first, to_channels_last};
 use crate::kernels::matmul::Kernel;
+use crate::kernels::parallel::on_pool;
 use crate::kernels::{bf16, pool};
 use crate::model::engine::ModelLayer;
 use crate::model::network::{Features, ResNet3d};
@@ -336,12 +337,12 @@ impl FrozenResNet3d {
     }
 
     /// The walk of `x` through the network with `tap` at each [`Tap`], up to `layer4`.
-    fn walk(&self, x: Tensor<5>, tap: impl FnMut(Tap, Act) -> Result<Act>) -> Result<Act> {
+    fn walk(&self, x: Tensor<5>, tap: impl FnMut(Tap, Act) -> Result<Act> + Send) -> Result<Act> {
         let x = self.input(x)?;
         // The call's own pool: its activations are reused from layer to layer whatever the
         // budget, which then bounds what stays kept after the call.
         let call = self.buffers.for_call();
-        let result = walk::run(&self.plan, &Frozen { buffers: &call }, x, tap);
+        let result = on_pool(|| walk::run(&self.plan, &Frozen { buffers: &call }, x, tap));
         self.buffers.end_call(call);
         result
     }
@@ -417,5 +418,42 @@ impl MaxPool3d {
     #[cfg(feature = "bench")]
     pub(crate) fn frozen(&self, x: Act, buffers: &Buffers) -> Result<Act> {
         Frozen { buffers }.max_pool(&self.geometry(), x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+
+    use super::*;
+    use crate::ResNet3dConfig;
+
+    /// The walk runs on a thread of rayon's pool, so that a layer's fork does not put the
+    /// caller's thread to sleep and wake it again: every tap sees a pool thread, and the
+    /// output is what the walk gives on the pool's own thread.
+    #[test]
+    fn the_walk_runs_on_a_pool_thread() {
+        let device = Device::flex();
+        let config = ResNet3dConfig::resnet18()
+            .with_width(4)
+            .with_in_channels(1)
+            .with_num_classes(Some(3));
+        let net = config.init(&device).freeze().unwrap();
+        let x = || {
+            let values: Vec<f32> = (0..2 * 8 * 12 * 12).map(|i| ((i as f32) * 0.37).sin()).collect();
+            Tensor::<5>::from_data(TensorData::new(values, [2, 1, 8, 12, 12]), &device)
+        };
+        let mut threads = Vec::new();
+        let act = net
+            .walk(x(), |_, a| {
+                threads.push(rayon::current_thread_index());
+                Ok(a)
+            })
+            .unwrap();
+        assert_eq!(threads.len(), 5, "the stem and four stages");
+        assert!(threads.iter().all(Option::is_some), "taps ran on {threads:?}");
+        let outside = net.head(&act).0;
+        let inside = rayon::scope(|_| net.forward(x()).unwrap().into_data().to_vec::<f32>().unwrap());
+        assert_eq!(outside, inside);
     }
 }

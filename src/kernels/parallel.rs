@@ -26,3 +26,30 @@ pub(crate) fn work_items(tiles: usize, panels: usize) -> Vec<(usize, Range<usize
         })
         .collect()
 }
+
+/// `f` run on a thread of rayon's pool: the caller's thread when it is one, else a worker
+/// of the global pool while the caller waits once. A walk over the network forks once per
+/// layer; from outside the pool each fork would put the caller to sleep and wake it again.
+pub(crate) fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// From a thread outside the pool the work runs on one of the pool's threads; inside the
+    /// pool it runs where it is called.
+    #[test]
+    fn work_runs_on_a_pool_thread() {
+        assert_eq!(rayon::current_thread_index(), None, "the test thread is not the pool's");
+        let outside = on_pool(rayon::current_thread_index);
+        assert!(outside.is_some(), "ran on {outside:?}");
+        let (caller, inner) = on_pool(|| (rayon::current_thread_index(), on_pool(rayon::current_thread_index)));
+        assert_eq!(caller, inner);
+    }
+}
