@@ -453,7 +453,7 @@ mod tests {
         assert_eq!(threads.len(), 5, "the stem and four stages");
         assert!(threads.iter().all(Option::is_some), "taps ran on {threads:?}");
         let outside = net.head(&act).0;
-        let inside = rayon::scope(|_| net.forward(x()).unwrap().into_data().to_vec::<f32>().unwrap());
+        let inside = rayon::scope(|_| net.forward(x()).unwrap().into_data().try_to_vec::<f32>().unwrap());
         assert_eq!(outside, inside);
     }
 }
