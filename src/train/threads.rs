@@ -1,0 +1,78 @@
+//! [`on_cpu_threads`]: a training loop run on a thread of the CPU pool.
+
+/// Runs `work` (a training step, or a loop of them) on a thread of rayon's global pool, the
+/// pool whose threads run the crate's CPU kernels, and returns its result; called on one of
+/// those threads, runs it in place.
+///
+/// Each convolution, BatchNorm and pooling pass of a step on `flex` splits its work between
+/// the pool's threads. Called from a thread outside the pool (`main`, a test), every such
+/// split hands the work over and puts the caller to sleep until the pool wakes it again,
+/// some hundreds of times per step; inside the pool the calling thread takes its share of
+/// the work instead. A ResNet3d-18 / -50 step on 2 x 1 x 32 x 96 x 96 took 170 / 310 ms inside
+/// and 176-189 / 333-346 ms outside (`benches/train.rs`, 2026-12-07). The results are the
+/// same either way: the work is split the same.
+///
+/// `work` must not wait for something that itself needs the pool's threads, such as a data
+/// loader on other threads whose work uses rayon: with one thread in the pool that wait would
+/// never end. A step (forward, loss, backward, optimizer) does not; [`fit`](super::fit) waits
+/// for its loaders and so does not run itself on the pool.
+///
+/// ```
+/// # use resnet3d::burn::tensor::{Device, Tensor};
+/// # use resnet3d::ResNet3dConfig;
+/// let device = Device::flex().autodiff();
+/// let net = ResNet3dConfig::resnet18().with_width(4).with_in_channels(1).init(&device);
+/// let x = Tensor::<5>::ones([1, 1, 8, 16, 16], &device);
+/// let grads = resnet3d::train::on_cpu_threads(|| net.forward(x).sum().backward());
+/// # drop(grads);
+/// ```
+pub fn on_cpu_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    crate::kernels::parallel::on_pool(work)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Module;
+    use burn::tensor::{Device, Tensor, TensorData};
+
+    use super::*;
+    use crate::ResNet3dConfig;
+
+    /// A training step's loss and gradients inside the pool are those outside it, bit for
+    /// bit, and the step ran on a pool thread.
+    #[test]
+    fn a_step_gives_the_same_gradients_on_the_pool() {
+        let device = Device::flex().autodiff();
+        let net = ResNet3dConfig::resnet18()
+            .with_width(8)
+            .with_in_channels(1)
+            .with_num_classes(Some(2))
+            .init(&device)
+            .train();
+        let values: Vec<f32> = (0..2 * 8 * 24 * 24).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let x = Tensor::<5>::from_data(TensorData::new(values, [2, 1, 8, 24, 24]), &device);
+        let step = || {
+            let loss = net.forward(x.clone()).powi_scalar(2).sum();
+            let grads = loss.backward();
+            let flat = |t: Option<Tensor<5>>| t.unwrap().into_data().try_to_vec::<f32>().unwrap();
+            let stem = flat(net.conv1.weight.val().grad(&grads));
+            let crate::Block::Basic(block) = &net.layer4[1] else {
+                unreachable!("ResNet-18 has basic blocks")
+            };
+            let last = flat(block.conv2.weight.val().grad(&grads));
+            (
+                rayon::current_thread_index(),
+                loss.into_data().try_to_vec::<f32>().unwrap(),
+                stem,
+                last,
+            )
+        };
+        let (outside_thread, loss, stem, last) = step();
+        let (inside_thread, loss_in, stem_in, last_in) = on_cpu_threads(step);
+        assert_eq!((outside_thread.is_none(), inside_thread.is_some()), (true, true));
+        assert!(loss[0].is_finite() && stem.iter().any(|g| *g != 0.0), "loss {loss:?}");
+        assert_eq!(loss, loss_in);
+        assert_eq!(stem, stem_in);
+        assert_eq!(last, last_in);
+    }
+}
