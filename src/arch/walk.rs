@@ -19,6 +19,14 @@ pub(crate) trait Engine {
     /// before the ReLU where the layer ends a block.
     fn layer(&self, layer: &Self::Layer, x: &Self::Act, residual: Option<&Self::Act>) -> Result<Self::Act>;
 
+    /// [`layer`](Self::layer) with `residual` added, which the walk gives up: the engine may
+    /// write the output over it.
+    fn layer_onto(&self, layer: &Self::Layer, x: &Self::Act, residual: Self::Act) -> Result<Self::Act> {
+        let out = self.layer(layer, x, Some(&residual));
+        self.release(residual);
+        out
+    }
+
     /// The max pool on `x`.
     fn max_pool(&self, pool: &PoolGeometry, x: Self::Act) -> Result<Self::Act>;
 
@@ -97,15 +105,13 @@ pub(crate) fn block<E: Engine>(engine: &E, block: &BlockPlan<E::Layer>, x: E::Ac
     let out = match (y, shortcut) {
         (Some(y), Some(shortcut)) => {
             engine.release(x);
-            let out = engine.layer(last, &y, Some(&shortcut));
+            let out = engine.layer_onto(last, &y, shortcut);
             engine.release(y);
-            engine.release(shortcut);
             out?
         }
         (Some(y), None) => {
-            let out = engine.layer(last, &y, Some(&x));
+            let out = engine.layer_onto(last, &y, x);
             engine.release(y);
-            engine.release(x);
             out?
         }
         (None, shortcut) => {

@@ -35,7 +35,7 @@ use crate::arch::plan::{BlockPlan, Plan, Site};
 use crate::arch::walk::{self, Engine, Tap};
 use crate::error::{Error, Result};
 use crate::kernels::buffers::{Act, Buffers, DEFAULT_BUDGET};
-use crate::kernels::conv::{PackedConv, Precision, WinogradUse};
+use crate::kernels::conv::{PackedConv, Precision, Residual, WinogradUse};
 use crate::kernels::fold::BatchNormValues;
 use crate::kernels::layout::{to_channels_first, to_channels_last};
 use crate::kernels::matmul::Kernel;
@@ -82,6 +82,10 @@ impl Engine for Frozen<'_> {
 
     fn layer(&self, layer: &PackedConv, x: &Act, residual: Option<&Act>) -> Result<Act> {
         layer.forward(x.view(), residual.map(Act::view), self.buffers)
+    }
+
+    fn layer_onto(&self, layer: &PackedConv, x: &Act, residual: Act) -> Result<Act> {
+        layer.forward_adding(x.view(), Residual::Onto(residual), self.buffers)
     }
 
     fn max_pool(&self, geometry: &PoolGeometry, x: Act) -> Result<Act> {

@@ -41,6 +41,20 @@ use crate::arch::plan::{LayerSpec, PlanLayer};
 use crate::error::{Error, Result};
 pub(crate) use winograd_path::WINOGRAD_CHANNELS;
 
+/// The residual a layer adds before its ReLU (the shortcut, where it ends a block).
+#[derive(Debug)]
+pub(crate) enum Residual<'a> {
+    /// Nothing added.
+    None,
+    /// Added from a buffer the caller keeps.
+    Read(View<'a>),
+    /// Added from an activation the caller gives up: where the product adds it as it stores
+    /// its tiles (pointwise and gathered f32 products: a bottleneck's last convolution), the
+    /// output is written over it, one buffer instead of two in cache and memory; elsewhere
+    /// it is read, then given back to the buffers.
+    Onto(Act),
+}
+
 /// The precision of a layer's products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Precision {
@@ -205,41 +219,87 @@ impl PackedConv {
     /// [`Error::InvalidNetwork`] if `residual` does not have the output's shape. Nothing is
     /// computed then. [`Error::InvalidInput`] if the output cannot be allocated.
     pub(crate) fn forward(&self, x: View<'_>, residual: Option<View<'_>>, buffers: &Buffers) -> Result<Act> {
+        self.forward_adding(x, residual.map_or(Residual::None, Residual::Read), buffers)
+    }
+
+    /// [`forward`](Self::forward) with the residual as a [`Residual`]: one the caller gives up
+    /// is written over where the product adds it as it stores its tiles, and otherwise
+    /// returned to `buffers`.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward).
+    pub(crate) fn forward_adding(&self, x: View<'_>, residual: Residual<'_>, buffers: &Buffers) -> Result<Act> {
+        let (read, onto) = match residual {
+            Residual::None => (None, None),
+            Residual::Read(view) => (Some(view), None),
+            Residual::Onto(act) => (None, Some(act)),
+        };
+        let result = self.forward_onto(x, read, onto, buffers);
+        if let Err((err, Some(act))) = result {
+            buffers.give(act.data);
+            return Err(err);
+        }
+        result.map_err(|(err, _)| err)
+    }
+
+    /// [`forward_adding`](Self::forward_adding) with the residual read from `read` or `onto`
+    /// (one of them at most); `onto` is given back with the error if nothing was computed.
+    #[allow(clippy::result_large_err)]
+    fn forward_onto(
+        &self,
+        x: View<'_>,
+        read: Option<View<'_>>,
+        mut onto: Option<Act>,
+        buffers: &Buffers,
+    ) -> std::result::Result<Act, (Error, Option<Act>)> {
+        // Errors before the output is decided give `onto` back to the caller.
+        macro_rules! check {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(err) => return Err((err, onto)),
+                }
+            };
+        }
+        let residual = read.or(onto.as_ref().map(Act::view));
         let [n, d, h, w, c] = x.dims;
         // The one check: every read below stays in bounds because of it and the two that
         // follow (the buffers hold what their shapes say; the residual has the output's shape).
-        let s = self.spec.geometry.on([n, c, d, h, w], &self.spec.name)?;
+        let s = check!(self.spec.geometry.on([n, c, d, h, w], &self.spec.name));
         let [od, oh, ow] = s.output;
         let oc = s.out_channels;
         let out_dims = [n, od, oh, ow, oc];
         let rows = n * od * oh * ow;
         if x.data.len() != s.input_len() {
-            return Err(Error::InvalidInput {
+            let err = Error::InvalidInput {
                 dims: vec![n, c, d, h, w],
                 what: format!("{}: {} values for this shape", self.spec.name, x.data.len()),
-            });
+            };
+            return Err((err, onto));
         }
         if let Some(res) = residual
             && (res.dims != out_dims || res.data.len() != rows * oc)
         {
-            return Err(Error::InvalidNetwork {
+            let err = Error::InvalidNetwork {
                 layer: self.spec.name.conv_path(),
                 what: format!(
                     "the shortcut gives {:?} (channels-last), the convolution {out_dims:?}",
                     res.dims
                 ),
-            });
+            };
+            return Err((err, onto));
         }
         let relu = self.spec.after.relu();
         if let Some((winograd, _)) =
             (self.winograd.iter()).find(|(w, fewest)| w.tile().tiles(s.batch, s.output) >= *fewest)
-            && let Some(act) = self.forward_winograd(winograd, &s, x, residual, relu, buffers)?
+            && let Some(act) = check!(self.forward_winograd(winograd, &s, x, residual, relu, buffers))
         {
+            if let Some(given) = onto {
+                buffers.give(given.data);
+            }
             return Ok(act);
         }
         let k = s.k();
-        // Every value is overwritten below (bias first).
-        let mut out = self.output(rows * oc, s.input_dims(), buffers)?;
         let pointwise = s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0];
         // Implicit GEMM: the kernel reads a zero-padded copy of the input in place, one
         // (depth tap, height tap) at a time, instead of gathered patches. For 16 channels
@@ -283,10 +343,10 @@ impl PackedConv {
         // commutes with the copy): half the bytes gathered, and no pass rounding them.
         let x_bf16 = match &self.weight_bf16 {
             Some(_) if !pointwise && padded_bf16.is_none() && padded.is_none() => {
-                Some(gather::rounded(x.data).ok_or_else(|| Error::InvalidInput {
+                Some(check!(gather::rounded(x.data).ok_or_else(|| Error::InvalidInput {
                     dims: s.input_dims().to_vec(),
                     what: format!("{}: its input in bf16 cannot be allocated", self.spec.name),
-                })?)
+                })))
             }
             _ => None,
         };
@@ -303,6 +363,27 @@ impl PackedConv {
             && self.weight_bf16.is_none()
             && self.weight.kernel() == Kernel::Avx512)
             .then(|| depth.clone());
+        // The prepacked product (pointwise convolutions and gathered f32 patches) applies
+        // bias, residual and ReLU as it stores its tiles (k > 0: it stores nothing else);
+        // the others add to rows that hold them first and take the ReLU after.
+        let fused = padded_bf16.is_none() && padded.is_none() && self.weight_bf16.is_none() && cropped.is_none();
+        // A residual given up becomes the output where the product adds it as it stores a
+        // tile: each value is read, then written over, by the one work item of its tile and
+        // panel. Else every value is overwritten below (bias first).
+        let over = fused && onto.is_some();
+        let mut out = match onto.take_if(|_| over) {
+            Some(given) => given.data,
+            None => match self.output(rows * oc, s.input_dims(), buffers) {
+                Ok(out) => out,
+                Err(err) => {
+                    if let Some(xp) = padded {
+                        buffers.give(xp.data);
+                    }
+                    return Err((err, onto));
+                }
+            },
+        };
+        let residual = read.or(onto.as_ref().map(Act::view));
 
         // Work items: tiles of output voxels, each split into groups of column panels when
         // there are too few tiles to keep every thread busy.
@@ -337,10 +418,6 @@ impl PackedConv {
                 // are disjoint, so this item alone touches these values while the loop runs.
                 unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((first + r) * oc + c0), c1 - c0) }
             };
-            // The prepacked product (pointwise convolutions and gathered f32 patches) applies
-            // bias, residual and ReLU as it stores its tiles (k > 0: it stores nothing else);
-            // the others add to rows that hold them first and take the ReLU after.
-            let fused = padded_bf16.is_none() && padded.is_none() && self.weight_bf16.is_none() && cropped.is_none();
             if !fused {
                 for r in 0..count {
                     row(r).copy_from_slice(&self.bias[c0..c1]);
@@ -422,10 +499,15 @@ impl PackedConv {
                         patches.as_ptr()
                     };
                     // The residual has the output's shape (checked above): its rows from
-                    // `first` are laid out as the output's.
+                    // `first` are laid out as the output's; written over, it is the output.
+                    let residual = match over {
+                        // SAFETY: first < rows, and `out` holds rows * oc values.
+                        true => Some(unsafe { out_ptr.0.add(first * oc) }.cast_const()),
+                        false => residual.map(|r| r.data[first * oc..].as_ptr()),
+                    };
                     let epilogue = Epilogue {
                         bias: &self.bias,
-                        residual: residual.map(|r| r.data[first * oc..].as_ptr()),
+                        residual,
                         relu,
                     };
                     // lhs holds count rows of k values (`x` has in_channels values per voxel,
@@ -458,6 +540,9 @@ impl PackedConv {
         });
         if let Some(xp) = padded {
             buffers.give(xp.data);
+        }
+        if let Some(given) = onto {
+            buffers.give(given.data);
         }
         Ok(Act {
             data: out,
@@ -614,6 +699,85 @@ pub(super) mod tests {
                         "padding {padding}: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+
+    /// A residual given up (`Residual::Onto`) gives what a residual read from a buffer gives,
+    /// bit for bit, NaN included, and the definition plus the residual, then ReLU (keeping
+    /// NaN): written over by the products that add it as they store (pointwise, with more
+    /// input channels than one block of the product's depth, and gathered patches), read then
+    /// given back by the Winograd product. A residual of the wrong shape is an error either way.
+    #[test]
+    fn a_residual_given_up_is_written_over_and_adds_the_same() {
+        // (channels, kernel, stride, padding, input dims, whether the output is the residual's buffer)
+        let cases = [
+            ([300, 40], 1, 1, 0, [2, 2, 3, 13, 300], true),
+            ([16, 24], 3, 2, 1, [1, 5, 6, 7, 16], true),
+            ([16, 16], 3, 1, 1, [1, 8, 8, 8, 16], false),
+        ];
+        for (channels, kernel, stride, padding, dims, over) in cases {
+            let g = geometry(channels, kernel, stride, padding);
+            let x = values(dims.iter().product(), 5);
+            let w = values(channels[0] * channels[1] * kernel.pow(3), 6);
+            for kernel_kind in [Kernel::detect(), Kernel::Portable] {
+                let bias = values(channels[1], 8);
+                let mut layer = PackedConv::pack(
+                    spec(g),
+                    &w,
+                    None,
+                    bias.clone(),
+                    kernel_kind,
+                    Precision::F32,
+                    WinogradUse::Kept,
+                )
+                .unwrap();
+                layer.spec.after = After::AddRelu;
+                let s = g.on([dims[0], dims[4], dims[1], dims[2], dims[3]], &"conv").unwrap();
+                let out_dims = [dims[0], s.output[0], s.output[1], s.output[2], channels[1]];
+                let mut residual = values(out_dims.iter().product(), 7);
+                residual[5] = f32::NAN;
+                let buffers = Buffers::with_budget(0);
+                let view = View { data: &x, dims };
+                let read = layer
+                    .forward(
+                        view,
+                        Some(View {
+                            data: &residual,
+                            dims: out_dims,
+                        }),
+                        &buffers,
+                    )
+                    .unwrap();
+                let given = Act {
+                    data: residual.clone(),
+                    dims: out_dims,
+                };
+                let at = given.data.as_ptr();
+                let onto = layer.forward_adding(view, Residual::Onto(given), &buffers).unwrap();
+                // (The portable kernel has no in-place 3x3x3 products: every output is either.)
+                if kernel_kind == Kernel::Avx512 || channels[0] == 300 {
+                    let written_over = onto.data.as_ptr() == at;
+                    assert_eq!(written_over, over, "{channels:?} {kernel} {kernel_kind:?}");
+                }
+                assert_eq!(onto.dims, read.dims);
+                assert!(onto.data[5].is_nan() && read.data[5].is_nan());
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&onto.data), bits(&read.data), "{channels:?} {kernel}");
+                let want = naive(&x, dims, &w, &g);
+                for (i, (a, b)) in onto.data.iter().zip(&want).enumerate().filter(|(i, _)| *i != 5) {
+                    let b = (b + f64::from(bias[i % channels[1]]) + f64::from(residual[i])).max(0.0);
+                    assert!(
+                        (f64::from(*a) - b).abs() < 1e-4 * (1.0 + b.abs()),
+                        "{channels:?} {kernel} at {i}: {a} vs {b}"
+                    );
+                }
+                let wrong = Act {
+                    data: vec![0.0; residual.len()],
+                    dims: [out_dims[0], out_dims[1], out_dims[2], out_dims[3] + 1, out_dims[4] - 1],
+                };
+                let err = layer.forward_adding(view, Residual::Onto(wrong), &buffers).unwrap_err();
+                assert!(matches!(err, Error::InvalidNetwork { .. }), "{err}");
             }
         }
     }

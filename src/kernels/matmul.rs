@@ -269,22 +269,27 @@ impl Store {
         }
     }
 
-    /// `row[c] = store(row[c], sums[c])` for `c < cols`, one row of a portable tile.
+    /// `row[c] = store(row[c], sums[c])` for `c < sums.len()`, one row of a portable tile.
+    /// The residual may be the row itself (an output written over its residual): each value
+    /// is read through the pointers before it is written, and no reference is made.
     ///
     /// # Safety
-    /// `init`'s bias must hold `cols` values, its residual (if not null) `cols` values from
-    /// `r * ldc`.
-    unsafe fn row(self, row: &mut [f32], sums: &[f32], r: usize, ldc: usize) {
-        for (k, (v, s)) in row.iter_mut().zip(sums).enumerate() {
-            let mut y = match self.init {
-                // SAFETY: the caller's contract.
-                Some((bias, res)) => unsafe { *bias.add(k) + if res.is_null() { 0.0 } else { *res.add(r * ldc + k) } },
-                None => *v,
+    /// `row` must be valid for reads and writes of `sums.len()` values; `init`'s bias must
+    /// hold that many values, its residual (if not null) that many from `r * ldc`.
+    unsafe fn row(self, row: *mut f32, sums: &[f32], r: usize, ldc: usize) {
+        for (k, s) in sums.iter().enumerate() {
+            // SAFETY: the caller's contract.
+            let mut y = unsafe {
+                match self.init {
+                    Some((bias, res)) => *bias.add(k) + if res.is_null() { 0.0 } else { *res.add(r * ldc + k) },
+                    None => *row.add(k),
+                }
             } + s;
             if self.relu && y < 0.0 {
                 y = 0.0;
             }
-            *v = y;
+            // SAFETY: the caller's contract.
+            unsafe { *row.add(k) = y };
         }
     }
 }
@@ -298,7 +303,8 @@ impl Store {
 /// reads and writes of `rows` rows of `b.n` values `ldc` apart; no other thread may touch
 /// the columns of `panels` of those rows meanwhile. `panels` must lie within
 /// `b.panel_count()`. An epilogue's bias must hold `b.n` values (asserted), its residual
-/// `rows` rows laid out as `C`'s. (That the CPU runs `b`'s kernel is guaranteed:
+/// `rows` rows laid out as `C`'s: another buffer, or `C` itself (each value is read before it
+/// is written, through pointers only). (That the CPU runs `b`'s kernel is guaranteed:
 /// [`Kernel::Avx512`] layouts are only made after [`Kernel::detect`] found AVX-512.)
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul(
@@ -339,10 +345,14 @@ pub(crate) unsafe fn matmul(
             let row = |r: usize| std::slice::from_raw_parts_mut(c.add(r * ldc + col0), cols);
             if let Some(e) = epilogue {
                 for r in 0..rows {
-                    row(r).copy_from_slice(&e.bias[col0..col0 + cols]);
-                    if let Some(res) = e.residual {
-                        let res = std::slice::from_raw_parts(res.add(r * ldc + col0), cols);
-                        row(r).iter_mut().zip(res).for_each(|(v, x)| *v += x);
+                    // `bias + residual`, each value read through the pointers before it is
+                    // written: the residual may be C itself (an output written over it).
+                    let dst = c.add(r * ldc + col0);
+                    for (j, bias) in e.bias[col0..col0 + cols].iter().enumerate() {
+                        *dst.add(j) = match e.residual {
+                            Some(res) => bias + *res.add(r * ldc + col0 + j),
+                            None => *bias,
+                        };
                     }
                 }
             }
@@ -676,10 +686,7 @@ unsafe fn tile<const AT: bool>(
                 }
                 // SAFETY: row r < rows and cols <= NR values lie in C, and in the store's bias
                 // and residual (the caller's contract).
-                unsafe {
-                    let row = std::slice::from_raw_parts_mut(c.add(r * ldc), cols);
-                    store.row(row, &acc, r, ldc);
-                }
+                unsafe { store.row(c.add(r * ldc), &acc[..cols], r, ldc) };
             }
         }
     }
