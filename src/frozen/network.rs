@@ -19,7 +19,10 @@
 //!   channels (an eighth of the direct product's multiply-adds), F(2x2x2, 3x3x3) in the
 //!   others and in bf16;
 //! - keeps its activation buffers between layers and calls, so that their pages are not
-//!   faulted in again.
+//!   faulted in again; a bottleneck's last convolution writes its output over the shortcut
+//!   it adds, one buffer instead of two;
+//! - runs its walk on a thread of rayon's pool, so that each layer's split of work between
+//!   the threads does not put the calling thread to sleep and wake it again.
 //!
 //! It computes what [`ResNet3d::forward`] computes in eval mode, up to float rounding, and
 //! is checked against PyTorch by the same tests. It is for inference only: it holds plain
