@@ -321,8 +321,11 @@ impl PackedConv {
         let full_blocks = ow * 8 >= cost * 7;
         // With fewer channels a kernel row is short (a one-channel stem: 7 values), so the
         // product keeps its accumulators over all rows of the kernel instead (`implicit_runs`);
-        // the bf16 network keeps its gathered bf16 patches there.
+        // the bf16 network keeps its gathered bf16 patches there. A 1x1x1 kernel with a
+        // stride (a projection shortcut) gathers its tile's voxels instead: a copy of the
+        // voxels it reads, in cache, not a padded copy of its whole input.
         let in_place = !pointwise
+            && s.kernel != [1, 1, 1]
             && s.dilation == [1, 1, 1]
             && s.padding_within_reach()
             && self.weight.kernel() == Kernel::Avx512
@@ -673,6 +676,44 @@ pub(super) mod tests {
         let want = naive(&x, dims, &w, &g);
         for (a, b) in got.data.iter().zip(&want) {
             assert!((f64::from(*a) - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    /// 1x1x1 kernels with a stride (projection shortcuts; gathered per tile, not read from a
+    /// padded copy), with and without padding, on lines of full register tiles and short
+    /// ones: the definition, both kernels.
+    #[test]
+    fn strided_pointwise_convolutions_compute_the_definition() {
+        for (stride, padding, dims) in [
+            ([2, 2, 2], [0, 0, 0], [2, 5, 8, 48, 24]),
+            ([1, 2, 3], [0, 1, 0], [1, 3, 6, 37, 20]),
+            ([2, 2, 2], [1, 1, 1], [1, 4, 4, 26, 16]),
+        ] {
+            let mut g = geometry([dims[4], 40], 1, 1, 0);
+            (g.stride, g.padding) = (stride, padding);
+            let x = values(dims.iter().product(), 9);
+            let w = values(dims[4] * 40, 10);
+            let want = naive(&x, dims, &w, &g);
+            for kernel in [Kernel::detect(), Kernel::Portable] {
+                let layer = PackedConv::pack(
+                    spec(g),
+                    &w,
+                    None,
+                    vec![0.0; 40],
+                    kernel,
+                    Precision::F32,
+                    WinogradUse::Kept,
+                )
+                .unwrap();
+                let got = run(&layer, &x, dims).unwrap();
+                assert_eq!(got.data.len(), want.len());
+                for (i, (a, b)) in got.data.iter().zip(&want).enumerate() {
+                    assert!(
+                        (f64::from(*a) - b).abs() < 1e-5,
+                        "{stride:?} {padding:?} {kernel:?} at {i}: {a} vs {b}"
+                    );
+                }
+            }
         }
     }
 
