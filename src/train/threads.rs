@@ -1,5 +1,7 @@
 //! [`on_cpu_threads`]: a training loop run on a thread of the CPU pool.
 
+use std::sync::{Mutex, PoisonError};
+
 /// Runs `work` (a training step, or a loop of them) on a thread of rayon's global pool, the
 /// pool whose threads run the crate's CPU kernels, and returns its result; called on one of
 /// those threads, runs it in place.
@@ -12,10 +14,18 @@
 /// and 176-189 / 333-346 ms outside (`benches/train.rs`, 2026-12-07). The results are the
 /// same either way: the work is split the same.
 ///
+/// One closure at a time: calls from several threads take turns, each whole (a call made
+/// inside `work` runs in place). While a pool thread waits for its share of a split, rayon
+/// lets it take up other queued work; were two callers' closures queued at once, a thread
+/// holding a lock in one could take up the other, which then waits for that same lock on
+/// the same thread, forever (found by review with four threads sharing a `Mutex`). Taking
+/// turns leaves only the crate's own work queued beside a closure.
+///
 /// `work` must not wait for something that itself needs the pool's threads, such as a data
-/// loader on other threads whose work uses rayon: with one thread in the pool that wait would
-/// never end. A step (forward, loss, backward, optimizer) does not; [`fit`](super::fit) waits
-/// for its loaders and so does not run itself on the pool.
+/// loader on other threads whose work uses rayon (with one thread in the pool that wait would
+/// never end), nor for another thread's `on_cpu_threads` (that one waits for its turn). A step
+/// (forward, loss, backward, optimizer) does neither; [`fit`](super::fit) waits for its
+/// loaders and so does not run itself on the pool.
 ///
 /// ```
 /// # use resnet3d::burn::tensor::{Device, Tensor};
@@ -27,8 +37,16 @@
 /// # drop(grads);
 /// ```
 pub fn on_cpu_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        return work();
+    }
+    // A panic in an earlier closure leaves nothing to repair: the lock guards no data.
+    let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
     crate::kernels::parallel::on_pool(work)
 }
+
+/// Held by the caller of [`on_cpu_threads`] while its closure runs on the pool.
+static TURN: Mutex<()> = Mutex::new(());
 
 #[cfg(test)]
 mod tests {
@@ -37,6 +55,61 @@ mod tests {
 
     use super::*;
     use crate::ResNet3dConfig;
+
+    /// Four threads, each taking a lock that all four share inside its closure around a
+    /// frozen forward (which waits for the pool's threads): every step completes. With the
+    /// closures queued side by side, a pool thread holding the lock took up another closure
+    /// that waited for it on the same thread: the review saw this hang in 2 of 3 runs of 800
+    /// steps. A watchdog fails the test instead of letting it hang.
+    #[test]
+    fn closures_sharing_a_lock_all_finish() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let device = Device::flex();
+        let config = ResNet3dConfig::resnet18()
+            .with_width(4)
+            .with_in_channels(1)
+            .with_num_classes(Some(3));
+        let net = Arc::new(crate::ResNet3d::freeze(&config.init(&device)).unwrap());
+        let x = Tensor::<5>::from_data(
+            TensorData::new(
+                (0..8 * 24 * 24).map(|i| (i as f32 * 0.61).sin()).collect::<Vec<_>>(),
+                [1, 1, 8, 24, 24],
+            ),
+            &device,
+        );
+        let shared = Arc::new(Mutex::new(0usize));
+        let finished = Arc::new(AtomicBool::new(false));
+        let watch = finished.clone();
+        std::thread::spawn(move || {
+            for _ in 0..1200 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if watch.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+            eprintln!("on_cpu_threads: closures sharing a lock still running after 120 s");
+            std::process::abort();
+        });
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (net, x, shared) = (net.clone(), x.clone(), shared.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        on_cpu_threads(|| {
+                            let mut steps = shared.lock().unwrap();
+                            net.forward(x.clone()).unwrap();
+                            *steps += 1;
+                        });
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        finished.store(true, Ordering::SeqCst);
+        assert_eq!(*shared.lock().unwrap(), 400);
+    }
 
     /// A training step's loss and gradients inside the pool are those outside it, bit for
     /// bit, and the step ran on a pool thread.
