@@ -48,13 +48,17 @@ impl Kept {
         }
     }
 
-    /// Removes and returns the smallest kept buffer of at least `len` values and at most
-    /// twice that (a larger one would pin memory a small request does not need).
+    /// Removes and returns the smallest kept buffer of at least `len` values and, kept
+    /// between calls, at most twice that (a larger one would pin memory a small request does
+    /// not need). A call's own pool gives any larger one, which [`Buffers::try_take`] shrinks
+    /// to the request: a buffer the call no longer asks for in its size (a whole scan's
+    /// 600 MB stem output once the next layers write over their shortcuts) would otherwise
+    /// stay resident to the call's end while the call allocates afresh.
     fn fitting(&mut self, len: usize) -> Option<Vec<f32>> {
         let best = (0..self.buffers.len())
             .filter(|&i| {
                 let capacity = self.buffers[i].1.capacity();
-                capacity >= len && capacity <= 2 * len.max(1024)
+                capacity >= len && (self.per_call || capacity <= 2 * len.max(1024))
             })
             .min_by_key(|&i| self.buffers[i].1.capacity())?;
         let (_, buffer) = self.buffers.swap_remove(best);
@@ -424,6 +428,25 @@ mod tests {
             let aligned = (v.as_ptr() as usize).next_multiple_of(2 << 20);
             assert!(huge(&flags_at(aligned)), "{:?}", flags_at(aligned));
         }
+    }
+
+    /// Within a call, a small request takes a kept buffer of any larger size and shrinks it
+    /// (the call keeps no more than it asks for); kept between calls, a buffer more than
+    /// twice a request's size stays for a request of its own size.
+    #[test]
+    fn a_call_shrinks_a_much_larger_buffer_to_a_small_request() {
+        let shared = Buffers::with_budget(1 << 30);
+        let call = shared.for_call();
+        let big = vec![1.0f32; 1 << 20];
+        let at = big.as_ptr();
+        call.give(big);
+        let small = call.take(100_000).unwrap();
+        assert_eq!((small.as_ptr(), small.len(), small.capacity()), (at, 100_000, 100_000));
+        assert_eq!(call.bytes(), 0);
+        shared.give(vec![1.0f32; 1 << 20]);
+        let fresh = shared.take(100_000).unwrap();
+        assert_eq!(fresh.len(), 100_000);
+        assert_eq!(shared.bytes(), 4 << 20, "the large buffer stays kept");
     }
 
     /// A kept buffer reused for a smaller request gives its tail back.

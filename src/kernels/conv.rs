@@ -331,6 +331,14 @@ impl PackedConv {
             && self.weight.kernel() == Kernel::Avx512
             && full_blocks;
         let implicit = in_place && (s.in_channels >= 16 || self.weight_bf16.is_none());
+        // The output is taken from the buffers before any padded copy (the order the buffers
+        // were sized for); only an f32 product without a padded copy may write over a
+        // residual given up, and it waits to see whether it does.
+        let may_write_over = onto.is_some() && !in_place && self.weight_bf16.is_none();
+        let early = match may_write_over {
+            true => None,
+            false => Some(check!(self.output(rows * oc, s.input_dims(), buffers))),
+        };
         // bf16 activations for the bf16 kernel (with fewer channels, its kernel rows padded to
         // even: any count), else f32 ones for the f32 kernel; gathered patches where the
         // padded copy cannot be made.
@@ -373,18 +381,12 @@ impl PackedConv {
         // A residual given up becomes the output where the product adds it as it stores a
         // tile: each value is read, then written over, by the one work item of its tile and
         // panel. Else every value is overwritten below (bias first).
-        let over = fused && onto.is_some();
-        let mut out = match onto.take_if(|_| over) {
-            Some(given) => given.data,
-            None => match self.output(rows * oc, s.input_dims(), buffers) {
-                Ok(out) => out,
-                Err(err) => {
-                    if let Some(xp) = padded {
-                        buffers.give(xp.data);
-                    }
-                    return Err((err, onto));
-                }
-            },
+        let over = fused && early.is_none();
+        let mut out = match (early, onto.take_if(|_| over)) {
+            (Some(out), _) => out,
+            (None, Some(given)) => given.data,
+            // No padded copy was made (`may_write_over`): nothing else to give back.
+            (None, None) => check!(self.output(rows * oc, s.input_dims(), buffers)),
         };
         let residual = read.or(onto.as_ref().map(Act::view));
 

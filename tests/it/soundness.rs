@@ -210,6 +210,9 @@ fn nan_voxels_give_nan_logits_in_both_paths() {
     }
 }
 
+/// The calls run in a rayon pool of the test's own thread, so that the per-thread count
+/// sees every allocation and free: the network's walk runs on a pool thread and reuses
+/// buffers the caller's thread allocated (a shrink on a worker would count on neither side).
 #[test]
 fn buffers_kept_between_calls_stay_within_the_budget() {
     let device = Device::flex();
@@ -223,7 +226,7 @@ fn buffers_kept_between_calls_stay_within_the_budget() {
     let small = pattern([1, 1, 16, 64, 64], &device);
 
     // The default budget: one large call keeps at most the budget.
-    let (_, held) = crate::tracking::held_after(|| {
+    let (_, held) = crate::tracking::held_with_rayon_here(|| {
         frozen.forward(large.clone()).unwrap();
     });
     let budget = FrozenResNet3d::DEFAULT_BUFFER_BUDGET;
@@ -239,7 +242,7 @@ fn buffers_kept_between_calls_stay_within_the_budget() {
     frozen.set_buffer_budget(budget);
     let reference = frozen.forward(small.clone()).unwrap().into_data();
     frozen.release_buffers();
-    let (_, held) = crate::tracking::held_after(|| {
+    let (_, held) = crate::tracking::held_with_rayon_here(|| {
         // A clone: the input's own buffer is not freed inside the measurement.
         frozen.forward(large.clone()).unwrap();
         for _ in 0..20 {

@@ -76,12 +76,22 @@ pub fn held_after<T>(f: impl FnOnce() -> T) -> (T, usize) {
 /// one thread (made once per test thread: rayon keeps a thread in the first pool it joins),
 /// so that every allocation it makes, on any "worker", is this thread's.
 pub fn peak_with_rayon_here<T: Send>(f: impl FnOnce() -> T + Send) -> (T, usize) {
-    thread_local! {
-        static POOL: rayon::ThreadPool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .use_current_thread()
-            .build()
-            .expect("a pool of this thread");
-    }
     POOL.with(|pool| peak_during(|| pool.install(f)))
+}
+
+/// [`held_after`] with rayon's parallel work counted too, as [`peak_with_rayon_here`]: a
+/// buffer allocated on one thread and shrunk or freed on another would otherwise count as
+/// held by the first.
+pub fn held_with_rayon_here<T: Send>(f: impl FnOnce() -> T + Send) -> (T, usize) {
+    POOL.with(|pool| held_after(|| pool.install(f)))
+}
+
+thread_local! {
+    /// A rayon pool of this one thread (made once per test thread: rayon keeps a thread in
+    /// the first pool it joins).
+    static POOL: rayon::ThreadPool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .use_current_thread()
+        .build()
+        .expect("a pool of this thread");
 }
