@@ -6,8 +6,9 @@
 //! Every call checks its input against the layer's geometry ([`ConvGeometry::on`], the one
 //! check) and then picks how to compute:
 //! - 3x3x3 convolutions with stride 1, dilation 1, padding of at most 2 and up to 256 channels
-//!   as Winograd products ([`winograd`](super::winograd)): F(4x4x4, 3x3x3) for a frozen f32
-//!   layer of up to 128 channels, F(2x2x2, 3x3x3) otherwise, where the output has
+//!   as Winograd products ([`winograd`](super::winograd)): F(4x4x4, 3x3x3) in f32 for a
+//!   frozen layer of up to 128 channels (of the bf16 network too), F(2x2x2, 3x3x3) otherwise
+//!   (in bf16 in the bf16 network), where the output has
 //!   enough tiles and the input's values are finite and below `2^48` (Winograd's transforms
 //!   add and subtract inputs, which turns an infinity into NaN and can overflow near
 //!   `f32::MAX`; such an input runs the direct product, as PyTorch computes it);

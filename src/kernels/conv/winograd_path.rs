@@ -43,28 +43,35 @@ pub(super) fn transforms(
     // what its padded tiles hold, few enough channels, and a kernel of moderate values (the
     // transform adds and subtracts taps: `all_moderate`; checked last, as it reads the whole
     // kernel).
-    let takes = winograd != WinogradUse::Never
+    let geometry_takes = winograd != WinogradUse::Never
         && g.kernel == [3, 3, 3]
         && g.stride == [1, 1, 1]
         && g.dilation == [1, 1, 1]
         && g.padding.iter().all(|&p| p <= 2)
-        && i.max(o) <= WINOGRAD_CHANNELS
+        && i.max(o) <= WINOGRAD_CHANNELS;
+    let takes = geometry_takes
         && (precision == Precision::F32
             || (i.is_multiple_of(2) && kernel == Kernel::Avx512 && crate::kernels::bf16::available()))
         && folded_moderate(weight, scale, i * taps);
-    // Where the kernel is transformed once, in f32 layers of few enough channels, also
-    // for the larger tile, which runs where the output has enough of its tiles (the
-    // training ops keep F(2x2x2): no faster there, measured, and closer to the direct
-    // product).
-    let f4 = takes && winograd == WinogradUse::Kept && precision == Precision::F32 && i.max(o) <= WINOGRAD_F4_CHANNELS;
-    let transform = |tile| Winograd::new(weight, [o, i], scale, kernel, precision == Precision::Bf16, tile);
+    // Where the kernel is transformed once, in layers of few enough channels, also for the
+    // larger tile, which runs where the output has enough of its tiles (the training ops keep
+    // F(2x2x2): no faster there, measured, and closer to the direct product). In f32 in the
+    // bf16 network too: its F(2x2x2) products in bf16 took 12.4 ms on layer1's 64 channels
+    // (`frozen/layer/conv3d_64x64x3x3x3_16x56x56_bf16`), F(4x4x4) in f32 7.7 ms, and the
+    // larger tile's transforms would lose too much in bf16.
+    let f4 = geometry_takes
+        && winograd == WinogradUse::Kept
+        && i.max(o) <= WINOGRAD_F4_CHANNELS
+        && (takes || folded_moderate(weight, scale, i * taps));
+    let transform = |tile, bf16| Winograd::new(weight, [o, i], scale, kernel, bf16, tile);
+    let bf16 = precision == Precision::Bf16;
     let mut transforms = Vec::new();
     if f4 {
-        transforms.push((transform(Tile::F4), WINOGRAD_F4_TILES));
+        transforms.push((transform(Tile::F4, false), WINOGRAD_F4_TILES));
     }
     match winograd {
-        WinogradUse::Kept if takes => transforms.push((transform(Tile::F2), WINOGRAD_TILES)),
-        WinogradUse::PerCall if takes => transforms.push((transform(Tile::F2), 64)),
+        WinogradUse::Kept if takes => transforms.push((transform(Tile::F2, bf16), WINOGRAD_TILES)),
+        WinogradUse::PerCall if takes => transforms.push((transform(Tile::F2, bf16), 64)),
         _ => {}
     }
     transforms
@@ -194,6 +201,44 @@ mod tests {
             .map(|((a, b), m)| (a - b).abs() / (1.0 + m))
             .fold(0.0, f32::max);
         assert!(worst < 1e-5, "Winograd and direct agree: {worst:e}");
+    }
+
+    /// In the bf16 network a layer of up to 128 channels runs F(4x4x4) in f32 where its output
+    /// has enough of those tiles: the f32 layer's numbers, bit for bit; on fewer tiles it runs
+    /// F(2x2x2) with bf16 products, within bf16's rounding of the f32 layer.
+    #[test]
+    fn a_bf16_layer_takes_the_f32_f4_product_where_it_runs() {
+        if !(crate::kernels::bf16::available() && Kernel::detect() == Kernel::Avx512) {
+            return;
+        }
+        let g = geometry([16, 16], 3, 1, 1);
+        let w = values(16 * 16 * 27, 7);
+        let packed = |precision| {
+            PackedConv::pack(
+                spec(g),
+                &w,
+                None,
+                vec![0.0; 16],
+                Kernel::Avx512,
+                precision,
+                WinogradUse::Kept,
+            )
+            .unwrap()
+        };
+        let (f32_layer, bf16_layer) = (packed(Precision::F32), packed(Precision::Bf16));
+        assert_eq!(bf16_layer.winograd.len(), 2, "F(4x4x4) in f32, then F(2x2x2) in bf16");
+        // 4 x 4 x 4 output tiles of 4x4x4 (24 or more take F(4x4x4)), then 1 x 2 x 2.
+        for (dims, same) in [([1, 16, 16, 16, 16], true), ([1, 4, 8, 8, 16], false)] {
+            let x = values(dims.iter().product(), 8);
+            let want = run(&f32_layer, &x, dims).unwrap().data;
+            let got = run(&bf16_layer, &x, dims).unwrap().data;
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got) == bits(&want), same, "{dims:?}");
+            let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 2e-2 * scale, "{dims:?}: {a} vs {b}");
+            }
+        }
     }
 
     /// A kernel and a BatchNorm scale each moderate whose product is not (2^34 x 2^33: a
