@@ -29,6 +29,10 @@ struct Kept {
     /// A call's pool ([`Buffers::for_call`]): the budget grows to twice the largest buffer
     /// given.
     per_call: bool,
+    /// Bytes above which a kept buffer is handed to any smaller request (shrunk to it): in a
+    /// call's pool, the budget of its network's pool when the call began (a larger buffer is
+    /// freed at the call's end anyway); none elsewhere.
+    shrink_above: usize,
 }
 
 impl Kept {
@@ -48,17 +52,19 @@ impl Kept {
         }
     }
 
-    /// Removes and returns the smallest kept buffer of at least `len` values and, kept
-    /// between calls, at most twice that (a larger one would pin memory a small request does
-    /// not need). A call's own pool gives any larger one, which [`Buffers::try_take`] shrinks
-    /// to the request: a buffer the call no longer asks for in its size (a whole scan's
-    /// 600 MB stem output once the next layers write over their shortcuts) would otherwise
-    /// stay resident to the call's end while the call allocates afresh.
+    /// Removes and returns the smallest kept buffer of at least `len` values and at most
+    /// twice that (a larger one would pin memory a small request does not need, and is kept
+    /// for a request of its size, in this call or the next), or any larger one above
+    /// `shrink_above` bytes, which [`Buffers::try_take`] shrinks to the request: a buffer too
+    /// large to be kept after the call that the call no longer asks for in its size (a whole
+    /// scan's 600 MB stem output once the next layers write over their shortcuts) would
+    /// otherwise stay resident to the call's end while the call allocates afresh.
     fn fitting(&mut self, len: usize) -> Option<Vec<f32>> {
         let best = (0..self.buffers.len())
             .filter(|&i| {
                 let capacity = self.buffers[i].1.capacity();
-                capacity >= len && (self.per_call || capacity <= 2 * len.max(1024))
+                capacity >= len
+                    && (capacity <= 2 * len.max(1024) || capacity.saturating_mul(size_of::<f32>()) > self.shrink_above)
             })
             .min_by_key(|&i| self.buffers[i].1.capacity())?;
         let (_, buffer) = self.buffers.swap_remove(best);
@@ -94,6 +100,10 @@ impl Buffers {
                 bytes: 0,
                 budget,
                 per_call: parent.is_some(),
+                shrink_above: match parent {
+                    Some(_) => budget,
+                    None => usize::MAX,
+                },
             })),
             parent,
         }
@@ -430,23 +440,30 @@ mod tests {
         }
     }
 
-    /// Within a call, a small request takes a kept buffer of any larger size and shrinks it
-    /// (the call keeps no more than it asks for); kept between calls, a buffer more than
-    /// twice a request's size stays for a request of its own size.
+    /// Within a call, a small request takes a kept buffer larger than the network's budget
+    /// (which the call's end would free anyway) and shrinks it; a buffer within the budget
+    /// more than twice the request's size stays kept for a request of its size, in the call
+    /// and after it, as it does between calls.
     #[test]
-    fn a_call_shrinks_a_much_larger_buffer_to_a_small_request() {
+    fn a_call_shrinks_a_buffer_beyond_the_budget_to_a_small_request() {
+        for (budget, shrunk) in [(1 << 20, true), (64 << 20, false)] {
+            let shared = Buffers::with_budget(budget);
+            let call = shared.for_call();
+            let big = vec![1.0f32; 1 << 20];
+            let at = big.as_ptr();
+            call.give(big);
+            let small = call.take(100_000).unwrap();
+            assert_eq!(small.as_ptr() == at, shrunk, "budget {budget}");
+            assert_eq!((small.len(), small.capacity()), (100_000, 100_000));
+            assert_eq!(call.bytes(), if shrunk { 0 } else { 4 << 20 });
+            shared.end_call(call);
+            assert_eq!(shared.bytes(), if shrunk { 0 } else { 4 << 20 });
+        }
         let shared = Buffers::with_budget(1 << 30);
-        let call = shared.for_call();
-        let big = vec![1.0f32; 1 << 20];
-        let at = big.as_ptr();
-        call.give(big);
-        let small = call.take(100_000).unwrap();
-        assert_eq!((small.as_ptr(), small.len(), small.capacity()), (at, 100_000, 100_000));
-        assert_eq!(call.bytes(), 0);
         shared.give(vec![1.0f32; 1 << 20]);
         let fresh = shared.take(100_000).unwrap();
         assert_eq!(fresh.len(), 100_000);
-        assert_eq!(shared.bytes(), 4 << 20, "the large buffer stays kept");
+        assert_eq!(shared.bytes(), 4 << 20, "between calls the large buffer stays kept");
     }
 
     /// A kept buffer reused for a smaller request gives its tail back.

@@ -245,6 +245,8 @@ fn buffers_kept_between_calls_stay_within_the_budget() {
     let (_, held) = crate::tracking::held_with_rayon_here(|| {
         // A clone: the input's own buffer is not freed inside the measurement.
         frozen.forward(large.clone()).unwrap();
+        let kept = frozen.buffer_bytes();
+        assert!(kept <= budget, "after the large call: {kept} kept, budget {budget}");
         for _ in 0..20 {
             assert_eq!(frozen.forward(small.clone()).unwrap().into_data(), reference);
         }
