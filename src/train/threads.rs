@@ -1,10 +1,9 @@
 //! [`on_cpu_threads`]: a training loop run on a thread of the CPU pool.
 
-use std::sync::{Mutex, PoisonError};
-
 /// Runs `work` (a training step, or a loop of them) on a thread of rayon's global pool, the
-/// pool whose threads run the crate's CPU kernels, and returns its result; called on one of
-/// those threads, runs it in place.
+/// pool whose threads run the crate's CPU kernels, and returns its result; called on a
+/// thread of a rayon pool (the global one or one's own, inside `ThreadPool::install`), runs
+/// it in place, on that pool.
 ///
 /// Each convolution, BatchNorm and pooling pass of a step on `flex` splits its work between
 /// the pool's threads. Called from a thread outside the pool (`main`, a test), every such
@@ -14,18 +13,18 @@ use std::sync::{Mutex, PoisonError};
 /// and 176-189 / 333-346 ms outside (`benches/train.rs`, 2026-12-07). The results are the
 /// same either way: the work is split the same.
 ///
-/// One closure at a time: calls from several threads take turns, each whole (a call made
-/// inside `work` runs in place). While a pool thread waits for its share of a split, rayon
-/// lets it take up other queued work; were two callers' closures queued at once, a thread
-/// holding a lock in one could take up the other, which then waits for that same lock on
-/// the same thread, forever (found by review with four threads sharing a `Mutex`). Taking
-/// turns leaves only the crate's own work queued beside a closure.
-///
-/// `work` must not wait for something that itself needs the pool's threads, such as a data
-/// loader on other threads whose work uses rayon (with one thread in the pool that wait would
-/// never end), nor for another thread's `on_cpu_threads` (that one waits for its turn). A step
-/// (forward, loss, backward, optimizer) does neither; [`fit`](super::fit) waits for its
-/// loaders and so does not run itself on the pool.
+/// `work` then follows rayon's rules for code on its pool:
+/// - While a pool thread waits for its share of a split, rayon may run other queued work on
+///   it: another thread's `on_cpu_threads` closure, or any `par_iter` work. So `work` must not
+///   hold a lock across a step if that other work takes the same lock: it would wait, on the
+///   thread that holds the lock, forever (a review hung four threads that each locked one
+///   `Mutex` inside their closures). Take the lock outside instead,
+///   `let model = shared.lock()?; on_cpu_threads(|| step(&model))`, or lock only around
+///   what needs it.
+/// - `work` must not wait for something that itself needs the pool's threads, such as a data
+///   loader on other threads whose work uses rayon: with one thread in the pool that wait
+///   would never end. A step (forward, loss, backward, optimizer) does not; [`fit`](super::fit)
+///   waits for its loaders and so does not run itself on the pool.
 ///
 /// ```
 /// # use resnet3d::burn::tensor::{Device, Tensor};
@@ -37,16 +36,8 @@ use std::sync::{Mutex, PoisonError};
 /// # drop(grads);
 /// ```
 pub fn on_cpu_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() {
-        return work();
-    }
-    // A panic in an earlier closure leaves nothing to repair: the lock guards no data.
-    let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
     crate::kernels::parallel::on_pool(work)
 }
-
-/// Held by the caller of [`on_cpu_threads`] while its closure runs on the pool.
-static TURN: Mutex<()> = Mutex::new(());
 
 #[cfg(test)]
 mod tests {
@@ -56,13 +47,13 @@ mod tests {
     use super::*;
     use crate::ResNet3dConfig;
 
-    /// Four threads, each taking a lock that all four share inside its closure around a
-    /// frozen forward (which waits for the pool's threads): every step completes. With the
-    /// closures queued side by side, a pool thread holding the lock took up another closure
-    /// that waited for it on the same thread: the review saw this hang in 2 of 3 runs of 800
-    /// steps. A watchdog fails the test instead of letting it hang.
+    /// Four threads sharing one lock, each holding it outside its closure (the pattern the
+    /// docs give) around a frozen forward, which waits for the pool's threads: every step
+    /// completes. (A lock taken inside the closures hung in a review: rayon's rule, stated in
+    /// the docs. A turn lock around the closures then made this pattern hang instead.) A
+    /// watchdog fails the test rather than letting it hang.
     #[test]
-    fn closures_sharing_a_lock_all_finish() {
+    fn callers_holding_a_shared_lock_all_finish() {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
 
@@ -89,19 +80,23 @@ mod tests {
                     return;
                 }
             }
-            eprintln!("on_cpu_threads: closures sharing a lock still running after 120 s");
+            eprintln!("on_cpu_threads: callers holding a lock still running after 120 s");
             std::process::abort();
         });
         let threads: Vec<_> = (0..4)
-            .map(|_| {
+            .map(|t| {
                 let (net, x, shared) = (net.clone(), x.clone(), shared.clone());
                 std::thread::spawn(move || {
-                    for _ in 0..100 {
-                        on_cpu_threads(|| {
-                            let mut steps = shared.lock().unwrap();
-                            net.forward(x.clone()).unwrap();
-                            *steps += 1;
-                        });
+                    for i in 0..100 {
+                        let mut steps = shared.lock().unwrap();
+                        if (t + i) % 7 == 0 {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                        on_cpu_threads(|| net.forward(x.clone()).unwrap());
+                        *steps += 1;
+                        drop(steps);
+                        // Another closure, with nothing held, runs beside the locked ones.
+                        on_cpu_threads(|| net.forward(x.clone()).unwrap());
                     }
                 })
             })
