@@ -432,11 +432,23 @@ impl MaxPool3d {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use burn::tensor::Device;
 
     use super::*;
     use crate::ResNet3dConfig;
+
+    /// A one-channel ResNet3d-18 of `width` channels with `classes` classes, for tests.
+    pub(crate) fn small_resnet18(width: usize, classes: usize, device: &Device) -> ResNet3d {
+        let config = ResNet3dConfig::resnet18().with_width(width).with_in_channels(1);
+        config.with_num_classes(Some(classes)).init(device)
+    }
+
+    /// `sin(i * step)` over `shape`, as a tensor on `device`.
+    pub(crate) fn wave(shape: [usize; 5], step: f32, device: &Device) -> Tensor<5> {
+        let values: Vec<f32> = (0..shape.iter().product()).map(|i| (i as f32 * step).sin()).collect();
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
 
     /// The walk runs on a thread of rayon's pool, so that a layer's fork does not put the
     /// caller's thread to sleep and wake it again: every tap sees a pool thread, and the
@@ -444,15 +456,8 @@ mod tests {
     #[test]
     fn the_walk_runs_on_a_pool_thread() {
         let device = Device::flex();
-        let config = ResNet3dConfig::resnet18()
-            .with_width(4)
-            .with_in_channels(1)
-            .with_num_classes(Some(3));
-        let net = config.init(&device).freeze().unwrap();
-        let x = || {
-            let values: Vec<f32> = (0..2 * 8 * 12 * 12).map(|i| ((i as f32) * 0.37).sin()).collect();
-            Tensor::<5>::from_data(TensorData::new(values, [2, 1, 8, 12, 12]), &device)
-        };
+        let net = small_resnet18(4, 3, &device).freeze().unwrap();
+        let x = || wave([2, 1, 8, 12, 12], 0.37, &device);
         let mut threads = Vec::new();
         let act = net
             .walk(x(), |_, a| {

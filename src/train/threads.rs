@@ -42,10 +42,10 @@ pub fn on_cpu_threads<R: Send>(work: impl FnOnce() -> R + Send) -> R {
 #[cfg(test)]
 mod tests {
     use burn::module::Module;
-    use burn::tensor::{Device, Tensor, TensorData};
+    use burn::tensor::{Device, Tensor};
 
     use super::*;
-    use crate::ResNet3dConfig;
+    use crate::frozen::network::tests::{small_resnet18, wave};
 
     /// Four threads sharing one lock, each holding it outside its closure (the pattern the
     /// docs give) around a frozen forward, which waits for the pool's threads: every step
@@ -58,18 +58,8 @@ mod tests {
         use std::sync::{Arc, Mutex};
 
         let device = Device::flex();
-        let config = ResNet3dConfig::resnet18()
-            .with_width(4)
-            .with_in_channels(1)
-            .with_num_classes(Some(3));
-        let net = Arc::new(crate::ResNet3d::freeze(&config.init(&device)).unwrap());
-        let x = Tensor::<5>::from_data(
-            TensorData::new(
-                (0..8 * 24 * 24).map(|i| (i as f32 * 0.61).sin()).collect::<Vec<_>>(),
-                [1, 1, 8, 24, 24],
-            ),
-            &device,
-        );
+        let net = Arc::new(crate::ResNet3d::freeze(&small_resnet18(4, 3, &device)).unwrap());
+        let x = wave([1, 1, 8, 24, 24], 0.61, &device);
         let shared = Arc::new(Mutex::new(0usize));
         let finished = Arc::new(AtomicBool::new(false));
         let watch = finished.clone();
@@ -111,14 +101,8 @@ mod tests {
     #[test]
     fn a_step_gives_the_same_gradients_on_the_pool() {
         let device = Device::flex().autodiff();
-        let net = ResNet3dConfig::resnet18()
-            .with_width(8)
-            .with_in_channels(1)
-            .with_num_classes(Some(2))
-            .init(&device)
-            .train();
-        let values: Vec<f32> = (0..2 * 8 * 24 * 24).map(|i| ((i as f32) * 0.37).sin()).collect();
-        let x = Tensor::<5>::from_data(TensorData::new(values, [2, 1, 8, 24, 24]), &device);
+        let net = small_resnet18(8, 2, &device).train();
+        let x = wave([2, 1, 8, 24, 24], 0.37, &device);
         let step = || {
             let loss = net.forward(x.clone()).powi_scalar(2).sum();
             let grads = loss.backward();
