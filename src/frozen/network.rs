@@ -436,7 +436,7 @@ pub(crate) mod tests {
     use burn::tensor::Device;
 
     use super::*;
-    use crate::ResNet3dConfig;
+    use crate::arch::config::ResNet3dConfig;
 
     /// A one-channel ResNet3d-18 of `width` channels with `classes` classes, for tests.
     pub(crate) fn small_resnet18(width: usize, classes: usize, device: &Device) -> ResNet3d {
