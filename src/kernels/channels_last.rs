@@ -32,7 +32,7 @@ use super::conv::{PackedConv, Precision, WINOGRAD_CHANNELS, WinogradUse};
 use super::fold::BatchNormValues;
 use super::implicit;
 use super::layout::{to_channels_first, to_channels_last};
-use super::matmul::{A_TRANSPOSED, Kernel, MR, NR, PackedB, Scratch, matmul, product};
+use super::matmul::{A_TRANSPOSED, KC, Kernel, MR, NR, PackedB, Scratch, matmul, pack_row, product};
 use super::parallel::SendPtr;
 use super::winograd_axis::Tile;
 use super::winograd_grad;
@@ -460,6 +460,164 @@ struct PatchRun {
     len: usize,
 }
 
+/// The runs of patch columns `cols` (tap-major, `(tap, ic)`), each column numbered from
+/// `cols.start`: a kernel row (kd, kh) holds `kw x ic` values, which lie side by side in the
+/// input (dilation 1), so that a voxel's values of a run are one copy, clipped where the
+/// window crosses the input's edge.
+fn patch_runs(s: &ConvShape, cols: Range<usize>) -> Vec<PatchRun> {
+    let [_, kh_n, kw_n] = s.kernel;
+    let row_len = (kw_n * s.in_channels).max(1);
+    let (mut q, mut runs) = (cols.start, Vec::new());
+    while q < cols.end {
+        let (r, e) = (q / row_len, q % row_len);
+        let len = (row_len - e).min(cols.end - q);
+        runs.push(PatchRun {
+            col: q - cols.start,
+            row: [r / kh_n, r % kh_n],
+            first: e,
+            len,
+        });
+        q += len;
+    }
+    runs
+}
+
+/// The window of output voxel `v` (flat over the batch): its batch item, its first input
+/// coordinates (negative within the padding), and whether it lies inside the input.
+fn voxel_window(s: &ConvShape, v: usize) -> (usize, [isize; 3], bool) {
+    let [od, oh, ow] = s.output;
+    let ov = od * oh * ow;
+    let o = [(v % ov) / (oh * ow), (v / ow) % oh, v % ow];
+    let first = [0, 1, 2].map(|a| (o[a] * s.stride[a]) as isize - s.padding[a] as isize);
+    let inside = (0..3).all(|a| first[a] >= 0 && first[a] as usize + s.kernel[a] <= s.input[a]);
+    (v / ov, first, inside)
+}
+
+/// Into how many runs of voxels the direct weight gradient splits its sum (1: none; then each
+/// item takes a few panels over every voxel): where the gradient (`values`, `oc x k`) is small
+/// enough to keep a copy per item and the voxels (`rows`) many.
+fn split_voxels(values: usize, rows: usize, threads: usize) -> usize {
+    if values > 1 << 16 {
+        return 1;
+    }
+    (rows / (8 * KC)).min(2 * threads).max(1)
+}
+
+/// [`patch_row`] for a window inside the input and runs of whole kernel rows (`offsets`: each
+/// row's first value from the window's), in fixed steps of 8 values; what a step writes past
+/// its run the next run overwrites, or lies past the columns (`row` holds 8 more values than
+/// the runs). `false`, having written nothing, where that does not apply (a window that
+/// crosses the padding, or steps that would read past the input).
+fn whole_rows(
+    row: &mut [f32],
+    offsets: &[usize],
+    x: &[f32],
+    s: &ConvShape,
+    (b, [z0, y0, x0], inside): (usize, [isize; 3], bool),
+) -> bool {
+    let [d, h, wd] = s.input;
+    let len = s.kernel[2] * s.in_channels;
+    let padded = len.next_multiple_of(8);
+    if !inside || offsets.len() * len + 8 > row.len() {
+        return false;
+    }
+    let start = (((b * d + z0 as usize) * h + y0 as usize) * wd + x0 as usize) * s.in_channels;
+    let Some(&last) = offsets.last() else {
+        return true;
+    };
+    if start + last + padded > x.len() {
+        return false;
+    }
+    for (r, &off) in offsets.iter().enumerate() {
+        let (src, dst) = (&x[start + off..][..padded], &mut row[r * len..][..padded]);
+        let (dst, _) = dst.as_chunks_mut::<8>();
+        let (src, _) = src.as_chunks::<8>();
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s);
+    }
+    true
+}
+
+/// Writes into `row` the input values of `runs` (their columns) under the window of output
+/// voxel `(b, first, inside)`: its batch item, its window's first input coordinates (negative
+/// within the padding), and whether the window lies inside the input; zeros where the window
+/// reads padding, and in the columns from `filled` on (every column outside the runs lies
+/// there).
+fn patch_row(
+    row: &mut [f32],
+    runs: &[PatchRun],
+    x: &[f32],
+    s: &ConvShape,
+    (b, [z0, y0, x0], inside): (usize, [isize; 3], bool),
+    filled: usize,
+) {
+    let [d, h, wd] = s.input;
+    let ic = s.in_channels;
+    let kw_n = s.kernel[2];
+    if inside {
+        // Every run whole, in column order, each from its input row: in steps of
+        // 8 values (a fixed-size move, not a call) where the last step fits the
+        // row and the input; what a step writes past its run, the next run or
+        // the zeros past `filled` overwrite.
+        let window = ((b * d + z0 as usize) * h + y0 as usize) * wd + x0 as usize;
+        for &PatchRun {
+            col,
+            row: [kd, kh],
+            first: e0,
+            len,
+        } in runs
+        {
+            let at = (window + (kd * h + kh) * wd) * ic + e0;
+            let padded = len.next_multiple_of(8);
+            if col + padded <= row.len() && at + padded <= x.len() {
+                for i in (0..len).step_by(8) {
+                    row[col + i..][..8].copy_from_slice(&x[at + i..][..8]);
+                }
+            } else {
+                row[col..col + len].copy_from_slice(&x[at..at + len]);
+            }
+        }
+        row[filled..].fill(0.0);
+        return;
+    }
+    row.fill(0.0);
+    for &PatchRun {
+        col,
+        row: [kd, kh],
+        first: e0,
+        len,
+    } in runs
+    {
+        let z = z0 + kd as isize;
+        let z = if s.replicate_depth {
+            z.clamp(0, d as isize - 1)
+        } else {
+            z
+        };
+        let y = y0 + kh as isize;
+        if z < 0 || z >= d as isize || y < 0 || y >= h as isize {
+            continue;
+        }
+        // Values e0..e0 + len of the kernel row (value e: input voxel x0 + e / ic,
+        // channel e % ic), those whose voxels lie within the input row: the
+        // kernel row's voxels vlo..vhi, clipped in voxels, not values (x0 * ic
+        // would overflow for a padding near isize::MAX / 2, which `on` accepts).
+        let kw_i = kw_n as isize;
+        let (vlo, vhi) = (
+            (-x0).clamp(0, kw_i) as usize,
+            (wd as isize - x0).clamp(0, kw_i) as usize,
+        );
+        let (lo, hi) = (e0.max(vlo * ic), (e0 + len).min(vhi * ic));
+        if lo >= hi {
+            continue;
+        }
+        // x0 + vlo >= 0: the first voxel of the row within the input.
+        let voxel = ((b * d + z as usize) * h + y as usize) * wd + (x0 + vlo as isize) as usize;
+        let at = voxel * ic + (lo - vlo * ic);
+        let dst = col + (lo - e0);
+        row[dst..dst + (hi - lo)].copy_from_slice(&x[at..at + (hi - lo)]);
+    }
+}
+
 /// The gradient of [`forward`]'s kernel for the input `x` and output gradient `dy` (both
 /// channels-last): `[oc, ic, kd, kh, kw]`, summed over the batch. Dilation must be 1 (the
 /// caller's check).
@@ -485,7 +643,6 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
     }
     let (oc, ic, k) = (s.out_channels, s.in_channels, s.k());
     let taps = s.kernel.iter().product::<usize>();
-    let [d, h, wd] = s.input;
     let [od, oh, ow] = s.output;
     let ov = od * oh * ow;
     if !few(s)
@@ -504,128 +661,111 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
     let mut dwr = recycled_zeros(oc * k);
     let panels = k.div_ceil(NR);
     let threads = rayon::current_num_threads().max(1);
-    let per_item = panels.div_ceil(4 * threads).clamp(1, 4);
-    let out = SendPtr(dwr.as_mut_ptr());
-    // A panel's columns, tap-major, are runs along kernel rows: kernel row (kd, kh) holds
-    // `kw x ic` values, which lie side by side in the input (dilation 1), so that a voxel's
-    // values of a run are one copy, clipped where the window crosses the input's edge.
-    let [_, kh_n, kw_n] = s.kernel;
-    let row_len = kw_n * ic;
-    (0..panels.div_ceil(per_item)).into_par_iter().for_each(|item| {
-        let mine = item * per_item..((item + 1) * per_item).min(panels);
-        let first_panel = mine.start;
-        let out = &out;
-        // This item's runs per panel.
-        let runs: Vec<Vec<PatchRun>> = mine
-            .clone()
-            .map(|j| {
-                let (mut q, end) = (j * NR, ((j + 1) * NR).min(k));
-                let mut panel = Vec::new();
-                while q < end {
-                    let (r, e) = (q / row_len, q % row_len);
-                    let len = (row_len - e).min(end - q);
-                    panel.push(PatchRun {
-                        col: q - j * NR,
-                        row: [r / kh_n, r % kh_n],
-                        first: e,
-                        len,
-                    });
-                    q += len;
-                }
-                panel
-            })
-            .collect();
-        // Per block of voxels (rows of B): each voxel's batch item, its window's first input
-        // coordinates (negative within the padding), and whether the window lies inside the
-        // input (then every run is copied whole, and only the columns past k stay zero).
-        let mut block: (usize, Vec<(usize, [isize; 3], bool)>) = (usize::MAX, Vec::new());
-        let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
-            if block.0 != ks.start {
-                block.0 = ks.start;
-                block.1.clear();
-                block.1.extend(ks.clone().map(|v| {
-                    let o = [(v % ov) / (oh * ow), (v / ow) % oh, v % ow];
-                    let first = [0, 1, 2].map(|a| (o[a] * s.stride[a]) as isize - s.padding[a] as isize);
-                    let inside = (0..3).all(|a| first[a] >= 0 && first[a] as usize + s.kernel[a] <= s.input[a]);
-                    (v / ov, first, inside)
-                }));
-            }
-            let filled = ((j + 1) * NR).min(k) - j * NR;
-            for (row, &(b, [z0, y0, x0], inside)) in buf.chunks_exact_mut(NR).zip(&block.1) {
-                if inside {
-                    // Every run whole, in column order, each from its input row: in steps of
-                    // 8 values (a fixed-size move, not a call) where the last step fits the
-                    // row and the input; what a step writes past its run, the next run or
-                    // the zeros past `filled` overwrite.
-                    let window = ((b * d + z0 as usize) * h + y0 as usize) * wd + x0 as usize;
-                    for &PatchRun {
-                        col,
-                        row: [kd, kh],
-                        first: e0,
-                        len,
-                    } in &runs[j - first_panel]
-                    {
-                        let at = (window + (kd * h + kh) * wd) * ic + e0;
-                        let padded = len.next_multiple_of(8);
-                        if col + padded <= NR && at + padded <= x.len() {
-                            for i in (0..len).step_by(8) {
-                                row[col + i..][..8].copy_from_slice(&x[at + i..][..8]);
-                            }
-                        } else {
-                            row[col..col + len].copy_from_slice(&x[at..at + len]);
+    let chunks = split_voxels(oc * k, rows, threads);
+    if chunks > 1 {
+        // Split over the voxels, each item into a C of its own, and the product turned
+        // around: dW^T (k x oc) = B^T dY, the patches of a block of voxels gathered whole
+        // (one run per kernel row) as the transposed A, read in place, and dY's rows packed
+        // as B. `dy` is read and the patches gathered once, where items of a few panels each
+        // would read `dy` again and gather their own columns (the stem's 1 -> 64 7x7x7
+        // gradient on 2x1x32x96x96, alone: 17.2 -> 10.0 ms).
+        let every = patch_runs(s, 0..k);
+        // Each kernel row's first value, from the window's first.
+        let [_, h, wd] = s.input;
+        let offsets: Vec<usize> = every.iter().map(|r| (r.row[0] * h + r.row[1]) * wd * ic).collect();
+        let stride = k + 8;
+        let per = rows.div_ceil(chunks).next_multiple_of(KC);
+        let partials: Vec<Vec<f32>> = (0..rows.div_ceil(per))
+            .into_par_iter()
+            .map(|i| {
+                let mut ct = recycled_zeros(k * oc);
+                let mut patches = zeros(KC * stride);
+                for kb in (i * per..((i + 1) * per).min(rows)).step_by(KC) {
+                    let voxels = kb..(kb + KC).min(rows);
+                    for (row, v) in patches.chunks_exact_mut(stride).zip(voxels.clone()) {
+                        let window = voxel_window(s, v);
+                        if !whole_rows(row, &offsets, x, s, window) {
+                            patch_row(row, &every, x, s, window, k);
                         }
                     }
-                    row[filled..].fill(0.0);
-                    continue;
-                }
-                row.fill(0.0);
-                for &PatchRun {
-                    col,
-                    row: [kd, kh],
-                    first: e0,
-                    len,
-                } in &runs[j - first_panel]
-                {
-                    let z = z0 + kd as isize;
-                    let z = if s.replicate_depth {
-                        z.clamp(0, d as isize - 1)
-                    } else {
-                        z
+                    let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
+                        let cols = (oc - j * NR).min(NR);
+                        for (row, v) in buf.chunks_exact_mut(NR).zip(ks) {
+                            pack_row(row, &dy[(kb + v) * oc + j * NR..][..cols]);
+                        }
                     };
-                    let y = y0 + kh as isize;
-                    if z < 0 || z >= d as isize || y < 0 || y >= h as isize {
-                        continue;
-                    }
-                    // Values e0..e0 + len of the kernel row (value e: input voxel x0 + e / ic,
-                    // channel e % ic), those whose voxels lie within the input row: the
-                    // kernel row's voxels vlo..vhi, clipped in voxels, not values (x0 * ic
-                    // would overflow for a padding near isize::MAX / 2, which `on` accepts).
-                    let kw_i = kw_n as isize;
-                    let (vlo, vhi) = (
-                        (-x0).clamp(0, kw_i) as usize,
-                        (wd as isize - x0).clamp(0, kw_i) as usize,
-                    );
-                    let (lo, hi) = (e0.max(vlo * ic), (e0 + len).min(vhi * ic));
-                    if lo >= hi {
-                        continue;
-                    }
-                    // x0 + vlo >= 0: the first voxel of the row within the input.
-                    let voxel = ((b * d + z as usize) * h + y as usize) * wd + (x0 + vlo as isize) as usize;
-                    let at = voxel * ic + (lo - vlo * ic);
-                    let dst = col + (lo - e0);
-                    row[dst..dst + (hi - lo)].copy_from_slice(&x[at..at + (hi - lo)]);
+                    SCRATCH.with_borrow_mut(|(scratch, _, _)| {
+                        // SAFETY: `patches` holds `voxels.len()` rows of `stride >= k` values:
+                        // A (k x voxels) stored transposed; `ct` is this item's own, k rows
+                        // of oc values.
+                        unsafe {
+                            product::<A_TRANSPOSED>(
+                                kernel,
+                                patches.as_ptr(),
+                                stride,
+                                k,
+                                voxels.len(),
+                                oc,
+                                0..oc.div_ceil(NR),
+                                pack,
+                                ct.as_mut_ptr(),
+                                oc,
+                                scratch,
+                            );
+                        }
+                    });
                 }
+                ct
+            })
+            .collect();
+        let mut partials = partials.into_iter();
+        if let Some(mut ct) = partials.next() {
+            for p in partials {
+                ct.par_chunks_mut(1 << 14)
+                    .zip(p.par_chunks(1 << 14))
+                    .for_each(|(d, p)| d.iter_mut().zip(p).for_each(|(d, p)| *d += p));
+                RECYCLED.give(p);
             }
-        };
-        SCRATCH.with_borrow_mut(|(scratch, _, _)| {
-            // SAFETY: `dy` holds `rows` rows of oc values: A (oc x rows) stored transposed,
-            // `oc` apart; `dwr` oc rows of k values, of which this item alone touches the
-            // columns of `mine` (within k's panels).
-            unsafe {
-                product::<A_TRANSPOSED>(kernel, dy.as_ptr(), oc, oc, rows, k, mine, pack, out.0, k, scratch);
-            }
+            dwr.par_chunks_mut(k).enumerate().for_each(|(o, row)| {
+                row.iter_mut().zip(ct.chunks_exact(oc)).for_each(|(d, c)| *d = c[o]);
+            });
+            RECYCLED.give(ct);
+        }
+    } else {
+        let per_item = panels.div_ceil(4 * threads).clamp(1, 4);
+        let out = SendPtr(dwr.as_mut_ptr());
+        (0..panels.div_ceil(per_item)).into_par_iter().for_each(|item| {
+            let mine = item * per_item..((item + 1) * per_item).min(panels);
+            let first_panel = mine.start;
+            let out = &out;
+            // This item's runs per panel, their columns within the panel.
+            let runs: Vec<Vec<PatchRun>> = mine
+                .clone()
+                .map(|j| patch_runs(s, j * NR..((j + 1) * NR).min(k)))
+                .collect();
+            // Per block of voxels (rows of B): each voxel's window.
+            let mut block: (usize, Vec<(usize, [isize; 3], bool)>) = (usize::MAX, Vec::new());
+            let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
+                if block.0 != ks.start {
+                    block.0 = ks.start;
+                    block.1.clear();
+                    block.1.extend(ks.clone().map(|v| voxel_window(s, v)));
+                }
+                let filled = ((j + 1) * NR).min(k) - j * NR;
+                for (row, &voxel) in buf.chunks_exact_mut(NR).zip(&block.1) {
+                    patch_row(row, &runs[j - first_panel], x, s, voxel, filled);
+                }
+            };
+            SCRATCH.with_borrow_mut(|(scratch, _, _)| {
+                // SAFETY: `dy` holds `rows` rows of oc values: A (oc x rows) stored transposed,
+                // `oc` apart; `dwr` oc rows of k values, of which this item alone touches the
+                // columns of `mine` (within k's panels).
+                unsafe {
+                    product::<A_TRANSPOSED>(kernel, dy.as_ptr(), oc, oc, rows, k, mine, pack, out.0, k, scratch);
+                }
+            });
         });
-    });
+    }
     // [oc, (tap, ic)] -> [oc, (ic, tap)]; every value written.
     let mut dw = recycled_zeros(oc * k);
     dw.par_chunks_mut(k).zip(dwr.par_chunks(k)).for_each(|(dst, src)| {
@@ -760,7 +900,7 @@ mod tests {
             [usize; 3],
             [usize; 3],
             bool,
-        ); 15] = [
+        ); 18] = [
             (2, 64, 16, [4, 8, 8], [1, 1, 1], [1, 1, 1], [0, 0, 0], false),
             // Winograd forward and input gradient with paddings 0, 2 and 1 (the gradient's
             // product padded by 2, 0 and 1).
@@ -777,6 +917,12 @@ mod tests {
             (2, 1, 40, [9, 12, 48], [7, 7, 7], [2, 2, 2], [3, 3, 3], false),
             (1, 3, 16, [4, 5, 24], [3, 3, 3], [1, 1, 1], [1, 1, 1], true),
             (2, 64, 64, [1, 3, 3], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
+            // Weight gradients split over the voxels (4096 output voxels or more, a small
+            // kernel): a one-channel stem, a pointwise convolution, and three channels with
+            // replicate depth padding.
+            (2, 1, 40, [9, 32, 64], [7, 7, 7], [2, 2, 2], [3, 3, 3], false),
+            (2, 24, 20, [8, 16, 16], [1, 1, 1], [1, 1, 1], [0, 0, 0], false),
+            (1, 3, 16, [8, 24, 24], [3, 3, 3], [1, 1, 1], [1, 1, 1], true),
             // Winograd weight gradients (512 tiles or more for 16 to 31 channels): paddings 1,
             // then 0, 2 and 1, then replicate depth padding.
             (2, 16, 24, [14, 16, 17], [3, 3, 3], [1, 1, 1], [1, 1, 1], false),
@@ -799,6 +945,13 @@ mod tests {
             if case >= cases.len() - 3 {
                 let wg = winograd_weight_grad(Kernel::detect(), &xl, &dyl, &s);
                 assert!(wg.is_some(), "{s:?} takes the Winograd weight gradient");
+            }
+            if (12..15).contains(&case) {
+                let rows = n * od * oh * ow;
+                assert!(
+                    split_voxels(oc * s.k(), rows, 1) > 1,
+                    "{s:?} splits its weight gradient"
+                );
             }
             for k in [Kernel::detect(), Kernel::Portable] {
                 let y = to_channels_first(&forward(k, &xl, &wt, Some(&bias), &s), [n, od, oh, ow, oc]);

@@ -20,7 +20,7 @@ pub(crate) const NR: usize = 32;
 /// Rows of the register tile.
 pub(crate) const MR: usize = 12;
 /// `k` per block: a 256 x 32 panel of `B` (32 KiB) stays in the L1 cache.
-const KC: usize = 256;
+pub(crate) const KC: usize = 256;
 
 /// Which matrix product runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -482,6 +482,22 @@ pub(crate) unsafe fn accumulate_runs(
 pub(crate) struct Scratch {
     b: Vec<f32>,
     a_tail: Vec<f32>,
+}
+
+/// `src` (at most [`NR`] values) as a packed row of `B` (`dst`, [`NR`] values), zeros after
+/// it: one fixed-size move for a whole row, not a call (what [`product`]'s `pack` closures
+/// copy most).
+// Used by the training ops, which need the flex backend.
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+#[inline(always)]
+pub(crate) fn pack_row(dst: &mut [f32], src: &[f32]) {
+    if let (Ok(d), Ok(s)) = (<&mut [f32; NR]>::try_from(&mut *dst), <&[f32; NR]>::try_from(src)) {
+        *d = *s;
+        return;
+    }
+    let n = src.len().min(dst.len());
+    dst[..n].copy_from_slice(&src[..n]);
+    dst[n..].fill(0.0);
 }
 
 /// [`product`]'s `A` read row by row: element `(r, p)` at `a[r * lda + p]`.

@@ -109,8 +109,7 @@ pub(crate) fn weight_grad(
                     let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
                         let cols = NR.min(ic - j * NR);
                         for (dst, t) in buf.chunks_exact_mut(NR).zip(ks) {
-                            dst[..cols].copy_from_slice(&vb[(p * block + t) * ic + j * NR..][..cols]);
-                            dst[cols..].fill(0.0);
+                            super::matmul::pack_row(dst, &vb[(p * block + t) * ic + j * NR..][..cols]);
                         }
                     };
                     // SAFETY: A = the block's dM[p]^T, stored as dM[p]: `block` rows of oc
