@@ -35,6 +35,13 @@ pub(crate) trait Engine {
 
     /// An activation the walk no longer needs (the frozen engine keeps its buffer for reuse).
     fn release(&self, _x: Self::Act) {}
+
+    /// A block's input `x` as two activations, one for the main chain and one for the
+    /// shortcut, where the engine has a cheaper sum of their gradients than of one input read
+    /// twice; `None` (both read `x`) elsewhere.
+    fn branches(&self, _x: &Self::Act) -> Option<(Self::Act, Self::Act)> {
+        None
+    }
 }
 
 /// Where the walk hands the activation to its caller.
@@ -88,6 +95,15 @@ pub(crate) fn block<E: Engine>(engine: &E, block: &BlockPlan<E::Layer>, x: E::Ac
             what: "a block without convolutions".into(),
         });
     };
+    // The engine's two branches of `x`, where it has them: the main chain reads the first,
+    // the shortcut the second.
+    let (x, short) = match engine.branches(&x) {
+        Some((main, short)) => {
+            engine.release(x);
+            (main, Some(short))
+        }
+        None => (x, None),
+    };
     let mut y: Option<E::Act> = None;
     for layer in chain {
         let next = engine.layer(layer, y.as_ref().unwrap_or(&x), None)?;
@@ -95,11 +111,18 @@ pub(crate) fn block<E: Engine>(engine: &E, block: &BlockPlan<E::Layer>, x: E::Ac
             engine.release(previous);
         }
     }
+    let input = short.as_ref().unwrap_or(&x);
     let shortcut = match &block.shortcut {
         ShortcutPlan::Identity => None,
-        ShortcutPlan::Projection(layer) => Some(engine.layer(layer, &x, None)?),
-        ShortcutPlan::ZeroPad(zp) => Some(engine.zero_pad(zp, &x, block.site)?),
+        ShortcutPlan::Projection(layer) => Some(engine.layer(layer, input, None)?),
+        ShortcutPlan::ZeroPad(zp) => Some(engine.zero_pad(zp, input, block.site)?),
     };
+    // The identity shortcut is the shortcut's input itself.
+    let (shortcut, short) = match (shortcut, short) {
+        (None, Some(short)) => (Some(short), None),
+        (shortcut, short) => (shortcut, short),
+    };
+    short.into_iter().for_each(|s| engine.release(s));
     // The skip connection: added before the last ReLU. `x` is released as soon as neither
     // the last layer's input nor the residual is `x`.
     let out = match (y, shortcut) {

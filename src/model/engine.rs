@@ -88,4 +88,9 @@ impl<'a> Engine for Burn<'a> {
         shortcut.output_dims(x.dims(), &site.to_string())?;
         Ok(shortcut.forward(x.clone()))
     }
+
+    #[cfg(feature = "flex")]
+    fn branches(&self, x: &Tensor<5>) -> Option<(Tensor<5>, Tensor<5>)> {
+        crate::ops::branch::runs_branches(x).then(|| crate::ops::branch::branches(x.clone()))
+    }
 }

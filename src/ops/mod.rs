@@ -8,15 +8,17 @@
 //!   BatchNorm folded in;
 //! - `pool`: 3-D max pooling with its gradient;
 //! - `adam`: Adam's update in one pass;
+//! - `branch`: a residual block's input as its two branches, their gradients summed in place;
 //! - `tensors`: the conversions between Burn's tensors and the kernels' buffers.
 //!
 //! Every op reads its tensors channels-last (without a copy when they are already laid out so:
 //! the outputs of these ops are) and writes channels-last buffers, viewed by Burn as
 //! `[N, C, D, H, W]` through permuted strides. Burn's own operations (the head, the sums of
-//! gradients) read those views through their strides. Other backends keep Burn's operations.
+//! gradients other than a block input's) read those views through their strides. Other backends keep Burn's operations.
 
 #[cfg(feature = "train")]
 pub(crate) mod adam;
+pub(crate) mod branch;
 pub(crate) mod conv;
 pub(crate) mod norm;
 pub(crate) mod pool;
