@@ -17,7 +17,11 @@ use super::tensors::{channels_last, channels_last_values, dims5};
 
 /// Where the first of a block input's two branch gradients waits for the second.
 #[derive(Clone, Default)]
-pub(crate) struct Meeting(Arc<Mutex<Option<Box<dyn Any + Send>>>>);
+pub(crate) struct Meeting(Arc<Slot>);
+
+/// The first gradient, until the second comes.
+#[derive(Default)]
+struct Slot(Mutex<Option<Box<dyn Any + Send>>>);
 
 impl std::fmt::Debug for Meeting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,7 +53,7 @@ impl BranchGradients for Flex {
     fn resnet3d_meet(grad: FlexTensor, meeting: &Meeting) -> Option<FlexTensor> {
         // A poisoned lock only means another branch's backward panicked: the value in it is
         // still whole (a take or a store).
-        let mut slot = meeting.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = meeting.0.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(first) = slot.take() else {
             *slot = Some(Box::new(grad));
             return None;
@@ -93,7 +97,9 @@ pub(crate) fn runs_branches(x: &Tensor<5>) -> bool {
 }
 
 /// `x` as the main chain's and the shortcut's inputs, their gradients summed once. Both must
-/// be read on the way to the block's output (each branch's gradient waits for the other's).
+/// be read on the way to the block's output: each branch's gradient waits for the other's,
+/// and one whose twin never comes back is lost (no check can say so: Burn drops the graph's
+/// operations later, on whichever thread next touches its autodiff graphs).
 pub(crate) fn branches(x: Tensor<5>) -> (Tensor<5>, Tensor<5>) {
     let meeting = Meeting::default();
     let branch = |x: Tensor<5>| {
