@@ -117,12 +117,14 @@ pub(crate) fn block<E: Engine>(engine: &E, block: &BlockPlan<E::Layer>, x: E::Ac
         ShortcutPlan::Projection(layer) => Some(engine.layer(layer, input, None)?),
         ShortcutPlan::ZeroPad(zp) => Some(engine.zero_pad(zp, input, block.site)?),
     };
-    // The identity shortcut is the shortcut's input itself.
-    let (shortcut, short) = match (shortcut, short) {
-        (None, Some(short)) => (Some(short), None),
-        (shortcut, short) => (shortcut, short),
+    // The identity shortcut is the engine's branch itself, where it made one.
+    let shortcut = match shortcut {
+        Some(s) => {
+            short.into_iter().for_each(|b| engine.release(b));
+            Some(s)
+        }
+        None => short,
     };
-    short.into_iter().for_each(|s| engine.release(s));
     // The skip connection: added before the last ReLU. `x` is released as soon as neither
     // the last layer's input nor the residual is `x`.
     let out = match (y, shortcut) {
