@@ -391,6 +391,28 @@ impl ConvShape {
         }
     }
 
+    /// The depth taps that output plane `oz` reads from the volume (a range: the taps reading
+    /// slices `0..d` are consecutive); the others read zero padding at every voxel of that
+    /// plane. Every tap with replicate depth padding (it reads edge slices); an empty range
+    /// where the plane reads padding only. `oz` must be an output plane.
+    pub(crate) fn depth_taps_of(&self, oz: usize) -> std::ops::Range<usize> {
+        let (k, s, p, d) = (self.kernel[0], self.stride[0], self.padding[0], self.dilation[0]);
+        if self.replicate_depth {
+            return 0..k;
+        }
+        debug_assert!(oz < self.output[0]);
+        // Tap t reads slice oz * s + t * d - p (countable in isize: `on` checked the padded
+        // extents), inside the volume for first <= t <= last.
+        let start = (oz * s) as isize - p as isize;
+        let n = self.input[0] as isize;
+        let d = d.max(1) as isize;
+        let first = if start >= 0 { 0 } else { (-start + d - 1) / d };
+        let last = (n - 1 - start).div_euclid(d);
+        let first = first.clamp(0, k as isize) as usize;
+        let end = (last + 1).clamp(0, k as isize) as usize;
+        first..end.max(first)
+    }
+
     /// The same convolution with its input and output channels swapped and `padding`, on the
     /// output's extents: the convolution whose forward pass is this one's input gradient (for
     /// a flipped kernel, stride 1, zero padding). `None` where that does not compute.

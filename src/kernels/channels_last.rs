@@ -32,7 +32,7 @@ use super::conv::{PackedConv, Precision, WINOGRAD_CHANNELS, WinogradUse};
 use super::fold::BatchNormValues;
 use super::implicit;
 use super::layout::{to_channels_first, to_channels_last};
-use super::matmul::{Kernel, MR, PackedB, Scratch, matmul};
+use super::matmul::{Kernel, MR, NR, PackedB, Scratch, matmul};
 use crate::arch::geometry::ConvShape;
 use crate::arch::plan::{After, LayerName, LayerSpec, Site};
 
@@ -407,6 +407,13 @@ fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usi
     let [_, _, ow] = s.output;
     let rows_total = dyp.len() / oc;
     let tile = tile_rows(k);
+    // Only the depth taps this plane reads from the volume: the others' columns of dP would be
+    // added nowhere (`source` is None for them). dP's columns are tap-major, a depth tap's
+    // `kh * kw * ic` of them consecutive: the panels covering those of the taps read (the
+    // last stages, two planes deep under a 3-deep kernel, read two thirds of it per plane).
+    let per_tap = s.kernel[1] * s.kernel[2] * ic;
+    let read = s.depth_taps_of(oz);
+    let panels = (read.start * per_tap / NR)..(read.end * per_tap).div_ceil(NR).min(wr.panel_count());
     SCRATCH.with_borrow_mut(|(_, dp, tail)| {
         for first in (0..rows_total).step_by(tile) {
             let rows = tile.min(rows_total - first);
@@ -420,7 +427,7 @@ fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usi
                     oc,
                     rows,
                     wr,
-                    0..wr.panel_count(),
+                    panels.clone(),
                     dp.as_mut_ptr(),
                     k,
                     tail,
@@ -430,7 +437,7 @@ fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usi
             for (r, grads) in dp.chunks_exact(k).enumerate() {
                 let v = first + r;
                 let (oy, ox) = (v / ow, v % ow);
-                for t in 0..taps {
+                for t in read.start * taps / s.kernel[0]..read.end * taps / s.kernel[0] {
                     let Some(src) = source(s, [oz, oy, ox], tap_of(s, t)) else {
                         continue;
                     };
@@ -490,6 +497,87 @@ mod tests {
         assert_eq!(got.len(), expected.len());
         let scale = expected.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
         got.iter().zip(expected).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+    }
+
+    /// `got` against `want`: NaN at the same places, the same infinities, else within `1e-5`
+    /// of `want`'s largest finite magnitude.
+    fn same(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len());
+        let scale = want
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            assert_eq!(a.is_nan(), b.is_nan(), "{what} at {i}: {a} vs {b}");
+            if !a.is_nan() && a != b {
+                assert!((a - b).abs() <= 1e-5 * scale, "{what} at {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// Output planes that read only some depth taps from the volume (two to four planes under
+    /// a 3-deep kernel, short lines: the gathered forward product, the input gradient by
+    /// planes, the weight gradient by panels) skip the others per plane: random geometries
+    /// against the channels-first passes on the whole kernel, with finite values, an infinity
+    /// in the kernel (the forward pass's NaN where it meets padding kept), and NaN and an
+    /// infinity in dY (the weight gradient's NaN kept). [`ConvShape::depth_taps_of`] against
+    /// the slices each tap reads.
+    #[test]
+    fn planes_skip_the_depth_taps_they_do_not_read() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |lo: usize, hi: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            lo + (state % (hi - lo + 1) as u64) as usize
+        };
+        let mut done = 0;
+        while done < 12 {
+            let (n, ic, oc) = (next(1, 2), next(16, 40), next(16, 48));
+            let input = [next(2, 5), next(6, 9), next(5, 8)];
+            let stride = [next(1, 2), 1, 1];
+            let padding = [next(1, 2), 1, next(0, 1)];
+            let s = ConvShape::for_test(n, ic, oc, input, [3, 3, 3], stride, padding, [1; 3], false);
+            for oz in 0..s.output[0] {
+                let reads = |t: usize| {
+                    let z = (oz * stride[0] + t) as isize - padding[0] as isize;
+                    z >= 0 && z < input[0] as isize
+                };
+                let want: Vec<usize> = (0..3).filter(|&t| reads(t)).collect();
+                assert_eq!(s.depth_taps_of(oz).collect::<Vec<_>>(), want, "{s:?} plane {oz}");
+            }
+            let planes = (0..s.output[0]).any(|oz| s.depth_taps_of(oz).len() < s.depth_taps_read().len());
+            if few(&s) || !planes {
+                continue;
+            }
+            let [d, h, w] = s.input;
+            let [od, oh, ow] = s.output;
+            let x = values(s.input_len(), done);
+            let mut wt = values(s.weight_len(), done + 1);
+            let mut dy = values(s.output_len(), done + 2);
+            let (wl, yl) = (wt.len(), dy.len());
+            match done % 3 {
+                1 => wt[next(0, wl - 1)] = f32::INFINITY,
+                2 => {
+                    dy[next(0, yl - 1)] = f32::NAN;
+                    dy[next(0, yl - 1)] = f32::NEG_INFINITY;
+                }
+                _ => {}
+            }
+            let (xl, dyl) = (
+                to_channels_last(&x, [n, ic, d, h, w]),
+                to_channels_last(&dy, [n, oc, od, oh, ow]),
+            );
+            for k in [Kernel::detect(), Kernel::Portable] {
+                let y = to_channels_first(&forward(k, &xl, &wt, None, &s), [n, od, oh, ow, oc]);
+                same(&y, &conv::forward(k, &x, &wt, None, &s), "forward");
+                let dx = to_channels_first(&backward_input(k, &dyl, &wt, &s), [n, d, h, w, ic]);
+                same(&dx, &conv::backward_input(k, &dy, &wt, &s), "input gradient");
+                let dw = backward_weight(k, &xl, &dyl, &s);
+                same(&dw, &conv::backward_weight(k, &x, &dy, &s), "weight gradient");
+            }
+            done += 1;
+        }
     }
 
     /// Every pass against the channels-first passes (themselves checked against the
@@ -591,19 +679,6 @@ mod tests {
     /// NaN kept), and with NaN in dY (the dropped taps' NaN gradient kept).
     #[test]
     fn cropped_depth_taps_give_the_whole_kernels_results() {
-        let same = |got: &[f32], want: &[f32], what: &str| {
-            assert_eq!(got.len(), want.len());
-            let scale = want
-                .iter()
-                .filter(|v| v.is_finite())
-                .fold(1e-6f32, |m, v| m.max(v.abs()));
-            for (i, (a, b)) in got.iter().zip(want).enumerate() {
-                assert_eq!(a.is_nan(), b.is_nan(), "{what} at {i}: {a} vs {b}");
-                if !a.is_nan() {
-                    assert!((a - b).abs() <= 1e-5 * scale, "{what} at {i}: {a} vs {b}");
-                }
-            }
-        };
         for (n, c, input, stride) in [
             (2, 32, [1, 5, 4], [1, 1, 1]),
             (1, 16, [2, 6, 6], [2, 2, 2]),

@@ -366,10 +366,14 @@ impl PackedConv {
         // Products skip the depth taps that read only zero padding at every output voxel: the
         // last stages on a small input (one slice deep under 3-deep kernels) read a third of
         // their kernel.
+        let finite = || *self.finite.get_or_init(|| self.finite_kernels());
         let depth = Some(s.depth_taps_read())
-            .filter(|d| !pointwise && d.len() < s.kernel[0] && *self.finite.get_or_init(|| self.finite_kernels()))
+            .filter(|d| !pointwise && d.len() < s.kernel[0] && finite())
             .unwrap_or(0..s.kernel[0]);
-        let cropped = (depth.len() < s.kernel[0]
+        // The gathered product skips them per output plane too: the last stages two planes
+        // deep read two thirds of a 3-deep kernel at each (`gather::accumulate_f32_planes`).
+        let planes = !pointwise && (0..s.output[0]).any(|oz| s.depth_taps_of(oz).len() < depth.len()) && finite();
+        let cropped = ((depth.len() < s.kernel[0] || planes)
             && padded.is_none()
             && padded_bf16.is_none()
             && self.weight_bf16.is_none()
@@ -380,9 +384,10 @@ impl PackedConv {
         // the others add to rows that hold them first and take the ReLU after.
         let fused = padded_bf16.is_none() && padded.is_none() && self.weight_bf16.is_none() && cropped.is_none();
         // A residual given up becomes the output where the product adds it as it stores a
-        // tile: each value is read, then written over, by the one work item of its tile and
-        // panel. Else every value is overwritten below (bias first).
-        let over = fused && early.is_none();
+        // tile, or (the gathered product of cropped taps) where the bias is added to it first:
+        // each value is read, then written over, by the one work item of its tile and panel.
+        // Else every value is overwritten below (bias first).
+        let over = (fused || cropped.is_some()) && early.is_none();
         let mut out = match (early, onto.take_if(|_| over)) {
             (Some(out), _) => out,
             (None, Some(given)) => given.data,
@@ -425,11 +430,15 @@ impl PackedConv {
                 unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add((first + r) * oc + c0), c1 - c0) }
             };
             if !fused {
-                for r in 0..count {
-                    row(r).copy_from_slice(&self.bias[c0..c1]);
-                }
+                let bias = &self.bias[c0..c1];
                 for r in 0..count {
                     let dst = row(r);
+                    if over {
+                        // The output is the residual given up: bias added to it.
+                        dst.iter_mut().zip(bias).for_each(|(v, b)| *v = b + *v);
+                        continue;
+                    }
+                    dst.copy_from_slice(bias);
                     if let Some(res) = residual {
                         let src = &res.data[(first + r) * oc + c0..(first + r) * oc + c1];
                         dst.iter_mut().zip(src).for_each(|(v, s)| *v += s);
@@ -483,11 +492,12 @@ impl PackedConv {
                         // SAFETY: `cropped` exists only for an AVX-512 kernel, `depth` is
                         // `depth_taps_read`'s; `out` as for the bf16 product above.
                         unsafe {
-                            gather::accumulate_f32(
+                            gather::accumulate_f32_planes(
                                 s,
                                 &self.weight,
                                 x,
                                 depth.clone(),
+                                planes,
                                 out_dims,
                                 first,
                                 count,

@@ -139,6 +139,54 @@ pub(super) unsafe fn accumulate_f32(
     }
 }
 
+/// [`accumulate_f32`] with the depth taps `depth`, or where `planes` says so (the kernel
+/// finite: the caller's check), each output plane's own ([`ConvShape::depth_taps_of`]): the
+/// rows split where the taps read change, when that takes fewer register tiles times taps.
+///
+/// # Safety
+/// As [`accumulate_f32`]; `depth` the kernel's depth taps or
+/// [`ConvShape::depth_taps_read`]'s, and `planes` only for a finite kernel.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn accumulate_f32_planes(
+    s: &ConvShape,
+    w: &PackedB,
+    x: View<'_>,
+    depth: Range<usize>,
+    planes: bool,
+    out_dims: [usize; 5],
+    first: usize,
+    count: usize,
+    panels: Range<usize>,
+    out: *mut f32,
+    patches: &mut Vec<f32>,
+) {
+    let [_, od, oh, ow, _] = out_dims;
+    let plane = (oh * ow).max(1);
+    let mut parts: Vec<(usize, usize, Range<usize>)> = Vec::new();
+    if planes {
+        let mut r = first;
+        while r < first + count {
+            let end = ((r / plane + 1) * plane).min(first + count);
+            let taps = s.depth_taps_of((r / plane) % od);
+            match parts.last_mut() {
+                Some((_, n, t)) if *t == taps => *n += end - r,
+                _ => parts.push((r, end - r, taps)),
+            }
+            r = end;
+        }
+    }
+    let cost = |n: usize, t: &Range<usize>| n.div_ceil(MR) * t.len();
+    if !planes || parts.iter().map(|(_, n, t)| cost(*n, t)).sum::<usize>() >= cost(count, &depth) {
+        parts = vec![(first, count, depth)];
+    }
+    // A plane that reads padding only adds nothing (a finite kernel times zeros).
+    for (at, n, taps) in parts.into_iter().filter(|(_, _, taps)| !taps.is_empty()) {
+        // SAFETY: the caller's contract; rows at..at + n lie within first..first + count, and
+        // `taps` within the kernel's depth (`depth_taps_of`).
+        unsafe { accumulate_f32(s, w, x, taps, out_dims, at, n, panels.clone(), out, patches) };
+    }
+}
+
 /// `x` rounded to bf16 (nearest even); `None` where it cannot be allocated.
 pub(super) fn rounded(x: &[f32]) -> Option<Vec<u16>> {
     let mut rounded: Vec<u16> = super::buffers::try_zeros(x.len())?;

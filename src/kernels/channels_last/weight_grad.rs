@@ -309,10 +309,21 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
     } else {
         let per_item = panels.div_ceil(4 * threads).clamp(1, 4);
         let out = SendPtr(dwr.as_mut_ptr());
+        // Per item, only the voxels of planes that read one of its depth taps from the volume
+        // (dW's columns are tap-major): the others' patches hold zero padding there, and add
+        // nothing where dY is finite (NaN otherwise, which the whole sum gives). The last
+        // stages, two planes deep under a 3-deep kernel, skip a third of the product.
+        let skips = (0..od).any(|oz| s.depth_taps_of(oz).len() < s.kernel[0]);
+        let finite = skips && dy.par_chunks(1 << 16).all(|c| c.iter().all(|v| v.is_finite()));
+        let per_tap = k / s.kernel[0].max(1);
         (0..panels.div_ceil(per_item)).into_par_iter().for_each(|item| {
             let mine = item * per_item..((item + 1) * per_item).min(panels);
             let first_panel = mine.start;
             let out = &out;
+            let voxels = match finite {
+                true => voxels_reading(s, mine.start * NR / per_tap..((mine.end * NR).min(k) - 1) / per_tap + 1),
+                false => vec![0..rows],
+            };
             // This item's runs per panel, their columns within the panel.
             let runs: Vec<Vec<PatchRun>> = mine
                 .clone()
@@ -320,25 +331,41 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                 .collect();
             // Per block of voxels (rows of B): each voxel's window.
             let mut block: (usize, Vec<(usize, [isize; 3], bool)>) = (usize::MAX, Vec::new());
-            let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
-                if block.0 != ks.start {
-                    block.0 = ks.start;
-                    block.1.clear();
-                    block.1.extend(ks.clone().map(|v| voxel_window(s, v)));
-                }
-                let filled = ((j + 1) * NR).min(k) - j * NR;
-                for (row, &voxel) in buf.chunks_exact_mut(NR).zip(&block.1) {
-                    patch_row(row, &runs[j - first_panel], x, s, voxel, filled);
-                }
-            };
-            SCRATCH.with_borrow_mut(|(scratch, _, _)| {
-                // SAFETY: `dy` holds `rows` rows of oc values: A (oc x rows) stored transposed,
-                // `oc` apart; `dwr` oc rows of k values, of which this item alone touches the
-                // columns of `mine` (within k's panels).
-                unsafe {
-                    product::<A_TRANSPOSED>(kernel, dy.as_ptr(), oc, oc, rows, k, mine, pack, out.0, k, scratch);
-                }
-            });
+            for range in voxels {
+                let v0 = range.start;
+                let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
+                    if block.0 != v0 + ks.start {
+                        block.0 = v0 + ks.start;
+                        block.1.clear();
+                        block.1.extend(ks.clone().map(|v| voxel_window(s, v0 + v)));
+                    }
+                    let filled = ((j + 1) * NR).min(k) - j * NR;
+                    for (row, &voxel) in buf.chunks_exact_mut(NR).zip(&block.1) {
+                        patch_row(row, &runs[j - first_panel], x, s, voxel, filled);
+                    }
+                };
+                SCRATCH.with_borrow_mut(|(scratch, _, _)| {
+                    // SAFETY: `dy` holds `rows` rows of oc values: A (oc x rows) stored
+                    // transposed, `oc` apart, of which the voxels of `range` (within `rows`,
+                    // `voxels_reading`) from row v0; `dwr` oc rows of k values, of which this
+                    // item alone touches the columns of `mine` (within k's panels).
+                    unsafe {
+                        product::<A_TRANSPOSED>(
+                            kernel,
+                            dy.as_ptr().add(v0 * oc),
+                            oc,
+                            oc,
+                            range.len(),
+                            k,
+                            mine.clone(),
+                            pack,
+                            out.0,
+                            k,
+                            scratch,
+                        );
+                    }
+                });
+            }
         });
     }
     // [oc, (tap, ic)] -> [oc, (ic, tap)]; every value written.
@@ -352,6 +379,28 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
     });
     RECYCLED.give(dwr);
     dw
+}
+
+/// The output voxels (rows `[n, d', h', w']` of dY) whose plane reads one of the depth taps
+/// `taps` from the volume ([`ConvShape::depth_taps_of`]), as ranges of consecutive rows.
+fn voxels_reading(s: &ConvShape, taps: Range<usize>) -> Vec<Range<usize>> {
+    let [od, oh, ow] = s.output;
+    let plane = oh * ow;
+    let mut ranges: Vec<Range<usize>> = Vec::new();
+    for b in 0..s.batch {
+        for oz in 0..od {
+            let read = s.depth_taps_of(oz);
+            if read.start.max(taps.start) >= read.end.min(taps.end) {
+                continue;
+            }
+            let rows = (b * od + oz) * plane..(b * od + oz + 1) * plane;
+            match ranges.last_mut() {
+                Some(last) if last.end == rows.start => last.end = rows.end,
+                _ => ranges.push(rows),
+            }
+        }
+    }
+    ranges
 }
 
 /// Output tiles (2x2x2 voxels) from which the weight gradient by Winograd's transforms beats
