@@ -435,7 +435,7 @@ impl PackedConv {
                     let dst = row(r);
                     if over {
                         // The output is the residual given up: bias added to it.
-                        dst.iter_mut().zip(bias).for_each(|(v, b)| *v = b + *v);
+                        dst.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
                         continue;
                     }
                     dst.copy_from_slice(bias);

@@ -322,7 +322,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
             let out = &out;
             let voxels = match finite {
                 true => voxels_reading(s, mine.start * NR / per_tap..((mine.end * NR).min(k) - 1) / per_tap + 1),
-                false => vec![0..rows],
+                false => std::iter::once(0..rows).collect(),
             };
             // This item's runs per panel, their columns within the panel.
             let runs: Vec<Vec<PatchRun>> = mine
