@@ -172,6 +172,9 @@ pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>
     );
     assert!(bias.is_none_or(|b| b.len() == s.out_channels), "conv3d: bias length");
     let (oc, ov, k) = (s.out_channels, s.out_voxels(), s.k());
+    if ov <= FEW_VOXELS && s.batch * ov <= FEW_COLUMNS && ov > 0 {
+        return forward_few(kernel, x, w, bias, s);
+    }
     let mut y = zeros(s.output_len());
     if let Some(bias) = bias {
         for (plane, b) in y.chunks_exact_mut(ov).zip(bias.iter().cycle()) {
@@ -226,6 +229,76 @@ pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>
             }
         });
     });
+    y
+}
+
+/// The most output voxels of the whole batch that [`forward_few`] multiplies at once.
+const FEW_COLUMNS: usize = 4 * NR;
+
+/// [`forward`] for few output voxels per batch item ([`FEW_VOXELS`], the last stages: 9 in
+/// ResNet3d-18's `layer4` on a 32 x 96 x 96 crop) and in the whole batch ([`FEW_COLUMNS`]):
+/// the patches of every batch item gathered once as the columns of one product, so that a
+/// panel of 32 columns holds the batch's 18 voxels rather than one item's 9, and the work split
+/// by rows of the kernel (each thread reads its share of it, not all of it per batch item).
+fn forward_few(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>, s: &ConvShape) -> Vec<f32> {
+    let (oc, ov, k, in_plane) = (s.out_channels, s.out_voxels(), s.k(), s.in_voxels());
+    let n = s.batch * ov;
+    // P: k rows of n columns (batch item, voxel), gathered by the rows of 64 in parallel.
+    let every = runs(0..ov, s.output);
+    let mut patches = zeros(k * n);
+    patches.par_chunks_mut(64 * n).enumerate().for_each(|(block, rows)| {
+        for (i, row) in rows.chunks_exact_mut(n).enumerate() {
+            let (ic, tap) = s.tap(block * 64 + i);
+            for (b, dst) in row.chunks_exact_mut(ov).enumerate() {
+                let plane = &x[(b * s.in_channels + ic) * in_plane..][..in_plane];
+                for run in &every {
+                    gather(s, plane, tap, run, &mut dst[run.at..], 1);
+                }
+            }
+        }
+    });
+    // C = W P: oc rows of n columns, by blocks of kernel rows.
+    let threads = rayon::current_num_threads().max(1);
+    let block = oc.div_ceil(4 * threads).next_multiple_of(super::matmul::MR).max(1);
+    let mut c = zeros(oc * n);
+    c.par_chunks_mut(block * n).enumerate().for_each(|(item, out)| {
+        let rows = out.len() / n;
+        let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
+            let (first, len) = (j * NR, NR.min(n - j * NR));
+            for (row, p) in buf.chunks_exact_mut(NR).zip(ks) {
+                row[..len].copy_from_slice(&patches[p * n + first..][..len]);
+                row[len..].fill(0.0);
+            }
+        };
+        SCRATCH.with_borrow_mut(|(scratch, _)| {
+            // SAFETY: `w` holds oc rows of k values, this item's `rows` from item * block; `out`
+            // is this item's own rows of `c`, n values each.
+            unsafe {
+                product::<A_IN_ROWS>(
+                    kernel,
+                    w.as_ptr().add(item * block * k),
+                    k,
+                    rows,
+                    k,
+                    n,
+                    0..n.div_ceil(NR),
+                    pack,
+                    out.as_mut_ptr(),
+                    n,
+                    scratch,
+                );
+            }
+        });
+    });
+    // [oc, (b, v)] -> [b, oc, v], plus the bias.
+    let mut y = zeros(s.output_len());
+    for (i, dst) in y.chunks_exact_mut(ov).enumerate() {
+        let (b, o) = (i / oc, i % oc);
+        let add = bias.map_or(0.0, |bias| bias[o]);
+        dst.iter_mut()
+            .zip(&c[o * n + b * ov..][..ov])
+            .for_each(|(d, v)| *d = v + add);
+    }
     y
 }
 
@@ -508,7 +581,11 @@ mod tests {
             [usize; 3],
             [usize; 3],
             bool,
-        ); 10] = [
+        ); 12] = [
+            // Few voxels with the batch's patches in one product (`forward_few`): four panels,
+            // the last clipped, and replicate depth padding with a stride.
+            (2, 20, 50, [3, 4, 5], [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], false),
+            (2, 9, 30, [4, 5, 6], [3, 3, 3], [2, 2, 2], [1, 1, 1], [1, 1, 1], true),
             // Pointwise with several channel groups (the input gradient splits by channel).
             (2, 64, 16, [4, 8, 8], [1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 1], false),
             (2, 128, 32, [1, 2, 2], [1, 1, 1], [1, 1, 1], [0, 0, 0], [1, 1, 1], false),
