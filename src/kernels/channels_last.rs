@@ -391,7 +391,11 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
 /// W[oc, ic]`, tiles of voxels in parallel, each writing its own rows of `dx`.
 fn pointwise_input_grad(dy: &[f32], wr: &PackedB, s: &ConvShape, dx: &mut [f32]) {
     let (oc, ic) = (s.out_channels, s.in_channels);
-    let tile = 16 * MR;
+    // Tiles of up to 16 register tiles, at least two per thread where the rows allow: the
+    // last stages' 144 rows (2x6x6 voxels, a batch of 2) made one tile, one thread's work.
+    let threads = rayon::current_num_threads().max(1);
+    let rows = dx.len() / ic.max(1);
+    let tile = rows.div_ceil(2 * threads).next_multiple_of(MR).clamp(MR, 16 * MR);
     dx.par_chunks_mut(tile * ic).enumerate().for_each(|(t, out)| {
         let rows = out.len() / ic;
         SCRATCH.with_borrow_mut(|(_, _, tail)| {
