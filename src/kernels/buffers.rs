@@ -287,6 +287,14 @@ pub(crate) fn recycled_zeros(len: usize) -> Vec<f32> {
     }
 }
 
+/// `len` values for an output the caller writes whole: a recycled buffer as it is (its old
+/// values, each to be written over), else [`zeros`]. Saves the pass that zeroes a weight
+/// gradient's buffer (28 MB for a 512-channel 3x3x3 kernel) before it is written.
+#[cfg(feature = "flex")]
+pub(crate) fn recycled_to_write(len: usize) -> Vec<f32> {
+    RECYCLED.try_take(len).unwrap_or_else(|| zeros(len))
+}
+
 /// Element types whose all-zero bytes are the value zero: what [`try_zeros`] may hand out.
 pub(crate) trait ZeroBits: Copy {}
 impl ZeroBits for f32 {}

@@ -337,7 +337,9 @@ pub(crate) fn backward_input(kernel: Kernel, dy: &[f32], w: &[f32], s: &ConvShap
     let [od, oh, ow] = s.output;
     let (in_plane, out_plane) = (h * wd * ic, oh * ow);
     // W as the [oc, (tap, ic)] matrix, packed once for every tile's product.
-    let wr = PackedB::from_row_major(&taps_major(w, s), oc, s.k(), kernel);
+    let taps = s.kernel.iter().product::<usize>();
+    let wr = PackedB::conv_kernel_transposed(w, [oc, ic, taps], kernel)
+        .unwrap_or_else(|| PackedB::from_row_major(&taps_major(w, s), oc, s.k(), kernel));
     let mut dx = zeros(s.input_len());
     if s.kernel == [1, 1, 1] && s.stride == [1, 1, 1] && s.padding == [0, 0, 0] {
         // Pointwise: every input voxel is one output voxel, dX = dY * W, written in place.

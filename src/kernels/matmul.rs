@@ -165,6 +165,47 @@ impl PackedB {
         }
     }
 
+    /// A convolution kernel `w` (`[o, i, taps]`) as the `[o, taps * i]` matrix (row `oc`,
+    /// column `tap * i + ic`) that multiplies `dY` into the patches' gradient: the transposed
+    /// [`conv_kernel`](Self::conv_kernel). Written straight into the AVX-512 layout where the
+    /// input channels are whole panels (`i` a multiple of 32), per block of 32 input channels:
+    /// each output channel's `32 * taps` values of `w` (contiguous) are read once, and go to
+    /// one row of each of the block's `taps` panels. `None` otherwise (the caller transposes
+    /// and packs).
+    // Used by the training ops, which need the flex backend.
+    #[cfg_attr(not(feature = "flex"), allow(dead_code))]
+    pub(crate) fn conv_kernel_transposed(w: &[f32], [o, i, taps]: [usize; 3], kernel: Kernel) -> Option<Self> {
+        if kernel != Kernel::Avx512 || !i.is_multiple_of(NR) || w.len() != o * i * taps || i == 0 {
+            return None;
+        }
+        let (k, n) = (o, taps * i);
+        let blocks = i / NR;
+        let mut panels = super::buffers::zeros(n.div_ceil(NR) * k * NR);
+        // Panel j holds columns j * 32.. : tap j / blocks, input channels (j % blocks) * 32...
+        let mut by_block: Vec<Vec<&mut [f32]>> = (0..blocks).map(|_| Vec::with_capacity(taps)).collect();
+        for (j, panel) in panels.chunks_exact_mut((k * NR).max(1)).enumerate() {
+            by_block[j % blocks].push(panel);
+        }
+        by_block.into_par_iter().enumerate().for_each(|(b, mut own)| {
+            for oc in 0..o {
+                let src = &w[(oc * i + b * NR) * taps..][..NR * taps];
+                for (tap, panel) in own.iter_mut().enumerate() {
+                    let row = &mut panel[oc * NR..][..NR];
+                    for (c, v) in row.iter_mut().enumerate() {
+                        *v = src[c * taps + tap];
+                    }
+                }
+            }
+        });
+        Some(Self {
+            row_major: Vec::new(),
+            panels,
+            k,
+            n,
+            kernel,
+        })
+    }
+
     /// `m` (`k x n`, row-major) in the kernel's layout: per panel, rows of 32 contiguous
     /// values copied as they are.
     // Used by the training ops, which need the flex backend.

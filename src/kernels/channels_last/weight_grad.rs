@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::{PADDED, SCRATCH, conv, cropped, few, first};
 use crate::arch::geometry::ConvShape;
-use crate::kernels::buffers::{RECYCLED, View, recycled_zeros, zeros};
+use crate::kernels::buffers::{RECYCLED, View, recycled_to_write, recycled_zeros, zeros};
 use crate::kernels::conv::WINOGRAD_CHANNELS;
 use crate::kernels::implicit;
 use crate::kernels::matmul::{A_TRANSPOSED, KC, Kernel, MR, NR, pack_row, product};
@@ -209,10 +209,16 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
         let dwc = backward_weight(kernel, x, dy, &c);
         let plane = s.kernel[1] * s.kernel[2];
         let (per, kept) = (s.kernel[0] * plane, taps.len() * plane);
-        let mut dw = recycled_zeros(s.weight_len());
+        // Every value written: the kept taps' gradient, zeros for the others.
+        let mut dw = recycled_to_write(s.weight_len());
+        let (lo, hi) = (taps.start * plane, taps.end * plane);
         dw.par_chunks_mut(per.max(1))
             .zip(dwc.par_chunks(kept.max(1)))
-            .for_each(|(dst, src)| dst[taps.start * plane..taps.end * plane].copy_from_slice(src));
+            .for_each(|(dst, src)| {
+                dst[..lo].fill(0.0);
+                dst[lo..hi].copy_from_slice(src);
+                dst[hi..].fill(0.0);
+            });
         RECYCLED.give(dwc);
         return dw;
     }
@@ -369,7 +375,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
         });
     }
     // [oc, (tap, ic)] -> [oc, (ic, tap)]; every value written.
-    let mut dw = recycled_zeros(oc * k);
+    let mut dw = recycled_to_write(oc * k);
     dw.par_chunks_mut(k).zip(dwr.par_chunks(k)).for_each(|(dst, src)| {
         for c in 0..ic {
             for t in 0..taps {
@@ -455,7 +461,7 @@ pub(super) fn winograd_weight_grad(kernel: Kernel, x: &[f32], dy: &[f32], s: &Co
         implicit::all_moderate(src)
     });
     // Every value is written; the buffer comes back from `FusedAdam` once applied.
-    let mut dw = recycled_zeros(s.weight_len());
+    let mut dw = recycled_to_write(s.weight_len());
     let done =
         moderate && winograd_grad::weight_grad(kernel, &xp, dy, [n, od, oh, ow, s.out_channels], ic, &PADDED, &mut dw);
     PADDED.give(xp);
