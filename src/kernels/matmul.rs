@@ -756,6 +756,25 @@ pub(super) mod avx512;
 mod tests {
     use super::*;
 
+    /// The transposed convolution kernel packed straight from `[o, i, taps]` holds what
+    /// `from_fn` of its definition holds, value for value (remainders of output channels;
+    /// one tap; input channels that are not whole panels refused).
+    #[test]
+    fn the_transposed_kernel_is_packed_as_its_definition() {
+        if Kernel::detect() != Kernel::Avx512 {
+            return;
+        }
+        for [o, i, taps] in [[40, 64, 27], [3, 32, 1], [70, 96, 9]] {
+            let w: Vec<f32> = (0..o * i * taps).map(|v| v as f32 * 0.5 - 7.0).collect();
+            let got = PackedB::conv_kernel_transposed(&w, [o, i, taps], Kernel::Avx512).unwrap();
+            let want = PackedB::from_fn(o, taps * i, Kernel::Avx512, |p, j| w[(p * i + j % i) * taps + j / i]);
+            assert_eq!((got.k, got.n), (want.k, want.n));
+            assert!(got.panels == want.panels, "{o} {i} {taps}");
+        }
+        assert!(PackedB::conv_kernel_transposed(&[0.0; 48 * 2], [2, 48, 1], Kernel::Avx512).is_none());
+        assert!(PackedB::conv_kernel_transposed(&[0.0; 64], [2, 32, 1], Kernel::Portable).is_none());
+    }
+
     /// Both kernels against the definition, on sizes that leave remainders everywhere.
     #[test]
     fn kernels_compute_the_product() {
