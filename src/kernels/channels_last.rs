@@ -526,6 +526,16 @@ mod tests {
         got.iter().zip(expected).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale
     }
 
+    /// A seeded xorshift generator of integers in `lo..=hi`, for the random-geometry tests.
+    pub(super) fn xorshift(mut state: u64) -> impl FnMut(usize, usize) -> usize {
+        move |lo: usize, hi: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            lo + (state % (hi - lo + 1) as u64) as usize
+        }
+    }
+
     /// `got` against `want`: NaN at the same places, the same infinities, else within `1e-5`
     /// of `want`'s largest finite magnitude.
     fn same(got: &[f32], want: &[f32], what: &str) {
@@ -551,13 +561,7 @@ mod tests {
     /// the slices each tap reads.
     #[test]
     fn planes_skip_the_depth_taps_they_do_not_read() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |lo: usize, hi: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            lo + (state % (hi - lo + 1) as u64) as usize
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut done = 0;
         while done < 12 {
             let (n, ic, oc) = (next(1, 2), next(16, 40), next(16, 48));

@@ -371,7 +371,7 @@ impl PackedConv {
             .filter(|d| !pointwise && d.len() < s.kernel[0] && finite())
             .unwrap_or(0..s.kernel[0]);
         // The gathered product skips them per output plane too: the last stages two planes
-        // deep read two thirds of a 3-deep kernel at each (`gather::accumulate_f32_planes`).
+        // deep read two thirds of a 3-deep kernel at each (`gather::accumulate_f32`).
         let planes = !pointwise && (0..s.output[0]).any(|oz| s.depth_taps_of(oz).len() < depth.len()) && finite();
         let cropped = ((depth.len() < s.kernel[0] || planes)
             && padded.is_none()
@@ -492,7 +492,7 @@ impl PackedConv {
                         // SAFETY: `cropped` exists only for an AVX-512 kernel, `depth` is
                         // `depth_taps_read`'s; `out` as for the bf16 product above.
                         unsafe {
-                            gather::accumulate_f32_planes(
+                            gather::accumulate_f32(
                                 s,
                                 &self.weight,
                                 x,

@@ -93,61 +93,19 @@ pub(super) unsafe fn accumulate_bf16(
 }
 
 /// Output rows `first..first + count`, columns of `panels`, `+=` the product of their
-/// patches' depth taps `depth` (gathered into `patches`) with `w`'s rows of those taps (the
-/// taps lead the kernel's rows).
+/// patches' depth taps (gathered into `patches`) with `w`'s rows of those taps (the taps lead
+/// the kernel's rows): the taps `depth`, or where `planes` says so each output plane's own
+/// ([`ConvShape::depth_taps_of`]), the rows split where the taps read change when that takes
+/// fewer register tiles times taps.
 ///
 /// # Safety
 /// `w` must be `s`'s kernel packed for [`Kernel::Avx512`](super::matmul::Kernel::Avx512); `x`
-/// of `s`'s input shape (checked by `on`); `depth` within the kernel's depth; `out` the output
-/// of `out_dims`, this call alone touching those rows and columns.
+/// of `s`'s input shape (checked by `on`); `depth` the kernel's depth taps or
+/// [`ConvShape::depth_taps_read`]'s, and `planes` only for a finite kernel (the taps a plane
+/// skips would multiply zero padding); `out` the output of `out_dims`, this call alone
+/// touching those rows and columns.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn accumulate_f32(
-    s: &ConvShape,
-    w: &PackedB,
-    x: View<'_>,
-    depth: Range<usize>,
-    out_dims: [usize; 5],
-    first: usize,
-    count: usize,
-    panels: Range<usize>,
-    out: *mut f32,
-    patches: &mut Vec<f32>,
-) {
-    let oc = out_dims[4];
-    let per_tap = s.kernel[1] * s.kernel[2] * s.in_channels;
-    let kept = depth.len() * per_tap;
-    let ks = depth.start * per_tap..depth.end * per_tap;
-    gather(s, x, out_dims, first, count, depth, patches);
-    for r0 in (0..count).step_by(MR) {
-        for j in panels.clone() {
-            // SAFETY: `patches` holds whole register tiles of rows of `kept` values (`gather`);
-            // ks lies within K; C: the caller's rows (r0 < count) and panel j; the caller's
-            // contract for the rest.
-            unsafe {
-                super::matmul::accumulate(
-                    patches.as_ptr().add(r0 * kept),
-                    kept,
-                    MR.min(count - r0),
-                    w,
-                    ks.clone(),
-                    j,
-                    out.add((first + r0) * oc),
-                    oc,
-                )
-            };
-        }
-    }
-}
-
-/// [`accumulate_f32`] with the depth taps `depth`, or where `planes` says so (the kernel
-/// finite: the caller's check), each output plane's own ([`ConvShape::depth_taps_of`]): the
-/// rows split where the taps read change, when that takes fewer register tiles times taps.
-///
-/// # Safety
-/// As [`accumulate_f32`]; `depth` the kernel's depth taps or
-/// [`ConvShape::depth_taps_read`]'s, and `planes` only for a finite kernel.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn accumulate_f32_planes(
     s: &ConvShape,
     w: &PackedB,
     x: View<'_>,
@@ -160,8 +118,9 @@ pub(super) unsafe fn accumulate_f32_planes(
     out: *mut f32,
     patches: &mut Vec<f32>,
 ) {
-    let [_, od, oh, ow, _] = out_dims;
+    let [_, od, oh, ow, oc] = out_dims;
     let plane = (oh * ow).max(1);
+    // (first row, rows, depth taps) of each run of rows that read the same taps.
     let mut parts: Vec<(usize, usize, Range<usize>)> = Vec::new();
     if planes {
         let mut r = first;
@@ -179,11 +138,33 @@ pub(super) unsafe fn accumulate_f32_planes(
     if !planes || parts.iter().map(|(_, n, t)| cost(*n, t)).sum::<usize>() >= cost(count, &depth) {
         parts = vec![(first, count, depth)];
     }
+    let per_tap = s.kernel[1] * s.kernel[2] * s.in_channels;
     // A plane that reads padding only adds nothing (a finite kernel times zeros).
     for (at, n, taps) in parts.into_iter().filter(|(_, _, taps)| !taps.is_empty()) {
-        // SAFETY: the caller's contract; rows at..at + n lie within first..first + count, and
-        // `taps` within the kernel's depth (`depth_taps_of`).
-        unsafe { accumulate_f32(s, w, x, taps, out_dims, at, n, panels.clone(), out, patches) };
+        let kept = taps.len() * per_tap;
+        let ks = taps.start * per_tap..taps.end * per_tap;
+        gather(s, x, out_dims, at, n, taps, patches);
+        for r0 in (0..n).step_by(MR) {
+            for j in panels.clone() {
+                // SAFETY: `patches` holds whole register tiles of rows of `kept` values
+                // (`gather`); ks lies within K (`taps` within the kernel's depth:
+                // `depth_taps_of`, or the caller's `depth`); C: rows at + r0.. lie within the
+                // caller's rows (at..at + n within first..first + count), panel j the caller's;
+                // the caller's contract for the rest.
+                unsafe {
+                    super::matmul::accumulate(
+                        patches.as_ptr().add(r0 * kept),
+                        kept,
+                        MR.min(n - r0),
+                        w,
+                        ks.clone(),
+                        j,
+                        out.add((at + r0) * oc),
+                        oc,
+                    )
+                };
+            }
+        }
     }
 }
 

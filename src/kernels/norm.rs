@@ -45,7 +45,10 @@ pub(crate) fn moments(x: &[f32], channels: usize) -> Vec<(f64, f64)> {
     let c = channels.max(1);
     let m = (x.len() / c).max(1) as f64;
     let shift: Vec<f64> = (0..channels)
-        .map(|ch| x.get(ch).map_or(0.0, |&v| if v.is_finite() { f64::from(v) } else { 0.0 }))
+        .map(|ch| {
+            x.get(ch)
+                .map_or(0.0, |&v| if v.is_finite() { f64::from(v) } else { 0.0 })
+        })
         .collect();
     let sums = x
         .par_chunks(chunk_rows(c) * c)
@@ -275,7 +278,10 @@ mod tests {
                 .collect()
         };
         for (got, want) in moments(&x, c).iter().zip(definition(&x)) {
-            assert!((got.0 - want.0).abs() <= 1e-12 * want.0.abs().max(1.0), "{got:?} {want:?}");
+            assert!(
+                (got.0 - want.0).abs() <= 1e-12 * want.0.abs().max(1.0),
+                "{got:?} {want:?}"
+            );
             assert!((got.1 - want.1).abs() <= 1e-9 * want.1.max(1e-12), "{got:?} {want:?}");
         }
         assert_eq!(moments(&x, c)[1], (2.5, 0.0));

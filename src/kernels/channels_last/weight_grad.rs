@@ -487,13 +487,7 @@ mod tests {
     /// review ran 390 such geometries on 1, 2 and 7 threads: worst 1.1e-7.)
     #[test]
     fn the_split_weight_gradient_is_its_definition() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |lo: usize, hi: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            lo + (state % (hi - lo + 1) as u64) as usize
-        };
+        let mut next = super::super::tests::xorshift(0x9e37_79b9_7f4a_7c15);
         let (mut done, mut tries) = (0, 0);
         while done < 24 && tries < 100_000 {
             tries += 1;
