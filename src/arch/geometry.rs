@@ -401,15 +401,16 @@ impl ConvShape {
             return 0..k;
         }
         debug_assert!(oz < self.output[0]);
-        // Tap t reads slice oz * s + t * d - p (countable in isize: `on` checked the padded
-        // extents), inside the volume for first <= t <= last.
-        let start = (oz * s) as isize - p as isize;
-        let n = self.input[0] as isize;
-        let d = d.max(1) as isize;
+        // Tap t reads slice oz * s + t * d - p, inside the volume for first <= t <= last; in
+        // i128, where no sum of these extents overflows (a dilation up to isize::MAX passes
+        // `on` under a one-deep kernel).
+        let start = (oz * s) as i128 - p as i128;
+        let n = self.input[0] as i128;
+        let d = d.max(1) as i128;
         let first = if start >= 0 { 0 } else { (-start + d - 1) / d };
         let last = (n - 1 - start).div_euclid(d);
-        let first = first.clamp(0, k as isize) as usize;
-        let end = (last + 1).clamp(0, k as isize) as usize;
+        let first = first.clamp(0, k as i128) as usize;
+        let end = (last + 1).clamp(0, k as i128) as usize;
         first..end.max(first)
     }
 

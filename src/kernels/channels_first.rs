@@ -172,7 +172,7 @@ pub(crate) fn forward(kernel: Kernel, x: &[f32], w: &[f32], bias: Option<&[f32]>
     );
     assert!(bias.is_none_or(|b| b.len() == s.out_channels), "conv3d: bias length");
     let (oc, ov, k) = (s.out_channels, s.out_voxels(), s.k());
-    if ov <= FEW_VOXELS && s.batch * ov <= FEW_COLUMNS && ov > 0 {
+    if ov <= FEW_VOXELS && s.batch * ov <= FEW_COLUMNS && ov > 0 && s.batch > 0 {
         return forward_few(kernel, x, w, bias, s);
     }
     let mut y = zeros(s.output_len());
@@ -570,6 +570,9 @@ mod tests {
     /// not multiples of 12 or 32, lines shorter and longer than a panel.
     #[test]
     fn every_pass_matches_the_definition() {
+        // An empty batch: an empty output (the few-voxel product has no columns).
+        let empty = ConvShape::for_test(0, 4, 8, [2, 3, 3], [3, 3, 3], [1; 3], [1; 3], [1; 3], false);
+        assert!(forward(Kernel::detect(), &[], &values(empty.weight_len(), 1), None, &empty).is_empty());
         #[allow(clippy::type_complexity)]
         let cases: [(
             usize,

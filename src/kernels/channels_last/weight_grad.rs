@@ -326,10 +326,23 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
             let mine = item * per_item..((item + 1) * per_item).min(panels);
             let first_panel = mine.start;
             let out = &out;
-            let voxels = match finite {
-                true => voxels_reading(s, mine.start * NR / per_tap..((mine.end * NR).min(k) - 1) / per_tap + 1),
-                false => std::iter::once(0..rows).collect(),
+            // Per panel (not per item, whose panels depend on the thread count: a column's
+            // sums are grouped the same way on any number of threads), the voxels it sums over;
+            // consecutive panels with the same voxels in one product.
+            let voxels_of = |j: usize| -> Vec<Range<usize>> {
+                match finite {
+                    true => voxels_reading(s, j * NR / per_tap..(((j + 1) * NR).min(k) - 1) / per_tap + 1),
+                    false => std::iter::once(0..rows).collect(),
+                }
             };
+            let mut groups: Vec<(Range<usize>, Vec<Range<usize>>)> = Vec::new();
+            for j in mine.clone() {
+                let voxels = voxels_of(j);
+                match groups.last_mut() {
+                    Some((panels, same)) if *same == voxels => panels.end = j + 1,
+                    _ => groups.push((j..j + 1, voxels)),
+                }
+            }
             // This item's runs per panel, their columns within the panel.
             let runs: Vec<Vec<PatchRun>> = mine
                 .clone()
@@ -337,7 +350,10 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                 .collect();
             // Per block of voxels (rows of B): each voxel's window.
             let mut block: (usize, Vec<(usize, [isize; 3], bool)>) = (usize::MAX, Vec::new());
-            for range in voxels {
+            for (range, group) in groups
+                .iter()
+                .flat_map(|(g, v)| v.iter().map(move |r| (r.clone(), g.clone())))
+            {
                 let v0 = range.start;
                 let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
                     if block.0 != v0 + ks.start {
@@ -354,7 +370,8 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                     // SAFETY: `dy` holds `rows` rows of oc values: A (oc x rows) stored
                     // transposed, `oc` apart, of which the voxels of `range` (within `rows`,
                     // `voxels_reading`) from row v0; `dwr` oc rows of k values, of which this
-                    // item alone touches the columns of `mine` (within k's panels).
+                    // item alone touches the columns of `mine` (within k's panels), `group`
+                    // among them.
                     unsafe {
                         product::<A_TRANSPOSED>(
                             kernel,
@@ -363,7 +380,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                             oc,
                             range.len(),
                             k,
-                            mine.clone(),
+                            group,
                             pack,
                             out.0,
                             k,
