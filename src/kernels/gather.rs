@@ -146,11 +146,10 @@ pub(super) unsafe fn accumulate_f32(
         gather(s, x, out_dims, at, n, taps, patches);
         for r0 in (0..n).step_by(MR) {
             for j in panels.clone() {
-                // SAFETY: `patches` holds whole register tiles of rows of `kept` values
-                // (`gather`); ks lies within K (`taps` within the kernel's depth:
-                // `depth_taps_of`, or the caller's `depth`); C: rows at + r0.. lie within the
-                // caller's rows (at..at + n within first..first + count), panel j the caller's;
-                // the caller's contract for the rest.
+                // `patches` holds whole register tiles of rows of `kept` values (`gather`); ks
+                // lies within K (`taps` within the kernel's depth: `depth_taps_of`, or the
+                // caller's `depth`). SAFETY: as just said; C: rows at + r0.. within the caller's
+                // (at..at + n within first..first + count), panel j the caller's; the rest theirs.
                 unsafe {
                     super::matmul::accumulate(
                         patches.as_ptr().add(r0 * kept),

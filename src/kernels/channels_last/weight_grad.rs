@@ -367,11 +367,10 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                     }
                 };
                 SCRATCH.with_borrow_mut(|(scratch, _, _)| {
-                    // SAFETY: `dy` holds `rows` rows of oc values: A (oc x rows) stored
-                    // transposed, `oc` apart, of which the voxels of `range` (within `rows`,
-                    // `voxels_reading`) from row v0; `dwr` oc rows of k values, of which this
-                    // item alone touches the columns of `mine` (within k's panels), `group`
-                    // among them.
+                    // `dy` holds `rows` rows of oc values: A (oc x rows) stored transposed, `oc`
+                    // apart, of which the voxels of `range` (within `rows`: `voxels_reading`)
+                    // from row v0. SAFETY: as just said; `dwr` holds oc rows of k values, this
+                    // item alone touching the columns of `mine` (k's panels), `group` among them.
                     unsafe {
                         product::<A_TRANSPOSED>(
                             kernel,
