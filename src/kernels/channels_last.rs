@@ -429,7 +429,6 @@ fn tile_rows(k: usize) -> usize {
 /// planes from `z0` that it adds into.
 fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usize, slice: &mut [f32]) {
     let (oc, ic, k) = (s.out_channels, s.in_channels, s.k());
-    let taps = s.kernel.iter().product::<usize>();
     let [_, h, wd] = s.input;
     let [_, _, ow] = s.output;
     let rows_total = dyp.len() / oc;
@@ -438,7 +437,8 @@ fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usi
     // added nowhere (`source` is None for them). dP's columns are tap-major, a depth tap's
     // `kh * kw * ic` of them consecutive: the panels covering those of the taps read (the
     // last stages, two planes deep under a 3-deep kernel, read two thirds of it per plane).
-    let per_tap = s.kernel[1] * s.kernel[2] * ic;
+    let plane = s.kernel[1] * s.kernel[2];
+    let per_tap = plane * ic;
     let read = s.depth_taps_of(oz);
     let panels = (read.start * per_tap / NR)..(read.end * per_tap).div_ceil(NR).min(wr.panel_count());
     SCRATCH.with_borrow_mut(|(_, dp, tail)| {
@@ -464,7 +464,7 @@ fn plane_input_grad(dyp: &[f32], wr: &PackedB, s: &ConvShape, oz: usize, z0: usi
             for (r, grads) in dp.chunks_exact(k).enumerate() {
                 let v = first + r;
                 let (oy, ox) = (v / ow, v % ow);
-                for t in read.start * taps / s.kernel[0]..read.end * taps / s.kernel[0] {
+                for t in read.start * plane..read.end * plane {
                     let Some(src) = source(s, [oz, oy, ox], tap_of(s, t)) else {
                         continue;
                     };

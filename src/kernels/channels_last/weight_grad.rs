@@ -315,7 +315,7 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
     } else {
         let per_item = panels.div_ceil(4 * threads).clamp(1, 4);
         let out = SendPtr(dwr.as_mut_ptr());
-        // Per item, only the voxels of planes that read one of its depth taps from the volume
+        // Per panel, only the voxels of planes that read one of its depth taps from the volume
         // (dW's columns are tap-major): the others' patches hold zero padding there, and add
         // nothing where dY is finite (NaN otherwise, which the whole sum gives). The last
         // stages, two planes deep under a 3-deep kernel, skip a third of the product.
@@ -350,10 +350,8 @@ pub(crate) fn backward_weight(kernel: Kernel, x: &[f32], dy: &[f32], s: &ConvSha
                 .collect();
             // Per block of voxels (rows of B): each voxel's window.
             let mut block: (usize, Vec<(usize, [isize; 3], bool)>) = (usize::MAX, Vec::new());
-            for (range, group) in groups
-                .iter()
-                .flat_map(|(g, v)| v.iter().map(move |r| (r.clone(), g.clone())))
-            {
+            for (group, range) in groups.iter().flat_map(|(g, v)| v.iter().map(move |r| (g, r))) {
+                let (group, range) = (group.clone(), range.clone());
                 let v0 = range.start;
                 let pack = |ks: Range<usize>, j: usize, buf: &mut [f32]| {
                     if block.0 != v0 + ks.start {
