@@ -354,6 +354,10 @@ fn every_path(case: &Case) -> Result<(), TestCaseError> {
             tol,
         ),
     ];
+    // The AVX2 tile where the CPU has AVX-512 too (elsewhere it is `detect`'s already).
+    if Kernel::detect() == Kernel::Avx512 && Kernel::here().contains(&Kernel::Avx2) {
+        paths.push(("frozen avx2", Kernel::Avx2, Precision::F32, WinogradUse::Kept, tol));
+    }
     if bf16::available() && Kernel::detect() == Kernel::Avx512 {
         // Inputs and weights rounded to 8 bits of mantissa: each product within 2^-7 of its
         // magnitude, so the sum within 2^-7 of the sum of magnitudes.

@@ -607,7 +607,7 @@ mod tests {
             let w = values(s.weight_len(), 2);
             let dy = values(s.output_len(), 3);
             let (y, dx, dw) = naive(&x, &w, &dy, &s);
-            for kernel in [Kernel::detect(), Kernel::Portable] {
+            for kernel in Kernel::here() {
                 let bias = values(oc, 4);
                 let got = forward(kernel, &x, &w, Some(&bias), &s);
                 let with_bias: Vec<f32> = y

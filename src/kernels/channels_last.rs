@@ -639,7 +639,7 @@ mod tests {
                 to_channels_last(&x, [n, ic, d, h, w]),
                 to_channels_last(&dy, [n, oc, od, oh, ow]),
             );
-            for k in [Kernel::detect(), Kernel::Portable] {
+            for k in Kernel::here() {
                 let y = to_channels_first(&forward(k, &xl, &wt, None, &s), [n, od, oh, ow, oc]);
                 same(&y, &conv::forward(k, &x, &wt, None, &s), "forward");
                 let dx = to_channels_first(&backward_input(k, &dyl, &wt, &s), [n, d, h, w, ic]);
@@ -715,7 +715,7 @@ mod tests {
                 let rows = n * od * oh * ow;
                 assert!(split_voxels(oc, s.k(), rows, 1) > 1, "{s:?} splits its weight gradient");
             }
-            for k in [Kernel::detect(), Kernel::Portable] {
+            for k in Kernel::here() {
                 let y = to_channels_first(&forward(k, &xl, &wt, Some(&bias), &s), [n, od, oh, ow, oc]);
                 let e = max_error(&y, &conv::forward(k, &x, &wt, Some(&bias), &s));
                 assert!(e < 1e-5, "{k:?} forward {s:?}: {e}");
@@ -776,7 +776,7 @@ mod tests {
                     to_channels_last(&x, [n, c, d, h, w]),
                     to_channels_last(&dy, [n, c + 3, od, oh, ow]),
                 );
-                for k in [Kernel::detect(), Kernel::Portable] {
+                for k in Kernel::here() {
                     let y = to_channels_first(&forward(k, &xl, &wt, None, &s), [n, od, oh, ow, c + 3]);
                     same(&y, &conv::forward(k, &x, &wt, None, &s), "forward");
                     if round == 1 {
@@ -842,7 +842,7 @@ mod tests {
         let expected: Vec<f32> = (0..16)
             .map(|c| (0..22).map(|y| dy[y * 3 + 1] * x[y * 16 + c]).sum())
             .collect();
-        for k in [Kernel::detect(), Kernel::Portable] {
+        for k in Kernel::here() {
             let e = max_error(&backward_weight(k, &x, &dy, &s), &expected);
             assert!(e < 1e-5, "{k:?}: {e}");
         }

@@ -329,7 +329,7 @@ impl PackedConv {
             && s.kernel != [1, 1, 1]
             && s.dilation == [1, 1, 1]
             && s.padding_within_reach()
-            && self.weight.kernel() == Kernel::Avx512
+            && self.weight.kernel().tiled()
             && full_blocks;
         let implicit = in_place && (s.in_channels >= 16 || self.weight_bf16.is_none());
         // The output is taken from the buffers before any padded copy (the order the buffers
@@ -377,8 +377,8 @@ impl PackedConv {
             && padded.is_none()
             && padded_bf16.is_none()
             && self.weight_bf16.is_none()
-            && self.weight.kernel() == Kernel::Avx512)
-            .then(|| depth.clone());
+            && self.weight.kernel().tiled())
+        .then(|| depth.clone());
         // The prepacked product (pointwise convolutions and gathered f32 patches) applies
         // bias, residual and ReLU as it stores its tiles (k > 0: it stores nothing else);
         // the others add to rows that hold them first and take the ReLU after.
@@ -489,7 +489,7 @@ impl PackedConv {
             } else {
                 SCRATCH.with_borrow_mut(|(patches, packed)| {
                     if let Some(depth) = &cropped {
-                        // SAFETY: `cropped` exists only for an AVX-512 kernel, `depth` is
+                        // SAFETY: `cropped` exists only for a tiled kernel, `depth` is
                         // `depth_taps_read`'s; `out` as for the bf16 product above.
                         unsafe {
                             gather::accumulate_f32(
@@ -707,7 +707,7 @@ pub(super) mod tests {
             let x = values(dims.iter().product(), 9);
             let w = values(dims[4] * 40, 10);
             let want = naive(&x, dims, &w, &g);
-            for kernel in [Kernel::detect(), Kernel::Portable] {
+            for kernel in Kernel::here() {
                 let layer = PackedConv::pack(
                     spec(g),
                     &w,
@@ -774,7 +774,7 @@ pub(super) mod tests {
             let g = geometry(channels, kernel, stride, padding);
             let x = values(dims.iter().product(), 5);
             let w = values(channels[0] * channels[1] * kernel.pow(3), 6);
-            for kernel_kind in [Kernel::detect(), Kernel::Portable] {
+            for kernel_kind in Kernel::here() {
                 let bias = values(channels[1], 8);
                 let mut layer = PackedConv::pack(
                     spec(g),
@@ -810,7 +810,7 @@ pub(super) mod tests {
                 let at = given.data.as_ptr();
                 let onto = layer.forward_adding(view, Residual::Onto(given), &buffers).unwrap();
                 // (The portable kernel has no in-place 3x3x3 products: every output is either.)
-                if kernel_kind == Kernel::Avx512 || channels[0] == 300 {
+                if kernel_kind.tiled() || channels[0] == 300 {
                     let written_over = onto.data.as_ptr() == at;
                     assert_eq!(written_over, over, "{channels:?} {kernel} {kernel_kind:?}");
                 }

@@ -99,8 +99,8 @@ pub(super) unsafe fn accumulate_bf16(
 /// fewer register tiles times taps.
 ///
 /// # Safety
-/// `w` must be `s`'s kernel packed for [`Kernel::Avx512`](super::matmul::Kernel::Avx512); `x`
-/// of `s`'s input shape (checked by `on`); `depth` the kernel's depth taps or
+/// `w` must be `s`'s kernel packed for a tiled kernel
+/// ([`Kernel::tiled`](super::matmul::Kernel::tiled)); `x` of `s`'s input shape (checked by `on`); `depth` the kernel's depth taps or
 /// [`ConvShape::depth_taps_read`]'s, and `planes` only for a finite kernel (the taps a plane
 /// skips would multiply zero padding); `out` the output of `out_dims`, this call alone
 /// touching those rows and columns.

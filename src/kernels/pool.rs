@@ -145,6 +145,11 @@ pub(crate) fn backward(x: &[f32], dy: &[f32], p: &PoolShape) -> Vec<f32> {
             // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
             return unsafe { backward_item_avx512(p, xb, dyb, dxb) };
         }
+        #[cfg(target_arch = "x86_64")]
+        if super::matmul::Kernel::detect() == super::matmul::Kernel::Avx2 {
+            // SAFETY: `Kernel::Avx2` only comes from `Kernel::detect` finding `avx2` and `fma`.
+            return unsafe { backward_item_avx2(p, xb, dyb, dxb) };
+        }
         backward_item(p, xb, dyb, dxb);
     });
     dx
@@ -155,6 +160,13 @@ pub(crate) fn backward(x: &[f32], dy: &[f32], p: &PoolShape) -> Vec<f32> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn backward_item_avx512(p: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    backward_item(p, x, dy, dx);
+}
+
+/// [`backward_item`] compiled for AVX2 (8 channels wide); needs `avx2` and `fma`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn backward_item_avx2(p: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
     backward_item(p, x, dy, dx);
 }
 

@@ -228,6 +228,11 @@ fn grad_tiles(kernel: Kernel, geometry: &Geometry, dy: &[f32], first: usize, row
         // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
         return unsafe { grad_tiles_avx512(geometry, dy, first, rows, work) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx2 {
+        // SAFETY: `Kernel::Avx2` only comes from `Kernel::detect` finding `avx2` and `fma`.
+        return unsafe { grad_tiles_avx2(geometry, dy, first, rows, work) };
+    }
     let _ = kernel;
     grad_tiles_here(geometry, dy, first, rows, work)
 }
@@ -236,6 +241,13 @@ fn grad_tiles(kernel: Kernel, geometry: &Geometry, dy: &[f32], first: usize, row
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn grad_tiles_avx512(geometry: &Geometry, dy: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
+    grad_tiles_here(geometry, dy, first, rows, work)
+}
+
+/// [`grad_tiles_here`]; needs `avx2` and `fma`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn grad_tiles_avx2(geometry: &Geometry, dy: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
     grad_tiles_here(geometry, dy, first, rows, work)
 }
 

@@ -581,7 +581,7 @@ mod tests {
                     }
                 }
             }
-            for k in [Kernel::detect(), Kernel::Portable] {
+            for k in Kernel::here() {
                 let got = backward_weight(k, &x, &dy, &s);
                 for (i, (&g, (&w, &m))) in got.iter().zip(want.iter().zip(&size)).enumerate() {
                     assert_eq!(g.is_nan(), w.is_nan(), "{k:?} [{i}]: {g} vs {w}, {s:?}");

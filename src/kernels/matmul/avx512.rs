@@ -1,137 +1,32 @@
 //! The AVX-512 register-tiled product of [`matmul`](super): 12x32 tiles of `C` in 24 zmm
 //! registers, `B` in prepacked panels of 32 columns.
 
+use super::{MR, NR, Store};
 use std::arch::x86_64::*;
-use std::ops::Range;
 
-use super::{Epilogue, KC, MR, NR, PackedB, Store};
-
-/// See [`super::matmul`]; needs `avx512f`.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn matmul(
-    a: *const f32,
-    lda: usize,
-    rows: usize,
-    b: &PackedB,
-    panels: Range<usize>,
-    c: *mut f32,
-    ldc: usize,
-    scratch: &mut Vec<f32>,
-    epilogue: Option<Epilogue<'_>>,
-) {
-    let k = b.k;
-    let full = rows / MR;
-    // The last rows, if fewer than MR, copied into MR rows padded with zeros so that the
-    // register tile never reads past A; their padding rows are never stored.
-    let tail = rows - full * MR;
-    if tail > 0 {
-        scratch.clear();
-        scratch.resize(MR * k, 0.0);
-        for r in 0..tail {
-            // SAFETY: row full * MR + r < rows (caller's contract).
-            let src = unsafe { std::slice::from_raw_parts(a.add((full * MR + r) * lda), k) };
-            scratch[r * k..(r + 1) * k].copy_from_slice(src);
-        }
-    }
-    let mut kb = 0;
-    while kb < k {
-        let kc = KC.min(k - kb);
-        for j in panels.clone() {
-            let cols = (b.n - j * NR).min(NR);
-            // The epilogue's bias and residual enter with the first block of k, the ReLU
-            // with the last.
-            let store = Store {
-                init: epilogue.filter(|_| kb == 0).map(|e| {
-                    (
-                        // SAFETY: column j * NR < n, the bias's length (asserted by
-                        // `super::matmul`); the residual has C's layout (contract).
-                        unsafe { e.bias.as_ptr().add(j * NR) },
-                        e.residual.map_or(std::ptr::null(), |r| unsafe { r.add(j * NR) }),
-                    )
-                }),
-                relu: epilogue.is_some_and(|e| e.relu) && kb + kc == k,
-            };
-            // SAFETY: panel j holds k rows of NR values, so from row kb on kc of them; A's
-            // rows from column kb and C's rows over the panel's columns (contract);
-            // `scratch` holds MR rows of k values.
-            unsafe {
-                super::panel_rows::<false>(
-                    super::Kernel::Avx512,
-                    kc,
-                    (a.add(kb), lda),
-                    rows,
-                    (scratch.as_ptr().add(kb), k),
-                    b.panels.as_ptr().add((j * k + kb) * NR),
-                    c.add(j * NR),
-                    ldc,
-                    cols,
-                    store,
-                );
-            }
-        }
-        kb += kc;
-    }
-}
-
-/// See [`super::accumulate`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn accumulate(
-    a: *const f32,
-    lda: usize,
-    rows: usize,
-    b: &PackedB,
-    ks: Range<usize>,
-    j: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    let cols = (b.n - j * NR).min(NR);
-    let mut kb = ks.start;
-    while kb < ks.end {
-        let kc = KC.min(ks.end - kb);
-        // SAFETY: panel j holds k rows of NR values; A and C as the caller promises.
-        unsafe {
-            tile::<false>(
-                kc,
-                a.add(kb - ks.start),
-                lda,
-                b.panels.as_ptr().add((j * b.k + kb) * NR),
-                c.add(j * NR),
-                ldc,
-                rows,
-                cols,
-                Store::ADD,
-            );
-        }
-        kb += kc;
-    }
-}
-
-/// See [`super::accumulate_runs`].
+/// See [`super::accumulate_runs`]: `bp` is panel j's first row, `c` at its first column.
+///
+/// # Safety
+/// As [`super::accumulate_runs`]; needs `avx512f`.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn accumulate_runs(
     a: *const f32,
     lda: usize,
-    rows: usize,
-    b: &PackedB,
+    bp: *const f32,
     runs: &[(usize, usize)],
     len: usize,
-    j: usize,
     c: *mut f32,
     ldc: usize,
+    rows: usize,
+    cols: usize,
 ) {
-    let cols = (b.n - j * NR).min(NR);
-    // SAFETY: panel j holds k rows of NR values, and every run's rows lie within k; A
-    // and C as the caller promises.
+    // SAFETY: the caller's contract.
     unsafe {
-        let bp = b.panels.as_ptr().add(j * b.k * NR);
         if rows <= SHORT {
-            runs_rows::<SHORT, false>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols, Store::ADD)
+            runs_rows::<SHORT, false>(a, lda, bp, runs, len, c, ldc, rows, cols, Store::ADD)
         } else {
-            runs_rows::<MR, false>(a, lda, bp, runs, len, c.add(j * NR), ldc, rows, cols, Store::ADD)
+            runs_rows::<MR, false>(a, lda, bp, runs, len, c, ldc, rows, cols, Store::ADD)
         }
     }
 }
