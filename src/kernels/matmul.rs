@@ -76,6 +76,39 @@ impl Kernel {
     }
 }
 
+/// `f()`, compiled for the widest vectors [`Kernel::detect`] finds (AVX-512 or AVX2 with FMA):
+/// the crate is built for baseline x86-64 (SSE2), where the compiler vectorises loops over
+/// channels 4 lanes wide (2 in `f64`). `f` should be an `#[inline(always)]` closure, so that
+/// its body is compiled inside the wider function; results are the same bits on every
+/// instruction set only where `f` does not let the compiler reassociate (it never may for
+/// floats) or contract `a * b + c` into one FMA (Rust never does implicitly).
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match Kernel::detect() {
+        // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
+        Kernel::Avx512 => return unsafe { wide_avx512(f) },
+        // SAFETY: `Kernel::Avx2` only comes from `Kernel::detect` finding `avx2` and `fma`.
+        Kernel::Avx2 => return unsafe { wide_avx2(f) },
+        Kernel::Portable => {}
+    }
+    f()
+}
+
+/// [`wide`] on AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// [`wide`] on AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn wide_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// `B` (`k x n`, row-major) as its kernel reads it: row-major for `gemm`, in panels of [`NR`]
 /// columns (`[panel][k][NR]`, zero-padded) for the register-tiled kernels.
 #[derive(Debug, Clone)]

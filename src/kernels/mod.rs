@@ -3,8 +3,10 @@
 //! as the truth about them; no tensors, no modules.
 //!
 //! - `matmul`: the matrix product every convolution here is made of, `C += A * B` with `B`
-//!   in panels of 32 columns: an AVX-512 12x32 register tile (detected at run time) and a
-//!   portable fallback (the `gemm` crate); `bf16`: the bf16 product (AVX512_BF16).
+//!   in panels of 32 columns: an AVX-512 12x32 register tile or an AVX2 one (detected at run
+//!   time) and a portable fallback (the `gemm` crate); `bf16`: the bf16 product
+//!   (AVX512_BF16). [`wide`](matmul::wide) runs other loops compiled for the detected
+//!   instruction set.
 //! - `conv`: [`PackedConv`](conv::PackedConv), the forward convolution on channels-last data
 //!   (the frozen network's layers and the `flex` operation), which reads its input through
 //!   `implicit` (a padded copy read in place) or `gather` (patches per tile), or as a `winograd`

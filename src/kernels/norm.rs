@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::buffers::zeros;
 use super::fold::fold;
+use super::matmul::wide;
 
 /// What the forward pass applies after the normalisation, in the same pass.
 #[derive(Debug, Clone, Copy)]
@@ -55,13 +56,18 @@ pub(crate) fn moments(x: &[f32], channels: usize) -> Vec<(f64, f64)> {
         .map(|chunk| {
             let mut sums = vec![0.0f64; 2 * c];
             let (s1, s2) = sums.split_at_mut(c);
-            for row in chunk.chunks_exact(c) {
-                for (((s1, s2), &v), k) in s1.iter_mut().zip(s2.iter_mut()).zip(row).zip(&shift) {
-                    let d = f64::from(v) - k;
-                    *s1 += d;
-                    *s2 += d * d;
-                }
-            }
+            wide(
+                #[inline(always)]
+                || {
+                    for row in chunk.chunks_exact(c) {
+                        for (((s1, s2), &v), k) in s1.iter_mut().zip(s2.iter_mut()).zip(row).zip(&shift) {
+                            let d = f64::from(v) - k;
+                            *s1 += d;
+                            *s2 += d * d;
+                        }
+                    }
+                },
+            );
             sums
         })
         .reduce(
@@ -95,34 +101,55 @@ pub(crate) fn forward(
     let (scale, shift) = fold(gamma, beta, stats, eps);
     let c = channels.max(1);
     let mut y = zeros(x.len());
-    let relu = |v: f32| if v < 0.0 { 0.0 } else { v };
     let step = chunk_rows(c) * c;
     y.par_chunks_mut(step).enumerate().for_each(|(i, out)| {
+        wide(
+            #[inline(always)]
+            || forward_chunk(x, &scale, &shift, then, c, step, i, out),
+        )
+    });
+    y
+}
+
+/// Rows `i * step..` of [`forward`]'s output (`out`), from the same rows of `x`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn forward_chunk(
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    then: Then<'_>,
+    c: usize,
+    step: usize,
+    i: usize,
+    out: &mut [f32],
+) {
+    let relu = |v: f32| if v < 0.0 { 0.0 } else { v };
+    {
         let len = out.len();
         let src = &x[i * step..][..len];
         let rows = out.chunks_exact_mut(c).zip(src.chunks_exact(c));
         match then {
             Then::Nothing => rows.for_each(|(o, x)| {
-                for (((o, x), a), b) in o.iter_mut().zip(x).zip(&scale).zip(&shift) {
+                for (((o, x), a), b) in o.iter_mut().zip(x).zip(scale).zip(shift) {
                     *o = x * a + b;
                 }
             }),
             Then::Relu => rows.for_each(|(o, x)| {
-                for (((o, x), a), b) in o.iter_mut().zip(x).zip(&scale).zip(&shift) {
+                for (((o, x), a), b) in o.iter_mut().zip(x).zip(scale).zip(shift) {
                     *o = relu(x * a + b);
                 }
             }),
             Then::AddRelu(residual) => {
                 let res = &residual[i * step..][..len];
                 rows.zip(res.chunks_exact(c)).for_each(|((o, x), r)| {
-                    for ((((o, x), a), b), r) in o.iter_mut().zip(x).zip(&scale).zip(&shift).zip(r) {
+                    for ((((o, x), a), b), r) in o.iter_mut().zip(x).zip(scale).zip(shift).zip(r) {
                         *o = relu(x * a + b + r);
                     }
                 });
             }
         }
-    });
-    y
+    }
 }
 
 /// The gradients of [`forward`] with the same `then` for the output gradient `dy`:
@@ -148,48 +175,35 @@ pub(crate) fn backward(
         Then::AddRelu(r) => Some(r),
         _ => None,
     };
-    // The gradient at the normalisation's output: `dy` where the ReLU passed it (its input,
-    // recomputed as the forward pass rounded it, > 0 or NaN), else 0.
-    let masked = |row: usize, xs: &[f32], gs: &[f32], out: &mut [f32]| {
-        let pass = |v: f32, g: f32| if v > 0.0 || v.is_nan() { g } else { 0.0 };
-        let coefficients = scale.iter().zip(&shift);
-        match (relu, residual) {
-            (false, _) => out.copy_from_slice(gs),
-            (true, None) => {
-                for (((o, &x), &g), (&a, &b)) in out.iter_mut().zip(xs).zip(gs).zip(coefficients) {
-                    *o = pass(x * a + b, g);
-                }
-            }
-            (true, Some(r)) => {
-                let res = &r[row * c..][..c];
-                for ((((o, &x), &g), (&a, &b)), &rv) in out.iter_mut().zip(xs).zip(gs).zip(coefficients).zip(res) {
-                    *o = pass(x * a + b + rv, g);
-                }
-            }
-        }
-    };
+    let coefficients = (scale.as_slice(), shift.as_slice());
+    let residual_row = |row: usize| residual.map(|r| &r[row * c..][..c]);
     // One pass: per channel, sum g and sum g * x (in f64), writing the masked g where it is
     // also the residual's gradient.
     let chunk_sums = |i: usize, mut keep: Option<&mut [f32]>| {
-        let (mut sg, mut sgx) = (vec![0.0f64; c], vec![0.0f64; c]);
-        let len = step.min(x.len() - i * step);
-        let mut g = vec![0.0f32; c];
-        for (r, (xs, gs)) in x[i * step..][..len]
-            .chunks_exact(c)
-            .zip(dy[i * step..][..len].chunks_exact(c))
-            .enumerate()
-        {
-            masked(i * (step / c) + r, xs, gs, &mut g);
-            if let Some(out) = keep.as_deref_mut() {
-                out[r * c..(r + 1) * c].copy_from_slice(&g);
-            }
-            for (((s1, s2), &gv), &xv) in sg.iter_mut().zip(sgx.iter_mut()).zip(&g).zip(xs) {
-                let gv = f64::from(gv);
-                *s1 += gv;
-                *s2 += gv * f64::from(xv);
-            }
-        }
-        (sg, sgx)
+        wide(
+            #[inline(always)]
+            || {
+                let (mut sg, mut sgx) = (vec![0.0f64; c], vec![0.0f64; c]);
+                let len = step.min(x.len() - i * step);
+                let mut g = vec![0.0f32; c];
+                for (r, (xs, gs)) in x[i * step..][..len]
+                    .chunks_exact(c)
+                    .zip(dy[i * step..][..len].chunks_exact(c))
+                    .enumerate()
+                {
+                    masked_grad(coefficients, relu, residual_row(i * (step / c) + r), xs, gs, &mut g);
+                    if let Some(out) = keep.as_deref_mut() {
+                        out[r * c..(r + 1) * c].copy_from_slice(&g);
+                    }
+                    for (((s1, s2), &gv), &xv) in sg.iter_mut().zip(sgx.iter_mut()).zip(&g).zip(xs) {
+                        let gv = f64::from(gv);
+                        *s1 += gv;
+                        *s2 += gv * f64::from(xv);
+                    }
+                }
+                (sg, sgx)
+            },
+        )
     };
     let mut dresidual = residual.map(|_| zeros(dy.len()));
     let add = |(mut a, mut b): (Vec<f64>, Vec<f64>), (c, d): (Vec<f64>, Vec<f64>)| {
@@ -226,26 +240,61 @@ pub(crate) fn backward(
     }
     let mut dx = zeros(x.len());
     dx.par_chunks_mut(step).enumerate().for_each(|(i, out)| {
-        let len = out.len();
-        let xs = &x[i * step..][..len];
-        let mut g = vec![0.0f32; c];
-        for (r, (o, xr)) in out.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate() {
-            let at = i * step + r * c;
-            let gs: &[f32] = match &dresidual {
-                Some(kept) => &kept[at..at + c],
-                None => {
-                    masked(at / c, xr, &dy[at..at + c], &mut g);
-                    &g
+        wide(
+            #[inline(always)]
+            || {
+                let len = out.len();
+                let xs = &x[i * step..][..len];
+                let mut g = vec![0.0f32; c];
+                for (r, (o, xr)) in out.chunks_exact_mut(c).zip(xs.chunks_exact(c)).enumerate() {
+                    let at = i * step + r * c;
+                    let gs: &[f32] = match &dresidual {
+                        Some(kept) => &kept[at..at + c],
+                        None => {
+                            masked_grad(coefficients, relu, residual_row(at / c), xr, &dy[at..at + c], &mut g);
+                            &g
+                        }
+                    };
+                    for ((((o, &g), &xv), &a), (&b, &d)) in o.iter_mut().zip(gs).zip(xr).zip(&a).zip(b.iter().zip(&d)) {
+                        *o = a * g + b * xv + d;
+                    }
                 }
-            };
-            for ((((o, &g), &xv), &a), (&b, &d)) in o.iter_mut().zip(gs).zip(xr).zip(&a).zip(b.iter().zip(&d)) {
-                *o = a * g + b * xv + d;
-            }
-        }
+            },
+        )
     });
     let dgamma = sgx.iter().map(|&v| v as f32).collect();
     let dbeta = sg.iter().map(|&v| v as f32).collect();
     (dx, dgamma, dbeta, dresidual)
+}
+
+/// The gradient at the normalisation's output, one row: `dy` (`gs`) where the ReLU passed it
+/// (its input, recomputed from `x` (`xs`) with the folded `(scale, shift)` and the
+/// `residual`'s row as the forward pass rounded it, `> 0` or NaN), else 0; `dy` itself
+/// without a ReLU. Inlined into its callers' [`wide`] bodies.
+#[inline(always)]
+fn masked_grad(
+    (scale, shift): (&[f32], &[f32]),
+    relu: bool,
+    residual: Option<&[f32]>,
+    xs: &[f32],
+    gs: &[f32],
+    out: &mut [f32],
+) {
+    let pass = |v: f32, g: f32| if v > 0.0 || v.is_nan() { g } else { 0.0 };
+    let coefficients = scale.iter().zip(shift);
+    match (relu, residual) {
+        (false, _) => out.copy_from_slice(gs),
+        (true, None) => {
+            for (((o, &x), &g), (&a, &b)) in out.iter_mut().zip(xs).zip(gs).zip(coefficients) {
+                *o = pass(x * a + b, g);
+            }
+        }
+        (true, Some(res)) => {
+            for ((((o, &x), &g), (&a, &b)), &rv) in out.iter_mut().zip(xs).zip(gs).zip(coefficients).zip(res) {
+                *o = pass(x * a + b + rv, g);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -140,34 +140,13 @@ pub(crate) fn backward(x: &[f32], dy: &[f32], p: &PoolShape) -> Vec<f32> {
     dx.par_chunks_mut(in_item).enumerate().for_each(|(b, dxb)| {
         let xb = &x[b * in_item..][..in_item];
         let dyb = &dy[b * out_item..][..out_item];
-        #[cfg(target_arch = "x86_64")]
-        if super::matmul::Kernel::detect() == super::matmul::Kernel::Avx512 {
-            // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
-            return unsafe { backward_item_avx512(p, xb, dyb, dxb) };
-        }
-        #[cfg(target_arch = "x86_64")]
-        if super::matmul::Kernel::detect() == super::matmul::Kernel::Avx2 {
-            // SAFETY: `Kernel::Avx2` only comes from `Kernel::detect` finding `avx2` and `fma`.
-            return unsafe { backward_item_avx2(p, xb, dyb, dxb) };
-        }
-        backward_item(p, xb, dyb, dxb);
+        // Compiled for the widest vectors here: the window's scan runs 8 or 16 channels wide.
+        super::matmul::wide(
+            #[inline(always)]
+            || backward_item(p, xb, dyb, dxb),
+        );
     });
     dx
-}
-
-/// [`backward_item`] compiled for AVX-512, so that the window's scan runs 16 channels wide;
-/// needs `avx512f`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn backward_item_avx512(p: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    backward_item(p, x, dy, dx);
-}
-
-/// [`backward_item`] compiled for AVX2 (8 channels wide); needs `avx2` and `fma`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn backward_item_avx2(p: &PoolShape, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    backward_item(p, x, dy, dx);
 }
 
 /// [`backward`] for one batch item: each output voxel's gradient added to the input voxel of
@@ -213,15 +192,20 @@ pub(crate) fn max_pool_along(
     out.par_chunks_mut(out_len * inner)
         .zip(x.par_chunks(len * inner))
         .for_each(|(dst, src)| {
-            for (o, row) in dst.chunks_exact_mut(inner).enumerate() {
-                let lo = (o * s).saturating_sub(p);
-                let hi = (o * s + k).saturating_sub(p).min(len);
-                row.fill(f32::NEG_INFINITY);
-                for i in lo..hi {
-                    let line = &src[i * inner..(i + 1) * inner];
-                    row.iter_mut().zip(line).for_each(|(v, x)| *v = max_keeping_nan(*v, *x));
-                }
-            }
+            super::matmul::wide(
+                #[inline(always)]
+                || {
+                    for (o, row) in dst.chunks_exact_mut(inner).enumerate() {
+                        let lo = (o * s).saturating_sub(p);
+                        let hi = (o * s + k).saturating_sub(p).min(len);
+                        row.fill(f32::NEG_INFINITY);
+                        for i in lo..hi {
+                            let line = &src[i * inner..(i + 1) * inner];
+                            row.iter_mut().zip(line).for_each(|(v, x)| *v = max_keeping_nan(*v, *x));
+                        }
+                    }
+                },
+            )
         });
 }
 
