@@ -569,7 +569,8 @@ unsafe fn tiled_matmul(
                     kc,
                     (a.add(kb), lda),
                     rows,
-                    (scratch.as_ptr().add(kb), k),
+                    // (`wrapping_add`: without a tail `scratch` is empty and never read.)
+                    (scratch.as_ptr().wrapping_add(kb), k),
                     b.panels.as_ptr().add((j * k + kb) * NR),
                     c.add(j * NR),
                     ldc,

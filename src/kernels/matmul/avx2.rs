@@ -50,8 +50,8 @@ pub(super) unsafe fn runs<const AT: bool>(
                 break;
             }
             let n = (cols - h).min(16);
-            // SAFETY: rows r0..r0 + r < rows of A, C and the residual, columns h..h + n < cols
-            // of C, the bias and the residual, panel columns h..h + 16 < NR (the caller's
+            // SAFETY: rows r0..r0 + r <= rows of A, C and the residual, columns h..h + n <= cols
+            // of C, the bias and the residual, panel columns h..h + 16 <= NR (the caller's
             // contract).
             unsafe {
                 let at = (a.add(shift), lda);
@@ -121,19 +121,22 @@ fn first_lanes(n: usize) -> __m256i {
 }
 
 /// The first `n <= 16` values from `p`, as two vectors: masked-off lanes (a partial
-/// panel's last columns) are not read and come back zero.
+/// panel's last columns) are not read and come back zero; with `n <= 8` the second vector is
+/// zero and `p + 8` is not formed (it may lie past the buffer's end).
 ///
 /// # Safety
 /// `p` valid for reads of `n` values; `masks` are [`first_lanes`] of `n` and `n - 8`.
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn load(p: *const f32, n: usize, (m0, m1): (__m256i, __m256i)) -> (__m256, __m256) {
-    // SAFETY: the caller's contract.
+    // SAFETY: the caller's contract: with n > 8, p + 8 lies within the n values.
     unsafe {
         if n == 16 {
             (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
-        } else {
+        } else if n > 8 {
             (_mm256_maskload_ps(p, m0), _mm256_maskload_ps(p.add(8), m1))
+        } else {
+            (_mm256_maskload_ps(p, m0), _mm256_setzero_ps())
         }
     }
 }
