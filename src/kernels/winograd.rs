@@ -148,18 +148,10 @@ fn transform_kernels_on<const A: usize>(
     ic: usize,
     block: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 {
-        // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
-        return unsafe { avx512::transform_kernels::<A>(w, dims, scale, ic, block) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx2 {
-        // SAFETY: `Kernel::Avx2` only comes from `Kernel::detect` finding `avx2` and `fma`.
-        return unsafe { avx512::transform_kernels_avx2::<A>(w, dims, scale, ic, block) };
-    }
-    let _ = kernel;
-    transform_kernels::<A>(w, dims, scale, ic, block)
+    kernel.wide(
+        #[inline(always)]
+        || transform_kernels::<A>(w, dims, scale, ic, block),
+    )
 }
 
 impl Winograd {
@@ -346,33 +338,6 @@ impl Winograd {
 
 /// The kernel transform compiled for AVX-512, so that its loops over output channels run 16
 /// lanes wide (the crate is built for baseline x86-64), and for AVX2 (8 lanes).
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    /// [`super::transform_kernels`]; needs `avx512f`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn transform_kernels<const A: usize>(
-        w: &[f32],
-        dims: [usize; 2],
-        scale: Option<&[f32]>,
-        ic: usize,
-        block: &mut [f32],
-    ) {
-        super::transform_kernels::<A>(w, dims, scale, ic, block)
-    }
-
-    /// [`super::transform_kernels`]; needs `avx2` and `fma`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn transform_kernels_avx2<const A: usize>(
-        w: &[f32],
-        dims: [usize; 2],
-        scale: Option<&[f32]>,
-        ic: usize,
-        block: &mut [f32],
-    ) {
-        super::transform_kernels::<A>(w, dims, scale, ic, block)
-    }
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;

@@ -223,32 +223,10 @@ fn g_transpose_rows([u0, u1, u2, u3]: [&[f32]; 4], (dst, at, stride): (&mut [f32
 /// [`grad_tile`] for tiles `first..first + rows`, compiled for AVX-512 where `kernel` is the
 /// AVX-512 product.
 fn grad_tiles(kernel: Kernel, geometry: &Geometry, dy: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 {
-        // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
-        return unsafe { grad_tiles_avx512(geometry, dy, first, rows, work) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx2 {
-        // SAFETY: `Kernel::Avx2` only comes from `Kernel::detect` finding `avx2` and `fma`.
-        return unsafe { grad_tiles_avx2(geometry, dy, first, rows, work) };
-    }
-    let _ = kernel;
-    grad_tiles_here(geometry, dy, first, rows, work)
-}
-
-/// [`grad_tiles_here`]; needs `avx512f`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn grad_tiles_avx512(geometry: &Geometry, dy: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
-    grad_tiles_here(geometry, dy, first, rows, work)
-}
-
-/// [`grad_tiles_here`]; needs `avx2` and `fma`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn grad_tiles_avx2(geometry: &Geometry, dy: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
-    grad_tiles_here(geometry, dy, first, rows, work)
+    kernel.wide(
+        #[inline(always)]
+        || grad_tiles_here(geometry, dy, first, rows, work),
+    )
 }
 
 #[inline(always)]

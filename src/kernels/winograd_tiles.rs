@@ -42,18 +42,10 @@ pub(super) fn input_tiles(
     rows: usize,
     work: TileWork<'_>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 {
-        // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` finding `avx512f`.
-        return unsafe { avx512::input_tiles(geometry, xp, first, rows, work) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx2 {
-        // SAFETY: `Kernel::Avx2` only comes from `Kernel::detect` finding `avx2` and `fma`.
-        return unsafe { avx512::input_tiles_avx2(geometry, xp, first, rows, work) };
-    }
-    let _ = kernel;
-    input_tiles_here(geometry, xp, first, rows, work)
+    kernel.wide(
+        #[inline(always)]
+        || input_tiles_here(geometry, xp, first, rows, work),
+    )
 }
 
 /// [`Geometry::output_tile`] for tiles `first..first + rows`, compiled for AVX-512 where
@@ -70,21 +62,13 @@ pub(super) unsafe fn output_tiles(
     epilogue: (&[f32], Option<&[f32]>, bool),
     out: &SendPtr,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx512 {
-        // SAFETY: the caller's contract; `Kernel::Avx512` only comes from `Kernel::detect`
-        // finding `avx512f`.
-        return unsafe { avx512::output_tiles(geometry, tiles, cols, s, epilogue, out) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx2 {
-        // SAFETY: the caller's contract; `Kernel::Avx2` only comes from `Kernel::detect`
-        // finding `avx2` and `fma`.
-        return unsafe { avx512::output_tiles_avx2(geometry, tiles, cols, s, epilogue, out) };
-    }
-    let _ = kernel;
-    // SAFETY: the caller's contract.
-    unsafe { output_tiles_here(geometry, tiles, cols, s, epilogue, out) }
+    kernel.wide(
+        #[inline(always)]
+        || {
+            // SAFETY: the caller's contract.
+            unsafe { output_tiles_here(geometry, tiles, cols, s, epilogue, out) }
+        },
+    )
 }
 
 /// The transformed input of tiles `first..first + rows` into `V` (rows of each point).
@@ -130,59 +114,6 @@ unsafe fn output_tiles_here(
 
 /// The tile transforms compiled for AVX-512, so that their loops over channels run 16 lanes
 /// wide (the crate is built for baseline x86-64), and for AVX2 (8 lanes).
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use std::ops::Range;
-
-    use super::{Geometry, Scratch, SendPtr, TileWork};
-
-    /// [`super::input_tiles_here`]; needs `avx512f`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn input_tiles(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
-        super::input_tiles_here(geometry, xp, first, rows, work)
-    }
-
-    /// [`super::output_tiles_here`]; needs `avx512f`.
-    ///
-    /// # Safety
-    /// As [`super::output_tiles_here`].
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn output_tiles(
-        geometry: &Geometry,
-        tiles: (usize, usize),
-        cols: Range<usize>,
-        s: &mut Scratch,
-        epilogue: (&[f32], Option<&[f32]>, bool),
-        out: &SendPtr,
-    ) {
-        // SAFETY: the caller's contract.
-        unsafe { super::output_tiles_here(geometry, tiles, cols, s, epilogue, out) }
-    }
-
-    /// [`super::input_tiles_here`]; needs `avx2` and `fma`.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn input_tiles_avx2(geometry: &Geometry, xp: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
-        super::input_tiles_here(geometry, xp, first, rows, work)
-    }
-
-    /// [`super::output_tiles_here`]; needs `avx2` and `fma`.
-    ///
-    /// # Safety
-    /// As [`super::output_tiles_here`].
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn output_tiles_avx2(
-        geometry: &Geometry,
-        tiles: (usize, usize),
-        cols: Range<usize>,
-        s: &mut Scratch,
-        epilogue: (&[f32], Option<&[f32]>, bool),
-        out: &SendPtr,
-    ) {
-        // SAFETY: the caller's contract.
-        unsafe { super::output_tiles_here(geometry, tiles, cols, s, epilogue, out) }
-    }
-}
-
 /// Tiles per chunk: a chunk's `V` and `M` (`points` rows per tile, of the input's and of the
 /// output's channels) stay within about 1 MiB, the L2 cache, and hold whole register tiles.
 pub(super) fn chunk_tiles(points: usize, ic: usize, oc: usize) -> usize {
