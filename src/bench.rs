@@ -64,12 +64,12 @@ impl LayerBench {
     /// # Errors
     /// [`Error::Unsupported`] on a CPU without AVX512_BF16; otherwise as [`conv`](Self::conv).
     pub fn conv_bf16(conv: &Conv, x: Tensor<5>) -> Result<Self> {
-        if !(crate::kernels::bf16::available() && Kernel::detect() == Kernel::Avx512) {
+        let Some(kernel) = Kernel::avx512().filter(|_| crate::kernels::bf16::available()) else {
             return Err(Error::Unsupported {
                 what: "bf16 products need AVX512_BF16".into(),
             });
-        }
-        Self::conv_in(conv, x, Kernel::Avx512, Precision::Bf16)
+        };
+        Self::conv_in(conv, x, kernel, Precision::Bf16)
     }
 
     fn conv_in(conv: &Conv, x: Tensor<5>, kernel: Kernel, precision: Precision) -> Result<Self> {

@@ -220,13 +220,13 @@ impl ResNet3d {
     /// [`Error::Unsupported`] on a CPU without AVX512_BF16 (use [`freeze`](Self::freeze));
     /// otherwise as [`freeze`](Self::freeze).
     pub fn freeze_bf16(&self) -> Result<FrozenResNet3d> {
-        if !bf16::available() || Kernel::detect() != Kernel::Avx512 {
+        let Some(kernel) = Kernel::avx512().filter(|_| bf16::available()) else {
             return Err(Error::Unsupported {
                 what: "bf16 inference needs a CPU with AVX512_BF16 (vdpbf16ps), which this one lacks: use freeze()"
                     .into(),
             });
-        }
-        self.freeze_with(Kernel::Avx512, Precision::Bf16)
+        };
+        self.freeze_with(kernel, Precision::Bf16)
     }
 
     /// [`freeze`](Self::freeze) with the portable matrix product (the `gemm` crate) even

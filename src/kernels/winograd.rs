@@ -139,7 +139,8 @@ fn transform_kernels_for(
     }
 }
 
-/// [`transform_kernels`], compiled for AVX-512 where `kernel` is the AVX-512 product.
+/// [`transform_kernels`], compiled for `kernel`'s vectors ([`Kernel::wide`]: 16 lanes on
+/// AVX-512, 8 on AVX2; the crate is built for baseline x86-64).
 fn transform_kernels_on<const A: usize>(
     kernel: Kernel,
     w: &[f32],
@@ -181,7 +182,7 @@ impl Winograd {
         });
         let (u, u_bf16) = if bf16 {
             assert!(
-                i.is_multiple_of(2) && kernel == Kernel::Avx512 && super::bf16::available(),
+                i.is_multiple_of(2) && kernel.is_avx512() && super::bf16::available(),
                 "Winograd::new: bf16 needs pairs and AVX512_BF16"
             );
             let packed = (0..points)
@@ -336,8 +337,6 @@ impl Winograd {
     }
 }
 
-/// The kernel transform compiled for AVX-512, so that its loops over output channels run 16
-/// lanes wide (the crate is built for baseline x86-64), and for AVX2 (8 lanes).
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -445,7 +444,7 @@ pub(super) mod tests {
     /// the register tile, an output channel split.
     #[test]
     fn bf16_tiles_stay_close_to_the_direct_convolution() {
-        if !(super::super::bf16::available() && Kernel::detect() == Kernel::Avx512) {
+        if !(super::super::bf16::available() && Kernel::detect().is_avx512()) {
             eprintln!("skipped: this CPU has no AVX512_BF16");
             return;
         }
@@ -457,7 +456,7 @@ pub(super) mod tests {
             let out_dims = [n, od, oh, ow, oc];
             let want = direct(&xp, pdims, &w, out_dims);
             let scale_of = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let wg = Winograd::new(&w, [oc, ic], None, Kernel::Avx512, true, Tile::F2);
+            let wg = Winograd::new(&w, [oc, ic], None, Kernel::detect(), true, Tile::F2);
             let mut got = vec![f32::NAN; want.len()];
             assert!(wg.forward(&xp, out_dims, &vec![0.0; oc], None, false, &mut got));
             let err = got.iter().zip(&want).map(|(g, w)| (g - w).abs()).fold(0.0f32, f32::max) / scale_of;
@@ -469,7 +468,7 @@ pub(super) mod tests {
         let [dp, ..] = Tile::F2.padded_extent([od; 3]);
         let mut xp = values(dp * dp * dp * c, 5);
         xp[((3 * dp + 3) * dp + 3) * c] = f32::NAN;
-        let wg = Winograd::new(&values(c * c * 27, 6), [c, c], None, Kernel::Avx512, true, Tile::F2);
+        let wg = Winograd::new(&values(c * c * 27, 6), [c, c], None, Kernel::detect(), true, Tile::F2);
         let mut out = vec![0.0; od * od * od * c];
         assert!(wg.forward(&xp, [1, od, od, od, c], &vec![0.0; c], None, true, &mut out));
         for (v, voxel) in out.chunks_exact(c).enumerate() {

@@ -220,8 +220,8 @@ fn g_transpose_rows([u0, u1, u2, u3]: [&[f32]; 4], (dst, at, stride): (&mut [f32
     }
 }
 
-/// [`grad_tile`] for tiles `first..first + rows`, compiled for AVX-512 where `kernel` is the
-/// AVX-512 product.
+/// [`grad_tile`] for tiles `first..first + rows`, compiled for `kernel`'s vectors
+/// ([`Kernel::wide`]).
 fn grad_tiles(kernel: Kernel, geometry: &Geometry, dy: &[f32], first: usize, rows: usize, work: TileWork<'_>) {
     kernel.wide(
         #[inline(always)]

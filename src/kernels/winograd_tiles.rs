@@ -33,7 +33,7 @@ pub(super) struct Scratch {
 /// intermediates of at least `A^3 * c` values each.
 pub(super) type TileWork<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
 
-/// [`input_tiles_here`], compiled for AVX-512 where `kernel` is the AVX-512 product.
+/// [`input_tiles_here`], compiled for `kernel`'s vectors ([`Kernel::wide`]).
 pub(super) fn input_tiles(
     kernel: Kernel,
     geometry: &Geometry,
@@ -48,8 +48,8 @@ pub(super) fn input_tiles(
     )
 }
 
-/// [`Geometry::output_tile`] for tiles `first..first + rows`, compiled for AVX-512 where
-/// `kernel` is the AVX-512 product.
+/// [`Geometry::output_tile`] for tiles `first..first + rows`, compiled for `kernel`'s vectors
+/// ([`Kernel::wide`]).
 ///
 /// # Safety
 /// As [`Geometry::output_tile`], for every tile.
@@ -112,8 +112,6 @@ unsafe fn output_tiles_here(
     }
 }
 
-/// The tile transforms compiled for AVX-512, so that their loops over channels run 16 lanes
-/// wide (the crate is built for baseline x86-64), and for AVX2 (8 lanes).
 /// Tiles per chunk: a chunk's `V` and `M` (`points` rows per tile, of the input's and of the
 /// output's channels) stay within about 1 MiB, the L2 cache, and hold whole register tiles.
 pub(super) fn chunk_tiles(points: usize, ic: usize, oc: usize) -> usize {

@@ -51,7 +51,7 @@ pub(super) fn transforms(
         && i.max(o) <= WINOGRAD_CHANNELS;
     let takes = geometry_takes
         && (precision == Precision::F32
-            || (i.is_multiple_of(2) && kernel == Kernel::Avx512 && crate::kernels::bf16::available()))
+            || (i.is_multiple_of(2) && kernel.is_avx512() && crate::kernels::bf16::available()))
         && folded_moderate(weight, scale, i * taps);
     // Where the kernel is transformed once, in layers of few enough channels, also for the
     // larger tile, which runs where the output has enough of its tiles (the training ops keep
@@ -208,7 +208,7 @@ mod tests {
     /// F(2x2x2) with bf16 products, within bf16's rounding of the f32 layer.
     #[test]
     fn a_bf16_layer_takes_the_f32_f4_product_where_it_runs() {
-        if !(crate::kernels::bf16::available() && Kernel::detect() == Kernel::Avx512) {
+        if !(crate::kernels::bf16::available() && Kernel::detect().is_avx512()) {
             return;
         }
         let g = geometry([16, 16], 3, 1, 1);
@@ -219,7 +219,7 @@ mod tests {
                 &w,
                 None,
                 vec![0.0; 16],
-                Kernel::Avx512,
+                Kernel::detect(),
                 precision,
                 WinogradUse::Kept,
             )

@@ -18,7 +18,7 @@ const ROWS: usize = 6;
 ///
 /// # Safety
 /// The CPU must have `avx2` and `fma` (a [`Kernel::Avx2`](super::Kernel::Avx2) only comes
-/// from [`Kernel::detect`](super::Kernel::detect) or `Kernel::here` finding both). `rows <=`
+/// from [`Kernel::avx2`](super::Kernel::avx2) finding both). `rows <=`
 /// [`MR`]; `a` valid for reads of `rows` rows of `len` values from each run's offset (with
 /// `AT`, `len` rows of `rows` values); `bp` for rows `k0..k0 + len` of [`NR`] values of
 /// every run; `c` for reads and writes of `rows` rows of `cols <= NR` values `ldc` apart; the

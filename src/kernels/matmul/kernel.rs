@@ -5,38 +5,58 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
     /// The AVX-512 register-tiled product.
-    Avx512,
+    Avx512(Detected),
     /// The AVX2 register-tiled product, on the AVX-512 product's layout.
-    Avx2,
+    Avx2(Detected),
     /// The `gemm` crate.
     Portable,
 }
 
+/// Evidence that this CPU runs a tiled kernel's instructions: made only in this file, after
+/// the CPU's features were checked ([`Kernel::avx512`], [`Kernel::avx2`]), so that no safe
+/// code elsewhere can name a tiled kernel the CPU lacks and run its instructions through
+/// [`Kernel::wide`] or a product (a review showed `Kernel::Avx512.wide(..)` compiling in
+/// safe code when the variants were bare).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Detected(());
+
 impl Kernel {
     /// The fastest kernel this CPU runs.
     pub(crate) fn detect() -> Self {
+        Kernel::avx512().or_else(Kernel::avx2).unwrap_or(Kernel::Portable)
+    }
+
+    /// The AVX-512 product, if this CPU has `avx512f`.
+    pub(crate) fn avx512() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                return Kernel::Avx512;
-            }
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                return Kernel::Avx2;
-            }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(Kernel::Avx512(Detected(())));
         }
-        Kernel::Portable
+        None
+    }
+
+    /// The AVX2 product, if this CPU has `avx2` and `fma`.
+    pub(crate) fn avx2() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            return Some(Kernel::Avx2(Detected(())));
+        }
+        None
+    }
+
+    /// Whether this is the AVX-512 product.
+    pub(crate) fn is_avx512(self) -> bool {
+        matches!(self, Kernel::Avx512(_))
     }
 
     /// Every kernel this CPU runs, fastest first: what the tests compare.
     #[cfg(test)]
     pub(crate) fn here() -> Vec<Self> {
         let mut kernels = vec![Kernel::detect()];
-        #[cfg(target_arch = "x86_64")]
-        if kernels[0] == Kernel::Avx512
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
+        if kernels[0].is_avx512()
+            && let Some(avx2) = Kernel::avx2()
         {
-            kernels.push(Kernel::Avx2);
+            kernels.push(avx2);
         }
         if kernels[0] != Kernel::Portable {
             kernels.push(Kernel::Portable);
@@ -47,7 +67,7 @@ impl Kernel {
     /// Whether this is a register-tiled kernel (AVX-512 or AVX2): `B` in panels of [`NR`]
     /// columns, and the in-place products ([`accumulate`], [`accumulate_runs`]) available.
     pub(crate) fn tiled(self) -> bool {
-        matches!(self, Kernel::Avx512 | Kernel::Avx2)
+        matches!(self, Kernel::Avx512(_) | Kernel::Avx2(_))
     }
 }
 
@@ -71,12 +91,12 @@ impl Kernel {
     pub(crate) fn wide<R>(self, f: impl FnOnce() -> R) -> R {
         #[cfg(target_arch = "x86_64")]
         match self {
-            // SAFETY: `Kernel::Avx512` only comes from `Kernel::detect` (or `Kernel::here`)
-            // finding `avx512f`.
-            Kernel::Avx512 => return unsafe { wide_avx512(f) },
-            // SAFETY: `Kernel::Avx2` only comes from `Kernel::detect` (or `Kernel::here`)
-            // finding `avx2` and `fma`.
-            Kernel::Avx2 => return unsafe { wide_avx2(f) },
+            // SAFETY: a `Kernel::Avx512` holds a `Detected`, made only by `Kernel::avx512`
+            // after it found `avx512f`.
+            Kernel::Avx512(_) => return unsafe { wide_avx512(f) },
+            // SAFETY: a `Kernel::Avx2` holds a `Detected`, made only by `Kernel::avx2` after
+            // it found `avx2` and `fma`.
+            Kernel::Avx2(_) => return unsafe { wide_avx2(f) },
             Kernel::Portable => {}
         }
         f()

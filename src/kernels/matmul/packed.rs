@@ -35,7 +35,7 @@ impl PackedB {
     pub(crate) fn from_fn(k: usize, n: usize, kernel: Kernel, value: impl Fn(usize, usize) -> f32) -> Self {
         let (row_major, panels) = match kernel {
             Kernel::Portable => ((0..k * n).map(|x| value(x / n, x % n)).collect(), Vec::new()),
-            Kernel::Avx512 | Kernel::Avx2 => {
+            Kernel::Avx512(_) | Kernel::Avx2(_) => {
                 let count = n.div_ceil(NR);
                 let mut panels = vec![0.0; count * k * NR];
                 for (j, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
@@ -83,7 +83,7 @@ impl PackedB {
                 }
                 (m, Vec::new())
             }
-            Kernel::Avx512 | Kernel::Avx2 => {
+            Kernel::Avx512(_) | Kernel::Avx2(_) => {
                 let count = o.div_ceil(NR);
                 let mut panels = vec![0.0f32; count * k * NR];
                 // Input channels per step: their `taps` values of the panel's 32 output
@@ -188,7 +188,7 @@ impl PackedB {
                 }
                 (row_major, Vec::new())
             }
-            Kernel::Avx512 | Kernel::Avx2 => {
+            Kernel::Avx512(_) | Kernel::Avx2(_) => {
                 let count = n.div_ceil(NR);
                 let mut panels = vec![0.0f32; count * k * NR];
                 panels.par_chunks_mut(k * NR).enumerate().for_each(|(j, panel)| {

@@ -56,7 +56,8 @@ pub(crate) const A_TRANSPOSED: bool = true;
 /// `a` must be valid for reads of `rows` rows of `k` values, `lda` apart ([`A_TRANSPOSED`]:
 /// `k` rows of `rows` values); `c` for reads and writes of `rows` rows, `ldc` apart, over
 /// the columns of `panels` (each below `n`); no other thread may touch those values
-/// meanwhile. `kernel` must be [`Kernel::detect`]'s answer or [`Kernel::Portable`].
+/// meanwhile. (`kernel` is one this CPU runs: a tiled one is only made after its features
+/// were found.)
 // Used by the training ops, which need the flex backend.
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
 #[allow(clippy::too_many_arguments)]
