@@ -193,14 +193,14 @@
 //!
 //! [`ResNet3d::freeze`] gives a [`FrozenResNet3d`]: BatchNorm folded into the convolutions,
 //! activations channels-last, each convolution one matrix product per tile of output voxels
-//! (AVX-512 where the CPU has it, else the `gemm` crate), bias, residual and ReLU applied
-//! as the product stores its results. The 3x3x3 convolutions with stride 1 (up to 256
+//! (AVX-512 or AVX2 where the CPU has it, else the `gemm` crate), bias, residual and ReLU
+//! applied as the product stores its results. The 3x3x3 convolutions with stride 1 (up to 256
 //! channels) run as Winograd F(2x2x2, 3x3x3) products: 64 multiply-adds per 2x2x2 block of
 //! outputs and channel pair instead of 216, at the cost of a larger frozen kernel (64/27 of
 //! it). Same outputs as the model in eval mode up to float rounding (checked against
 //! PyTorch), faster than PyTorch's fastest CPU paths (TorchScript frozen with oneDNN, ONNX
-//! Runtime) on the 2-core machine of the benchmarks (README). Inference only: fine-tune the
-//! [`ResNet3d`], then freeze it. [`ResNet3d::freeze_bf16`] multiplies in bf16 where the CPU
+//! Runtime) on the AMD EPYC machines of the benchmarks, near parity on an Intel Ice Lake
+//! Xeon (README). Inference only: fine-tune the [`ResNet3d`], then freeze it. [`ResNet3d::freeze_bf16`] multiplies in bf16 where the CPU
 //! has AVX512_BF16 (direct products only).
 //!
 //! ```
