@@ -5,20 +5,25 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
     /// The AVX-512 register-tiled product.
-    Avx512(Detected),
+    Avx512(HasAvx512),
     /// The AVX2 register-tiled product, on the AVX-512 product's layout.
-    Avx2(Detected),
+    Avx2(HasAvx2),
     /// The `gemm` crate.
     Portable,
 }
 
-/// Evidence that this CPU runs a tiled kernel's instructions: made only in this file, after
-/// the CPU's features were checked ([`Kernel::avx512`], [`Kernel::avx2`]), so that no safe
-/// code elsewhere can name a tiled kernel the CPU lacks and run its instructions through
-/// [`Kernel::wide`] or a product (a review showed `Kernel::Avx512.wide(..)` compiling in
-/// safe code when the variants were bare).
+/// Evidence that this CPU has `avx512f`: made only by [`Kernel::avx512`], after the check,
+/// so that no safe code elsewhere can name a tiled kernel the CPU lacks and run its
+/// instructions through [`Kernel::wide`] or a product (a review showed
+/// `Kernel::Avx512.wide(..)` compiling in safe code when the variants were bare). One type per
+/// feature set, so that one kernel's evidence cannot make the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Detected(());
+pub(crate) struct HasAvx512(());
+
+/// Evidence that this CPU has `avx2` and `fma`: made only by [`Kernel::avx2`], after the
+/// check (see [`HasAvx512`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HasAvx2(());
 
 impl Kernel {
     /// The fastest kernel this CPU runs.
@@ -30,7 +35,7 @@ impl Kernel {
     pub(crate) fn avx512() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
-            return Some(Kernel::Avx512(Detected(())));
+            return Some(Kernel::Avx512(HasAvx512(())));
         }
         None
     }
@@ -39,7 +44,7 @@ impl Kernel {
     pub(crate) fn avx2() -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            return Some(Kernel::Avx2(Detected(())));
+            return Some(Kernel::Avx2(HasAvx2(())));
         }
         None
     }
@@ -91,11 +96,11 @@ impl Kernel {
     pub(crate) fn wide<R>(self, f: impl FnOnce() -> R) -> R {
         #[cfg(target_arch = "x86_64")]
         match self {
-            // SAFETY: a `Kernel::Avx512` holds a `Detected`, made only by `Kernel::avx512`
+            // SAFETY: a `Kernel::Avx512` holds a `HasAvx512`, made only by `Kernel::avx512`
             // after it found `avx512f`.
             Kernel::Avx512(_) => return unsafe { wide_avx512(f) },
-            // SAFETY: a `Kernel::Avx2` holds a `Detected`, made only by `Kernel::avx2` after
-            // it found `avx2` and `fma`.
+            // SAFETY: a `Kernel::Avx2` holds a `HasAvx2`, made only by `Kernel::avx2` after it
+            // found `avx2` and `fma`.
             Kernel::Avx2(_) => return unsafe { wide_avx2(f) },
             Kernel::Portable => {}
         }

@@ -219,8 +219,8 @@ pub(crate) unsafe fn accumulate_runs(
     debug_assert!(j < b.panel_count() && rows <= MR);
     let cols = (b.n - j * NR).min(NR);
     // SAFETY: panel j holds k rows of NR values, and every run's rows lie within k; A and C
-    // as the caller promises; a tiled kernel holds a `Detected`, made only after its
-    // features were found.
+    // as the caller promises; a tiled kernel holds the evidence (`HasAvx512`, `HasAvx2`)
+    // made only after its features were found.
     #[cfg(target_arch = "x86_64")]
     unsafe {
         let bp = b.panels.as_ptr().add(j * b.k * NR);
