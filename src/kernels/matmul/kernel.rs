@@ -74,16 +74,7 @@ impl Kernel {
     pub(crate) fn tiled(self) -> bool {
         matches!(self, Kernel::Avx512(_) | Kernel::Avx2(_))
     }
-}
 
-/// `f()`, compiled for the widest vectors [`Kernel::detect`] finds: [`Kernel::wide`] of
-/// the detected kernel.
-#[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
-    Kernel::detect().wide(f)
-}
-
-impl Kernel {
     /// `f()`, compiled for this kernel's vectors (AVX-512, or AVX2 with FMA; as it is for the
     /// portable kernel): the crate is built for baseline x86-64 (SSE2), where the compiler
     /// vectorises loops over channels 4 lanes wide (2 in `f64`). `f` should be an
@@ -108,14 +99,21 @@ impl Kernel {
     }
 }
 
-/// [`wide`] on AVX-512.
+/// `f()`, compiled for the widest vectors [`Kernel::detect`] finds: [`Kernel::wide`] of
+/// the detected kernel.
+#[inline(always)]
+pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+    Kernel::detect().wide(f)
+}
+
+/// [`Kernel::wide`] on AVX-512.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn wide_avx512<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// [`wide`] on AVX2.
+/// [`Kernel::wide`] on AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn wide_avx2<R>(f: impl FnOnce() -> R) -> R {
