@@ -38,7 +38,9 @@ pub(super) fn padded_len(s: &ConvShape) -> Option<(usize, [usize; 5])> {
 pub(super) fn pad(s: &ConvShape, x: View<'_>, buffers: &Buffers) -> Option<Act> {
     let (len, dims) = padded_len(s)?;
     let mut data = buffers.take(len)?;
-    data.fill(0.0);
+    // Zeroed on the threads: a fresh buffer's pages are faulted in (and cleared by the
+    // kernel) where they are first written.
+    data.par_chunks_mut(1 << 16).for_each(|chunk| chunk.fill(0.0));
     copy_padded(s, x, &mut data, dims, |dst, src| {
         dst.copy_from_slice(src);
         true
