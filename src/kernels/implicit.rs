@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::bf16::PackedBf16;
 use super::buffers::{Act, Buffers, View};
+use super::gather::kc_blocks;
 use super::matmul::{MR, PackedB};
 use crate::arch::geometry::ConvShape;
 
@@ -347,29 +348,34 @@ pub(super) unsafe fn implicit(
         for t in depth.clone() {
             for i in 0..kh {
                 let tap = (t * hp + i) * wp * c;
-                for &(r, rows, at) in &blocks {
-                    // The farthest value the register tile reads: MR rows sw * c apart, `run`
-                    // values each, from the block's first voxel at this tap.
-                    debug_assert!(
-                        at + tap + (MR - 1) * sw * c + run <= len,
-                        "the implicit product would read past the padded input"
-                    );
-                    // Bounds: `ConvGeometry::on` checked that the padded extents cover the
-                    // kernel at every output voxel, so each block's first row lies in the padded
-                    // input; rows past the line's end that the tile reads (results never stored)
-                    // lie in the slack the padding appends (asserted above in debug builds).
-                    // The kernel rows (t * kh + i) * run .. + run lie in K = taps * c,
-                    // c = in_channels (checked). C as the caller says: `out.add(r * oc)` stays
-                    // within the output's rows.
-                    product(
-                        at + tap,
-                        sw * c,
-                        rows,
-                        (t * kh + i) * run..(t * kh + i + 1) * run,
-                        j,
-                        // SAFETY: r < first + count <= the output's rows.
-                        unsafe { out.add(r * oc) },
-                    );
+                let taps = (t * kh + i) * run..(t * kh + i + 1) * run;
+                // Per block of KC of the tap's kernel rows, every block of voxels (each row's
+                // sums reach C in the order `accumulate` adds them).
+                for ks in kc_blocks(taps.clone()) {
+                    for &(r, rows, at) in &blocks {
+                        // The farthest value the register tile reads: MR rows sw * c apart, `run`
+                        // values each, from the block's first voxel at this tap.
+                        debug_assert!(
+                            at + tap + (MR - 1) * sw * c + run <= len,
+                            "the implicit product would read past the padded input"
+                        );
+                        // Bounds: `ConvGeometry::on` checked that the padded extents cover the
+                        // kernel at every output voxel, so each block's first row lies in the padded
+                        // input; rows past the line's end that the tile reads (results never stored)
+                        // lie in the slack the padding appends (asserted above in debug builds).
+                        // The kernel rows (t * kh + i) * run .. + run lie in K = taps * c,
+                        // c = in_channels (checked). C as the caller says: `out.add(r * oc)` stays
+                        // within the output's rows.
+                        product(
+                            at + tap + (ks.start - taps.start),
+                            sw * c,
+                            rows,
+                            ks.clone(),
+                            j,
+                            // SAFETY: r < first + count <= the output's rows.
+                            unsafe { out.add(r * oc) },
+                        );
+                    }
                 }
             }
         }
