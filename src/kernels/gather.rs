@@ -149,7 +149,7 @@ pub(super) unsafe fn accumulate_f32(
         // rows of every tap (1.2 MB for 512 channels) streaming from memory once per tile.
         // Each row's sums reach C block by block in the order `accumulate` adds them.
         for j in panels.clone() {
-            for block in kc_blocks(ks.clone()) {
+            for block in blocks_of(ks.clone(), KC) {
                 for r0 in (0..n).step_by(MR) {
                     // `patches` holds whole register tiles of rows of `kept` values (`gather`),
                     // the block's from column block.start - ks.start; the block lies within K
@@ -175,12 +175,15 @@ pub(super) unsafe fn accumulate_f32(
     }
 }
 
-/// `ks` in blocks of [`KC`] rows from its start: the blocks [`accumulate`] adds to `C` one
-/// after another.
+/// `ks` in blocks of `step` rows from its start (the last one shorter): with [`KC`], the
+/// blocks [`accumulate`] adds to `C` one after another.
 ///
 /// [`accumulate`]: super::matmul::accumulate
-pub(super) fn kc_blocks(ks: Range<usize>) -> impl Iterator<Item = Range<usize>> {
-    (ks.start..ks.end).step_by(KC).map(move |kb| kb..(kb + KC).min(ks.end))
+pub(super) fn blocks_of(ks: Range<usize>, step: usize) -> impl Iterator<Item = Range<usize>> {
+    let step = step.max(1);
+    (ks.start..ks.end)
+        .step_by(step)
+        .map(move |kb| kb..kb.saturating_add(step).min(ks.end))
 }
 
 /// `x` rounded to bf16 (nearest even); `None` where it cannot be allocated.

@@ -13,8 +13,8 @@ use rayon::prelude::*;
 
 use super::bf16::PackedBf16;
 use super::buffers::{Act, Buffers, View};
-use super::gather::kc_blocks;
-use super::matmul::{MR, PackedB};
+use super::gather::blocks_of;
+use super::matmul::{KC, MR, PackedB};
 use crate::arch::geometry::ConvShape;
 
 /// The length (with the slack) and shape `[n, d', h', w', c]` of [`pad`]'s copy of `s`'s input;
@@ -222,6 +222,9 @@ pub(super) unsafe fn in_place(
                 count,
                 panels,
                 out,
+                // A tap's whole run in one pass: the bf16 tile adds it to C once (untested
+                // blocks of it would change its bits, and no CPU here has AVX512_BF16).
+                usize::MAX,
                 |a, lda, rows, ks, j, c| super::bf16::accumulate(xp.as_ptr().add(a), lda, rows, w, ks, j, c, oc),
             ),
             Padded::F32(xp, w) if runs => {
@@ -252,6 +255,7 @@ pub(super) unsafe fn in_place(
                 count,
                 panels,
                 out,
+                KC,
                 |a, lda, rows, ks, j, c| super::matmul::accumulate(xp.data.as_ptr().add(a), lda, rows, w, ks, j, c, oc),
             ),
         }
@@ -315,7 +319,8 @@ pub(super) unsafe fn implicit_runs(
 /// Output rows `first..first + count`, columns of `panels`, `+=` the convolution of the padded
 /// input (of shape `padded`, `len` values with the slack): per block of up to MR voxels of one
 /// output line and per (depth, height) tap, one product of the `kw * C` values the block's
-/// voxels see in a row of the padded input: `product(at, lda, rows, ks, j, c)` adds to `rows`
+/// voxels see in a row of the padded input, in blocks of `step` kernel rows (each block across
+/// every block of voxels before the next): `product(at, lda, rows, ks, j, c)` adds to `rows`
 /// rows of `c` (`out_channels` apart), panel `j`, the padded input's rows from value `at`,
 /// `lda` apart, times the kernel's rows `ks`.
 ///
@@ -334,6 +339,7 @@ pub(super) unsafe fn implicit(
     count: usize,
     panels: Range<usize>,
     out: *mut f32,
+    step: usize,
     product: impl Fn(usize, usize, usize, Range<usize>, usize, *mut f32),
 ) {
     let [_, _, hp, wp, c] = padded;
@@ -349,9 +355,9 @@ pub(super) unsafe fn implicit(
             for i in 0..kh {
                 let tap = (t * hp + i) * wp * c;
                 let taps = (t * kh + i) * run..(t * kh + i + 1) * run;
-                // Per block of KC of the tap's kernel rows, every block of voxels (each row's
-                // sums reach C in the order `accumulate` adds them).
-                for ks in kc_blocks(taps.clone()) {
+                // Per block of `step` of the tap's kernel rows (KC for f32: each row's sums
+                // reach C in the order `accumulate` adds them), every block of voxels.
+                for ks in blocks_of(taps.clone(), step) {
                     for &(r, rows, at) in &blocks {
                         // The farthest value the register tile reads: MR rows sw * c apart, `run`
                         // values each, from the block's first voxel at this tap.

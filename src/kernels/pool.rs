@@ -4,9 +4,9 @@
 //!
 //! Each output value is the maximum over the in-bounds voxels of its window (padding takes no
 //! part), NaN propagating. The forward pass (the frozen network's and the `flex` operation's)
-//! takes it one axis at a time ([`max_pool_along`]); the gradient goes to the voxel that gave the
-//! maximum, found by scanning the window depth, height, width, where, as in PyTorch, a later
-//! value replaces the maximum when it is larger or NaN.
+//! takes each output row in one pass over its window's input rows ([`forward`]); the gradient
+//! goes to the voxel that gave the maximum, found by scanning the window depth, height, width,
+//! where, as in PyTorch, a later value replaces the maximum when it is larger or NaN.
 
 use std::borrow::Cow;
 
@@ -110,38 +110,38 @@ pub(crate) fn forward(x: Cow<'_, [f32]>, s: &PoolShape, memory: &impl Memory) ->
     Some(out)
 }
 
-/// [`forward`] into `out` (`s.output_len()` values, every one written): per output plane
-/// (in parallel), per output row, the maximum over the window's input rows, NaN propagating;
-/// windows of padding only give minus infinity.
+/// [`forward`] into `out` (`s.output_len()` values, every one written): per output row (in
+/// parallel: rows rather than planes, so that a shallow output, one plane deep, still runs on
+/// every thread), the maximum over the window's input rows, NaN propagating; windows of padding
+/// only give minus infinity.
 fn pool_into(x: &[f32], s: &PoolShape, out: &mut [f32]) {
     let c = s.channels;
     let [d, h, w] = s.input;
     let [od, oh, ow] = s.output;
+    let row_len = ow * c;
     if out.is_empty() {
         return;
     }
-    let row_len = ow * c;
-    out.par_chunks_mut(oh * row_len).enumerate().for_each(|(plane, dst)| {
+    out.par_chunks_mut(row_len).enumerate().for_each(|(index, row)| {
+        let (oy, plane) = (index % oh, index / oh);
         let (b, oz) = (plane / od, plane % od);
         // Compiled for the widest vectors here: a voxel's channels run 8 or 16 wide.
         super::matmul::wide(
             #[inline(always)]
             || {
-                for (oy, row) in dst.chunks_exact_mut(row_len).enumerate() {
-                    row.fill(f32::NEG_INFINITY);
-                    for z in s.window(0, oz) {
-                        for y in s.window(1, oy) {
-                            // In bounds: b < n, z < d, y < h (`window`), and `x` holds
-                            // n * d * h * w * c values (asserted by the caller).
-                            let line = &x[((b * d + z) * h + y) * w * c..][..w * c];
-                            for (ox, voxel) in row.chunks_exact_mut(c).enumerate() {
-                                for xx in s.window(2, ox) {
-                                    let src = &line[xx * c..][..c];
-                                    voxel
-                                        .iter_mut()
-                                        .zip(src)
-                                        .for_each(|(m, v)| *m = max_keeping_nan(*m, *v));
-                                }
+                row.fill(f32::NEG_INFINITY);
+                for z in s.window(0, oz) {
+                    for y in s.window(1, oy) {
+                        // In bounds: b < n, z < d, y < h (`window`), and `x` holds
+                        // n * d * h * w * c values (asserted by the caller).
+                        let line = &x[((b * d + z) * h + y) * w * c..][..w * c];
+                        for (ox, voxel) in row.chunks_exact_mut(c).enumerate() {
+                            for xx in s.window(2, ox) {
+                                let src = &line[xx * c..][..c];
+                                voxel
+                                    .iter_mut()
+                                    .zip(src)
+                                    .for_each(|(m, v)| *m = max_keeping_nan(*m, *v));
                             }
                         }
                     }
@@ -265,6 +265,81 @@ mod tests {
             }
             assert_eq!(dx, want_dx, "{dims:?} {kernel:?}");
         }
+    }
+
+    /// The forward pass bit for bit against the definition (the window scanned depth, height,
+    /// width, a value replacing the maximum when larger or NaN; minus infinity for a window of
+    /// padding only), on random geometries with NaN payloads of both signs, infinities and
+    /// signed zeros, into buffers that held NaN.
+    #[test]
+    fn random_geometries_match_the_definition_bit_for_bit() {
+        struct Dirty;
+        impl Memory for Dirty {
+            fn take(&self, len: usize) -> Option<Vec<f32>> {
+                Some(vec![f32::from_bits(0x7fc0_dead); len])
+            }
+            fn give(&self, _buffer: Vec<f32>) {}
+        }
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rnd = move |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % m) as usize
+        };
+        let mut checked = 0;
+        for _ in 0..600 {
+            let kernel = [1 + rnd(4), 1 + rnd(4), 1 + rnd(4)];
+            let stride = [1 + rnd(3), 1 + rnd(3), 1 + rnd(3)];
+            let padding = [0, 1, 2].map(|a| rnd(kernel[a] as u64 / 2 + 1));
+            let dims = [1 + rnd(2), 1 + rnd(20), rnd(6), 1 + rnd(6), 1 + rnd(8)];
+            let Ok(p) = (PoolGeometry {
+                kernel,
+                stride,
+                padding,
+            })
+            .on(dims, "test") else {
+                continue;
+            };
+            let x: Vec<f32> = (0..p.input_len())
+                .map(|i| match rnd(16) {
+                    0 => f32::from_bits(0x7fc0_0000 | (i as u32 & 0x3f_ffff)),
+                    1 => f32::from_bits(0xffc0_0000 | (i as u32 & 0x3f_ffff)),
+                    2 => f32::INFINITY,
+                    3 => f32::NEG_INFINITY,
+                    4 => -0.0,
+                    5 => 0.0,
+                    _ => rnd(9) as f32 - 4.0,
+                })
+                .collect();
+            let y = forward(Cow::Borrowed(&x), &p, &Dirty).unwrap();
+            let [n, c, d, h, w] = dims;
+            let [od, oh, ow] = p.output;
+            assert_eq!(y.len(), n * od * oh * ow * c);
+            for (o, got) in y.iter().enumerate() {
+                let ch = o % c;
+                let v = o / c;
+                let (ox, oy, oz, b) = (v % ow, (v / ow) % oh, (v / (ow * oh)) % od, v / (ow * oh * od));
+                let mut m = f32::NEG_INFINITY;
+                for z in p.window(0, oz) {
+                    for yy in p.window(1, oy) {
+                        for xx in p.window(2, ox) {
+                            let value = x[(((b * d + z) * h + yy) * w + xx) * c + ch];
+                            if value > m || value.is_nan() {
+                                m = value;
+                            }
+                        }
+                    }
+                }
+                assert_eq!(
+                    got.to_bits(),
+                    m.to_bits(),
+                    "{dims:?} {kernel:?} {stride:?} {padding:?} at {o}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 200, "only {checked} geometries were valid");
     }
 
     #[test]
