@@ -199,8 +199,8 @@
 //! outputs and channel pair instead of 216, at the cost of a larger frozen kernel (64/27 of
 //! it). Same outputs as the model in eval mode up to float rounding (checked against
 //! PyTorch), faster than PyTorch's fastest CPU paths (TorchScript frozen with oneDNN, ONNX
-//! Runtime) on the AMD EPYC machines of the benchmarks and on an Intel Ice Lake Xeon
-//! (README). Inference only: fine-tune the [`ResNet3d`], then freeze it. [`ResNet3d::freeze_bf16`] multiplies in bf16 where the CPU
+//! Runtime) on the AMD EPYC machines of the benchmarks, and in most runs on an Intel Ice
+//! Lake Xeon (README). Inference only: fine-tune the [`ResNet3d`], then freeze it. [`ResNet3d::freeze_bf16`] multiplies in bf16 where the CPU
 //! has AVX512_BF16 (direct products only).
 //!
 //! ```
