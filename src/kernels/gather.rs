@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::bf16::PackedBf16;
 use super::buffers::View;
-use super::matmul::{KC, MR, PackedB};
+use super::matmul::{KC, MR, PackedB, blocks_of};
 use crate::arch::geometry::ConvShape;
 
 thread_local! {
@@ -173,17 +173,6 @@ pub(super) unsafe fn accumulate_f32(
             }
         }
     }
-}
-
-/// `ks` in blocks of `step` rows from its start (the last one shorter): with [`KC`], the
-/// blocks [`accumulate`] adds to `C` one after another.
-///
-/// [`accumulate`]: super::matmul::accumulate
-pub(super) fn blocks_of(ks: Range<usize>, step: usize) -> impl Iterator<Item = Range<usize>> {
-    let step = step.max(1);
-    (ks.start..ks.end)
-        .step_by(step)
-        .map(move |kb| kb..kb.saturating_add(step).min(ks.end))
 }
 
 /// `x` rounded to bf16 (nearest even); `None` where it cannot be allocated.

@@ -13,8 +13,7 @@ use rayon::prelude::*;
 
 use super::bf16::PackedBf16;
 use super::buffers::{Act, Buffers, View};
-use super::gather::blocks_of;
-use super::matmul::{KC, MR, PackedB};
+use super::matmul::{KC, MR, PackedB, blocks_of};
 use crate::arch::geometry::ConvShape;
 
 /// The length (with the slack) and shape `[n, d', h', w', c]` of [`pad`]'s copy of `s`'s input;

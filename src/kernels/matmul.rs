@@ -39,7 +39,7 @@ pub(crate) use packed::PackedB;
 #[cfg_attr(not(feature = "flex"), allow(unused_imports))]
 pub(crate) use product::{A_IN_ROWS, A_TRANSPOSED, Scratch, pack_row, product};
 use tiled::{Store, tiled_matmul};
-pub(crate) use tiled::{accumulate, accumulate_runs};
+pub(crate) use tiled::{accumulate, accumulate_runs, blocks_of};
 
 /// What [`matmul`] does with `C` besides adding the product: instead of `C += A * B`,
 /// `C = A * B + bias (+ residual)`, then ReLU (keeping NaN) if `relu`, `C` never read: the

@@ -177,14 +177,33 @@ pub(crate) unsafe fn accumulate(
     // One run per block of KC rows, each added to C: the sums of 13,824 rows (27 taps of 512
     // channels) in one register carry about ten times the rounding error (a review: 5e-4
     // against 5e-5, to f64, for values near 135), and an empty `ks` leaves C untouched.
-    let mut kb = ks.start;
-    while kb < ks.end {
-        let kc = KC.min(ks.end - kb);
+    for block in blocks_of(ks.clone(), KC) {
         // SAFETY: the caller's contract, which is `accumulate_runs`'s for the run
-        // (kb - ks.start, kb) of kc <= ks.end - kb rows.
-        unsafe { accumulate_runs(a, lda, rows, b, &[(kb - ks.start, kb)], kc, j, c, ldc) };
-        kb += kc;
+        // (block.start - ks.start, block.start) of block.len() rows within `ks`.
+        unsafe {
+            accumulate_runs(
+                a,
+                lda,
+                rows,
+                b,
+                &[(block.start - ks.start, block.start)],
+                block.len(),
+                j,
+                c,
+                ldc,
+            )
+        };
     }
+}
+
+/// `ks` in blocks of `step` rows from its start (the last one shorter): with [`KC`], the
+/// blocks [`accumulate`] adds to `C` one after another, which a caller looping over blocks
+/// itself (a block across many tiles of rows) follows to add the same sums in the same order.
+pub(crate) fn blocks_of(ks: Range<usize>, step: usize) -> impl Iterator<Item = Range<usize>> {
+    let step = step.max(1);
+    (ks.start..ks.end)
+        .step_by(step)
+        .map(move |kb| kb..kb.saturating_add(step).min(ks.end))
 }
 
 /// `C[0..rows, panel j] += sum over runs (o, k0) of A[.., o..o + len] * B[k0..k0 + len, panel j]`
