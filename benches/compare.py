@@ -4,6 +4,13 @@
     /opt/torch-venv/bin/python benches/compare.py [--backend flex] [--quick]
     /opt/torch-venv/bin/python benches/compare.py --mode train [--quick]
     /opt/torch-venv/bin/python benches/compare.py --all [--quick]   # every table below, one run
+    /opt/torch-venv/bin/python benches/compare.py --all --quick --rounds 3  # each side 3 times, alternated
+
+With `--rounds N` each table times PyTorch's side and ours N times, alternated: times are the
+median over the rounds, and each benchmark prints every round's ratio to PyTorch's fastest
+path. One round times all of PyTorch's side, then all of ours minutes later: on a host whose
+speed drifts (a shared 2-core VM moved our side by up to 1.7x between two runs) that drift
+lands on one side of the ratio.
 
 1. benches/pytorch_reference.py (PyTorch, 2 threads, fp32, eval, inference mode);
 2. `cargo bench --features bench --bench forward -- <backend>/` (criterion, release build);
@@ -60,6 +67,10 @@ def main():
     parser.add_argument("--mode", choices=["forward", "train"], default="forward")
     parser.add_argument("--gpu", action="store_true",
                         help="GPU comparison: PyTorch on CUDA, ours on wgpu (--backend wgpu); no memory step")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time PyTorch's side and ours this many times, alternated, and report the median of "
+                             "each side and every round's ratio: on a host whose speed drifts, one round puts the "
+                             "drift on one side")
     parser.add_argument("--all", action="store_true",
                         help="every CPU table in one go: frozen, flex, train, and frozen_bf16 where the CPU has "
                              "AVX512_BF16")
@@ -76,6 +87,38 @@ def main():
         table(args)
 
 
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def merge_rounds(rounds, backend):
+    """The rounds' PyTorch sides and ours merged: each time the median over the rounds; and per
+    benchmark, each round's ratio of PyTorch's fastest path to ours."""
+    side = json.loads(json.dumps(rounds[0][0]))
+    ours = {}
+    per_round = {}
+    for key, ref in side["results"].items():
+        refs = [r[0]["results"].get(key, {}) for r in rounds]
+        for field in ("ms", "jit_ms", "ort_ms", "compile_ms"):
+            values = [x[field] for x in refs if x.get(field) is not None]
+            if values:
+                ref[field] = median(values)
+        mine = [r[1][f"{backend}/{key}"] for r in rounds if f"{backend}/{key}" in r[1]]
+        if mine:
+            ours[f"{backend}/{key}"] = median(mine)
+        ratios = []
+        for x, r in zip(refs, rounds):
+            m = r[1].get(f"{backend}/{key}")
+            times = [x.get(f) for f in ("ms", "jit_ms", "ort_ms") if x.get(f) is not None]
+            if m and times:
+                ratios.append(min(times) / m)
+        per_round[key] = ratios
+    side["sgemm_gflops"] = median([r[0]["sgemm_gflops"] for r in rounds])
+    return side, ours, per_round
+
+
 def table(args):
     """One comparison: PyTorch's side, ours, the table, then the memory step."""
     train = args.mode == "train"
@@ -88,11 +131,17 @@ def table(args):
         ref_cmd += ["--bf16"]
     if args.backend in ("frozen", "frozen_bf16") and not train:
         ref_cmd += ["--shapes", "all"]
-    torch_side = json.loads(subprocess.run(ref_cmd, check=True, capture_output=True, text=True).stdout)
     features = ["--features", "bench,wgpu" if args.backend == "wgpu" else "bench"]
     bench = "train" if train else "forward"
-    subprocess.run(["cargo", "bench", *features, "--bench", bench, "--", f"{args.backend}/"], check=True, cwd=ROOT)
-    ours = criterion_results(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")))
+    # Each round: PyTorch's side, then ours (criterion's results are read after each run).
+    rounds = []
+    for r in range(max(1, args.rounds)):
+        if args.rounds > 1:
+            print(f"--- round {r + 1} of {args.rounds}", flush=True)
+        side = json.loads(subprocess.run(ref_cmd, check=True, capture_output=True, text=True).stdout)
+        subprocess.run(["cargo", "bench", *features, "--bench", bench, "--", f"{args.backend}/"], check=True, cwd=ROOT)
+        rounds.append((side, criterion_results(Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")))))
+    torch_side, ours, per_round = merge_rounds(rounds, args.backend)
 
     peak = torch_side["sgemm_gflops"]
     print(f"\nPyTorch {torch_side['torch']} on {torch_side.get('device', 'cpu')}, {torch_side['threads']} threads; "
@@ -113,6 +162,8 @@ def table(args):
         fmt = lambda t: f"{t:>8.1f}" if t is not None else f"{'-':>8}"
         print(f"{key:<44} {ref['ms']:>10.1f} {mine:>9.1f} {ref['ms'] / mine:>6.2f} {gflops:>8.1f} {share:>7}"
               f" {fmt(jit)} {fmt(ort)} {best / mine:>7.2f}")
+        if len(rounds) > 1:
+            print(f"{'':<44} vs best per round: {' '.join(f'{v:.2f}' for v in per_round.get(key, []))}")
         if args.gpu:
             compiled = ref.get("compile_ms")
             print(f"{'':<44} torch.compile ms {fmt(compiled)}; PyTorch peak GPU memory "
