@@ -40,6 +40,7 @@ Criterion's results are read from `$CARGO_TARGET_DIR` (default `target/`).
 """
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -96,7 +97,7 @@ def median(values):
 def merge_rounds(rounds, backend):
     """The rounds' PyTorch sides and ours merged: each time the median over the rounds; and per
     benchmark, each round's ratio of PyTorch's fastest path to ours."""
-    side = json.loads(json.dumps(rounds[0][0]))
+    side = copy.deepcopy(rounds[0][0])
     ours = {}
     per_round = {}
     for key, ref in side["results"].items():

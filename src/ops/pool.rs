@@ -25,7 +25,8 @@ pub(crate) trait MaxPoolGradients: Backend {
 impl MaxPoolBackend for Flex {
     fn resnet3d_max_pool3d(x: FlexTensor, p: PoolShape) -> FlexTensor {
         let [od, oh, ow] = p.output;
-        // Nothing kept between calls: the output is the op's, intermediates are freed.
+        // Nothing kept between calls: the output is the op's, a channels-last copy of the
+        // input is freed.
         match pool::forward(channels_last_values(&x), &p, &Fresh) {
             Some(y) => channels_last([p.batch, p.channels, od, oh, ow], y),
             None => panic!("max pool: the output of {} values cannot be allocated", p.output_len()),
